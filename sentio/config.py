@@ -1,0 +1,484 @@
+"""The one typed configuration of Sentio.
+
+Every setting the pipeline needs lives here, grouped by stage. A configuration is
+loaded from YAML (:func:`load_config`), every field has a default that runs, unknown
+fields are rejected with a "did you mean" hint, and combinations of feature flags that
+make no sense are rejected at load time by :meth:`SentioConfig._check_combinations`.
+The configuration that produced an output is written next to it (:func:`write_config`).
+
+Sections and the stage that reads them:
+
+============  ===============================================================
+``universe``  symbols, leverage and the costs of the derived leveraged series
+``ingest``    vendor-file parsing, quarantine policy, session completeness
+``synth``     the synthetic market generator (``sentio synth``)
+``features``  causal indicator set and normalisation (features stage)
+``regimes``   HMM regime model and its fallback (regimes stage)
+``cv``        purged / embargoed folds (folds stage)
+``env``       trading simulator: actions, costs, risk masks (train / backtest)
+``agent``     PPO variant and its networks (train stage)
+``train``     training budget, seeds, device, checkpoints (train stage)
+``report``    bootstrap confidence intervals (report stage)
+``registry``  champion / challenger promotion gate (registry stage)
+``paths``     where outputs, caches and Prefect results are written
+============  ===============================================================
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import zoneinfo
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sentio.errors import ConfigError
+from sentio.io import hash_json, write_text_atomic
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UniverseConfig(_Section):
+    """The traded universe: one underlying and its +L / -L leveraged ETFs."""
+
+    underlying: str = Field("QQQ", min_length=1, description="underlying symbol")
+    long: str = Field("TQQQ", min_length=1, description="+L leveraged ETF symbol")
+    short: str = Field("SQQQ", min_length=1, description="-L leveraged ETF symbol")
+    leverage: float = Field(3.0, gt=1.0, le=5.0, description="daily leverage L of the ETFs")
+    expense_ratio_annual: float = Field(0.0095, ge=0.0, le=0.05)
+    financing_rate_annual: float = Field(
+        0.02, ge=0.0, le=0.25, description="rate paid on the (|L|-1) borrowed notional"
+    )
+    calendar: str = Field("XNYS", description="exchange_calendars code")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> UniverseConfig:
+        names = [self.underlying, self.long, self.short]
+        if len(set(names)) != 3:
+            raise ValueError(f"underlying, long and short must be three different symbols, got {names}")
+        return self
+
+
+class IngestConfig(_Section):
+    """How vendor files become canonical bars."""
+
+    symbol: str | None = Field(None, description="symbol for files without a symbol column")
+    tz: str | None = Field(None, description="IANA time zone of naive timestamps")
+    bar_timestamp: Literal["start", "end"] = "start"
+    columns: list[str] | None = Field(
+        None, description="column names for a CSV without header, e.g. [timestamp, open, ...]"
+    )
+    on_bad_rows: Literal["quarantine", "error"] = "quarantine"
+    max_quarantine_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    min_session_coverage: float = Field(
+        0.5, ge=0.0, le=1.0, description="intraday sessions with fewer bars are rejected"
+    )
+
+    @field_validator("tz")
+    @classmethod
+    def _valid_tz(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                zoneinfo.ZoneInfo(v)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"unknown time zone {v!r}; use an IANA name such as 'America/New_York' or 'UTC'"
+                ) from None
+        return v
+
+
+class RegimeSpec(_Section):
+    """One regime of the synthetic market."""
+
+    name: str
+    drift_annual: float = Field(ge=-2.0, le=2.0)
+    vol_annual: float = Field(gt=0.0, le=3.0)
+    mean_sessions: float = Field(gt=0.0, le=2520.0, description="expected duration in sessions")
+
+
+def _default_regimes() -> list[RegimeSpec]:
+    return [
+        RegimeSpec(name="calm_bull", drift_annual=0.25, vol_annual=0.14, mean_sessions=60),
+        RegimeSpec(name="choppy", drift_annual=0.0, vol_annual=0.22, mean_sessions=25),
+        RegimeSpec(name="bear_high_vol", drift_annual=-0.45, vol_annual=0.45, mean_sessions=15),
+    ]
+
+
+class SynthConfig(_Section):
+    """The seeded synthetic market of ``sentio synth``."""
+
+    start: dt.date = dt.date(2021, 1, 4)
+    years: float = Field(2.0, gt=0.0, le=30.0)
+    seed: int = Field(7, ge=0)
+    random_walk: bool = Field(False, description="i.i.d. zero-drift returns: no edge exists")
+    edge_strength: float = Field(
+        0.0, ge=0.0, le=0.5, description="lag-1 autocorrelation of standardised returns"
+    )
+    start_price: float = Field(300.0, gt=0.0)
+    regimes: list[RegimeSpec] = Field(default_factory=_default_regimes, min_length=1)
+    tail_df: float = Field(4.0, gt=2.0, le=1000.0, description="Student-t degrees of freedom")
+    vol_persistence: float = Field(0.995, ge=0.0, lt=1.0, description="AR(1) of log-volatility per bar")
+    vol_of_vol: float = Field(0.05, ge=0.0, le=1.0)
+    intraday_u_shape: float = Field(1.5, ge=0.0, le=10.0, description="extra vol at open/close")
+    overnight_vol_ratio: float = Field(
+        0.5, ge=0.0, le=5.0, description="overnight gap sd as a fraction of a session's sd"
+    )
+    base_volume: float = Field(50_000.0, gt=0.0, description="mean shares per minute bar")
+    derived_volume_ratio: float = Field(0.5, gt=0.0, description="leveraged volume / underlying")
+
+    @model_validator(mode="after")
+    def _modes(self) -> SynthConfig:
+        if self.random_walk and self.edge_strength > 0:
+            raise ValueError(
+                "random_walk=true means no edge exists; it cannot be combined with "
+                f"edge_strength={self.edge_strength} (set one of them off)"
+            )
+        names = [r.name for r in self.regimes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"regime names must be unique, got {names}")
+        return self
+
+
+class FeaturesConfig(_Section):
+    """Causal indicator set (features stage)."""
+
+    return_horizons: list[int] = Field(default_factory=lambda: [1, 5, 15, 60], min_length=1)
+    vol_windows: list[int] = Field(default_factory=lambda: [30, 120], min_length=1)
+    rsi_window: int = Field(14, ge=2)
+    macd: tuple[int, int, int] = (12, 26, 9)
+    bollinger_window: int = Field(20, ge=2)
+    bollinger_k: float = Field(2.0, gt=0.0)
+    atr_window: int = Field(14, ge=2)
+    volume_z_window: int = Field(390, ge=2)
+    coarse_minutes: list[int] = Field(default_factory=lambda: [5, 15])
+    normalisation: Literal["rolling", "expanding", "train_fit"] = "rolling"
+    norm_window: int = Field(1950, ge=10, description="bars of the rolling normalisation")
+    exogenous_path: Path | None = None
+    exogenous_max_staleness_minutes: int = Field(1440, ge=1)
+
+    @model_validator(mode="after")
+    def _macd_order(self) -> FeaturesConfig:
+        fast, slow, signal = self.macd
+        if not 0 < fast < slow or signal <= 0:
+            raise ValueError(f"macd must be (fast, slow, signal) with 0 < fast < slow, got {self.macd}")
+        return self
+
+
+class RegimesConfig(_Section):
+    """HMM regime model (regimes stage)."""
+
+    enabled: bool = True
+    n_states: int = Field(3, ge=2, le=8)
+    n_init: int = Field(5, ge=1, le=100)
+    n_iter: int = Field(200, ge=10)
+    tol: float = Field(1e-4, gt=0.0)
+    covariance_type: Literal["diag", "full"] = "diag"
+    min_occupancy: float = Field(0.02, ge=0.0, lt=0.5)
+    aggregate_bars: int = Field(15, ge=1, description="bars per HMM observation")
+
+
+class CVConfig(_Section):
+    """Purged, embargoed folds (folds stage)."""
+
+    method: Literal["walk_forward", "kfold", "cpcv"] = "walk_forward"
+    n_splits: int = Field(4, ge=1, le=100)
+    anchored: bool = True
+    n_groups: int = Field(6, ge=2, le=50)
+    n_test_groups: int = Field(2, ge=1, le=49)
+    embargo_bars: int = Field(390, ge=0)
+
+    @model_validator(mode="after")
+    def _groups(self) -> CVConfig:
+        if self.method == "cpcv" and self.n_test_groups >= self.n_groups:
+            raise ValueError(
+                f"cpcv needs n_test_groups < n_groups, got {self.n_test_groups} >= {self.n_groups}"
+            )
+        if self.method == "kfold" and self.n_splits < 2:
+            raise ValueError(f"kfold needs n_splits >= 2, got {self.n_splits}")
+        return self
+
+
+class CostsConfig(_Section):
+    """Execution costs charged on traded notional at the fill."""
+
+    commission_per_share: float = Field(0.005, ge=0.0)
+    half_spread_bps: float = Field(1.0, ge=0.0)
+    slippage_vol_mult: float = Field(0.1, ge=0.0)
+
+
+class MasksConfig(_Section):
+    """Risk action-mask layers; each can be switched off."""
+
+    session: bool = True
+    no_new_exposure_minutes: int = Field(15, ge=0, le=390)
+    risk_budget: bool = True
+    target_vol_annual: float = Field(0.6, gt=0.0)
+    regime: bool = True
+    high_vol_regime_cap: float = Field(0.5, ge=0.0, le=1.0)
+    drawdown: bool = True
+    drawdown_limit: float = Field(0.1, gt=0.0, lt=1.0)
+    min_hold_bars: int = Field(5, ge=0)
+
+    @property
+    def any_enabled(self) -> bool:
+        return self.session or self.risk_budget or self.regime or self.drawdown or self.min_hold_bars > 0
+
+
+class EnvConfig(_Section):
+    """Trading simulator (train and backtest stages)."""
+
+    action_grid: list[float] = Field(default_factory=lambda: [-1.0, -0.5, 0.0, 0.5, 1.0], min_length=2)
+    window: int = Field(32, ge=1, le=4096, description="feature rows per observation")
+    episode_sessions: int = Field(1, ge=1)
+    flat_at_close: bool = True
+    initial_cash: float = Field(100_000.0, gt=0.0)
+    drawdown_penalty: float = Field(0.0, ge=0.0)
+    costs: CostsConfig = Field(default_factory=CostsConfig)
+    masks: MasksConfig = Field(default_factory=MasksConfig)
+
+    @field_validator("action_grid")
+    @classmethod
+    def _grid(cls, v: list[float]) -> list[float]:
+        if 0.0 not in v:
+            raise ValueError(f"action_grid must contain 0.0 (flat is always allowed), got {v}")
+        if any(abs(a) > 1.0 for a in v) or len(set(v)) != len(v):
+            raise ValueError(f"action_grid must hold distinct exposures in [-1, 1], got {v}")
+        return sorted(v)
+
+
+class AgentConfig(_Section):
+    """PPO variant and its networks (train stage)."""
+
+    algo: Literal["ppo", "maskable_ppo", "sentio_ppo"] = "sentio_ppo"
+    extractor: Literal["mlp", "transformer"] = "transformer"
+    d_model: int = Field(32, ge=4, le=1024)
+    n_heads: int = Field(4, ge=1, le=32)
+    n_layers: int = Field(2, ge=1, le=12)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    quantile_critic: bool = True
+    n_quantiles: int = Field(32, ge=2, le=256)
+    huber_kappa: float = Field(1.0, gt=0.0)
+    value_clip: float | None = Field(None, gt=0.0)
+    cvar_alpha: float = Field(0.1, gt=0.0, le=1.0)
+    cvar_beta: float = Field(0.0, ge=0.0, le=1.0)
+    regime_gating: bool = True
+    learning_rate: float = Field(3e-4, gt=0.0, lt=1.0)
+    n_steps: int = Field(256, ge=8)
+    batch_size: int = Field(256, ge=2)
+    n_epochs: int = Field(4, ge=1)
+    gamma: float = Field(0.99, gt=0.0, le=1.0)
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
+    clip_range: float = Field(0.2, gt=0.0, lt=1.0)
+    ent_coef: float = Field(0.01, ge=0.0)
+    vf_coef: float = Field(0.5, ge=0.0)
+    max_grad_norm: float = Field(0.5, gt=0.0)
+
+
+class TrainConfig(_Section):
+    """Training budget, seeds, device and checkpoints (train stage)."""
+
+    total_timesteps: int = Field(50_000, ge=1)
+    n_envs: int = Field(8, ge=1, le=4096)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int = Field(10_000, ge=1)
+    tensorboard: bool = False
+
+
+class ReportConfig(_Section):
+    """Bootstrap confidence intervals of the report stage."""
+
+    bootstrap_resamples: int = Field(2000, ge=100)
+    ci_level: float = Field(0.95, gt=0.5, lt=1.0)
+    seed: int = Field(0, ge=0)
+
+
+class RegistryConfig(_Section):
+    """Champion / challenger promotion gate."""
+
+    min_dsr: float = Field(0.95, ge=0.0, le=1.0)
+    max_drawdown: float = Field(0.25, gt=0.0, le=1.0)
+    must_beat_champion: bool = True
+
+
+class PathsConfig(_Section):
+    """Where outputs go. Relative paths are relative to the working directory."""
+
+    workdir: Path = Field(Path(".sentio"), description="stage outputs, caches, Prefect results")
+
+
+class SentioConfig(_Section):
+    """The whole configuration."""
+
+    universe: UniverseConfig = Field(default_factory=UniverseConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    regimes: RegimesConfig = Field(default_factory=RegimesConfig)
+    cv: CVConfig = Field(default_factory=CVConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> SentioConfig:
+        """Reject feature-flag combinations that make no sense."""
+        a, env, reg = self.agent, self.env, self.regimes
+        if a.algo != "sentio_ppo":
+            for flag, on in (
+                ("quantile_critic", a.quantile_critic),
+                ("regime_gating", a.regime_gating),
+                ("cvar_beta", a.cvar_beta > 0),
+            ):
+                if on:
+                    raise ValueError(
+                        f"agent.{flag} is a Sentio PPO feature; it needs agent.algo='sentio_ppo' "
+                        f"(got algo={a.algo!r}) or switch it off"
+                    )
+        if a.algo == "ppo" and env.masks.any_enabled:
+            raise ValueError(
+                "agent.algo='ppo' cannot apply action masks; use 'maskable_ppo' or 'sentio_ppo', "
+                "or switch off every env.masks layer (session, risk_budget, regime, drawdown, "
+                "min_hold_bars=0)"
+            )
+        if a.cvar_beta > 0 and not a.quantile_critic:
+            raise ValueError("agent.cvar_beta > 0 needs agent.quantile_critic=true (CVaR comes from the quantiles)")
+        if a.regime_gating and not reg.enabled:
+            raise ValueError("agent.regime_gating=true needs regimes.enabled=true")
+        if env.masks.regime and not reg.enabled:
+            raise ValueError("env.masks.regime=true needs regimes.enabled=true")
+        if a.extractor == "transformer":
+            if env.window < 2:
+                raise ValueError(f"agent.extractor='transformer' needs env.window >= 2, got {env.window}")
+            if a.d_model % a.n_heads:
+                raise ValueError(f"agent.d_model ({a.d_model}) must be divisible by agent.n_heads ({a.n_heads})")
+        rollout = a.n_steps * self.train.n_envs
+        if a.batch_size > rollout:
+            raise ValueError(
+                f"agent.batch_size ({a.batch_size}) exceeds the rollout size agent.n_steps x "
+                f"train.n_envs = {rollout}"
+            )
+        if self.synth.regimes and reg.enabled and reg.n_states < 2:  # pragma: no cover - ge=2
+            raise ValueError("regimes.n_states must be >= 2")
+        return self
+
+    def hash(self, *sections: str) -> str:
+        """Content hash of the whole configuration or of the named sections."""
+        data = self.model_dump(mode="json")
+        if sections:
+            data = {s: data[s] for s in sections}
+        return hash_json(data)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at ``loc`` (for unknown-field hints)."""
+    model: Any = SentioConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        elif args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            model = args[0]
+        else:
+            return None
+    return model
+
+
+def format_validation_error(err: ValidationError, source: str = "config") -> str:
+    """One line naming each bad field, what was given and what is allowed."""
+    msgs = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        where = _format_loc(loc) or "combination"
+        if e["type"] == "extra_forbidden":
+            model = _model_at(loc)
+            allowed = sorted(model.model_fields) if model else []
+            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else ""
+            msgs.append(f"{where}: unknown setting (allowed: {', '.join(allowed)}){extra}")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        given = e.get("input")
+        if (
+            e["type"] != "missing"
+            and loc
+            and not isinstance(given, dict | list)
+            and repr(given) not in msg
+        ):
+            msg = f"{msg} (got {given!r})"
+        msgs.append(f"{where}: {msg}")
+    return f"{source}: " + "; ".join(msgs)
+
+
+def config_from_dict(data: dict[str, Any] | None, source: str = "config") -> SentioConfig:
+    """Validate a plain mapping into a :class:`SentioConfig` or raise :class:`ConfigError`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return SentioConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path | None = None) -> SentioConfig:
+    """Load a YAML configuration; ``None`` gives the defaults."""
+    if path is None:
+        return SentioConfig()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: configuration file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    return config_from_dict(data, str(p))
+
+
+def with_overrides(cfg: SentioConfig, overrides: dict[str, Any]) -> SentioConfig:
+    """Return ``cfg`` with dotted-path overrides applied and everything re-validated.
+
+    ``with_overrides(cfg, {"ingest.tz": "UTC"})``; ``None`` values are ignored so CLI
+    options that were not given leave the file's value alone.
+    """
+    data = cfg.model_dump(mode="json")
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return config_from_dict(data, "options")
+
+
+def dump_config(cfg: SentioConfig) -> str:
+    """The configuration as YAML, every field spelled out."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def write_config(path: str | Path, cfg: SentioConfig) -> Path:
+    """Atomically write the configuration as YAML to ``path``."""
+    return write_text_atomic(path, "# Sentio configuration that produced the outputs beside it\n" + dump_config(cfg))

@@ -1,0 +1,37 @@
+"""The error hierarchy. Everything a user can cause is a :class:`SentioError`.
+
+The CLI prints ``str(error)`` on one line of stderr and exits non-zero; messages must
+therefore name the file, row or field involved and say what was expected.
+"""
+
+from __future__ import annotations
+
+
+class SentioError(Exception):
+    """Base class of every error a user can cause."""
+
+    exit_code = 1
+
+
+class ConfigError(SentioError):
+    """The configuration is invalid (unknown field, bad value, incompatible flags)."""
+
+    exit_code = 2
+
+
+class DataError(SentioError):
+    """Input data cannot be read or does not make sense (file, column, timestamp)."""
+
+    exit_code = 3
+
+
+class ContractError(DataError):
+    """Data violate a data contract (pandera schema, Great Expectations suite)."""
+
+    exit_code = 4
+
+
+class QuarantineLimitError(ContractError):
+    """More rows were rejected than the configured fraction allows."""
+
+    exit_code = 5
