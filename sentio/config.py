@@ -60,7 +60,9 @@ class UniverseConfig(_Section):
     def _distinct(self) -> UniverseConfig:
         names = [self.underlying, self.long, self.short]
         if len(set(names)) != 3:
-            raise ValueError(f"underlying, long and short must be three different symbols, got {names}")
+            raise ValueError(
+                f"underlying, long and short must be three different symbols, got {names}"
+            )
         return self
 
 
@@ -122,7 +124,9 @@ class SynthConfig(_Section):
     start_price: float = Field(300.0, gt=0.0)
     regimes: list[RegimeSpec] = Field(default_factory=_default_regimes, min_length=1)
     tail_df: float = Field(4.0, gt=2.0, le=1000.0, description="Student-t degrees of freedom")
-    vol_persistence: float = Field(0.995, ge=0.0, lt=1.0, description="AR(1) of log-volatility per bar")
+    vol_persistence: float = Field(
+        0.995, ge=0.0, lt=1.0, description="AR(1) of log-volatility per bar"
+    )
     vol_of_vol: float = Field(0.05, ge=0.0, le=1.0)
     intraday_u_shape: float = Field(1.5, ge=0.0, le=10.0, description="extra vol at open/close")
     overnight_vol_ratio: float = Field(
@@ -165,7 +169,9 @@ class FeaturesConfig(_Section):
     def _macd_order(self) -> FeaturesConfig:
         fast, slow, signal = self.macd
         if not 0 < fast < slow or signal <= 0:
-            raise ValueError(f"macd must be (fast, slow, signal) with 0 < fast < slow, got {self.macd}")
+            raise ValueError(
+                f"macd must be (fast, slow, signal) with 0 < fast < slow, got {self.macd}"
+            )
         return self
 
 
@@ -226,13 +232,21 @@ class MasksConfig(_Section):
 
     @property
     def any_enabled(self) -> bool:
-        return self.session or self.risk_budget or self.regime or self.drawdown or self.min_hold_bars > 0
+        return (
+            self.session
+            or self.risk_budget
+            or self.regime
+            or self.drawdown
+            or self.min_hold_bars > 0
+        )
 
 
 class EnvConfig(_Section):
     """Trading simulator (train and backtest stages)."""
 
-    action_grid: list[float] = Field(default_factory=lambda: [-1.0, -0.5, 0.0, 0.5, 1.0], min_length=2)
+    action_grid: list[float] = Field(
+        default_factory=lambda: [-1.0, -0.5, 0.0, 0.5, 1.0], min_length=2
+    )
     window: int = Field(32, ge=1, le=4096, description="feature rows per observation")
     episode_sessions: int = Field(1, ge=1)
     flat_at_close: bool = True
@@ -350,16 +364,22 @@ class SentioConfig(_Section):
                 "min_hold_bars=0)"
             )
         if a.cvar_beta > 0 and not a.quantile_critic:
-            raise ValueError("agent.cvar_beta > 0 needs agent.quantile_critic=true (CVaR comes from the quantiles)")
+            raise ValueError(
+                "agent.cvar_beta > 0 needs agent.quantile_critic=true (CVaR comes from the quantiles)"
+            )
         if a.regime_gating and not reg.enabled:
             raise ValueError("agent.regime_gating=true needs regimes.enabled=true")
         if env.masks.regime and not reg.enabled:
             raise ValueError("env.masks.regime=true needs regimes.enabled=true")
         if a.extractor == "transformer":
             if env.window < 2:
-                raise ValueError(f"agent.extractor='transformer' needs env.window >= 2, got {env.window}")
+                raise ValueError(
+                    f"agent.extractor='transformer' needs env.window >= 2, got {env.window}"
+                )
             if a.d_model % a.n_heads:
-                raise ValueError(f"agent.d_model ({a.d_model}) must be divisible by agent.n_heads ({a.n_heads})")
+                raise ValueError(
+                    f"agent.d_model ({a.d_model}) must be divisible by agent.n_heads ({a.n_heads})"
+                )
         rollout = a.n_steps * self.train.n_envs
         if a.batch_size > rollout:
             raise ValueError(
@@ -433,7 +453,9 @@ def config_from_dict(data: dict[str, Any] | None, source: str = "config") -> Sen
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of sections, got {type(data).__name__}"
+        )
     try:
         return SentioConfig.model_validate(data)
     except ValidationError as err:
@@ -481,4 +503,6 @@ def dump_config(cfg: SentioConfig) -> str:
 
 def write_config(path: str | Path, cfg: SentioConfig) -> Path:
     """Atomically write the configuration as YAML to ``path``."""
-    return write_text_atomic(path, "# Sentio configuration that produced the outputs beside it\n" + dump_config(cfg))
+    return write_text_atomic(
+        path, "# Sentio configuration that produced the outputs beside it\n" + dump_config(cfg)
+    )

@@ -1,0 +1,546 @@
+"""Contract-checked ingest: vendor bar files in, canonical bars out.
+
+:func:`ingest_files` reads feather, parquet and CSV files, maps vendor column names,
+parses timestamps to UTC bar starts, keeps regular-hours bars of the exchange
+calendar, and sorts every row into exactly one bucket::
+
+    rows_read = rows_kept + rows_dropped_outside_regular_hours
+                + rows_dropped_duplicates + rows_quarantined
+
+Dropped rows are expected and harmless (extended-hours bars, exact duplicates);
+quarantined rows are bad data and go to ``<out>.quarantine.csv`` with the file, row
+and reason of each. Past ``ingest.max_quarantine_fraction`` (or with
+``ingest.on_bad_rows = "error"``) the ingest fails instead. The kept bars are checked
+against the pandera contract and the Great Expectations suite before the output is
+written atomically, with a JSON ingest report, the GX result (JSON and Data Docs HTML)
+and the configuration beside it. Input files are only read, never modified.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from sentio import __version__
+from sentio.calendar import sessions as calendar_sessions
+from sentio.config import SentioConfig, write_config
+from sentio.data.readers import RawFile, read_file
+from sentio.data.schema import CANONICAL_COLUMNS, NY_TZ, PRICE_COLUMNS, TIMESTAMP_DTYPE
+from sentio.data.timestamps import DAY_SECONDS, frequency_label, infer_bar_seconds, parse_timestamps
+from sentio.errors import ContractError, DataError, QuarantineLimitError
+from sentio.io import sha256_file, sidecar, write_feather_atomic, write_json_atomic
+
+# Quarantine reasons, in the order they are checked; a row gets the first that applies.
+REASONS = (
+    "bad_timestamp",
+    "missing_symbol",
+    "missing_value",
+    "non_numeric_value",
+    "non_finite_value",
+    "non_positive_price",
+    "negative_volume",
+    "high_below_low",
+    "ohlc_inconsistent",
+    "not_a_session",
+    "off_grid_timestamp",
+    "duplicate_timestamp_conflict",
+    "incomplete_session",
+)
+_VALUES = (*PRICE_COLUMNS, "volume")
+
+
+@dataclass(frozen=True)
+class IngestOutputs:
+    """Where an ingest writes its files, all derived from the output path."""
+
+    bars: Path
+    report: Path
+    quarantine: Path
+    gx_json: Path
+    gx_html: Path
+    config: Path
+
+    @classmethod
+    def for_output(cls, out: str | Path) -> IngestOutputs:
+        out = Path(out)
+        return cls(
+            bars=out,
+            report=sidecar(out, "ingest.json"),
+            quarantine=sidecar(out, "quarantine.csv"),
+            gx_json=sidecar(out, "gx.json"),
+            gx_html=sidecar(out, "gx.html"),
+            config=sidecar(out, "config.yaml"),
+        )
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What an ingest produced: the paths and the (small) report."""
+
+    outputs: IngestOutputs
+    report: dict[str, Any]
+
+    @property
+    def output(self) -> Path:
+        return self.outputs.bars
+
+
+def _numeric(col: str, dtype: pl.DataType, file: str) -> tuple[pl.Expr, pl.Expr]:
+    """A Float64 expression for ``col`` and a flag of values that were present but not numbers."""
+    if dtype == pl.String:
+        stripped = pl.col(col).str.strip_chars()
+        value = stripped.cast(pl.Float64, strict=False)
+        bad = stripped.is_not_null() & (stripped != "") & value.is_null()
+        return value, bad
+    if dtype.is_numeric() or dtype == pl.Null:
+        return pl.col(col).cast(pl.Float64), pl.lit(False)
+    raise DataError(f"{file}: column {col!r} has type {dtype}; expected numbers")
+
+
+def _prepare(raw: RawFile, index: int, cfg: SentioConfig) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Parse one mapped file into the working frame: typed values plus a reason column."""
+    file = str(raw.path)
+    icfg = cfg.ingest
+    frame = raw.frame
+    parsed = parse_timestamps(frame["timestamp"], icfg.tz, file)
+    info: dict[str, Any] = {
+        "path": file,
+        "format": raw.format,
+        "rows_read": raw.rows,
+        "column_mapping": raw.mapping,
+        "ignored_columns": raw.ignored,
+        "timestamp_format": parsed.source,
+    }
+    if raw.delimiter is not None:
+        info["delimiter"] = raw.delimiter
+        info["header"] = raw.header
+    if "symbol" in frame.columns:
+        symbol = pl.col("symbol").cast(pl.String).str.strip_chars()
+        if icfg.symbol is not None:
+            info["symbol_option_ignored"] = "the file has its own symbol column"
+    elif icfg.symbol is not None:
+        symbol = pl.lit(icfg.symbol, pl.String)
+    else:
+        raise DataError(f"{file}: no symbol column; pass --symbol (for example --symbol SPY)")
+
+    exprs = [
+        pl.lit(index, pl.Int32).alias("__file"),
+        pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("__row"),
+        symbol.alias("symbol"),
+    ]
+    work = frame.with_columns(__ts=parsed.values)
+    # Build the value expressions and their reasons in check order.
+    values: dict[str, pl.Expr] = {}
+    non_numeric: list[pl.Expr] = []
+    for col in _VALUES:
+        value, bad = _numeric(col, frame.schema[col], file)
+        values[col] = value
+        non_numeric.append(bad)
+    work = work.with_columns(
+        *exprs,
+        *[v.alias(f"__{c}") for c, v in values.items()],
+        __non_numeric=pl.any_horizontal(non_numeric),
+    )
+    v = {c: pl.col(f"__{c}") for c in _VALUES}
+    checks: list[tuple[str, pl.Expr]] = [
+        ("bad_timestamp", pl.col("__ts").is_null()),
+        ("missing_symbol", pl.col("symbol").is_null() | (pl.col("symbol") == "")),
+        ("non_numeric_value", pl.col("__non_numeric")),
+        ("missing_value", pl.any_horizontal([x.is_null() for x in v.values()])),
+        ("non_finite_value", pl.any_horizontal([~x.is_finite() for x in v.values()])),
+        ("non_positive_price", pl.any_horizontal([v[c] <= 0 for c in PRICE_COLUMNS])),
+        ("negative_volume", v["volume"] < 0),
+        ("high_below_low", v["high"] < v["low"]),
+        (
+            "ohlc_inconsistent",
+            (v["high"] < pl.max_horizontal(v["open"], v["close"]))
+            | (v["low"] > pl.min_horizontal(v["open"], v["close"])),
+        ),
+    ]
+    work = work.with_columns(__reason=_first_reason(checks))
+    if parsed.kind == "date":
+        work = work.with_columns(__date=pl.col("__ts"))
+    else:
+        local = pl.col("__ts").dt.convert_time_zone(parsed.tz_used or "UTC")
+        work = work.with_columns(__date=local.dt.date())
+    info["timestamp_kind"] = parsed.kind
+    out = work.select(
+        "__file",
+        "__row",
+        "__ts",
+        "__date",
+        "symbol",
+        *[pl.col(f"__{c}").alias(c) for c in _VALUES],
+        "__reason",
+    )
+    return out, info
+
+
+def _first_reason(checks: list[tuple[str, pl.Expr]], current: pl.Expr | None = None) -> pl.Expr:
+    """A string column holding the name of the first check that is true, else ``current``."""
+    expr = pl.lit(None, pl.String) if current is None else current
+    for name, cond in reversed(checks):
+        expr = pl.when(cond.fill_null(False)).then(pl.lit(name)).otherwise(expr)
+    if current is not None:
+        return pl.when(current.is_not_null()).then(current).otherwise(expr)
+    return expr
+
+
+def _mark(frame: pl.DataFrame, name: str, cond: pl.Expr) -> pl.DataFrame:
+    """Give still-clean rows where ``cond`` holds the quarantine reason ``name``."""
+    return frame.with_columns(
+        __reason=pl.when(
+            pl.col("__reason").is_null() & pl.col("__drop").is_null() & cond.fill_null(False)
+        )
+        .then(pl.lit(name))
+        .otherwise(pl.col("__reason"))
+    )
+
+
+def _clean() -> pl.Expr:
+    return pl.col("__reason").is_null() & pl.col("__drop").is_null()
+
+
+def _place_in_sessions(
+    work: pl.DataFrame, bar_seconds: int, cfg: SentioConfig
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Attach sessions; drop bars outside regular hours; set daily bars to the session open."""
+    dates = work.filter(pl.col("__date").is_not_null())["__date"]
+    if dates.len() == 0:
+        return work.with_columns(timestamp=pl.lit(None, TIMESTAMP_DTYPE)), pl.DataFrame()
+    lo, hi = dates.min(), dates.max()
+    assert isinstance(lo, dt.date) and isinstance(hi, dt.date)
+    table = (
+        calendar_sessions(lo, hi, cfg.universe.calendar)
+        .rename({"open": "__open", "close": "__close", "minutes": "__minutes"})
+        .drop("early_close")
+    )
+    if bar_seconds >= DAY_SECONDS:
+        work = work.join(table, left_on="__date", right_on="session", how="left")
+        work = work.with_columns(timestamp=pl.col("__open"), __session=pl.col("__date"))
+        work = _mark(work, "not_a_session", pl.col("__open").is_null())
+        return work, table
+    # Intraday: the session is the New York date of the bar start.
+    work = work.with_columns(__session=pl.col("__ts").dt.convert_time_zone(NY_TZ).dt.date())
+    work = work.join(table, left_on="__session", right_on="session", how="left")
+    outside = (
+        pl.col("__open").is_null()
+        | (pl.col("__ts") < pl.col("__open"))
+        | (pl.col("__ts") >= pl.col("__close"))
+    )
+    work = work.with_columns(
+        timestamp=pl.col("__ts"),
+        __drop=pl.when(_clean() & outside.fill_null(True))
+        .then(pl.lit("outside_regular_hours"))
+        .otherwise(pl.col("__drop")),
+    )
+    off_grid = ((pl.col("__ts") - pl.col("__open")).dt.total_seconds() % bar_seconds) != 0
+    work = _mark(work, "off_grid_timestamp", off_grid)
+    return work, table
+
+
+def _resolve_duplicates(work: pl.DataFrame) -> pl.DataFrame:
+    """Exact duplicates of (symbol, timestamp) are dropped; conflicting ones quarantined."""
+    keys = ["symbol", "timestamp"]
+    work = work.with_columns(
+        __n=pl.when(_clean()).then(pl.len().over(pl.when(_clean()).then(pl.struct(keys))))
+    )
+    dup = work.filter(pl.col("__n") > 1)
+    if dup.height == 0:
+        return work.drop("__n")
+    groups = dup.group_by(keys).agg(
+        __distinct=pl.struct(list(_VALUES)).n_unique(),
+        __first=pl.col("__row").min(),
+        __first_file=pl.col("__file").min(),
+    )
+    work = work.join(groups, on=keys, how="left")
+    conflict = pl.col("__distinct") > 1
+    work = _mark(work, "duplicate_timestamp_conflict", (pl.col("__n") > 1) & conflict)
+    # Of identical duplicates keep the first occurrence (lowest file, then row).
+    rank = (
+        pl.struct("__file", "__row")
+        .rank("ordinal")
+        .over(pl.when(_clean() & (pl.col("__n") > 1)).then(pl.struct(keys)))
+    )
+    work = work.with_columns(
+        __drop=pl.when(_clean() & (pl.col("__n") > 1) & ~conflict.fill_null(False) & (rank > 1))
+        .then(pl.lit("duplicate"))
+        .otherwise(pl.col("__drop"))
+    )
+    return work.drop("__n", "__distinct", "__first", "__first_file")
+
+
+def _coverage(work: pl.DataFrame, table: pl.DataFrame, bar_seconds: int) -> pl.DataFrame:
+    """Bars present and expected for every (symbol, session) between a symbol's first and last session."""
+    kept = work.filter(_clean())
+    if kept.height == 0 or table.height == 0:
+        return pl.DataFrame(
+            schema={
+                "symbol": pl.String,
+                "session": pl.Date,
+                "expected": pl.Int64,
+                "present": pl.Int64,
+                "missing": pl.Int64,
+            }
+        )
+    present = (
+        kept.group_by("symbol", "__session").agg(present=pl.len()).rename({"__session": "session"})
+    )
+    spans = present.group_by("symbol").agg(
+        first=pl.col("session").min(), last=pl.col("session").max()
+    )
+    if bar_seconds >= DAY_SECONDS:
+        expected = pl.lit(1, pl.Int64)
+    else:
+        expected = (pl.col("__minutes").cast(pl.Int64) * 60 + bar_seconds - 1) // bar_seconds
+    grid = (
+        spans.join(table.select("session", "__minutes"), how="cross")
+        .filter(pl.col("session").is_between(pl.col("first"), pl.col("last")))
+        .with_columns(expected=expected)
+        .select("symbol", "session", "expected")
+    )
+    return (
+        grid.join(present, on=["symbol", "session"], how="left")
+        .with_columns(present=pl.col("present").fill_null(0).cast(pl.Int64))
+        .with_columns(missing=(pl.col("expected") - pl.col("present")).clip(lower_bound=0))
+        .sort("symbol", "session")
+    )
+
+
+def _example(quarantined: pl.DataFrame, files: list[str]) -> str:
+    first = quarantined.sort("__file", "__row").row(0, named=True)
+    return f"{files[first['__file']]} row {first['__row']}: {first['__reason']}"
+
+
+def _write_quarantine(path: Path, q: pl.DataFrame, raws: list[RawFile]) -> None:
+    """Write quarantined rows with the values as given, the file, row and reason."""
+    parts = []
+    for i, raw in enumerate(raws):
+        rows = q.filter(pl.col("__file") == i).select("__row", "__reason")
+        if rows.height == 0:
+            continue
+        given = raw.frame.with_row_index("__row", offset=1).with_columns(
+            pl.col("__row").cast(pl.Int64)
+        )
+        given = given.select(
+            [pl.col("__row")] + [pl.col(c).cast(pl.String) for c in raw.frame.columns]
+        )
+        part = rows.join(given, on="__row", how="left").select(
+            pl.lit(str(raw.path)).alias("source_file"),
+            pl.col("__row").alias("source_row"),
+            pl.col("__reason").alias("reason"),
+            *[pl.col(c) for c in CANONICAL_COLUMNS if c in given.columns],
+        )
+        parts.append(part)
+    frame = pl.concat(parts, how="diagonal_relaxed").sort("source_file", "source_row")
+    from sentio.io import atomic_write
+
+    atomic_write(path, lambda tmp: frame.write_csv(tmp))
+
+
+def ingest_files(
+    inputs: Sequence[str | Path], out: str | Path, cfg: SentioConfig | None = None
+) -> IngestResult:
+    """Ingest vendor bar files into one canonical, contract-checked feather file at ``out``.
+
+    Raises :class:`DataError` for unreadable input, :class:`QuarantineLimitError` when too
+    many rows are rejected and :class:`ContractError` when the kept bars violate a data
+    contract. See the module docstring for the accounting and the files written.
+    """
+    cfg = cfg or SentioConfig()
+    if not inputs:
+        raise DataError("no input files given")
+    outputs = IngestOutputs.for_output(out)
+    resolved = [Path(p) for p in inputs]
+    if any(p.resolve() == outputs.bars.resolve() for p in resolved if p.exists()):
+        raise DataError(
+            f"{outputs.bars}: the output would overwrite an input file; choose another --out"
+        )
+    raws = [read_file(p, cfg.ingest.columns) for p in resolved]
+    input_info = []
+    frames = []
+    for i, raw in enumerate(raws):
+        frame, info = _prepare(raw, i, cfg)
+        info["sha256"] = sha256_file(raw.path)
+        info["bytes"] = raw.path.stat().st_size
+        frames.append(frame)
+        input_info.append(info)
+    kinds = {info["timestamp_kind"] for info in input_info}
+    work = pl.concat(frames, how="vertical_relaxed").with_columns(__drop=pl.lit(None, pl.String))
+    rows_read = work.height
+    files = [str(r.path) for r in raws]
+
+    valid_ts = work.filter(pl.col("__reason").is_null())
+    if "date" in kinds:
+        bar_seconds = DAY_SECONDS
+    else:
+        bar_seconds = infer_bar_seconds(
+            valid_ts.select("symbol", pl.col("__ts").alias("timestamp"))
+        )
+    if cfg.ingest.bar_timestamp == "end" and bar_seconds < DAY_SECONDS:
+        work = work.with_columns(
+            __ts=pl.col("__ts") - pl.duration(seconds=bar_seconds),
+        ).with_columns(__date=pl.col("__ts").dt.convert_time_zone(NY_TZ).dt.date())
+    elif bar_seconds >= DAY_SECONDS and "datetime" in kinds:
+        pass  # __date already holds the date as written (in --tz or UTC)
+
+    work, table = _place_in_sessions(work, bar_seconds, cfg)
+    work = _resolve_duplicates(work)
+    coverage = _coverage(work, table, bar_seconds)
+    incomplete = pl.DataFrame(schema={"symbol": pl.String, "session": pl.Date})
+    if bar_seconds < DAY_SECONDS and coverage.height:
+        incomplete = coverage.filter(
+            (pl.col("present") > 0)
+            & (pl.col("present") < pl.col("expected") * cfg.ingest.min_session_coverage)
+        ).select("symbol", "session")
+        if incomplete.height:
+            work = work.join(
+                incomplete.with_columns(__inc=pl.lit(True)),
+                left_on=["symbol", "__session"],
+                right_on=["symbol", "session"],
+                how="left",
+            )
+            work = _mark(work, "incomplete_session", pl.col("__inc")).drop("__inc")
+
+    quarantined = work.filter(pl.col("__reason").is_not_null())
+    kept = work.filter(_clean())
+    by_reason = {
+        r: n for r, n in quarantined.group_by("__reason").len().sort("__reason").iter_rows()
+    }
+    dropped = {
+        r: n
+        for r, n in work.filter(pl.col("__drop").is_not_null()).group_by("__drop").len().iter_rows()
+    }
+    out_of_order = (
+        int(
+            kept.select(
+                (
+                    (pl.col("timestamp").diff().over("symbol", order_by=["__file", "__row"]))
+                    < pl.duration()
+                ).sum()
+            ).item()
+        )
+        if kept.height
+        else 0
+    )
+
+    bars = kept.select(
+        pl.col("timestamp").cast(TIMESTAMP_DTYPE), "symbol", *[pl.col(c) for c in _VALUES]
+    ).sort("symbol", "timestamp")
+
+    report: dict[str, Any] = {
+        "sentio_version": __version__,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "status": "ok",
+        "config_hash": cfg.hash("ingest", "universe"),
+        "inputs": input_info,
+        "output": str(outputs.bars),
+        "rows_read": rows_read,
+        "rows_kept": bars.height,
+        "rows_dropped_outside_regular_hours": dropped.get("outside_regular_hours", 0),
+        "rows_dropped_duplicates": dropped.get("duplicate", 0),
+        "rows_quarantined": quarantined.height,
+        "quarantined_by_reason": by_reason,
+        "quarantine": str(outputs.quarantine) if quarantined.height else None,
+        "rows_out_of_order": out_of_order,
+        "bar_seconds": bar_seconds,
+        "frequency": frequency_label(bar_seconds),
+        "bar_timestamp": cfg.ingest.bar_timestamp,
+        "calendar": cfg.universe.calendar,
+        "symbols": _symbol_summary(bars, coverage),
+        "sessions_rejected_incomplete": incomplete.height,
+        "missing_bars_by_session": [
+            {**row, "session": row["session"].isoformat()}
+            for row in coverage.filter(pl.col("missing") > 0).iter_rows(named=True)
+        ],
+    }
+    accounted = (
+        report["rows_kept"]
+        + report["rows_dropped_outside_regular_hours"]
+        + report["rows_dropped_duplicates"]
+        + report["rows_quarantined"]
+    )
+    if accounted != rows_read:  # pragma: no cover - an internal invariant
+        raise AssertionError(f"ingest accounting broken: {accounted} != {rows_read}")
+
+    problem = None
+    if quarantined.height and cfg.ingest.on_bad_rows == "error":
+        problem = DataError(
+            f"{_example(quarantined, files)} ({quarantined.height} bad rows: "
+            f"{_fmt_reasons(by_reason)}); set ingest.on_bad_rows=quarantine to set them aside"
+        )
+    elif quarantined.height > math.floor(cfg.ingest.max_quarantine_fraction * rows_read):
+        frac = quarantined.height / rows_read
+        problem = QuarantineLimitError(
+            f"{', '.join(files)}: {quarantined.height} of {rows_read} rows rejected ({frac:.2%}, limit "
+            f"{cfg.ingest.max_quarantine_fraction:.2%}): {_fmt_reasons(by_reason)}; e.g. {_example(quarantined, files)}"
+        )
+    elif bars.height == 0:
+        problem = DataError(f"{', '.join(files)}: no regular-hours bars left after ingest")
+    if quarantined.height:
+        _write_quarantine(outputs.quarantine, quarantined, raws)
+    if problem is not None:
+        report["status"] = "failed"
+        report["error"] = str(problem)
+        write_json_atomic(outputs.report, report)
+        raise problem
+
+    report["contract"] = _check_contracts(bars, outputs, sorted(report["symbols"]))
+    write_feather_atomic(outputs.bars, bars)
+    report["output_sha256"] = sha256_file(outputs.bars)
+    write_config(outputs.config, cfg)
+    write_json_atomic(outputs.report, report)
+    return IngestResult(outputs, report)
+
+
+def _fmt_reasons(by_reason: dict[str, int]) -> str:
+    return ", ".join(f"{r} {n}" for r, n in sorted(by_reason.items(), key=lambda kv: -kv[1]))
+
+
+def _symbol_summary(bars: pl.DataFrame, coverage: pl.DataFrame) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    stats = bars.group_by("symbol").agg(
+        rows=pl.len(), start=pl.col("timestamp").min(), end=pl.col("timestamp").max()
+    )
+    for row in stats.sort("symbol").iter_rows(named=True):
+        cov = coverage.filter(pl.col("symbol") == row["symbol"])
+        summary[row["symbol"]] = {
+            "rows": row["rows"],
+            "start": row["start"].isoformat(),
+            "end": row["end"].isoformat(),
+            "sessions": int((cov["present"] > 0).sum()),
+            "sessions_absent": int((cov["present"] == 0).sum()),
+            "sessions_with_missing_bars": int(((cov["missing"] > 0) & (cov["present"] > 0)).sum()),
+            "missing_bars": int(cov["missing"].sum()),
+        }
+    return summary
+
+
+def _check_contracts(
+    bars: pl.DataFrame, outputs: IngestOutputs, symbols: list[str]
+) -> dict[str, Any]:
+    """Validate the kept bars with pandera and Great Expectations; save the GX result."""
+    from data_contracts import ContractViolation, run_gx_validation, validate_bars
+
+    try:
+        validate_bars(bars, str(outputs.bars))
+    except ContractViolation as err:
+        raise ContractError(str(err)) from None
+    gx = run_gx_validation(bars, outputs.bars.parent, outputs.bars.stem, symbols=symbols)
+    if not gx.success:
+        raise ContractError(
+            f"{outputs.bars}: Great Expectations suite failed: {', '.join(gx.failed)} (see {gx.html_path})"
+        )
+    return {
+        "pandera": "passed",
+        "gx_success": gx.success,
+        "gx_evaluated": gx.evaluated,
+        "gx_json": str(gx.json_path),
+        "gx_html": str(gx.html_path),
+    }
