@@ -1,5 +1,233 @@
-"""Command-line interface (filled in below)."""
+"""The ``sentio`` command.
+
+Every error a user can cause prints one line on stderr (``error: ...``) and exits
+non-zero; tracebacks are for bugs. The orchestration commands (``run`` and ``serve``)
+import Prefect lazily, so the library and the data commands never load it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from sentio.config import SentioConfig, dump_config, load_config, with_overrides
+from sentio.errors import SentioError
+
+app = typer.Typer(
+    name="sentio",
+    help="Sentio: nightly-retrained PPO agents for TQQQ/SQQQ. Data, ingest and the nightly flow.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML configuration (defaults when omitted).", show_default=False),
+]
 
 
-def main() -> None:  # replaced by the typer app
-    raise SystemExit(0)
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def user_errors(func: F) -> F:
+    """Turn errors a user can cause into one line on stderr and a non-zero exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SentioError as err:
+            raise _fail(str(err), err.exit_code) from None
+        except FileNotFoundError as err:
+            raise _fail(f"{err.filename}: file not found", 3) from None
+        except PermissionError as err:
+            raise _fail(f"{err.filename}: permission denied", 3) from None
+        except OSError as err:
+            raise _fail(f"{err.filename or ''}: {err.strerror or err}", 3) from None
+        except KeyboardInterrupt:
+            raise _fail("interrupted", 130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _config(path: Path | None, overrides: dict[str, Any] | None = None) -> SentioConfig:
+    cfg = load_config(path)
+    return with_overrides(cfg, overrides) if overrides else cfg
+
+
+@app.command()
+@user_errors
+def synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bars file to write (.feather).")] = Path(
+        "data/demo/bars.feather"
+    ),
+    config: ConfigOpt = None,
+    years: Annotated[float | None, typer.Option(help="Length in years (synth.years).")] = None,
+    start: Annotated[str | None, typer.Option(help="First day, YYYY-MM-DD (synth.start).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (synth.seed).")] = None,
+    random_walk: Annotated[
+        bool | None,
+        typer.Option("--random-walk/--regimes", help="Pure random walk (no edge) or regime-switching market."),
+    ] = None,
+    edge: Annotated[
+        float | None, typer.Option(help="Planted lag-1 autocorrelation of standardised returns, 0-0.5.")
+    ] = None,
+) -> None:
+    """Generate synthetic one-minute QQQ/TQQQ/SQQQ bars on the NYSE calendar, with true regimes."""
+    from sentio.data.synth import write_synth
+
+    cfg = _config(
+        config,
+        {"synth.years": years, "synth.start": start, "synth.seed": seed,
+         "synth.random_walk": random_walk, "synth.edge_strength": edge},
+    )
+    paths = write_synth(out, cfg)
+    for what, path in paths.items():
+        typer.echo(f"{what}: {path}")
+
+
+@app.command()
+@user_errors
+def sample(
+    name: Annotated[str, typer.Argument(help="Sample to write: nasdaq-daily.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bars file to write (.feather).")] = Path(
+        "data/nasdaq-daily/bars.feather"
+    ),
+    config: ConfigOpt = None,
+) -> None:
+    """Write a real market data sample in the canonical format (NASDAQ Composite daily 1999-2018)."""
+    from sentio.data.sample import write_sample
+
+    paths = write_sample(name, out, _config(config))
+    for what, path in paths.items():
+        typer.echo(f"{what}: {path}")
+
+
+@app.command()
+@user_errors
+def ingest(
+    inputs: Annotated[list[Path], typer.Argument(help="Bar files: .feather/.arrow/.ipc, .parquet, .csv/.txt/.tsv.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Canonical bars file to write (.feather).")],
+    config: ConfigOpt = None,
+    symbol: Annotated[str | None, typer.Option(help="Symbol for files without a symbol column.")] = None,
+    tz: Annotated[str | None, typer.Option(help="Time zone of naive timestamps, e.g. America/New_York.")] = None,
+    bar_timestamp: Annotated[
+        str | None, typer.Option(help="Whether the source stamps bars at their 'start' or 'end'.")
+    ] = None,
+    columns: Annotated[
+        str | None, typer.Option(help="Comma-separated names for the columns of a CSV without header.")
+    ] = None,
+    on_bad_rows: Annotated[
+        str | None, typer.Option(help="'quarantine' bad rows (default) or fail with an 'error'.")
+    ] = None,
+    max_quarantine_fraction: Annotated[
+        float | None, typer.Option(help="Fail when more than this fraction of rows is quarantined.")
+    ] = None,
+) -> None:
+    """Validate vendor bars into canonical, regular-hours, UTC bar-start bars with a data-quality report."""
+    from sentio.data.ingest import ingest_files
+
+    cfg = _config(
+        config,
+        {
+            "ingest.symbol": symbol,
+            "ingest.tz": tz,
+            "ingest.bar_timestamp": bar_timestamp,
+            "ingest.columns": [c.strip() for c in columns.split(",")] if columns else None,
+            "ingest.on_bad_rows": on_bad_rows,
+            "ingest.max_quarantine_fraction": max_quarantine_fraction,
+        },
+    )
+    result = ingest_files(inputs, out, cfg)
+    r = result.report
+    typer.echo(
+        f"read {r['rows_read']} rows: kept {r['rows_kept']}, dropped "
+        f"{r['rows_dropped_outside_regular_hours']} outside regular hours and "
+        f"{r['rows_dropped_duplicates']} exact duplicates, quarantined {r['rows_quarantined']}"
+        + (f" ({', '.join(f'{k} {v}' for k, v in r['quarantined_by_reason'].items())})" if r["rows_quarantined"] else "")
+    )
+    typer.echo(f"bars: {result.outputs.bars} ({r['frequency']} bars, symbols {', '.join(r['symbols'])})")
+    typer.echo(f"report: {result.outputs.report}")
+    if r["quarantine"]:
+        typer.echo(f"quarantine: {r['quarantine']}")
+    typer.echo(f"great expectations: {r['contract']['gx_html']}")
+
+
+def _workdir(cfg: SentioConfig, workdir: Path | None) -> Path:
+    return (workdir or cfg.paths.workdir).resolve()
+
+
+@app.command()
+@user_errors
+def run(
+    data: Annotated[str, typer.Option("--data", "-d", help="Bar file, comma-separated files or a folder.")] = (
+        "data/demo/bars.feather"
+    ),
+    config: ConfigOpt = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Where stage outputs and Prefect results go (paths.workdir).")
+    ] = None,
+) -> None:
+    """Run the nightly flow locally through Prefect (a temporary local API when none is configured)."""
+    cfg = _config(config, {"paths.workdir": str(workdir) if workdir else None})
+    from sentio.stages import resolve_inputs
+
+    resolve_inputs(data)  # fail fast, before Prefect starts, on a missing data path
+    wd = _workdir(cfg, None)
+    from sentio.orchestration import prefect_env_defaults
+
+    prefect_env_defaults(wd)
+    from flows.nightly import nightly_flow
+
+    result = nightly_flow(
+        data_path=data,
+        config_path=str(config.resolve()) if config else None,
+        workdir=str(wd),
+    )
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command()
+@user_errors
+def serve(
+    data: Annotated[str, typer.Option("--data", "-d", help="Default data path of the deployments.")] = (
+        "data/demo/bars.feather"
+    ),
+    config: ConfigOpt = None,
+) -> None:
+    """Serve the 'nightly' (02:00 New York, weekdays) and 'manual' deployments from this process."""
+    cfg = _config(config)
+    from sentio.orchestration import prefect_env_defaults
+
+    prefect_env_defaults(_workdir(cfg, None))
+    from flows.serve import serve_deployments
+
+    serve_deployments(str(Path(data).resolve()) if "," not in data else data,
+                      str(config.resolve()) if config else None)
+
+
+@app.command("config")
+@user_errors
+def show_config(config: ConfigOpt = None) -> None:
+    """Validate a configuration and print it with every default filled in."""
+    typer.echo(dump_config(_config(config)), nl=False)
+
+
+def main() -> None:
+    """Entry point of the ``sentio`` console script."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -99,9 +99,9 @@ def _sniff_csv(path: Path, sample: str) -> tuple[str, bool]:
                 f"{path}: cannot find the column delimiter (tried comma, semicolon, tab, pipe)"
             ) from None
     first = [tok.strip().strip('"').strip("'") for tok in lines[0].split(delimiter)]
-    header = any(_norm(tok) in ALIASES for tok in first) or not all(
-        re.fullmatch(r"[\d\s:/\-+.TZeE]+", tok or "0") for tok in first
-    )
+    # A data row always holds numbers (the prices); a header row names columns.
+    numeric = [tok for tok in first if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", tok)]
+    header = any(_norm(tok) in ALIASES for tok in first) or not numeric
     return delimiter, header
 
 
@@ -166,7 +166,7 @@ def read_file(path: str | Path, columns: list[str] | None = None) -> RawFile:
         raw = _read_csv(p, columns)
     elif suffix in IPC_EXTENSIONS:
         try:
-            raw = RawFile(p, "feather", pl.read_ipc(p, memory_map=False))
+            raw = RawFile(p, "feather", pl.read_ipc(p))
         except Exception as err:  # polars/arrow raise several types for corrupt files
             raise _read_error(p, "feather/Arrow IPC", err) from None
     else:

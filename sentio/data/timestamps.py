@@ -72,17 +72,22 @@ def _from_epoch(ints: pl.Series) -> tuple[pl.Series, str]:
 
 
 def _pick_format(strings: pl.Series, formats: tuple[str, ...], target: str) -> str | None:
+    """The format that parses most of a sample (at least half); single bad rows are quarantined later."""
     sample = strings.drop_nulls().head(2000)
     if sample.len() == 0:
         return None
+    best, best_ok = None, 0
     for fmt in formats:
         if target == "date":
             parsed = sample.str.to_date(fmt, strict=False)
         else:
             parsed = sample.str.to_datetime(fmt, strict=False, time_unit="us")
-        if parsed.null_count() == 0:
+        ok = sample.len() - parsed.null_count()
+        if ok == sample.len():
             return fmt
-    return None
+        if ok > best_ok:
+            best, best_ok = fmt, ok
+    return best if best_ok * 2 > sample.len() else None
 
 
 def _localize(values: pl.Series, tz: str) -> pl.Series:

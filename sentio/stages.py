@@ -1,0 +1,156 @@
+"""Pipeline stages as plain functions: paths and small summaries in, paths and summaries out.
+
+Each stage writes content-addressed outputs under ``workdir/<stage>/<key>/`` where the
+key hashes the content of the inputs, the configuration sections the stage reads and
+the version of the code that does the work. The Prefect tasks in ``tasks/`` call these
+functions and use the same keys as their cache keys; without Prefect, a stage whose
+outputs already exist and verify is not recomputed either.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from sentio.config import SentioConfig
+from sentio.data import ingest as ingest_module
+from sentio.data import leverage, readers, schema, timestamps
+from sentio.data.ingest import ingest_files
+from sentio.data.leverage import ensure_universe
+from sentio.errors import ContractError, DataError
+from sentio.io import code_version, combine_hashes, sha256_file, write_feather_atomic, write_json_atomic
+
+STAGE_SUMMARY = "summary.json"
+# Files Sentio writes beside bar files; a folder given as input skips them.
+SIDECAR_SUFFIXES = (".quarantine.csv", ".regimes.feather")
+
+
+def resolve_inputs(data_path: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Expand a data path into input files.
+
+    Accepts one file, a comma-separated list of files, a folder (every supported bar
+    file in it, sorted by name) or a sequence of those.
+    """
+    if isinstance(data_path, str | Path):
+        items: list[str | Path] = [s.strip() for s in str(data_path).split(",") if s.strip()]
+    else:
+        items = list(data_path)
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                f
+                for f in p.iterdir()
+                if f.is_file()
+                and f.suffix.lower() in readers.SUPPORTED
+                and not f.name.endswith(SIDECAR_SUFFIXES)
+            )
+            if not found:
+                raise DataError(f"{p}: folder holds no bar files ({', '.join(readers.SUPPORTED)})")
+            files.extend(found)
+        elif not p.exists():
+            raise DataError(f"{p}: file not found")
+        else:
+            files.append(p)
+    if not files:
+        raise DataError("no input files given")
+    return files
+
+
+def ingest_code_version() -> str:
+    """Version of every module whose change would change an ingest output."""
+    import data_contracts.bars
+    import data_contracts.gx_bars
+
+    return code_version(
+        ingest_module, readers, timestamps, schema, leverage, data_contracts.bars, data_contracts.gx_bars
+    )
+
+
+def ingest_key(inputs: Sequence[str | Path], cfg: SentioConfig) -> str:
+    """Cache key of the ingest stage: input CONTENT, ingest/universe settings, code version."""
+    files = resolve_inputs(inputs)
+    return combine_hashes(
+        [*(sha256_file(f) for f in files), cfg.hash("ingest", "universe"), ingest_code_version()]
+    )[:32]
+
+
+def _cached_summary(folder: Path) -> dict[str, Any] | None:
+    path = folder / STAGE_SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+        if sha256_file(summary["output"]) != summary["output_sha256"]:
+            return None
+    except (OSError, ValueError, KeyError):
+        return None
+    return summary
+
+
+def ingest_stage(inputs: Sequence[str | Path], cfg: SentioConfig, workdir: str | Path) -> dict[str, Any]:
+    """Ingest the input files and complete the universe; return a small JSON-able summary.
+
+    Output: ``workdir/ingest/<key>/bars.feather`` holding every universe symbol (the
+    leveraged ETFs derived with a daily reset when the input lacks them), plus the
+    ingest report, quarantine file, GX results and configuration of the ingest itself.
+    """
+    files = resolve_inputs(inputs)
+    key = ingest_key(files, cfg)
+    folder = Path(workdir) / "ingest" / key
+    cached = _cached_summary(folder)
+    if cached is not None:
+        return cached
+
+    result = ingest_files(files, folder / "ingested.feather", cfg)
+    bars = pl.read_ipc(result.output)
+    uni = cfg.universe
+    try:
+        complete, derived = ensure_universe(bars, uni, volume_ratio=cfg.synth.derived_volume_ratio)
+    except DataError as err:
+        raise DataError(f"{', '.join(map(str, files))}: {err}") from None
+    if derived:
+        from data_contracts import ContractViolation, validate_bars
+
+        try:
+            validate_bars(complete, str(folder / "bars.feather"))
+        except ContractViolation as err:
+            raise ContractError(str(err)) from None
+    out = write_feather_atomic(folder / "bars.feather", complete)
+    report = result.report
+    summary: dict[str, Any] = {
+        "key": key,
+        "output": str(out),
+        "output_sha256": sha256_file(out),
+        "report": str(result.outputs.report),
+        "quarantine": report["quarantine"],
+        "gx_json": report["contract"]["gx_json"],
+        "gx_html": report["contract"]["gx_html"],
+        "gx_success": report["contract"]["gx_success"],
+        "config": str(result.outputs.config),
+        "inputs": {info["path"]: info["sha256"] for info in report["inputs"]},
+        "rows_read": report["rows_read"],
+        "rows_kept": report["rows_kept"],
+        "rows_dropped_outside_regular_hours": report["rows_dropped_outside_regular_hours"],
+        "rows_dropped_duplicates": report["rows_dropped_duplicates"],
+        "rows_quarantined": report["rows_quarantined"],
+        "quarantined_by_reason": report["quarantined_by_reason"],
+        "symbols": sorted(complete["symbol"].unique().to_list()),
+        "derived_symbols": derived,
+        "bar_seconds": report["bar_seconds"],
+        "frequency": report["frequency"],
+        "start": min(s["start"] for s in report["symbols"].values()),
+        "end": max(s["end"] for s in report["symbols"].values()),
+        "sessions": max(s["sessions"] for s in report["symbols"].values()),
+        "incomplete_sessions": report["sessions_rejected_incomplete"],
+        "sessions_with_missing_bars": sum(
+            s["sessions_with_missing_bars"] for s in report["symbols"].values()
+        ),
+    }
+    write_json_atomic(folder / STAGE_SUMMARY, summary)
+    return summary

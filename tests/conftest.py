@@ -1,0 +1,60 @@
+"""Shared test fixtures: small, hand-checkable bar frames built on the real NYSE calendar."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from sentio.calendar import sessions
+from sentio.data.schema import TIMESTAMP_DTYPE
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SPY_DIR = Path(os.environ.get("SENTIO_SPY_DIR", SHARED_DATA / "spy_minute_2011"))
+
+
+def minute_bars(
+    start: str, end: str, symbol: str = "QQQ", seed: int = 0, price: float = 100.0
+) -> pl.DataFrame:
+    """Canonical one-minute regular-hours bars of every NYSE session in [start, end]."""
+    table = sessions(dt.date.fromisoformat(start), dt.date.fromisoformat(end))
+    stamps = pl.concat(
+        [
+            pl.datetime_range(o, c, "1m", closed="left", eager=True, time_zone="UTC")
+            for o, c in zip(table["open"], table["close"], strict=True)
+        ]
+    ).cast(TIMESTAMP_DTYPE)
+    rng = np.random.default_rng(seed)
+    n = stamps.len()
+    close = price * np.exp(np.cumsum(rng.normal(0, 5e-4, n)))
+    open_ = np.concatenate([[price], close[:-1]])
+    spread = np.abs(rng.normal(0, 2e-4, n)) * close
+    return pl.DataFrame(
+        {
+            "timestamp": stamps,
+            "symbol": symbol,
+            "open": open_,
+            "high": np.maximum(open_, close) + spread,
+            "low": np.minimum(open_, close) - spread,
+            "close": close,
+            "volume": rng.integers(100, 10_000, n).astype(float),
+        }
+    )
+
+
+@pytest.fixture
+def bars_factory():
+    """The :func:`minute_bars` builder."""
+    return minute_bars
+
+
+@pytest.fixture
+def spy_dir() -> Path:
+    """The real SPY minute files, or a skip saying why they are absent."""
+    if not (SPY_DIR / "spy-2011-01.csv").is_file():
+        pytest.skip(f"real SPY sample data not found at {SPY_DIR} (../shared/data beside the repo)")
+    return SPY_DIR

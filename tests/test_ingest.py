@@ -1,0 +1,415 @@
+"""Ingest: real-format files in, canonical bars out; every bad-input kind ends in an error or quarantine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sentio.config import SentioConfig, with_overrides
+from sentio.data.ingest import ingest_files
+from sentio.errors import DataError, QuarantineLimitError
+from sentio.io import sha256_file
+from tests.conftest import minute_bars
+
+
+def cfg(**ingest) -> SentioConfig:
+    return with_overrides(SentioConfig(), {f"ingest.{k}": v for k, v in ingest.items()})
+
+
+def accounting(report: dict) -> int:
+    return (
+        report["rows_kept"]
+        + report["rows_dropped_outside_regular_hours"]
+        + report["rows_dropped_duplicates"]
+        + report["rows_quarantined"]
+    )
+
+
+def write_csv(path: Path, frame: pl.DataFrame, **kw) -> Path:
+    frame.write_csv(path, **kw)
+    return path
+
+
+def as_vendor(frame: pl.DataFrame) -> pl.DataFrame:
+    """Timestamps as ISO strings with offset, like a typical CSV export."""
+    return frame.with_columns(pl.col("timestamp").dt.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+
+# --------------------------------------------------------------------------- real data
+
+
+def test_real_spy_minute_files_across_dst(spy_dir: Path, tmp_path: Path) -> None:
+    files = [spy_dir / "spy-2011-01.csv", spy_dir / "spy-2011-03.csv"]
+    hashes = [sha256_file(f) for f in files]
+    result = ingest_files(files, tmp_path / "spy.feather", cfg(symbol="SPY", tz="UTC", bar_timestamp="end"))
+    rep = result.report
+    bars = pl.read_ipc(result.output)
+    # Complete regular sessions: 20 in January, 23 in March, 390 one-minute bars each.
+    per_session = bars.group_by(pl.col("timestamp").dt.convert_time_zone("America/New_York").dt.date()).len()
+    assert per_session.height == 43
+    assert per_session["len"].unique().to_list() == [390]
+    assert rep["rows_read"] == 14_180 + 17_577
+    assert rep["rows_kept"] == 43 * 390
+    assert rep["rows_quarantined"] == 0
+    assert accounting(rep) == rep["rows_read"]
+    assert rep["frequency"] == "1min"
+    # UTC bar starts: 09:30 New York is 14:30 UTC before the DST change and 13:30 after it.
+    firsts = bars.group_by(pl.col("timestamp").dt.date().alias("d")).agg(pl.col("timestamp").min(), pl.col("timestamp").max().alias("last"))
+    first = {r["d"]: (r["timestamp"].time(), r["last"].time()) for r in firsts.iter_rows(named=True)}
+    assert first[dt.date(2011, 1, 3)] == (dt.time(14, 30), dt.time(20, 59))
+    assert first[dt.date(2011, 3, 11)] == (dt.time(14, 30), dt.time(20, 59))
+    assert first[dt.date(2011, 3, 14)] == (dt.time(13, 30), dt.time(19, 59))
+    # The bar that starts at 09:30 New York was stamped 09:31 (its end) in the file.
+    raw = pl.read_csv(files[0], separator=";", has_header=False, new_columns=["t", "o", "h", "l", "c", "v"])
+    opening = raw.filter(pl.col("t") == "20110103 143100").row(0, named=True)
+    got = bars.row(0, named=True)
+    assert (got["open"], got["close"], got["volume"]) == (opening["o"], opening["c"], opening["v"])
+    # The inputs were only read.
+    assert [sha256_file(f) for f in files] == hashes
+
+
+# --------------------------------------------------------------------------- formats and vendor names
+
+
+def test_feather_parquet_and_csv_give_identical_bars(tmp_path: Path) -> None:
+    bars = minute_bars("2024-03-08", "2024-03-12")
+    bars.write_ipc(tmp_path / "b.feather")
+    bars.write_parquet(tmp_path / "b.parquet")
+    write_csv(tmp_path / "b.csv", as_vendor(bars))
+    outs = [
+        pl.read_ipc(ingest_files([tmp_path / f"b.{ext}"], tmp_path / f"out_{ext}.feather").output)
+        for ext in ("feather", "parquet", "csv")
+    ]
+    for out in outs:
+        assert out.equals(bars.sort("symbol", "timestamp"))
+
+
+def test_polygon_style_columns_epoch_ms(tmp_path: Path) -> None:
+    bars = minute_bars("2024-01-02", "2024-01-03")
+    poly = bars.select(
+        t=pl.col("timestamp").dt.epoch("ms"), o="open", h="high", l="low", c="close", v="volume", vw="close",
+        n=pl.lit(5),
+    )
+    poly.write_parquet(tmp_path / "poly.parquet")
+    res = ingest_files([tmp_path / "poly.parquet"], tmp_path / "out.feather", cfg(symbol="QQQ"))
+    assert pl.read_ipc(res.output).equals(bars)
+    assert res.report["inputs"][0]["ignored_columns"] == ["vw", "n"]
+    assert res.report["inputs"][0]["timestamp_format"] == "epoch-ms"
+
+
+def test_polygon_ticker_column_capital_t(tmp_path: Path) -> None:
+    bars = minute_bars("2024-01-02", "2024-01-02", symbol="TQQQ")
+    poly = bars.select(T="symbol", t=pl.col("timestamp").dt.epoch("ms"), o="open", h="high", l="low", c="close", v="volume")
+    poly.write_ipc(tmp_path / "poly.feather")
+    res = ingest_files([tmp_path / "poly.feather"], tmp_path / "out.feather")
+    assert pl.read_ipc(res.output)["symbol"].unique().to_list() == ["TQQQ"]
+
+
+def test_yahoo_daily_csv_any_case_adj_close_ignored(tmp_path: Path) -> None:
+    text = (
+        "DATE,OPEN,HIGH,LOW,CLOSE,ADJ CLOSE,VOLUME\n"
+        "2024-01-02,10,11,9,10.5,5.0,1000\n"
+        "2024-01-03,10.5,12,10,11.5,5.5,2000\n"
+        "2024-01-04,11.5,12,11,11.8,5.9,1500\n"
+    )
+    (tmp_path / "y.csv").write_text(text)
+    res = ingest_files([tmp_path / "y.csv"], tmp_path / "o.feather", cfg(symbol="QQQ"))
+    out = pl.read_ipc(res.output)
+    assert res.report["frequency"] == "1d"
+    assert out["close"].to_list() == [10.5, 11.5, 11.8]  # Close, not Adj Close
+    # A daily bar starts at the session open: 09:30 New York = 14:30 UTC in January.
+    assert out["timestamp"].dt.time().unique().to_list() == [dt.time(14, 30)]
+    assert res.report["inputs"][0]["ignored_columns"] == ["ADJ CLOSE"]
+
+
+def test_daily_bar_on_a_holiday_is_quarantined(tmp_path: Path) -> None:
+    text = "date;open;high;low;close;volume\n2024-07-03;1;1;1;1;1\n2024-07-04;1;1;1;1;1\n2024-07-05;1;1;1;1;1\n"
+    (tmp_path / "d.csv").write_text(text)
+    res = ingest_files([tmp_path / "d.csv"], tmp_path / "o.feather", cfg(symbol="X", max_quarantine_fraction=0.5))
+    assert res.report["quarantined_by_reason"] == {"not_a_session": 1}
+    q = pl.read_csv(res.outputs.quarantine)
+    assert q["source_row"].to_list() == [2] and q["timestamp"].to_list() == ["2024-07-04"]
+
+
+def test_headerless_csv_needs_columns_when_not_six(tmp_path: Path) -> None:
+    bars = minute_bars("2024-01-02", "2024-01-02").select("timestamp", "symbol", "open", "high", "low", "close", "volume")
+    write_csv(tmp_path / "h.csv", as_vendor(bars), include_header=False)
+    with pytest.raises(DataError, match=r"h\.csv: no header row and 7 columns; name them with --columns"):
+        ingest_files([tmp_path / "h.csv"], tmp_path / "o.feather")
+    names = "timestamp,symbol,open,high,low,close,volume".split(",")
+    res = ingest_files([tmp_path / "h.csv"], tmp_path / "o.feather", cfg(columns=names))
+    assert res.report["rows_kept"] == 390
+
+
+def test_naive_new_york_timestamps_with_tz_across_dst(tmp_path: Path) -> None:
+    bars = minute_bars("2024-03-08", "2024-03-11")
+    local = bars.with_columns(
+        pl.col("timestamp").dt.convert_time_zone("America/New_York").dt.replace_time_zone(None).dt.strftime("%Y-%m-%d %H:%M:%S")
+    )
+    write_csv(tmp_path / "ny.csv", local)
+    with pytest.raises(DataError, match=r"ny\.csv: timestamps have no time zone; pass --tz"):
+        ingest_files([tmp_path / "ny.csv"], tmp_path / "o.feather")
+    res = ingest_files([tmp_path / "ny.csv"], tmp_path / "o.feather", cfg(tz="America/New_York"))
+    assert pl.read_ipc(res.output).equals(bars)
+
+
+def test_end_stamped_bars_are_shifted_to_their_start(tmp_path: Path) -> None:
+    bars = minute_bars("2024-01-02", "2024-01-02")
+    shifted = bars.with_columns(pl.col("timestamp") + pl.duration(minutes=1))
+    shifted.write_ipc(tmp_path / "e.feather")
+    res = ingest_files([tmp_path / "e.feather"], tmp_path / "o.feather", cfg(bar_timestamp="end"))
+    assert pl.read_ipc(res.output).equals(bars)
+    # Read as bar starts, the last bar (stamped 16:00) falls outside regular hours.
+    res2 = ingest_files([tmp_path / "e.feather"], tmp_path / "o2.feather", cfg(min_session_coverage=0.0))
+    assert res2.report["rows_dropped_outside_regular_hours"] == 1
+
+
+def test_extended_hours_are_dropped_and_counted(tmp_path: Path) -> None:
+    bars = minute_bars("2024-01-02", "2024-01-02")
+    pre = bars.head(30).with_columns(pl.col("timestamp") - pl.duration(hours=1))
+    post = bars.tail(20).with_columns(pl.col("timestamp") + pl.duration(hours=2))
+    weekend = bars.head(5).with_columns(pl.col("timestamp") + pl.duration(days=5))  # a Sunday
+    pl.concat([pre, bars, post, weekend]).write_ipc(tmp_path / "x.feather")
+    res = ingest_files([tmp_path / "x.feather"], tmp_path / "o.feather")
+    assert res.report["rows_dropped_outside_regular_hours"] == 55
+    assert res.report["rows_kept"] == 390
+    assert accounting(res.report) == res.report["rows_read"] == 445
+
+
+def test_early_close_session_expects_210_bars(tmp_path: Path) -> None:
+    bars = minute_bars("2024-11-29", "2024-11-29")  # day after Thanksgiving, 13:00 close
+    assert bars.height == 210
+    bars.write_ipc(tmp_path / "x.feather")
+    res = ingest_files([tmp_path / "x.feather"], tmp_path / "o.feather")
+    assert res.report["missing_bars_by_session"] == []
+    assert res.report["rows_kept"] == 210
+
+
+# --------------------------------------------------------------------------- bad input: clear errors
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "pattern"),
+    [
+        ("empty.csv", b"", r"empty\.csv: file is empty"),
+        ("header.csv", b"timestamp,symbol,open,high,low,close,volume\n", r"header\.csv: (file holds no data rows|cannot read)"),
+        ("blank.csv", b"\n\n  \n", r"blank\.csv: file holds no data rows"),
+        ("bars.xlsx", b"PK\x03\x04", r"bars\.xlsx: unsupported file type '\.xlsx'"),
+        ("noext", b"a,b\n1,2\n", r"noext: unsupported file type '\(no extension\)'"),
+        ("corrupt.feather", b"ARROW1\x00\x00garbage-not-arrow", r"corrupt\.feather: cannot read as feather"),
+        ("corrupt.parquet", b"PAR1garbagePAR1", r"corrupt\.parquet: cannot read as parquet"),
+    ],
+)
+def test_unreadable_files_fail_with_one_line_naming_the_file(tmp_path: Path, name: str, content: bytes, pattern: str) -> None:
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError, match=pattern) as info:
+        ingest_files([tmp_path / name], tmp_path / "o.feather")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "o.feather").exists()
+
+
+def test_truncated_feather_is_a_clear_error(tmp_path: Path) -> None:
+    minute_bars("2024-01-02", "2024-01-05").write_ipc(tmp_path / "t.feather")
+    data = (tmp_path / "t.feather").read_bytes()
+    (tmp_path / "t.feather").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"t\.feather: cannot read as feather/Arrow IPC \(truncated or corrupt"):
+        ingest_files([tmp_path / "t.feather"], tmp_path / "o.feather")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"nope\.csv: file not found"):
+        ingest_files([tmp_path / "nope.csv"], tmp_path / "o.feather")
+
+
+def test_misspelled_column_is_named_with_a_hint(tmp_path: Path) -> None:
+    bars = as_vendor(minute_bars("2024-01-02", "2024-01-02")).rename({"close": "Clse"})
+    write_csv(tmp_path / "m.csv", bars)
+    with pytest.raises(DataError, match=r"m\.csv: missing column 'close' \(did you mean 'clse'\?\); columns found: .*Clse"):
+        ingest_files([tmp_path / "m.csv"], tmp_path / "o.feather")
+
+
+def test_missing_symbol_without_option(tmp_path: Path) -> None:
+    as_vendor(minute_bars("2024-01-02", "2024-01-02")).drop("symbol").write_csv(tmp_path / "s.csv")
+    with pytest.raises(DataError, match=r"s\.csv: no symbol column; pass --symbol"):
+        ingest_files([tmp_path / "s.csv"], tmp_path / "o.feather")
+
+
+def test_ambiguous_column_mapping(tmp_path: Path) -> None:
+    bars = as_vendor(minute_bars("2024-01-02", "2024-01-02")).with_columns(c=pl.col("close"))
+    bars.write_csv(tmp_path / "a.csv")
+    with pytest.raises(DataError, match=r"a\.csv: columns 'close', 'c' all map to 'close'"):
+        ingest_files([tmp_path / "a.csv"], tmp_path / "o.feather")
+
+
+def test_unparseable_timestamp_column(tmp_path: Path) -> None:
+    bars = as_vendor(minute_bars("2024-01-02", "2024-01-02")).with_columns(timestamp=pl.lit("yesterday"))
+    bars.write_csv(tmp_path / "u.csv")
+    with pytest.raises(DataError, match=r"u\.csv: cannot parse column 'timestamp' \(e\.g\. 'yesterday'\)"):
+        ingest_files([tmp_path / "u.csv"], tmp_path / "o.feather")
+
+
+def test_wrong_column_type_is_an_error(tmp_path: Path) -> None:
+    bars = minute_bars("2024-01-02", "2024-01-02").with_columns(volume=pl.col("timestamp").dt.date())
+    bars.write_parquet(tmp_path / "w.parquet")
+    with pytest.raises(DataError, match=r"w\.parquet: column 'volume' has type Date; expected numbers"):
+        ingest_files([tmp_path / "w.parquet"], tmp_path / "o.feather")
+
+
+# --------------------------------------------------------------------------- bad rows: quarantine
+
+
+def _corrupt(frame: pl.DataFrame, row: int, **values) -> pl.DataFrame:
+    exprs = [pl.when(pl.int_range(pl.len()) == row).then(pl.lit(v)).otherwise(pl.col(c).cast(pl.String)).alias(c) for c, v in values.items()]
+    return frame.with_columns(exprs)
+
+
+BAD_ROWS = {
+    "non_numeric_value": {"close": "abc"},
+    "missing_value": {"open": None},
+    "non_finite_value": {"high": "inf"},
+    "non_positive_price": {"low": "0", "open": "0.0001"},
+    "negative_volume": {"volume": "-5"},
+    "high_below_low": {"high": "1", "low": "2", "open": "1.5", "close": "1.5"},
+    "ohlc_inconsistent": {"close": "1000000"},
+    "bad_timestamp": {"timestamp": "2024-01-02Tnot-a-time+0000"},
+}
+
+
+@pytest.mark.parametrize("reason", sorted(BAD_ROWS))
+def test_each_bad_row_kind_is_quarantined_with_its_reason(tmp_path: Path, reason: str) -> None:
+    frame = as_vendor(minute_bars("2024-01-02", "2024-01-02")).with_columns(pl.all().cast(pl.String))
+    bad = _corrupt(frame, 100, **BAD_ROWS[reason])
+    bad.write_csv(tmp_path / "b.csv")
+    res = ingest_files([tmp_path / "b.csv"], tmp_path / "o.feather", cfg(max_quarantine_fraction=0.01))
+    assert res.report["quarantined_by_reason"] == {reason: 1}
+    assert res.report["rows_kept"] == 389
+    q = pl.read_csv(res.outputs.quarantine, infer_schema=False)
+    assert q.height == 1
+    row = q.row(0, named=True)
+    assert row["source_file"] == str(tmp_path / "b.csv")
+    assert row["source_row"] == "101"  # 1-based data row (header excluded)
+    assert row["reason"] == reason
+    for col, value in BAD_ROWS[reason].items():  # values as the user gave them
+        assert row[col] == value
+
+
+def test_truncated_csv_last_line_is_quarantined(tmp_path: Path) -> None:
+    as_vendor(minute_bars("2024-01-02", "2024-01-02")).write_csv(tmp_path / "t.csv")
+    text = (tmp_path / "t.csv").read_text()
+    (tmp_path / "t.csv").write_text(text[: text.rstrip().rfind(",") - 3])  # cut inside the last line
+    res = ingest_files([tmp_path / "t.csv"], tmp_path / "o.feather", cfg(max_quarantine_fraction=0.01))
+    assert res.report["rows_quarantined"] == 1
+    assert set(res.report["quarantined_by_reason"]) <= {"missing_value", "ohlc_inconsistent"}
+
+
+def test_duplicates_identical_dropped_conflicting_quarantined(tmp_path: Path) -> None:
+    bars = minute_bars("2024-01-02", "2024-01-02")
+    same = bars.slice(10, 3)
+    conflicting = bars.slice(50, 2).with_columns(pl.col("volume") + 1)
+    pl.concat([bars, same, conflicting]).write_ipc(tmp_path / "d.feather")
+    res = ingest_files([tmp_path / "d.feather"], tmp_path / "o.feather", cfg(max_quarantine_fraction=0.05))
+    rep = res.report
+    assert rep["rows_dropped_duplicates"] == 3
+    assert rep["quarantined_by_reason"] == {"duplicate_timestamp_conflict": 4}
+    out = pl.read_ipc(res.output)
+    assert out.height == 388 and out["timestamp"].is_unique().all()
+    assert accounting(rep) == rep["rows_read"] == 395
+
+
+def test_unsorted_rows_are_sorted_and_counted(tmp_path: Path) -> None:
+    bars = pl.concat([minute_bars("2024-01-02", "2024-01-02"), minute_bars("2024-01-02", "2024-01-02", "SQQQ", seed=1)])
+    shuffled = bars.sample(fraction=1.0, shuffle=True, seed=3)
+    shuffled.write_ipc(tmp_path / "s.feather")
+    res = ingest_files([tmp_path / "s.feather"], tmp_path / "o.feather")
+    assert pl.read_ipc(res.output).equals(bars.sort("symbol", "timestamp"))
+    assert res.report["rows_out_of_order"] > 100
+
+
+def test_off_grid_timestamps_are_quarantined(tmp_path: Path) -> None:
+    bars = minute_bars("2024-01-02", "2024-01-02")
+    odd = bars.slice(200, 1).with_columns(pl.col("timestamp") + pl.duration(seconds=30))
+    pl.concat([bars, odd]).write_ipc(tmp_path / "g.feather")
+    res = ingest_files([tmp_path / "g.feather"], tmp_path / "o.feather", cfg(max_quarantine_fraction=0.01))
+    assert res.report["quarantined_by_reason"] == {"off_grid_timestamp": 1}
+
+
+def test_sessions_with_most_bars_missing(tmp_path: Path) -> None:
+    bars = minute_bars("2024-01-02", "2024-01-04")
+    day2 = pl.col("timestamp").dt.date() == dt.date(2024, 1, 3)
+    sparse = bars.filter(~day2 | (pl.int_range(pl.len()) % 10 == 0))  # day 2 keeps 39 of 390 bars
+    sparse.write_ipc(tmp_path / "p.feather")
+    with pytest.raises(QuarantineLimitError, match=r"39 of 819 rows rejected .*incomplete_session 39"):
+        ingest_files([tmp_path / "p.feather"], tmp_path / "o.feather")
+    assert not (tmp_path / "o.feather").exists()
+    report = json.loads((tmp_path / "o.ingest.json").read_text())
+    assert report["status"] == "failed"
+    res = ingest_files([tmp_path / "p.feather"], tmp_path / "o.feather", cfg(max_quarantine_fraction=0.1))
+    assert res.report["sessions_rejected_incomplete"] == 1
+    assert res.report["rows_kept"] == 780
+    # Sessions that are merely thin are reported, not rejected.
+    thin = bars.filter(~(day2 & (pl.int_range(pl.len()) % 10 == 0)))
+    thin.write_ipc(tmp_path / "t.feather")
+    res = ingest_files([tmp_path / "t.feather"], tmp_path / "t_out.feather")
+    missing = res.report["missing_bars_by_session"]
+    assert missing == [{"symbol": "QQQ", "session": "2024-01-03", "expected": 390, "present": 351, "missing": 39}]
+
+
+def test_on_bad_rows_error_names_file_and_row(tmp_path: Path) -> None:
+    frame = as_vendor(minute_bars("2024-01-02", "2024-01-02")).with_columns(pl.all().cast(pl.String))
+    _corrupt(frame, 6, close="-1").write_csv(tmp_path / "e.csv")
+    with pytest.raises(DataError, match=r"e\.csv row 7: non_positive_price \(1 bad rows"):
+        ingest_files([tmp_path / "e.csv"], tmp_path / "o.feather", cfg(on_bad_rows="error"))
+    assert not (tmp_path / "o.feather").exists()
+
+
+def test_output_may_not_overwrite_input(tmp_path: Path) -> None:
+    minute_bars("2024-01-02", "2024-01-02").write_ipc(tmp_path / "i.feather")
+    with pytest.raises(DataError, match="would overwrite an input"):
+        ingest_files([tmp_path / "i.feather"], tmp_path / "i.feather")
+
+
+def test_outputs_beside_the_bars_and_no_temp_files(tmp_path: Path) -> None:
+    minute_bars("2024-01-02", "2024-01-03").write_ipc(tmp_path / "in.feather")
+    res = ingest_files([tmp_path / "in.feather"], tmp_path / "out" / "bars.feather")
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["bars.config.yaml", "bars.feather", "bars.gx.html", "bars.gx.json", "bars.ingest.json"]
+    gx = json.loads((tmp_path / "out" / "bars.gx.json").read_text())
+    assert gx["success"] is True
+    assert res.report["output_sha256"] == sha256_file(tmp_path / "out" / "bars.feather")
+    assert res.report["contract"]["pandera"] == "passed"
+
+
+# --------------------------------------------------------------------------- accounting property
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n_ext=st.integers(0, 40),
+    bad=st.lists(st.sampled_from(sorted(BAD_ROWS)), max_size=8),
+    n_dup=st.integers(0, 10),
+    seed=st.integers(0, 1000),
+)
+def test_every_row_lands_in_exactly_one_bucket(tmp_path: Path, n_ext: int, bad: list[str], n_dup: int, seed: int) -> None:
+    base = minute_bars("2024-01-02", "2024-01-02", seed=seed)
+    ext = base.head(n_ext).with_columns(pl.col("timestamp") - pl.duration(hours=2))
+    dups = base.slice(300, n_dup)
+    frame = as_vendor(pl.concat([base, ext, dups])).with_columns(pl.all().cast(pl.String))
+    for i, reason in enumerate(bad):
+        frame = _corrupt(frame, 10 + 7 * i, **BAD_ROWS[reason])
+    path = tmp_path / f"acc{seed}.csv"
+    frame.write_csv(path)
+    res = ingest_files([path], tmp_path / f"o{seed}.feather", cfg(max_quarantine_fraction=1.0))
+    rep = res.report
+    assert accounting(rep) == rep["rows_read"] == frame.height
+    assert rep["rows_dropped_outside_regular_hours"] == n_ext
+    assert rep["rows_dropped_duplicates"] == n_dup
+    assert sum(rep["quarantined_by_reason"].values()) == rep["rows_quarantined"] == len(bad)
+    assert rep["quarantined_by_reason"] == {r: bad.count(r) for r in set(bad)}
+    if bad:
+        assert pl.read_csv(res.outputs.quarantine).height == len(bad)
