@@ -1,0 +1,102 @@
+"""Ingest of one million one-minute bars: time and peak memory, beside a plain polars.read_ipc.
+
+Run: .venv/bin/python benchmarks/bench_ingest.py [--rows 1000000]
+
+Each measurement runs in a fresh subprocess so that its peak resident memory (ru_maxrss)
+is its own. Targets (issue 2): ingest under 15 s and under 2 GB. Exit status 1 when a
+target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TIME_TARGET_S = 15.0
+MEMORY_TARGET_MB = 2048.0
+
+
+def make_input(path: Path, rows: int) -> None:
+    """Canonical-looking minute bars of three symbols on the NYSE calendar, ``rows`` in all."""
+    import datetime as dt
+
+    import numpy as np
+    import polars as pl
+
+    from sentio.calendar import sessions
+
+    per_symbol = rows // 3
+    n_sessions = per_symbol // 390 + 2
+    table = sessions(dt.date(2010, 1, 4), dt.date(2010, 1, 4) + dt.timedelta(days=int(n_sessions * 1.5) + 30))
+    table = table.filter(~pl.col("early_close")).head(n_sessions)
+    stamps = pl.concat(
+        [pl.datetime_range(o, c, "1m", closed="left", eager=True, time_zone="UTC") for o, c in zip(table["open"], table["close"], strict=True)]
+    ).head(per_symbol)
+    rng = np.random.default_rng(0)
+    frames = []
+    for symbol in ("QQQ", "TQQQ", "SQQQ"):
+        close = 100 * np.exp(np.cumsum(rng.normal(0, 5e-4, per_symbol)))
+        open_ = np.concatenate([[100.0], close[:-1]])
+        wiggle = np.abs(rng.normal(0, 2e-4, per_symbol)) * close
+        frames.append(
+            pl.DataFrame(
+                {"timestamp": stamps, "symbol": symbol, "open": open_, "high": np.maximum(open_, close) + wiggle,
+                 "low": np.minimum(open_, close) - wiggle, "close": close, "volume": rng.integers(100, 10_000, per_symbol).astype(float)}
+            )
+        )
+    pl.concat(frames).write_ipc(path)
+
+
+def _child(mode: str, src: str, out: str) -> None:
+    t0 = time.perf_counter()
+    if mode == "read_ipc":
+        import polars as pl
+
+        rows = pl.read_ipc(src).height
+    else:
+        from sentio.data.ingest import ingest_files
+
+        rows = ingest_files([src], out).report["rows_kept"]
+    elapsed = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"mode": mode, "rows": rows, "seconds": elapsed, "peak_mb": peak_mb}))
+
+
+def measure(mode: str, src: Path, out: Path) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(src), str(out)], check=True, capture_output=True, text=True
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(*args.child)
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "bars.feather"
+        make_input(src, args.rows)
+        base = measure("read_ipc", src, Path(tmp) / "unused.feather")
+        ing = measure("ingest", src, Path(tmp) / "out" / "bars.feather")
+    print(f"input rows            {base['rows']:>12,}")
+    print(f"polars.read_ipc       {base['seconds']:>9.2f} s   peak {base['peak_mb']:>7.0f} MB")
+    print(f"sentio ingest         {ing['seconds']:>9.2f} s   peak {ing['peak_mb']:>7.0f} MB")
+    print(f"ratio ingest/read     {ing['seconds'] / base['seconds']:>9.1f} x   {ing['peak_mb'] / base['peak_mb']:>7.1f} x")
+    print(f"targets               {TIME_TARGET_S:>9.0f} s        {MEMORY_TARGET_MB:>7.0f} MB")
+    ok = ing["seconds"] < TIME_TARGET_S and ing["peak_mb"] < MEMORY_TARGET_MB and ing["rows"] == base["rows"]
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
