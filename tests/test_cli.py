@@ -1,0 +1,96 @@
+"""The sentio command: help for every command; user errors are one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from sentio.cli import app
+from tests.conftest import minute_bars
+
+runner = CliRunner()
+COMMANDS = ["synth", "sample", "ingest", "run", "serve", "config"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def _one_line_error(result, code: int, pattern: str) -> None:
+    assert result.exit_code == code, (result.exit_code, result.output)
+    err = result.stderr.strip()
+    assert err.count("\n") == 0, err
+    assert err.startswith("error: ")
+    assert "Traceback" not in result.output
+    assert pattern in err, err
+
+
+def test_ingest_missing_file(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ingest", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o.feather")])
+    _one_line_error(result, 3, "nope.csv: file not found")
+
+
+def test_ingest_bad_option_value_names_the_field(tmp_path: Path) -> None:
+    minute_bars("2024-01-02", "2024-01-02").write_ipc(tmp_path / "i.feather")
+    result = runner.invoke(
+        app, ["ingest", str(tmp_path / "i.feather"), "--out", str(tmp_path / "o.feather"), "--bar-timestamp", "mid"]
+    )
+    _one_line_error(result, 2, "ingest.bar_timestamp: Input should be 'start' or 'end'")
+
+
+def test_ingest_bad_config_file(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("ingest:\n  tzz: UTC\n")
+    minute_bars("2024-01-02", "2024-01-02").write_ipc(tmp_path / "i.feather")
+    result = runner.invoke(
+        app, ["ingest", str(tmp_path / "i.feather"), "--out", str(tmp_path / "o.feather"), "-c", str(tmp_path / "c.yaml")]
+    )
+    _one_line_error(result, 2, "ingest.tzz: unknown setting")
+
+
+def test_ingest_quarantine_limit_exit_code(tmp_path: Path) -> None:
+    bars = minute_bars("2024-01-02", "2024-01-02").with_columns(
+        close=pl.when(pl.int_range(pl.len()) < 50).then(-1.0).otherwise(pl.col("close"))
+    )
+    bars.write_ipc(tmp_path / "i.feather")
+    result = runner.invoke(app, ["ingest", str(tmp_path / "i.feather"), "--out", str(tmp_path / "o.feather")])
+    _one_line_error(result, 5, "50 of 390 rows rejected")
+
+
+def test_ingest_success_prints_where_outputs_are(tmp_path: Path) -> None:
+    minute_bars("2024-01-02", "2024-01-02").write_ipc(tmp_path / "i.feather")
+    result = runner.invoke(app, ["ingest", str(tmp_path / "i.feather"), "--out", str(tmp_path / "o.feather")])
+    assert result.exit_code == 0, result.output
+    assert "kept 390" in result.stdout
+    assert f"report: {tmp_path / 'o.ingest.json'}" in result.stdout
+
+
+def test_run_with_missing_data_fails_before_prefect(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", "--data", str(tmp_path / "none.feather")])
+    _one_line_error(result, 3, "none.feather: file not found")
+
+
+def test_config_prints_defaults() -> None:
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 0
+    assert "underlying: QQQ" in result.stdout
+
+
+def test_console_script_error_has_no_traceback(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("sentio")
+    (tmp_path / "x.xlsx").write_bytes(b"PK")
+    proc = subprocess.run(
+        [str(exe), "ingest", str(tmp_path / "x.xlsx"), "--out", str(tmp_path / "o.feather")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 3
+    assert "x.xlsx: unsupported file type '.xlsx'" in proc.stderr
+    assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
