@@ -17,12 +17,17 @@ from typing import Any
 import polars as pl
 
 from sentio.config import SentioConfig
-from sentio.data import ingest as ingest_module
-from sentio.data import leverage, readers, schema, timestamps
+from sentio.data import readers
 from sentio.data.ingest import ingest_files
 from sentio.data.leverage import ensure_universe
 from sentio.errors import ContractError, DataError
-from sentio.io import code_version, combine_hashes, sha256_file, write_feather_atomic, write_json_atomic
+from sentio.io import (
+    code_version,
+    combine_hashes,
+    sha256_file,
+    write_feather_atomic,
+    write_json_atomic,
+)
 
 STAGE_SUMMARY = "summary.json"
 # Files Sentio writes beside bar files; a folder given as input skips them.
@@ -62,14 +67,21 @@ def resolve_inputs(data_path: str | Path | Sequence[str | Path]) -> list[Path]:
     return files
 
 
+INGEST_MODULES = (
+    "sentio.data.ingest",
+    "sentio.data.readers",
+    "sentio.data.timestamps",
+    "sentio.data.schema",
+    "sentio.data.leverage",
+    "sentio.calendar",
+    "data_contracts.bars",
+    "data_contracts.gx_bars",
+)
+
+
 def ingest_code_version() -> str:
     """Version of every module whose change would change an ingest output."""
-    import data_contracts.bars
-    import data_contracts.gx_bars
-
-    return code_version(
-        ingest_module, readers, timestamps, schema, leverage, data_contracts.bars, data_contracts.gx_bars
-    )
+    return code_version(*INGEST_MODULES)
 
 
 def ingest_key(inputs: Sequence[str | Path], cfg: SentioConfig) -> str:
@@ -93,7 +105,9 @@ def _cached_summary(folder: Path) -> dict[str, Any] | None:
     return summary
 
 
-def ingest_stage(inputs: Sequence[str | Path], cfg: SentioConfig, workdir: str | Path) -> dict[str, Any]:
+def ingest_stage(
+    inputs: Sequence[str | Path], cfg: SentioConfig, workdir: str | Path
+) -> dict[str, Any]:
     """Ingest the input files and complete the universe; return a small JSON-able summary.
 
     Output: ``workdir/ingest/<key>/bars.feather`` holding every universe symbol (the
