@@ -14,12 +14,12 @@ import polars as pl
 
 from sentio.errors import DataError
 
-SESSION_SCHEMA = {
-    "session": pl.Date,
+SESSION_SCHEMA: dict[str, pl.DataType] = {
+    "session": pl.Date(),
     "open": pl.Datetime("us", "UTC"),
     "close": pl.Datetime("us", "UTC"),
-    "minutes": pl.Int32,
-    "early_close": pl.Boolean,
+    "minutes": pl.Int32(),
+    "early_close": pl.Boolean(),
 }
 
 

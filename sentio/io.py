@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,7 @@ def code_version(*modules: str) -> str:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success.
 
     Readers never see a half-written file: either the old content or the new one.
@@ -88,7 +88,7 @@ def atomic_path(path: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
         raise
 
 
-def atomic_write(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], writer: Callable[[Path], object]) -> Path:
     """Call ``writer(tmp_path)`` and atomically move the result onto ``path``."""
     with atomic_path(path) as tmp:
         writer(tmp)

@@ -62,7 +62,8 @@ def _epoch_unit(max_abs: int) -> str:
 
 
 def _from_epoch(ints: pl.Series) -> tuple[pl.Series, str]:
-    max_abs = int(ints.abs().max() or 0)
+    largest = ints.abs().max()
+    max_abs = int(largest) if isinstance(largest, int | float) else 0
     unit = _epoch_unit(max_abs)
     scale = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}[unit]
     values = (
