@@ -1,0 +1,98 @@
+"""The nightly re-training flow.
+
+It reads like the pipeline diagram of ``DESIGN.md``; each stage is one task that returns
+a small summary, collected in ``workdir/runs/<flow-run name>/run.json`` beside the
+``config.yaml`` of the run::
+
+    ingest -> (features -> regimes -> folds -> train -> backtest -> report: later issues)
+
+To add a stage: call ``run_stage(_persisted(<its task>, storage), ...)`` with the previous
+summaries' paths, store its summary in ``record["stages"][<name>]``, ``_save`` and publish
+its artifacts; ``run.json`` is kept current after every stage, so a failed run still
+shows how far it got (and its error).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from prefect import flow, get_run_logger
+from prefect.runtime import deployment, flow_run
+from prefect.tasks import Task
+
+from sentio import stages
+from sentio.config import load_config, write_config
+from sentio.orchestration import run_dir, task_result_storage, utc_now, write_run_record
+from tasks.artifacts import publish_ingest_artifacts
+from tasks.caching import run_stage
+from tasks.ingest import ingest_task
+
+FLOW_NAME = "nightly-retrain"
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _save(folder: Path, record: dict[str, Any]) -> None:
+    write_run_record(folder, record)
+
+
+def _persisted(stage: Task[P, R], storage: Path | None) -> Task[P, R]:
+    """``stage`` persisting its results (its cache) to ``storage``; ``None``: Prefect's default."""
+    return stage if storage is None else stage.with_options(result_storage=storage)
+
+
+@flow(name=FLOW_NAME, description="Ingest the bars and (re)train the agents; one run per night.")
+def nightly_flow(data_path: str, config_path: str | None = None) -> dict[str, Any]:
+    """Run the pipeline on ``data_path`` with the configuration at ``config_path``.
+
+    Args:
+        data_path: one bar file, a comma-separated list of files or a folder of
+            ``.feather`` / ``.parquet`` / ``.csv`` files.
+        config_path: a Sentio YAML configuration; ``None`` uses the defaults.
+
+    Returns:
+        The run record (also written to ``run.json``): the run folder, the inputs and
+        ``stages``, the summary of each stage keyed by stage name (``"ingest"``).
+    """
+    logger = get_run_logger()
+    cfg = load_config(config_path)
+    workdir = cfg.paths.workdir.expanduser().resolve()
+    storage = task_result_storage(workdir)
+    folder = run_dir(workdir, flow_run.get_name())
+    write_config(folder / "config.yaml", cfg)
+    record: dict[str, Any] = {
+        "flow": FLOW_NAME,
+        "flow_run_id": flow_run.get_id(),
+        "flow_run_name": flow_run.get_name(),
+        "deployment": deployment.get_name(),
+        "started": utc_now(),
+        "finished": None,
+        "status": "running",
+        "data_path": data_path,
+        "config_path": config_path,
+        "config_hash": cfg.hash(),
+        "workdir": str(workdir),
+        "run_dir": str(folder),
+        "result_storage": None if storage is None else str(storage),
+        "inputs": [],
+        "stages": {},
+        "artifacts": {},
+    }
+    try:
+        inputs = [str(p.resolve()) for p in stages.resolve_inputs(data_path)]
+        record["inputs"] = inputs
+        _save(folder, record)
+        logger.info("run folder %s; %d input file(s); task results in %s", folder, len(inputs), storage)
+
+        record["stages"]["ingest"] = run_stage(_persisted(ingest_task, storage), inputs, cfg, str(workdir))
+        _save(folder, record)
+        record["artifacts"].update(publish_ingest_artifacts(record["stages"]["ingest"]))
+    except Exception as exc:
+        record.update(status="failed", finished=utc_now(), error=f"{type(exc).__name__}: {exc}")
+        _save(folder, record)
+        raise
+
+    record.update(status="completed", finished=utc_now())
+    _save(folder, record)
+    return record

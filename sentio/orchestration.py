@@ -1,0 +1,272 @@
+"""Orchestration helpers that do not need Prefect.
+
+Prefect reads most of its settings once, when it is first imported, so the settings
+Sentio relies on are applied as environment defaults by :func:`prefect_env_defaults`
+*before* ``import prefect`` (the CLI calls it first thing; the flows call it again so
+that flow-run subprocesses inherit it). Explicit values in the user's environment always
+win: every default goes through ``os.environ.setdefault``.
+
+The rest of this module is the plain-Python part of a flow run: the run folder
+(``workdir/runs/<run name>/`` with ``config.yaml`` and ``run.json``) and the text of the
+data-quality artifacts, so that ``tasks/`` and ``flows/`` stay a few lines long.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sentio.config import PathsConfig
+from sentio.io import write_json_atomic
+
+RESULTS_DIRNAME = "prefect-results"
+"""Folder under the workdir where Prefect persists task results (and cache records)."""
+
+RUNS_DIRNAME = "runs"
+"""Folder under the workdir holding one folder per flow run."""
+
+# Telemetry: DO_NOT_TRACK=1 switches off the client-side SDK analytics (checked at
+# import and before every event); PREFECT_SERVER_ANALYTICS_ENABLED=false switches off
+# the anonymous usage report a locally started Prefect server sends.
+_TELEMETRY_DEFAULTS: dict[str, str] = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+# Prefect 3 reads local result storage from PREFECT_RESULTS_LOCAL_STORAGE_PATH and, as a
+# legacy alias, PREFECT_LOCAL_STORAGE_PATH (the first name wins when both are set).
+LOCAL_STORAGE_ENV = "PREFECT_RESULTS_LOCAL_STORAGE_PATH"
+_LOCAL_STORAGE_ALIASES = (LOCAL_STORAGE_ENV, "PREFECT_LOCAL_STORAGE_PATH")
+# A configured storage block replaces local storage altogether (e.g. S3 for remote workers).
+_STORAGE_BLOCK_ENV = ("PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK", "PREFECT_DEFAULT_RESULT_STORAGE_BLOCK")
+# Remembers (also for child processes, which may get Prefect's import-time value of the
+# storage path) every storage path Sentio itself defaulted, os.pathsep-separated, so that
+# none of them is mistaken for an explicit user choice when a run uses another workdir.
+DEFAULTS_MARKER_ENV = "SENTIO_DEFAULT_RESULTS_PATHS"
+
+_ARTIFACT_KEY = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def default_workdir() -> Path:
+    """The working directory of the default configuration, as an absolute path.
+
+    It is ``paths.workdir`` of a default :class:`~sentio.config.SentioConfig`
+    (``.sentio``) resolved against the current directory, for callers that must set
+    things up before a configuration is loaded.
+    """
+    return Path(PathsConfig().workdir).expanduser().resolve()
+
+
+def results_dir(workdir: str | os.PathLike[str]) -> Path:
+    """Where Prefect task results of the project at ``workdir`` are persisted."""
+    return Path(workdir).expanduser().resolve() / RESULTS_DIRNAME
+
+
+def prefect_env_defaults(workdir: str | os.PathLike[str]) -> dict[str, str]:
+    """Apply, and return, the Prefect settings Sentio needs, as environment defaults.
+
+    Call it before ``import prefect`` for the settings to reach the importing process;
+    processes started afterwards (flow-run subprocesses of ``serve``, a local server)
+    inherit them either way. Values already in the environment are kept.
+
+    Settings:
+
+    - ``DO_NOT_TRACK=1`` and ``PREFECT_SERVER_ANALYTICS_ENABLED=false``: no telemetry;
+    - ``PREFECT_RESULTS_LOCAL_STORAGE_PATH=<workdir>/prefect-results``: persisted results
+      (the content-hash cache of every stage, failed-run records) live with the project,
+      not in ``~/.prefect/storage``. Left alone when the legacy alias
+      ``PREFECT_LOCAL_STORAGE_PATH`` is set.
+
+    Returns:
+        The value now in effect for each setting, keyed by environment variable.
+    """
+    effective = {name: os.environ.setdefault(name, value) for name, value in _TELEMETRY_DEFAULTS.items()}
+    user_storage = _user_storage_path()
+    if user_storage is None:
+        ours = str(results_dir(workdir))
+        os.environ[LOCAL_STORAGE_ENV] = ours
+        known = _sentio_defaults()
+        if ours not in known:
+            os.environ[DEFAULTS_MARKER_ENV] = os.pathsep.join([*known, ours])
+    effective[LOCAL_STORAGE_ENV] = os.environ.get(LOCAL_STORAGE_ENV) or str(user_storage)
+    return effective
+
+
+def _sentio_defaults() -> list[str]:
+    return [p for p in os.environ.get(DEFAULTS_MARKER_ENV, "").split(os.pathsep) if p]
+
+
+def _user_storage_path() -> str | None:
+    """The local result storage path the user set, ignoring defaults Sentio set earlier."""
+    ours = _sentio_defaults()
+    for name in _LOCAL_STORAGE_ALIASES:
+        value = os.environ.get(name)
+        if value and value not in ours:
+            return value
+    return None
+
+
+def task_result_storage(workdir: str | os.PathLike[str]) -> Path | None:
+    """The folder a flow's tasks should persist results to, after applying the defaults.
+
+    Prefect fixes its settings at import, so a flow passes this path to its tasks
+    explicitly: ``<workdir>/prefect-results`` of the run's configuration, unless the user
+    set a local storage path (then that one). ``None`` means a result storage *block* is
+    configured in the environment and Prefect's own default should be used.
+    """
+    prefect_env_defaults(workdir)
+    if any(os.environ.get(name) for name in _STORAGE_BLOCK_ENV):
+        return None
+    user = _user_storage_path()
+    return Path(user).expanduser().resolve() if user else results_dir(workdir)
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+def run_dir(workdir: str | os.PathLike[str], run_name: str | None = None) -> Path:
+    """Create and return a new folder ``workdir/runs/<run name>`` for one flow run.
+
+    ``run_name`` is the flow-run name (made file-system safe); without one, a UTC
+    timestamp is used. An existing folder is never reused: a numeric suffix is added.
+    """
+    name = _UNSAFE_NAME.sub("-", run_name or "").strip("-.")
+    if not name:
+        name = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    base = Path(workdir).expanduser().resolve() / RUNS_DIRNAME
+    base.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = base / (name if n == 1 else f"{name}-{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"{base}: no free run folder name for {name!r}")  # pragma: no cover
+
+
+def write_run_record(folder: str | os.PathLike[str], record: Mapping[str, Any]) -> Path:
+    """Atomically write ``run.json`` (the run's parameters and stage summaries) into ``folder``."""
+    return write_json_atomic(Path(folder) / "run.json", dict(record))
+
+
+def utc_now() -> str:
+    """The current time as an ISO-8601 UTC string (seconds precision)."""
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+def check_artifact_key(key: str) -> str:
+    """Return ``key`` if it is a valid Prefect artifact key (lowercase-dash form)."""
+    if not _ARTIFACT_KEY.match(key):
+        raise ValueError(f"artifact key {key!r} must be lowercase letters, digits and single dashes")
+    return key
+
+
+def _label(column: str) -> str:
+    return column.removeprefix("rows_").replace("_", " ")
+
+
+def _dropped_columns(summary: Mapping[str, Any]) -> list[str]:
+    return sorted(k for k in summary if k.startswith("rows_dropped_"))
+
+
+def _n(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def ingest_summary_table(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows ``{"metric", "value"}`` of the ingest-summary table artifact.
+
+    Counts stay integers; everything else is text. Quarantine reasons appear as
+    ``quarantined: <reason>`` and input files as ``input sha256: <path>``.
+    """
+    rows: list[dict[str, Any]] = []
+
+    def add(metric: str, value: Any) -> None:
+        if isinstance(value, bool) or value is None:
+            value = str(value).lower() if isinstance(value, bool) else "-"
+        elif not isinstance(value, int | float):
+            value = str(value)
+        rows.append({"metric": metric, "value": value})
+
+    add("rows read", summary.get("rows_read"))
+    add("rows kept", summary.get("rows_kept"))
+    for col in _dropped_columns(summary):
+        add(f"rows {_label(col)}", summary[col])
+    add("rows quarantined", summary.get("rows_quarantined"))
+    for reason, n in sorted((summary.get("quarantined_by_reason") or {}).items()):
+        add(f"quarantined: {reason}", n)
+    add("symbols", ", ".join(summary.get("symbols") or []))
+    add("derived symbols", ", ".join(summary.get("derived_symbols") or []) or "none")
+    add("frequency", summary.get("frequency"))
+    add("bar seconds", summary.get("bar_seconds"))
+    add("start", summary.get("start"))
+    add("end", summary.get("end"))
+    add("sessions", summary.get("sessions"))
+    add("incomplete sessions", summary.get("incomplete_sessions"))
+    add("gx success", summary.get("gx_success"))
+    add("output", summary.get("output"))
+    add("output sha256", summary.get("output_sha256"))
+    for path, digest in sorted((summary.get("inputs") or {}).items()):
+        add(f"input sha256: {path}", digest)
+    add("report", summary.get("report"))
+    add("quarantine file", summary.get("quarantine"))
+    add("gx html", summary.get("gx_html"))
+    add("cache key", summary.get("key"))
+    return rows
+
+
+def ingest_quality_markdown(summary: Mapping[str, Any]) -> str:
+    """The data-quality markdown artifact of an ingest summary."""
+    gx = summary.get("gx_success")
+    verdict = "passed" if gx else ("failed" if gx is not None else "not run")
+    lines = [
+        "# Data quality: ingest",
+        "",
+        f"Great Expectations suite: **{verdict}**",
+        "",
+        "| rows | count |",
+        "| --- | ---: |",
+        f"| read | {_n(summary.get('rows_read'))} |",
+        f"| kept | {_n(summary.get('rows_kept'))} |",
+        *(f"| {_label(c)} | {_n(summary[c])} |" for c in _dropped_columns(summary)),
+        f"| quarantined | {_n(summary.get('rows_quarantined'))} |",
+        "",
+    ]
+    reasons = summary.get("quarantined_by_reason") or {}
+    if any(reasons.values()):
+        lines += ["## Quarantined rows by reason", "", "| reason | rows |", "| --- | ---: |"]
+        lines += [f"| {r} | {_n(n)} |" for r, n in sorted(reasons.items()) if n]
+        lines.append("")
+    derived = summary.get("derived_symbols") or []
+    lines += [
+        "## Data",
+        "",
+        f"- symbols: {', '.join(summary.get('symbols') or []) or '-'}",
+        f"- derived symbols: {', '.join(derived) if derived else 'none'}"
+        + (" (prices derived from the underlying with a daily leverage reset)" if derived else ""),
+        f"- frequency: {summary.get('frequency')} ({summary.get('bar_seconds')} s bars)",
+        f"- range: {summary.get('start')} to {summary.get('end')}",
+        f"- sessions: {summary.get('sessions')} (incomplete sessions rejected: "
+        f"{summary.get('incomplete_sessions')})",
+        "",
+        "## Files",
+        "",
+        "| file | sha256 |",
+        "| --- | --- |",
+        *(f"| `{p}` | `{h}` |" for p, h in sorted((summary.get("inputs") or {}).items())),
+        f"| output `{summary.get('output')}` | `{summary.get('output_sha256')}` |",
+        "",
+        f"- ingest report: `{summary.get('report')}`",
+        f"- quarantine: `{summary.get('quarantine') or 'none'}`",
+        f"- GX data docs: `{summary.get('gx_html')}`",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,40 @@
+"""Prefect artifacts published by the nightly flow.
+
+The text of every artifact is built by plain functions in :mod:`sentio.orchestration`;
+the tasks here only hand it to Prefect under stable keys (lowercase-dash form), so that
+the UI's Artifacts page shows one versioned history per key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from sentio.orchestration import check_artifact_key, ingest_quality_markdown, ingest_summary_table
+
+DATA_QUALITY_KEY = check_artifact_key("data-quality")
+INGEST_SUMMARY_KEY = check_artifact_key("ingest-summary")
+
+
+@task(name="publish-ingest-artifacts", cache_policy=NO_CACHE, persist_result=False)
+def publish_ingest_artifacts(summary: dict[str, Any]) -> dict[str, str]:
+    """Publish the data-quality markdown and the ingest-summary table of an ingest summary.
+
+    Returns:
+        The id of each artifact created, keyed by artifact key.
+    """
+    period = f"{summary.get('start')} to {summary.get('end')}"
+    markdown_id = create_markdown_artifact(
+        markdown=ingest_quality_markdown(summary),
+        key=DATA_QUALITY_KEY,
+        description=f"Ingest data quality, {period}",
+    )
+    table_id = create_table_artifact(
+        table=ingest_summary_table(summary),
+        key=INGEST_SUMMARY_KEY,
+        description=f"Ingest counts, files and hashes, {period}",
+    )
+    return {DATA_QUALITY_KEY: str(markdown_id), INGEST_SUMMARY_KEY: str(table_id)}

@@ -1,0 +1,102 @@
+"""The ingest Prefect task: vendor bar files in, canonical content-addressed bars out.
+
+The task is a thin wrapper around :func:`sentio.stages.ingest_stage`. What it adds:
+
+- **Cache on content.** The cache key is :func:`sentio.stages.ingest_key` (sha256 of every
+  input file's bytes, the ``ingest`` and ``universe`` settings and the ingest code
+  version) plus the workdir, combined with Prefect's ``TASK_SOURCE`` policy (the source of
+  this task). Rewriting a file in place with new content gives a new key; re-running on
+  unchanged files gives a ``Cached`` task run. Prefect's default policy would hash the
+  *path strings* and the flow-run id instead, and never hit across nightly runs.
+- **Persisted results.** The summary is stored as JSON in the project's
+  ``<workdir>/prefect-results`` (see :func:`sentio.orchestration.task_result_storage`).
+- **Retries for I/O only.** An :class:`OSError` (a flaky network share, a full disk) is
+  retried; a :class:`~sentio.errors.SentioError` (unreadable data, a contract violation)
+  fails at once: retrying cannot change the data.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
+from prefect.client.schemas.objects import TaskRun
+from prefect.context import TaskRunContext
+from prefect.states import State
+from prefect.tasks import Task
+
+from sentio import stages
+from sentio.config import SentioConfig
+from sentio.errors import SentioError
+from sentio.io import combine_hashes
+
+INGEST_RETRIES = 2
+INGEST_RETRY_DELAYS: list[float] = [10.0, 60.0]
+
+
+def ingest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Cache key of one ingest task run: input content + config + code, and the workdir.
+
+    Signature of a Prefect ``cache_key_fn``: ``(task_run_context, task_parameters)``.
+    When the inputs cannot be hashed (a missing file) a one-off key is returned, so that
+    nothing is served from the cache and the task body reports the error.
+    """
+    try:
+        key = stages.ingest_key(parameters["inputs"], parameters["cfg"])
+    except (SentioError, OSError):
+        return f"ingest-uncacheable-{uuid.uuid4().hex}"
+    workdir = Path(parameters["workdir"]).expanduser().resolve()
+    return combine_hashes(["sentio-ingest", key, str(workdir)])
+
+
+INGEST_CACHE_POLICY: CachePolicy = CacheKeyFnPolicy(cache_key_fn=ingest_cache_key) + TASK_SOURCE
+"""Content of the inputs (via :func:`ingest_cache_key`) + the source of the task."""
+
+
+def failure_exception(state: State[Any]) -> BaseException | None:
+    """The exception carried by a failed task-run state, if any."""
+    data = state.data
+    if isinstance(data, BaseException):
+        return data
+    inner = getattr(data, "result", None)
+    return inner if isinstance(inner, BaseException) else None
+
+
+def retry_on_io_error(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect ``retry_condition_fn``: retry :class:`OSError`, never a :class:`SentioError`.
+
+    Prefect calls it as ``fn(task, task_run, state)`` with the ``Failed`` state of the
+    attempt; returning ``False`` ends the task run as failed despite ``retries``.
+    """
+    exc = failure_exception(state)
+    return isinstance(exc, OSError) and not isinstance(exc, SentioError)
+
+
+@task(
+    name="ingest",
+    description="Validate and canonicalise the bar files; derive missing leveraged symbols.",
+    cache_policy=INGEST_CACHE_POLICY,
+    persist_result=True,
+    result_serializer="json",
+    retries=INGEST_RETRIES,
+    retry_delay_seconds=INGEST_RETRY_DELAYS,
+    retry_condition_fn=retry_on_io_error,
+)
+def ingest_task(inputs: list[str], cfg: SentioConfig, workdir: str) -> dict[str, Any]:
+    """Run :func:`sentio.stages.ingest_stage` and return its small JSON-able summary."""
+    logger = get_run_logger()
+    summary = stages.ingest_stage(inputs, cfg, Path(workdir))
+    logger.info(
+        "ingest %s: %d rows read, %d kept, %d quarantined; symbols %s (derived: %s); %s",
+        summary["key"],
+        summary["rows_read"],
+        summary["rows_kept"],
+        summary["rows_quarantined"],
+        ", ".join(summary["symbols"]),
+        ", ".join(summary["derived_symbols"]) or "none",
+        summary["output"],
+    )
+    return summary

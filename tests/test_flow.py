@@ -1,0 +1,403 @@
+"""The nightly flow under Prefect: content-hash caching, retries, artifacts, deployments.
+
+One temporary Prefect API (``prefect_test_harness``: a SQLite database and a server
+subprocess, a few seconds to start) is shared by the whole module; every test has its
+own workdir, so cached results of one test never leak into another. The inputs are a
+few hand-written regular-hours sessions of QQQ: nothing depends on the synthetic
+market generator.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from sentio.errors import ContractError, SentioError
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+SESSIONS = ("2024-01-08", "2024-01-09", "2024-01-10")  # Mon-Wed, no holiday, winter (UTC-5)
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+STORAGE_ENV = (
+    "PREFECT_RESULTS_LOCAL_STORAGE_PATH",
+    "PREFECT_LOCAL_STORAGE_PATH",
+    "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK",
+    "PREFECT_DEFAULT_RESULT_STORAGE_BLOCK",
+    "SENTIO_DEFAULT_RESULTS_PATHS",
+)
+
+
+def write_bars(path: Path, seed: int = 0, *, broken_ohlc: bool = False) -> Path:
+    """Canonical one-minute QQQ bars: bar starts 14:30-20:59 UTC, consistent OHLC.
+
+    ``broken_ohlc`` puts the high below the low in every 10th bar: 10% bad rows, far
+    past the default quarantine limit (1%), a data-contract violation.
+    """
+    rng = np.random.default_rng(seed)
+    stamps = [
+        dt.datetime.fromisoformat(f"{day}T14:30:00+00:00") + dt.timedelta(minutes=i)
+        for day in SESSIONS
+        for i in range(390)
+    ]
+    n = len(stamps)
+    close = 400.0 * np.exp(np.cumsum(rng.normal(0.0, 5e-4, n)))
+    open_ = np.r_[400.0, close[:-1]]
+    frame = pl.DataFrame(
+        {
+            "timestamp": stamps,
+            "symbol": "QQQ",
+            "open": open_,
+            "high": np.maximum(open_, close) * 1.0004,
+            "low": np.minimum(open_, close) * 0.9996,
+            "close": close,
+            "volume": rng.integers(1_000, 5_000, n).astype(float),
+        }
+    ).with_columns(pl.col("timestamp").dt.cast_time_unit("us"))
+    if broken_ohlc:
+        bad = pl.int_range(pl.len()) % 10 == 0
+        frame = frame.with_columns(high=pl.when(bad).then(pl.col("low") * 0.99).otherwise("high"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_ipc(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A throw-away Prefect API and home for the module; restores ``os.environ`` after."""
+    saved_env = dict(os.environ)
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ.update(
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_HOME=str(home),
+    )
+    for name in STORAGE_ENV:
+        os.environ.pop(name, None)
+
+    from prefect.settings import (
+        PREFECT_HOME,
+        PREFECT_RESULTS_LOCAL_STORAGE_PATH,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    try:
+        with (
+            temporary_settings(
+                updates={
+                    PREFECT_HOME: home,
+                    PREFECT_SERVER_ANALYTICS_ENABLED: False,
+                    # where a failed flow run's exception is written (tasks: workdir)
+                    PREFECT_RESULTS_LOCAL_STORAGE_PATH: home / "storage",
+                },
+            ),
+            prefect_test_harness(server_startup_timeout=60),
+        ):
+            yield home
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+@pytest.fixture(autouse=True)
+def _restore_environ() -> Iterator[None]:
+    """Flows apply environment defaults; keep them from leaking into the next test."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> dict[str, Path]:
+    """A workdir, a config that points at it and one small input file."""
+    workdir = tmp_path / "wd"
+    config = tmp_path / "sentio.yaml"
+    config.write_text(yaml.safe_dump({"paths": {"workdir": str(workdir)}}))
+    return {"workdir": workdir, "config": config, "bars": write_bars(tmp_path / "in" / "bars.feather")}
+
+
+def _wait_for(fetch: Callable[[], Any], ready: Callable[[Any], bool], timeout: float = 30.0) -> Any:
+    """Poll ``fetch()`` until ``ready(value)``: task runs reach the API through events."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if ready(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
+
+
+def task_runs(flow_run_id: str | UUID, name_prefix: str, count: int = 1) -> list[Any]:
+    """The ``count`` task runs of a flow run named ``name_prefix...``, once all are final."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+    flt = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[UUID(str(flow_run_id))]))
+
+    def fetch() -> list[Any]:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(task_run_filter=flt)
+        return [r for r in runs if r.name.startswith(name_prefix)]
+
+    def ready(runs: list[Any]) -> bool:
+        return len(runs) >= count and all(r.state and r.state.type.value in TERMINAL for r in runs)
+
+    return _wait_for(fetch, ready)
+
+
+def artifacts_of(flow_run_id: str | UUID) -> dict[str, Any]:
+    """The artifacts of a flow run, keyed by artifact key."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    flt = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(str(flow_run_id))]))
+    with get_client(sync_client=True) as client:
+        return {str(a.key): a for a in client.read_artifacts(artifact_filter=flt)}
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def test_cache_hits_on_unchanged_content_and_misses_on_new_content(
+    prefect_api: Path, project: dict[str, Path]
+) -> None:
+    from flows.nightly import nightly_flow
+
+    args = {"data_path": str(project["bars"]), "config_path": str(project["config"])}
+    first = nightly_flow(**args)
+    second = nightly_flow(**args)
+
+    (run1,) = task_runs(first["flow_run_id"], "ingest")
+    (run2,) = task_runs(second["flow_run_id"], "ingest")
+    assert run1.state.name == "Completed"
+    assert run2.state.name == "Cached"
+    assert second["stages"]["ingest"] == first["stages"]["ingest"]
+    out = Path(first["stages"]["ingest"]["output"])
+    assert out.is_file() and out.is_relative_to(project["workdir"])
+
+    # results and cache records are persisted under the project's workdir, not ~/.prefect
+    results = project["workdir"] / "prefect-results"
+    assert results.is_dir() and any(results.iterdir())
+
+    # each run has its own folder with the run's config and the stage summaries
+    for record in (first, second):
+        folder = Path(record["run_dir"])
+        assert folder.parent == project["workdir"] / "runs"
+        assert (folder / "config.yaml").is_file()
+        saved = yaml.safe_load((folder / "run.json").read_text())  # JSON is YAML
+        assert saved["status"] == "completed"
+        assert saved["stages"]["ingest"]["key"] == first["stages"]["ingest"]["key"]
+    assert first["run_dir"] != second["run_dir"]
+
+    # the artifacts of every run, cached or not
+    for record in (first, second):
+        arts = artifacts_of(record["flow_run_id"])
+        assert {"data-quality", "ingest-summary"} <= set(arts)
+        assert "Data quality" in arts["data-quality"].data
+        rows = {r["metric"]: r["value"] for r in json.loads(arts["ingest-summary"].data)}
+        assert rows["rows read"] == 3 * 390 and rows["rows kept"] >= 3 * 390
+        assert rows["symbols"] == "QQQ, SQQQ, TQQQ"
+
+    # same path, new content: the key changes and the task recomputes
+    write_bars(project["bars"], seed=1)
+    third = nightly_flow(**args)
+    (run3,) = task_runs(third["flow_run_id"], "ingest")
+    assert run3.state.name == "Completed"
+    assert third["stages"]["ingest"]["key"] != first["stages"]["ingest"]["key"]
+    assert third["stages"]["ingest"]["output_sha256"] != first["stages"]["ingest"]["output_sha256"]
+
+
+def test_removed_outputs_are_rebuilt_not_served_from_cache(
+    prefect_api: Path, project: dict[str, Path]
+) -> None:
+    import shutil
+
+    from flows.nightly import nightly_flow
+
+    args = {"data_path": str(project["bars"]), "config_path": str(project["config"])}
+    first = nightly_flow(**args)
+    shutil.rmtree(project["workdir"] / "ingest")
+    second = nightly_flow(**args)
+    # the cache hit names a deleted file, so the task is run again with refresh_cache
+    runs = task_runs(second["flow_run_id"], "ingest", count=2)
+    assert sorted(r.state.name for r in runs) == ["Cached", "Completed"]
+    assert Path(second["stages"]["ingest"]["output"]).is_file()
+    assert second["stages"]["ingest"]["output_sha256"] == first["stages"]["ingest"]["output_sha256"]
+
+
+# --------------------------------------------------------------------------- retries
+
+
+@pytest.fixture
+def no_retry_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the retry policy but drop its delays."""
+    import flows.nightly
+    from tasks.ingest import ingest_task
+
+    monkeypatch.setattr(flows.nightly, "ingest_task", ingest_task.with_options(retry_delay_seconds=0))
+
+
+def test_contract_violation_is_not_retried(
+    prefect_api: Path, project: dict[str, Path], no_retry_delay: None
+) -> None:
+    from flows.nightly import nightly_flow
+
+    write_bars(project["bars"], broken_ohlc=True)
+
+    state = nightly_flow(
+        data_path=str(project["bars"]), config_path=str(project["config"]), return_state=True
+    )
+    assert state.is_failed()
+    with pytest.raises(ContractError):
+        state.result()
+    assert state.state_details.flow_run_id is not None
+    (run,) = task_runs(state.state_details.flow_run_id, "ingest")
+    assert run.state.type.value == "FAILED"
+    assert run.run_count == 1
+
+    (folder,) = (project["workdir"] / "runs").iterdir()
+    saved = yaml.safe_load((folder / "run.json").read_text())
+    assert saved["status"] == "failed"
+    assert saved["error"].startswith("QuarantineLimitError") and "high_below_low" in saved["error"]
+
+
+def test_missing_input_fails_the_run_with_a_record(
+    prefect_api: Path, project: dict[str, Path]
+) -> None:
+    from flows.nightly import nightly_flow
+
+    missing = project["bars"].with_name("nope.feather")
+    state = nightly_flow(data_path=str(missing), config_path=str(project["config"]), return_state=True)
+    assert state.is_failed()
+    (folder,) = (project["workdir"] / "runs").iterdir()
+    saved = yaml.safe_load((folder / "run.json").read_text())
+    assert saved["status"] == "failed" and saved["error"] == f"DataError: {missing}: file not found"
+    assert (folder / "config.yaml").is_file()
+
+
+def test_io_error_is_retried(
+    prefect_api: Path,
+    project: dict[str, Path],
+    no_retry_delay: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flows.nightly import nightly_flow
+    from sentio import stages
+
+    real = stages.ingest_stage
+    calls: list[int] = []
+
+    def flaky(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error (simulated network share hiccup)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "ingest_stage", flaky)
+    record = nightly_flow(data_path=str(project["bars"]), config_path=str(project["config"]))
+    (run,) = task_runs(record["flow_run_id"], "ingest")
+    assert run.state.name == "Completed"
+    assert run.run_count == 2 and len(calls) == 2
+    assert Path(record["stages"]["ingest"]["output"]).is_file()
+
+
+def test_retry_condition_separates_io_from_data_errors() -> None:
+    from prefect.states import Failed
+
+    from tasks.ingest import ingest_task, retry_on_io_error
+
+    def retried(exc: BaseException) -> bool:
+        return retry_on_io_error(ingest_task, None, Failed(data=exc))  # type: ignore[arg-type]
+
+    assert retried(OSError("disk"))
+    assert retried(FileNotFoundError("gone"))
+    assert not retried(ContractError("x: high < low"))
+    assert not retried(SentioError("bad data"))
+    assert not retried(ValueError("bug"))
+    assert ingest_task.retries >= 1 and ingest_task.retry_condition_fn is retry_on_io_error
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_prefect_env_defaults_keep_explicit_values(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from sentio.orchestration import prefect_env_defaults, task_result_storage
+
+    for name in (*STORAGE_ENV, "DO_NOT_TRACK", "PREFECT_SERVER_ANALYTICS_ENABLED"):
+        monkeypatch.setenv(name, "placeholder")  # recorded, so the test restores them
+        monkeypatch.delenv(name)
+    ours = str((tmp_path / "wd" / "prefect-results").resolve())
+    env = prefect_env_defaults(tmp_path / "wd")
+    assert env == {
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": ours,
+    }
+    assert all(os.environ[k] == v for k, v in env.items())
+    # a default Sentio set follows the workdir of the next run; it is not a user choice
+    assert task_result_storage(tmp_path / "b") == (tmp_path / "b" / "prefect-results").resolve()
+    assert os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] == str((tmp_path / "b" / "prefect-results").resolve())
+
+    # explicit user values win, including the legacy alias of the storage path
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")
+    monkeypatch.delenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH")
+    monkeypatch.setenv("PREFECT_LOCAL_STORAGE_PATH", str(tmp_path / "mine"))
+    env = prefect_env_defaults(tmp_path / "other")
+    assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "true"
+    assert env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] == str(tmp_path / "mine")
+    assert "PREFECT_RESULTS_LOCAL_STORAGE_PATH" not in os.environ  # would shadow the alias
+    assert task_result_storage(tmp_path / "other") == (tmp_path / "mine").resolve()
+    monkeypatch.setenv("PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK", "s3-bucket/results")
+    assert task_result_storage(tmp_path / "other") is None
+
+
+# --------------------------------------------------------------------------- deployments
+
+
+def test_served_deployments_and_prefect_yaml_agree() -> None:
+    from flows.serve import (
+        MANUAL_DEPLOYMENT,
+        NIGHTLY_CRON,
+        NIGHTLY_DEPLOYMENT,
+        NIGHTLY_TIMEZONE,
+        build_deployments,
+    )
+
+    nightly, manual = build_deployments("data/x.feather", "cfg.yaml")
+    assert (nightly.name, manual.name) == (NIGHTLY_DEPLOYMENT, MANUAL_DEPLOYMENT)
+    (schedule,) = nightly.schedules or []
+    cron: Any = schedule.schedule
+    assert (cron.cron, cron.timezone) == (NIGHTLY_CRON, NIGHTLY_TIMEZONE)
+    assert not manual.schedules
+    for dep in (nightly, manual):
+        assert dep.flow_name == "nightly-retrain"
+        assert dep.parameters == {"data_path": "data/x.feather", "config_path": "cfg.yaml"}
+        assert dep.entrypoint == "flows.nightly.nightly_flow"
+
+    spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
+    deps = {d["name"]: d for d in spec["deployments"]}
+    assert set(deps) == {NIGHTLY_DEPLOYMENT, MANUAL_DEPLOYMENT}
+    (yschedule,) = deps[NIGHTLY_DEPLOYMENT]["schedules"]
+    assert (yschedule["cron"], yschedule["timezone"]) == (NIGHTLY_CRON, NIGHTLY_TIMEZONE)
+    assert not deps[MANUAL_DEPLOYMENT].get("schedules")
+    for dep in deps.values():
+        assert dep["entrypoint"] == "flows/nightly.py:nightly_flow"
+        assert dep["work_pool"]["name"] == "sentio-process"
+        assert set(dep["parameters"]) == {"data_path", "config_path"}
+    (pull,) = spec["pull"]
+    assert "prefect.deployments.steps.set_working_directory" in pull
