@@ -22,7 +22,7 @@ from prefect.runtime import deployment, flow_run
 from prefect.tasks import Task
 
 from sentio import stages
-from sentio.config import load_config, write_config
+from sentio.config import load_config, with_overrides, write_config
 from sentio.orchestration import run_dir, task_result_storage, utc_now, write_run_record
 from tasks.artifacts import publish_ingest_artifacts
 from tasks.caching import run_stage
@@ -43,23 +43,27 @@ def _persisted(stage: Task[P, R], storage: Path | None) -> Task[P, R]:
 
 
 @flow(name=FLOW_NAME, description="Ingest the bars and (re)train the agents; one run per night.")
-def nightly_flow(data_path: str, config_path: str | None = None) -> dict[str, Any]:
+def nightly_flow(
+    data_path: str, config_path: str | None = None, workdir: str | None = None
+) -> dict[str, Any]:
     """Run the pipeline on ``data_path`` with the configuration at ``config_path``.
 
     Args:
         data_path: one bar file, a comma-separated list of files or a folder of
             ``.feather`` / ``.parquet`` / ``.csv`` files.
         config_path: a Sentio YAML configuration; ``None`` uses the defaults.
+        workdir: overrides ``paths.workdir`` of the configuration (stage outputs, run
+            folders and Prefect results); the run's ``config.yaml`` records it.
 
     Returns:
         The run record (also written to ``run.json``): the run folder, the inputs and
         ``stages``, the summary of each stage keyed by stage name (``"ingest"``).
     """
     logger = get_run_logger()
-    cfg = load_config(config_path)
-    workdir = cfg.paths.workdir.expanduser().resolve()
-    storage = task_result_storage(workdir)
-    folder = run_dir(workdir, flow_run.get_name())
+    cfg = with_overrides(load_config(config_path), {"paths.workdir": workdir})
+    root = cfg.paths.workdir.expanduser().resolve()
+    storage = task_result_storage(root)
+    folder = run_dir(root, flow_run.get_name())
     write_config(folder / "config.yaml", cfg)
     record: dict[str, Any] = {
         "flow": FLOW_NAME,
@@ -72,7 +76,7 @@ def nightly_flow(data_path: str, config_path: str | None = None) -> dict[str, An
         "data_path": data_path,
         "config_path": config_path,
         "config_hash": cfg.hash(),
-        "workdir": str(workdir),
+        "workdir": str(root),
         "run_dir": str(folder),
         "result_storage": None if storage is None else str(storage),
         "inputs": [],
@@ -85,7 +89,7 @@ def nightly_flow(data_path: str, config_path: str | None = None) -> dict[str, An
         _save(folder, record)
         logger.info("run folder %s; %d input file(s); task results in %s", folder, len(inputs), storage)
 
-        record["stages"]["ingest"] = run_stage(_persisted(ingest_task, storage), inputs, cfg, str(workdir))
+        record["stages"]["ingest"] = run_stage(_persisted(ingest_task, storage), inputs, cfg, str(root))
         _save(folder, record)
         record["artifacts"].update(publish_ingest_artifacts(record["stages"]["ingest"]))
     except Exception as exc:

@@ -1,7 +1,7 @@
 """End to end: a real local Prefect server, the served deployments, a CLI-triggered run.
 
 What runs here is what a user runs: ``prefect server start`` (on 127.0.0.1, a free port,
-a throw-away ``PREFECT_HOME``, analytics off), ``serve_deployments`` in its own process,
+a throw-away ``PREFECT_HOME``, analytics off), ``sentio serve`` (``flows.serve.serve_deployments``) in its own process,
 ``prefect deployment run 'nightly-retrain/manual' --param ...`` from the CLI, and
 ``prefect deploy --all --prefect-file deployments/prefect.yaml`` against the same server.
 Every subprocess runs in its own process group and is terminated in a ``finally``;
@@ -215,17 +215,11 @@ def test_served_manual_deployment_runs_from_the_cli(server: Server) -> None:
     config = work / "sentio.yaml"
     config.write_text(yaml.safe_dump({"paths": {"workdir": str(work / "wd")}}))
     serve_log = server.root / "serve.log"
-    # what `sentio serve` does: apply the Prefect defaults of the config, then import Prefect
-    code = (
-        "from sentio.config import load_config; "
-        "from sentio.orchestration import prefect_env_defaults; "
-        f"prefect_env_defaults(load_config({str(config)!r}).paths.workdir); "
-        "from flows.serve import serve_deployments; "
-        f"serve_deployments({str(data)!r}, {str(config)!r})"
-    )
+    # `sentio serve` applies the Prefect defaults of the config, then calls serve_deployments
+    command = [str(BIN / "sentio"), "serve", "--data", str(data), "--config", str(config)]
     serve = None
     try:
-        serve = _spawn([sys.executable, "-c", code], server.env, serve_log)
+        serve = _spawn(command, server.env, serve_log)
         _wait(
             server,
             lambda c: c.read_deployment_by_name("nightly-retrain/manual"),

@@ -280,12 +280,14 @@ def test_missing_input_fails_the_run_with_a_record(
     from flows.nightly import nightly_flow
 
     missing = project["bars"].with_name("nope.feather")
-    state = nightly_flow(data_path=str(missing), config_path=str(project["config"]), return_state=True)
+    # no config file: the defaults, with the workdir given as a flow parameter
+    state = nightly_flow(data_path=str(missing), workdir=str(project["workdir"]), return_state=True)
     assert state.is_failed()
     (folder,) = (project["workdir"] / "runs").iterdir()
     saved = yaml.safe_load((folder / "run.json").read_text())
     assert saved["status"] == "failed" and saved["error"] == f"DataError: {missing}: file not found"
-    assert (folder / "config.yaml").is_file()
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config["paths"]["workdir"] == str(project["workdir"])
 
 
 def test_io_error_is_retried(
