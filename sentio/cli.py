@@ -8,8 +8,6 @@ import Prefect lazily, so the library and the data commands never load it.
 from __future__ import annotations
 
 import functools
-import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -31,7 +29,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML configuration (defaults when omitted).", show_default=False),
+    typer.Option(
+        "--config", "-c", help="YAML configuration (defaults when omitted).", show_default=False
+    ),
 ]
 
 
@@ -78,10 +78,13 @@ def synth(
     seed: Annotated[int | None, typer.Option(help="Random seed (synth.seed).")] = None,
     random_walk: Annotated[
         bool | None,
-        typer.Option("--random-walk/--regimes", help="Pure random walk (no edge) or regime-switching market."),
+        typer.Option(
+            "--random-walk/--regimes", help="Pure random walk (no edge) or regime-switching market."
+        ),
     ] = None,
     edge: Annotated[
-        float | None, typer.Option(help="Planted lag-1 autocorrelation of standardised returns, 0-0.5.")
+        float | None,
+        typer.Option(help="Planted lag-1 autocorrelation of standardised returns, 0-0.5."),
     ] = None,
 ) -> None:
     """Generate synthetic one-minute QQQ/TQQQ/SQQQ bars on the NYSE calendar, with true regimes."""
@@ -89,8 +92,13 @@ def synth(
 
     cfg = _config(
         config,
-        {"synth.years": years, "synth.start": start, "synth.seed": seed,
-         "synth.random_walk": random_walk, "synth.edge_strength": edge},
+        {
+            "synth.years": years,
+            "synth.start": start,
+            "synth.seed": seed,
+            "synth.random_walk": random_walk,
+            "synth.edge_strength": edge,
+        },
     )
     paths = write_synth(out, cfg)
     for what, path in paths.items():
@@ -117,16 +125,26 @@ def sample(
 @app.command()
 @user_errors
 def ingest(
-    inputs: Annotated[list[Path], typer.Argument(help="Bar files: .feather/.arrow/.ipc, .parquet, .csv/.txt/.tsv.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Canonical bars file to write (.feather).")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="Bar files: .feather/.arrow/.ipc, .parquet, .csv/.txt/.tsv."),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Canonical bars file to write (.feather).")
+    ],
     config: ConfigOpt = None,
-    symbol: Annotated[str | None, typer.Option(help="Symbol for files without a symbol column.")] = None,
-    tz: Annotated[str | None, typer.Option(help="Time zone of naive timestamps, e.g. America/New_York.")] = None,
+    symbol: Annotated[
+        str | None, typer.Option(help="Symbol for files without a symbol column.")
+    ] = None,
+    tz: Annotated[
+        str | None, typer.Option(help="Time zone of naive timestamps, e.g. America/New_York.")
+    ] = None,
     bar_timestamp: Annotated[
         str | None, typer.Option(help="Whether the source stamps bars at their 'start' or 'end'.")
     ] = None,
     columns: Annotated[
-        str | None, typer.Option(help="Comma-separated names for the columns of a CSV without header.")
+        str | None,
+        typer.Option(help="Comma-separated names for the columns of a CSV without header."),
     ] = None,
     on_bad_rows: Annotated[
         str | None, typer.Option(help="'quarantine' bad rows (default) or fail with an 'error'.")
@@ -155,9 +173,15 @@ def ingest(
         f"read {r['rows_read']} rows: kept {r['rows_kept']}, dropped "
         f"{r['rows_dropped_outside_regular_hours']} outside regular hours and "
         f"{r['rows_dropped_duplicates']} exact duplicates, quarantined {r['rows_quarantined']}"
-        + (f" ({', '.join(f'{k} {v}' for k, v in r['quarantined_by_reason'].items())})" if r["rows_quarantined"] else "")
+        + (
+            f" ({', '.join(f'{k} {v}' for k, v in r['quarantined_by_reason'].items())})"
+            if r["rows_quarantined"]
+            else ""
+        )
     )
-    typer.echo(f"bars: {result.outputs.bars} ({r['frequency']} bars, symbols {', '.join(r['symbols'])})")
+    typer.echo(
+        f"bars: {result.outputs.bars} ({r['frequency']} bars, symbols {', '.join(r['symbols'])})"
+    )
     typer.echo(f"report: {result.outputs.report}")
     if r["quarantine"]:
         typer.echo(f"quarantine: {r['quarantine']}")
@@ -171,12 +195,13 @@ def _workdir(cfg: SentioConfig, workdir: Path | None) -> Path:
 @app.command()
 @user_errors
 def run(
-    data: Annotated[str, typer.Option("--data", "-d", help="Bar file, comma-separated files or a folder.")] = (
-        "data/demo/bars.feather"
-    ),
+    data: Annotated[
+        str, typer.Option("--data", "-d", help="Bar file, comma-separated files or a folder.")
+    ] = ("data/demo/bars.feather"),
     config: ConfigOpt = None,
     workdir: Annotated[
-        Path | None, typer.Option(help="Where stage outputs and Prefect results go (paths.workdir).")
+        Path | None,
+        typer.Option(help="Where stage outputs and Prefect results go (paths.workdir)."),
     ] = None,
 ) -> None:
     """Run the nightly flow locally through Prefect (a temporary local API when none is configured)."""
@@ -190,20 +215,44 @@ def run(
     prefect_env_defaults(wd)
     from flows.nightly import nightly_flow
 
-    result = nightly_flow(
+    record = nightly_flow(
         data_path=data,
         config_path=str(config.resolve()) if config else None,
         workdir=str(wd),
     )
-    typer.echo(json.dumps(result, indent=2, default=str))
+    _print_run(record)
+
+
+def _print_run(record: dict[str, Any]) -> None:
+    """Say where a flow run's outputs are."""
+    typer.echo(f"run {record['flow_run_name']}: {record['status']}")
+    typer.echo(f"run record: {Path(record['run_dir']) / 'run.json'}")
+    typer.echo(f"run config: {Path(record['run_dir']) / 'config.yaml'}")
+    ingest = record["stages"].get("ingest")
+    if ingest:
+        typer.echo(
+            f"ingest: {ingest['rows_kept']} of {ingest['rows_read']} rows kept, "
+            f"{ingest['rows_quarantined']} quarantined; {ingest['frequency']} bars of "
+            f"{', '.join(ingest['symbols'])}"
+            + (
+                f" (derived: {', '.join(ingest['derived_symbols'])})"
+                if ingest["derived_symbols"]
+                else ""
+            )
+        )
+        typer.echo(f"bars: {ingest['output']}")
+        typer.echo(f"ingest report: {ingest['report']}")
+        typer.echo(f"data docs: {ingest['gx_html']}")
+        if ingest["quarantine"]:
+            typer.echo(f"quarantine: {ingest['quarantine']}")
 
 
 @app.command()
 @user_errors
 def serve(
-    data: Annotated[str, typer.Option("--data", "-d", help="Default data path of the deployments.")] = (
-        "data/demo/bars.feather"
-    ),
+    data: Annotated[
+        str, typer.Option("--data", "-d", help="Default data path of the deployments.")
+    ] = ("data/demo/bars.feather"),
     config: ConfigOpt = None,
 ) -> None:
     """Serve the 'nightly' (02:00 New York, weekdays) and 'manual' deployments from this process."""
@@ -213,8 +262,10 @@ def serve(
     prefect_env_defaults(_workdir(cfg, None))
     from flows.serve import serve_deployments
 
-    serve_deployments(str(Path(data).resolve()) if "," not in data else data,
-                      str(config.resolve()) if config else None)
+    serve_deployments(
+        str(Path(data).resolve()) if "," not in data else data,
+        str(config.resolve()) if config else None,
+    )
 
 
 @app.command("config")
@@ -230,4 +281,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

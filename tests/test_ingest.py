@@ -413,3 +413,10 @@ def test_every_row_lands_in_exactly_one_bucket(tmp_path: Path, n_ext: int, bad: 
     assert rep["quarantined_by_reason"] == {r: bad.count(r) for r in set(bad)}
     if bad:
         assert pl.read_csv(res.outputs.quarantine).height == len(bad)
+
+
+def test_every_row_bad_is_a_quarantine_error_not_a_crash(tmp_path: Path) -> None:
+    frame = as_vendor(minute_bars("2024-01-02", "2024-01-02")).with_columns(close=pl.lit("n/a"))
+    frame.write_csv(tmp_path / "all.csv")
+    with pytest.raises(QuarantineLimitError, match=r"all\.csv: 390 of 390 rows rejected, too few valid bars left to read: non_numeric_value 390; e\.g\. .*all\.csv row 1"):
+        ingest_files([tmp_path / "all.csv"], tmp_path / "o.feather")

@@ -377,6 +377,15 @@ def ingest_files(
     files = [str(r.path) for r in raws]
 
     valid_ts = work.filter(pl.col("__reason").is_null())
+    if valid_ts.height < 2:
+        bad = work.filter(pl.col("__reason").is_not_null())
+        reasons = dict(bad.group_by("__reason").len().iter_rows())
+        raise QuarantineLimitError(
+            f"{', '.join(files)}: {bad.height} of {rows_read} rows rejected, too few valid bars "
+            f"left to read: {_fmt_reasons(reasons)}; e.g. {_example(bad, files)}"
+            if bad.height
+            else f"{', '.join(files)}: need at least two bars, got {rows_read}"
+        )
     if "date" in kinds:
         bar_seconds = DAY_SECONDS
     else:
