@@ -30,7 +30,6 @@ import polars as pl
 from sentio.config import UniverseConfig
 from sentio.data.schema import (
     CANONICAL_COLUMNS,
-    CANONICAL_SCHEMA,
     PRICE_COLUMNS,
     session_date,
     to_canonical,
@@ -163,7 +162,7 @@ def derive_leveraged(
             f"than 1/{abs(lev):g} against it since the previous close"
         )
     # one symbol, already in time order: canonical without another sort
-    return out.select([pl.col(c).cast(t) for c, t in CANONICAL_SCHEMA.items()])
+    return to_canonical(out, sort=False)
 
 
 def ensure_universe(

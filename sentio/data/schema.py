@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import polars as pl
 
-TIMESTAMP_DTYPE = pl.Datetime("us", "UTC")
-PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
-CANONICAL_SCHEMA: dict[str, pl.DataType] = {
-    "timestamp": TIMESTAMP_DTYPE,
-    "symbol": pl.String(),
-    "open": pl.Float64(),
-    "high": pl.Float64(),
-    "low": pl.Float64(),
-    "close": pl.Float64(),
-    "volume": pl.Float64(),
-}
+from data_contracts.bars import BARS_DTYPES
+from data_contracts.bars import PRICE_COLUMNS as CONTRACT_PRICE_COLUMNS
+
+# The contract in data_contracts/ is the single source of the canonical dtypes.
+CANONICAL_SCHEMA: dict[str, pl.DataType] = dict(BARS_DTYPES)
+TIMESTAMP_DTYPE = CANONICAL_SCHEMA["timestamp"]
+PRICE_COLUMNS: tuple[str, ...] = CONTRACT_PRICE_COLUMNS
 CANONICAL_COLUMNS: tuple[str, ...] = tuple(CANONICAL_SCHEMA)
 NY_TZ = "America/New_York"
 
@@ -28,12 +24,13 @@ def empty_bars() -> pl.DataFrame:
     return pl.DataFrame(schema=CANONICAL_SCHEMA)
 
 
-def to_canonical(frame: pl.DataFrame) -> pl.DataFrame:
-    """Select the canonical columns in order, cast, and sort by symbol then timestamp."""
-    return (
-        frame.select([pl.col(c).cast(t) for c, t in CANONICAL_SCHEMA.items()])
-        .sort(["symbol", "timestamp"])
-    )
+def to_canonical(frame: pl.DataFrame, sort: bool = True) -> pl.DataFrame:
+    """Select the canonical columns in order and cast them; sort by symbol then timestamp.
+
+    ``sort=False`` for frames the caller knows to be in canonical order already.
+    """
+    out = frame.select([pl.col(c).cast(t) for c, t in CANONICAL_SCHEMA.items()])
+    return out.sort(["symbol", "timestamp"]) if sort else out
 
 
 def session_date(ts: pl.Expr) -> pl.Expr:

@@ -55,7 +55,7 @@ from scipy.signal import lfilter
 from sentio.calendar import sessions
 from sentio.config import SentioConfig, SynthConfig, write_config
 from sentio.data.leverage import derive_leveraged
-from sentio.data.schema import CANONICAL_SCHEMA
+from sentio.data.schema import to_canonical
 from sentio.errors import DataError
 from sentio.io import sidecar, write_feather_atomic
 
@@ -275,7 +275,7 @@ def generate(cfg: SentioConfig) -> SynthData:
     # each part is one symbol in time order: concatenated in symbol order, the frame is
     # already in canonical order (symbol, timestamp), so no 1.5M-row sort is needed
     parts = sorted([under, *legs], key=lambda f: str(f["symbol"][0]))
-    bars = pl.concat(parts).select([pl.col(c).cast(t) for c, t in CANONICAL_SCHEMA.items()])
+    bars = to_canonical(pl.concat(parts), sort=False)
     regimes = pl.DataFrame(
         [
             ts,
