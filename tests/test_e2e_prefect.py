@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import numpy as np
-import polars as pl
 import pytest
 import yaml
+
+from tests.conftest import minute_bars
 
 pytestmark = pytest.mark.e2e
 
@@ -55,27 +55,8 @@ class Server:
 
 def write_bars(path: Path) -> Path:
     """Three regular-hours sessions of canonical one-minute QQQ bars (winter, UTC-5)."""
-    import datetime as dt
-
-    stamps = [
-        dt.datetime.fromisoformat(f"{day}T14:30:00+00:00") + dt.timedelta(minutes=i)
-        for day in ("2024-01-08", "2024-01-09", "2024-01-10")
-        for i in range(390)
-    ]
-    close = 400.0 * np.exp(np.cumsum(np.random.default_rng(0).normal(0.0, 5e-4, len(stamps))))
-    open_ = np.r_[400.0, close[:-1]]
     path.parent.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame(
-        {
-            "timestamp": stamps,
-            "symbol": "QQQ",
-            "open": open_,
-            "high": np.maximum(open_, close) * 1.0004,
-            "low": np.minimum(open_, close) * 0.9996,
-            "close": close,
-            "volume": 2_000.0,
-        }
-    ).with_columns(pl.col("timestamp").dt.cast_time_unit("us")).write_ipc(path)
+    minute_bars("2024-01-08", "2024-01-10", price=400.0).write_ipc(path)
     return path
 
 

@@ -9,7 +9,6 @@ market generator.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import time
@@ -18,12 +17,12 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import numpy as np
 import polars as pl
 import pytest
 import yaml
 
 from sentio.errors import ContractError, SentioError
+from tests.conftest import minute_bars
 
 pytestmark = pytest.mark.slow
 
@@ -40,31 +39,12 @@ STORAGE_ENV = (
 
 
 def write_bars(path: Path, seed: int = 0, *, broken_ohlc: bool = False) -> Path:
-    """Canonical one-minute QQQ bars: bar starts 14:30-20:59 UTC, consistent OHLC.
+    """Canonical one-minute QQQ bars of three sessions (tests.conftest.minute_bars).
 
     ``broken_ohlc`` puts the high below the low in every 10th bar: 10% bad rows, far
     past the default quarantine limit (1%), a data-contract violation.
     """
-    rng = np.random.default_rng(seed)
-    stamps = [
-        dt.datetime.fromisoformat(f"{day}T14:30:00+00:00") + dt.timedelta(minutes=i)
-        for day in SESSIONS
-        for i in range(390)
-    ]
-    n = len(stamps)
-    close = 400.0 * np.exp(np.cumsum(rng.normal(0.0, 5e-4, n)))
-    open_ = np.r_[400.0, close[:-1]]
-    frame = pl.DataFrame(
-        {
-            "timestamp": stamps,
-            "symbol": "QQQ",
-            "open": open_,
-            "high": np.maximum(open_, close) * 1.0004,
-            "low": np.minimum(open_, close) * 0.9996,
-            "close": close,
-            "volume": rng.integers(1_000, 5_000, n).astype(float),
-        }
-    ).with_columns(pl.col("timestamp").dt.cast_time_unit("us"))
+    frame = minute_bars(SESSIONS[0], SESSIONS[-1], seed=seed, price=400.0)
     if broken_ohlc:
         bad = pl.int_range(pl.len()) % 10 == 0
         frame = frame.with_columns(high=pl.when(bad).then(pl.col("low") * 0.99).otherwise("high"))
