@@ -33,10 +33,15 @@ def make_input(path: Path, rows: int) -> None:
 
     per_symbol = rows // 3
     n_sessions = per_symbol // 390 + 2
-    table = sessions(dt.date(2010, 1, 4), dt.date(2010, 1, 4) + dt.timedelta(days=int(n_sessions * 1.5) + 30))
+    table = sessions(
+        dt.date(2010, 1, 4), dt.date(2010, 1, 4) + dt.timedelta(days=int(n_sessions * 1.5) + 30)
+    )
     table = table.filter(~pl.col("early_close")).head(n_sessions)
     stamps = pl.concat(
-        [pl.datetime_range(o, c, "1m", closed="left", eager=True, time_zone="UTC") for o, c in zip(table["open"], table["close"], strict=True)]
+        [
+            pl.datetime_range(o, c, "1m", closed="left", eager=True, time_zone="UTC")
+            for o, c in zip(table["open"], table["close"], strict=True)
+        ]
     ).head(per_symbol)
     rng = np.random.default_rng(0)
     frames = []
@@ -46,8 +51,15 @@ def make_input(path: Path, rows: int) -> None:
         wiggle = np.abs(rng.normal(0, 2e-4, per_symbol)) * close
         frames.append(
             pl.DataFrame(
-                {"timestamp": stamps, "symbol": symbol, "open": open_, "high": np.maximum(open_, close) + wiggle,
-                 "low": np.minimum(open_, close) - wiggle, "close": close, "volume": rng.integers(100, 10_000, per_symbol).astype(float)}
+                {
+                    "timestamp": stamps,
+                    "symbol": symbol,
+                    "open": open_,
+                    "high": np.maximum(open_, close) + wiggle,
+                    "low": np.minimum(open_, close) - wiggle,
+                    "close": close,
+                    "volume": rng.integers(100, 10_000, per_symbol).astype(float),
+                }
             )
         )
     pl.concat(frames).write_ipc(path)
@@ -70,7 +82,10 @@ def _child(mode: str, src: str, out: str) -> None:
 
 def measure(mode: str, src: Path, out: Path) -> dict:
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", mode, str(src), str(out)], check=True, capture_output=True, text=True
+        [sys.executable, __file__, "--child", mode, str(src), str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -91,9 +106,15 @@ def main() -> int:
     print(f"input rows            {base['rows']:>12,}")
     print(f"polars.read_ipc       {base['seconds']:>9.2f} s   peak {base['peak_mb']:>7.0f} MB")
     print(f"sentio ingest         {ing['seconds']:>9.2f} s   peak {ing['peak_mb']:>7.0f} MB")
-    print(f"ratio ingest/read     {ing['seconds'] / base['seconds']:>9.1f} x   {ing['peak_mb'] / base['peak_mb']:>7.1f} x")
+    print(
+        f"ratio ingest/read     {ing['seconds'] / base['seconds']:>9.1f} x   {ing['peak_mb'] / base['peak_mb']:>7.1f} x"
+    )
     print(f"targets               {TIME_TARGET_S:>9.0f} s        {MEMORY_TARGET_MB:>7.0f} MB")
-    ok = ing["seconds"] < TIME_TARGET_S and ing["peak_mb"] < MEMORY_TARGET_MB and ing["rows"] == base["rows"]
+    ok = (
+        ing["seconds"] < TIME_TARGET_S
+        and ing["peak_mb"] < MEMORY_TARGET_MB
+        and ing["rows"] == base["rows"]
+    )
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

@@ -87,9 +87,13 @@ def nightly_flow(
         inputs = [str(p.resolve()) for p in stages.resolve_inputs(data_path)]
         record["inputs"] = inputs
         _save(folder, record)
-        logger.info("run folder %s; %d input file(s); task results in %s", folder, len(inputs), storage)
+        logger.info(
+            "run folder %s; %d input file(s); task results in %s", folder, len(inputs), storage
+        )
 
-        record["stages"]["ingest"] = run_stage(_persisted(ingest_task, storage), inputs, cfg, str(root))
+        record["stages"]["ingest"] = run_stage(
+            _persisted(ingest_task, storage), inputs, cfg, str(root)
+        )
         _save(folder, record)
         record["artifacts"].update(publish_ingest_artifacts(record["stages"]["ingest"]))
     except Exception as exc:

@@ -41,7 +41,10 @@ _TELEMETRY_DEFAULTS: dict[str, str] = {
 LOCAL_STORAGE_ENV = "PREFECT_RESULTS_LOCAL_STORAGE_PATH"
 _LOCAL_STORAGE_ALIASES = (LOCAL_STORAGE_ENV, "PREFECT_LOCAL_STORAGE_PATH")
 # A configured storage block replaces local storage altogether (e.g. S3 for remote workers).
-_STORAGE_BLOCK_ENV = ("PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK", "PREFECT_DEFAULT_RESULT_STORAGE_BLOCK")
+_STORAGE_BLOCK_ENV = (
+    "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK",
+    "PREFECT_DEFAULT_RESULT_STORAGE_BLOCK",
+)
 # Remembers (also for child processes, which may get Prefect's import-time value of the
 # storage path) every storage path Sentio itself defaulted, os.pathsep-separated, so that
 # none of them is mistaken for an explicit user choice when a run uses another workdir.
@@ -84,7 +87,9 @@ def prefect_env_defaults(workdir: str | os.PathLike[str]) -> dict[str, str]:
     Returns:
         The value now in effect for each setting, keyed by environment variable.
     """
-    effective = {name: os.environ.setdefault(name, value) for name, value in _TELEMETRY_DEFAULTS.items()}
+    effective = {
+        name: os.environ.setdefault(name, value) for name, value in _TELEMETRY_DEFAULTS.items()
+    }
     user_storage = _user_storage_path()
     if user_storage is None:
         ours = str(results_dir(workdir))
@@ -165,7 +170,9 @@ def utc_now() -> str:
 def check_artifact_key(key: str) -> str:
     """Return ``key`` if it is a valid Prefect artifact key (lowercase-dash form)."""
     if not _ARTIFACT_KEY.match(key):
-        raise ValueError(f"artifact key {key!r} must be lowercase letters, digits and single dashes")
+        raise ValueError(
+            f"artifact key {key!r} must be lowercase letters, digits and single dashes"
+        )
     return key
 
 

@@ -28,7 +28,9 @@ def run_stage(stage: Task[P, dict[str, Any]], *args: P.args, **kwargs: P.kwargs)
     missing = missing_outputs(summary)
     if missing:
         get_run_logger().warning(
-            "%s: cached result names missing outputs %s; recomputing", stage.name, ", ".join(missing)
+            "%s: cached result names missing outputs %s; recomputing",
+            stage.name,
+            ", ".join(missing),
         )
         summary = stage.with_options(refresh_cache=True)(*args, **kwargs)
     return summary

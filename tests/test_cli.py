@@ -34,14 +34,24 @@ def _one_line_error(result, code: int, pattern: str) -> None:
 
 
 def test_ingest_missing_file(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["ingest", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o.feather")])
+    result = runner.invoke(
+        app, ["ingest", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o.feather")]
+    )
     _one_line_error(result, 3, "nope.csv: file not found")
 
 
 def test_ingest_bad_option_value_names_the_field(tmp_path: Path) -> None:
     minute_bars("2024-01-02", "2024-01-02").write_ipc(tmp_path / "i.feather")
     result = runner.invoke(
-        app, ["ingest", str(tmp_path / "i.feather"), "--out", str(tmp_path / "o.feather"), "--bar-timestamp", "mid"]
+        app,
+        [
+            "ingest",
+            str(tmp_path / "i.feather"),
+            "--out",
+            str(tmp_path / "o.feather"),
+            "--bar-timestamp",
+            "mid",
+        ],
     )
     _one_line_error(result, 2, "ingest.bar_timestamp: Input should be 'start' or 'end'")
 
@@ -50,7 +60,15 @@ def test_ingest_bad_config_file(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("ingest:\n  tzz: UTC\n")
     minute_bars("2024-01-02", "2024-01-02").write_ipc(tmp_path / "i.feather")
     result = runner.invoke(
-        app, ["ingest", str(tmp_path / "i.feather"), "--out", str(tmp_path / "o.feather"), "-c", str(tmp_path / "c.yaml")]
+        app,
+        [
+            "ingest",
+            str(tmp_path / "i.feather"),
+            "--out",
+            str(tmp_path / "o.feather"),
+            "-c",
+            str(tmp_path / "c.yaml"),
+        ],
     )
     _one_line_error(result, 2, "ingest.tzz: unknown setting")
 
@@ -60,13 +78,17 @@ def test_ingest_quarantine_limit_exit_code(tmp_path: Path) -> None:
         close=pl.when(pl.int_range(pl.len()) < 50).then(-1.0).otherwise(pl.col("close"))
     )
     bars.write_ipc(tmp_path / "i.feather")
-    result = runner.invoke(app, ["ingest", str(tmp_path / "i.feather"), "--out", str(tmp_path / "o.feather")])
+    result = runner.invoke(
+        app, ["ingest", str(tmp_path / "i.feather"), "--out", str(tmp_path / "o.feather")]
+    )
     _one_line_error(result, 5, "50 of 390 rows rejected")
 
 
 def test_ingest_success_prints_where_outputs_are(tmp_path: Path) -> None:
     minute_bars("2024-01-02", "2024-01-02").write_ipc(tmp_path / "i.feather")
-    result = runner.invoke(app, ["ingest", str(tmp_path / "i.feather"), "--out", str(tmp_path / "o.feather")])
+    result = runner.invoke(
+        app, ["ingest", str(tmp_path / "i.feather"), "--out", str(tmp_path / "o.feather")]
+    )
     assert result.exit_code == 0, result.output
     assert "kept 390" in result.stdout
     assert f"report: {tmp_path / 'o.ingest.json'}" in result.stdout
@@ -88,7 +110,9 @@ def test_console_script_error_has_no_traceback(tmp_path: Path) -> None:
     (tmp_path / "x.xlsx").write_bytes(b"PK")
     proc = subprocess.run(
         [str(exe), "ingest", str(tmp_path / "x.xlsx"), "--out", str(tmp_path / "o.feather")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 3
     assert "x.xlsx: unsupported file type '.xlsx'" in proc.stderr

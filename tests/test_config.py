@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sentio.config import SentioConfig, config_from_dict, dump_config, load_config, with_overrides, write_config
+from sentio.config import (
+    SentioConfig,
+    config_from_dict,
+    dump_config,
+    load_config,
+    with_overrides,
+    write_config,
+)
 from sentio.errors import ConfigError
 
 
@@ -39,14 +46,29 @@ def test_empty_file_means_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("data", "pattern"),
     [
-        ({"agent": {"algo": "ppo2"}}, r"agent\.algo: Input should be 'ppo', 'maskable_ppo' or 'sentio_ppo' \(got 'ppo2'\)"),
-        ({"agent": {"lerning_rate": 0.1}}, r"agent\.lerning_rate: unknown setting \(allowed: .*\); did you mean 'learning_rate'\?"),
-        ({"ingest": {"max_quarantine_fraction": 1.5}}, r"ingest\.max_quarantine_fraction: Input should be less than or equal to 1 \(got 1\.5\)"),
-        ({"ingest": {"bar_timestamp": "middle"}}, r"ingest\.bar_timestamp: Input should be 'start' or 'end'"),
+        (
+            {"agent": {"algo": "ppo2"}},
+            r"agent\.algo: Input should be 'ppo', 'maskable_ppo' or 'sentio_ppo' \(got 'ppo2'\)",
+        ),
+        (
+            {"agent": {"lerning_rate": 0.1}},
+            r"agent\.lerning_rate: unknown setting \(allowed: .*\); did you mean 'learning_rate'\?",
+        ),
+        (
+            {"ingest": {"max_quarantine_fraction": 1.5}},
+            r"ingest\.max_quarantine_fraction: Input should be less than or equal to 1 \(got 1\.5\)",
+        ),
+        (
+            {"ingest": {"bar_timestamp": "middle"}},
+            r"ingest\.bar_timestamp: Input should be 'start' or 'end'",
+        ),
         ({"ingest": {"tz": "Mars/Olympus"}}, r"ingest\.tz: unknown time zone 'Mars/Olympus'"),
         ({"train": {"device": "tpu"}}, r"train\.device: Input should be 'auto', 'cpu' or 'cuda'"),
         ({"env": {"action_grid": [-1, 1]}}, r"env\.action_grid: action_grid must contain 0\.0"),
-        ({"universe": {"long": "QQQ"}}, r"universe: underlying, long and short must be three different symbols"),
+        (
+            {"universe": {"long": "QQQ"}},
+            r"universe: underlying, long and short must be three different symbols",
+        ),
         ({"foo": 1}, r"foo: unknown setting \(allowed: agent, cv, env"),
     ],
 )
@@ -62,24 +84,43 @@ def test_messages_name_the_field_and_allowed_values(data: dict, pattern: str) ->
     [
         ({"agent": {"algo": "maskable_ppo"}}, r"agent\.quantile_critic is a Sentio PPO feature"),
         (
-            {"agent": {"algo": "maskable_ppo", "quantile_critic": False, "regime_gating": False, "cvar_beta": 0.5}},
+            {
+                "agent": {
+                    "algo": "maskable_ppo",
+                    "quantile_critic": False,
+                    "regime_gating": False,
+                    "cvar_beta": 0.5,
+                }
+            },
             r"agent\.cvar_beta is a Sentio PPO feature",
         ),
         (
             {"agent": {"algo": "ppo", "quantile_critic": False, "regime_gating": False}},
             r"agent\.algo='ppo' cannot apply action masks",
         ),
-        ({"agent": {"quantile_critic": False, "cvar_beta": 0.3}}, r"cvar_beta > 0 needs agent\.quantile_critic=true"),
+        (
+            {"agent": {"quantile_critic": False, "cvar_beta": 0.3}},
+            r"cvar_beta > 0 needs agent\.quantile_critic=true",
+        ),
         ({"regimes": {"enabled": False}}, r"agent\.regime_gating=true needs regimes\.enabled=true"),
         (
             {"regimes": {"enabled": False}, "agent": {"regime_gating": False}},
             r"env\.masks\.regime=true needs regimes\.enabled=true",
         ),
         ({"env": {"window": 1}}, r"transformer' needs env\.window >= 2"),
-        ({"agent": {"d_model": 30, "n_heads": 4}}, r"d_model \(30\) must be divisible by agent\.n_heads \(4\)"),
+        (
+            {"agent": {"d_model": 30, "n_heads": 4}},
+            r"d_model \(30\) must be divisible by agent\.n_heads \(4\)",
+        ),
         ({"agent": {"batch_size": 10_000}}, r"batch_size \(10000\) exceeds the rollout size"),
-        ({"synth": {"random_walk": True, "edge_strength": 0.1}}, r"random_walk=true means no edge exists"),
-        ({"cv": {"method": "cpcv", "n_groups": 4, "n_test_groups": 4}}, r"cpcv needs n_test_groups < n_groups"),
+        (
+            {"synth": {"random_walk": True, "edge_strength": 0.1}},
+            r"random_walk=true means no edge exists",
+        ),
+        (
+            {"cv": {"method": "cpcv", "n_groups": 4, "n_test_groups": 4}},
+            r"cpcv needs n_test_groups < n_groups",
+        ),
     ],
 )
 def test_nonsense_flag_combinations_are_rejected_at_load(data: dict, pattern: str) -> None:
@@ -88,11 +129,26 @@ def test_nonsense_flag_combinations_are_rejected_at_load(data: dict, pattern: st
 
 
 def test_sensible_combinations_load() -> None:
-    config_from_dict({"agent": {"algo": "maskable_ppo", "quantile_critic": False, "regime_gating": False}})
-    off = {"session": False, "risk_budget": False, "regime": False, "drawdown": False, "min_hold_bars": 0}
     config_from_dict(
-        {"agent": {"algo": "ppo", "quantile_critic": False, "regime_gating": False, "extractor": "mlp"},
-         "env": {"masks": off, "window": 1}}
+        {"agent": {"algo": "maskable_ppo", "quantile_critic": False, "regime_gating": False}}
+    )
+    off = {
+        "session": False,
+        "risk_budget": False,
+        "regime": False,
+        "drawdown": False,
+        "min_hold_bars": 0,
+    }
+    config_from_dict(
+        {
+            "agent": {
+                "algo": "ppo",
+                "quantile_critic": False,
+                "regime_gating": False,
+                "extractor": "mlp",
+            },
+            "env": {"masks": off, "window": 1},
+        }
     )
     config_from_dict({"agent": {"cvar_beta": 0.5}})
 
@@ -100,7 +156,9 @@ def test_sensible_combinations_load() -> None:
 def test_overrides_are_validated_and_none_leaves_values() -> None:
     cfg = with_overrides(SentioConfig(), {"ingest.tz": "UTC", "ingest.symbol": None})
     assert cfg.ingest.tz == "UTC" and cfg.ingest.symbol is None
-    with pytest.raises(ConfigError, match=r"ingest\.on_bad_rows: Input should be 'quarantine' or 'error'"):
+    with pytest.raises(
+        ConfigError, match=r"ingest\.on_bad_rows: Input should be 'quarantine' or 'error'"
+    ):
         with_overrides(cfg, {"ingest.on_bad_rows": "ignore"})
 
 

@@ -155,7 +155,9 @@ def server() -> Iterator[Server]:
             except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"prefect server not healthy after {SERVER_START_TIMEOUT:.0f} s:\n{_tail(log)}")
+                pytest.fail(
+                    f"prefect server not healthy after {SERVER_START_TIMEOUT:.0f} s:\n{_tail(log)}"
+                )
             time.sleep(0.5)
         yield Server(api_url=api_url, env=env, root=root, log=log)
     finally:
@@ -170,9 +172,10 @@ def _client_call(server: Server, fn: Any) -> Any:
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: server.api_url}), get_client(
-        sync_client=True
-    ) as client:
+    with (
+        temporary_settings(updates={PREFECT_API_URL: server.api_url}),
+        get_client(sync_client=True) as client,
+    ):
         return fn(client)
 
 
@@ -186,7 +189,10 @@ def _wait(server: Server, fn: Any, ready: Any, timeout: float, what: str, logs: 
         if value is not None and ready(value):
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}:\n" + "\n".join(map(_tail, logs)))
+            pytest.fail(
+                f"timed out after {timeout:.0f} s waiting for {what}:\n"
+                + "\n".join(map(_tail, logs))
+            )
         time.sleep(0.5)
 
 
@@ -234,14 +240,21 @@ def test_served_manual_deployment_runs_from_the_cli(server: Server) -> None:
         assert flow_run.state.type.value == "COMPLETED", f"{flow_run.state}\n{_tail(serve_log)}"
 
         # the nightly deployment is served too, with its schedule
-        nightly = _client_call(server, lambda c: c.read_deployment_by_name("nightly-retrain/nightly"))
+        nightly = _client_call(
+            server, lambda c: c.read_deployment_by_name("nightly-retrain/nightly")
+        )
         (schedule,) = nightly.schedules
-        assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * 1-5", "America/New_York")
+        assert (schedule.schedule.cron, schedule.schedule.timezone) == (
+            "0 2 * * 1-5",
+            "America/New_York",
+        )
 
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
         flt = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
-        artifacts = {a.key: a for a in _client_call(server, lambda c: c.read_artifacts(artifact_filter=flt))}
+        artifacts = {
+            a.key: a for a in _client_call(server, lambda c: c.read_artifacts(artifact_filter=flt))
+        }
         assert {"data-quality", "ingest-summary"} <= set(artifacts)
         rows = {r["metric"]: r["value"] for r in json.loads(artifacts["ingest-summary"].data)}
         assert rows["rows read"] == 3 * 390 and rows["rows quarantined"] == 0
@@ -265,7 +278,10 @@ def test_prefect_yaml_deploys_to_a_process_pool(server: Server) -> None:
         for name in ("nightly", "manual")
     )
     (schedule,) = nightly.schedules
-    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * 1-5", "America/New_York")
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == (
+        "0 2 * * 1-5",
+        "America/New_York",
+    )
     assert not manual.schedules
     for dep in (nightly, manual):
         assert dep.work_pool_name == "sentio-process"

@@ -107,7 +107,11 @@ def project(tmp_path: Path) -> dict[str, Path]:
     workdir = tmp_path / "wd"
     config = tmp_path / "sentio.yaml"
     config.write_text(yaml.safe_dump({"paths": {"workdir": str(workdir)}}))
-    return {"workdir": workdir, "config": config, "bars": write_bars(tmp_path / "in" / "bars.feather")}
+    return {
+        "workdir": workdir,
+        "config": config,
+        "bars": write_bars(tmp_path / "in" / "bars.feather"),
+    }
 
 
 def _wait_for(fetch: Callable[[], Any], ready: Callable[[Any], bool], timeout: float = 30.0) -> Any:
@@ -227,7 +231,9 @@ def no_retry_delay(monkeypatch: pytest.MonkeyPatch) -> None:
     import flows.nightly
     from tasks.ingest import ingest_task
 
-    monkeypatch.setattr(flows.nightly, "ingest_task", ingest_task.with_options(retry_delay_seconds=0))
+    monkeypatch.setattr(
+        flows.nightly, "ingest_task", ingest_task.with_options(retry_delay_seconds=0)
+    )
 
 
 def test_contract_violation_is_not_retried(
@@ -333,7 +339,9 @@ def test_prefect_env_defaults_keep_explicit_values(
     assert all(os.environ[k] == v for k, v in env.items())
     # a default Sentio set follows the workdir of the next run; it is not a user choice
     assert task_result_storage(tmp_path / "b") == (tmp_path / "b" / "prefect-results").resolve()
-    assert os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] == str((tmp_path / "b" / "prefect-results").resolve())
+    assert os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] == str(
+        (tmp_path / "b" / "prefect-results").resolve()
+    )
 
     # explicit user values win, including the legacy alias of the storage path
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "true")

@@ -47,11 +47,15 @@ def as_vendor(frame: pl.DataFrame) -> pl.DataFrame:
 def test_real_spy_minute_files_across_dst(spy_dir: Path, tmp_path: Path) -> None:
     files = [spy_dir / "spy-2011-01.csv", spy_dir / "spy-2011-03.csv"]
     hashes = [sha256_file(f) for f in files]
-    result = ingest_files(files, tmp_path / "spy.feather", cfg(symbol="SPY", tz="UTC", bar_timestamp="end"))
+    result = ingest_files(
+        files, tmp_path / "spy.feather", cfg(symbol="SPY", tz="UTC", bar_timestamp="end")
+    )
     rep = result.report
     bars = pl.read_ipc(result.output)
     # Complete regular sessions: 20 in January, 23 in March, 390 one-minute bars each.
-    per_session = bars.group_by(pl.col("timestamp").dt.convert_time_zone("America/New_York").dt.date()).len()
+    per_session = bars.group_by(
+        pl.col("timestamp").dt.convert_time_zone("America/New_York").dt.date()
+    ).len()
     assert per_session.height == 43
     assert per_session["len"].unique().to_list() == [390]
     assert rep["rows_read"] == 14_180 + 17_577
@@ -60,13 +64,19 @@ def test_real_spy_minute_files_across_dst(spy_dir: Path, tmp_path: Path) -> None
     assert accounting(rep) == rep["rows_read"]
     assert rep["frequency"] == "1min"
     # UTC bar starts: 09:30 New York is 14:30 UTC before the DST change and 13:30 after it.
-    firsts = bars.group_by(pl.col("timestamp").dt.date().alias("d")).agg(pl.col("timestamp").min(), pl.col("timestamp").max().alias("last"))
-    first = {r["d"]: (r["timestamp"].time(), r["last"].time()) for r in firsts.iter_rows(named=True)}
+    firsts = bars.group_by(pl.col("timestamp").dt.date().alias("d")).agg(
+        pl.col("timestamp").min(), pl.col("timestamp").max().alias("last")
+    )
+    first = {
+        r["d"]: (r["timestamp"].time(), r["last"].time()) for r in firsts.iter_rows(named=True)
+    }
     assert first[dt.date(2011, 1, 3)] == (dt.time(14, 30), dt.time(20, 59))
     assert first[dt.date(2011, 3, 11)] == (dt.time(14, 30), dt.time(20, 59))
     assert first[dt.date(2011, 3, 14)] == (dt.time(13, 30), dt.time(19, 59))
     # The bar that starts at 09:30 New York was stamped 09:31 (its end) in the file.
-    raw = pl.read_csv(files[0], separator=";", has_header=False, new_columns=["t", "o", "h", "l", "c", "v"])
+    raw = pl.read_csv(
+        files[0], separator=";", has_header=False, new_columns=["t", "o", "h", "l", "c", "v"]
+    )
     opening = raw.filter(pl.col("t") == "20110103 143100").row(0, named=True)
     got = bars.row(0, named=True)
     assert (got["open"], got["close"], got["volume"]) == (opening["o"], opening["c"], opening["v"])
@@ -93,7 +103,13 @@ def test_feather_parquet_and_csv_give_identical_bars(tmp_path: Path) -> None:
 def test_polygon_style_columns_epoch_ms(tmp_path: Path) -> None:
     bars = minute_bars("2024-01-02", "2024-01-03")
     poly = bars.select(
-        t=pl.col("timestamp").dt.epoch("ms"), o="open", h="high", l="low", c="close", v="volume", vw="close",
+        t=pl.col("timestamp").dt.epoch("ms"),
+        o="open",
+        h="high",
+        l="low",
+        c="close",
+        v="volume",
+        vw="close",
         n=pl.lit(5),
     )
     poly.write_parquet(tmp_path / "poly.parquet")
@@ -105,7 +121,15 @@ def test_polygon_style_columns_epoch_ms(tmp_path: Path) -> None:
 
 def test_polygon_ticker_column_capital_t(tmp_path: Path) -> None:
     bars = minute_bars("2024-01-02", "2024-01-02", symbol="TQQQ")
-    poly = bars.select(T="symbol", t=pl.col("timestamp").dt.epoch("ms"), o="open", h="high", l="low", c="close", v="volume")
+    poly = bars.select(
+        T="symbol",
+        t=pl.col("timestamp").dt.epoch("ms"),
+        o="open",
+        h="high",
+        l="low",
+        c="close",
+        v="volume",
+    )
     poly.write_ipc(tmp_path / "poly.feather")
     res = ingest_files([tmp_path / "poly.feather"], tmp_path / "out.feather")
     assert pl.read_ipc(res.output)["symbol"].unique().to_list() == ["TQQQ"]
@@ -131,18 +155,24 @@ def test_yahoo_daily_csv_any_case_adj_close_ignored(tmp_path: Path) -> None:
 def test_daily_bar_on_a_holiday_is_quarantined(tmp_path: Path) -> None:
     text = "date;open;high;low;close;volume\n2024-07-03;1;1;1;1;1\n2024-07-04;1;1;1;1;1\n2024-07-05;1;1;1;1;1\n"
     (tmp_path / "d.csv").write_text(text)
-    res = ingest_files([tmp_path / "d.csv"], tmp_path / "o.feather", cfg(symbol="X", max_quarantine_fraction=0.5))
+    res = ingest_files(
+        [tmp_path / "d.csv"], tmp_path / "o.feather", cfg(symbol="X", max_quarantine_fraction=0.5)
+    )
     assert res.report["quarantined_by_reason"] == {"not_a_session": 1}
     q = pl.read_csv(res.outputs.quarantine)
     assert q["source_row"].to_list() == [2] and q["timestamp"].to_list() == ["2024-07-04"]
 
 
 def test_headerless_csv_needs_columns_when_not_six(tmp_path: Path) -> None:
-    bars = minute_bars("2024-01-02", "2024-01-02").select("timestamp", "symbol", "open", "high", "low", "close", "volume")
+    bars = minute_bars("2024-01-02", "2024-01-02").select(
+        "timestamp", "symbol", "open", "high", "low", "close", "volume"
+    )
     write_csv(tmp_path / "h.csv", as_vendor(bars), include_header=False)
-    with pytest.raises(DataError, match=r"h\.csv: no header row and 7 columns; name them with --columns"):
+    with pytest.raises(
+        DataError, match=r"h\.csv: no header row and 7 columns; name them with --columns"
+    ):
         ingest_files([tmp_path / "h.csv"], tmp_path / "o.feather")
-    names = "timestamp,symbol,open,high,low,close,volume".split(",")
+    names = ["timestamp", "symbol", "open", "high", "low", "close", "volume"]
     res = ingest_files([tmp_path / "h.csv"], tmp_path / "o.feather", cfg(columns=names))
     assert res.report["rows_kept"] == 390
 
@@ -150,7 +180,10 @@ def test_headerless_csv_needs_columns_when_not_six(tmp_path: Path) -> None:
 def test_naive_new_york_timestamps_with_tz_across_dst(tmp_path: Path) -> None:
     bars = minute_bars("2024-03-08", "2024-03-11")
     local = bars.with_columns(
-        pl.col("timestamp").dt.convert_time_zone("America/New_York").dt.replace_time_zone(None).dt.strftime("%Y-%m-%d %H:%M:%S")
+        pl.col("timestamp")
+        .dt.convert_time_zone("America/New_York")
+        .dt.replace_time_zone(None)
+        .dt.strftime("%Y-%m-%d %H:%M:%S")
     )
     write_csv(tmp_path / "ny.csv", local)
     with pytest.raises(DataError, match=r"ny\.csv: timestamps have no time zone; pass --tz"):
@@ -166,7 +199,9 @@ def test_end_stamped_bars_are_shifted_to_their_start(tmp_path: Path) -> None:
     res = ingest_files([tmp_path / "e.feather"], tmp_path / "o.feather", cfg(bar_timestamp="end"))
     assert pl.read_ipc(res.output).equals(bars)
     # Read as bar starts, the last bar (stamped 16:00) falls outside regular hours.
-    res2 = ingest_files([tmp_path / "e.feather"], tmp_path / "o2.feather", cfg(min_session_coverage=0.0))
+    res2 = ingest_files(
+        [tmp_path / "e.feather"], tmp_path / "o2.feather", cfg(min_session_coverage=0.0)
+    )
     assert res2.report["rows_dropped_outside_regular_hours"] == 1
 
 
@@ -198,15 +233,25 @@ def test_early_close_session_expects_210_bars(tmp_path: Path) -> None:
     ("name", "content", "pattern"),
     [
         ("empty.csv", b"", r"empty\.csv: file is empty"),
-        ("header.csv", b"timestamp,symbol,open,high,low,close,volume\n", r"header\.csv: (file holds no data rows|cannot read)"),
+        (
+            "header.csv",
+            b"timestamp,symbol,open,high,low,close,volume\n",
+            r"header\.csv: (file holds no data rows|cannot read)",
+        ),
         ("blank.csv", b"\n\n  \n", r"blank\.csv: file holds no data rows"),
         ("bars.xlsx", b"PK\x03\x04", r"bars\.xlsx: unsupported file type '\.xlsx'"),
         ("noext", b"a,b\n1,2\n", r"noext: unsupported file type '\(no extension\)'"),
-        ("corrupt.feather", b"ARROW1\x00\x00garbage-not-arrow", r"corrupt\.feather: cannot read as feather"),
+        (
+            "corrupt.feather",
+            b"ARROW1\x00\x00garbage-not-arrow",
+            r"corrupt\.feather: cannot read as feather",
+        ),
         ("corrupt.parquet", b"PAR1garbagePAR1", r"corrupt\.parquet: cannot read as parquet"),
     ],
 )
-def test_unreadable_files_fail_with_one_line_naming_the_file(tmp_path: Path, name: str, content: bytes, pattern: str) -> None:
+def test_unreadable_files_fail_with_one_line_naming_the_file(
+    tmp_path: Path, name: str, content: bytes, pattern: str
+) -> None:
     (tmp_path / name).write_bytes(content)
     with pytest.raises(DataError, match=pattern) as info:
         ingest_files([tmp_path / name], tmp_path / "o.feather")
@@ -218,7 +263,9 @@ def test_truncated_feather_is_a_clear_error(tmp_path: Path) -> None:
     minute_bars("2024-01-02", "2024-01-05").write_ipc(tmp_path / "t.feather")
     data = (tmp_path / "t.feather").read_bytes()
     (tmp_path / "t.feather").write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError, match=r"t\.feather: cannot read as feather/Arrow IPC \(truncated or corrupt"):
+    with pytest.raises(
+        DataError, match=r"t\.feather: cannot read as feather/Arrow IPC \(truncated or corrupt"
+    ):
         ingest_files([tmp_path / "t.feather"], tmp_path / "o.feather")
 
 
@@ -230,7 +277,10 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_misspelled_column_is_named_with_a_hint(tmp_path: Path) -> None:
     bars = as_vendor(minute_bars("2024-01-02", "2024-01-02")).rename({"close": "Clse"})
     write_csv(tmp_path / "m.csv", bars)
-    with pytest.raises(DataError, match=r"m\.csv: missing column 'close' \(did you mean 'clse'\?\); columns found: .*Clse"):
+    with pytest.raises(
+        DataError,
+        match=r"m\.csv: missing column 'close' \(did you mean 'clse'\?\); columns found: .*Clse",
+    ):
         ingest_files([tmp_path / "m.csv"], tmp_path / "o.feather")
 
 
@@ -248,16 +298,24 @@ def test_ambiguous_column_mapping(tmp_path: Path) -> None:
 
 
 def test_unparseable_timestamp_column(tmp_path: Path) -> None:
-    bars = as_vendor(minute_bars("2024-01-02", "2024-01-02")).with_columns(timestamp=pl.lit("yesterday"))
+    bars = as_vendor(minute_bars("2024-01-02", "2024-01-02")).with_columns(
+        timestamp=pl.lit("yesterday")
+    )
     bars.write_csv(tmp_path / "u.csv")
-    with pytest.raises(DataError, match=r"u\.csv: cannot parse column 'timestamp' \(e\.g\. 'yesterday'\)"):
+    with pytest.raises(
+        DataError, match=r"u\.csv: cannot parse column 'timestamp' \(e\.g\. 'yesterday'\)"
+    ):
         ingest_files([tmp_path / "u.csv"], tmp_path / "o.feather")
 
 
 def test_wrong_column_type_is_an_error(tmp_path: Path) -> None:
-    bars = minute_bars("2024-01-02", "2024-01-02").with_columns(volume=pl.col("timestamp").dt.date())
+    bars = minute_bars("2024-01-02", "2024-01-02").with_columns(
+        volume=pl.col("timestamp").dt.date()
+    )
     bars.write_parquet(tmp_path / "w.parquet")
-    with pytest.raises(DataError, match=r"w\.parquet: column 'volume' has type Date; expected numbers"):
+    with pytest.raises(
+        DataError, match=r"w\.parquet: column 'volume' has type Date; expected numbers"
+    ):
         ingest_files([tmp_path / "w.parquet"], tmp_path / "o.feather")
 
 
@@ -265,7 +323,13 @@ def test_wrong_column_type_is_an_error(tmp_path: Path) -> None:
 
 
 def _corrupt(frame: pl.DataFrame, row: int, **values) -> pl.DataFrame:
-    exprs = [pl.when(pl.int_range(pl.len()) == row).then(pl.lit(v)).otherwise(pl.col(c).cast(pl.String)).alias(c) for c, v in values.items()]
+    exprs = [
+        pl.when(pl.int_range(pl.len()) == row)
+        .then(pl.lit(v))
+        .otherwise(pl.col(c).cast(pl.String))
+        .alias(c)
+        for c, v in values.items()
+    ]
     return frame.with_columns(exprs)
 
 
@@ -283,10 +347,14 @@ BAD_ROWS = {
 
 @pytest.mark.parametrize("reason", sorted(BAD_ROWS))
 def test_each_bad_row_kind_is_quarantined_with_its_reason(tmp_path: Path, reason: str) -> None:
-    frame = as_vendor(minute_bars("2024-01-02", "2024-01-02")).with_columns(pl.all().cast(pl.String))
+    frame = as_vendor(minute_bars("2024-01-02", "2024-01-02")).with_columns(
+        pl.all().cast(pl.String)
+    )
     bad = _corrupt(frame, 100, **BAD_ROWS[reason])
     bad.write_csv(tmp_path / "b.csv")
-    res = ingest_files([tmp_path / "b.csv"], tmp_path / "o.feather", cfg(max_quarantine_fraction=0.01))
+    res = ingest_files(
+        [tmp_path / "b.csv"], tmp_path / "o.feather", cfg(max_quarantine_fraction=0.01)
+    )
     assert res.report["quarantined_by_reason"] == {reason: 1}
     assert res.report["rows_kept"] == 389
     q = pl.read_csv(res.outputs.quarantine, infer_schema=False)
@@ -302,8 +370,12 @@ def test_each_bad_row_kind_is_quarantined_with_its_reason(tmp_path: Path, reason
 def test_truncated_csv_last_line_is_quarantined(tmp_path: Path) -> None:
     as_vendor(minute_bars("2024-01-02", "2024-01-02")).write_csv(tmp_path / "t.csv")
     text = (tmp_path / "t.csv").read_text()
-    (tmp_path / "t.csv").write_text(text[: text.rstrip().rfind(",") - 3])  # cut inside the last line
-    res = ingest_files([tmp_path / "t.csv"], tmp_path / "o.feather", cfg(max_quarantine_fraction=0.01))
+    (tmp_path / "t.csv").write_text(
+        text[: text.rstrip().rfind(",") - 3]
+    )  # cut inside the last line
+    res = ingest_files(
+        [tmp_path / "t.csv"], tmp_path / "o.feather", cfg(max_quarantine_fraction=0.01)
+    )
     assert res.report["rows_quarantined"] == 1
     assert set(res.report["quarantined_by_reason"]) <= {"missing_value", "ohlc_inconsistent"}
 
@@ -313,7 +385,9 @@ def test_duplicates_identical_dropped_conflicting_quarantined(tmp_path: Path) ->
     same = bars.slice(10, 3)
     conflicting = bars.slice(50, 2).with_columns(pl.col("volume") + 1)
     pl.concat([bars, same, conflicting]).write_ipc(tmp_path / "d.feather")
-    res = ingest_files([tmp_path / "d.feather"], tmp_path / "o.feather", cfg(max_quarantine_fraction=0.05))
+    res = ingest_files(
+        [tmp_path / "d.feather"], tmp_path / "o.feather", cfg(max_quarantine_fraction=0.05)
+    )
     rep = res.report
     assert rep["rows_dropped_duplicates"] == 3
     assert rep["quarantined_by_reason"] == {"duplicate_timestamp_conflict": 4}
@@ -323,7 +397,12 @@ def test_duplicates_identical_dropped_conflicting_quarantined(tmp_path: Path) ->
 
 
 def test_unsorted_rows_are_sorted_and_counted(tmp_path: Path) -> None:
-    bars = pl.concat([minute_bars("2024-01-02", "2024-01-02"), minute_bars("2024-01-02", "2024-01-02", "SQQQ", seed=1)])
+    bars = pl.concat(
+        [
+            minute_bars("2024-01-02", "2024-01-02"),
+            minute_bars("2024-01-02", "2024-01-02", "SQQQ", seed=1),
+        ]
+    )
     shuffled = bars.sample(fraction=1.0, shuffle=True, seed=3)
     shuffled.write_ipc(tmp_path / "s.feather")
     res = ingest_files([tmp_path / "s.feather"], tmp_path / "o.feather")
@@ -335,7 +414,9 @@ def test_off_grid_timestamps_are_quarantined(tmp_path: Path) -> None:
     bars = minute_bars("2024-01-02", "2024-01-02")
     odd = bars.slice(200, 1).with_columns(pl.col("timestamp") + pl.duration(seconds=30))
     pl.concat([bars, odd]).write_ipc(tmp_path / "g.feather")
-    res = ingest_files([tmp_path / "g.feather"], tmp_path / "o.feather", cfg(max_quarantine_fraction=0.01))
+    res = ingest_files(
+        [tmp_path / "g.feather"], tmp_path / "o.feather", cfg(max_quarantine_fraction=0.01)
+    )
     assert res.report["quarantined_by_reason"] == {"off_grid_timestamp": 1}
 
 
@@ -344,12 +425,16 @@ def test_sessions_with_most_bars_missing(tmp_path: Path) -> None:
     day2 = pl.col("timestamp").dt.date() == dt.date(2024, 1, 3)
     sparse = bars.filter(~day2 | (pl.int_range(pl.len()) % 10 == 0))  # day 2 keeps 39 of 390 bars
     sparse.write_ipc(tmp_path / "p.feather")
-    with pytest.raises(QuarantineLimitError, match=r"39 of 819 rows rejected .*incomplete_session 39"):
+    with pytest.raises(
+        QuarantineLimitError, match=r"39 of 819 rows rejected .*incomplete_session 39"
+    ):
         ingest_files([tmp_path / "p.feather"], tmp_path / "o.feather")
     assert not (tmp_path / "o.feather").exists()
     report = json.loads((tmp_path / "o.ingest.json").read_text())
     assert report["status"] == "failed"
-    res = ingest_files([tmp_path / "p.feather"], tmp_path / "o.feather", cfg(max_quarantine_fraction=0.1))
+    res = ingest_files(
+        [tmp_path / "p.feather"], tmp_path / "o.feather", cfg(max_quarantine_fraction=0.1)
+    )
     assert res.report["sessions_rejected_incomplete"] == 1
     assert res.report["rows_kept"] == 780
     # Sessions that are merely thin are reported, not rejected.
@@ -357,11 +442,15 @@ def test_sessions_with_most_bars_missing(tmp_path: Path) -> None:
     thin.write_ipc(tmp_path / "t.feather")
     res = ingest_files([tmp_path / "t.feather"], tmp_path / "t_out.feather")
     missing = res.report["missing_bars_by_session"]
-    assert missing == [{"symbol": "QQQ", "session": "2024-01-03", "expected": 390, "present": 351, "missing": 39}]
+    assert missing == [
+        {"symbol": "QQQ", "session": "2024-01-03", "expected": 390, "present": 351, "missing": 39}
+    ]
 
 
 def test_on_bad_rows_error_names_file_and_row(tmp_path: Path) -> None:
-    frame = as_vendor(minute_bars("2024-01-02", "2024-01-02")).with_columns(pl.all().cast(pl.String))
+    frame = as_vendor(minute_bars("2024-01-02", "2024-01-02")).with_columns(
+        pl.all().cast(pl.String)
+    )
     _corrupt(frame, 6, close="-1").write_csv(tmp_path / "e.csv")
     with pytest.raises(DataError, match=r"e\.csv row 7: non_positive_price \(1 bad rows"):
         ingest_files([tmp_path / "e.csv"], tmp_path / "o.feather", cfg(on_bad_rows="error"))
@@ -378,7 +467,13 @@ def test_outputs_beside_the_bars_and_no_temp_files(tmp_path: Path) -> None:
     minute_bars("2024-01-02", "2024-01-03").write_ipc(tmp_path / "in.feather")
     res = ingest_files([tmp_path / "in.feather"], tmp_path / "out" / "bars.feather")
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == ["bars.config.yaml", "bars.feather", "bars.gx.html", "bars.gx.json", "bars.ingest.json"]
+    assert names == [
+        "bars.config.yaml",
+        "bars.feather",
+        "bars.gx.html",
+        "bars.gx.json",
+        "bars.ingest.json",
+    ]
     gx = json.loads((tmp_path / "out" / "bars.gx.json").read_text())
     assert gx["success"] is True
     assert res.report["output_sha256"] == sha256_file(tmp_path / "out" / "bars.feather")
@@ -388,14 +483,18 @@ def test_outputs_beside_the_bars_and_no_temp_files(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- accounting property
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     n_ext=st.integers(0, 40),
     bad=st.lists(st.sampled_from(sorted(BAD_ROWS)), max_size=8),
     n_dup=st.integers(0, 10),
     seed=st.integers(0, 1000),
 )
-def test_every_row_lands_in_exactly_one_bucket(tmp_path: Path, n_ext: int, bad: list[str], n_dup: int, seed: int) -> None:
+def test_every_row_lands_in_exactly_one_bucket(
+    tmp_path: Path, n_ext: int, bad: list[str], n_dup: int, seed: int
+) -> None:
     base = minute_bars("2024-01-02", "2024-01-02", seed=seed)
     ext = base.head(n_ext).with_columns(pl.col("timestamp") - pl.duration(hours=2))
     dups = base.slice(300, n_dup)
@@ -418,5 +517,8 @@ def test_every_row_lands_in_exactly_one_bucket(tmp_path: Path, n_ext: int, bad: 
 def test_every_row_bad_is_a_quarantine_error_not_a_crash(tmp_path: Path) -> None:
     frame = as_vendor(minute_bars("2024-01-02", "2024-01-02")).with_columns(close=pl.lit("n/a"))
     frame.write_csv(tmp_path / "all.csv")
-    with pytest.raises(QuarantineLimitError, match=r"all\.csv: 390 of 390 rows rejected, too few valid bars left to read: non_numeric_value 390; e\.g\. .*all\.csv row 1"):
+    with pytest.raises(
+        QuarantineLimitError,
+        match=r"all\.csv: 390 of 390 rows rejected, too few valid bars left to read: non_numeric_value 390; e\.g\. .*all\.csv row 1",
+    ):
         ingest_files([tmp_path / "all.csv"], tmp_path / "o.feather")
