@@ -55,6 +55,9 @@ class UniverseConfig(_Section):
         0.02, ge=0.0, le=0.25, description="rate paid on the (|L|-1) borrowed notional"
     )
     calendar: str = Field("XNYS", description="exchange_calendars code")
+    derived_volume_ratio: float = Field(
+        0.5, gt=0.0, description="volume of a derived leveraged series / underlying volume"
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> UniverseConfig:
@@ -87,7 +90,7 @@ class IngestConfig(_Section):
         if v is not None:
             try:
                 zoneinfo.ZoneInfo(v)
-            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
                 raise ValueError(
                     f"unknown time zone {v!r}; use an IANA name such as 'America/New_York' or 'UTC'"
                 ) from None
@@ -114,7 +117,9 @@ def _default_regimes() -> list[RegimeSpec]:
 class SynthConfig(_Section):
     """The seeded synthetic market of ``sentio synth``."""
 
-    start: dt.date = dt.date(2021, 1, 4)
+    start: dt.date = Field(
+        dt.date(2021, 1, 4), ge=dt.date(1990, 1, 1), le=dt.date(2100, 1, 1), description="first day"
+    )
     years: float = Field(2.0, gt=0.0, le=30.0)
     seed: int = Field(7, ge=0)
     random_walk: bool = Field(False, description="i.i.d. zero-drift returns: no edge exists")
@@ -133,7 +138,6 @@ class SynthConfig(_Section):
         0.5, ge=0.0, le=5.0, description="overnight gap sd as a fraction of a session's sd"
     )
     base_volume: float = Field(50_000.0, gt=0.0, description="mean shares per minute bar")
-    derived_volume_ratio: float = Field(0.5, gt=0.0, description="leveraged volume / underlying")
 
     @model_validator(mode="after")
     def _modes(self) -> SynthConfig:
@@ -386,8 +390,6 @@ class SentioConfig(_Section):
                 f"agent.batch_size ({a.batch_size}) exceeds the rollout size agent.n_steps x "
                 f"train.n_envs = {rollout}"
             )
-        if self.synth.regimes and reg.enabled and reg.n_states < 2:  # pragma: no cover - ge=2
-            raise ValueError("regimes.n_states must be >= 2")
         return self
 
     def hash(self, *sections: str) -> str:
@@ -471,6 +473,8 @@ def load_config(path: str | Path | None = None) -> SentioConfig:
         raise ConfigError(f"{p}: configuration file not found")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{p}: not a UTF-8 text file (byte {err.start})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -125,7 +125,9 @@ def ingest_stage(
     bars = pl.read_ipc(result.output)
     uni = cfg.universe
     try:
-        complete, derived = ensure_universe(bars, uni, volume_ratio=cfg.synth.derived_volume_ratio)
+        complete, derived = ensure_universe(
+            bars, uni, volume_ratio=cfg.universe.derived_volume_ratio
+        )
     except DataError as err:
         raise DataError(f"{', '.join(map(str, files))}: {err}") from None
     if derived:

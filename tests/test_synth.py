@@ -332,7 +332,7 @@ def test_leveraged_identity_holds_on_synth_output(two_years):
             )
             np.testing.assert_allclose(df[f"{col}_{sym}"].to_numpy(), want.to_numpy(), rtol=1e-9)
     vol = two_years.bars.pivot(on="symbol", index="timestamp", values="volume")
-    np.testing.assert_allclose(vol["TQQQ"], vol["QQQ"] * TWO_YEARS.synth.derived_volume_ratio)
+    np.testing.assert_allclose(vol["TQQQ"], vol["QQQ"] * TWO_YEARS.universe.derived_volume_ratio)
 
 
 # ---------------------------------------------------------------- property

@@ -246,7 +246,7 @@ def generate(cfg: SentioConfig) -> SynthData:
 
     The underlying is ``cfg.universe.underlying``; the long and short ETFs are derived
     from it with the universe's leverage, expense ratio and financing rate and volume
-    ratio ``cfg.synth.derived_volume_ratio``. Same configuration, same frames.
+    ratio ``cfg.universe.derived_volume_ratio``. Same configuration, same frames.
     """
     uni, synth = cfg.universe, cfg.synth
     table = synth_sessions(synth, uni.calendar)
@@ -268,7 +268,7 @@ def generate(cfg: SentioConfig) -> SynthData:
             sym,
             uni.expense_ratio_annual,
             uni.financing_rate_annual,
-            volume_ratio=synth.derived_volume_ratio,
+            volume_ratio=cfg.universe.derived_volume_ratio,
         )
         for sym, lev in ((uni.long, uni.leverage), (uni.short, -uni.leverage))
     ]
