@@ -52,7 +52,11 @@ class UniverseConfig(_Section):
     leverage: float = Field(3.0, gt=1.0, le=5.0, description="daily leverage L of the ETFs")
     expense_ratio_annual: float = Field(0.0095, ge=0.0, le=0.05)
     financing_rate_annual: float = Field(
-        0.02, ge=0.0, le=0.25, description="rate paid on the (|L|-1) borrowed notional"
+        0.02,
+        ge=0.0,
+        le=0.25,
+        description="cash rate r_f; a fund with leverage L earns (1 - L) r_f per year: "
+        "+3x pays 2 r_f, -3x earns 4 r_f",
     )
     calendar: str = Field("XNYS", description="exchange_calendars code")
     derived_volume_ratio: float = Field(

@@ -1,4 +1,4 @@
-"""Daily-reset leveraged series: checked against an independent per-session loop."""
+"""Daily-reset leveraged series: checked against a per-session loop and hand-worked numbers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sentio.config import UniverseConfig
-from sentio.data.leverage import derive_leveraged, ensure_universe
+from sentio.data.leverage import derive_leveraged, derived_provenance, ensure_universe
 from sentio.data.schema import CANONICAL_SCHEMA
 from sentio.errors import DataError
 
@@ -59,9 +59,14 @@ def brute_force(rows, lev, er, fr, start=None):
             ref = session[0][1]
             base = session[0][1] if start is None else start
         else:
-            fee = (er + (abs(lev) - 1) * fr) * (day - prev_day).days / 365
+            # swap replication, one unit of NAV held from close to close: the cash earns
+            # fr, the swaps on lev units pay lev (r_u - fr), the fund pays er
+            days = (day - prev_day).days
+            cash_interest = fr * days / 365
+            swap_funding = lev * fr * days / 365
+            expense = er * days / 365
             ref = prev_close_u
-            base = prev_close_l * (1 - fee)
+            base = prev_close_l * (1 + cash_interest - swap_funding - expense)
 
         def f(p, base=base, ref=ref):
             return base * (1 + lev * (p / ref - 1))
@@ -164,17 +169,39 @@ def test_unit_leverage_without_fees_reproduces_the_underlying():
         np.testing.assert_allclose(got[c].to_numpy(), under[c].to_numpy(), rtol=1e-13)
 
 
-def test_fee_accrues_calendar_days_three_over_a_weekend():
-    # underlying flat at 100 every bar: the leveraged series only pays fees
+def test_carry_by_hand_three_calendar_days_over_a_weekend():
+    # underlying flat at 100 every bar: the leveraged series only accrues its carry.
+    # expense 0.0095, financing (cash rate) 0.02, base 100:
+    #   L = +3: swaps cost 3 x 0.02, cash earns 0.02 -> pays 0.0095 + 0.04 = 0.0495 / yr
+    #     1 day:  0.0495 / 365     = 0.000135616438356...  -> 99.98643835616438
+    #     3 days: 0.0495 * 3 / 365 = 0.000406849315068...  -> 99.95931506849315
+    #   L = -3: swaps earn 3 x 0.02, cash earns 0.02 -> earns 0.08 - 0.0095 = 0.0705 / yr
+    #     1 day:  0.0705 / 365     = 0.000193150684931...  -> 100.01931506849315
+    #     3 days: 0.0705 * 3 / 365 = 0.000579452054794...  -> 100.05794520547945
     days = ["2021-01-07", "2021-01-08", "2021-01-11", "2021-01-12"]  # Thu Fri Mon Tue
     rows = [(ny(d, 9, 30), 100.0, 100.0, 100.0, 100.0, 1.0) for d in days]
-    er, fr, lev = 0.01, 0.05, -3.0
-    daily = (er + 2 * fr) / 365
-    got = derive_leveraged(frame(rows), lev, "X", er, fr, start_price=10.0)["close"].to_list()
-    assert got[0] == pytest.approx(10.0, rel=1e-14)  # no fee on the first session
-    assert got[1] / got[0] == pytest.approx(1 - daily, rel=1e-14)  # Thu -> Fri: 1 day
-    assert got[2] / got[1] == pytest.approx(1 - 3 * daily, rel=1e-14)  # Fri -> Mon: 3 days
-    assert got[3] / got[2] == pytest.approx(1 - daily, rel=1e-14)
+    expected = {
+        3.0: (99.98643835616438, 99.95931506849315),
+        -3.0: (100.01931506849315, 100.05794520547945),
+    }
+    for lev, (one_day, weekend) in expected.items():
+        got = derive_leveraged(frame(rows), lev, "X", 0.0095, 0.02, start_price=100.0)
+        close = got["close"].to_list()
+        assert close[0] == pytest.approx(100.0, rel=1e-14)  # no carry on the first session
+        assert 100.0 * close[1] / close[0] == pytest.approx(one_day, rel=1e-13)  # Thu -> Fri
+        assert 100.0 * close[2] / close[1] == pytest.approx(weekend, rel=1e-13)  # Fri -> Mon
+        assert 100.0 * close[3] / close[2] == pytest.approx(one_day, rel=1e-13)  # Mon -> Tue
+    # the inverse fund's credit beats its expense: it drifts up on a flat underlying
+    short = derive_leveraged(frame(rows), -3.0, "S", 0.0095, 0.02, start_price=100.0)
+    assert short["close"][-1] > 100.0
+
+
+def test_unit_leverage_pays_only_the_expense_ratio():
+    # L = 1: the swaps' funding cancels the cash interest exactly
+    rows = [(ny(d, 9, 30), 100.0, 100.0, 100.0, 100.0, 1.0) for d in ("2021-01-08", "2021-01-11")]
+    got = derive_leveraged(frame(rows), 1.0, "X", 0.0095, 0.25, start_price=100.0)
+    # 0.0095 * 3 / 365 = 0.0000780821917808... -> 99.99219178082192
+    assert got["close"][1] == pytest.approx(99.99219178082192, rel=1e-13)
 
 
 def test_negative_leverage_swaps_high_and_low():
@@ -225,7 +252,8 @@ UNI = UniverseConfig()
 
 def test_ensure_universe_derives_both_when_missing():
     under = frame(HAND_ROWS, "QQQ")
-    out, derived = ensure_universe(under, UNI, volume_ratio=0.5)
+    assert UNI.derived_volume_ratio == 0.5
+    out, derived = ensure_universe(under, UNI)
     assert derived == ["TQQQ", "SQQQ"]
     assert out["symbol"].unique(maintain_order=True).to_list() == ["QQQ", "SQQQ", "TQQQ"]
     assert out.equals(out.sort("symbol", "timestamp"))
@@ -245,6 +273,36 @@ def test_ensure_universe_derives_both_when_missing():
             )
         ],
     )
+
+
+def test_ensure_universe_volume_ratio_from_the_universe_unless_overridden():
+    under = frame(HAND_ROWS, "QQQ")
+    uni = UniverseConfig(derived_volume_ratio=0.25)
+    vol = under["volume"].to_numpy()
+    out, _ = ensure_universe(under, uni)
+    for sym in ("TQQQ", "SQQQ"):
+        np.testing.assert_allclose(out.filter(pl.col("symbol") == sym)["volume"], vol * 0.25)
+    out, _ = ensure_universe(under, uni, volume_ratio=2.0)
+    for sym in ("TQQQ", "SQQQ"):
+        np.testing.assert_allclose(out.filter(pl.col("symbol") == sym)["volume"], vol * 2.0)
+
+
+def test_derived_provenance_names_the_legs():
+    assert derived_provenance(UNI) == {
+        "TQQQ": {
+            "underlying": "QQQ",
+            "leverage": 3.0,
+            "expense_ratio_annual": 0.0095,
+            "financing_rate_annual": 0.02,
+        },
+        "SQQQ": {
+            "underlying": "QQQ",
+            "leverage": -3.0,
+            "expense_ratio_annual": 0.0095,
+            "financing_rate_annual": 0.02,
+        },
+    }
+    assert list(derived_provenance(UNI, ["SQQQ"])) == ["SQQQ"]
 
 
 def test_ensure_universe_leaves_present_series_and_derives_only_the_missing_one():

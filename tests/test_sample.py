@@ -89,8 +89,12 @@ def test_derived_identity(sample):
     days = wide.select(session_date(pl.col("timestamp")))["timestamp"]
     gap_days = np.array([(b - a).days for a, b in zip(days[:-1], days[1:], strict=True)])
     prev_u = wide["close_IXIC"].to_numpy()[:-1]
+    er, fr = uni.expense_ratio_annual, uni.financing_rate_annual
+    assert uni.leverage == 3.0
+    # daily charge per calendar day: +3x pays er + 2 fr; -3x pays er and earns 4 fr
+    charge = {"IXIC3L": (er + 2 * fr) / 365, "IXIC3S": (er - 4 * fr) / 365}
     for sym, lev in (("IXIC3L", 3.0), ("IXIC3S", -3.0)):
-        fee = (uni.expense_ratio_annual + (abs(lev) - 1) * uni.financing_rate_annual) / 365
+        fee = charge[sym]
         base = wide[f"close_{sym}"].to_numpy()[:-1] * (1 - fee * gap_days)
         hi_src, lo_src = ("high", "low") if lev > 0 else ("low", "high")
         for col, src in (("open", "open"), ("close", "close"), ("high", hi_src), ("low", lo_src)):
@@ -102,7 +106,10 @@ def test_derived_identity(sample):
             o0 * (1 + lev * (wide["close_IXIC"][0] / o0 - 1))
         )
     vol = bars.pivot(on="symbol", index="timestamp", values="volume")
-    assert vol["IXIC3L"].equals(vol["IXIC"], check_names=False)
+    ratio = uni.derived_volume_ratio
+    assert ratio == 0.5  # the default, not 1
+    for sym in ("IXIC3L", "IXIC3S"):
+        np.testing.assert_allclose(vol[sym].to_numpy(), vol["IXIC"].to_numpy() * ratio)
 
 
 def test_nasdaq_daily_matches_report_frame(sample):
@@ -112,7 +119,14 @@ def test_nasdaq_daily_matches_report_frame(sample):
 def test_write_sample(tmp_path, sample):
     cfg = SentioConfig.model_validate({"universe": {"leverage": 3.0}, "synth": {"years": 1.0}})
     paths = write_sample("nasdaq-daily", tmp_path / "nasdaq" / "bars.feather", cfg)
-    assert set(paths) == {"bars", "config", "report"}
+    assert set(paths) == {"bars", "config", "report", "provenance"}
+    assert paths["provenance"].name == "bars.provenance.json" and paths["provenance"].is_file()
+    prov = json.loads(paths["provenance"].read_text())
+    assert prov["source"] == "sentio sample nasdaq-daily" and prov["synthetic"] is False
+    assert set(prov["derived_symbols"]) == {"IXIC3L", "IXIC3S"}
+    assert prov["derived_symbols"]["IXIC3S"]["underlying"] == "IXIC"
+    assert prov["derived_symbols"]["IXIC3S"]["leverage"] == -3.0
+    assert prov["derived_symbols"]["IXIC3L"]["leverage"] == 3.0
     assert pl.read_ipc(paths["bars"]).equals(sample[0])
     written = load_config(paths["config"])
     assert written.universe == nasdaq_universe(cfg.universe)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import numpy as np
 import polars as pl
@@ -281,9 +282,21 @@ def test_same_seed_same_frames_different_seed_different():
 def test_write_synth_round_trip(tmp_path):
     cfg = SentioConfig(synth=SynthConfig(years=0.05, seed=4))
     paths = write_synth(tmp_path / "demo" / "bars.feather", cfg)
-    assert set(paths) == {"bars", "regimes", "config"}
+    assert set(paths) == {"bars", "regimes", "config", "provenance"}
     assert paths["regimes"].name == "bars.regimes.feather"
     assert paths["config"].name == "bars.config.yaml"
+    assert paths["provenance"].name == "bars.provenance.json"
+    assert paths["provenance"].is_file()
+    prov = json.loads(paths["provenance"].read_text())
+    assert prov["source"] == "sentio synth" and prov["synthetic"] is True
+    assert set(prov["derived_symbols"]) == {"TQQQ", "SQQQ"}
+    assert prov["derived_symbols"]["SQQQ"] == {
+        "underlying": "QQQ",
+        "leverage": -3.0,
+        "expense_ratio_annual": cfg.universe.expense_ratio_annual,
+        "financing_rate_annual": cfg.universe.financing_rate_annual,
+    }
+    assert prov["derived_symbols"]["TQQQ"]["leverage"] == 3.0
     data = generate(cfg)
     assert pl.read_ipc(paths["bars"]).equals(data.bars)
     assert pl.read_ipc(paths["regimes"]).equals(data.regimes)
@@ -322,8 +335,12 @@ def test_leveraged_identity_holds_on_synth_output(two_years):
     )
     df = wide.join(last, on="session").filter(pl.col("days").is_not_null())
     assert df.height > 0.99 * wide.height
-    for sym, lev in (("TQQQ", uni.leverage), ("SQQQ", -uni.leverage)):
-        fee = (uni.expense_ratio_annual + (abs(lev) - 1) * uni.financing_rate_annual) / 365
+    er, fr = uni.expense_ratio_annual, uni.financing_rate_annual
+    assert uni.leverage == 3.0
+    # daily charge per calendar day: +3x pays er + 2 fr; -3x pays er and earns 4 fr
+    charge = {"TQQQ": (er + 2 * fr) / 365, "SQQQ": (er - 4 * fr) / 365}
+    for sym, lev in (("TQQQ", 3.0), ("SQQQ", -3.0)):
+        fee = charge[sym]
         for col in ("open", "close"):
             want = (
                 df[f"prev_close_{sym}"]

@@ -2,15 +2,21 @@
 
 A daily-reset ETF with leverage ``L`` (``+3`` for TQQQ, ``-3`` for SQQQ) delivers, at
 every instant of session ``d``, ``L`` times the underlying's return since the previous
-session's close, on a base that was itself reset at that close and charged the fees
+session's close, on a base that was itself reset at that close and charged the carry
 accrued since:
 
 .. math::
 
     P_L(t) = B_d \\bigl(1 + L\\,(P_U(t) / C_U(d-1) - 1)\\bigr), \\qquad
-    B_d = C_L(d-1)\\,(1 - f_d),
+    B_d = C_L(d-1)\\,(1 - g_d),
 
-    f_d = (\\text{expense} + (|L| - 1)\\,\\text{financing}) \\cdot \\Delta_{\\text{cal}}(d-1, d) / 365.
+    g_d = (\\text{expense} - (1 - L)\\,\\text{financing}) \\cdot \\Delta_{\\text{cal}}(d-1, d) / 365.
+
+The carry follows swap replication: a fund with leverage ``L`` keeps its assets in cash
+(earning ``r_f``, the ``financing`` rate) and holds swaps on ``L`` times its NAV (paying
+``L (r_u - r_f)``), so per unit of NAV it earns ``L r_u + (1 - L) r_f``. ``+3x`` pays
+``2 r_f`` (``g = expense + 2 financing``); ``-3x`` earns ``4 r_f``
+(``g = expense - 4 financing``, a net credit when ``4 financing > expense``).
 
 ``C_U(d-1)`` and ``C_L(d-1)`` are the last closes of the previous session and
 ``\\Delta_{cal}`` counts calendar days (3 over a weekend). On the first session the
@@ -20,10 +26,12 @@ map from high / low when ``L > 0`` and from low / high when ``L < 0``. An overni
 of the underlying therefore lands in the leveraged open.
 
 Everything is vectorised in polars: the per-session bases are cumulative products of the
-per-session growth factors and fee factors, joined back onto the bars.
+per-session growth factors and carry factors, joined back onto the bars.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import polars as pl
 
@@ -36,7 +44,7 @@ from sentio.data.schema import (
 )
 from sentio.errors import DataError
 
-__all__ = ["derive_leveraged", "ensure_universe"]
+__all__ = ["derive_leveraged", "derived_provenance", "ensure_universe"]
 
 _DAYS_PER_YEAR = 365.0
 
@@ -81,7 +89,9 @@ def derive_leveraged(
         leverage: daily leverage ``L``, e.g. ``3.0`` or ``-3.0``; ``|L| >= 1``.
         symbol: the symbol of the derived series.
         expense_ratio_annual: annual expense ratio, accrued per calendar day.
-        financing_rate_annual: annual rate paid on the ``|L| - 1`` borrowed notional.
+        financing_rate_annual: annual cash rate ``r_f``, accrued per calendar day; the
+            fund earns ``(1 - L) r_f`` per year on its NAV (``+3x`` pays ``2 r_f``,
+            ``-3x`` earns ``4 r_f``).
         start_price: the derived series' base on the first session (default: the
             underlying's first open).
         volume_ratio: derived volume = underlying volume x this ratio.
@@ -103,7 +113,9 @@ def derive_leveraged(
     _check_underlying(underlying)
 
     lev = float(leverage)
-    fee_rate = (expense_ratio_annual + (abs(lev) - 1.0) * financing_rate_annual) / _DAYS_PER_YEAR
+    # daily charge on the base per calendar day; negative (a credit) when the cash
+    # interest (1 - L) r_f exceeds the expense ratio, e.g. for -3x at usual rates
+    fee_rate = (expense_ratio_annual - (1.0 - lev) * financing_rate_annual) / _DAYS_PER_YEAR
 
     bars = underlying.select(CANONICAL_COLUMNS)
     if not bars["timestamp"].is_sorted():
@@ -165,15 +177,39 @@ def derive_leveraged(
     return to_canonical(out, sort=False)
 
 
+def derived_provenance(
+    universe: UniverseConfig, symbols: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """How the universe's derived series are built, keyed by symbol (JSON-ready).
+
+    ``symbols`` restricts the result to those of the long / short ETFs that were
+    actually derived (default: both). Each entry names the underlying, the leverage
+    (``+L`` / ``-L``), the expense ratio and the financing rate.
+    """
+    legs = ((universe.long, universe.leverage), (universe.short, -universe.leverage))
+    return {
+        sym: {
+            "underlying": universe.underlying,
+            "leverage": float(lev),
+            "expense_ratio_annual": float(universe.expense_ratio_annual),
+            "financing_rate_annual": float(universe.financing_rate_annual),
+        }
+        for sym, lev in legs
+        if symbols is None or sym in symbols
+    }
+
+
 def ensure_universe(
-    bars: pl.DataFrame, universe: UniverseConfig, volume_ratio: float = 1.0
+    bars: pl.DataFrame, universe: UniverseConfig, *, volume_ratio: float | None = None
 ) -> tuple[pl.DataFrame, list[str]]:
     """Make sure the universe's long and short ETFs are in ``bars``; derive what is missing.
 
     Missing ``universe.long`` / ``universe.short`` series are derived from
     ``universe.underlying`` with :func:`derive_leveraged` (leverage ``+L`` / ``-L``, the
-    universe's expense ratio and financing rate, the underlying's first open as start
-    price). Series that are present are left untouched; other symbols are kept.
+    universe's expense ratio, financing rate and ``derived_volume_ratio``, the
+    underlying's first open as start price). Series that are present are left untouched;
+    other symbols are kept. ``volume_ratio``, when given, overrides
+    ``universe.derived_volume_ratio``.
 
     Returns:
         The canonical frame (sorted by symbol, timestamp) and the derived symbols, in the
@@ -183,6 +219,7 @@ def ensure_universe(
         DataError: the underlying is not in ``bars`` (the universe needs it; the message
             names it and the symbols present).
     """
+    ratio = universe.derived_volume_ratio if volume_ratio is None else volume_ratio
     present = sorted(str(s) for s in bars["symbol"].unique().to_list()) if bars.height else []
     if universe.underlying not in present:
         raise DataError(
@@ -202,7 +239,7 @@ def ensure_universe(
                     sym,
                     universe.expense_ratio_annual,
                     universe.financing_rate_annual,
-                    volume_ratio=volume_ratio,
+                    volume_ratio=ratio,
                 )
             )
     out = to_canonical(pl.concat(frames)) if len(frames) > 1 else frames[0]

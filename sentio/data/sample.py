@@ -6,7 +6,8 @@
 so its timestamp is the session's open in UTC from the exchange calendar. The raw
 Open/High/Low/Close are used (``Adj Close`` equals ``Close`` for an index). Dates that
 are not sessions of the calendar are dropped and counted (there are none in the shipped
-file); two sessions carry a vendor volume of 0 and are kept as they are.
+file); two sessions carry a vendor volume of 0 and are kept as they are. The derived
+series' volume is the index volume times the universe's ``derived_volume_ratio``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import polars as pl
 
 from sentio.calendar import sessions
 from sentio.config import SentioConfig, UniverseConfig, write_config
-from sentio.data.leverage import ensure_universe
+from sentio.data.leverage import derived_provenance, ensure_universe
 from sentio.data.schema import to_canonical
 from sentio.errors import DataError
 from sentio.io import sidecar, write_feather_atomic, write_json_atomic
@@ -130,11 +131,13 @@ def nasdaq_daily(universe: UniverseConfig | None = None) -> pl.DataFrame:
 
 
 def write_sample(name: str, out: str | Path, cfg: SentioConfig) -> dict[str, Path]:
-    """Write the sample ``name`` to ``out`` (Feather) with its configuration and report.
+    """Write the sample ``name`` to ``out`` (Feather) with configuration, report, provenance.
 
     ``sidecar(out, "config.yaml")`` is ``cfg`` with the sample's universe (so a run on
     ``out`` with that configuration finds its symbols); ``sidecar(out, "sample.json")``
-    is the load report. Returns the paths under ``bars``, ``config``, ``report``.
+    is the load report; ``sidecar(out, "provenance.json")`` says the data are real and
+    which series are derived (underlying, leverage, costs). Returns the paths under
+    ``bars``, ``config``, ``report``, ``provenance``.
 
     Raises:
         DataError: unknown sample name (the message lists the available ones).
@@ -147,8 +150,14 @@ def write_sample(name: str, out: str | Path, cfg: SentioConfig) -> dict[str, Pat
     data["universe"] = uni.model_dump()
     sample_cfg = SentioConfig.model_validate(data)
     report["sample"] = name
+    provenance = {
+        "source": f"sentio sample {name}",
+        "synthetic": False,
+        "derived_symbols": derived_provenance(uni, report["derived_symbols"]),
+    }
     return {
         "bars": write_feather_atomic(out, bars),
         "config": write_config(sidecar(out, "config.yaml"), sample_cfg),
         "report": write_json_atomic(sidecar(out, "sample.json"), report),
+        "provenance": write_json_atomic(sidecar(out, "provenance.json"), provenance),
     }

@@ -54,10 +54,10 @@ from scipy.signal import lfilter
 
 from sentio.calendar import sessions
 from sentio.config import SentioConfig, SynthConfig, write_config
-from sentio.data.leverage import derive_leveraged
+from sentio.data.leverage import derive_leveraged, derived_provenance
 from sentio.data.schema import to_canonical
 from sentio.errors import DataError
-from sentio.io import sidecar, write_feather_atomic
+from sentio.io import sidecar, write_feather_atomic, write_json_atomic
 
 __all__ = [
     "BARS_PER_SESSION",
@@ -268,7 +268,7 @@ def generate(cfg: SentioConfig) -> SynthData:
             sym,
             uni.expense_ratio_annual,
             uni.financing_rate_annual,
-            volume_ratio=cfg.universe.derived_volume_ratio,
+            volume_ratio=uni.derived_volume_ratio,
         )
         for sym, lev in ((uni.long, uni.leverage), (uni.short, -uni.leverage))
     ]
@@ -287,17 +287,25 @@ def generate(cfg: SentioConfig) -> SynthData:
 
 
 def write_synth(out: str | Path, cfg: SentioConfig) -> dict[str, Path]:
-    """Generate and atomically write bars, regimes and the configuration.
+    """Generate and atomically write bars, regimes, configuration and provenance.
 
-    Files: ``out`` (canonical bars, Feather), ``sidecar(out, "regimes.feather")`` and
-    ``sidecar(out, "config.yaml")``. Returns them under the keys ``bars``, ``regimes``,
-    ``config``.
+    Files: ``out`` (canonical bars, Feather), ``sidecar(out, "regimes.feather")``,
+    ``sidecar(out, "config.yaml")`` and ``sidecar(out, "provenance.json")`` (the data are
+    synthetic; the long and short ETFs are derived from the underlying, with their
+    leverage and costs). Returns them under the keys ``bars``, ``regimes``, ``config``,
+    ``provenance``.
     """
     out = Path(out)
     data = generate(cfg)
+    provenance = {
+        "source": "sentio synth",
+        "synthetic": True,
+        "derived_symbols": derived_provenance(cfg.universe),
+    }
     paths = {
         "bars": write_feather_atomic(out, data.bars),
         "regimes": write_feather_atomic(sidecar(out, "regimes.feather"), data.regimes),
         "config": write_config(sidecar(out, "config.yaml"), cfg),
+        "provenance": write_json_atomic(sidecar(out, "provenance.json"), provenance),
     }
     return paths
