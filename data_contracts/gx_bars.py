@@ -146,7 +146,7 @@ def run_gx_validation(
     """
     if not name or Path(name).name != name:
         raise ValueError(f"report name must be a plain file name, got {name!r}")
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).expanduser().resolve()  # GX's Data Docs site needs an absolute root
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{name}.gx.json"
     html_path = out_dir / f"{name}.gx.html"
@@ -263,6 +263,9 @@ def _write_atomic(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp made it 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

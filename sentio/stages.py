@@ -10,7 +10,7 @@ outputs already exist and verify is not recomputed either.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,9 @@ import polars as pl
 
 from sentio.config import SentioConfig
 from sentio.data import readers
-from sentio.data.ingest import ingest_files
+from sentio.data.ingest import check_contracts, ingest_files
 from sentio.data.leverage import ensure_universe
-from sentio.errors import ContractError, DataError
+from sentio.errors import DataError
 from sentio.io import (
     code_version,
     combine_hashes,
@@ -68,6 +68,7 @@ def resolve_inputs(data_path: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 INGEST_MODULES = (
+    "sentio.stages",
     "sentio.data.ingest",
     "sentio.data.readers",
     "sentio.data.timestamps",
@@ -86,9 +87,12 @@ def ingest_code_version() -> str:
 
 def ingest_key(inputs: Sequence[str | Path], cfg: SentioConfig) -> str:
     """Cache key of the ingest stage: input CONTENT, ingest/universe settings, code version."""
-    files = resolve_inputs(inputs)
+    return _ingest_key({f: sha256_file(f) for f in resolve_inputs(inputs)}, cfg)
+
+
+def _ingest_key(hashes: Mapping[Path, str], cfg: SentioConfig) -> str:
     return combine_hashes(
-        [*(sha256_file(f) for f in files), cfg.hash("ingest", "universe"), ingest_code_version()]
+        [*hashes.values(), cfg.hash("ingest", "universe"), ingest_code_version()]
     )[:32]
 
 
@@ -110,34 +114,35 @@ def ingest_stage(
 ) -> dict[str, Any]:
     """Ingest the input files and complete the universe; return a small JSON-able summary.
 
-    Output: ``workdir/ingest/<key>/bars.feather`` holding every universe symbol (the
-    leveraged ETFs derived with a daily reset when the input lacks them), plus the
-    ingest report, quarantine file, GX results and configuration of the ingest itself.
+    Outputs in ``workdir/ingest/<key>/``: ``ingested.feather`` with the ingest report
+    (``ingested.ingest.json``), quarantine file, GX results and configuration beside it.
+    When the input lacks the universe's leveraged ETFs they are derived from the
+    underlying with a daily reset into ``bars.feather``, which passes the same pandera and
+    GX contracts (``bars.gx.*``). The summary's ``output`` names the file later stages
+    read, and ``derived_symbols`` every symbol whose prices are derived (here, or upstream
+    by ``sentio synth`` / ``sentio sample`` according to their provenance sidecar).
     """
     files = resolve_inputs(inputs)
-    key = ingest_key(files, cfg)
+    hashes = {f: sha256_file(f) for f in files}
+    key = _ingest_key(hashes, cfg)
     folder = Path(workdir) / "ingest" / key
     cached = _cached_summary(folder)
     if cached is not None:
         return cached
 
-    result = ingest_files(files, folder / "ingested.feather", cfg)
+    result = ingest_files(files, folder / "ingested.feather", cfg, input_sha256=hashes)
     bars = pl.read_ipc(result.output)
-    uni = cfg.universe
     try:
-        complete, derived = ensure_universe(
-            bars, uni, volume_ratio=cfg.universe.derived_volume_ratio
-        )
+        complete, derived = ensure_universe(bars, cfg.universe)
     except DataError as err:
         raise DataError(f"{', '.join(map(str, files))}: {err}") from None
+    contract = result.report["contract"]
+    out = result.output
     if derived:
-        from data_contracts import ContractViolation, validate_bars
-
-        try:
-            validate_bars(complete, str(folder / "bars.feather"))
-        except ContractViolation as err:
-            raise ContractError(str(err)) from None
-    out = write_feather_atomic(folder / "bars.feather", complete)
+        # The completed universe is a new frame: it passes the same contracts.
+        out = folder / "bars.feather"
+        contract = check_contracts(complete, out, sorted(complete["symbol"].unique().to_list()))
+        write_feather_atomic(out, complete)
     report = result.report
     summary: dict[str, Any] = {
         "key": key,
@@ -145,9 +150,9 @@ def ingest_stage(
         "output_sha256": sha256_file(out),
         "report": str(result.outputs.report),
         "quarantine": report["quarantine"],
-        "gx_json": report["contract"]["gx_json"],
-        "gx_html": report["contract"]["gx_html"],
-        "gx_success": report["contract"]["gx_success"],
+        "gx_json": contract["gx_json"],
+        "gx_html": contract["gx_html"],
+        "gx_success": contract["gx_success"],
         "config": str(result.outputs.config),
         "inputs": {info["path"]: info["sha256"] for info in report["inputs"]},
         "rows_read": report["rows_read"],
@@ -157,7 +162,8 @@ def ingest_stage(
         "rows_quarantined": report["rows_quarantined"],
         "quarantined_by_reason": report["quarantined_by_reason"],
         "symbols": sorted(complete["symbol"].unique().to_list()),
-        "derived_symbols": derived,
+        # Derived here from the underlying, or upstream (a provenance sidecar, e.g. synth).
+        "derived_symbols": sorted(set(derived) | set(report["derived_symbols"])),
         "bar_seconds": report["bar_seconds"],
         "frequency": report["frequency"],
         "start": min(s["start"] for s in report["symbols"].values()),

@@ -19,8 +19,9 @@ and the configuration beside it. Input files are only read, never modified.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,13 @@ from sentio import __version__
 from sentio.calendar import sessions as calendar_sessions
 from sentio.config import SentioConfig, write_config
 from sentio.data.readers import RawFile, read_file
-from sentio.data.schema import CANONICAL_COLUMNS, NY_TZ, PRICE_COLUMNS, TIMESTAMP_DTYPE
+from sentio.data.schema import NY_TZ, PRICE_COLUMNS, TIMESTAMP_DTYPE
 from sentio.data.timestamps import DAY_SECONDS, frequency_label, infer_bar_seconds, parse_timestamps
 from sentio.errors import ContractError, DataError, QuarantineLimitError
-from sentio.io import sha256_file, sidecar, write_feather_atomic, write_json_atomic
+from sentio.io import atomic_write, sha256_file, sidecar, write_feather_atomic, write_json_atomic
 
-# Quarantine reasons, in the order they are checked; a row gets the first that applies.
+# Every quarantine reason. A row gets one reason: the first failing check, in the order of
+# the steps (parse and value checks, sessions, grid, duplicates, session completeness).
 REASONS = (
     "bad_timestamp",
     "missing_symbol",
@@ -53,6 +55,8 @@ REASONS = (
     "incomplete_session",
 )
 _VALUES = (*PRICE_COLUMNS, "volume")
+OUTPUT_EXTENSIONS = (".feather", ".arrow", ".ipc")
+PROVENANCE_SUFFIX = "provenance.json"
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,11 @@ class IngestOutputs:
 
     @classmethod
     def for_output(cls, out: str | Path) -> IngestOutputs:
-        out = Path(out)
+        out = Path(out).expanduser().resolve()
+        if out.suffix.lower() not in OUTPUT_EXTENSIONS:
+            raise DataError(
+                f"{out}: the output is a feather file; name it with one of {', '.join(OUTPUT_EXTENSIONS)}"
+            )
         return cls(
             bars=out,
             report=sidecar(out, "ingest.json"),
@@ -77,6 +85,10 @@ class IngestOutputs:
             gx_html=sidecar(out, "gx.html"),
             config=sidecar(out, "config.yaml"),
         )
+
+    def all(self) -> tuple[Path, ...]:
+        """Every file an ingest to this output may write."""
+        return (self.bars, self.report, self.quarantine, self.gx_json, self.gx_html, self.config)
 
 
 @dataclass(frozen=True)
@@ -134,7 +146,7 @@ def _prepare(raw: RawFile, index: int, cfg: SentioConfig) -> tuple[pl.DataFrame,
         pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("__row"),
         symbol.alias("symbol"),
     ]
-    work = frame.with_columns(__ts=parsed.values)
+    work = frame.with_columns(__ts=parsed.values, __dst_gap=parsed.dst_gap)
     # Build the value expressions and their reasons in check order.
     values: dict[str, pl.Expr] = {}
     non_numeric: list[pl.Expr] = []
@@ -149,7 +161,7 @@ def _prepare(raw: RawFile, index: int, cfg: SentioConfig) -> tuple[pl.DataFrame,
     )
     v = {c: pl.col(f"__{c}") for c in _VALUES}
     checks: list[tuple[str, pl.Expr]] = [
-        ("bad_timestamp", pl.col("__ts").is_null()),
+        ("bad_timestamp", pl.col("__ts").is_null() & ~pl.col("__dst_gap")),
         ("missing_symbol", pl.col("symbol").is_null() | (pl.col("symbol") == "")),
         ("non_numeric_value", pl.col("__non_numeric")),
         ("missing_value", pl.any_horizontal([x.is_null() for x in v.values()])),
@@ -178,6 +190,10 @@ def _prepare(raw: RawFile, index: int, cfg: SentioConfig) -> tuple[pl.DataFrame,
         "symbol",
         *[pl.col(f"__{c}").alias(c) for c in _VALUES],
         "__reason",
+        # Local times that do not exist or repeat at a DST change are night-time hours.
+        pl.when(pl.col("__dst_gap") & pl.col("__reason").is_null())
+        .then(pl.lit("outside_regular_hours"))
+        .alias("__drop"),
     )
     return out, info
 
@@ -325,27 +341,26 @@ def _write_quarantine(path: Path, q: pl.DataFrame, raws: list[RawFile]) -> None:
         rows = q.filter(pl.col("__file") == i).select("__row", "__reason")
         if rows.height == 0:
             continue
-        given = raw.frame.with_row_index("__row", offset=1).with_columns(
-            pl.col("__row").cast(pl.Int64)
-        )
-        given = given.select(
-            [pl.col("__row")] + [pl.col(c).cast(pl.String) for c in raw.frame.columns]
+        original = raw.original
+        given = original.with_row_index("__row", offset=1).select(
+            pl.col("__row").cast(pl.Int64), *[pl.col(c).cast(pl.String) for c in original.columns]
         )
         part = rows.join(given, on="__row", how="left").select(
             pl.lit(str(raw.path)).alias("source_file"),
             pl.col("__row").alias("source_row"),
             pl.col("__reason").alias("reason"),
-            *[pl.col(c) for c in CANONICAL_COLUMNS if c in given.columns],
+            *[pl.col(c) for c in original.columns],
         )
         parts.append(part)
     frame = pl.concat(parts, how="diagonal_relaxed").sort("source_file", "source_row")
-    from sentio.io import atomic_write
-
     atomic_write(path, lambda tmp: frame.write_csv(tmp))
 
 
 def ingest_files(
-    inputs: Sequence[str | Path], out: str | Path, cfg: SentioConfig | None = None
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    cfg: SentioConfig | None = None,
+    input_sha256: Mapping[Path, str] | None = None,
 ) -> IngestResult:
     """Ingest vendor bar files into one canonical, contract-checked feather file at ``out``.
 
@@ -358,25 +373,29 @@ def ingest_files(
         raise DataError("no input files given")
     outputs = IngestOutputs.for_output(out)
     resolved = [Path(p) for p in inputs]
-    if any(p.resolve() == outputs.bars.resolve() for p in resolved if p.exists()):
-        raise DataError(
-            f"{outputs.bars}: the output would overwrite an input file; choose another --out"
-        )
+    ours = set(outputs.all())
+    for p in resolved:
+        if p.exists() and p.resolve() in ours:
+            raise DataError(f"{p}: ingest would overwrite this input file; choose another --out")
     raws = [read_file(p, cfg.ingest.columns) for p in resolved]
     input_info = []
     frames = []
     for i, raw in enumerate(raws):
         frame, info = _prepare(raw, i, cfg)
-        info["sha256"] = sha256_file(raw.path)
+        known = (input_sha256 or {}).get(raw.path)
+        info["sha256"] = known or sha256_file(raw.path)
         info["bytes"] = raw.path.stat().st_size
+        provenance = _read_provenance(raw.path)
+        if provenance is not None:
+            info["provenance"] = provenance
         frames.append(frame)
         input_info.append(info)
     kinds = {info["timestamp_kind"] for info in input_info}
-    work = pl.concat(frames, how="vertical_relaxed").with_columns(__drop=pl.lit(None, pl.String))
+    work = pl.concat(frames, how="vertical_relaxed")
     rows_read = work.height
     files = [str(r.path) for r in raws]
 
-    valid_ts = work.filter(pl.col("__reason").is_null())
+    valid_ts = work.filter(_clean())
     if valid_ts.height < 2:
         bad = work.filter(pl.col("__reason").is_not_null())
         reasons = dict(bad.group_by("__reason").len().iter_rows())
@@ -396,8 +415,6 @@ def ingest_files(
         work = work.with_columns(
             __ts=pl.col("__ts") - pl.duration(seconds=bar_seconds),
         ).with_columns(__date=pl.col("__ts").dt.convert_time_zone(NY_TZ).dt.date())
-    elif bar_seconds >= DAY_SECONDS and "datetime" in kinds:
-        pass  # __date already holds the date as written (in --tz or UTC)
 
     work, table = _place_in_sessions(work, bar_seconds, cfg)
     work = _resolve_duplicates(work)
@@ -416,6 +433,7 @@ def ingest_files(
                 how="left",
             )
             work = _mark(work, "incomplete_session", pl.col("__inc")).drop("__inc")
+            coverage = _coverage(work, table, bar_seconds)
 
     quarantined = work.filter(pl.col("__reason").is_not_null())
     kept = work.filter(_clean())
@@ -463,6 +481,14 @@ def ingest_files(
         "bar_timestamp": cfg.ingest.bar_timestamp,
         "calendar": cfg.universe.calendar,
         "symbols": _symbol_summary(bars, coverage),
+        "derived_symbols": sorted(
+            {
+                sym
+                for info in input_info
+                for sym in info.get("provenance", {}).get("derived_symbols", {})
+            }
+            & set(bars["symbol"].unique().to_list())
+        ),
         "sessions_rejected_incomplete": incomplete.height,
         "missing_bars_by_session": [
             {**row, "session": row["session"].isoformat()}
@@ -494,18 +520,37 @@ def ingest_files(
         problem = DataError(f"{', '.join(files)}: no regular-hours bars left after ingest")
     if quarantined.height:
         _write_quarantine(outputs.quarantine, quarantined, raws)
+    else:
+        outputs.quarantine.unlink(missing_ok=True)  # from an earlier run of the same output
     if problem is not None:
+        # Outputs of an earlier run must not sit beside a report saying this one failed.
+        for stale in (outputs.bars, outputs.gx_json, outputs.gx_html, outputs.config):
+            stale.unlink(missing_ok=True)
         report["status"] = "failed"
         report["error"] = str(problem)
         write_json_atomic(outputs.report, report)
         raise problem
 
-    report["contract"] = _check_contracts(bars, outputs, sorted(report["symbols"]))
+    report["contract"] = check_contracts(bars, outputs.bars, sorted(report["symbols"]))
     write_feather_atomic(outputs.bars, bars)
     report["output_sha256"] = sha256_file(outputs.bars)
     write_config(outputs.config, cfg)
     write_json_atomic(outputs.report, report)
     return IngestResult(outputs, report)
+
+
+def _read_provenance(path: Path) -> dict[str, Any] | None:
+    """The provenance sidecar Sentio writes beside generated bars (which symbols are derived)."""
+    side = sidecar(path, PROVENANCE_SUFFIX)
+    if not side.is_file():
+        return None
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"{side}: unreadable provenance file: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("derived_symbols", {}), dict):
+        raise DataError(f"{side}: provenance must be an object with a 'derived_symbols' mapping")
+    return data
 
 
 def _fmt_reasons(by_reason: dict[str, int]) -> str:
@@ -531,20 +576,22 @@ def _symbol_summary(bars: pl.DataFrame, coverage: pl.DataFrame) -> dict[str, Any
     return summary
 
 
-def _check_contracts(
-    bars: pl.DataFrame, outputs: IngestOutputs, symbols: list[str]
-) -> dict[str, Any]:
-    """Validate the kept bars with pandera and Great Expectations; save the GX result."""
+def check_contracts(bars: pl.DataFrame, path: Path, symbols: list[str]) -> dict[str, Any]:
+    """Validate bars that will be written to ``path`` with pandera and Great Expectations.
+
+    The GX result is saved beside ``path`` (``<stem>.gx.json`` and ``<stem>.gx.html``).
+    Raises :class:`ContractError` naming the failed checks.
+    """
     from data_contracts import ContractViolation, run_gx_validation, validate_bars
 
     try:
-        validate_bars(bars, str(outputs.bars))
+        validate_bars(bars, str(path))
     except ContractViolation as err:
         raise ContractError(str(err)) from None
-    gx = run_gx_validation(bars, outputs.bars.parent, outputs.bars.stem, symbols=symbols)
+    gx = run_gx_validation(bars, path.parent, path.stem, symbols=symbols)
     if not gx.success:
         raise ContractError(
-            f"{outputs.bars}: Great Expectations suite failed: {', '.join(gx.failed)} (see {gx.html_path})"
+            f"{path}: Great Expectations suite failed: {', '.join(gx.failed)} (see {gx.html_path})"
         )
     return {
         "pandera": "passed",

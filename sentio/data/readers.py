@@ -70,6 +70,7 @@ class RawFile:
     ignored: list[str] = field(default_factory=list)
     delimiter: str | None = None
     header: bool | None = None
+    original: pl.DataFrame = field(default_factory=pl.DataFrame)  # every column, as read
 
     @property
     def rows(self) -> int:
@@ -182,6 +183,7 @@ def read_file(path: str | Path, columns: list[str] | None = None) -> RawFile:
 
 def _map_columns(raw: RawFile) -> None:
     """Rename vendor columns to canonical names in place; record what was ignored."""
+    raw.original = raw.frame
     cols = raw.frame.columns
     mapping: dict[str, str] = {}
     # Polygon's grouped aggregates use "T" for the ticker next to "t" for the time.

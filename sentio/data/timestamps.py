@@ -25,6 +25,7 @@ NAIVE_FORMATS = (
     "%Y-%m-%d %H:%M",
     "%Y-%m-%dT%H:%M",
     "%Y%m%d %H%M%S",
+    "%Y%m%d%H%M%S",
     "%Y%m%d %H:%M:%S",
     "%Y%m%d %H%M",
     "%m/%d/%Y %H:%M:%S",
@@ -35,6 +36,7 @@ NAIVE_FORMATS = (
 DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d", "%m/%d/%Y", "%d.%m.%Y")
 
 DAY_SECONDS = 86_400
+_EPOCH_2100 = 4_102_444_800  # 2100-01-01 in epoch seconds
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,13 @@ class ParsedTimestamps:
     kind: str  # "datetime" or "date"
     source: str  # how it was read, for the ingest report: format, epoch unit or dtype
     tz_used: str | None
+    # Naive local times that do not exist or repeat at a daylight-saving change (null in
+    # ``values``): night-time hours, never inside a regular session.
+    dst_gap: pl.Series | None = None
+
+    def __post_init__(self) -> None:
+        if self.dst_gap is None:
+            object.__setattr__(self, "dst_gap", pl.Series("dst_gap", [False] * self.values.len()))
 
 
 def _epoch_unit(max_abs: int) -> str:
@@ -61,11 +70,22 @@ def _epoch_unit(max_abs: int) -> str:
     return "s"
 
 
-def _from_epoch(ints: pl.Series) -> tuple[pl.Series, str]:
+def _from_epoch(ints: pl.Series, file: str = "") -> tuple[pl.Series, str]:
     largest = ints.abs().max()
     max_abs = int(largest) if isinstance(largest, int | float) else 0
     unit = _epoch_unit(max_abs)
-    scale = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}[unit]
+    per_second = {"ns": 10**9, "us": 10**6, "ms": 10**3, "s": 1}[unit]
+    lo, hi = ints.min(), ints.max()
+    if (
+        isinstance(lo, int)
+        and isinstance(hi, int)
+        and not (lo // per_second >= 0 and hi // per_second < _EPOCH_2100)
+    ):
+        raise DataError(
+            f"{file}: column 'timestamp' holds integers read as epoch {unit} outside 1970-2100 "
+            f"(e.g. {hi}); expected epoch seconds/milliseconds, or dates like YYYYMMDDHHMMSS as text"
+        )
+    scale = 10**9 // per_second
     values = (
         (ints.cast(pl.Int64) * scale).cast(pl.Datetime("ns", "UTC")).cast(pl.Datetime("us", "UTC"))
     )
@@ -117,7 +137,7 @@ def parse_timestamps(col: pl.Series, tz: str | None, file: str) -> ParsedTimesta
             None,
         )
     if dtype.is_integer():
-        values, how = _from_epoch(col)
+        values, how = _from_epoch(col, file)
         return ParsedTimestamps(values, "datetime", how, None)
     if dtype.is_float():
         raise DataError(
@@ -127,9 +147,13 @@ def parse_timestamps(col: pl.Series, tz: str | None, file: str) -> ParsedTimesta
         raise DataError(f"{file}: column 'timestamp' has type {dtype}; expected dates or times")
     strings = col.str.strip_chars()
     sample = strings.drop_nulls().head(2000)
+    compact = _pick_format(strings, ("%Y%m%d%H%M%S", "%Y%m%d%H%M"), "datetime")
+    if compact is not None and sample.str.contains(r"^\d{12}(\d{2})?$").all():
+        values = strings.str.to_datetime(compact, strict=False, time_unit="us")
+        return _naive(values, tz, file, compact)
     if sample.len() and sample.str.contains(r"^-?\d{9,19}$").all():
         ints = strings.cast(pl.Int64, strict=False)
-        values, how = _from_epoch(ints)
+        values, how = _from_epoch(ints, file)
         return ParsedTimestamps(values, "datetime", how, None)
     normalised = strings.str.replace(r"Z$", "+00:00")
     fmt = _pick_format(normalised, AWARE_FORMATS, "datetime")
@@ -153,10 +177,13 @@ def parse_timestamps(col: pl.Series, tz: str | None, file: str) -> ParsedTimesta
 def _naive(values: pl.Series, tz: str | None, file: str, how: str) -> ParsedTimestamps:
     if tz is None:
         raise DataError(
-            f"{file}: timestamps have no time zone; pass --tz with the zone they are in "
-            "(for example --tz America/New_York or --tz UTC)"
+            f"{file}: timestamps have no time zone; give their zone with --tz or the ingest.tz "
+            "setting (for example America/New_York or UTC)"
         )
-    return ParsedTimestamps(_localize(values, tz), "datetime", f"{how} in {tz}", tz)
+    local = _localize(values, tz)
+    return ParsedTimestamps(
+        local, "datetime", f"{how} in {tz}", tz, dst_gap=values.is_not_null() & local.is_null()
+    )
 
 
 def infer_bar_seconds(ts: pl.DataFrame) -> int:
