@@ -8,6 +8,7 @@ import Prefect lazily, so the library and the data commands never load it.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -215,12 +216,42 @@ def run(
     prefect_env_defaults(wd)
     from flows.nightly import nightly_flow
 
+    _quiet_user_error_tracebacks()
     record = nightly_flow(
         data_path=data,
         config_path=str(config.resolve()) if config else None,
         workdir=str(wd),
     )
     _print_run(record)
+
+
+class _NoUserErrorTracebacks(logging.Filter):
+    """Drop the traceback from log records about errors a user caused (a SentioError).
+
+    Prefect logs a task or flow failure with its traceback; for bad input that is noise
+    around the one line that says what is wrong.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, SentioError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_user_error_tracebacks() -> None:
+    """Install :class:`_NoUserErrorTracebacks` on every handler Prefect's logging set up."""
+    flt = _NoUserErrorTracebacks()
+    loggers = [logging.getLogger()] + [
+        logging.getLogger(name)
+        for name in list(logging.Logger.manager.loggerDict)
+        if name.startswith("prefect")
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, _NoUserErrorTracebacks) for f in handler.filters):
+                handler.addFilter(flt)
 
 
 def _print_run(record: dict[str, Any]) -> None:

@@ -118,3 +118,50 @@ def test_console_script_error_has_no_traceback(tmp_path: Path) -> None:
     assert "x.xlsx: unsupported file type '.xlsx'" in proc.stderr
     assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.slow
+def test_sentio_run_reports_user_errors_without_traceback_then_succeeds(tmp_path: Path) -> None:
+    """`sentio run` through a temporary Prefect API: a data error is one line, no traceback."""
+    import os
+
+    minute_bars("2024-01-02", "2024-01-03").with_columns(  # New York wall-clock times
+        pl.col("timestamp")
+        .dt.convert_time_zone("America/New_York")
+        .dt.replace_time_zone(None)
+        .dt.strftime("%Y-%m-%d %H:%M:%S")
+    ).write_csv(tmp_path / "naive.csv")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SENTIO_"))}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    exe = str(Path(sys.executable).with_name("sentio"))
+    failed = subprocess.run(
+        [exe, "run", "--data", "naive.csv"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert failed.returncode == 3, failed.stderr[-2000:]
+    assert "Traceback" not in failed.stderr
+    errors = [ln for ln in failed.stderr.splitlines() if ln.startswith("error: ")]
+    assert errors == [
+        f"error: {tmp_path / 'naive.csv'}: timestamps have no time zone; give their zone with --tz or the ingest.tz setting (for example America/New_York or UTC)"
+    ]
+
+    (tmp_path / "c.yaml").write_text("ingest:\n  tz: America/New_York\n")
+    ok = subprocess.run(
+        [exe, "run", "--data", "naive.csv", "--config", "c.yaml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert ": completed" in ok.stdout
+    bars_line = next(ln for ln in ok.stdout.splitlines() if ln.startswith("bars: "))
+    bars = pl.read_ipc(bars_line.removeprefix("bars: "))
+    assert set(bars["symbol"].unique()) == {"QQQ", "TQQQ", "SQQQ"}  # leveraged ETFs derived
+    assert "(derived: SQQQ, TQQQ)" in ok.stdout
+    assert str(tmp_path / ".sentio" / "runs") in ok.stdout  # outputs under the project, not ~

@@ -186,7 +186,10 @@ def test_naive_new_york_timestamps_with_tz_across_dst(tmp_path: Path) -> None:
         .dt.strftime("%Y-%m-%d %H:%M:%S")
     )
     write_csv(tmp_path / "ny.csv", local)
-    with pytest.raises(DataError, match=r"ny\.csv: timestamps have no time zone; give their zone with --tz or the ingest\.tz setting"):
+    with pytest.raises(
+        DataError,
+        match=r"ny\.csv: timestamps have no time zone; give their zone with --tz or the ingest\.tz setting",
+    ):
         ingest_files([tmp_path / "ny.csv"], tmp_path / "o.feather")
     res = ingest_files([tmp_path / "ny.csv"], tmp_path / "o.feather", cfg(tz="America/New_York"))
     assert pl.read_ipc(res.output).equals(bars)
@@ -482,7 +485,9 @@ def test_relative_output_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_stale_outputs_of_an_earlier_run_are_removed(tmp_path: Path) -> None:
-    frame = as_vendor(minute_bars("2024-01-02", "2024-01-02")).with_columns(pl.all().cast(pl.String))
+    frame = as_vendor(minute_bars("2024-01-02", "2024-01-02")).with_columns(
+        pl.all().cast(pl.String)
+    )
     _corrupt(frame, 3, close="abc").write_csv(tmp_path / "a.csv")
     out = tmp_path / "o.feather"
     ingest_files([tmp_path / "a.csv"], out, cfg(max_quarantine_fraction=0.05))
@@ -507,14 +512,39 @@ def test_outputs_are_readable_by_others(tmp_path: Path) -> None:
 
 
 def test_quarantine_keeps_every_column_as_given(tmp_path: Path) -> None:
-    bars = minute_bars("2024-01-02", "2024-01-02").select(
-        Time=pl.col("timestamp").dt.epoch("ms"), Open="open", High="high", Low="low", Close="close",
-        Volume="volume", Note=pl.lit("vendor-x"),
-    ).with_columns(pl.when(pl.int_range(pl.len()) == 5).then(-1.0).otherwise(pl.col("Close")).alias("Close"))
+    bars = (
+        minute_bars("2024-01-02", "2024-01-02")
+        .select(
+            Time=pl.col("timestamp").dt.epoch("ms"),
+            Open="open",
+            High="high",
+            Low="low",
+            Close="close",
+            Volume="volume",
+            Note=pl.lit("vendor-x"),
+        )
+        .with_columns(
+            pl.when(pl.int_range(pl.len()) == 5)
+            .then(-1.0)
+            .otherwise(pl.col("Close"))
+            .alias("Close")
+        )
+    )
     bars.write_parquet(tmp_path / "n.parquet")
     res = ingest_files([tmp_path / "n.parquet"], tmp_path / "o.feather", cfg(symbol="QQQ"))
     q = pl.read_csv(res.outputs.quarantine, infer_schema=False)
-    assert q.columns == ["source_file", "source_row", "reason", "Time", "Open", "High", "Low", "Close", "Volume", "Note"]
+    assert q.columns == [
+        "source_file",
+        "source_row",
+        "reason",
+        "Time",
+        "Open",
+        "High",
+        "Low",
+        "Close",
+        "Volume",
+        "Note",
+    ]
     assert q.row(0, named=True)["Note"] == "vendor-x" and q.row(0, named=True)["Close"] == "-1.0"
 
 
@@ -526,26 +556,51 @@ def test_compact_timestamps_are_not_mistaken_for_epochs(tmp_path: Path) -> None:
     assert pl.read_ipc(res.output).equals(bars)
     as_int = bars.with_columns(pl.col("timestamp").dt.strftime("%Y%m%d%H%M%S").cast(pl.Int64))
     as_int.write_parquet(tmp_path / "c.parquet")
-    with pytest.raises(DataError, match=r"c\.parquet: column 'timestamp' holds integers read as epoch ms outside 1970-2100"):
+    with pytest.raises(
+        DataError,
+        match=r"c\.parquet: column 'timestamp' holds integers read as epoch ms outside 1970-2100",
+    ):
         ingest_files([tmp_path / "c.parquet"], tmp_path / "o2.feather")
 
 
 def test_dst_gap_hours_are_dropped_not_quarantined(tmp_path: Path) -> None:
     # Naive New York minutes around the clock over the spring-forward night: 02:00-02:59
     # on 2024-03-10 does not exist. Those rows are night hours, not bad data.
-    stamps = pl.datetime_range(pl.datetime(2024, 3, 9), pl.datetime(2024, 3, 12), "1m", closed="left", eager=True)
-    frame = pl.DataFrame({"timestamp": stamps.dt.strftime("%Y-%m-%d %H:%M:%S"), "symbol": "QQQ", "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 1.0})
+    stamps = pl.datetime_range(
+        pl.datetime(2024, 3, 9), pl.datetime(2024, 3, 12), "1m", closed="left", eager=True
+    )
+    frame = pl.DataFrame(
+        {
+            "timestamp": stamps.dt.strftime("%Y-%m-%d %H:%M:%S"),
+            "symbol": "QQQ",
+            "open": 1.0,
+            "high": 1.0,
+            "low": 1.0,
+            "close": 1.0,
+            "volume": 1.0,
+        }
+    )
     frame.write_csv(tmp_path / "n.csv")
-    res = ingest_files([tmp_path / "n.csv"], tmp_path / "o.feather", cfg(tz="America/New_York", max_quarantine_fraction=0.0))
+    res = ingest_files(
+        [tmp_path / "n.csv"],
+        tmp_path / "o.feather",
+        cfg(tz="America/New_York", max_quarantine_fraction=0.0),
+    )
     assert res.report["rows_quarantined"] == 0
     assert res.report["rows_kept"] == 390  # the one session, Monday 2024-03-11
     assert accounting(res.report) == frame.height
 
 
 def test_provenance_sidecar_reports_derived_symbols(tmp_path: Path) -> None:
-    bars = pl.concat([minute_bars("2024-01-02", "2024-01-02"), minute_bars("2024-01-02", "2024-01-02", "TQQQ")])
+    bars = pl.concat(
+        [minute_bars("2024-01-02", "2024-01-02"), minute_bars("2024-01-02", "2024-01-02", "TQQQ")]
+    )
     bars.write_ipc(tmp_path / "b.feather")
-    (tmp_path / "b.provenance.json").write_text(json.dumps({"source": "test", "derived_symbols": {"TQQQ": {"underlying": "QQQ"}, "SQQQ": {}}}))
+    (tmp_path / "b.provenance.json").write_text(
+        json.dumps(
+            {"source": "test", "derived_symbols": {"TQQQ": {"underlying": "QQQ"}, "SQQQ": {}}}
+        )
+    )
     res = ingest_files([tmp_path / "b.feather"], tmp_path / "o.feather")
     assert res.report["derived_symbols"] == ["TQQQ"]  # SQQQ is not in the data
     assert res.report["inputs"][0]["provenance"]["source"] == "test"
