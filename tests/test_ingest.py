@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sentio.config import SentioConfig, with_overrides
-from sentio.data.ingest import ingest_files
+from sentio.data.ingest import REASONS, ingest_files
 from sentio.errors import DataError, QuarantineLimitError
 from sentio.io import sha256_file
 from tests.conftest import minute_bars
@@ -239,7 +239,7 @@ def test_early_close_session_expects_210_bars(tmp_path: Path) -> None:
         (
             "header.csv",
             b"timestamp,symbol,open,high,low,close,volume\n",
-            r"header\.csv: (file holds no data rows|cannot read)",
+            r"header\.csv: file holds no data rows",
         ),
         ("blank.csv", b"\n\n  \n", r"blank\.csv: file holds no data rows"),
         ("bars.xlsx", b"PK\x03\x04", r"bars\.xlsx: unsupported file type '\.xlsx'"),
@@ -627,34 +627,62 @@ def test_outputs_beside_the_bars_and_no_temp_files(tmp_path: Path) -> None:
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     n_ext=st.integers(0, 40),
-    bad=st.lists(st.sampled_from(sorted(BAD_ROWS)), max_size=8),
+    bad=st.dictionaries(st.integers(0, 389), st.sampled_from(sorted(BAD_ROWS)), max_size=8),
+    bad_ext=st.integers(0, 5),
     n_dup=st.integers(0, 10),
+    overlap=st.integers(1, 60),
     seed=st.integers(0, 1000),
 )
 def test_every_row_lands_in_exactly_one_bucket(
-    tmp_path: Path, n_ext: int, bad: list[str], n_dup: int, seed: int
+    tmp_path: Path,
+    n_ext: int,
+    bad: dict[int, str],
+    bad_ext: int,
+    n_dup: int,
+    overlap: int,
+    seed: int,
 ) -> None:
+    """Bad rows anywhere, bad extended-hours rows, duplicates inside a file and across two files."""
     base = minute_bars("2024-01-02", "2024-01-02", seed=seed)
     ext = base.head(n_ext).with_columns(pl.col("timestamp") - pl.duration(hours=2))
     dups = base.slice(300, n_dup)
     frame = as_vendor(pl.concat([base, ext, dups])).with_columns(pl.all().cast(pl.String))
-    for i, reason in enumerate(bad):
-        frame = _corrupt(frame, 10 + 7 * i, **BAD_ROWS[reason])
-    path = tmp_path / f"acc{seed}.csv"
+    for row, reason in bad.items():
+        frame = _corrupt(frame, row, **BAD_ROWS[reason])
+    # A bad value in an extended-hours row is dropped with the row, not quarantined.
+    for k in range(min(bad_ext, n_ext)):
+        frame = _corrupt(frame, 390 + k, close="1e9")
+    path = tmp_path / f"a{seed}.csv"
     frame.write_csv(path)
-    res = ingest_files([path], tmp_path / f"o{seed}.feather", cfg(max_quarantine_fraction=1.0))
+    # A second file repeating the last `overlap` regular bars (as vendors' monthly files do).
+    second = tmp_path / f"b{seed}.csv"
+    frame.slice(390 - overlap, overlap).write_csv(second)
+    res = ingest_files(
+        [path, second], tmp_path / f"o{seed}.feather", cfg(max_quarantine_fraction=1.0)
+    )
     rep = res.report
-    assert accounting(rep) == rep["rows_read"] == frame.height
+    assert accounting(rep) == rep["rows_read"] == frame.height + overlap
     assert rep["rows_dropped_outside_regular_hours"] == n_ext
-    assert rep["rows_dropped_duplicates"] == n_dup
-    assert sum(rep["quarantined_by_reason"].values()) == rep["rows_quarantined"] == len(bad)
-    assert rep["quarantined_by_reason"] == {r: bad.count(r) for r in set(bad)}
-    if bad:
-        assert pl.read_csv(res.outputs.quarantine).height == len(bad)
+    # Rows 300.. are repeated within the first file from the CLEAN bars: where the original
+    # is bad, its clean copy is kept in its place, else the copy is an exact duplicate.
+    # Rows 390-overlap.. are repeated in the second file AFTER corruption: a bad row's
+    # copy is quarantined too, a good row's copy is an exact duplicate.
+    in_file = range(300, 300 + n_dup)
+    in_second = range(390 - overlap, 390)
+    expected_q = len(bad) + sum(1 for r in in_second if r in bad)
+    expected_dups = sum(1 for r in in_file if r not in bad) + sum(
+        1 for r in in_second if r not in bad
+    )
+    assert rep["rows_quarantined"] == sum(rep["quarantined_by_reason"].values()) == expected_q
+    assert set(rep["quarantined_by_reason"]) <= set(REASONS)
+    assert rep["rows_dropped_duplicates"] == expected_dups
+    assert rep["rows_kept"] == 390 - len(bad) + sum(1 for r in in_file if r in bad)
+    if expected_q:
+        assert pl.read_csv(res.outputs.quarantine).height == expected_q
 
 
 def test_every_row_bad_is_a_quarantine_error_not_a_crash(tmp_path: Path) -> None:

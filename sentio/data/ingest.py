@@ -250,11 +250,13 @@ def _place_in_sessions(
         | (pl.col("__ts") < pl.col("__open"))
         | (pl.col("__ts") >= pl.col("__close"))
     )
+    # Bars outside regular hours are dropped whatever their values: Sentio never uses
+    # them, so a bad pre-market print is no reason to reject a file.
+    movable = pl.col("__ts").is_not_null() & pl.col("__drop").is_null() & outside.fill_null(True)
     work = work.with_columns(
         timestamp=pl.col("__ts"),
-        __drop=pl.when(_clean() & outside.fill_null(True))
-        .then(pl.lit("outside_regular_hours"))
-        .otherwise(pl.col("__drop")),
+        __drop=pl.when(movable).then(pl.lit("outside_regular_hours")).otherwise(pl.col("__drop")),
+        __reason=pl.when(movable).then(pl.lit(None, pl.String)).otherwise(pl.col("__reason")),
     )
     off_grid = ((pl.col("__ts") - pl.col("__open")).dt.total_seconds() % bar_seconds) != 0
     work = _mark(work, "off_grid_timestamp", off_grid)
