@@ -288,6 +288,9 @@ def serve(
 ) -> None:
     """Serve the 'nightly' (02:00 New York, weekdays) and 'manual' deployments from this process."""
     cfg = _config(config)
+    from sentio.stages import resolve_inputs
+
+    resolve_inputs(data)  # a wrong path fails now, not at 02:00
     from sentio.orchestration import prefect_env_defaults
 
     prefect_env_defaults(_workdir(cfg, None))

@@ -165,3 +165,8 @@ def test_sentio_run_reports_user_errors_without_traceback_then_succeeds(tmp_path
     assert set(bars["symbol"].unique()) == {"QQQ", "TQQQ", "SQQQ"}  # leveraged ETFs derived
     assert "(derived: SQQQ, TQQQ)" in ok.stdout
     assert str(tmp_path / ".sentio" / "runs") in ok.stdout  # outputs under the project, not ~
+
+
+def test_serve_with_missing_data_fails_at_start(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["serve", "--data", str(tmp_path / "none.feather")])
+    _one_line_error(result, 3, "none.feather: file not found")
