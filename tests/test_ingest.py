@@ -693,3 +693,22 @@ def test_every_row_bad_is_a_quarantine_error_not_a_crash(tmp_path: Path) -> None
         match=r"all\.csv: 390 of 390 rows rejected, too few valid bars left to read: non_numeric_value 390; e\.g\. .*all\.csv row 1",
     ):
         ingest_files([tmp_path / "all.csv"], tmp_path / "o.feather")
+
+
+def test_duplicate_header_names_are_an_error(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text(
+        "timestamp,open,high,low,close,close,volume\n2024-01-02T14:30:00+00:00,1,1,1,1,2,5\n"
+    )
+    with pytest.raises(DataError, match=r"d\.csv: the header names column 'close' more than once"):
+        ingest_files([tmp_path / "d.csv"], tmp_path / "o.feather", cfg(symbol="X"))
+
+
+def test_daily_and_intraday_files_are_not_mixed(tmp_path: Path) -> None:
+    minute_bars("2024-01-02", "2024-01-02").write_ipc(tmp_path / "m.feather")
+    (tmp_path / "d.csv").write_text(
+        "date,symbol,open,high,low,close,volume\n2024-01-03,QQQ,1,1,1,1,1\n2024-01-04,QQQ,1,1,1,1,1\n"
+    )
+    with pytest.raises(
+        DataError, match=r"d\.csv: daily bars \(dates only\) mixed with intraday files"
+    ):
+        ingest_files([tmp_path / "m.feather", tmp_path / "d.csv"], tmp_path / "o.feather")

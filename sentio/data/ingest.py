@@ -393,6 +393,12 @@ def ingest_files(
         frames.append(frame)
         input_info.append(info)
     kinds = {info["timestamp_kind"] for info in input_info}
+    if len(kinds) > 1:
+        dates = [i["path"] for i in input_info if i["timestamp_kind"] == "date"]
+        raise DataError(
+            f"{dates[0]}: daily bars (dates only) mixed with intraday files in one ingest; "
+            "ingest each frequency on its own"
+        )
     work = pl.concat(frames, how="vertical_relaxed")
     rows_read = work.height
     files = [str(r.path) for r in raws]

@@ -140,6 +140,11 @@ def _read_csv(path: Path, columns: list[str] | None) -> RawFile:
                 f"{path}: --columns names {len(names)} columns but the file has {frame.width}"
             )
         frame.columns = list(names)
+    if header:
+        names = [tok.strip().strip('"') for tok in _first_line(sample).split(delimiter)]
+        seen = {n for n in names if names.count(n) > 1}
+        if seen:
+            raise DataError(f"{path}: the header names column {sorted(seen)[0]!r} more than once")
     frame.columns = [c.strip() for c in frame.columns]
     return RawFile(path, "csv", frame, delimiter=delimiter, header=header)
 
