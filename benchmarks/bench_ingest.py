@@ -23,45 +23,24 @@ MEMORY_TARGET_MB = 2048.0
 
 
 def make_input(path: Path, rows: int) -> None:
-    """Canonical-looking minute bars of three symbols on the NYSE calendar, ``rows`` in all."""
+    """One-minute regular-hours bars of three symbols on the NYSE calendar, ``rows`` in all."""
     import datetime as dt
 
-    import numpy as np
     import polars as pl
 
-    from sentio.calendar import sessions
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.conftest import minute_bars
 
     per_symbol = rows // 3
-    n_sessions = per_symbol // 390 + 2
-    table = sessions(
-        dt.date(2010, 1, 4), dt.date(2010, 1, 4) + dt.timedelta(days=int(n_sessions * 1.5) + 30)
-    )
-    table = table.filter(~pl.col("early_close")).head(n_sessions)
-    stamps = pl.concat(
-        [
-            pl.datetime_range(o, c, "1m", closed="left", eager=True, time_zone="UTC")
-            for o, c in zip(table["open"], table["close"], strict=True)
-        ]
-    ).head(per_symbol)
-    rng = np.random.default_rng(0)
+    end = dt.date(2010, 1, 4) + dt.timedelta(days=int(per_symbol / 390 * 1.5) + 30)
     frames = []
-    for symbol in ("QQQ", "TQQQ", "SQQQ"):
-        close = 100 * np.exp(np.cumsum(rng.normal(0, 5e-4, per_symbol)))
-        open_ = np.concatenate([[100.0], close[:-1]])
-        wiggle = np.abs(rng.normal(0, 2e-4, per_symbol)) * close
-        frames.append(
-            pl.DataFrame(
-                {
-                    "timestamp": stamps,
-                    "symbol": symbol,
-                    "open": open_,
-                    "high": np.maximum(open_, close) + wiggle,
-                    "low": np.minimum(open_, close) - wiggle,
-                    "close": close,
-                    "volume": rng.integers(100, 10_000, per_symbol).astype(float),
-                }
-            )
-        )
+    for i, symbol in enumerate(("QQQ", "SQQQ", "TQQQ")):
+        bars = minute_bars("2010-01-04", end.isoformat(), symbol, seed=i)
+        # Whole sessions only (a cut session would be rejected as incomplete).
+        day = pl.col("timestamp").dt.date().alias("day")
+        sizes = bars.group_by(day).len().sort("day")
+        keep = sizes.filter(pl.col("len").cum_sum() - pl.col("len") < per_symbol)["day"]
+        frames.append(bars.filter(day.is_in(keep.implode())))
     pl.concat(frames).write_ipc(path)
 
 
