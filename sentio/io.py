@@ -88,6 +88,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        with open(tmp, "rb") as fh:  # the bytes reach the disk before the rename
+            os.fsync(fh.fileno())
         # mkstemp creates 0600 files; give the result the mode a plain open() would.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)

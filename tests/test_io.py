@@ -1,0 +1,60 @@
+"""Atomic writes and content hashes."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from sentio.io import (
+    atomic_write,
+    code_version,
+    combine_hashes,
+    hash_json,
+    sha256_file,
+    sidecar,
+    write_text_atomic,
+)
+
+
+def test_atomic_write_replaces_or_leaves_untouched(tmp_path: Path) -> None:
+    target = tmp_path / "f.txt"
+    write_text_atomic(target, "old")
+
+    def boom(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, boom)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # no temp file left
+    write_text_atomic(target, "new")
+    assert target.read_text() == "new"
+
+
+def test_hashes() -> None:
+    assert hash_json({"b": 1, "a": [1, 2]}) == hash_json({"a": [1, 2], "b": 1})
+    assert hash_json({"a": 1}) != hash_json({"a": 2})
+    assert combine_hashes(["ab", "c"]) != combine_hashes(["a", "bc"])
+
+
+def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 10_000
+    (tmp_path / "x").write_bytes(data)
+    assert sha256_file(tmp_path / "x") == hashlib.sha256(data).hexdigest()
+
+
+def test_code_version_follows_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "modx.py").write_text("A = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = code_version("modx")
+    (tmp_path / "modx.py").write_text("A = 2\n")
+    assert code_version("modx") != before
+    with pytest.raises(ValueError, match="cannot find the source of module 'no_such_mod'"):
+        code_version("no_such_mod")
+
+
+def test_sidecar_names() -> None:
+    assert sidecar(Path("/d/bars.feather"), "ingest.json") == Path("/d/bars.ingest.json")
