@@ -63,6 +63,24 @@ class UniverseConfig(_Section):
         0.5, gt=0.0, description="volume of a derived leveraged series / underlying volume"
     )
 
+    @field_validator("underlying", "long", "short")
+    @classmethod
+    def _ticker(cls, v: str) -> str:
+        ticker = v.strip().upper()
+        if not ticker or any(c.isspace() for c in ticker):
+            raise ValueError(f"a symbol must be one word without spaces, got {v!r}")
+        return ticker
+
+    @field_validator("calendar")
+    @classmethod
+    def _known_calendar(cls, v: str) -> str:
+        import exchange_calendars as xcals
+
+        names = xcals.get_calendar_names(include_aliases=True)
+        if v not in names:
+            raise ValueError(f"unknown exchange calendar {v!r} (for example 'XNYS', 'XNAS')")
+        return v
+
     @model_validator(mode="after")
     def _distinct(self) -> UniverseConfig:
         names = [self.underlying, self.long, self.short]
@@ -87,6 +105,16 @@ class IngestConfig(_Section):
     min_session_coverage: float = Field(
         0.5, ge=0.0, le=1.0, description="intraday sessions with fewer bars are rejected"
     )
+
+    @field_validator("symbol")
+    @classmethod
+    def _ticker(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        ticker = v.strip().upper()
+        if not ticker or any(c.isspace() for c in ticker):
+            raise ValueError(f"a symbol must be one word without spaces, got {v!r}")
+        return ticker
 
     @field_validator("tz")
     @classmethod

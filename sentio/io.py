@@ -120,6 +120,25 @@ def write_feather_atomic(path: str | os.PathLike[str], frame: pl.DataFrame) -> P
     return atomic_write(path, lambda tmp: frame.write_ipc(tmp, compression="zstd"))
 
 
+FEATHER_EXTENSIONS = (".feather", ".arrow", ".ipc")
+
+
+def feather_output(path: str | os.PathLike[str]) -> Path:
+    """An absolute output path for a feather file, or a :class:`DataError` saying why not."""
+    from sentio.errors import DataError
+
+    out = Path(path).expanduser().resolve()
+    if out.is_dir():
+        raise DataError(
+            f"{out}: is a folder; give the output file's name (e.g. {out / 'bars.feather'})"
+        )
+    if out.suffix.lower() not in FEATHER_EXTENSIONS:
+        raise DataError(
+            f"{out}: the output is a feather file; name it with one of {', '.join(FEATHER_EXTENSIONS)}"
+        )
+    return out
+
+
 def sidecar(path: str | os.PathLike[str], suffix: str) -> Path:
     """The path of a file that belongs to ``path``: ``bars.feather`` -> ``bars.<suffix>``."""
     p = Path(path)

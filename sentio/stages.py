@@ -10,7 +10,7 @@ outputs already exist and verify is not recomputed either.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from sentio.config import SentioConfig
 from sentio.data import readers
 from sentio.data.ingest import check_contracts, ingest_files
 from sentio.data.leverage import ensure_universe
+from sentio.data.provenance import provenance_digest
 from sentio.errors import DataError
 from sentio.io import (
     code_version,
@@ -74,6 +75,7 @@ INGEST_MODULES = (
     "sentio.data.timestamps",
     "sentio.data.schema",
     "sentio.data.leverage",
+    "sentio.data.provenance",
     "sentio.calendar",
     "data_contracts.bars",
     "data_contracts.gx_bars",
@@ -87,12 +89,20 @@ def ingest_code_version() -> str:
 
 def ingest_key(inputs: Sequence[str | Path], cfg: SentioConfig) -> str:
     """Cache key of the ingest stage: input CONTENT, ingest/universe settings, code version."""
-    return _ingest_key({f: sha256_file(f) for f in resolve_inputs(inputs)}, cfg)
+    files = resolve_inputs(inputs)
+    return _ingest_key(files, [sha256_file(f) for f in files], cfg)
 
 
-def _ingest_key(hashes: Mapping[Path, str], cfg: SentioConfig) -> str:
+def _ingest_key(files: Sequence[Path], hashes: Sequence[str], cfg: SentioConfig) -> str:
+    # Every file in order (a file given twice counts twice), its provenance sidecar (which
+    # decides what the report says about derived prices), the settings and the code.
     return combine_hashes(
-        [*hashes.values(), cfg.hash("ingest", "universe"), ingest_code_version()]
+        [
+            *hashes,
+            *(provenance_digest(f) for f in files),
+            cfg.hash("ingest", "universe"),
+            ingest_code_version(),
+        ]
     )[:32]
 
 
@@ -123,14 +133,16 @@ def ingest_stage(
     by ``sentio synth`` / ``sentio sample`` according to their provenance sidecar).
     """
     files = resolve_inputs(inputs)
-    hashes = {f: sha256_file(f) for f in files}
-    key = _ingest_key(hashes, cfg)
+    hashes = [sha256_file(f) for f in files]
+    key = _ingest_key(files, hashes, cfg)
     folder = Path(workdir) / "ingest" / key
     cached = _cached_summary(folder)
     if cached is not None:
         return cached
 
-    result = ingest_files(files, folder / "ingested.feather", cfg, input_sha256=hashes)
+    result = ingest_files(
+        files, folder / "ingested.feather", cfg, input_sha256=dict(zip(files, hashes, strict=True))
+    )
     bars = pl.read_ipc(result.output)
     try:
         complete, derived = ensure_universe(bars, cfg.universe)

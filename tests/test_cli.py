@@ -170,3 +170,11 @@ def test_sentio_run_reports_user_errors_without_traceback_then_succeeds(tmp_path
 def test_serve_with_missing_data_fails_at_start(tmp_path: Path) -> None:
     result = runner.invoke(app, ["serve", "--data", str(tmp_path / "none.feather")])
     _one_line_error(result, 3, "none.feather: file not found")
+
+
+def test_synth_and_sample_refuse_non_feather_outputs(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["synth", "--years", "0.01", "--out", str(tmp_path / "x.csv")])
+    _one_line_error(result, 3, "x.csv: the output is a feather file")
+    result = runner.invoke(app, ["sample", "nasdaq-daily", "--out", str(tmp_path / "y.parquet")])
+    _one_line_error(result, 3, "y.parquet: the output is a feather file")
+    assert list(tmp_path.iterdir()) == []

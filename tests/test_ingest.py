@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from sentio.config import SentioConfig, with_overrides
 from sentio.data.ingest import REASONS, ingest_files
+from sentio.data.provenance import write_provenance
 from sentio.errors import DataError, QuarantineLimitError
 from sentio.io import sha256_file
 from tests.conftest import minute_bars
@@ -596,14 +597,21 @@ def test_provenance_sidecar_reports_derived_symbols(tmp_path: Path) -> None:
         [minute_bars("2024-01-02", "2024-01-02"), minute_bars("2024-01-02", "2024-01-02", "TQQQ")]
     )
     bars.write_ipc(tmp_path / "b.feather")
-    (tmp_path / "b.provenance.json").write_text(
-        json.dumps(
-            {"source": "test", "derived_symbols": {"TQQQ": {"underlying": "QQQ"}, "SQQQ": {}}}
-        )
-    )
+    derived = {"TQQQ": {"underlying": "QQQ"}, "SQQQ": {}}
+    write_provenance(tmp_path / "b.feather", {"source": "test", "derived_symbols": derived})
     res = ingest_files([tmp_path / "b.feather"], tmp_path / "o.feather")
     assert res.report["derived_symbols"] == ["TQQQ"]  # SQQQ is not in the data
     assert res.report["inputs"][0]["provenance"]["source"] == "test"
+    # The output carries it on, bound to the output's bytes ...
+    out_prov = json.loads((tmp_path / "o.provenance.json").read_text())
+    assert out_prov["derived_symbols"] == {"TQQQ": {"underlying": "QQQ"}}
+    assert out_prov["bars_sha256"] == sha256_file(tmp_path / "o.feather")
+    # ... and a sidecar left beside bytes it does not describe is ignored (and not carried).
+    minute_bars("2024-01-02", "2024-01-02", "TQQQ", seed=5).write_ipc(tmp_path / "b.feather")
+    res = ingest_files([tmp_path / "b.feather"], tmp_path / "o.feather")
+    assert res.report["derived_symbols"] == []
+    assert res.report["inputs"][0]["provenance"]["stale"] is True
+    assert not (tmp_path / "o.provenance.json").exists()
 
 
 def test_outputs_beside_the_bars_and_no_temp_files(tmp_path: Path) -> None:
@@ -712,3 +720,69 @@ def test_daily_and_intraday_files_are_not_mixed(tmp_path: Path) -> None:
         DataError, match=r"d\.csv: daily bars \(dates only\) mixed with intraday files"
     ):
         ingest_files([tmp_path / "m.feather", tmp_path / "d.csv"], tmp_path / "o.feather")
+
+
+def test_symbols_are_one_series_whatever_their_case_or_padding(tmp_path: Path) -> None:
+    bars = minute_bars("2024-01-02", "2024-01-03")
+    messy = bars.with_columns(
+        symbol=pl.when(pl.col("timestamp").dt.day() == 2)
+        .then(pl.lit("qqq"))
+        .otherwise(pl.lit(" QQQ "))
+    )
+    messy.write_ipc(tmp_path / "m.feather")
+    res = ingest_files([tmp_path / "m.feather"], tmp_path / "o.feather")
+    assert list(res.report["symbols"]) == ["QQQ"]
+    assert res.report["inputs"][0]["symbols_normalised"] == 780
+    assert pl.read_ipc(res.output).equals(bars)
+
+
+def test_headerless_single_letter_ticker_with_columns(tmp_path: Path) -> None:
+    bars = minute_bars("2024-01-02", "2024-01-02", symbol="C")
+    as_vendor(bars).write_csv(tmp_path / "c.csv", include_header=False)
+    names = ["timestamp", "symbol", "open", "high", "low", "close", "volume"]
+    res = ingest_files([tmp_path / "c.csv"], tmp_path / "o.feather", cfg(columns=names))
+    assert pl.read_ipc(res.output).equals(bars)
+
+
+def test_gzip_compressed_tab_separated_csv(tmp_path: Path) -> None:
+    import gzip
+
+    bars = minute_bars("2024-01-02", "2024-01-02")
+    text = as_vendor(bars).write_csv(separator="\t")
+    (tmp_path / "g.csv").write_bytes(gzip.compress(text.encode()))
+    res = ingest_files([tmp_path / "g.csv"], tmp_path / "o.feather")
+    assert pl.read_ipc(res.output).equals(bars)
+    assert res.report["inputs"][0]["delimiter"] == "\t"
+
+
+def test_one_bad_epoch_value_is_quarantined_not_the_whole_column(tmp_path: Path) -> None:
+    bars = minute_bars("2024-01-02", "2024-01-02")
+    t = bars["timestamp"].dt.epoch("ms").to_list()
+    t[7] *= 10**6  # one value in nanoseconds by mistake
+    bars.with_columns(timestamp=pl.Series(t)).write_parquet(tmp_path / "e.parquet")
+    res = ingest_files(
+        [tmp_path / "e.parquet"], tmp_path / "o.feather", cfg(max_quarantine_fraction=0.01)
+    )
+    assert res.report["quarantined_by_reason"] == {"bad_timestamp": 1}
+    assert res.report["rows_kept"] == 389
+
+
+def test_all_rows_bad_writes_quarantine_and_failed_report(tmp_path: Path) -> None:
+    minute_bars("2024-01-02", "2024-01-02").write_ipc(tmp_path / "good.feather")
+    out = tmp_path / "o.feather"
+    ingest_files([tmp_path / "good.feather"], out)
+    bad = as_vendor(minute_bars("2024-01-02", "2024-01-02")).with_columns(close=pl.lit("1.234,5"))
+    bad.write_csv(tmp_path / "eu.csv")
+    with pytest.raises(QuarantineLimitError, match="390 of 390 rows rejected"):
+        ingest_files([tmp_path / "eu.csv"], out)
+    assert not out.exists()
+    assert json.loads((tmp_path / "o.ingest.json").read_text())["status"] == "failed"
+    q = pl.read_csv(tmp_path / "o.quarantine.csv", infer_schema=False)
+    assert q.height == 390 and q["close"].unique().to_list() == ["1.234,5"]
+
+
+def test_output_that_is_a_folder(tmp_path: Path) -> None:
+    minute_bars("2024-01-02", "2024-01-02").write_ipc(tmp_path / "i.feather")
+    (tmp_path / "d.feather").mkdir()
+    with pytest.raises(DataError, match=r"d\.feather: is a folder"):
+        ingest_files([tmp_path / "i.feather"], tmp_path / "d.feather")

@@ -58,3 +58,15 @@ def test_code_version_follows_source(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_sidecar_names() -> None:
     assert sidecar(Path("/d/bars.feather"), "ingest.json") == Path("/d/bars.ingest.json")
+
+
+def test_ingest_key_counts_a_file_given_twice(tmp_path: Path) -> None:
+    from sentio.config import SentioConfig
+    from sentio.stages import ingest_key
+
+    (tmp_path / "a.csv").write_text("x\n")
+    cfg = SentioConfig()
+    once = ingest_key([tmp_path / "a.csv"], cfg)
+    assert ingest_key([tmp_path / "a.csv", tmp_path / "a.csv"], cfg) != once
+    (tmp_path / "a.provenance.json").write_text("{}")
+    assert ingest_key([tmp_path / "a.csv"], cfg) != once  # the sidecar decides the report

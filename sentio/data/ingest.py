@@ -19,23 +19,30 @@ and the configuration beside it. Input files are only read, never modified.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import polars as pl
 
 from sentio import __version__
 from sentio.calendar import sessions as calendar_sessions
 from sentio.config import SentioConfig, write_config
+from sentio.data.provenance import provenance_path, read_provenance, write_provenance
 from sentio.data.readers import RawFile, read_file
 from sentio.data.schema import NY_TZ, PRICE_COLUMNS, TIMESTAMP_DTYPE
 from sentio.data.timestamps import DAY_SECONDS, frequency_label, infer_bar_seconds, parse_timestamps
 from sentio.errors import ContractError, DataError, QuarantineLimitError
-from sentio.io import atomic_write, sha256_file, sidecar, write_feather_atomic, write_json_atomic
+from sentio.io import (
+    atomic_write,
+    feather_output,
+    sha256_file,
+    sidecar,
+    write_feather_atomic,
+    write_json_atomic,
+)
 
 # Every quarantine reason. A row gets one reason: the first failing check, in the order of
 # the steps (parse and value checks, sessions, grid, duplicates, session completeness).
@@ -55,8 +62,6 @@ REASONS = (
     "incomplete_session",
 )
 _VALUES = (*PRICE_COLUMNS, "volume")
-OUTPUT_EXTENSIONS = (".feather", ".arrow", ".ipc")
-PROVENANCE_SUFFIX = "provenance.json"
 
 
 @dataclass(frozen=True)
@@ -69,14 +74,11 @@ class IngestOutputs:
     gx_json: Path
     gx_html: Path
     config: Path
+    provenance: Path
 
     @classmethod
     def for_output(cls, out: str | Path) -> IngestOutputs:
-        out = Path(out).expanduser().resolve()
-        if out.suffix.lower() not in OUTPUT_EXTENSIONS:
-            raise DataError(
-                f"{out}: the output is a feather file; name it with one of {', '.join(OUTPUT_EXTENSIONS)}"
-            )
+        out = feather_output(out)
         return cls(
             bars=out,
             report=sidecar(out, "ingest.json"),
@@ -84,11 +86,20 @@ class IngestOutputs:
             gx_json=sidecar(out, "gx.json"),
             gx_html=sidecar(out, "gx.html"),
             config=sidecar(out, "config.yaml"),
+            provenance=provenance_path(out),
         )
 
     def all(self) -> tuple[Path, ...]:
         """Every file an ingest to this output may write."""
-        return (self.bars, self.report, self.quarantine, self.gx_json, self.gx_html, self.config)
+        return (
+            self.bars,
+            self.report,
+            self.quarantine,
+            self.gx_json,
+            self.gx_html,
+            self.config,
+            self.provenance,
+        )
 
 
 @dataclass(frozen=True)
@@ -133,7 +144,12 @@ def _prepare(raw: RawFile, index: int, cfg: SentioConfig) -> tuple[pl.DataFrame,
         info["delimiter"] = raw.delimiter
         info["header"] = raw.header
     if "symbol" in frame.columns:
-        symbol = pl.col("symbol").cast(pl.String).str.strip_chars()
+        # Tickers are case-insensitive: ' qqq' and 'QQQ' are one series (counted in the report).
+        given = pl.col("symbol").cast(pl.String)
+        symbol = given.str.strip_chars().str.to_uppercase()
+        info["symbols_normalised"] = int(
+            frame.select((given != given.str.strip_chars().str.to_uppercase()).sum()).item() or 0
+        )
         if icfg.symbol is not None:
             info["symbol_option_ignored"] = "the file has its own symbol column"
     elif icfg.symbol is not None:
@@ -387,7 +403,7 @@ def ingest_files(
         known = (input_sha256 or {}).get(raw.path)
         info["sha256"] = known or sha256_file(raw.path)
         info["bytes"] = raw.path.stat().st_size
-        provenance = _read_provenance(raw.path)
+        provenance = read_provenance(raw.path, info["sha256"])
         if provenance is not None:
             info["provenance"] = provenance
         frames.append(frame)
@@ -407,12 +423,22 @@ def ingest_files(
     if valid_ts.height < 2:
         bad = work.filter(pl.col("__reason").is_not_null())
         reasons = dict(bad.group_by("__reason").len().iter_rows())
-        raise QuarantineLimitError(
+        too_few = QuarantineLimitError(
             f"{', '.join(files)}: {bad.height} of {rows_read} rows rejected, too few valid bars "
             f"left to read: {_fmt_reasons(reasons)}; e.g. {_example(bad, files)}"
             if bad.height
             else f"{', '.join(files)}: need at least two bars, got {rows_read}"
         )
+        failed: dict[str, Any] = {
+            "sentio_version": __version__,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "inputs": input_info,
+            "rows_read": rows_read,
+            "rows_quarantined": bad.height,
+            "quarantined_by_reason": reasons,
+            "quarantine": str(outputs.quarantine) if bad.height else None,
+        }
+        _fail(outputs, failed, too_few, bad, raws)
     if "date" in kinds:
         bar_seconds = DAY_SECONDS
     else:
@@ -512,7 +538,7 @@ def ingest_files(
     if accounted != rows_read:  # pragma: no cover - an internal invariant
         raise AssertionError(f"ingest accounting broken: {accounted} != {rows_read}")
 
-    problem = None
+    problem: DataError | None = None
     if quarantined.height and cfg.ingest.on_bad_rows == "error":
         problem = DataError(
             f"{_example(quarantined, files)} ({quarantined.height} bad rows: "
@@ -526,39 +552,66 @@ def ingest_files(
         )
     elif bars.height == 0:
         problem = DataError(f"{', '.join(files)}: no regular-hours bars left after ingest")
+    if problem is not None:
+        _fail(outputs, report, problem, quarantined, raws)
     if quarantined.height:
         _write_quarantine(outputs.quarantine, quarantined, raws)
     else:
         outputs.quarantine.unlink(missing_ok=True)  # from an earlier run of the same output
-    if problem is not None:
-        # Outputs of an earlier run must not sit beside a report saying this one failed.
-        for stale in (outputs.bars, outputs.gx_json, outputs.gx_html, outputs.config):
-            stale.unlink(missing_ok=True)
-        report["status"] = "failed"
-        report["error"] = str(problem)
-        write_json_atomic(outputs.report, report)
-        raise problem
 
     report["contract"] = check_contracts(bars, outputs.bars, sorted(report["symbols"]))
     write_feather_atomic(outputs.bars, bars)
     report["output_sha256"] = sha256_file(outputs.bars)
     write_config(outputs.config, cfg)
+    _carry_provenance(outputs, input_info, report["derived_symbols"])
     write_json_atomic(outputs.report, report)
     return IngestResult(outputs, report)
 
 
-def _read_provenance(path: Path) -> dict[str, Any] | None:
-    """The provenance sidecar Sentio writes beside generated bars (which symbols are derived)."""
-    side = sidecar(path, PROVENANCE_SUFFIX)
-    if not side.is_file():
-        return None
-    try:
-        data = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise DataError(f"{side}: unreadable provenance file: {err}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("derived_symbols", {}), dict):
-        raise DataError(f"{side}: provenance must be an object with a 'derived_symbols' mapping")
-    return data
+def _fail(
+    outputs: IngestOutputs,
+    report: dict[str, Any],
+    problem: Exception,
+    quarantined: pl.DataFrame,
+    raws: list[RawFile],
+) -> NoReturn:
+    """Record a failed ingest: quarantine file and failed report written, earlier outputs removed."""
+    if quarantined.height:
+        _write_quarantine(outputs.quarantine, quarantined, raws)
+    else:
+        outputs.quarantine.unlink(missing_ok=True)
+    # Outputs of an earlier run must not sit beside a report saying this one failed.
+    for stale in (
+        outputs.bars,
+        outputs.gx_json,
+        outputs.gx_html,
+        outputs.config,
+        outputs.provenance,
+    ):
+        stale.unlink(missing_ok=True)
+    report["status"] = "failed"
+    report["error"] = str(problem)
+    write_json_atomic(outputs.report, report)
+    raise problem
+
+
+def _carry_provenance(
+    outputs: IngestOutputs, input_info: list[dict[str, Any]], derived: list[str]
+) -> None:
+    """Say beside the output which of its symbols have derived prices (or remove a stale sidecar)."""
+    if not derived:
+        outputs.provenance.unlink(missing_ok=True)
+        return
+    details: dict[str, Any] = {}
+    for info in input_info:
+        for sym, spec in info.get("provenance", {}).get("derived_symbols", {}).items():
+            if sym in derived:
+                details.setdefault(sym, spec)
+    sources = sorted({i["provenance"].get("source", "?") for i in input_info if "provenance" in i})
+    write_provenance(
+        outputs.bars,
+        {"source": f"sentio ingest of {', '.join(sources)}", "derived_symbols": details},
+    )
 
 
 def _fmt_reasons(by_reason: dict[str, int]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import gzip
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,20 +101,28 @@ def _sniff_csv(path: Path, sample: str) -> tuple[str, bool]:
                 f"{path}: cannot find the column delimiter (tried comma, semicolon, tab, pipe)"
             ) from None
     first = [tok.strip().strip('"').strip("'") for tok in lines[0].split(delimiter)]
-    # A data row always holds numbers (the prices); a header row names columns.
+    # A data row always holds numbers (the prices); a header row only names columns.
     numeric = [tok for tok in first if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", tok)]
-    header = any(_norm(tok) in ALIASES for tok in first) or not numeric
+    header = not numeric
     return delimiter, header
 
 
 def _read_csv(path: Path, columns: list[str] | None) -> RawFile:
     with open(path, "rb") as fh:
         head = fh.read(65536)
+    if head[:2] == b"\x1f\x8b":  # gzip-compressed CSV: sniff the text, not the bytes
+        try:
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(65536)
+        except (OSError, EOFError) as err:
+            raise _read_error(path, "gzip-compressed CSV", err) from None
     try:
         sample = head.decode("utf-8-sig")
     except UnicodeDecodeError:
         sample = head.decode("latin-1")
     delimiter, header = _sniff_csv(path, sample)
+    if columns is not None:
+        header = False  # --columns names the columns of a file without header
     try:
         frame = pl.read_csv(
             path,

@@ -22,9 +22,10 @@ import polars as pl
 from sentio.calendar import sessions
 from sentio.config import SentioConfig, UniverseConfig, write_config
 from sentio.data.leverage import derived_provenance, ensure_universe
+from sentio.data.provenance import write_provenance
 from sentio.data.schema import to_canonical
 from sentio.errors import DataError
-from sentio.io import sidecar, write_feather_atomic, write_json_atomic
+from sentio.io import feather_output, sidecar, write_feather_atomic, write_json_atomic
 
 __all__ = ["SAMPLES", "nasdaq_daily", "nasdaq_daily_report", "nasdaq_universe", "write_sample"]
 
@@ -144,7 +145,7 @@ def write_sample(name: str, out: str | Path, cfg: SentioConfig) -> dict[str, Pat
     """
     if name not in SAMPLES:
         raise DataError(f"unknown sample {name!r}; available: {', '.join(sorted(SAMPLES))}")
-    out = Path(out)
+    out = feather_output(out)
     bars, uni, report = nasdaq_daily_report(cfg.universe)
     data = cfg.model_dump()
     data["universe"] = uni.model_dump()
@@ -159,5 +160,5 @@ def write_sample(name: str, out: str | Path, cfg: SentioConfig) -> dict[str, Pat
         "bars": write_feather_atomic(out, bars),
         "config": write_config(sidecar(out, "config.yaml"), sample_cfg),
         "report": write_json_atomic(sidecar(out, "sample.json"), report),
-        "provenance": write_json_atomic(sidecar(out, "provenance.json"), provenance),
+        "provenance": write_provenance(out, provenance),
     }

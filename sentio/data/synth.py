@@ -55,9 +55,10 @@ from scipy.signal import lfilter
 from sentio.calendar import sessions
 from sentio.config import SentioConfig, SynthConfig, write_config
 from sentio.data.leverage import derive_leveraged, derived_provenance
+from sentio.data.provenance import write_provenance
 from sentio.data.schema import to_canonical
 from sentio.errors import DataError
-from sentio.io import sidecar, write_feather_atomic, write_json_atomic
+from sentio.io import feather_output, sidecar, write_feather_atomic
 
 __all__ = [
     "BARS_PER_SESSION",
@@ -295,7 +296,7 @@ def write_synth(out: str | Path, cfg: SentioConfig) -> dict[str, Path]:
     leverage and costs). Returns them under the keys ``bars``, ``regimes``, ``config``,
     ``provenance``.
     """
-    out = Path(out)
+    out = feather_output(out)
     data = generate(cfg)
     provenance = {
         "source": "sentio synth",
@@ -306,6 +307,6 @@ def write_synth(out: str | Path, cfg: SentioConfig) -> dict[str, Path]:
         "bars": write_feather_atomic(out, data.bars),
         "regimes": write_feather_atomic(sidecar(out, "regimes.feather"), data.regimes),
         "config": write_config(sidecar(out, "config.yaml"), cfg),
-        "provenance": write_json_atomic(sidecar(out, "provenance.json"), provenance),
+        "provenance": write_provenance(out, provenance),
     }
     return paths

@@ -71,24 +71,25 @@ def _epoch_unit(max_abs: int) -> str:
 
 
 def _from_epoch(ints: pl.Series, file: str = "") -> tuple[pl.Series, str]:
-    largest = ints.abs().max()
-    max_abs = int(largest) if isinstance(largest, int | float) else 0
-    unit = _epoch_unit(max_abs)
+    """Epoch integers to UTC; the unit comes from the median magnitude.
+
+    Single values outside 1970-2100 in that unit become null (quarantined as bad
+    timestamps); when most are, the column is not epoch time and that is an error.
+    """
+    median = ints.abs().median()
+    unit = _epoch_unit(int(median) if isinstance(median, int | float) else 0)
     per_second = {"ns": 10**9, "us": 10**6, "ms": 10**3, "s": 1}[unit]
-    lo, hi = ints.min(), ints.max()
-    if (
-        isinstance(lo, int)
-        and isinstance(hi, int)
-        and not (lo // per_second >= 0 and hi // per_second < _EPOCH_2100)
-    ):
+    seconds = ints.cast(pl.Int64) // per_second
+    in_range = seconds.is_between(0, _EPOCH_2100 - 1).fill_null(False)
+    if ints.drop_nulls().len() and in_range.sum() * 2 <= ints.drop_nulls().len():
+        example = ints.filter(~in_range).drop_nulls()[0]
         raise DataError(
             f"{file}: column 'timestamp' holds integers read as epoch {unit} outside 1970-2100 "
-            f"(e.g. {hi}); expected epoch seconds/milliseconds, or dates like YYYYMMDDHHMMSS as text"
+            f"(e.g. {example}); expected epoch seconds/milliseconds, or dates like YYYYMMDDHHMMSS as text"
         )
     scale = 10**9 // per_second
-    values = (
-        (ints.cast(pl.Int64) * scale).cast(pl.Datetime("ns", "UTC")).cast(pl.Datetime("us", "UTC"))
-    )
+    nanos = pl.Series(ints.cast(pl.Int64) * scale).set(~in_range, None)
+    values = nanos.cast(pl.Datetime("ns", "UTC")).cast(pl.Datetime("us", "UTC"))
     return values, f"epoch-{unit}"
 
 
