@@ -39,6 +39,14 @@ from sentio.errors import ConfigError
 from sentio.io import hash_json, write_text_atomic
 
 
+def normalise_ticker(value: str) -> str:
+    """Tickers are case-insensitive: one word, stripped and upper-cased."""
+    ticker = value.strip().upper()
+    if not ticker or any(c.isspace() for c in ticker):
+        raise ValueError(f"a symbol must be one word without spaces, got {value!r}")
+    return ticker
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -66,10 +74,7 @@ class UniverseConfig(_Section):
     @field_validator("underlying", "long", "short")
     @classmethod
     def _ticker(cls, v: str) -> str:
-        ticker = v.strip().upper()
-        if not ticker or any(c.isspace() for c in ticker):
-            raise ValueError(f"a symbol must be one word without spaces, got {v!r}")
-        return ticker
+        return normalise_ticker(v)
 
     @field_validator("calendar")
     @classmethod
@@ -109,12 +114,7 @@ class IngestConfig(_Section):
     @field_validator("symbol")
     @classmethod
     def _ticker(cls, v: str | None) -> str | None:
-        if v is None:
-            return None
-        ticker = v.strip().upper()
-        if not ticker or any(c.isspace() for c in ticker):
-            raise ValueError(f"a symbol must be one word without spaces, got {v!r}")
-        return ticker
+        return None if v is None else normalise_ticker(v)
 
     @field_validator("tz")
     @classmethod
