@@ -222,6 +222,13 @@ class RegimesConfig(_Section):
     covariance_type: Literal["diag", "full"] = "diag"
     min_occupancy: float = Field(0.02, ge=0.0, lt=0.5)
     aggregate_bars: int = Field(15, ge=1, description="bars per HMM observation")
+    train_fraction: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="leading share of sessions the model is fitted on (until folds exist)",
+    )
+    seed: int = Field(0, ge=0, description="seed of the HMM initialisations")
 
 
 class CVConfig(_Section):
