@@ -17,43 +17,28 @@ The task is a thin wrapper around :func:`sentio.stages.ingest_stage`. What it ad
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
+from prefect.cache_policies import CachePolicy
 from prefect.client.schemas.objects import TaskRun
-from prefect.context import TaskRunContext
 from prefect.states import State
 from prefect.tasks import Task
 
 from sentio import stages
 from sentio.config import SentioConfig
 from sentio.errors import SentioError
-from sentio.io import combine_hashes
+from tasks.caching import content_cache_policy
 
 INGEST_RETRIES = 2
 INGEST_RETRY_DELAYS: list[float] = [10.0, 60.0]
 
 
-def ingest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Cache key of one ingest task run: input content + config + code, and the workdir.
-
-    Signature of a Prefect ``cache_key_fn``: ``(task_run_context, task_parameters)``.
-    When the inputs cannot be hashed (a missing file) a one-off key is returned, so that
-    nothing is served from the cache and the task body reports the error.
-    """
-    try:
-        key = stages.ingest_key(parameters["inputs"], parameters["cfg"])
-    except (SentioError, OSError):
-        return f"ingest-uncacheable-{uuid.uuid4().hex}"
-    workdir = Path(parameters["workdir"]).expanduser().resolve()
-    return combine_hashes(["sentio-ingest", key, str(workdir)])
-
-
-INGEST_CACHE_POLICY: CachePolicy = CacheKeyFnPolicy(cache_key_fn=ingest_cache_key) + TASK_SOURCE
-"""Content of the inputs (via :func:`ingest_cache_key`) + the source of the task."""
+INGEST_CACHE_POLICY: CachePolicy = content_cache_policy(
+    "ingest", lambda p: stages.ingest_key(p["inputs"], p["cfg"])
+)
+"""Content of the inputs (:func:`sentio.stages.ingest_key`), the workdir and the task source."""
 
 
 def failure_exception(state: State[Any]) -> BaseException | None:
