@@ -42,3 +42,14 @@ def __getattr__(name: str) -> Any:
 
         return getattr(gx_bars, name)
     raise AttributeError(f"module 'data_contracts' has no attribute {name!r}")
+
+
+# The feature-frame contract (features stage).
+from data_contracts.features import (  # noqa: E402
+    FEATURE_CHECKS,
+    FEATURES_CONTRACT,
+    features_schema,
+    validate_features,
+)
+
+__all__ += ["FEATURES_CONTRACT", "FEATURE_CHECKS", "features_schema", "validate_features"]

@@ -30,7 +30,7 @@ import datetime as dt
 import difflib
 import zoneinfo
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -184,11 +184,54 @@ class SynthConfig(_Section):
         return self
 
 
-class FeaturesConfig(_Section):
-    """Causal indicator set (features stage)."""
+IndicatorName = Literal[
+    "returns",
+    "realized_vol",
+    "range_vol",
+    "rsi",
+    "macd",
+    "bollinger",
+    "atr",
+    "volume_z",
+    "gap",
+    "vwap",
+    "session_clock",
+    "session_range",
+    "coarse",
+]
+"""Indicator groups of the features stage; the last four are intraday only."""
 
+FEATURE_INDICATORS: tuple[IndicatorName, ...] = get_args(IndicatorName)
+
+
+def _all_indicators() -> list[IndicatorName]:
+    return list(FEATURE_INDICATORS)
+
+
+def _range_estimators() -> list[Literal["parkinson", "garman_klass"]]:
+    return ["parkinson", "garman_klass"]
+
+
+class FeaturesConfig(_Section):
+    """Causal indicator set (features stage).
+
+    Windows are counted in bars of the data (minutes for one-minute bars, sessions for
+    daily bars); coarse-bar windows are counted in coarse bars. An indicator group is
+    switched off by leaving it out of ``indicators``.
+    """
+
+    indicators: list[IndicatorName] = Field(
+        default_factory=_all_indicators,
+        min_length=1,
+        description="indicator groups to compute; daily bars skip the intraday-only ones",
+    )
     return_horizons: list[int] = Field(default_factory=lambda: [1, 5, 15, 60], min_length=1)
     vol_windows: list[int] = Field(default_factory=lambda: [30, 120], min_length=1)
+    range_vol: list[Literal["parkinson", "garman_klass"]] = Field(
+        default_factory=_range_estimators,
+        min_length=1,
+        description="range-based volatility estimators (computed over vol_windows)",
+    )
     rsi_window: int = Field(14, ge=2)
     macd: tuple[int, int, int] = (12, 26, 9)
     bollinger_window: int = Field(20, ge=2)
@@ -196,10 +239,51 @@ class FeaturesConfig(_Section):
     atr_window: int = Field(14, ge=2)
     volume_z_window: int = Field(390, ge=2)
     coarse_minutes: list[int] = Field(default_factory=lambda: [5, 15])
+    coarse_vol_window: int = Field(
+        12, ge=2, description="realized-vol window of the coarse bars, in coarse bars"
+    )
     normalisation: Literal["rolling", "expanding", "train_fit"] = "rolling"
-    norm_window: int = Field(1950, ge=10, description="bars of the rolling normalisation")
+    norm_window: int = Field(
+        1950,
+        ge=10,
+        description="bars of the rolling normalisation; also the warm-up of 'expanding'",
+    )
+    norm_clip: float | None = Field(
+        10.0, gt=0.0, description="normalised values are clipped to +-norm_clip (None: no clip)"
+    )
     exogenous_path: Path | None = None
     exogenous_max_staleness_minutes: int = Field(1440, ge=1)
+
+    @field_validator("return_horizons", "vol_windows")
+    @classmethod
+    def _positive_windows(cls, v: list[int]) -> list[int]:
+        if any(w < 1 for w in v) or len(set(v)) != len(v):
+            raise ValueError(f"must hold distinct positive bar counts, got {v}")
+        return v
+
+    @field_validator("vol_windows")
+    @classmethod
+    def _vol_windows(cls, v: list[int]) -> list[int]:
+        if any(w < 2 for w in v):
+            raise ValueError(f"volatility windows need at least 2 bars, got {v}")
+        return v
+
+    @field_validator("coarse_minutes")
+    @classmethod
+    def _coarse(cls, v: list[int]) -> list[int]:
+        if any(m < 2 or m > 390 or 60 % m and m % 60 for m in v) or len(set(v)) != len(v):
+            raise ValueError(
+                "must hold distinct bar lengths in minutes between 2 and 390 that divide or "
+                f"are multiples of an hour (e.g. [5, 15]), got {v}"
+            )
+        return v
+
+    @field_validator("indicators", "range_vol")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"must not repeat a name, got {v}")
+        return v
 
     @model_validator(mode="after")
     def _macd_order(self) -> FeaturesConfig:
