@@ -1,0 +1,162 @@
+"""One million one-minute bars through the default feature set, beside a plain pandas version.
+
+Run: .venv/bin/python benchmarks/bench_features.py [--rows 1000000]
+
+The pandas baseline computes the same indicators the straightforward way (rolling, ewm,
+groupby-cumsum per session, resample + merge_asof for coarse bars, rolling z-scores),
+single process, in the same run. Targets (issue 3): under 2 s and at least 10x faster
+than pandas. Exit status 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sentio.calendar import sessions  # noqa: E402
+from sentio.config import SentioConfig  # noqa: E402
+from sentio.features import build_features  # noqa: E402
+from tests.conftest import minute_bars  # noqa: E402
+
+TIME_TARGET_S = 2.0
+RATIO_TARGET = 10.0
+
+
+def make_bars(rows: int) -> pl.DataFrame:
+    """Whole NYSE sessions of one symbol, about ``rows`` bars."""
+    end = dt.date(2010, 1, 4) + dt.timedelta(days=int(rows / 390 * 1.47) + 10)
+    bars = minute_bars("2010-01-04", end.isoformat(), "QQQ", seed=1)
+    return bars.head(rows)
+
+
+def _wilder(x: pd.Series, n: int, first: int) -> pd.Series:
+    seeded = x.copy()
+    seeded.iloc[: first + n - 1] = np.nan
+    seeded.iloc[first + n - 1] = x.iloc[first : first + n].mean()
+    return seeded.ewm(alpha=1.0 / n, adjust=False).mean()
+
+
+def _rsi(c: pd.Series, n: int) -> pd.Series:
+    d = c.diff()
+    g, lo = _wilder(d.clip(lower=0), n, 1), _wilder((-d).clip(lower=0), n, 1)
+    return 100 - 100 / (1 + g / lo)
+
+
+def pandas_features(bars: pl.DataFrame, cfg: SentioConfig) -> pd.DataFrame:
+    """The same default indicators in plain pandas (rolling z-score normalisation)."""
+    f = cfg.features
+    df = bars.to_pandas().set_index("timestamp")
+    o, h, lo, c, v = (df[k] for k in ("open", "high", "low", "close", "volume"))
+    out = pd.DataFrame(index=df.index)
+    r1 = np.log(c / c.shift(1))
+    for k in f.return_horizons:
+        out[f"log_ret_{k}"] = np.log(c / c.shift(k))
+    hl2 = np.log(h / lo) ** 2
+    co2 = np.log(c / o) ** 2
+    for w in f.vol_windows:
+        out[f"rv_cc_{w}"] = r1.rolling(w).std()
+        out[f"rv_park_{w}"] = np.sqrt(hl2.rolling(w).mean() / (4 * math.log(2)))
+        gk = (0.5 * hl2 - (2 * math.log(2) - 1) * co2).rolling(w).mean()
+        out[f"rv_gk_{w}"] = np.sqrt(gk.clip(lower=0))
+    out[f"rsi_{f.rsi_window}"] = _rsi(c, f.rsi_window)
+    fast, slow, sig = f.macd
+    line = c.ewm(span=fast, adjust=False).mean() - c.ewm(span=slow, adjust=False).mean()
+    signal = line.ewm(span=sig, adjust=False).mean()
+    out["macd_line"], out["macd_signal"], out["macd_hist"] = (
+        line / c,
+        signal / c,
+        (line - signal) / c,
+    )
+    w, k = f.bollinger_window, f.bollinger_k
+    mid, sd = c.rolling(w).mean(), c.rolling(w).std(ddof=0)
+    out[f"bb_pctb_{w}"] = (c - (mid - k * sd)) / (2 * k * sd)
+    out[f"bb_width_{w}"] = 2 * k * sd / mid
+    prev = c.shift(1)
+    tr = pd.concat([h - lo, (h - prev).abs(), (lo - prev).abs()], axis=1).max(axis=1)
+    out[f"atr_rel_{f.atr_window}"] = _wilder(tr, f.atr_window, 0) / c
+    lv = np.log1p(v)
+    w = f.volume_z_window
+    out[f"volume_z_{w}"] = (lv - lv.rolling(w).mean()) / lv.rolling(w).std()
+    session = df.index.tz_convert("America/New_York").date
+    first = pd.Series(session, index=df.index) != pd.Series(session, index=df.index).shift(1)
+    out["gap"] = np.log(o / prev).where(first).ffill()
+    g = df.groupby(session)
+    pv = ((h + lo + c) / 3 * v).groupby(session).cumsum()
+    out["vwap_dist"] = np.log(c / (pv / g["volume"].cumsum()))
+    out["dist_session_high"] = np.log(c / g["high"].cummax())
+    out["dist_session_low"] = np.log(c / g["low"].cummin())
+    table = sessions(session[0], session[-1]).to_pandas().set_index("session")
+    closes = pd.Series(pd.to_datetime(table["close"]).values, index=table.index)
+    opens = pd.Series(pd.to_datetime(table["open"]).values, index=table.index)
+    end = df.index + pd.Timedelta(minutes=1)
+    out["minutes_since_open"] = (end.tz_localize(None) - opens.loc[session].values) / pd.Timedelta(
+        minutes=1
+    )
+    out["minutes_to_close"] = (closes.loc[session].values - end.tz_localize(None)) / pd.Timedelta(
+        minutes=1
+    )
+    out = out.reset_index()
+    for m in f.coarse_minutes:
+        cc = c.resample(f"{m}min").last().dropna()
+        cf = pd.DataFrame(
+            {
+                f"c{m}_log_ret_1": np.log(cc / cc.shift(1)),
+                f"c{m}_rv_cc_{f.coarse_vol_window}": np.log(cc / cc.shift(1))
+                .rolling(f.coarse_vol_window)
+                .std(),
+                f"c{m}_rsi_{f.rsi_window}": _rsi(cc, f.rsi_window),
+            }
+        )
+        cf["visible"] = cf.index + pd.Timedelta(minutes=m - 1)
+        out = pd.merge_asof(out, cf.reset_index(drop=True), left_on="timestamp", right_on="visible")
+        out = out.drop(columns="visible")
+    out = out.set_index("timestamp")
+    norm = [col for col in out.columns if not col.startswith("minutes_")]
+    nw = f.norm_window
+    roll = out[norm].rolling(nw)
+    out[norm] = ((out[norm] - roll.mean()) / roll.std()).clip(-10, 10)
+    return out.iloc[nw:].astype("float32")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    args = parser.parse_args()
+    bars = make_bars(args.rows)
+    cfg = SentioConfig()
+    build_features(bars.head(50_000), cfg)  # warm the calendar cache and polars
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        out = build_features(bars, cfg)
+        times.append(time.perf_counter() - t0)
+    t_polars = min(times)
+    t0 = time.perf_counter()
+    ref = pandas_features(bars, cfg)
+    t_pandas = time.perf_counter() - t0
+    ratio = t_pandas / t_polars
+    print(f"input rows               {bars.height:,}")
+    print(f"feature rows x columns   {out.height:,} x {out.width - 1}  (pandas {ref.shape[1]})")
+    print(
+        f"sentio build_features    {t_polars:6.2f} s  (best of 3: {', '.join(f'{t:.2f}' for t in times)})"
+    )
+    print(f"pandas baseline          {t_pandas:6.2f} s")
+    print(f"ratio pandas/sentio      {ratio:6.1f} x")
+    print(f"targets                  {TIME_TARGET_S:.0f} s, {RATIO_TARGET:.0f} x")
+    ok = t_polars < TIME_TARGET_S and ratio >= RATIO_TARGET
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
