@@ -77,10 +77,10 @@ def pandas_features(bars: pl.DataFrame, cfg: SentioConfig) -> pd.DataFrame:
         signal / c,
         (line - signal) / c,
     )
-    w, k = f.bollinger_window, f.bollinger_k
-    mid, sd = c.rolling(w).mean(), c.rolling(w).std(ddof=0)
-    out[f"bb_pctb_{w}"] = (c - (mid - k * sd)) / (2 * k * sd)
-    out[f"bb_width_{w}"] = 2 * k * sd / mid
+    bw, bk = f.bollinger_window, f.bollinger_k
+    mid, sd = c.rolling(bw).mean(), c.rolling(bw).std(ddof=0)
+    out[f"bb_pctb_{bw}"] = (c - (mid - bk * sd)) / (2 * bk * sd)
+    out[f"bb_width_{bw}"] = 2 * bk * sd / mid
     prev = c.shift(1)
     tr = pd.concat([h - lo, (h - prev).abs(), (lo - prev).abs()], axis=1).max(axis=1)
     out[f"atr_rel_{f.atr_window}"] = _wilder(tr, f.atr_window, 0) / c
