@@ -1,0 +1,51 @@
+"""Market regimes: causal inputs, HMM fit with a volatility-quantile fallback, causal filter.
+
+Public API: :func:`regime_observations`, :func:`fit_regimes`, :class:`RegimeModel`,
+:func:`filter_probs`, :class:`OnlineFilter`, :func:`regime_history`,
+:func:`regimes_code_version`.
+"""
+
+from __future__ import annotations
+
+from sentio.io import code_version
+from sentio.regimes.filter import OnlineFilter, filter_labels, filter_probs, log_emissions
+from sentio.regimes.history import regime_history
+from sentio.regimes.model import RegimeModel, fit_regimes
+from sentio.regimes.observations import (
+    OBSERVATION_COLUMNS,
+    RETURN_COLUMN,
+    VOL_COLUMN,
+    RegimeInputs,
+    regime_observations,
+    train_rows,
+)
+
+__all__ = [
+    "OBSERVATION_COLUMNS",
+    "RETURN_COLUMN",
+    "VOL_COLUMN",
+    "OnlineFilter",
+    "RegimeInputs",
+    "RegimeModel",
+    "filter_labels",
+    "filter_probs",
+    "fit_regimes",
+    "log_emissions",
+    "regime_history",
+    "regime_observations",
+    "regimes_code_version",
+    "train_rows",
+]
+
+_MODULES = (
+    "sentio.regimes",
+    "sentio.regimes.observations",
+    "sentio.regimes.model",
+    "sentio.regimes.filter",
+    "sentio.regimes.history",
+)
+
+
+def regimes_code_version() -> str:
+    """Digest of the regime modules' source (for cache keys and model metadata)."""
+    return code_version(*_MODULES)
