@@ -54,6 +54,8 @@ def test_truncated_series_gives_identical_rows(week: pl.DataFrame, normalisation
         at(11, 7, "2024-12-02"),  # mid-session
         at(9, 34, "2024-12-02"),  # last minute of a 5- and 15-minute bar
         at(9, 35, "2024-12-02"),  # right after a coarse-bar boundary
+        at(9, 33, "2024-12-02"),  # one minute before a coarse bar completes
+        at(10, 43, "2024-12-02"),  # ditto for a 15-minute bar
         at(12, 59, "2024-11-29"),  # last bar of the early close
         at(9, 30, "2024-12-03"),  # first bar of a session (new gap, VWAP reset)
     ]
@@ -298,7 +300,9 @@ def test_default_output_passes_contract_and_summary(week: pl.DataFrame) -> None:
     cfg = SentioConfig()
     out = build_features(week, cfg)
     validate_features(out, "default")
-    assert out.height == week.height - 390 * 6 + 1 or out.height > 0
+    # Warm-up: 390 rows (volume z-score window; also the first session, which has no gap),
+    # then norm_window - 1 rows before the first full normalisation window.
+    assert out.height == week.height - 390 - (cfg.features.norm_window - 1)
     summary = feature_summary(out)
     assert [s["column"] for s in summary] == out.columns[1:]
     assert all(s["count"] == out.height for s in summary)
@@ -438,3 +442,28 @@ def test_exogenous_naive_timestamps_rejected(tmp_path: Path, one_day) -> None:  
     path.write_text("timestamp,x\n2024-12-02 15:00:00,1.0\n")
     with pytest.raises(DataError, match="timezone-aware"):
         build_features(one_day, cfg_with(exogenous_path=str(path)))
+
+
+@pytest.mark.parametrize("normalisation", ["rolling", "expanding"])
+def test_normalisation_matches_past_window_zscores(
+    one_day: pl.DataFrame, normalisation: str
+) -> None:
+    features = {"indicators": ["returns", "rsi", "session_clock"], "norm_window": 50}
+    raw = build_features(one_day, cfg_with(normalisation="train_fit", **features))
+    out = build_features(one_day, cfg_with(normalisation=normalisation, **features))
+    assert out["timestamp"].to_list() == raw["timestamp"].to_list()[49:]
+    assert out["minutes_to_close"].equals(raw["minutes_to_close"][49:])  # not normalised
+    for col in ("log_ret_5", "rsi_14"):
+        x = raw[col].cast(pl.Float64).to_numpy()
+        want = []
+        for i in range(49, len(x)):
+            win = x[i - 49 : i + 1] if normalisation == "rolling" else x[: i + 1]
+            want.append(np.clip((x[i] - win.mean()) / win.std(ddof=1), -10, 10))
+        np.testing.assert_allclose(out[col].to_numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_flat_window_normalises_to_zero(one_day: pl.DataFrame) -> None:
+    flat = one_day.with_columns([pl.lit(100.0).alias(c) for c in ("open", "high", "low", "close")])
+    out = build_features(flat, cfg_with(indicators=["returns", "rsi", "bollinger"], norm_window=20))
+    validate_features(out, "flat")
+    assert out.select(pl.all().exclude("timestamp").abs().max()).row(0) == (0.0,) * (out.width - 1)

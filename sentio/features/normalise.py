@@ -74,16 +74,39 @@ def _zscore(x: pl.Expr, mean: pl.Expr, std: pl.Expr, clip: float | None) -> pl.E
     return z.fill_null(0.0)
 
 
-def rolling_exprs(columns: Iterable[str], window: int, clip: float | None) -> list[pl.Expr]:
-    """Rolling z-scores over the last ``window`` rows (current row included), same names."""
-    out = []
+def rolling_exprs(columns: Iterable[str], window: int, clip: float | None) -> list[list[pl.Expr]]:
+    """Rolling z-scores over the last ``window`` rows (current row included), same names.
+
+    Steps to apply with consecutive ``with_columns`` (each step reads the temporary
+    columns of the one before; written out so that no rolling sum is computed twice):
+    the window means of ``x`` and ``x^2`` (and, for exogenous columns that may be missing,
+    the count of values), the std (ddof 1) from ``(mean(x^2) - mean(x)^2) n / (n - 1)``,
+    and the z-scores. A variance below ``1e-12`` of ``mean(x^2)`` (a flat window, up to
+    rounding) counts as zero. Drop the temporaries (``\x00`` in their names) afterwards.
+    """
+    sums: list[pl.Expr] = []
+    stds: list[pl.Expr] = []
+    zs: list[pl.Expr] = []
     for c in columns:
         x = pl.col(c).cast(pl.Float64)
-        need = 2 if _is_exo_value(c) else window
-        mean = x.rolling_mean(window, min_samples=need)
-        std = x.rolling_std(window, min_samples=need, ddof=1)
-        out.append(_zscore(x, mean, std, clip).alias(c))
-    return out
+        m1, m2, n, sd = (f"{c}\x00{s}" for s in ("m1", "m2", "n", "sd"))
+        if _is_exo_value(c):
+            sums += [
+                x.rolling_mean(window, min_samples=2).alias(m1),
+                (x * x).rolling_mean(window, min_samples=2).alias(m2),
+                x.is_not_null().cast(pl.Float64).rolling_sum(window).alias(n),
+            ]
+            count = pl.col(n)
+        else:
+            sums += [
+                x.rolling_mean(window, min_samples=window).alias(m1),
+                (x * x).rolling_mean(window, min_samples=window).alias(m2),
+            ]
+            count = pl.lit(float(window))
+        var = (pl.col(m2) - pl.col(m1).pow(2)) * (count / (count - 1.0))
+        stds.append(pl.when(var > 1e-12 * pl.col(m2)).then(var.sqrt()).otherwise(0.0).alias(sd))
+        zs.append(_zscore(x, pl.col(m1), pl.col(sd), clip).alias(c))
+    return [sums, stds, zs]
 
 
 def expanding_exprs(columns: Iterable[str], clip: float | None) -> list[pl.Expr]:
