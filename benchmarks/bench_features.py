@@ -15,6 +15,7 @@ import datetime as dt
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args()
+    # pandas 3 warns about date objects in the baseline's session lookup; harmless here.
+    warnings.filterwarnings("ignore", message="Inferring datetime64")
     bars = make_bars(args.rows)
     cfg = SentioConfig()
     build_features(bars.head(50_000), cfg)  # warm the calendar cache and polars
