@@ -467,3 +467,20 @@ def test_flat_window_normalises_to_zero(one_day: pl.DataFrame) -> None:
     out = build_features(flat, cfg_with(indicators=["returns", "rsi", "bollinger"], norm_window=20))
     validate_features(out, "flat")
     assert out.select(pl.all().exclude("timestamp").abs().max()).row(0) == (0.0,) * (out.width - 1)
+
+
+def test_other_symbols_are_ignored(one_day: pl.DataFrame) -> None:
+    cfg = cfg_with(norm_window=50)
+    other = minute_bars("2024-12-02", "2024-12-03", symbol="TQQQ", seed=9)
+    mixed = pl.concat([one_day, other]).sort("symbol", "timestamp")
+    assert_frame_equal(build_features(mixed, cfg), build_features(one_day, cfg), check_exact=True)
+
+
+def test_exogenous_csv_with_offsets(tmp_path: Path, one_day: pl.DataFrame) -> None:
+    path = tmp_path / "macro.csv"
+    # 10:00:30 New York written with its -05:00 offset; visible from the 10:00 bar (closes 10:01).
+    path.write_text("timestamp,vix\n2024-12-03T10:00:30-05:00,17.5\n")
+    cfg = cfg_with(indicators=["returns"], normalisation="train_fit", exogenous_path=str(path))
+    out = build_features(one_day, cfg)
+    val = dict(zip(out["timestamp"], out["exo_vix"], strict=True))
+    assert val[at(9, 59, "2024-12-03")] == 0.0 and val[at(10, 0, "2024-12-03")] == 17.5
