@@ -218,3 +218,23 @@ def test_regime_history() -> None:
 
 def test_code_version() -> None:
     assert len(regimes_code_version()) == 16
+
+
+def test_filter_structural_zeros_and_extreme_emissions() -> None:
+    """Underflow in the scaled pass (zeros in A, far-apart states) falls back to log space."""
+    hmm = GaussianHMM(n_components=3, covariance_type="diag")
+    hmm.startprob_ = np.array([1.0, 0.0, 0.0])
+    hmm.transmat_ = np.array([[0.9, 0.1, 0.0], [0.0, 0.9, 0.1], [0.1, 0.0, 0.9]])
+    hmm.means_ = np.array([[0.0], [60.0], [120.0]])
+    hmm.covars_ = np.ones((3, 1))
+    rng = np.random.default_rng(3)
+    # stays near state 0's mean although the chain must move 0 -> 1 -> 2
+    X = rng.normal(0.0, 1.0, (400, 1))
+    X[200:] += 120.0
+    model = _as_model(hmm, "diag")
+    probs = filter_probs(model, X)
+    assert np.all(np.isfinite(probs))
+    for t in [0, 5, 150, 199, 200, 201, 399]:
+        np.testing.assert_allclose(probs[t], hmm.predict_proba(X[: t + 1])[-1], atol=1e-8)
+    online = OnlineFilter(model)
+    np.testing.assert_allclose(np.stack([online.step(x) for x in X]), probs, atol=1e-12)

@@ -7,10 +7,13 @@ Speed without a per-bar Python loop: the recursion is a product of ``K x K`` map
 associative. :func:`filter_probs` cuts each chunk of rows into ``B`` blocks of ``L`` rows
 (``L ~ sqrt(rows)``) and runs the recursion for all blocks at once (one numpy step per row
 *within* a block, vectorised over blocks), carrying a ``K x K`` log transfer matrix per
-block (column ``j`` = the block started in state ``j``). A short sequential pass over the
-blocks then supplies each block's incoming distribution, and every row's filtered
-distribution follows from one vectorised log-sum-exp. All sums are log-sum-exps with
-per-column maxima, so nothing underflows. :class:`OnlineFilter` runs the same recursion
+block (column ``j`` = the block started in state ``j``), rescaling each column by its maximum at every step and
+accumulating the log scales (the scaled forward algorithm, in log terms); this fast pass is
+used when every transition probability is at least :data:`SCALED_MIN_TRANSITION`. A short
+sequential pass over the blocks then supplies each block's incoming distribution, and
+every row's filtered distribution follows from one vectorised log-sum-exp. With (near)
+structural zeros in ``A``, or should a whole column underflow, the chunk is computed with
+an exact log-sum-exp at every step instead (slower), so no path is lost to underflow. :class:`OnlineFilter` runs the same recursion
 one bar at a time; both agree to float rounding (about 1e-12).
 
 For a ``vol_quantile`` model the probabilities are the one-hot quantile labels.
@@ -28,6 +31,10 @@ from sentio.regimes.model import RegimeModel
 __all__ = ["OnlineFilter", "filter_probs", "filter_labels", "log_emissions"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+# the scaled pass drops paths below ~1e-308 of a column's largest entry; with every
+# transition probability >= this bound such a path is always dominated by one through the
+# largest entry, so the error stays below ~1e-200; otherwise the exact log pass is used
+SCALED_MIN_TRANSITION = 1e-100
 _CHUNK_ELEMENTS = 2**21  # rows x K x K per chunk: bounds the memory of the transfer matrices
 
 
@@ -84,23 +91,87 @@ def _forward_chunk(log_b: np.ndarray, carry: np.ndarray, trans: np.ndarray) -> n
     padded = np.zeros((blocks * length, k))
     padded[:n] = log_b
     lb = padded.reshape(blocks, length, k)
-    log_at = _log(trans.T)  # [i, j] = log A[j, i]
-    # P[b, l, i, j]: log weight of state i at row l of block b given state j before the block
-    P = np.empty((blocks, length, k, k))
-    P[:, 0] = lb[:, 0, :, None] + log_at[None]
+    scaled = _transfer_scaled(lb, trans) if trans.min() >= SCALED_MIN_TRANSITION else None
+    if scaled is None:  # a column underflowed entirely: redo this chunk fully in log space
+        return _combine(_transfer_log(lb, trans), carry, n)
+    E, S = scaled
+    # incoming distribution of each block: a short sequential pass over the blocks
+    with np.errstate(divide="ignore"):
+        last = np.log(E[:, -1]) + S[:, -1]
+    incoming = np.empty((blocks, k))
+    cur = carry
+    for b in range(blocks):
+        incoming[b] = cur
+        if b + 1 < blocks:
+            cur = _normalise(_logsumexp_cols(last[b], cur))
+    # every row: alpha[i] ∝ sum_j E[i, j] exp(S[j] + incoming[j]) (max-shifted per row)
+    w = S + incoming[:, None, None, :]
+    w -= w.max(axis=3, keepdims=True)
+    np.exp(w, out=w)
+    alpha = np.matmul(E, w.transpose(0, 1, 3, 2))[..., 0].reshape(blocks * length, k)[:n]
+    with np.errstate(divide="ignore"):
+        return _normalise(np.log(alpha))
+
+
+def _transfer_scaled(lb: np.ndarray, trans: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Transfer matrices with linear arithmetic and per-column scaling.
+
+    Returns ``(E, S)`` with ``P[b, l, i, j] = log E[b, l, i, j] + S[b, l, 0, j]`` the log
+    weight of state ``i`` at row ``l`` of block ``b`` given state ``j`` before the block.
+
+    Each step multiplies by ``diag(b_t) A^T`` and divides every column by its maximum,
+    accumulating the log of the divisors. Returns None when a column underflows to zero
+    (possible only with structural zeros in ``A`` and extreme emissions).
+    """
+    blocks, length, k = lb.shape
+    eb = np.exp(lb - lb.max(axis=2, keepdims=True))  # a row-wide factor cancels
     at = trans.T
+    E = np.empty((blocks, length, k, k))
+    S = np.empty((blocks, length, 1, k))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m = eb[:, 0, :, None] * at[None]
+        c = m.max(axis=1, keepdims=True)
+        E[:, 0] = m / c
+        S[:, 0] = np.log(c)
+        for step in range(1, length):
+            m = np.matmul(at, E[:, step - 1])
+            m *= eb[:, step, :, None]
+            c = m.max(axis=1, keepdims=True)
+            np.divide(m, c, out=E[:, step])
+            np.add(S[:, step - 1], np.log(c), out=S[:, step])
+        if not np.all(np.isfinite(S)):
+            return None
+    return E, S
+
+
+def _transfer_log(lb: np.ndarray, trans: np.ndarray) -> np.ndarray:
+    """Log transfer matrices ``P[b, l, i, j]`` with an exact log-sum-exp at every step.
+
+    ``P_l[i, j] = log b_l(i) + logsumexp_m (log A[m, i] + P_{l-1}[m, j])``, the maximum taken
+    per ``(i, j)``, so no path is lost to underflow whatever ``A`` and the emissions are.
+    """
+    blocks, length, k = lb.shape
+    log_a = _log(trans)  # [m, i]
+    P = np.empty((blocks, length, k, k))
+    P[:, 0] = lb[:, 0, :, None] + log_a.T[None]
     for step in range(1, length):
-        prev = P[:, step - 1]
-        c = prev.max(axis=1, keepdims=True)
-        c = np.where(np.isfinite(c), c, 0.0)
+        # terms[b, m, i, j] = log A[m, i] + P[b, step - 1, m, j]
+        terms = log_a[None, :, :, None] + P[:, step - 1][:, :, None, :]
+        m = terms.max(axis=1)
+        m = np.where(np.isfinite(m), m, 0.0)
         with np.errstate(divide="ignore"):
-            new = np.log(np.matmul(at, np.exp(prev - c)))
-        new += c
+            new = m + np.log(np.exp(terms - m[:, None]).sum(axis=1))
         new += lb[:, step, :, None]
         # a common shift of a block's matrix cancels in the normalisation of every row
         shift = new.max(axis=(1, 2), keepdims=True)
         new -= np.where(np.isfinite(shift), shift, 0.0)
         P[:, step] = new
+    return P
+
+
+def _combine(P: np.ndarray, carry: np.ndarray, n: int) -> np.ndarray:
+    """Filtered log alphas of every row from the blocks' transfer matrices."""
+    blocks, length, k, _ = P.shape
     # incoming distribution of each block: a short sequential pass over the blocks
     incoming = np.empty((blocks, k))
     cur = carry
@@ -112,7 +183,8 @@ def _forward_chunk(log_b: np.ndarray, carry: np.ndarray, trans: np.ndarray) -> n
     terms = P + incoming[:, None, None, :]
     m = terms.max(axis=3, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
-    la = (m + np.log(np.exp(terms - m).sum(axis=3, keepdims=True)))[..., 0]
+    with np.errstate(divide="ignore"):
+        la = (m + np.log(np.exp(terms - m).sum(axis=3, keepdims=True)))[..., 0]
     return _normalise(la.reshape(blocks * length, k)[:n])
 
 
@@ -121,7 +193,8 @@ def _logsumexp_cols(P: np.ndarray, v: np.ndarray) -> np.ndarray:
     t = P + v[None, :]
     m = t.max(axis=1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
-    return (m + np.log(np.exp(t - m).sum(axis=1, keepdims=True)))[:, 0]
+    with np.errstate(divide="ignore"):
+        return (m + np.log(np.exp(t - m).sum(axis=1, keepdims=True)))[:, 0]
 
 
 def _quantile_labels(model: RegimeModel, X: np.ndarray) -> np.ndarray:

@@ -1,8 +1,11 @@
 """Fitting of the regime model: Gaussian HMM with an honest volatility-quantile fallback.
 
 :func:`fit_regimes` standardises the training rows with their own mean and standard
-deviation (stored in the model, never full-sample), fits ``n_init`` hmmlearn
-``GaussianHMM`` initialisations, keeps the healthy fit with the best log-likelihood, and
+deviation (stored in the model, never full-sample), starts ``n_init`` hmmlearn
+``GaussianHMM`` initialisations (the first with state means at the volatility-quantile
+groups' means, the others from seeded k-means on a subsample), runs each for a few EM
+iterations (screening), runs the one with the best log-likelihood on to convergence (the
+next best if it proves unusable), and
 relabels its states by ascending variance of the return input (label 0 = calmest). When
 no initialisation is healthy, or the data cannot carry an HMM at all, the model falls back
 to volatility-quantile regimes and says why in ``reason``.
@@ -49,6 +52,8 @@ __all__ = [
 COLLAPSE_VAR = 1e-2  # a state variance below this (standardised units) has collapsed
 MIN_ROWS_PER_PARAMETER = 10  # fewer training rows than this per free parameter: no HMM
 FORMAT_VERSION = 1
+SCREEN_ITER = 10  # EM iterations of each initialisation before ranking them
+KMEANS_ROWS = 20_000  # rows of the k-means subsample that initialises the state means
 _MIN_STD = 1e-12
 
 Method = Literal["hmm", "vol_quantile"]
@@ -218,11 +223,18 @@ def _fallback(
 
 
 def _diagnose(
-    hmm: Any, Z: np.ndarray, tol_total: float, n_iter: int, cfg: RegimesConfig
+    hmm: Any,
+    Z: np.ndarray,
+    tol_total: float,
+    cfg: RegimesConfig,
+    history: list[float],
+    iters: int,
 ) -> tuple[str | None, float, dict[str, Any]]:
-    """Why a fitted hmmlearn model is unusable (None if healthy), its log-likelihood and info."""
-    history = list(hmm.monitor_.history)
-    iters = int(hmm.monitor_.iter)
+    """Why a fitted hmmlearn model is unusable (None if healthy), its log-likelihood and info.
+
+    ``history``: the EM log-likelihoods of all iterations run (screening + refinement).
+    """
+    n_iter = cfg.n_iter
     info: dict[str, Any] = {"iterations": iters}
     delta = history[-1] - history[-2] if len(history) >= 2 else math.inf
     info["last_improvement"] = delta if math.isfinite(delta) else None
@@ -268,8 +280,34 @@ def _diagnose(
     return None, float(log_prob), info
 
 
+def _quiet_fit(hmm: Any, Z: np.ndarray) -> None:
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        hmm.fit(Z)
+
+
+def _vol_quantile_means(Z: np.ndarray, k: int, vol_column: int) -> np.ndarray:
+    """Initial state means: mean rows of the ``k`` volatility-quantile groups."""
+    order = np.argsort(Z[:, vol_column], kind="stable")
+    return np.stack([Z[g].mean(axis=0) for g in np.array_split(order, k)])
+
+
+def _kmeans_means(Z: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Initial state means: k-means (one run) on a seeded subsample of the training rows."""
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(seed)
+    rows = Z if Z.shape[0] <= KMEANS_ROWS else Z[rng.choice(Z.shape[0], KMEANS_ROWS, False)]
+    km = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(rows)
+    return np.asarray(km.cluster_centers_, dtype=np.float64)
+
+
 def fit_regimes(
-    X_train: np.ndarray, cfg: RegimesConfig, *, vol_column: int = VOL_COLUMN
+    X_train: np.ndarray,
+    cfg: RegimesConfig,
+    *,
+    vol_column: int = VOL_COLUMN,
+    screen_iter: int = SCREEN_ITER,
 ) -> RegimeModel:
     """Fit the regime model on training rows only.
 
@@ -279,6 +317,9 @@ def fit_regimes(
         cfg: regime settings (``n_states``, ``n_init``, ``n_iter``, ``tol`` per row,
             ``covariance_type``, ``min_occupancy``, ``seed``).
         vol_column: index of the volatility input used by the quantile fallback.
+        screen_iter: EM iterations every initialisation runs before the initialisations
+            are ranked by log-likelihood; only the best is run on to convergence (the next
+            one if it turns out unusable). Counts towards ``cfg.n_iter``.
 
     Returns:
         A :class:`RegimeModel`; ``method == "vol_quantile"`` with a ``reason`` whenever the
@@ -330,29 +371,61 @@ def fit_regimes(
 
     tol_total = cfg.tol * t
     seeds = np.random.SeedSequence(cfg.seed).generate_state(cfg.n_init)
+    screen = min(cfg.n_iter, screen_iter)
     details: list[dict[str, Any]] = []
-    best: tuple[float, Any] | None = None
+    # screening: every initialisation runs `screen` EM iterations on all training rows
+    candidates: list[tuple[float, int, Any, list[float]]] = []
     for i, seed in enumerate(seeds):
+        entry: dict[str, Any] = {"init": i, "seed": int(seed)}
+        details.append(entry)
         hmm = GaussianHMM(
             n_components=k,
             covariance_type=cfg.covariance_type,
-            n_iter=cfg.n_iter,
+            n_iter=screen,
             tol=tol_total,
             random_state=int(seed),
-            init_params="stmc",
+            init_params="stc",
             params="stmc",
         )
         try:
-            with warnings.catch_warnings(), np.errstate(all="ignore"):
-                warnings.simplefilter("ignore")
-                hmm.fit(Z)
+            if i == 0 and d > vol_column:
+                hmm.means_ = _vol_quantile_means(Z, k, vol_column)
+                entry["means_init"] = "volatility quantiles"
+            else:
+                hmm.means_ = _kmeans_means(Z, k, int(seed))
+                entry["means_init"] = "k-means"
+            _quiet_fit(hmm, Z)
         except (ValueError, np.linalg.LinAlgError, FloatingPointError) as exc:
-            details.append({"init": i, "seed": int(seed), "rejected": f"fit failed: {exc}"})
+            entry["rejected"] = f"fit failed: {exc}"
             continue
-        why, log_prob, info = _diagnose(hmm, Z, tol_total, cfg.n_iter, cfg)
-        details.append({"init": i, "seed": int(seed), "rejected": why, **info})
-        if why is None and (best is None or log_prob > best[0]):
+        history = [float(h) for h in hmm.monitor_.history]
+        screen_ll = history[-1] if history and math.isfinite(history[-1]) else -math.inf
+        entry["screen_log_likelihood"] = screen_ll if math.isfinite(screen_ll) else None
+        entry["rejected"] = "not refined (lower screening log-likelihood)"
+        candidates.append((screen_ll, i, hmm, history))
+    # refinement: best screening log-likelihood first, until EM converges; the first
+    # healthy candidate is kept
+    best: tuple[float, Any] | None = None
+    for _, i, hmm, history in sorted(candidates, key=lambda c: (-c[0], c[1])):
+        entry = details[i]
+        iters = len(history)
+        converged = len(history) >= 2 and history[-1] - history[-2] < tol_total
+        if not converged and iters < cfg.n_iter:
+            hmm.init_params = ""
+            hmm.n_iter = cfg.n_iter - iters
+            hmm.monitor_.n_iter = hmm.n_iter  # the monitor keeps its own copy
+            try:
+                _quiet_fit(hmm, Z)
+            except (ValueError, np.linalg.LinAlgError, FloatingPointError) as exc:
+                entry["rejected"] = f"fit failed: {exc}"
+                continue
+            history = history + [float(h) for h in hmm.monitor_.history]
+        why, log_prob, info = _diagnose(hmm, Z, tol_total, cfg, history, len(history))
+        entry.update(info)
+        entry["rejected"] = why
+        if why is None:
             best = (log_prob, hmm)
+            break
     if best is None:
         reasons = "; ".join(f"init {r['init']}: {r['rejected']}" for r in details)
         return fallback(f"no HMM initialisation of {cfg.n_init} was usable ({reasons})", details)
@@ -365,13 +438,12 @@ def fit_regimes(
     )
     order = np.argsort(variances[:, min(RETURN_COLUMN, d - 1)], kind="stable")
     kept = next(r for r in details if r.get("log_likelihood") == log_prob)
-    n_ok = sum(r["rejected"] is None for r in details)
     return RegimeModel(
         method="hmm",
         reason=(
-            f"HMM converged: best log-likelihood {log_prob:.6g} of {n_ok} usable "
-            f"initialisation(s) out of {cfg.n_init}, {kept['iterations']} EM iterations, "
-            f"{t} training rows"
+            f"HMM converged: initialisation {kept['init']} of {cfg.n_init} (best screening "
+            f"log-likelihood among the usable ones), log-likelihood {log_prob:.6g} after "
+            f"{kept['iterations']} EM iterations, {t} training rows"
         ),
         n_states=k,
         covariance_type=cfg.covariance_type,
