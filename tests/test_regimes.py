@@ -238,3 +238,15 @@ def test_filter_structural_zeros_and_extreme_emissions() -> None:
         np.testing.assert_allclose(probs[t], hmm.predict_proba(X[: t + 1])[-1], atol=1e-8)
     online = OnlineFilter(model)
     np.testing.assert_allclose(np.stack([online.step(x) for x in X]), probs, atol=1e-12)
+
+
+def test_full_covariance_fit_is_relabelled(synth) -> None:
+    cfg, bars, _ = synth
+    X = regime_observations(bars, cfg).X[:60_000]
+    model = fit_regimes(X, RegimesConfig(n_init=2, covariance_type="full"))
+    assert model.method == "hmm", model.reason
+    assert model.covars.shape == (3, 2, 2)
+    assert np.all(np.diff(model.covars[:, 0, 0]) > 0)
+    probs = filter_probs(model, X)
+    online = OnlineFilter(model)
+    np.testing.assert_allclose(np.stack([online.step(x) for x in X[:500]]), probs[:500], atol=1e-12)

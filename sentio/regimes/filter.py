@@ -95,15 +95,18 @@ def _forward_chunk(log_b: np.ndarray, carry: np.ndarray, trans: np.ndarray) -> n
     if scaled is None:  # a column underflowed entirely: redo this chunk fully in log space
         return _combine(_transfer_log(lb, trans), carry, n)
     E, S = scaled
-    # incoming distribution of each block: a short sequential pass over the blocks
-    with np.errstate(divide="ignore"):
-        last = np.log(E[:, -1]) + S[:, -1]
-    incoming = np.empty((blocks, k))
-    cur = carry
+    # incoming distribution of each block: a short sequential pass over the blocks, in
+    # probabilities (the same underflow argument as for the scaled pass holds)
+    last_e = E[:, -1]
+    last_w = np.exp(S[:, -1, 0] - S[:, -1, 0].max(axis=1, keepdims=True))
+    incoming_p = np.empty((blocks, k))
+    cur = np.exp(carry)
     for b in range(blocks):
-        incoming[b] = cur
-        if b + 1 < blocks:
-            cur = _normalise(_logsumexp_cols(last[b], cur))
+        incoming_p[b] = cur
+        v = last_e[b] @ (last_w[b] * cur)
+        cur = v / v.sum()
+    with np.errstate(divide="ignore"):
+        incoming = np.log(incoming_p)
     # every row: alpha[i] ∝ sum_j E[i, j] exp(S[j] + incoming[j]) (max-shifted per row)
     w = S + incoming[:, None, None, :]
     w -= w.max(axis=3, keepdims=True)
@@ -119,13 +122,18 @@ def _transfer_scaled(lb: np.ndarray, trans: np.ndarray) -> tuple[np.ndarray, np.
     Returns ``(E, S)`` with ``P[b, l, i, j] = log E[b, l, i, j] + S[b, l, 0, j]`` the log
     weight of state ``i`` at row ``l`` of block ``b`` given state ``j`` before the block.
 
-    Each step multiplies by ``diag(b_t) A^T`` and divides every column by its maximum,
-    accumulating the log of the divisors. Returns None when a column underflows to zero
-    (possible only with structural zeros in ``A`` and extreme emissions).
+    Each step multiplies by ``diag(b_t) A^T`` (with ``b_t`` divided by its row maximum, a
+    factor common to the whole row that cancels in the normalisation). A column's maximum
+    shrinks by at most ``min(A)`` per step and grows by at most ``K``, so columns are
+    divided by their maximum only every ``interval`` steps, chosen to keep every maximum
+    within ``[1e-290, 1e100]``; the logs of the divisors accumulate in ``S``. Returns None
+    when a column underflows to zero anyway (then the exact log pass is used).
     """
     blocks, length, k = lb.shape
-    eb = np.exp(lb - lb.max(axis=2, keepdims=True))  # a row-wide factor cancels
+    eb = np.exp(lb - lb.max(axis=2, keepdims=True))
     at = trans.T
+    shrink = max(-math.log10(float(trans.min())), 1e-3)
+    interval = int(min(64, max(1, 290 // shrink), max(1, 100 // math.log10(k))))
     E = np.empty((blocks, length, k, k))
     S = np.empty((blocks, length, 1, k))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -134,12 +142,18 @@ def _transfer_scaled(lb: np.ndarray, trans: np.ndarray) -> tuple[np.ndarray, np.
         E[:, 0] = m / c
         S[:, 0] = np.log(c)
         for step in range(1, length):
-            m = np.matmul(at, E[:, step - 1])
-            m *= eb[:, step, :, None]
-            c = m.max(axis=1, keepdims=True)
-            np.divide(m, c, out=E[:, step])
-            np.add(S[:, step - 1], np.log(c), out=S[:, step])
-        if not np.all(np.isfinite(S)):
+            cur = E[:, step]
+            np.matmul(at, E[:, step - 1], out=cur)
+            cur *= eb[:, step, :, None]
+            if step % interval == 0:
+                c = cur.max(axis=1, keepdims=True)
+                cur /= c
+                np.add(S[:, step - 1], np.log(c), out=S[:, step])
+            else:
+                S[:, step] = S[:, step - 1]
+        if not (np.all(np.isfinite(S)) and np.all(np.isfinite(E[:, -1]))):
+            return None
+        if np.any(E.max(axis=2) <= 0.0):
             return None
     return E, S
 
