@@ -4,7 +4,7 @@ It reads like the pipeline diagram of ``DESIGN.md``; each stage is one task that
 a small summary, collected in ``workdir/runs/<flow-run name>/run.json`` beside the
 ``config.yaml`` of the run::
 
-    ingest -> (features -> regimes -> folds -> train -> backtest -> report: later issues)
+    ingest -> features -> regimes -> (folds -> train -> backtest -> report: later issues)
 
 To add a stage: call ``run_stage(_persisted(<its task>, storage), ...)`` with the previous
 summaries' paths, store its summary in ``record["stages"][<name>]``, ``_save`` and publish
@@ -24,9 +24,15 @@ from prefect.tasks import Task
 from sentio import stages
 from sentio.config import load_config, with_overrides, write_config
 from sentio.orchestration import run_dir, task_result_storage, utc_now, write_run_record
-from tasks.artifacts import publish_ingest_artifacts
+from tasks.artifacts import (
+    publish_features_artifacts,
+    publish_ingest_artifacts,
+    publish_regimes_artifacts,
+)
 from tasks.caching import run_stage
+from tasks.features import features_task
 from tasks.ingest import ingest_task
+from tasks.regimes import regimes_task
 
 FLOW_NAME = "nightly-retrain"
 P = ParamSpec("P")
@@ -96,6 +102,20 @@ def nightly_flow(
         )
         _save(folder, record)
         record["artifacts"].update(publish_ingest_artifacts(record["stages"]["ingest"]))
+
+        bars = record["stages"]["ingest"]["output"]
+        record["stages"]["features"] = run_stage(
+            _persisted(features_task, storage), bars, cfg, str(root)
+        )
+        _save(folder, record)
+        record["artifacts"].update(publish_features_artifacts(record["stages"]["features"]))
+
+        if cfg.regimes.enabled:
+            record["stages"]["regimes"] = run_stage(
+                _persisted(regimes_task, storage), bars, cfg, str(root)
+            )
+            _save(folder, record)
+            record["artifacts"].update(publish_regimes_artifacts(record["stages"]["regimes"]))
     except Exception as exc:
         record.update(status="failed", finished=utc_now(), error=f"{type(exc).__name__}: {exc}")
         _save(folder, record)

@@ -305,7 +305,10 @@ class RegimesConfig(_Section):
     tol: float = Field(1e-4, gt=0.0)
     covariance_type: Literal["diag", "full"] = "diag"
     min_occupancy: float = Field(0.02, ge=0.0, lt=0.5)
-    aggregate_bars: int = Field(15, ge=1, description="bars per HMM observation")
+    aggregate_bars: int = Field(15, ge=1, description="bars summed into the return input")
+    vol_window: int = Field(
+        2730, ge=2, description="bars of the realized-volatility input (2730 = 7 sessions)"
+    )
     train_fraction: float = Field(
         0.5,
         gt=0.0,

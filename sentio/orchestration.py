@@ -277,3 +277,33 @@ def ingest_quality_markdown(summary: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _round(value: Any, digits: int = 6) -> Any:
+    return round(value, digits) if isinstance(value, float) else value
+
+
+def feature_summary_table(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the feature-summary table artifact: one per feature column."""
+    return [{k: _round(v) for k, v in row.items()} for row in summary.get("table") or []]
+
+
+def regime_summary_table(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the regime-summary table artifact: one per regime, over all bars.
+
+    Share of bars, mean return and volatility per bar, mean dwell time in bars, and the
+    method used (``hmm`` or the ``vol_quantile`` fallback, with its reason).
+    """
+    per_regime = (summary.get("regimes") or {}).get("regimes") or []
+    return [
+        {
+            "regime": row.get("label"),
+            "share of bars": _round(row.get("share")),
+            "mean return": _round(row.get("mean_return"), 8),
+            "volatility": _round(row.get("volatility"), 8),
+            "mean dwell (bars)": _round(row.get("mean_dwell_bars"), 2),
+            "runs": row.get("n_runs"),
+            "method": summary.get("method"),
+        }
+        for row in per_regime
+    ]

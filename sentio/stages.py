@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from sentio.config import SentioConfig
@@ -21,7 +22,8 @@ from sentio.data import readers
 from sentio.data.ingest import check_contracts, ingest_files
 from sentio.data.leverage import ensure_universe
 from sentio.data.provenance import provenance_digest
-from sentio.errors import DataError
+from sentio.data.schema import training_cutoff
+from sentio.errors import ContractError, DataError
 from sentio.io import (
     code_version,
     combine_hashes,
@@ -185,6 +187,163 @@ def ingest_stage(
         "sessions_with_missing_bars": sum(
             s["sessions_with_missing_bars"] for s in report["symbols"].values()
         ),
+    }
+    write_json_atomic(folder / STAGE_SUMMARY, summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- features
+
+
+def features_key(bars_path: str | Path, cfg: SentioConfig) -> str:
+    """Cache key of the features stage: bars CONTENT, features/universe settings, code."""
+    from sentio.features import features_code_version
+
+    parts = [sha256_file(bars_path), cfg.hash("features", "universe"), features_code_version()]
+    if cfg.features.normalisation == "train_fit":
+        parts.append(str(cfg.regimes.train_fraction))
+    if cfg.features.exogenous_path is not None:
+        parts.append(sha256_file(cfg.features.exogenous_path))
+    return combine_hashes(parts)[:32]
+
+
+def features_stage(bars_path: str | Path, cfg: SentioConfig, workdir: str | Path) -> dict[str, Any]:
+    """Build the causal feature frame of the underlying; content-addressed and validated.
+
+    Output ``workdir/features/<key>/features.feather``: ``timestamp`` plus Float32
+    features, warm-up rows dropped, normalised causally (or with statistics fitted on the
+    training range when ``features.normalisation = "train_fit"``).
+    """
+    from data_contracts import ContractViolation
+    from data_contracts.features import validate_features
+    from sentio.features import apply_normaliser, build_features, feature_summary, fit_normaliser
+
+    key = features_key(bars_path, cfg)
+    folder = Path(workdir) / "features" / key
+    cached = _cached_summary(folder)
+    if cached is not None:
+        return cached
+    frame = build_features(pl.read_ipc(bars_path), cfg)
+    if frame.height == 0:
+        raise DataError(
+            f"{bars_path}: too few bars for the feature warm-up (the longest indicator window "
+            f"plus features.norm_window = {cfg.features.norm_window}); give more data or shorter windows"
+        )
+    normaliser = None
+    if cfg.features.normalisation == "train_fit":
+        cutoff = training_cutoff(frame["timestamp"], cfg.regimes.train_fraction)
+        normaliser = fit_normaliser(frame, cutoff, clip=cfg.features.norm_clip)
+        frame = apply_normaliser(frame, normaliser)
+        write_json_atomic(
+            folder / "normaliser.json", {"train_end": cutoff.isoformat(), **normaliser}
+        )
+    out = folder / "features.feather"
+    try:
+        validate_features(frame, str(out))
+    except ContractViolation as err:
+        raise ContractError(str(err)) from None
+    write_feather_atomic(out, frame)
+    columns = [c for c in frame.columns if c != "timestamp"]
+    summary: dict[str, Any] = {
+        "key": key,
+        "output": str(out),
+        "output_sha256": sha256_file(out),
+        "bars": str(bars_path),
+        "rows": frame.height,
+        "columns": columns,
+        "n_features": len(columns),
+        "start": frame["timestamp"].min().isoformat() if frame.height else None,  # type: ignore[union-attr]
+        "end": frame["timestamp"].max().isoformat() if frame.height else None,  # type: ignore[union-attr]
+        "normalisation": cfg.features.normalisation,
+        "normaliser": str(folder / "normaliser.json") if normaliser is not None else None,
+        "table": feature_summary(frame),
+    }
+    write_json_atomic(folder / STAGE_SUMMARY, summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- regimes
+
+
+def regimes_key(bars_path: str | Path, cfg: SentioConfig) -> str:
+    """Cache key of the regime stage: bars CONTENT, regimes/universe settings, code."""
+    from sentio.regimes import regimes_code_version
+
+    return combine_hashes(
+        [sha256_file(bars_path), cfg.hash("regimes", "universe"), regimes_code_version()]
+    )[:32]
+
+
+def regimes_stage(bars_path: str | Path, cfg: SentioConfig, workdir: str | Path) -> dict[str, Any]:
+    """Fit the regime model on the training range only and filter every bar causally.
+
+    Outputs in ``workdir/regimes/<key>/``: ``model.json`` (plain parameters),
+    ``regimes.feather`` (timestamp, filtered probability of each regime, most likely
+    regime) and ``history.json`` (share, return, volatility, dwell times, transitions).
+    The model is fitted on the leading ``regimes.train_fraction`` of sessions; the
+    probabilities at every bar use data up to that bar only (forward filter).
+    """
+    from sentio.regimes import filter_probs, fit_regimes, regime_history, regime_observations
+
+    key = regimes_key(bars_path, cfg)
+    folder = Path(workdir) / "regimes" / key
+    cached = _cached_summary(folder)
+    if cached is not None:
+        return cached
+    bars = pl.read_ipc(bars_path)
+    obs = regime_observations(bars, cfg)
+    if obs.X.shape[0] == 0:
+        raise DataError(
+            f"{bars_path}: too few bars of {cfg.universe.underlying} for the regime inputs' "
+            f"warm-up of {obs.warmup} bars (regimes.vol_window = {cfg.regimes.vol_window}); give more "
+            "data or a shorter window"
+        )
+    stamps = obs.timestamps
+    cutoff = training_cutoff(stamps, cfg.regimes.train_fraction)
+    train = (stamps < cutoff).to_numpy()
+    model = fit_regimes(obs.X[train], cfg.regimes)
+    probs = filter_probs(model, obs.X)
+    labels = probs.argmax(axis=1)
+    k = probs.shape[1]
+    model.save(folder / "model.json")
+    frame = pl.DataFrame(
+        {"timestamp": stamps, **{f"p_regime_{i}": probs[:, i].astype("float32") for i in range(k)}}
+    ).with_columns(regime=pl.Series(labels).cast(pl.Int8))
+    out = write_feather_atomic(folder / "regimes.feather", frame)
+    returns = (
+        bars.filter(pl.col("symbol") == cfg.universe.underlying)
+        .sort("timestamp")
+        .select("timestamp", r=pl.col("close").log().diff())
+        .join(frame.select("timestamp"), on="timestamp", how="right")["r"]
+        .to_numpy()
+    )
+
+    def history(mask: np.ndarray) -> dict[str, Any]:
+        return regime_history(
+            labels[mask], stamps.filter(pl.Series(mask)), returns[mask], n_states=k
+        )
+
+    histories = {
+        "train": history(train),
+        "test": history(~train),
+        "all": history(np.ones_like(train)),
+    }
+    write_json_atomic(folder / "history.json", histories)
+    summary: dict[str, Any] = {
+        "key": key,
+        "output": str(out),
+        "output_sha256": sha256_file(out),
+        "model": str(folder / "model.json"),
+        "history": str(folder / "history.json"),
+        "method": model.method,
+        "reason": model.reason,
+        "n_states": k,
+        "observations": list(obs.columns),
+        "warmup_bars": obs.warmup,
+        "train_end": cutoff.isoformat(),
+        "rows": frame.height,
+        "rows_train": int(train.sum()),
+        "regimes": histories["all"],
     }
     write_json_atomic(folder / STAGE_SUMMARY, summary)
     return summary

@@ -13,10 +13,18 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from sentio.orchestration import check_artifact_key, ingest_quality_markdown, ingest_summary_table
+from sentio.orchestration import (
+    check_artifact_key,
+    feature_summary_table,
+    ingest_quality_markdown,
+    ingest_summary_table,
+    regime_summary_table,
+)
 
 DATA_QUALITY_KEY = check_artifact_key("data-quality")
 INGEST_SUMMARY_KEY = check_artifact_key("ingest-summary")
+FEATURE_SUMMARY_KEY = check_artifact_key("feature-summary")
+REGIME_SUMMARY_KEY = check_artifact_key("regime-summary")
 
 
 @task(name="publish-ingest-artifacts", cache_policy=NO_CACHE, persist_result=False)
@@ -38,3 +46,31 @@ def publish_ingest_artifacts(summary: dict[str, Any]) -> dict[str, str]:
         description=f"Ingest counts, files and hashes, {period}",
     )
     return {DATA_QUALITY_KEY: str(markdown_id), INGEST_SUMMARY_KEY: str(table_id)}
+
+
+@task(name="publish-features-artifacts", cache_policy=NO_CACHE, persist_result=False)
+def publish_features_artifacts(summary: dict[str, Any]) -> dict[str, str]:
+    """Publish the feature-summary table (count, mean, std, min, max of every feature)."""
+    table_id = create_table_artifact(
+        table=feature_summary_table(summary),
+        key=FEATURE_SUMMARY_KEY,
+        description=(
+            f"{summary.get('n_features')} features x {summary.get('rows')} rows, "
+            f"{summary.get('normalisation')} normalisation, {summary.get('start')} to {summary.get('end')}"
+        ),
+    )
+    return {FEATURE_SUMMARY_KEY: str(table_id)}
+
+
+@task(name="publish-regimes-artifacts", cache_policy=NO_CACHE, persist_result=False)
+def publish_regimes_artifacts(summary: dict[str, Any]) -> dict[str, str]:
+    """Publish the regime-summary table (share, return, volatility, dwell time, method)."""
+    table_id = create_table_artifact(
+        table=regime_summary_table(summary),
+        key=REGIME_SUMMARY_KEY,
+        description=(
+            f"Regimes by {summary.get('method')}: fitted on {summary.get('rows_train')} bars "
+            f"before {summary.get('train_end')}, filtered causally over {summary.get('rows')} bars"
+        ),
+    )
+    return {REGIME_SUMMARY_KEY: str(table_id)}

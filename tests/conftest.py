@@ -17,6 +17,19 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPY_DIR = Path(os.environ.get("SENTIO_SPY_DIR", SHARED_DATA / "spy_minute_2011"))
 
 
+# Windows short enough for the features and regime stages on three sessions of minute
+# bars (the defaults need weeks of data to warm up).
+SHORT_WINDOWS = {
+    "features": {
+        "return_horizons": [1, 5, 15],
+        "vol_windows": [30],
+        "volume_z_window": 60,
+        "norm_window": 60,
+    },
+    "regimes": {"vol_window": 120},
+}
+
+
 def minute_bars(
     start: str, end: str, symbol: str = "QQQ", seed: int = 0, price: float = 100.0
 ) -> pl.DataFrame:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from sentio.cli import app
-from tests.conftest import minute_bars
+from tests.conftest import SHORT_WINDOWS, minute_bars
 
 runner = CliRunner()
 COMMANDS = ["synth", "sample", "ingest", "run", "serve", "config"]
@@ -149,7 +150,9 @@ def test_sentio_run_reports_user_errors_without_traceback_then_succeeds(tmp_path
         f"error: {tmp_path / 'naive.csv'}: timestamps have no time zone; give their zone with --tz or the ingest.tz setting (for example America/New_York or UTC)"
     ]
 
-    (tmp_path / "c.yaml").write_text("ingest:\n  tz: America/New_York\n")
+    (tmp_path / "c.yaml").write_text(
+        yaml.safe_dump({"ingest": {"tz": "America/New_York"}, **SHORT_WINDOWS})
+    )
     ok = subprocess.run(
         [exe, "run", "--data", "naive.csv", "--config", "c.yaml"],
         cwd=tmp_path,

@@ -31,7 +31,7 @@ from uuid import UUID
 import pytest
 import yaml
 
-from tests.conftest import minute_bars
+from tests.conftest import SHORT_WINDOWS, minute_bars
 
 pytestmark = pytest.mark.e2e
 
@@ -200,7 +200,7 @@ def test_served_manual_deployment_runs_from_the_cli(server: Server) -> None:
     work = server.root / "project"
     data = write_bars(work / "data" / "bars.feather")
     config = work / "sentio.yaml"
-    config.write_text(yaml.safe_dump({"paths": {"workdir": str(work / "wd")}}))
+    config.write_text(yaml.safe_dump({"paths": {"workdir": str(work / "wd")}, **SHORT_WINDOWS}))
     serve_log = server.root / "serve.log"
     # `sentio serve` applies the Prefect defaults of the config, then calls serve_deployments
     command = [str(BIN / "sentio"), "serve", "--data", str(data), "--config", str(config)]

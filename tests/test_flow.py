@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from sentio.errors import ContractError, SentioError
-from tests.conftest import minute_bars
+from tests.conftest import SHORT_WINDOWS, minute_bars
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +106,7 @@ def project(tmp_path: Path) -> dict[str, Path]:
     """A workdir, a config that points at it and one small input file."""
     workdir = tmp_path / "wd"
     config = tmp_path / "sentio.yaml"
-    config.write_text(yaml.safe_dump({"paths": {"workdir": str(workdir)}}))
+    config.write_text(yaml.safe_dump({"paths": {"workdir": str(workdir)}, **SHORT_WINDOWS}))
     return {
         "workdir": workdir,
         "config": config,
@@ -169,6 +169,13 @@ def test_cache_hits_on_unchanged_content_and_misses_on_new_content(
     assert run1.state.name == "Completed"
     assert run2.state.name == "Cached"
     assert second["stages"]["ingest"] == first["stages"]["ingest"]
+    # the features and regime stages are cached on the content of the bars too
+    for stage in ("features", "regimes"):
+        (a,) = task_runs(first["flow_run_id"], stage)
+        (b,) = task_runs(second["flow_run_id"], stage)
+        assert (a.state.name, b.state.name) == ("Completed", "Cached"), stage
+        assert second["stages"][stage] == first["stages"][stage]
+        assert Path(first["stages"][stage]["output"]).is_file()
     out = Path(first["stages"]["ingest"]["output"])
     assert out.is_file() and out.is_relative_to(project["workdir"])
 
@@ -194,12 +201,21 @@ def test_cache_hits_on_unchanged_content_and_misses_on_new_content(
         rows = {r["metric"]: r["value"] for r in json.loads(arts["ingest-summary"].data)}
         assert rows["rows read"] == 3 * 390 and rows["rows kept"] == 3 * 390
         assert rows["symbols"] == "QQQ, SQQQ, TQQQ"
+        features = json.loads(arts["feature-summary"].data)
+        assert [r["column"] for r in features] == first["stages"]["features"]["columns"]
+        regimes = json.loads(arts["regime-summary"].data)
+        assert [r["regime"] for r in regimes] == list(range(first["stages"]["regimes"]["n_states"]))
+        assert abs(sum(r["share of bars"] for r in regimes) - 1) < 1e-4
+        assert {r["method"] for r in regimes} == {first["stages"]["regimes"]["method"]}
 
     # same path, new content: the key changes and the task recomputes
     write_bars(project["bars"], seed=1)
     third = nightly_flow(**args)
     (run3,) = task_runs(third["flow_run_id"], "ingest")
     assert run3.state.name == "Completed"
+    for stage in ("features", "regimes"):
+        (c,) = task_runs(third["flow_run_id"], stage)
+        assert c.state.name == "Completed", stage
     assert third["stages"]["ingest"]["key"] != first["stages"]["ingest"]["key"]
     assert third["stages"]["ingest"]["output_sha256"] != first["stages"]["ingest"]["output_sha256"]
 

@@ -6,6 +6,8 @@ regular-hours bars only, sorted by ``symbol`` then ``timestamp``.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import polars as pl
 
 from data_contracts.bars import BARS_DTYPES
@@ -36,3 +38,25 @@ def to_canonical(frame: pl.DataFrame, sort: bool = True) -> pl.DataFrame:
 def session_date(ts: pl.Expr) -> pl.Expr:
     """The New York calendar date of a UTC timestamp: the session a regular-hours bar belongs to."""
     return ts.dt.convert_time_zone(NY_TZ).dt.date()
+
+
+def training_cutoff(timestamps: pl.Series, train_fraction: float) -> dt.datetime:
+    """The first bar start after the training range: the leading ``train_fraction`` of sessions.
+
+    Until folds exist (a later stage), the configured training range is this prefix; a
+    fitted quantity (normalisation statistics, the regime model) sees rows before it only.
+    """
+    days = session_date(pl.col("timestamp"))
+    sessions = pl.DataFrame({"timestamp": timestamps}).select(days.unique().sort())["timestamp"]
+    if sessions.len() < 2:
+        from sentio.errors import DataError
+
+        raise DataError(
+            f"need at least two sessions to split off a training range, got {sessions.len()}"
+        )
+    n_train = min(max(1, int(sessions.len() * train_fraction)), sessions.len() - 1)
+    first_test = sessions[n_train]
+    frame = pl.DataFrame({"timestamp": timestamps}).filter(days >= first_test)
+    cutoff = frame["timestamp"].min()
+    assert isinstance(cutoff, dt.datetime)
+    return cutoff

@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from sentio.config import SentioConfig
-from sentio.data.schema import session_date
+from sentio.data.schema import session_date, training_cutoff
 from sentio.errors import DataError
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
 OBSERVATION_COLUMNS = ("agg_log_return", "log_realized_vol")
 RETURN_COLUMN = 0  # index of the aggregated return input (states are ordered by its variance)
 VOL_COLUMN = 1  # index of the realized-volatility input (the quantile fallback uses it)
-DEFAULT_VOL_WINDOW = 2730  # seven regular sessions of one-minute bars
+DEFAULT_VOL_WINDOW = 2730  # seven regular sessions of one-minute bars (the config default)
 _STD_FLOOR = 1e-12
 
 
@@ -66,19 +66,21 @@ class RegimeInputs:
 
 
 def regime_observations(
-    bars: pl.DataFrame, cfg: SentioConfig, *, vol_window: int = DEFAULT_VOL_WINDOW
+    bars: pl.DataFrame, cfg: SentioConfig, *, vol_window: int | None = None
 ) -> RegimeInputs:
     """Causal regime inputs of ``cfg.universe.underlying`` from canonical bars.
 
     Args:
         bars: canonical bars (any symbols; only the underlying is used).
         cfg: configuration; ``cfg.regimes.aggregate_bars`` sets the return aggregation.
-        vol_window: bars in the realized-volatility window (keyword setting, not in the
-            config).
+        vol_window: bars in the realized-volatility window; ``cfg.regimes.vol_window``
+            when not given.
 
     Raises:
         DataError: when the bars hold no row of the underlying.
     """
+    if vol_window is None:
+        vol_window = cfg.regimes.vol_window
     if vol_window < 2:
         raise ValueError(f"vol_window must be >= 2, got {vol_window}")
     agg = cfg.regimes.aggregate_bars
@@ -118,17 +120,11 @@ def _window_sum(x: np.ndarray, window: int) -> np.ndarray:
 
 
 def train_rows(timestamps: pl.Series, train_fraction: float) -> int:
-    """Number of leading rows that belong to the first ``train_fraction`` of the sessions.
+    """Number of leading rows in the first ``train_fraction`` of the sessions.
 
-    Sessions are New York calendar dates of the bar timestamps; at least one session is
-    used for training when there is any row.
+    The split is :func:`sentio.data.schema.training_cutoff` (at least one training and one
+    test session); with fewer than two sessions every row is a training row.
     """
-    if timestamps.len() == 0:
-        return 0
-    dates = timestamps.to_frame("t").select(session_date(pl.col("t")).alias("d"))["d"]
-    unique = dates.unique(maintain_order=True)
-    n_train = max(1, int(np.floor(train_fraction * unique.len())))
-    if n_train >= unique.len():
+    if timestamps.to_frame("t").select(session_date(pl.col("t")).n_unique()).item() < 2:
         return int(timestamps.len())
-    first_test = unique[n_train]
-    return int((dates < first_test).sum())
+    return int((timestamps < training_cutoff(timestamps, train_fraction)).sum())
