@@ -276,6 +276,15 @@ def _print_run(record: dict[str, Any]) -> None:
         typer.echo(f"data docs: {ingest['gx_html']}")
         if ingest["quarantine"]:
             typer.echo(f"quarantine: {ingest['quarantine']}")
+    features = record["stages"].get("features")
+    if features:
+        typer.echo(
+            f"features: {features['rows']} rows x {features['n_features']} "
+            f"({features['normalisation']} normalisation): {features['output']}"
+        )
+    regimes = record["stages"].get("regimes")
+    if regimes:
+        typer.echo(f"regimes: {regimes['method']} ({regimes['reason']}): {regimes['output']}")
 
 
 @app.command()

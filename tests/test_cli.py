@@ -167,6 +167,8 @@ def test_sentio_run_reports_user_errors_without_traceback_then_succeeds(tmp_path
     bars = pl.read_ipc(bars_line.removeprefix("bars: "))
     assert set(bars["symbol"].unique()) == {"QQQ", "TQQQ", "SQQQ"}  # leveraged ETFs derived
     assert "(derived: SQQQ, TQQQ)" in ok.stdout
+    assert any(ln.startswith("features: ") for ln in ok.stdout.splitlines())
+    assert any(ln.startswith("regimes: ") for ln in ok.stdout.splitlines())
     assert str(tmp_path / ".sentio" / "runs") in ok.stdout  # outputs under the project, not ~
 
 
