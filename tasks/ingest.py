@@ -60,15 +60,23 @@ def retry_on_io_error(task: Task[..., Any], task_run: TaskRun, state: State[Any]
     return isinstance(exc, OSError) and not isinstance(exc, SentioError)
 
 
+def stage_task_options(cache_policy: CachePolicy) -> dict[str, Any]:
+    """The options every stage task shares: its content cache, persisted JSON results,
+    and retries on I/O failures only."""
+    return {
+        "cache_policy": cache_policy,
+        "persist_result": True,
+        "result_serializer": "json",
+        "retries": INGEST_RETRIES,
+        "retry_delay_seconds": INGEST_RETRY_DELAYS,
+        "retry_condition_fn": retry_on_io_error,
+    }
+
+
 @task(
     name="ingest",
     description="Validate and canonicalise the bar files; derive missing leveraged symbols.",
-    cache_policy=INGEST_CACHE_POLICY,
-    persist_result=True,
-    result_serializer="json",
-    retries=INGEST_RETRIES,
-    retry_delay_seconds=INGEST_RETRY_DELAYS,
-    retry_condition_fn=retry_on_io_error,
+    **stage_task_options(INGEST_CACHE_POLICY),
 )
 def ingest_task(inputs: list[str], cfg: SentioConfig, workdir: str) -> dict[str, Any]:
     """Run :func:`sentio.stages.ingest_stage` and return its small JSON-able summary."""

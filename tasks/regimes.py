@@ -14,20 +14,15 @@ from prefect import get_run_logger, task
 from sentio import stages
 from sentio.config import SentioConfig
 from tasks.caching import content_cache_policy
-from tasks.ingest import INGEST_RETRIES, INGEST_RETRY_DELAYS, retry_on_io_error
+from tasks.ingest import stage_task_options
 
 
 @task(
     name="regimes",
     description="HMM regimes fitted on the training range, filtered causally (content-cached).",
-    cache_policy=content_cache_policy(
-        "regimes", lambda p: stages.regimes_key(p["bars_path"], p["cfg"])
+    **stage_task_options(
+        content_cache_policy("regimes", lambda p: stages.regimes_key(p["bars_path"], p["cfg"]))
     ),
-    persist_result=True,
-    result_serializer="json",
-    retries=INGEST_RETRIES,
-    retry_delay_seconds=INGEST_RETRY_DELAYS,
-    retry_condition_fn=retry_on_io_error,
 )
 def regimes_task(bars_path: str, cfg: SentioConfig, workdir: str) -> dict[str, Any]:
     """Run :func:`sentio.stages.regimes_stage`; return its summary."""
