@@ -21,11 +21,6 @@ CANONICAL_COLUMNS: tuple[str, ...] = tuple(CANONICAL_SCHEMA)
 NY_TZ = "America/New_York"
 
 
-def empty_bars() -> pl.DataFrame:
-    """An empty frame with the canonical schema."""
-    return pl.DataFrame(schema=CANONICAL_SCHEMA)
-
-
 def to_canonical(frame: pl.DataFrame, sort: bool = True) -> pl.DataFrame:
     """Select the canonical columns in order and cast them; sort by symbol then timestamp.
 

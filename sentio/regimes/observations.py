@@ -35,7 +35,6 @@ __all__ = [
     "OBSERVATION_COLUMNS",
     "RETURN_COLUMN",
     "VOL_COLUMN",
-    "DEFAULT_VOL_WINDOW",
     "RegimeInputs",
     "regime_observations",
     "train_rows",
@@ -44,7 +43,6 @@ __all__ = [
 OBSERVATION_COLUMNS = ("agg_log_return", "log_realized_vol")
 RETURN_COLUMN = 0  # index of the aggregated return input (states are ordered by its variance)
 VOL_COLUMN = 1  # index of the realized-volatility input (the quantile fallback uses it)
-DEFAULT_VOL_WINDOW = 2730  # seven regular sessions of one-minute bars (the config default)
 _STD_FLOOR = 1e-12
 
 
