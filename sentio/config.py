@@ -321,12 +321,38 @@ class RegimesConfig(_Section):
 class CVConfig(_Section):
     """Purged, embargoed folds (folds stage)."""
 
-    method: Literal["walk_forward", "kfold", "cpcv"] = "walk_forward"
-    n_splits: int = Field(4, ge=1, le=100)
-    anchored: bool = True
-    n_groups: int = Field(6, ge=2, le=50)
-    n_test_groups: int = Field(2, ge=1, le=49)
-    embargo_bars: int = Field(390, ge=0)
+    method: Literal["walk_forward", "kfold", "cpcv"] = Field(
+        "walk_forward",
+        description="walk_forward: test blocks in time order, training before each; kfold: "
+        "every block tested once; cpcv: combinatorial purged CV over n_groups",
+    )
+    n_splits: int = Field(
+        4,
+        ge=1,
+        le=100,
+        description="walk_forward: test blocks (data cut into n_splits + 1); kfold: folds",
+    )
+    anchored: bool = Field(
+        True,
+        description="walk_forward: training from the first block (False: the previous block only)",
+    )
+    n_groups: int = Field(6, ge=2, le=50, description="cpcv: contiguous groups N")
+    n_test_groups: int = Field(2, ge=1, le=49, description="cpcv: test groups k per split")
+    embargo_bars: int = Field(
+        390, ge=0, description="training samples dropped after each test block, in bars"
+    )
+    embargo_fraction: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="embargo as a share of all samples (ceil); replaces embargo_bars when set",
+    )
+    label_bars: int = Field(
+        1,
+        ge=0,
+        description="bars a sample's span reaches past its own bar (1: the order decided at "
+        "the close of t fills at the open of t+1); purging uses it",
+    )
 
     @model_validator(mode="after")
     def _groups(self) -> CVConfig:
