@@ -460,12 +460,12 @@ class _PurgedSplitter:
         embargo = self.embargo_bars(n)
         if embargo > shortest:
             src = (
-                f"ceil({self.embargo_fraction} x {n} samples)"
+                f" (ceil({self.embargo_fraction} x {n} samples))"
                 if self.embargo_fraction is not None
-                else "embargo"
+                else ""
             )
             raise ConfigError(
-                f"embargo of {embargo} bars ({src}) is larger than the shortest block "
+                f"embargo of {embargo} bars{src} is larger than the shortest block "
                 f"({where}); lower the embargo or use fewer splits"
             )
         length = b - a
