@@ -4,7 +4,8 @@ It reads like the pipeline diagram of ``DESIGN.md``; each stage is one task that
 a small summary, collected in ``workdir/runs/<flow-run name>/run.json`` beside the
 ``config.yaml`` of the run::
 
-    ingest -> features -> regimes -> (folds -> train -> backtest -> report: later issues)
+    ingest -> features -> folds -> regimes (one model per fold)
+        -> (train -> backtest -> report: later issues)
 
 To add a stage: call ``run_stage(_persisted(<its task>, storage), ...)`` with the previous
 summaries' paths, store its summary in ``record["stages"][<name>]``, ``_save`` and publish
@@ -26,11 +27,13 @@ from sentio.config import load_config, with_overrides, write_config
 from sentio.orchestration import run_dir, task_result_storage, utc_now, write_run_record
 from tasks.artifacts import (
     publish_features_artifacts,
+    publish_folds_artifacts,
     publish_ingest_artifacts,
     publish_regimes_artifacts,
 )
 from tasks.caching import run_stage
 from tasks.features import features_task
+from tasks.folds import folds_task
 from tasks.ingest import ingest_task
 from tasks.regimes import regimes_task
 
@@ -110,9 +113,17 @@ def nightly_flow(
         _save(folder, record)
         record["artifacts"].update(publish_features_artifacts(record["stages"]["features"]))
 
+        features = record["stages"]["features"]["output"]
+        record["stages"]["folds"] = run_stage(
+            _persisted(folds_task, storage), features, cfg, str(root)
+        )
+        _save(folder, record)
+        record["artifacts"].update(publish_folds_artifacts(record["stages"]["folds"]))
+
         if cfg.regimes.enabled:
+            folds = record["stages"]["folds"]["output"]
             record["stages"]["regimes"] = run_stage(
-                _persisted(regimes_task, storage), bars, cfg, str(root)
+                _persisted(regimes_task, storage), bars, folds, cfg, str(root)
             )
             _save(folder, record)
             record["artifacts"].update(publish_regimes_artifacts(record["stages"]["regimes"]))

@@ -282,9 +282,16 @@ def _print_run(record: dict[str, Any]) -> None:
             f"features: {features['rows']} rows x {features['n_features']} "
             f"({features['normalisation']} normalisation): {features['output']}"
         )
+    folds = record["stages"].get("folds")
+    if folds:
+        typer.echo(
+            f"folds: {folds['n_folds']} {folds['method']} fold(s) over {folds['samples']} rows: "
+            f"{folds['output']}"
+        )
     regimes = record["stages"].get("regimes")
     if regimes:
-        typer.echo(f"regimes: {regimes['method']} ({regimes['reason']}): {regimes['output']}")
+        methods = ", ".join(f"fold {f['fold']} {f['method']}" for f in regimes["folds"])
+        typer.echo(f"regimes: {methods}: {regimes['output']}")
 
 
 @app.command()

@@ -309,12 +309,6 @@ class RegimesConfig(_Section):
     vol_window: int = Field(
         2730, ge=2, description="bars of the realized-volatility input (2730 = 7 sessions)"
     )
-    train_fraction: float = Field(
-        0.5,
-        gt=0.0,
-        lt=1.0,
-        description="leading share of sessions the model is fitted on (until folds exist)",
-    )
     seed: int = Field(0, ge=0, description="seed of the HMM initialisations")
 
 

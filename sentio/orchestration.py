@@ -289,21 +289,48 @@ def feature_summary_table(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def regime_summary_table(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Rows of the regime-summary table artifact: one per regime, over all bars.
+    """Rows of the regime-summary table artifact: one per fold and regime.
 
-    Share of bars, mean return and volatility per bar, mean dwell time in bars, and the
-    method used (``hmm`` or the ``vol_quantile`` fallback, with its reason).
+    Each fold's model is fitted on that fold's training rows; the statistics are over the
+    fold's TEST rows (out of sample): share of bars, mean return and volatility per bar,
+    mean dwell time in bars, and the method used (``hmm`` or the ``vol_quantile``
+    fallback) with the rows it was fitted on.
     """
-    per_regime = (summary.get("regimes") or {}).get("regimes") or []
-    return [
-        {
-            "regime": row.get("label"),
-            "share of bars": _round(row.get("share")),
-            "mean return": _round(row.get("mean_return"), 8),
-            "volatility": _round(row.get("volatility"), 8),
-            "mean dwell (bars)": _round(row.get("mean_dwell_bars"), 2),
-            "runs": row.get("n_runs"),
-            "method": summary.get("method"),
-        }
-        for row in per_regime
-    ]
+    rows: list[dict[str, Any]] = []
+    for fold in summary.get("folds") or []:
+        for row in (fold.get("regimes_test") or {}).get("regimes") or []:
+            rows.append(
+                {
+                    "fold": fold.get("fold"),
+                    "regime": row.get("label"),
+                    "share of test bars": _round(row.get("share")),
+                    "mean return": _round(row.get("mean_return"), 8),
+                    "volatility": _round(row.get("volatility"), 8),
+                    "mean dwell (bars)": _round(row.get("mean_dwell_bars"), 2),
+                    "runs": row.get("n_runs"),
+                    "method": fold.get("method"),
+                    "fitted on rows": fold.get("rows_train"),
+                }
+            )
+    return rows
+
+
+def fold_table(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the folds table artifact: boundaries, sizes, purged and embargoed counts."""
+    rows: list[dict[str, Any]] = []
+    for fold in summary.get("folds") or []:
+        blocks = fold.get("test_blocks") or []
+        rows.append(
+            {
+                "fold": fold.get("fold"),
+                "test from": blocks[0]["start"] if blocks else None,
+                "test to": blocks[-1]["end"] if blocks else None,
+                "test blocks": len(blocks),
+                "test rows": fold.get("test_rows"),
+                "train rows": fold.get("train_rows"),
+                "train ranges": fold.get("n_train_ranges"),
+                "purged": fold.get("purged"),
+                "embargoed": fold.get("embargoed"),
+            }
+        )
+    return rows

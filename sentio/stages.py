@@ -9,6 +9,7 @@ outputs already exist and verify is not recomputed either.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +23,8 @@ from sentio.data import readers
 from sentio.data.ingest import check_contracts, ingest_files
 from sentio.data.leverage import ensure_universe
 from sentio.data.provenance import provenance_digest
-from sentio.data.schema import training_cutoff
-from sentio.errors import ContractError, DataError
+from sentio.data.schema import session_date
+from sentio.errors import ContractError, DataError, SentioError
 from sentio.io import (
     code_version,
     combine_hashes,
@@ -116,6 +117,9 @@ def _cached_summary(folder: Path) -> dict[str, Any] | None:
         summary = json.loads(path.read_text())
         if sha256_file(summary["output"]) != summary["output_sha256"]:
             return None
+        for path, digest in summary.get("files", {}).items():
+            if sha256_file(path) != digest:
+                return None
     except (OSError, ValueError, KeyError):
         return None
     return summary
@@ -200,8 +204,6 @@ def features_key(bars_path: str | Path, cfg: SentioConfig) -> str:
     from sentio.features import features_code_version
 
     parts = [sha256_file(bars_path), cfg.hash("features", "universe"), features_code_version()]
-    if cfg.features.normalisation == "train_fit":
-        parts.append(str(cfg.regimes.train_fraction))
     if cfg.features.exogenous_path is not None:
         parts.append(sha256_file(cfg.features.exogenous_path))
     return combine_hashes(parts)[:32]
@@ -211,12 +213,13 @@ def features_stage(bars_path: str | Path, cfg: SentioConfig, workdir: str | Path
     """Build the causal feature frame of the underlying; content-addressed and validated.
 
     Output ``workdir/features/<key>/features.feather``: ``timestamp`` plus Float32
-    features, warm-up rows dropped, normalised causally (or with statistics fitted on the
-    training range when ``features.normalisation = "train_fit"``).
+    features, warm-up rows dropped, normalised causally (``rolling``/``expanding``). With
+    ``features.normalisation = "train_fit"`` the values are left raw here: the folds stage
+    fits one normaliser per fold on that fold's (purged) training rows only.
     """
     from data_contracts import ContractViolation
     from data_contracts.features import validate_features
-    from sentio.features import apply_normaliser, build_features, feature_summary, fit_normaliser
+    from sentio.features import build_features, feature_summary
 
     key = features_key(bars_path, cfg)
     folder = Path(workdir) / "features" / key
@@ -228,14 +231,6 @@ def features_stage(bars_path: str | Path, cfg: SentioConfig, workdir: str | Path
         raise DataError(
             f"{bars_path}: too few bars for the feature warm-up (the longest indicator window "
             f"plus features.norm_window = {cfg.features.norm_window}); give more data or shorter windows"
-        )
-    normaliser = None
-    if cfg.features.normalisation == "train_fit":
-        cutoff = training_cutoff(frame["timestamp"], cfg.regimes.train_fraction)
-        normaliser = fit_normaliser(frame, cutoff, clip=cfg.features.norm_clip)
-        frame = apply_normaliser(frame, normaliser)
-        write_json_atomic(
-            folder / "normaliser.json", {"train_end": cutoff.isoformat(), **normaliser}
         )
     out = folder / "features.feather"
     try:
@@ -255,41 +250,206 @@ def features_stage(bars_path: str | Path, cfg: SentioConfig, workdir: str | Path
         "start": frame["timestamp"].min().isoformat() if frame.height else None,  # type: ignore[union-attr]
         "end": frame["timestamp"].max().isoformat() if frame.height else None,  # type: ignore[union-attr]
         "normalisation": cfg.features.normalisation,
-        "normaliser": str(folder / "normaliser.json") if normaliser is not None else None,
         "table": feature_summary(frame),
     }
     write_json_atomic(folder / STAGE_SUMMARY, summary)
     return summary
 
 
+# --------------------------------------------------------------------------- folds
+
+FOLDS_MODULES = ("sentio.stages", "sentio.cv", "sentio.cv.splitters", "sentio.features.normalise")
+
+
+def folds_key(features_path: str | Path, cfg: SentioConfig) -> str:
+    """Cache key of the folds stage: feature frame CONTENT, ``cv`` settings, code.
+
+    With ``features.normalisation = "train_fit"`` the stage also fits the per-fold
+    normalisers, so the feature settings are part of the key then.
+    """
+    parts = [sha256_file(features_path), cfg.hash("cv"), code_version(*FOLDS_MODULES)]
+    if cfg.features.normalisation == "train_fit":
+        parts.append(cfg.hash("features"))
+    return combine_hashes(parts)[:32]
+
+
+def _ranges(runs: Sequence[tuple[int, int]], stamps: Sequence[dt.datetime]) -> list[dict[str, Any]]:
+    """Half-open row runs with the timestamps of their first and last rows."""
+    return [
+        {
+            "start_row": int(a),
+            "stop_row": int(b),
+            "start": stamps[a].isoformat(),
+            "end": stamps[b - 1].isoformat(),
+        }
+        for a, b in runs
+    ]
+
+
+def folds_stage(
+    features_path: str | Path, cfg: SentioConfig, workdir: str | Path
+) -> dict[str, Any]:
+    """Cut the feature rows into purged, embargoed folds (``cv`` settings).
+
+    Samples are the rows of the feature frame, grouped by New York session so that fold
+    edges fall on session boundaries; a sample's span is its own bar plus ``cv.label_bars``
+    bars (the fill of the order decided at its close). Output ``workdir/folds/<key>/``:
+    ``folds.json`` (method, settings, per fold its training ranges and test blocks as row
+    ranges and timestamps, purged and embargoed counts; for ``cpcv`` the backtest paths)
+    and, with ``features.normalisation = "train_fit"``, ``fold_<j>/normaliser.json``
+    fitted on fold j's training rows only.
+    """
+    from sentio.cv import CombinatorialPurgedCV, splitter_from_config
+    from sentio.features import fit_normaliser
+
+    key = folds_key(features_path, cfg)
+    folder = Path(workdir) / "folds" / key
+    cached = _cached_summary(folder)
+    if cached is not None:
+        return cached
+    frame = pl.read_ipc(features_path)
+    stamps = frame["timestamp"]
+    groups = stamps.to_frame("t").select(session_date(pl.col("t"))).to_series().to_numpy()
+    splitter = splitter_from_config(cfg.cv)
+    try:
+        folds = splitter.folds(frame.height, groups=groups)
+    except SentioError as exc:
+        raise type(exc)(
+            f"folds over {frame.height} feature rows ({features_path}), cv.method = "
+            f"{cfg.cv.method}: {exc}"
+        ) from None
+    ts = stamps.to_list()
+    records: list[dict[str, Any]] = []
+    for fold in folds:
+        record: dict[str, Any] = {
+            "fold": int(fold.index),
+            "train_rows": int(fold.train.size),
+            "test_rows": int(fold.test.size),
+            "purged": int(fold.n_purged),
+            "embargoed": int(fold.n_embargoed),
+            "test_groups": [int(g) for g in np.atleast_1d(fold.test_groups)],
+            "train_ranges": _ranges(fold.train_ranges(), ts),
+            "test_blocks": _ranges(fold.test_blocks, ts),
+            "normaliser": None,
+        }
+        if cfg.features.normalisation == "train_fit":
+            params = fit_normaliser(frame, clip=cfg.features.norm_clip, rows=fold.train)
+            record["normaliser"] = str(
+                write_json_atomic(folder / f"fold_{fold.index}" / "normaliser.json", params)
+            )
+        records.append(record)
+    paths = None
+    if isinstance(splitter, CombinatorialPurgedCV):
+        paths = [[[int(g), int(j)] for g, j in path] for path in splitter.paths()]
+    out = write_json_atomic(
+        folder / "folds.json",
+        {
+            "method": cfg.cv.method,
+            "settings": cfg.cv.model_dump(mode="json"),
+            "features": str(features_path),
+            "samples": frame.height,
+            "start": ts[0].isoformat(),
+            "end": ts[-1].isoformat(),
+            "folds": records,
+            "paths": paths,
+        },
+    )
+    summary: dict[str, Any] = {
+        "key": key,
+        "output": str(out),
+        "output_sha256": sha256_file(out),
+        "method": cfg.cv.method,
+        "samples": frame.height,
+        "n_folds": len(records),
+        "n_paths": None if paths is None else len(paths),
+        "folds": [
+            {k: v for k, v in r.items() if k not in ("train_ranges",)}
+            | {"n_train_ranges": len(r["train_ranges"])}
+            for r in records
+        ],
+    }
+    write_json_atomic(folder / STAGE_SUMMARY, summary)
+    return summary
+
+
+def load_folds(folds_path: str | Path) -> dict[str, Any]:
+    """The ``folds.json`` written by :func:`folds_stage`."""
+    try:
+        return dict(json.loads(Path(folds_path).read_text()))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{folds_path}: cannot read the folds ({exc})") from None
+
+
 # --------------------------------------------------------------------------- regimes
 
 
-def regimes_key(bars_path: str | Path, cfg: SentioConfig) -> str:
-    """Cache key of the regime stage: bars CONTENT, regimes/universe settings, code."""
+def regimes_key(bars_path: str | Path, folds_path: str | Path, cfg: SentioConfig) -> str:
+    """Cache key of the regime stage: bars and folds CONTENT, regimes/universe settings, code."""
     from sentio.regimes import regimes_code_version
 
     return combine_hashes(
-        [sha256_file(bars_path), cfg.hash("regimes", "universe"), regimes_code_version()]
+        [
+            sha256_file(bars_path),
+            sha256_file(folds_path),
+            cfg.hash("regimes", "universe"),
+            regimes_code_version(),
+        ]
     )[:32]
 
 
-def regimes_stage(bars_path: str | Path, cfg: SentioConfig, workdir: str | Path) -> dict[str, Any]:
-    """Fit the regime model on the training range only and filter every bar causally.
+def _utc64(iso: str) -> np.datetime64:
+    """An ISO timestamp (timezone-aware) as a naive-UTC ``datetime64[us]``."""
+    t = dt.datetime.fromisoformat(iso).astimezone(dt.UTC).replace(tzinfo=None)
+    return np.datetime64(t, "us")
 
-    Outputs in ``workdir/regimes/<key>/``: ``model.json`` (plain parameters),
-    ``regimes.feather`` (timestamp, filtered probability of each regime, most likely
-    regime) and ``history.json`` (share, return, volatility, dwell times, transitions).
-    The model is fitted on the leading ``regimes.train_fraction`` of sessions; the
-    probabilities at every bar use data up to that bar only (forward filter).
+
+def regime_training_rows(
+    stamps: np.ndarray, window_start: np.ndarray, fold: dict[str, Any]
+) -> tuple[np.ndarray, int]:
+    """Rows of the regime inputs a fold's model may be fitted on, and how many were purged.
+
+    A row qualifies when its bar lies in one of the fold's training ranges and the bars
+    its inputs are computed from (``window_start`` to its own bar) do not reach into any
+    of the fold's test blocks: the first rows after a test block summarise bars of that
+    block, and fitting on them would let the test period shape the model.
+
+    Args:
+        stamps: ``datetime64[us]`` (naive UTC) bar start of each regime-input row.
+        window_start: start of the first bar in each row's input window, same dtype.
+        fold: one entry of ``folds.json``'s ``folds``.
+    """
+    in_train = np.zeros(stamps.shape, dtype=bool)
+    for r in fold["train_ranges"]:
+        lo, hi = np.searchsorted(stamps, [_utc64(r["start"]), _utc64(r["end"])], side="left")
+        hi += int(hi < stamps.size and stamps[hi] == _utc64(r["end"]))
+        in_train[lo:hi] = True
+    clean = in_train.copy()
+    for b in fold["test_blocks"]:
+        clean &= ~((window_start <= _utc64(b["end"])) & (stamps >= _utc64(b["start"])))
+    return clean, int(in_train.sum() - clean.sum())
+
+
+def regimes_stage(
+    bars_path: str | Path, folds_path: str | Path, cfg: SentioConfig, workdir: str | Path
+) -> dict[str, Any]:
+    """Fit one regime model per fold on that fold's training ranges; filter every bar causally.
+
+    Outputs in ``workdir/regimes/<key>/``: ``regimes.json`` (the per-fold index) and per
+    fold ``fold_<j>/model.json`` (plain parameters), ``fold_<j>/regimes.feather``
+    (timestamp, filtered probability of each regime, most likely regime) and
+    ``fold_<j>/history.json`` (share, return, volatility, dwell times, transitions over
+    the fold's training rows, its test rows and all rows). Each model sees the inputs of
+    its fold's training rows only (see :func:`regime_training_rows`); the probabilities
+    at every bar use data up to that bar only (forward filter).
     """
     from sentio.regimes import filter_probs, fit_regimes, regime_history, regime_observations
 
-    key = regimes_key(bars_path, cfg)
+    key = regimes_key(bars_path, folds_path, cfg)
     folder = Path(workdir) / "regimes" / key
     cached = _cached_summary(folder)
     if cached is not None:
         return cached
+    folds = load_folds(folds_path)
     bars = pl.read_ipc(bars_path)
     obs = regime_observations(bars, cfg)
     if obs.X.shape[0] == 0:
@@ -298,52 +458,81 @@ def regimes_stage(bars_path: str | Path, cfg: SentioConfig, workdir: str | Path)
             f"warm-up of {obs.warmup} bars (regimes.vol_window = {cfg.regimes.vol_window}); give more "
             "data or a shorter window"
         )
-    stamps = obs.timestamps
-    cutoff = training_cutoff(stamps, cfg.regimes.train_fraction)
-    train = (stamps < cutoff).to_numpy()
-    model = fit_regimes(obs.X[train], cfg.regimes)
-    probs = filter_probs(model, obs.X)
-    labels = probs.argmax(axis=1)
-    k = probs.shape[1]
-    model.save(folder / "model.json")
-    frame = pl.DataFrame(
-        {"timestamp": stamps, **{f"p_regime_{i}": probs[:, i].astype("float32") for i in range(k)}}
-    ).with_columns(regime=pl.Series(labels).cast(pl.Int8))
-    out = write_feather_atomic(folder / "regimes.feather", frame)
+    under = bars.filter(pl.col("symbol") == cfg.universe.underlying).sort("timestamp")
+    bar_stamps = under["timestamp"].dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
+    stamps = bar_stamps[obs.warmup :]
+    window_start = bar_stamps[: stamps.size]
     returns = (
-        bars.filter(pl.col("symbol") == cfg.universe.underlying)
-        .sort("timestamp")
-        .select("timestamp", r=pl.col("close").log().diff())
-        .join(frame.select("timestamp"), on="timestamp", how="right")["r"]
-        .to_numpy()
+        under.select(r=pl.col("close").log().diff())["r"].to_numpy()[obs.warmup :].astype(float)
     )
+    k = cfg.regimes.n_states
+    files: dict[str, str] = {}
+    entries: list[dict[str, Any]] = []
+    for fold in folds["folds"]:
+        j = int(fold["fold"])
+        sub = folder / f"fold_{j}"
+        train, dropped = regime_training_rows(stamps, window_start, fold)
+        if not train.any():
+            raise DataError(
+                f"fold {j}: no regime-input rows inside its training ranges (the regime inputs "
+                f"start {obs.warmup} bars after the first bar); give more data or a shorter "
+                "regimes.vol_window"
+            )
+        test = np.zeros_like(train)
+        for b in fold["test_blocks"]:
+            test |= (stamps >= _utc64(b["start"])) & (stamps <= _utc64(b["end"]))
+        model = fit_regimes(obs.X[train], cfg.regimes)
+        probs = filter_probs(model, obs.X)
+        labels = probs.argmax(axis=1)
+        model_path = model.save(sub / "model.json")
+        frame = pl.DataFrame(
+            {
+                "timestamp": obs.timestamps,
+                **{f"p_regime_{i}": probs[:, i].astype("float32") for i in range(k)},
+            }
+        ).with_columns(regime=pl.Series(labels).cast(pl.Int8))
+        out = write_feather_atomic(sub / "regimes.feather", frame)
 
-    def history(mask: np.ndarray) -> dict[str, Any]:
-        return regime_history(
-            labels[mask], stamps.filter(pl.Series(mask)), returns[mask], n_states=k
+        histories = {
+            name: regime_history(
+                labels[mask], obs.timestamps.filter(pl.Series(mask)), returns[mask], n_states=k
+            )
+            for name, mask in (("train", train), ("test", test), ("all", np.ones_like(train)))
+        }
+        hist_path = write_json_atomic(sub / "history.json", histories)
+        for p in (model_path, out, hist_path):
+            files[str(p)] = sha256_file(p)
+        entries.append(
+            {
+                "fold": j,
+                "method": model.method,
+                "reason": model.reason,
+                "rows_train": int(train.sum()),
+                "rows_purged_lookback": dropped,
+                "rows_test": int(test.sum()),
+                "model": str(model_path),
+                "output": str(out),
+                "history": str(hist_path),
+                "regimes_test": histories["test"],
+            }
         )
-
-    histories = {
-        "train": history(train),
-        "test": history(~train),
-        "all": history(np.ones_like(train)),
-    }
-    write_json_atomic(folder / "history.json", histories)
+    index = write_json_atomic(
+        folder / "regimes.json", {"folds": entries, "observations": list(obs.columns)}
+    )
+    methods = sorted({e["method"] for e in entries})
     summary: dict[str, Any] = {
         "key": key,
-        "output": str(out),
-        "output_sha256": sha256_file(out),
-        "model": str(folder / "model.json"),
-        "history": str(folder / "history.json"),
-        "method": model.method,
-        "reason": model.reason,
+        "output": str(index),
+        "output_sha256": sha256_file(index),
+        "files": files,
+        "folds_file": str(folds_path),
+        "method": methods[0] if len(methods) == 1 else "mixed",
         "n_states": k,
+        "n_folds": len(entries),
         "observations": list(obs.columns),
         "warmup_bars": obs.warmup,
-        "train_end": cutoff.isoformat(),
-        "rows": frame.height,
-        "rows_train": int(train.sum()),
-        "regimes": histories["all"],
+        "rows": int(stamps.size),
+        "folds": entries,
     }
     write_json_atomic(folder / STAGE_SUMMARY, summary)
     return summary

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from sentio.orchestration import (
     check_artifact_key,
     feature_summary_table,
+    fold_table,
     ingest_quality_markdown,
     ingest_summary_table,
     regime_summary_table,
@@ -25,6 +26,7 @@ DATA_QUALITY_KEY = check_artifact_key("data-quality")
 INGEST_SUMMARY_KEY = check_artifact_key("ingest-summary")
 FEATURE_SUMMARY_KEY = check_artifact_key("feature-summary")
 REGIME_SUMMARY_KEY = check_artifact_key("regime-summary")
+FOLDS_KEY = check_artifact_key("folds")
 
 
 @task(name="publish-ingest-artifacts", cache_policy=NO_CACHE, persist_result=False)
@@ -64,13 +66,30 @@ def publish_features_artifacts(summary: dict[str, Any]) -> dict[str, str]:
 
 @task(name="publish-regimes-artifacts", cache_policy=NO_CACHE, persist_result=False)
 def publish_regimes_artifacts(summary: dict[str, Any]) -> dict[str, str]:
-    """Publish the regime-summary table (share, return, volatility, dwell time, method)."""
+    """Publish the regime-summary table (per fold: share, return, volatility, dwell, method)."""
     table_id = create_table_artifact(
         table=regime_summary_table(summary),
         key=REGIME_SUMMARY_KEY,
         description=(
-            f"Regimes by {summary.get('method')}: fitted on {summary.get('rows_train')} bars "
-            f"before {summary.get('train_end')}, filtered causally over {summary.get('rows')} bars"
+            f"Regimes ({summary.get('method')}): one model per fold fitted on its training "
+            f"rows, filtered causally over {summary.get('rows')} bars; statistics over each "
+            "fold's test rows"
         ),
     )
     return {REGIME_SUMMARY_KEY: str(table_id)}
+
+
+@task(name="publish-folds-artifacts", cache_policy=NO_CACHE, persist_result=False)
+def publish_folds_artifacts(summary: dict[str, Any]) -> dict[str, str]:
+    """Publish the folds table (test boundaries, sizes, purged and embargoed counts)."""
+    paths = summary.get("n_paths")
+    table_id = create_table_artifact(
+        table=fold_table(summary),
+        key=FOLDS_KEY,
+        description=(
+            f"{summary.get('n_folds')} {summary.get('method')} fold(s) over "
+            f"{summary.get('samples')} feature rows"
+            + (f", {paths} backtest paths" if paths else "")
+        ),
+    )
+    return {FOLDS_KEY: str(table_id)}

@@ -25,8 +25,9 @@ P = ParamSpec("P")
 
 
 def missing_outputs(summary: dict[str, Any], fields: tuple[str, ...] = ("output",)) -> list[str]:
-    """The paths named by ``fields`` of a stage summary that do not exist."""
-    return [str(summary[f]) for f in fields if summary.get(f) and not Path(summary[f]).exists()]
+    """The paths named by ``fields`` (and the summary's ``files``) that do not exist."""
+    named = [str(summary[f]) for f in fields if summary.get(f)]
+    return [p for p in [*named, *summary.get("files", {})] if not Path(p).exists()]
 
 
 def run_stage(stage: Task[P, dict[str, Any]], *args: P.args, **kwargs: P.kwargs) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The regimes Prefect task: a thin wrapper around :func:`sentio.stages.regimes_stage`.
 
-Cached on the CONTENT of the bars file, the ``regimes``/``universe`` settings and the
-code version (the library's own content key); I/O failures are retried, data errors not.
+Cached on the CONTENT of the bars and folds files, the ``regimes``/``universe`` settings
+and the code version (the library's own content key); I/O failures are retried, data errors not.
 """
 
 from __future__ import annotations
@@ -19,21 +19,31 @@ from tasks.ingest import stage_task_options
 
 @task(
     name="regimes",
-    description="HMM regimes fitted on the training range, filtered causally (content-cached).",
+    description="HMM regimes fitted per fold on its training ranges, filtered causally "
+    "(content-cached).",
     **stage_task_options(
-        content_cache_policy("regimes", lambda p: stages.regimes_key(p["bars_path"], p["cfg"]))
+        content_cache_policy(
+            "regimes",
+            lambda p: stages.regimes_key(p["bars_path"], p["folds_path"], p["cfg"]),
+        )
     ),
 )
-def regimes_task(bars_path: str, cfg: SentioConfig, workdir: str) -> dict[str, Any]:
+def regimes_task(
+    bars_path: str, folds_path: str, cfg: SentioConfig, workdir: str
+) -> dict[str, Any]:
     """Run :func:`sentio.stages.regimes_stage`; return its summary."""
-    summary = stages.regimes_stage(bars_path, cfg, Path(workdir))
-    get_run_logger().info(
-        "regimes %s: method %s (%s); fitted on %d rows before %s; %s",
-        summary["key"],
-        summary["method"],
-        summary["reason"],
-        summary["rows_train"],
-        summary["train_end"],
-        summary["output"],
-    )
+    summary = stages.regimes_stage(bars_path, folds_path, cfg, Path(workdir))
+    logger = get_run_logger()
+    for fold in summary["folds"]:
+        logger.info(
+            "regimes %s fold %d: %s (%s); fitted on %d training rows (%d more purged for "
+            "look-back into a test block); %s",
+            summary["key"],
+            fold["fold"],
+            fold["method"],
+            fold["reason"],
+            fold["rows_train"],
+            fold["rows_purged_lookback"],
+            fold["output"],
+        )
     return summary

@@ -27,6 +27,8 @@ SHORT_WINDOWS = {
         "norm_window": 60,
     },
     "regimes": {"vol_window": 120},
+    # three sessions, two after the feature warm-up: k-fold over two one-session blocks
+    "cv": {"method": "kfold", "n_splits": 2, "embargo_bars": 30},
 }
 
 

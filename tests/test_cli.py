@@ -126,7 +126,7 @@ def test_sentio_run_reports_user_errors_without_traceback_then_succeeds(tmp_path
     """`sentio run` through a temporary Prefect API: a data error is one line, no traceback."""
     import os
 
-    minute_bars("2024-01-02", "2024-01-03").with_columns(  # New York wall-clock times
+    minute_bars("2024-01-02", "2024-01-04").with_columns(  # New York wall-clock times
         pl.col("timestamp")
         .dt.convert_time_zone("America/New_York")
         .dt.replace_time_zone(None)
@@ -168,7 +168,8 @@ def test_sentio_run_reports_user_errors_without_traceback_then_succeeds(tmp_path
     assert set(bars["symbol"].unique()) == {"QQQ", "TQQQ", "SQQQ"}  # leveraged ETFs derived
     assert "(derived: SQQQ, TQQQ)" in ok.stdout
     assert any(ln.startswith("features: ") for ln in ok.stdout.splitlines())
-    assert any(ln.startswith("regimes: ") for ln in ok.stdout.splitlines())
+    assert any(ln.startswith("folds: 2 kfold fold(s)") for ln in ok.stdout.splitlines())
+    assert any(ln.startswith("regimes: fold 0 ") for ln in ok.stdout.splitlines())
     assert str(tmp_path / ".sentio" / "runs") in ok.stdout  # outputs under the project, not ~
 
 

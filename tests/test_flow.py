@@ -170,7 +170,7 @@ def test_cache_hits_on_unchanged_content_and_misses_on_new_content(
     assert run2.state.name == "Cached"
     assert second["stages"]["ingest"] == first["stages"]["ingest"]
     # the features and regime stages are cached on the content of the bars too
-    for stage in ("features", "regimes"):
+    for stage in ("features", "folds", "regimes"):
         (a,) = task_runs(first["flow_run_id"], stage)
         (b,) = task_runs(second["flow_run_id"], stage)
         assert (a.state.name, b.state.name) == ("Completed", "Cached"), stage
@@ -204,16 +204,28 @@ def test_cache_hits_on_unchanged_content_and_misses_on_new_content(
         features = json.loads(arts["feature-summary"].data)
         assert [r["column"] for r in features] == first["stages"]["features"]["columns"]
         regimes = json.loads(arts["regime-summary"].data)
-        assert [r["regime"] for r in regimes] == list(range(first["stages"]["regimes"]["n_states"]))
-        assert abs(sum(r["share of bars"] for r in regimes) - 1) < 1e-4
-        assert {r["method"] for r in regimes} == {first["stages"]["regimes"]["method"]}
+        n_states, n_folds = (first["stages"]["regimes"][k] for k in ("n_states", "n_folds"))
+        assert n_folds == first["stages"]["folds"]["n_folds"] == 2
+        assert [(r["fold"], r["regime"]) for r in regimes] == [
+            (f, k) for f in range(n_folds) for k in range(n_states)
+        ]
+        for f in range(n_folds):
+            share = sum(r["share of test bars"] for r in regimes if r["fold"] == f)
+            assert abs(share - 1) < 1e-4
+        assert {r["method"] for r in regimes} == {
+            f["method"] for f in first["stages"]["regimes"]["folds"]
+        }
+        folds = json.loads(arts["folds"].data)
+        assert [r["fold"] for r in folds] == [0, 1]
+        assert all(r["train rows"] > 0 and r["test rows"] > 0 for r in folds)
+        assert folds[0]["test to"] < folds[1]["test from"]
 
     # same path, new content: the key changes and the task recomputes
     write_bars(project["bars"], seed=1)
     third = nightly_flow(**args)
     (run3,) = task_runs(third["flow_run_id"], "ingest")
     assert run3.state.name == "Completed"
-    for stage in ("features", "regimes"):
+    for stage in ("features", "folds", "regimes"):
         (c,) = task_runs(third["flow_run_id"], stage)
         assert c.state.name == "Completed", stage
     assert third["stages"]["ingest"]["key"] != first["stages"]["ingest"]["key"]

@@ -124,7 +124,7 @@ def _balanced_accuracy(pred: np.ndarray, true: np.ndarray) -> float:
 def test_recovers_true_regimes_out_of_sample(synth) -> None:
     cfg, bars, regimes = synth
     inputs = regime_observations(bars, cfg)
-    n_train = train_rows(inputs.timestamps, cfg.regimes.train_fraction)
+    n_train = train_rows(inputs.timestamps, 0.5)
     model = fit_regimes(inputs.X[:n_train], cfg.regimes)
     assert model.method == "hmm", model.reason
     labels = filter_probs(model, inputs.X).argmax(axis=1)

@@ -27,6 +27,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from sentio.errors import DataError
@@ -130,20 +131,36 @@ def expanding_exprs(columns: Iterable[str], clip: float | None) -> list[pl.Expr]
 
 
 def fit_normaliser(
-    frame: pl.DataFrame, train_end: dt.datetime, clip: float | None = DEFAULT_CLIP
+    frame: pl.DataFrame,
+    train_end: dt.datetime | None = None,
+    clip: float | None = DEFAULT_CLIP,
+    *,
+    rows: Any = None,
 ) -> dict[str, Any]:
-    """Means and stds (ddof 1) of each normalised column over rows with ``timestamp < train_end``.
+    """Means and stds (ddof 1) of each normalised column over the training rows only.
 
-    Exogenous value columns use their non-missing rows only (``exo_<name>_stale == 0``).
-    Returns a JSON-serialisable dict: ``{"train_end", "rows", "clip", "columns": {name:
-    {"mean", "std"}}}``. Raises :class:`DataError` when no row precedes ``train_end``.
+    The training rows are those with ``timestamp < train_end``, or, with ``rows`` (a
+    boolean mask or integer row indices of ``frame``, e.g. a purged fold's training
+    samples), exactly those rows. Exogenous value columns use their non-missing rows only
+    (``exo_<name>_stale == 0``). Returns a JSON-serialisable dict: ``{"train_end", "rows",
+    "clip", "columns": {name: {"mean", "std"}}}`` (``train_end`` is ``None`` with
+    ``rows``). Raises :class:`DataError` when fewer than two training rows are given.
     """
-    if train_end.tzinfo is None:
-        raise DataError(f"fit_normaliser: train_end must be timezone-aware, got {train_end}")
-    train = frame.filter(pl.col("timestamp") < train_end)
+    if (train_end is None) == (rows is None):
+        raise ValueError("fit_normaliser: give exactly one of train_end and rows")
+    if rows is not None:
+        idx = np.asarray(rows)
+        train = frame.filter(pl.Series(idx)) if idx.dtype == bool else frame[idx]
+        where = f"in the {train.height} given training rows"
+    else:
+        assert train_end is not None
+        if train_end.tzinfo is None:
+            raise DataError(f"fit_normaliser: train_end must be timezone-aware, got {train_end}")
+        train = frame.filter(pl.col("timestamp") < train_end)
+        where = f"before {train_end.isoformat()}"
     if train.height < 2:
         raise DataError(
-            f"fit_normaliser: {train.height} feature rows before {train_end.isoformat()}; "
+            f"fit_normaliser: {train.height} feature rows {where}; "
             "need at least 2 to fit a normaliser"
         )
     columns = normalised_columns(frame.columns)
@@ -156,7 +173,7 @@ def fit_normaliser(
         exprs += [x.mean().alias(f"{c}\x00mean"), x.std(ddof=1).alias(f"{c}\x00std")]
     stats = train.select(exprs).row(0, named=True) if exprs else {}
     params: dict[str, Any] = {
-        "train_end": train_end.isoformat(),
+        "train_end": None if train_end is None else train_end.isoformat(),
         "rows": train.height,
         "clip": clip,
         "columns": {},
