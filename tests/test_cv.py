@@ -241,11 +241,12 @@ def test_blocks_balanced_on_unit_boundaries(
     if groups is None:
         sizes = np.diff(bounds)
         assert sizes.max() - sizes.min() <= 1
+
     # nearest unit boundary to each quantile (ties to the earlier) when that is feasible
-    nearest = [
-        min(edges.tolist(), key=lambda e, b=b: (abs(e * n_blocks - b * n), e))
-        for b in range(1, n_blocks)
-    ]
+    def nearest_edge(b: int) -> int:
+        return min(edges.tolist(), key=lambda e: (abs(e * n_blocks - b * n), e))
+
+    nearest = [nearest_edge(b) for b in range(1, n_blocks)]
     cuts = [0, *nearest, n]
     if all(a < b for a, b in itertools.pairwise(cuts)):
         assert bounds.tolist() == cuts
@@ -369,6 +370,9 @@ def test_embargo_fraction_and_zero_embargo() -> None:
     cv = PurgedKFold(4, embargo=99, embargo_fraction=0.05, label_bars=0)
     assert cv.embargo_bars(100) == 5  # fraction replaces bars: ceil(0.05 * 100)
     assert cv.embargo_bars(101) == 6
+    assert PurgedKFold(3, embargo_fraction=0.07).embargo_bars(100) == 7  # not 8 (float noise)
+    assert PurgedKFold(3, embargo_fraction=0.29).embargo_bars(100) == 29
+    assert PurgedKFold(3, embargo_fraction=0.0).embargo_bars(100) == 0
     folds = cv.folds(100)
     assert folds[0].train.tolist() == list(range(30, 100))
     assert folds[0].n_embargoed == 5 and folds[0].embargo == 5

@@ -436,9 +436,15 @@ class _PurgedSplitter:
 
     # shared ------------------------------------------------------------------
     def embargo_bars(self, n_samples: int) -> int:
-        """The embargo in span units: ``ceil(embargo_fraction * n)`` if set, else ``embargo``."""
+        """The embargo in span units: ``ceil(embargo_fraction * n)`` if set, else ``embargo``.
+
+        A product within a relative ``1e-9`` of an integer counts as that integer, so that
+        float noise does not add a bar (``0.07 * 100`` is 7, not 8).
+        """
         if self.embargo_fraction is not None:
-            return int(math.ceil(self.embargo_fraction * n_samples))
+            x = self.embargo_fraction * n_samples
+            r = round(x)
+            return int(r) if abs(x - r) <= 1e-9 * max(1.0, x) else math.ceil(x)
         return self.embargo
 
     def _layout(
@@ -508,7 +514,11 @@ class _PurgedSplitter:
         n_p, n_e, spans = _purge_status(
             status, lay.t0, lay.t1, lay.cummax_t1, blocks, block_hi, lay.embargo
         )
-        train = np.flatnonzero(status == _TRAIN).astype(np.int64, copy=False)
+        # training lies within the hull of the candidate blocks
+        a = int(bounds[min(train_ids)]) if train_ids else 0
+        b = int(bounds[max(train_ids) + 1]) if train_ids else 0
+        train = np.flatnonzero(status[a:b] == _TRAIN).astype(np.int64, copy=False)
+        train += a
         if train.size == 0:
             raise DataError(
                 f"split {index}: training set empty after purging {n_p} and embargoing {n_e} "
