@@ -327,8 +327,7 @@ def probability_of_backtest_overfitting(
         with np.errstate(divide="ignore", invalid="ignore"):
             sr = mean / std
         flat = std == 0
-        sr[flat] = np.sign(mean[flat]) * np.inf
-        sr[flat & (mean == 0)] = 0.0
+        sr[flat] = np.where(mean[flat] > 0, np.inf, np.where(mean[flat] < 0, -np.inf, 0.0))
         return sr
 
     perf_in = score(in_mask)
