@@ -52,7 +52,8 @@ def index_law(idx: np.ndarray) -> dict[str, float]:
 
 
 def arch_indices(n: int, resamples: int, block: float, seed: int) -> np.ndarray:
-    bs = StationaryBootstrap(block, np.arange(n, dtype=np.float64), seed=seed)
+    # arch types block_size as int but uses only 1 / block_size: a real length works
+    bs = StationaryBootstrap(block, np.arange(n, dtype=np.float64), seed=seed)  # type: ignore[arg-type]
     return np.stack([data[0][0] for data in bs.bootstrap(resamples)]).astype(np.int64)
 
 

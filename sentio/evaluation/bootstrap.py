@@ -16,10 +16,13 @@ block starts of all resamples of the chunk are drawn as one Bernoulli(``p``) pro
 the flattened chunk (uniform draws for short blocks, geometric gaps between starts for
 long ones) with a start forced at the beginning of every resample, each block gets a
 uniform start index, and the indices follow from one cumulative sum of unit steps with a
-jump at every block start. They are left unwrapped in ``[0, 2n)`` and read from the series
-written twice end to end, which is the wrap-around. The statistics
+jump at every block start (with ``block_length = 1`` every position starts a block and the
+indices are simply iid uniform). They are left unwrapped in ``[0, 2n)`` and read from the
+series written twice end to end, which is the wrap-around. The statistics
 (:mod:`sentio.evaluation.rowstats`) are then evaluated on the ``(chunk, n)`` matrix, all
-of them on the same resamples.
+of them on the same resamples. Each chunk draws from its own random stream spawned from
+the seed, and chunks run on a few threads (numpy releases the GIL in its loops); the
+result does not depend on the number of threads.
 
 Intervals are percentile intervals (``method="percentile"``, the default) or basic
 (reverse-percentile) intervals (``method="basic"``) at ``level`` (default 0.95);
@@ -141,13 +144,15 @@ def _unwrapped_chunk(n: int, rows: int, p: float, rng: np.random.Generator) -> n
 
     ``index mod n`` has the stationary bootstrap's law (see the module docstring).
     """
-    total = rows * n
     dtype = np.int32 if 2 * n < 2**31 else np.int64
+    if p >= 1.0:  # every position starts a block: iid uniform indices
+        return rng.integers(0, n, size=(rows, n), dtype=dtype)
+    total = rows * n
     if p >= _UNIFORM_DRAW_MIN_P:
         starts_flag = rng.random(total) < p
     else:
-        starts_flag = np.zeros(total, dtype=bool)
         # positions of a Bernoulli(p) process: cumulative geometric gaps, minus one
+        starts_flag = np.zeros(total, dtype=bool)
         expected = total * p
         k = int(expected + 8.0 * math.sqrt(expected) + 16)
         pos = np.cumsum(rng.geometric(p, size=k)) - 1
@@ -156,12 +161,13 @@ def _unwrapped_chunk(n: int, rows: int, p: float, rng: np.random.Generator) -> n
         starts_flag[pos[pos < total]] = True
     starts_flag[::n] = True  # every resample starts a block
     block_pos = np.flatnonzero(starts_flag)
-    block_start = rng.integers(0, n, size=block_pos.size, dtype=np.int64)
-    # unit steps, and at a block start the jump from the previous index + 1 to the new start
-    jumps = block_start.copy()
-    jumps[1:] -= block_start[:-1] + (block_pos[1:] - 1 - block_pos[:-1])
+    # block k covers flattened positions block_pos[k]... with indices start_k + (t - block_pos[k]);
+    # its offset o_k = start_k - block_pos[k] is constant along the block, and the index is
+    # t + o_k: a cumulative sum of unit steps plus the change of offset at each block start
+    offset = rng.integers(0, n, size=block_pos.size, dtype=np.int64)
+    offset -= block_pos
     steps = np.ones(total, dtype=dtype)
-    steps[block_pos] = jumps
+    steps[block_pos] = np.diff(offset, prepend=1) + 1  # first block: o_0 (block_pos[0] = 0)
     return np.cumsum(steps, dtype=dtype).reshape(rows, n)
 
 

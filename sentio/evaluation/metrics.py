@@ -65,7 +65,7 @@ METRIC_KEYS: dict[str, str] = {
     "volatility": "annualised volatility: sample std (ddof 1) per bar x sqrt(periods_per_year); NaN for fewer than 2 bars",
     "sharpe": "mean(r - rf) / std(r - rf) x sqrt(periods_per_year); 0 when r == rf on every bar (a flat strategy), NaN when std is 0 otherwise or fewer than 2 bars",
     "sortino": "(mean(r) - target) / sqrt(mean(min(r - target, 0)^2)) x sqrt(periods_per_year), downside deviation over ALL bars; 0 when every bar equals target, NaN when no bar is below target otherwise",
-    "max_drawdown": "max over t of 1 - E_t / running peak of the compounded equity E (E_0 = 1 counts as a peak); positive fraction, 0 when never under water",
+    "max_drawdown": "max over t of 1 - E_t / running peak of the compounded equity E (E_0 = 1 counts as a peak); positive fraction, 0 when never under water (above 1 only if a bar loses more than all equity)",
     "max_drawdown_duration_bars": "bars from the peak before the maximum drawdown to the recovery of that peak (or to the last bar if unrecovered); 0 without drawdown",
     "max_drawdown_duration_days": "the same span in calendar days between bar timestamps (equity after bar t is stamped with the start of bar t + 1, the final equity with the last bar's start); NaN without timestamps",
     "longest_drawdown_bars": "longest span in bars from a peak to its recovery (or to the end) among all drawdowns",
