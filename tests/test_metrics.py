@@ -67,6 +67,28 @@ def bf_drawdowns(r):
     return best_depth, best_dur, longest
 
 
+def bf_episodes(r):
+    """(peak, first trough, end, depth) of every drawdown, walking the equity points."""
+    eq = bf_equity(r)
+    n = len(r)
+    out = []
+    peak_i, k = 0, 1
+    while k <= n:
+        if eq[k] >= eq[peak_i]:
+            peak_i = k
+            k += 1
+            continue
+        trough = k
+        j = k
+        while j <= n and eq[j] < eq[peak_i]:
+            if eq[j] < eq[trough]:
+                trough = j
+            j += 1
+        out.append((peak_i, trough, min(j, n), 1 - eq[trough] / eq[peak_i]))
+        peak_i, k = (j, j + 1) if j <= n else (peak_i, j)
+    return out
+
+
 def bf_quantile(values, p):
     """numpy's default (linear) quantile, by hand: h = (n - 1) p between order statistics."""
     xs = sorted(values)
@@ -235,10 +257,11 @@ def test_small_example_by_hand():
     # equity 1, 1.1, 0.55, 0.66, 1.32, 1.188: from the peak 1.1 (point 1) down to 0.55
     # (-50%), recovered at point 4 (1.32 >= 1.1): 3 bars; then 1.32 -> 1.188 (-10%),
     # unrecovered: 1 bar to the end
-    assert drawdown_episodes(r) == [
-        (1, 2, 4, pytest.approx(0.5)),
-        (4, 5, 5, pytest.approx(0.1)),
-    ]
+    ep = drawdown_episodes(r)
+    assert ep.peak.tolist() == [1, 4]
+    assert ep.trough.tolist() == [2, 5]
+    assert ep.end.tolist() == [4, 5]
+    assert ep.depth == pytest.approx([0.5, 0.1])
     pos = [1.0, 1.0, -1.0, 0.5, 0.0]
     # |1-0| + |1-1| + |-1-1| + |0.5+1| + |0-0.5| = 1 + 0 + 2 + 1.5 + 0.5 = 5 over 5 bars
     # trades: [+1, +1] (2 bars), [-1] (1 bar), [+0.5] (1 bar): 3 trades, 4/3 bars each
@@ -305,6 +328,11 @@ def test_drawdown_and_trades_property(r, pos_pool):
     if depth > 1e-9:  # ties between equal-depth episodes aside, the deepest episode's span
         assert m["max_drawdown_duration_bars"] == dd_bars
     assert m["longest_drawdown_bars"] == longest
+    ep = drawdown_episodes(r)
+    assert ep.peak.size == len(bf_episodes(r))
+    for k, (peak, trough, end, d) in enumerate(bf_episodes(r)):
+        assert (ep.peak[k], ep.trough[k], ep.end[k]) == (peak, trough, end)
+        assert ep.depth[k] == pytest.approx(d, abs=1e-12)
     trades = bf_trades(pos)
     assert m["n_trades"] == len(trades)
     if trades:

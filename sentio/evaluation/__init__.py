@@ -3,7 +3,8 @@
 Library code only (no orchestration). Public API:
 
 * metrics: :func:`compute_metrics` (keys and conventions in :data:`METRIC_KEYS`),
-  :func:`periods_per_year`, :func:`to_daily`, :func:`drawdown_episodes`,
+  :func:`periods_per_year`, :func:`to_daily`, :func:`drawdown_episodes`
+  (:class:`DrawdownEpisodes`),
   :func:`metrics_to_json`;
 * bootstrap: :func:`bootstrap_ci`, :func:`bootstrap_metrics`,
   :func:`bootstrap_distribution`, :class:`BootstrapResult`, :func:`optimal_block_length`,
@@ -28,6 +29,7 @@ from sentio.evaluation.bootstrap import (
 from sentio.evaluation.errors import EvaluationError
 from sentio.evaluation.metrics import (
     METRIC_KEYS,
+    DrawdownEpisodes,
     compute_metrics,
     drawdown_episodes,
     metrics_to_json,
@@ -51,6 +53,7 @@ __all__ = [
     "METRIC_KEYS",
     "STATISTICS",
     "BootstrapResult",
+    "DrawdownEpisodes",
     "EvaluationError",
     "PBOResult",
     "SharpeMoments",

@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -39,6 +39,7 @@ from sentio.evaluation.rowstats import RowStats
 __all__ = [
     "DAILY_PERIODS",
     "METRIC_KEYS",
+    "DrawdownEpisodes",
     "TimestampsLike",
     "as_returns",
     "compute_metrics",
@@ -198,55 +199,67 @@ def to_daily(returns: Any, timestamps: TimestampsLike) -> tuple[np.ndarray, np.n
 # drawdowns
 
 
-def drawdown_episodes(returns: Any) -> list[tuple[int, int, int, float]]:
-    """Every drawdown of the compounded equity curve, in order.
+class DrawdownEpisodes(NamedTuple):
+    """Every drawdown of a compounded equity curve, in time order, as parallel arrays.
 
     The equity curve has ``n + 1`` points: ``E_0 = 1`` before the first bar and
-    ``E_k = prod_{s < k} (1 + r_s)`` after bar ``k - 1``. Each episode is
-    ``(peak, trough, end, depth)`` in equity-point indices: the peak it falls from, its
-    lowest point, the first point back at or above the peak (``end = n`` with the curve
-    still under water when it never recovers) and ``depth = 1 - E_trough / E_peak``.
-    Its duration in bars is ``end - peak``.
+    ``E_k = prod_{s < k} (1 + r_s)`` after bar ``k - 1``. Indices are equity-point indices:
+    ``peak`` the point the episode falls from, ``trough`` its (first) lowest point, ``end``
+    the first point back at or above the peak (``n`` when the curve is still under water at
+    the end); ``depth = 1 - E_trough / E_peak``. An episode lasts ``end - peak`` bars.
     """
+
+    peak: np.ndarray
+    trough: np.ndarray
+    end: np.ndarray
+    depth: np.ndarray
+
+
+def drawdown_episodes(returns: Any) -> DrawdownEpisodes:
+    """The drawdown episodes of the compounded equity curve of ``returns`` (vectorised)."""
     r = as_returns(returns)
+    n = r.size
     equity = np.concatenate([[1.0], np.cumprod(1.0 + r)])
-    peak = np.maximum.accumulate(equity)
-    under = equity < peak
-    if not under.any():
-        return []
-    # runs of under-water points: [start, stop)
+    under = equity < np.maximum.accumulate(equity)
+    # runs of under-water points [start, stop); the point before a run is its peak
     edges = np.diff(np.concatenate([[0], under.astype(np.int8), [0]]))
     starts = np.flatnonzero(edges == 1)
     stops = np.flatnonzero(edges == -1)
-    episodes: list[tuple[int, int, int, float]] = []
-    n = r.size
-    for start, stop in zip(starts, stops, strict=True):
-        p = int(start) - 1  # the point before the run is its peak
-        seg = equity[start:stop]
-        trough = int(start + np.argmin(seg))
-        depth = float(1.0 - equity[trough] / equity[p])
-        end = int(stop) if stop <= n else n
-        episodes.append((p, trough, end, depth))
-    return episodes
+    if starts.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return DrawdownEpisodes(empty, empty, empty, np.zeros(0))
+    padded = np.concatenate([equity, [np.inf]])  # stops may be n + 1
+    bounds = np.empty(2 * starts.size, dtype=np.int64)
+    bounds[0::2], bounds[1::2] = starts, stops
+    lows = np.minimum.reduceat(padded, bounds)[0::2]
+    # first point of each run at its run's low
+    points = np.flatnonzero(under)
+    run = np.searchsorted(starts, points, side="right") - 1
+    is_low = equity[points] == lows[run]
+    at_low = points[is_low]
+    _, first = np.unique(run[is_low], return_index=True)
+    peaks = starts - 1
+    return DrawdownEpisodes(
+        peak=peaks,
+        trough=at_low[first],
+        end=np.minimum(stops, n),
+        depth=1.0 - lows / equity[peaks],
+    )
 
 
-def _drawdown_stats(r: np.ndarray, ts: pl.Series | None) -> tuple[float, float, float, float]:
+def _drawdown_stats(r: np.ndarray, ts: pl.Series | None) -> tuple[float, float, float]:
     """Duration of the maximum drawdown (bars, days) and the longest drawdown (bars)."""
-    episodes = drawdown_episodes(r)
-    if not episodes:
-        return 0.0, 0.0, (0.0 if ts is not None else math.nan), 0.0
-    depths = [e[3] for e in episodes]
-    peak, _, end, depth = episodes[int(np.argmax(depths))]
-    bars = float(end - peak)
+    ep = drawdown_episodes(r)
+    if ep.peak.size == 0:
+        return 0.0, (0.0 if ts is not None else math.nan), 0.0
+    k = int(np.argmax(ep.depth))  # the first of equally deep episodes
+    peak, end = int(ep.peak[k]), int(ep.end[k])
     days = math.nan
     if ts is not None:
         n = r.size
         # equity point k is observed at the start of bar k; the last one at the last bar
-        t0 = ts[min(peak, n - 1)]
-        t1 = ts[min(end, n - 1)]
-        days = (t1 - t0).total_seconds() / 86_400.0
-    longest = float(max(e[2] - e[0] for e in episodes))
-    return depth, bars, days, longest
+        days = (ts[min(end, n - 1)] - ts[min(peak, n - 1)]).total_seconds() / 86_400.0
+    return float(end - peak), days, float(np.max(ep.end - ep.peak))
 
 
 # --------------------------------------------------------------------------------------
@@ -329,7 +342,7 @@ def compute_metrics(
     def one(values: np.ndarray) -> float:
         return float(values[0])
 
-    depth, dd_bars, dd_days, longest = _drawdown_stats(r, ts)
+    dd_bars, dd_days, longest = _drawdown_stats(r, ts)
     out: dict[str, float] = {
         "n_bars": float(n),
         "periods_per_year": ppy,
@@ -348,7 +361,6 @@ def compute_metrics(
         "var_95": one(rows.var()),
         "cvar_95": one(rows.cvar()),
     }
-    del depth  # the same number as max_drawdown, computed by RowStats
 
     nan = math.nan
     if positions is None:
