@@ -180,6 +180,10 @@ def test_periods_per_year_five_minute_and_daily_bars():
     table = sessions(dt.date(2023, 1, 1), dt.date(2023, 12, 31))
     assert periods_per_year(table["open"]) == 252
     assert periods_per_year(table["close"].to_numpy()) == 252  # numpy datetime64 input
+    assert periods_per_year(table["session"]) == 252  # plain dates
+    # two sessions, the second cut short: the full session sets the frequency
+    two = _minute_stamps("2024-03-04", "2024-03-05").head(390 + 100)
+    assert periods_per_year(two) == 98_280
 
 
 def test_sharpe_annualisation_minute_and_daily_bars():
@@ -215,6 +219,12 @@ def test_to_daily_compounds_within_new_york_sessions():
     assert [d.astype(object) for d in dates] == sorted(expected)
     assert np.allclose(daily, [expected[k] - 1.0 for k in sorted(expected)], rtol=0, atol=1e-14)
     assert len(daily) == 3  # Nov 22, the Nov 24 early close, Nov 27
+    # daily bars given as dates keep their dates
+    days = sessions(dt.date(2024, 1, 2), dt.date(2024, 1, 5))["session"]
+    same, same_dates = to_daily([0.01, 0.02, -0.01, 0.0], days)
+    assert same == pytest.approx([0.01, 0.02, -0.01, 0.0], abs=1e-15)
+    assert [d.astype(object) for d in same_dates] == days.to_list()
+    assert to_daily([0.01], days.to_numpy()[:1])[1][0] == np.datetime64("2024-01-02")
 
 
 # --------------------------------------------------------------------------------------

@@ -91,7 +91,11 @@ METRIC_KEYS: dict[str, str] = {
 
 
 def as_returns(returns: Any, name: str = "returns") -> np.ndarray:
-    """A 1-D float64 copy-free view of ``returns``; clear errors for empty or non-finite input."""
+    """``returns`` as a 1-D float64 array (not copied when it already is one).
+
+    Raises:
+        EvaluationError: not one-dimensional, empty, or with a NaN or infinity.
+    """
     arr = np.asarray(returns, dtype=np.float64)
     if arr.ndim != 1:
         raise EvaluationError(f"{name} must be one-dimensional, got shape {arr.shape}")
@@ -110,7 +114,11 @@ def _same_length(arr: np.ndarray, n: int, name: str) -> np.ndarray:
 
 
 def _as_utc(timestamps: TimestampsLike) -> pl.Series:
-    """Timestamps as a polars Datetime series in UTC; strictly increasing."""
+    """Timestamps as a polars Datetime series in UTC; strictly increasing.
+
+    Naive datetimes are taken as UTC. Plain dates (polars Date, numpy ``datetime64[D]``)
+    are daily bars of those session dates, placed at 12:00 UTC (the same New York date).
+    """
     if isinstance(timestamps, pl.Series):
         ts = timestamps
     elif isinstance(timestamps, np.ndarray):
@@ -118,9 +126,14 @@ def _as_utc(timestamps: TimestampsLike) -> pl.Series:
             raise EvaluationError(
                 f"timestamps must be datetime64 values, got numpy dtype {timestamps.dtype}"
             )
-        ts = pl.Series("timestamp", timestamps.astype("datetime64[us]"))
+        if np.datetime_data(timestamps.dtype)[0] == "D":
+            ts = pl.Series("timestamp", timestamps).cast(pl.Date)
+        else:
+            ts = pl.Series("timestamp", timestamps.astype("datetime64[us]"))
     else:
         ts = pl.Series("timestamp", list(timestamps))
+    if ts.dtype == pl.Date:
+        ts = ts.cast(pl.Datetime("us")) + dt.timedelta(hours=12)
     if not isinstance(ts.dtype, pl.Datetime):
         raise EvaluationError(f"timestamps must be datetimes, got {ts.dtype}")
     if ts.null_count():
@@ -145,7 +158,7 @@ def periods_per_year(timestamps: TimestampsLike) -> float:
     * median gap between bars >= 20 days: monthly bars, 12;
     * median gap >= 4 days: weekly bars, 52;
     * median gap >= 20 hours: daily bars, 252;
-    * otherwise intraday: 252 x the median number of bars per New York session date,
+    * otherwise intraday: 252 x the (upper) median number of bars per New York session date,
       e.g. 252 x 390 = 98,280 for one-minute regular-hours bars and 252 x 78 = 19,656 for
       five-minute bars. Early-close sessions (210 one-minute bars) and a partial first or
       last session do not move the median.
@@ -172,7 +185,8 @@ def periods_per_year(timestamps: TimestampsLike) -> float:
         .len()["len"]
         .to_numpy()
     )
-    return float(DAILY_PERIODS * np.median(counts))
+    # the upper median: with two sessions, one of them partial, the full one counts
+    return float(DAILY_PERIODS * np.sort(counts)[counts.size // 2])
 
 
 _detect_periods_per_year = periods_per_year  # compute_metrics' argument shadows the name
