@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_synth.py
 	$(BIN)/python benchmarks/bench_features.py
 	$(BIN)/python benchmarks/bench_regimes.py
+	$(BIN)/python benchmarks/bench_cv.py
+	$(BIN)/python benchmarks/bench_bootstrap.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
