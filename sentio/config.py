@@ -399,9 +399,19 @@ class EnvConfig(_Section):
     )
     window: int = Field(32, ge=1, le=4096, description="feature rows per observation")
     episode_sessions: int = Field(1, ge=1)
-    flat_at_close: bool = True
+    flat_at_close: bool = Field(
+        True,
+        description="sell any position at the close of each session's last bar (costs charged)",
+    )
     initial_cash: float = Field(100_000.0, gt=0.0)
-    drawdown_penalty: float = Field(0.0, ge=0.0)
+    drawdown_penalty: float = Field(
+        0.0, ge=0.0, description="reward minus this x the increase of the session drawdown"
+    )
+    vol_halflife_bars: int = Field(
+        60,
+        ge=1,
+        description="half-life of the EWMA volatility of the underlying (slippage, risk budget)",
+    )
     costs: CostsConfig = Field(default_factory=CostsConfig)
     masks: MasksConfig = Field(default_factory=MasksConfig)
 

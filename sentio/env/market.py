@@ -1,0 +1,185 @@
+"""The market a simulator sees: aligned numpy arrays, built once per fold, read by ``step``.
+
+Row ``t`` is one bar of the underlying (the rows of the feature frame that also have a
+price for both leveraged ETFs and, when regimes are used, regime probabilities). Nothing in
+the simulators touches polars or pandas; :func:`build_market` does all the joining up front.
+
+Instruments are indexed ``0`` underlying, ``1`` long ETF (TQQQ), ``2`` short ETF (SQQQ).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from sentio.calendar import sessions
+from sentio.config import SentioConfig
+from sentio.data.schema import session_date
+from sentio.errors import DataError
+
+__all__ = ["LONG", "SHORT", "UNDERLYING", "MarketData", "build_market", "ewma_vol"]
+
+UNDERLYING, LONG, SHORT = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class MarketData:
+    """Aligned per-row arrays (length ``T``).
+
+    Attributes:
+        timestamps: bar starts, ``datetime64[us]`` (naive UTC).
+        features: ``(T, F)`` float32 causal features (row t known at the close of bar t).
+        regime_probs: ``(T, K)`` float32 filtered regime probabilities (``K = 0`` without).
+        open, close: ``(T, 3)`` float64 prices of the underlying, long and short ETF.
+        session: ``(T,)`` int64 session number (0, 1, ... in time order).
+        last_bar: ``(T,)`` bool, the last row of its session.
+        minutes_to_close: ``(T,)`` float64 minutes from the START of bar t to its session's
+            close (the calendar's, early closes included); 0 for daily bars.
+        vol: ``(T,)`` float64 per-bar volatility of the underlying known at the close of
+            bar t (EWMA of squared close-to-close log returns, see :func:`ewma_vol`).
+        periods_per_year: bars per year of this frequency (annualisation).
+        feature_names: names of the feature columns.
+    """
+
+    timestamps: np.ndarray
+    features: np.ndarray
+    regime_probs: np.ndarray
+    open: np.ndarray
+    close: np.ndarray
+    session: np.ndarray
+    last_bar: np.ndarray
+    minutes_to_close: np.ndarray
+    vol: np.ndarray
+    periods_per_year: float
+    feature_names: tuple[str, ...]
+
+    @property
+    def n_rows(self) -> int:
+        """``T``."""
+        return int(self.timestamps.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        """``F``."""
+        return int(self.features.shape[1])
+
+    @property
+    def n_regimes(self) -> int:
+        """``K`` (0 without regimes)."""
+        return int(self.regime_probs.shape[1])
+
+    def high_vol_regime(self) -> np.ndarray:
+        """``(T,)`` bool: the highest-volatility regime is the most likely one at t."""
+        if self.n_regimes == 0:
+            return np.zeros(self.n_rows, dtype=bool)
+        return np.asarray(self.regime_probs.argmax(axis=1) == self.n_regimes - 1)
+
+
+def ewma_vol(close: np.ndarray, halflife: int) -> np.ndarray:
+    """Per-bar volatility from close-to-close log returns, EWMA of their squares.
+
+    ``v_t = (1 - w) v_{t-1} + w r_t^2`` with ``w = 1 - 2^(-1/halflife)``, seeded with the
+    first return's square; the result is ``sqrt(v_t)``. Row 0 (one price, no return) takes
+    row 1's value. Causal: row t reads closes up to t only.
+    """
+    c = np.asarray(close, dtype=np.float64)
+    if c.size < 2:
+        return np.zeros_like(c)
+    r2 = np.diff(np.log(c)) ** 2
+    w = 1.0 - 2.0 ** (-1.0 / halflife)
+    v = pl.Series(r2).ewm_mean(alpha=w, adjust=False).to_numpy()
+    return np.sqrt(np.concatenate([v[:1], v]))
+
+
+def build_market(
+    bars: pl.DataFrame,
+    features: pl.DataFrame,
+    regimes: pl.DataFrame | None,
+    cfg: SentioConfig,
+) -> MarketData:
+    """Align features, regime probabilities and the three instruments' prices by timestamp.
+
+    Args:
+        bars: canonical bars holding the underlying and both leveraged ETFs.
+        features: the feature frame (``timestamp`` + float columns).
+        regimes: ``timestamp`` + ``p_regime_*`` columns (one fold's filtered
+            probabilities), or ``None`` to run without regimes.
+        cfg: ``universe`` names the symbols; ``env.vol_halflife_bars`` the volatility.
+
+    Rows are the feature timestamps that have all three prices (and regime
+    probabilities); a row without them is dropped.
+
+    Raises:
+        DataError: a symbol is missing, or no row is left after the join.
+    """
+    from sentio.evaluation import periods_per_year
+
+    u = cfg.universe
+    symbols = [u.underlying, u.long, u.short]
+    present = set(bars["symbol"].unique().to_list())
+    missing = [s for s in symbols if s not in present]
+    if missing:
+        raise DataError(f"market: the bars lack {missing} (universe {symbols})")
+    frame = features.sort("timestamp")
+    feature_names = tuple(c for c in frame.columns if c != "timestamp")
+    for i, sym in enumerate(symbols):
+        px = bars.filter(pl.col("symbol") == sym).select(
+            "timestamp", pl.col("open").alias(f"open_{i}"), pl.col("close").alias(f"close_{i}")
+        )
+        frame = frame.join(px, on="timestamp", how="inner")
+    regime_cols: list[str] = []
+    if regimes is not None:
+        regime_cols = sorted(
+            (c for c in regimes.columns if c.startswith("p_regime_")),
+            key=lambda c: int(c.rsplit("_", 1)[1]),
+        )
+        frame = frame.join(regimes.select("timestamp", *regime_cols), on="timestamp", how="inner")
+    frame = frame.sort("timestamp")
+    if frame.height < 2:
+        raise DataError(
+            f"market: {frame.height} rows have features, prices of {symbols}"
+            + (" and regime probabilities" if regimes is not None else "")
+            + "; need at least 2"
+        )
+    stamps = frame["timestamp"]
+    day = stamps.to_frame("t").select(session_date(pl.col("t")).alias("d"))["d"]
+    first_day, last_day = day.min(), day.max()
+    assert isinstance(first_day, dt.date) and isinstance(last_day, dt.date)
+    table = sessions(
+        first_day - dt.timedelta(days=1), last_day + dt.timedelta(days=1), u.calendar
+    ).select("session", "close")
+    closes = day.to_frame("session").join(table, on="session", how="left")["close"]
+    session = (day != day.shift(1)).fill_null(True).cum_sum().to_numpy().astype(np.int64) - 1
+    last = np.empty(session.size, dtype=bool)
+    last[:-1] = session[1:] != session[:-1]
+    last[-1] = True
+    daily = periods_per_year(stamps) <= 252
+    minutes = ((closes - stamps).dt.total_seconds() / 60.0).fill_null(0.0).to_numpy()
+    px_open = frame.select([f"open_{i}" for i in range(3)]).to_numpy().astype(np.float64)
+    px_close = frame.select([f"close_{i}" for i in range(3)]).to_numpy().astype(np.float64)
+    if not (np.isfinite(px_open).all() and np.isfinite(px_close).all()):
+        raise DataError("market: non-finite prices after the join")
+    if (px_open <= 0).any() or (px_close <= 0).any():
+        raise DataError("market: non-positive prices after the join")
+    feats = np.ascontiguousarray(frame.select(feature_names).to_numpy().astype(np.float32))
+    probs = (
+        np.ascontiguousarray(frame.select(regime_cols).to_numpy().astype(np.float32))
+        if regime_cols
+        else np.zeros((frame.height, 0), dtype=np.float32)
+    )
+    return MarketData(
+        timestamps=stamps.dt.replace_time_zone(None).to_numpy().astype("datetime64[us]"),
+        features=feats,
+        regime_probs=probs,
+        open=np.ascontiguousarray(px_open),
+        close=np.ascontiguousarray(px_close),
+        session=session,
+        last_bar=last,
+        minutes_to_close=np.zeros(frame.height) if daily else minutes.astype(np.float64),
+        vol=ewma_vol(px_close[:, UNDERLYING], cfg.env.vol_halflife_bars),
+        periods_per_year=float(periods_per_year(stamps)),
+        feature_names=feature_names,
+    )
