@@ -6,6 +6,9 @@
   next open, costs, forced exits, reward, masks in named layers) for N accounts at once.
 * :mod:`sentio.env.vec_env` -- :class:`SentioVecEnv`, an SB3 ``VecEnv`` with
   ``action_masks()`` for MaskablePPO.
+* :mod:`sentio.env.single` -- :class:`TradingEnv`, one account as a ``gymnasium.Env``: an
+  independent scalar implementation of the same trading model (the reference the
+  batched simulator is checked against), usable with ``DummyVecEnv`` and MaskablePPO.
 * :mod:`sentio.env.episodes` -- where episodes may run inside a fold's training ranges.
 """
 
@@ -20,6 +23,7 @@ from sentio.env.simulator import (
     StepResult,
     layer_names,
 )
+from sentio.env.single import TradingEnv
 from sentio.env.vec_env import SentioVecEnv, observation_space
 
 __all__ = [
@@ -34,6 +38,7 @@ __all__ = [
     "MarketData",
     "SentioVecEnv",
     "StepResult",
+    "TradingEnv",
     "build_market",
     "candidate_episodes",
     "ewma_vol",
