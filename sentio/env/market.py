@@ -82,8 +82,9 @@ def ewma_vol(close: np.ndarray, halflife: int) -> np.ndarray:
     """Per-bar volatility from close-to-close log returns, EWMA of their squares.
 
     ``v_t = (1 - w) v_{t-1} + w r_t^2`` with ``w = 1 - 2^(-1/halflife)``, seeded with the
-    first return's square; the result is ``sqrt(v_t)``. Row 0 (one price, no return) takes
-    row 1's value. Causal: row t reads closes up to t only.
+    first return's square; the result is ``sqrt(v_t)``. Row 0 (one price, no return) is 0:
+    nothing is known there yet (taking row 1's value would read the close of bar 1). Causal:
+    row t reads closes up to t only.
     """
     c = np.asarray(close, dtype=np.float64)
     if c.size < 2:
@@ -91,7 +92,7 @@ def ewma_vol(close: np.ndarray, halflife: int) -> np.ndarray:
     r2 = np.diff(np.log(c)) ** 2
     w = 1.0 - 2.0 ** (-1.0 / halflife)
     v = pl.Series(r2).ewm_mean(alpha=w, adjust=False).to_numpy()
-    return np.sqrt(np.concatenate([v[:1], v]))
+    return np.sqrt(np.concatenate([[0.0], v]))
 
 
 def build_market(
