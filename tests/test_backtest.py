@@ -29,6 +29,7 @@ from sentio.env.backtest import (
     trend_policy,
     underlying_buy_and_hold,
 )
+from sentio.errors import DataError
 from sentio.evaluation import METRIC_KEYS
 from sentio.features import build_features
 from tests.conftest import SHORT_WINDOWS, minute_bars
@@ -437,7 +438,7 @@ def test_bad_blocks() -> None:
         backtest(flat_policy(p), m, p, [(0, 20), (10, 30)])
     with pytest.raises(ValueError, match="half-open"):
         backtest(flat_policy(p), m, p, [(0, 41)])
-    with pytest.raises(Exception, match="no test block holds a step"):
+    with pytest.raises(DataError, match="no test block holds a step"):
         backtest(flat_policy(p), m, p, [(0, 3)])
     # a block too short for one step is skipped, the others run
     res = backtest(flat_policy(p), m, p, [(0, 3), (10, 20)])
@@ -490,3 +491,27 @@ def test_short_etf_ledger_names_the_short_instrument() -> None:
     assert res.trades["side"].to_list() == ["short", "short"]
     assert np.all(res.position < 0)
     assert res.trades["exit_price"][0] == m.close[19, SHORT]
+
+
+def test_bars_agree_with_the_scalar_reference_env(market: MarketData, params: EnvParams) -> None:
+    """Replaying the backtest's actions in ``TradingEnv`` (backtest mode) gives the same bars."""
+    from sentio.env.single import TradingEnv
+
+    lasts = np.flatnonzero(market.last_bar)
+    blocks = [(0, int(lasts[1]) + 1), (int(lasts[1]) + 1, market.n_rows)]  # session-aligned
+    policy = trend_policy(params, 15, feature_names=market.feature_names)
+    res = backtest(policy, market, params, blocks)
+    env = TradingEnv(market, params, [(0, market.n_rows)], seed=0, backtest=True)
+    equity, costs = [], []
+    eq = params.initial_cash
+    for block, (start, end) in enumerate(res.blocks):
+        env.reset(options={"start": start, "end": end, "equity": eq})
+        for a in res.actions[res.block == block]:
+            _, _, terminated, truncated, info = env.step(int(a))
+            equity.append(info["equity"])
+            costs.append(info["costs"])
+        assert truncated and not terminated
+        eq = equity[-1]
+    np.testing.assert_allclose(res.equity, equity, rtol=1e-12)
+    np.testing.assert_allclose(res.costs_cash, costs, rtol=1e-9, atol=1e-9)
+    assert "end_of_block" not in set(res.trades["exit_reason"])
