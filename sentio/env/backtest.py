@@ -542,7 +542,6 @@ def backtest(
     n_total = sum(end - start for _, start, end in episodes)
     out_rows = np.zeros(n_total, dtype=np.int64)
     out_block = np.zeros(n_total, dtype=np.int64)
-    returns = np.zeros(n_total)
     eq_arr = np.zeros(n_total)
     exposure = np.zeros(n_total)
     position = np.zeros(n_total)
