@@ -207,7 +207,8 @@ class BatchSimulator:
         self._windows = np.lib.stride_tricks.as_strided(
             feats,
             shape=(max(T - L + 1, 0), L * F),
-            strides=(feats.strides[0], feats.strides[1]),
+            # from the item size: numpy may give a length-1 axis any stride (F = 1: 0)
+            strides=(F * feats.itemsize, feats.itemsize),
             writeable=False,
         )
         self._high_vol = market.high_vol_regime()
