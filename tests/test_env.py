@@ -708,6 +708,64 @@ def test_entry_resize_switch_exit_to_the_cent(runner: type) -> None:
     assert (term, trunc) == (False, True)
 
 
+@both
+def test_observation_state_by_hand(runner: type) -> None:
+    """``state`` = regime probabilities, exposure, unrealised return, drawdown, bars / 390,
+    minutes to the close / 390; ``window`` = the last L feature rows."""
+    base = _four_trade_market()
+    probs = np.array([[0.7, 0.3], [0.6, 0.4], [0.5, 0.5], [0.25, 0.75], [0.1, 0.9]])
+    market = dataclasses.replace(base, regime_probs=probs.astype(np.float32))
+    r = runner(market, make_params(window=2, **COSTS))
+    obs = r.reset(1, 4)
+    np.testing.assert_array_equal(obs["window"], [[0.0], [1.0]])  # one feature: the row number
+    np.testing.assert_allclose(obs["state"], [0.6, 0.4, 0, 0, 0, 0, 4 / 390], rtol=1e-6)
+    obs, *_ = r.step(A_LONG1)  # 10,000 / 52 TQQQ at the open of row 2, rate 0.0008 (vol[1])
+    shares = 10_000 / 52.0
+    equity = -(0.01 * shares + 0.0008 * 10_000) + shares * 51.0  # 9,797.77 at the close
+    assert cents(equity) == 9_797.77
+    np.testing.assert_array_equal(obs["window"], [[1.0], [2.0]])
+    np.testing.assert_allclose(
+        obs["state"],
+        [
+            0.5,
+            0.5,
+            shares * 51.0 / equity,
+            equity / 10_000 - 1,
+            1 - equity / 10_000,
+            1 / 390,
+            3 / 390,
+        ],
+        rtol=1e-6,
+    )
+    obs, *_ = r.step(A_LONG1)  # held: the exposure drifts, one more bar in the position
+    equity2 = equity + shares * (49.8 - 51.0)
+    np.testing.assert_allclose(
+        obs["state"],
+        [
+            0.25,
+            0.75,
+            shares * 49.8 / equity2,
+            equity2 / 10_000 - 1,
+            1 - equity2 / 10_000,
+            2 / 390,
+            2 / 390,
+        ],
+        rtol=1e-6,
+    )
+
+
+@both
+def test_daily_bars_have_no_session_mask_and_full_time_to_close(runner: type) -> None:
+    flat = [[100.0, 50.0, 20.0]] * 4
+    market = hand_market(flat, flat, session=[0, 1, 2, 3], minutes_to_close=[0.0] * 4)
+    r = runner(
+        market, make_params(mask_session=True, no_new_exposure_minutes=390, episode_sessions=4)
+    )
+    obs = r.reset(0, 3)
+    assert obs["state"][-1] == 1.0
+    assert r.masks().all()
+
+
 def _gap_market() -> MarketData:
     # session 0: rows 0-2, session 1: rows 3-5; TQQQ gaps down from 51 to 50.6 overnight
     return hand_market(
