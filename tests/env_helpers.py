@@ -16,11 +16,11 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import polars as pl
+from numpy.typing import ArrayLike
 
 from sentio.config import SentioConfig
 from sentio.env.market import MarketData, build_market, ewma_vol
@@ -72,13 +72,13 @@ def params_from_config(**env: Any) -> EnvParams:
 
 
 def hand_market(
-    open_: Sequence[Sequence[float]],
-    close: Sequence[Sequence[float]],
+    open_: ArrayLike,
+    close: ArrayLike,
     *,
-    session: Sequence[int] | None = None,
-    vol: Sequence[float] | float = 0.0,
-    minutes_to_close: Sequence[float] | None = None,
-    last_bar: Sequence[bool] | None = None,
+    session: ArrayLike | None = None,
+    vol: ArrayLike = 0.0,
+    minutes_to_close: ArrayLike | None = None,
+    last_bar: ArrayLike | None = None,
     features: np.ndarray | None = None,
     regime_probs: np.ndarray | None = None,
     periods_per_year: float = MINUTE_PERIODS_PER_YEAR,

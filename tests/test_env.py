@@ -13,8 +13,10 @@ import datetime as dt
 import math
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import polars as pl
 import pytest
@@ -252,7 +254,7 @@ def test_gymnasium_and_sb3_env_checkers_pass() -> None:
     market, params = _small_setup()
     env = TradingEnv(market, params, [(0, market.n_rows)], seed=0)
     assert env.observation_space == observation_space(market, params)
-    assert env.action_space.n == 5
+    assert env.action_space == gym.spaces.Discrete(5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unbounded boxes, no spec, (L, F) window shape
         gym_check(env)
@@ -314,21 +316,25 @@ def test_maskable_ppo_smoke_on_dummy_vec_env() -> None:
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     market, params = _small_setup()
-    venv = DummyVecEnv(
-        [lambda i=i: TradingEnv(market, params, [(0, market.n_rows)], seed=i) for i in range(2)]
-    )
+
+    def maker(seed: int) -> Callable[[], gym.Env[Any, Any]]:
+        return lambda: TradingEnv(market, params, [(0, market.n_rows)], seed=seed)
+
+    venv = DummyVecEnv([maker(0), maker(1)])
     t0 = time.perf_counter()
     model = MaskablePPO(
         "MultiInputPolicy", venv, n_steps=32, batch_size=32, n_epochs=1, seed=0, device="cpu"
     )
     model.learn(64)
     obs = venv.reset()
+    assert isinstance(obs, dict)
     for _ in range(20):
         masks = get_action_masks(venv)
         assert masks.shape == (2, 5) and masks[:, A_FLAT].all()
         actions, _ = model.predict(obs, action_masks=masks, deterministic=False)
         assert masks[np.arange(2), actions].all()
-        obs, _, _, _ = venv.step(actions)
+        obs = venv.step(actions)[0]
+        assert isinstance(obs, dict)
     assert time.perf_counter() - t0 < 30
 
 
@@ -438,7 +444,9 @@ def test_single_equals_vec_env_with_sampling_and_auto_reset() -> None:
         assert env.account is not None
         a = _policy(rng, mask, env.account.action)
         vec.step_async(np.array([a]))
-        vobs, vrew, vdone, vinfos = vec.step_wait()
+        step_obs, vrew, vdone, vinfos = vec.step_wait()
+        assert isinstance(step_obs, dict)
+        vobs = step_obs
         obs, r, term, trunc, info = env.step(a)
         assert vrew.dtype == np.float32
         assert float(vrew[0]) == pytest.approx(r, rel=1e-6, abs=1e-7)
@@ -473,7 +481,9 @@ def test_vec_env_auto_reset_infos_with_several_accounts() -> None:
         np.testing.assert_array_equal(vec.action_masks(), [e.masks() for e in envs])
         actions = np.array([_policy(rng, e.masks(), e.state().action) for e in envs])
         vec.step_async(actions)
-        vobs, vrew, vdone, vinfos = vec.step_wait()
+        step_obs, vrew, vdone, vinfos = vec.step_wait()
+        assert isinstance(step_obs, dict)
+        vobs = step_obs
         for i, e in enumerate(envs):
             obs, r, term, trunc, _ = e.step(int(actions[i]))
             assert bool(vdone[i]) == (term or trunc)
@@ -833,8 +843,13 @@ def test_drawdown_penalty_on_increases_of_the_session_drawdown(runner: type) -> 
 
 def _close_market() -> MarketData:
     return hand_market(
-        open_=[[100, 50, 20], [100, 50, 20], [101, 51.2, 19.65], [101, 51.4, 19.6]],
-        close=[[100, 50, 20], [101, 51, 19.7], [101.1, 51.3, 19.62], [101, 51.2, 19.65]],
+        open_=[[100.0, 50.0, 20.0], [100.0, 50.0, 20.0], [101.0, 51.2, 19.65], [101.0, 51.4, 19.6]],
+        close=[
+            [100.0, 50.0, 20.0],
+            [101.0, 51.0, 19.7],
+            [101.1, 51.3, 19.62],
+            [101.0, 51.2, 19.65],
+        ],
         session=[0, 0, 1, 1],
         vol=[0.001, 0.002, 0.001, 0.001],
     )
@@ -877,20 +892,20 @@ def _crash_market() -> MarketData:
     # TQQQ falls from 50 to 45 on row 2; session 1 starts at row 4
     return hand_market(
         open_=[
-            [100, 50, 20],
-            [100, 50, 20],
-            [99, 49, 20.3],
-            [97, 45, 21.6],
-            [98, 47, 21],
-            [99, 48.5, 20.6],
+            [100.0, 50.0, 20.0],
+            [100.0, 50.0, 20.0],
+            [99.0, 49.0, 20.3],
+            [97.0, 45.0, 21.6],
+            [98.0, 47.0, 21.0],
+            [99.0, 48.5, 20.6],
         ],
         close=[
-            [100, 50, 20],
-            [100, 50, 20],
-            [97, 45, 21.6],
-            [97.5, 46, 21.3],
-            [98.5, 48, 20.7],
-            [99, 49, 20.4],
+            [100.0, 50.0, 20.0],
+            [100.0, 50.0, 20.0],
+            [97.0, 45.0, 21.6],
+            [97.5, 46.0, 21.3],
+            [98.5, 48.0, 20.7],
+            [99.0, 49.0, 20.4],
         ],
         session=[0, 0, 0, 0, 1, 1],
         vol=0.001,
@@ -948,8 +963,8 @@ def test_drawdown_warning_blocks_new_exposure_only(runner: type) -> None:
 @pytest.mark.parametrize("backtest", [False, True], ids=["train", "backtest"])
 def test_ruin_terminates(runner: type, backtest: bool) -> None:
     market = hand_market(
-        open_=[[100, 50, 20], [100, 50, 20], [60, 0.02, 60]],
-        close=[[100, 50, 20], [100, 50, 20], [60, 0.01, 61]],
+        open_=[[100.0, 50.0, 20.0], [100.0, 50.0, 20.0], [60.0, 0.02, 60.0]],
+        close=[[100.0, 50.0, 20.0], [100.0, 50.0, 20.0], [60.0, 0.01, 61.0]],
         vol=0.001,
     )
     r = runner(market, make_params(**COSTS), backtest)
@@ -1072,7 +1087,7 @@ mask_settings = st.fixed_dictionaries(
 PROPERTY_MARKET = random_market(n_sessions=3, session_len=30, seed=9, bar_vol=2e-3)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     settings_=mask_settings,
     t=st.integers(0, PROPERTY_MARKET.n_rows - 2),
