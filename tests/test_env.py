@@ -937,11 +937,16 @@ def test_drawdown_breaker(runner: type, backtest: bool) -> None:
         return
     assert term is False and info["termination"] is None
     only_flat = {x: ["drawdown"] for x in GRID if x != 0.0}
-    for _ in range(2):  # rows 2 and 3: flat for the rest of the session
-        assert r.masks().tolist() == [False, False, True, False, False]
-        assert r.reasons() == only_flat
-        _, _, term, _, info = r.step(A_FLAT)
-        assert not term and info["costs"] == 0.0
+    # row 2: flat for the rest of the session
+    assert r.masks().tolist() == [False, False, True, False, False]
+    assert r.reasons() == only_flat
+    _, _, term, _, info = r.step(A_FLAT)
+    assert not term and info["costs"] == 0.0
+    # row 3, the session's last bar: its decision fills at the next session's open, where
+    # drawdown and breaker start afresh, so nothing is blocked
+    assert r.state().tripped and r.masks().all()
+    _, _, term, _, info = r.step(A_FLAT)
+    assert not term and info["costs"] == 0.0
     s = r.state()  # row 4, a new session: the breaker is reset
     assert s.t == 4 and not s.tripped and s.drawdown == 0.0
     assert s.peak == pytest.approx(8_980.80)
@@ -1175,10 +1180,10 @@ def sessions_and_ranges(draw: st.DrawFn) -> tuple[np.ndarray, list[tuple[int, in
 def _brute_force_episodes(
     session: np.ndarray, ranges: list[tuple[int, int]], window: int, k: int
 ) -> list[tuple[int, int]]:
-    """Per range: its rows from ``window - 1`` on, grouped by session, k sessions a chunk."""
+    """Per range: its rows from ``a + window - 1`` on, grouped by session, k sessions a chunk."""
     out = []
     for a, b in ranges:
-        rows = [r for r in range(max(a, window - 1), min(b, session.size))]
+        rows = [r for r in range(a + window - 1, min(b, session.size))]
         ids = sorted({int(session[r]) for r in rows})
         for i in range(0, len(ids), k):
             chunk = [r for r in rows if int(session[r]) in ids[i : i + k]]
@@ -1205,7 +1210,8 @@ def test_episodes_stay_inside_one_training_range(
     assert list(zip(starts.tolist(), ends.tolist(), strict=True)) == expected
     for s, e in expected:
         assert s >= window - 1 and e > s
-        assert any(a <= s and e < b for a, b in ranges)  # inside one range, fill rows too
+        # inside one range: the first observation window and the fill rows too
+        assert any(a <= s - window + 1 and e < b for a, b in ranges)
         assert len(set(session[s : e + 1].tolist())) <= k
     # the environment samples from these and steps only through rows of one range
     env = TradingEnv(market, make_params(window=window, episode_sessions=k), ranges, seed=seed)
@@ -1350,3 +1356,34 @@ def test_build_market_errors(real_inputs: tuple[Any, ...]) -> None:
     late = features.filter(pl.col("timestamp") > bars["timestamp"].max())
     with pytest.raises(DataError, match="0 rows"):
         build_market(bars, late, None, cfg)
+
+
+def test_mask_lookup_table_equals_the_rules_it_was_built_from() -> None:
+    """The (N, A) lookup of the layer bits equals evaluating the rules account by account."""
+    market = random_market(n_sessions=3, session_len=30, seed=5, bar_vol=3e-3)
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        params = make_params(
+            window=2,
+            mask_session=True,
+            no_new_exposure_minutes=float(rng.integers(0, 10)),
+            mask_risk_budget=True,
+            mask_regime=True,
+            mask_drawdown=True,
+            drawdown_limit=float(rng.uniform(0.001, 0.05)),
+            min_hold_bars=int(rng.integers(0, 4)),
+            target_vol_annual=float(rng.uniform(0.05, 2.0)),
+            high_vol_regime_cap=float(rng.choice([0.0, 0.5, 1.0])),
+        )
+        sim = BatchSimulator(market, params, 64)
+        assert sim._lut is not None
+        sim.reset(np.arange(64), np.full(64, 1), np.full(64, market.n_rows - 1))
+        sim.t[:] = rng.integers(1, market.n_rows - 1, 64)
+        sim.held[:] = rng.integers(0, params.n_actions, 64)
+        sim.dd[:] = rng.uniform(0, 0.05, 64)
+        sim.tripped[:] = rng.random(64) < 0.3
+        sim.bars_held[:] = rng.integers(0, 5, 64)
+        table = sim.blocked_layers()
+        assert len(np.unique(table)) > 3  # several layer combinations occur
+        sim._lut = None  # the direct evaluation (used for grids too large for a table)
+        np.testing.assert_array_equal(table, sim.blocked_layers())

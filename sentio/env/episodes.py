@@ -3,10 +3,11 @@
 A fold hands over its training ranges as half-open row ranges ``[a, b)`` of the market
 arrays (already purged and embargoed). An episode is ``episode_sessions`` consecutive
 sessions, cut to the part inside one range: it starts at the first row of its first
-session inside the range (no earlier than ``window - 1``, so the observation window
-exists) and ends at the last row of its last session inside the range. Every row an
-episode steps through, including the fill bar of its last decision, lies inside the
-range.
+session inside the range, but no earlier than ``a + window - 1``, so that the observation
+window of its first step lies inside the range too (a range that follows a test block
+never shows the agent rows of that block), and ends at the last row of its last session
+inside the range. Every row an episode reads or steps through, including the fill bar of
+its last decision, lies inside the range.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def candidate_episodes(
     ends: list[int] = []
     session = market.session
     for a, b in ranges:
-        a = max(int(a), window - 1)
+        a = max(int(a), 0) + window - 1  # the first observation window inside the range
         b = min(int(b), market.n_rows)
         if b - a < 2:
             continue

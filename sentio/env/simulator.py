@@ -42,7 +42,8 @@ each switched by ``env.masks``:
 * ``regime``: ``|x| <= high_vol_regime_cap`` while the highest-volatility regime is the
   most likely one.
 * ``drawdown``: no new exposure once the session drawdown reaches half the limit; only
-  flat after the breaker tripped (backtest mode) until the session ends.
+  flat after the breaker tripped (backtest mode) until the session ends. A decision whose
+  fill bar opens the next session is not blocked (drawdown and breaker start afresh).
 * ``min_hold``: a non-flat position held fewer than ``min_hold_bars`` bars may only be
   kept or closed, not switched to another exposure.
 
@@ -50,7 +51,7 @@ Observation at row t (a dict of float32 arrays): ``window``, the last ``window``
 rows ``features[t-window+1 .. t]`` (``(window, F)``: one token per bar for sequence
 models), and ``state``, the regime probabilities at t followed by the portfolio state: exposure (signed value of the position / equity, at the close of t),
 unrealised return of the position (``E_t / E_entry - 1``, 0 when flat), session drawdown,
-bars in the position / 390, and ``min(minutes to the close, 390) / 390`` from the start of
+bars in the position / 390 (0 while flat), and ``min(minutes to the close, 390) / 390`` from the start of
 bar t (1 on daily bars).
 """
 
@@ -223,6 +224,54 @@ class BatchSimulator:
             self._session_minutes = np.full(T, np.inf)
         else:
             self._session_minutes = market.minutes_to_close
+        # per-(held action, action) tables and per-row arrays the masks and steps gather
+        g, ag = self.grid, self.abs_grid
+        self._new_exposure = (ag[None, :] > 0) & (
+            (self.sign_grid[None, :] != np.sign(g)[:, None]) | (ag[None, :] > ag[:, None] + 1e-12)
+        )
+        self._switch = (ag[None, :] > 0) & (g[None, :] != g[:, None]) & (g[:, None] != 0)
+        self._regime_over = ag > params.high_vol_regime_cap + 1e-12
+        self._nonflat = ag > 0
+        nxt = np.minimum(np.arange(T) + 1, max(T - 1, 0))
+        self._late = self._session_minutes[nxt] <= params.no_new_exposure_minutes
+        self._new_session = np.zeros(T, dtype=bool)
+        self._new_session[1:] = market.session[1:] != market.session[:-1]
+        self._fresh_fill = self._new_session[nxt]  # the fill bar of row t opens a session
+        self._open_flat = np.ascontiguousarray(market.open).ravel()
+        self._close_flat = np.ascontiguousarray(market.close).ravel()
+        self._cost_rate = (
+            params.half_spread + params.slippage_vol_mult * params.leverage * market.vol
+        )
+        self._target_inst = np.where(g > 0, LONG_ETF, np.where(g < 0, SHORT_ETF, FLAT))
+        self._bits = {k: np.uint8(v) for k, v in LAYER_BITS.items()}
+        # risk budget as a level: actions whose |x| ranks at or above level[t] among the
+        # grid's magnitudes are over the cap (|x| > cap + 1e-12)
+        mags = np.unique(ag)
+        self._rank = np.searchsorted(mags, ag)
+        self._n_levels = mags.size + 1
+        self._risk_level = np.searchsorted(mags, self._risk_cap + 1e-12, side="right")
+        # every mask input is discrete, so the layers are a lookup table: row code (late,
+        # high-vol, fresh session, risk level) x account code (held, warn, tripped, young)
+        self._row_code = (
+            (self._late.astype(np.int64) * 2 + self._high_vol) * 2 + self._fresh_fill
+        ) * self._n_levels + self._risk_level
+        n_rows, n_acct = 8 * self._n_levels, 8 * params.n_actions
+        self._lut: np.ndarray | None = None
+        if n_rows * n_acct * params.n_actions <= 4_000_000:
+            r = np.repeat(np.arange(n_rows), n_acct)
+            c = np.tile(np.arange(n_acct), n_rows)
+            level, rest = r % self._n_levels, r // self._n_levels
+            bits = self._rule_bits(
+                late=(rest // 4).astype(bool),
+                high_vol=((rest // 2) % 2).astype(bool),
+                fresh=(rest % 2).astype(bool),
+                level=level,
+                held=c // 8,
+                warn=((c // 4) % 2).astype(bool),
+                tripped=((c // 2) % 2).astype(bool),
+                young=(c % 2).astype(bool),
+            )
+            self._lut = bits.reshape(n_rows, n_acct, params.n_actions)
         self.t = np.zeros(n, dtype=np.int64)
         self.end = np.zeros(n, dtype=np.int64)
         self.cash = np.zeros(n)
@@ -278,37 +327,67 @@ class BatchSimulator:
 
     # ------------------------------------------------------------------ masks
 
+    def _rule_bits(
+        self,
+        *,
+        late: np.ndarray,
+        high_vol: np.ndarray,
+        fresh: np.ndarray,
+        level: np.ndarray,
+        held: np.ndarray,
+        warn: np.ndarray,
+        tripped: np.ndarray,
+        young: np.ndarray,
+    ) -> np.ndarray:
+        """The mask layers as rules over their discrete inputs, ``(M, A)`` uint8 bits.
+
+        ``late``: the fill bar opens within ``no_new_exposure_minutes`` of the close;
+        ``high_vol``: the highest-volatility regime is the most likely; ``fresh``: the fill
+        bar opens the next session; ``level``: the risk-budget level of the row; ``held``:
+        the action held; ``warn``: session drawdown >= half the limit; ``tripped``: the
+        breaker tripped this session; ``young``: fewer than ``min_hold_bars`` bars held.
+        """
+        p = self.p
+        b = self._bits
+        out = np.zeros((held.shape[0], p.n_actions), dtype=np.uint8)
+        new_exposure = self._new_exposure[held]
+        if p.mask_session:
+            out |= (late[:, None] & new_exposure) * b["session"]
+        if p.mask_risk_budget:
+            out |= (self._rank[None, :] >= level[:, None]) * b["risk_budget"]
+        if p.mask_regime:
+            out |= (high_vol[:, None] & self._regime_over[None, :]) * b["regime"]
+        if p.mask_drawdown:
+            # a fill at the next session's open starts a fresh drawdown and breaker
+            live = ~fresh
+            blocked = ((live & warn)[:, None] & new_exposure) | (
+                (live & tripped)[:, None] & self._nonflat[None, :]
+            )
+            out |= blocked * b["drawdown"]
+        if p.min_hold_bars > 0:
+            out |= (young[:, None] & self._switch[held]) * b["min_hold"]
+        out[:, self.flat] = 0  # flat is always allowed
+        return out
+
     def blocked_layers(self) -> np.ndarray:
         """``(N, A)`` uint8: for each account and action, the bits of the layers blocking it."""
         p = self.p
         t = self.t
-        out = np.zeros((self.n, p.n_actions), dtype=np.uint8)
-        ax = self.abs_grid[None, :]
-        cur = self.grid[self.held]
-        new_exposure = (ax > 0) & (
-            (self.sign_grid[None, :] != np.sign(cur)[:, None]) | (ax > np.abs(cur)[:, None] + 1e-12)
+        warn = self.dd >= 0.5 * p.drawdown_limit
+        young = self.bars_held < p.min_hold_bars
+        if self._lut is not None:
+            acct = ((self.held * 2 + warn) * 2 + self.tripped) * 2 + young
+            return self._lut[self._row_code[t], acct]
+        return self._rule_bits(
+            late=self._late[t],
+            high_vol=self._high_vol[t],
+            fresh=self._fresh_fill[t],
+            level=self._risk_level[t],
+            held=self.held,
+            warn=warn,
+            tripped=self.tripped,
+            young=young,
         )
-        if p.mask_session:
-            late = self._session_minutes[np.minimum(t + 1, self.market.n_rows - 1)] <= (
-                p.no_new_exposure_minutes
-            )
-            out |= np.where(late[:, None] & new_exposure, LAYER_BITS["session"], 0).astype(np.uint8)
-        if p.mask_risk_budget:
-            over = ax > self._risk_cap[t][:, None] + 1e-12
-            out |= np.where(over, LAYER_BITS["risk_budget"], 0).astype(np.uint8)
-        if p.mask_regime:
-            over = self._high_vol[t][:, None] & (ax > p.high_vol_regime_cap + 1e-12)
-            out |= np.where(over, LAYER_BITS["regime"], 0).astype(np.uint8)
-        if p.mask_drawdown:
-            warn = (self.dd >= 0.5 * p.drawdown_limit)[:, None] & new_exposure
-            stop = self.tripped[:, None] & (ax > 0)
-            out |= np.where(warn | stop, LAYER_BITS["drawdown"], 0).astype(np.uint8)
-        if p.min_hold_bars > 0:
-            young = (cur != 0) & (self.bars_held < p.min_hold_bars)
-            change = (ax > 0) & (self.grid[None, :] != cur[:, None])
-            out |= np.where(young[:, None] & change, LAYER_BITS["min_hold"], 0).astype(np.uint8)
-        out[:, self.flat] = 0  # flat is always allowed
-        return out
 
     def action_masks(self) -> np.ndarray:
         """``(N, A)`` bool: the allowed actions (at least flat) at each account's row."""
@@ -316,109 +395,111 @@ class BatchSimulator:
 
     # ------------------------------------------------------------------ observation
 
-    def observe(self) -> dict[str, np.ndarray]:
-        """Observations at each account's current row: ``{"window": (N, L, F), "state": (N, S)}``.
+    def observe(self, which: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Observations at the accounts' current rows: ``{"window": (n, L, F), "state": (n, S)}``.
 
         ``window`` holds ``features[t-L+1 .. t]``; ``state`` the regime probabilities at t
-        followed by :data:`STATE_FEATURES`. Both float32.
+        followed by :data:`STATE_FEATURES`. Both float32. ``which`` selects accounts (all by
+        default).
         """
         L = self.p.window
-        t = self.t
+        if which is None:
+            t, inst, shares, eq = self.t, self.inst, self.shares, self.equity
+            entry, dd, held = self.entry_equity, self.dd, self.bars_held
+        else:
+            t, inst, shares, eq = (
+                self.t[which],
+                self.inst[which],
+                self.shares[which],
+                self.equity[which],
+            )
+            entry, dd, held = self.entry_equity[which], self.dd[which], self.bars_held[which]
+        n = t.shape[0]
         K = self.market.n_regimes
-        window = self._windows[t - (L - 1)].reshape(self.n, L, self.market.n_features)
-        state = np.empty((self.n, K + len(STATE_FEATURES)), dtype=np.float32)
+        window = self._windows[t - (L - 1)].reshape(n, L, self.market.n_features)
+        state = np.empty((n, K + len(STATE_FEATURES)), dtype=np.float32)
         if K:
             state[:, :K] = self.market.regime_probs[t]
-        close_now = self.market.close[t, self.inst]
-        eq = self.equity
-        sign = np.where(self.inst == SHORT_ETF, -1.0, 1.0)
-        state[:, K] = sign * self.shares * close_now / eq
-        state[:, K + 1] = np.where(self.inst != FLAT, eq / self.entry_equity - 1.0, 0.0)
-        state[:, K + 2] = self.dd
-        state[:, K + 3] = self.bars_held / BARS_SCALE
+        value = shares * self._close_flat[t * 3 + inst]
+        state[:, K] = np.where(inst == SHORT_ETF, -value, value) / eq
+        state[:, K + 1] = np.where(inst != FLAT, eq / entry - 1.0, 0.0)
+        state[:, K + 2] = dd
+        state[:, K + 3] = held / BARS_SCALE
         state[:, K + 4] = self._tclose[t]
         return {"window": window, "state": state}
 
     # ------------------------------------------------------------------ step
 
-    def _exit_costs(self, shares: np.ndarray, price: np.ndarray, vol: np.ndarray) -> np.ndarray:
-        p = self.p
-        notional = shares * price
-        return (
-            p.commission_per_share * shares
-            + (p.half_spread + p.slippage_vol_mult * p.leverage * vol) * notional
-        )
-
     def step(self, actions: np.ndarray) -> StepResult:
         """Apply one action per account (grid indices) and advance every account one bar."""
-        m = self.market
         p = self.p
-        a = np.asarray(actions, dtype=np.int64).reshape(self.n)
+        # a copy: the held actions become simulator state, never an alias of the caller's
+        a = np.array(actions, dtype=np.int64).reshape(self.n)
         if a.min(initial=0) < 0 or a.max(initial=0) >= p.n_actions:
             raise ValueError(f"actions must be in [0, {p.n_actions}), got {a}")
         t = self.t
         t1 = t + 1
-        idx = self._idx
-        open1 = m.open[t1]  # (N, 3)
-        close1 = m.close[t1]
+        base = t1 * 3  # flat index of (t+1, instrument 0) in the (T, 3) price arrays
+        inst = self.inst
+        shares = self.shares
         e_prev = self.equity
-        x = self.grid[a]
         change = a != self.held
-        e_open = self.cash + self.shares * open1[idx, self.inst]
-        new_inst = np.where(x > 0, LONG_ETF, np.where(x < 0, SHORT_ETF, FLAT))
-        new_inst = np.where(change, new_inst, self.inst)
-        target = np.abs(x) * e_open / open1[idx, new_inst]
-        new_shares = np.where(change, np.where(x == 0, 0.0, target), self.shares)
-        same = new_inst == self.inst
-        sell = np.where(
-            change, np.where(same, np.maximum(self.shares - new_shares, 0.0), self.shares), 0.0
-        )
-        buy = np.where(
-            change, np.where(same, np.maximum(new_shares - self.shares, 0.0), new_shares), 0.0
-        )
-        sell_px = open1[idx, self.inst]
-        buy_px = open1[idx, new_inst]
-        notional = sell * sell_px + buy * buy_px
-        vol_t = m.vol[t]
-        costs = (
-            p.commission_per_share * (sell + buy)
-            + (p.half_spread + p.slippage_vol_mult * p.leverage * vol_t) * notional
-        )
-        cash = self.cash + sell * sell_px - buy * buy_px - costs
-        close_px = close1[idx, new_inst]
+        # 1. mark at the open of t+1
+        old_open = self._open_flat[base + inst]
+        e_open = self.cash + shares * old_open
+        # 2. trade only when the action changes
+        new_inst = np.where(change, self._target_inst[a], inst)
+        new_open = self._open_flat[base + new_inst]
+        new_shares = np.where(change, self.abs_grid[a] * e_open / new_open, shares)
+        same = new_inst == inst
+        diff = new_shares - shares
+        sell = np.where(change, np.where(same, np.maximum(-diff, 0.0), shares), 0.0)
+        buy = np.where(change, np.where(same, np.maximum(diff, 0.0), new_shares), 0.0)
+        sell_value = sell * old_open
+        buy_value = buy * new_open
+        notional = sell_value + buy_value
+        # 3. costs per leg
+        costs = p.commission_per_share * (sell + buy) + self._cost_rate[t] * notional
+        cash = self.cash + sell_value - buy_value - costs
+        # 4. mark at the close of t+1
+        close_px = self._close_flat[base + new_inst]
         e_pre = cash + new_shares * close_px
-        # session bookkeeping: a new session restarts the peak from the previous close
-        new_session = m.session[t1] != m.session[t]
+        new_session = self._new_session[t1]
         peak = np.where(new_session, e_prev, self.peak)
-        tripped = np.where(new_session, False, self.tripped)
+        tripped = self.tripped & ~new_session
         dd_prev = np.where(new_session, 0.0, self.dd)
-        peak_pre = np.maximum(peak, e_pre)
-        trip = np.zeros(self.n, dtype=bool)
+        # 5. forced exits at the close: breaker, flat at the close
         if p.mask_drawdown:
-            trip = (~tripped) & (1.0 - e_pre / peak_pre >= p.drawdown_limit)
-        exit_now = trip.copy()
-        if p.flat_at_close:
-            exit_now |= m.last_bar[t1]
-        exit_now &= new_shares > 0
-        exit_costs = np.where(exit_now, self._exit_costs(new_shares, close_px, m.vol[t1]), 0.0)
-        cash = np.where(exit_now, cash + new_shares * close_px - exit_costs, cash)
-        notional = notional + np.where(exit_now, new_shares * close_px, 0.0)
-        costs = costs + exit_costs
-        new_shares = np.where(exit_now, 0.0, new_shares)
-        new_inst = np.where(exit_now, FLAT, new_inst)
-        held = np.where(exit_now, self.flat, a)
+            trip = ~tripped & (1.0 - e_pre / np.maximum(peak, e_pre) >= p.drawdown_limit)
+        else:
+            trip = np.zeros(self.n, dtype=bool)
+        forced = (trip | self.market.last_bar[t1]) if p.flat_at_close else trip
+        exit_now = forced & (new_shares > 0)
+        held = a
+        if exit_now.any():
+            value = new_shares * close_px
+            exit_costs = np.where(
+                exit_now, p.commission_per_share * new_shares + self._cost_rate[t1] * value, 0.0
+            )
+            cash = np.where(exit_now, cash + value - exit_costs, cash)
+            notional = notional + np.where(exit_now, value, 0.0)
+            costs = costs + exit_costs
+            new_shares = np.where(exit_now, 0.0, new_shares)
+            new_inst = np.where(exit_now, FLAT, new_inst)
+            held = np.where(exit_now, self.flat, a)
         equity = cash + new_shares * close_px
         peak = np.maximum(peak, equity)
         dd = 1.0 - equity / peak
         ruin = equity <= 0.0
+        # 6. reward
         with np.errstate(divide="ignore", invalid="ignore"):
             reward = np.log(np.maximum(equity, 1e-300) / e_prev)
         if p.drawdown_penalty > 0:
             reward = reward - p.drawdown_penalty * np.maximum(dd - dd_prev, 0.0)
-        # bookkeeping of the position
-        moved = change | exit_now
-        self.bars_held = np.where(moved, np.where(new_inst == FLAT, 0, 1), self.bars_held + 1)
-        self.entry_equity = np.where(change & (new_inst != FLAT), e_open, self.entry_equity)
+        # position bookkeeping (bars in the position: 0 while flat)
+        flat_now = new_inst == FLAT
+        self.bars_held = np.where(flat_now, 0, np.where(change | exit_now, 1, self.bars_held + 1))
+        self.entry_equity = np.where(change & ~flat_now, e_open, self.entry_equity)
         self.cash = cash
         self.shares = new_shares
         self.inst = new_inst
@@ -428,9 +509,14 @@ class BatchSimulator:
         self.dd = dd
         self.tripped = tripped | trip
         self.t = t1
-        terminated = ruin | (trip & (not self.backtest))
+        # 7. flags
+        if self.backtest:
+            terminated = ruin
+            termination = np.where(ruin, 2, 0)
+        else:
+            terminated = ruin | trip
+            termination = np.where(ruin, 2, np.where(trip, 1, 0))
         truncated = (t1 >= self.end) & ~terminated
-        termination = np.where(ruin, 2, np.where(trip & (not self.backtest), 1, 0))
         sign = np.where(new_inst == SHORT_ETF, -1.0, 1.0)
         exposure = sign * new_shares * close_px / np.where(equity > 0, equity, 1.0)
         return StepResult(

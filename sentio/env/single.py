@@ -202,6 +202,11 @@ class TradingEnv(gym.Env[dict[str, Any], np.int64]):
         row = min(t + 1, self.market.n_rows - 1)
         return float(self.market.minutes_to_close[row]) <= self.params.no_new_exposure_minutes
 
+    def _next_session(self, t: int) -> bool:
+        """Whether the fill bar of a decision at row ``t`` starts a new session."""
+        row = min(t + 1, self.market.n_rows - 1)
+        return bool(self.market.session[row] != self.market.session[t])
+
     def blocking_layers(self, action: int) -> list[str]:
         """The mask layers that block ``action`` at the current row (empty: allowed)."""
         acct = self._acct()
@@ -221,8 +226,13 @@ class TradingEnv(gym.Env[dict[str, Any], np.int64]):
             layers.append("risk_budget")
         if p.mask_regime and self._high_vol(acct.t) and abs(x) > p.high_vol_regime_cap + EPS:
             layers.append("regime")
-        if p.mask_drawdown and (
-            acct.tripped or (new_exposure and acct.drawdown >= 0.5 * p.drawdown_limit)
+        # the fill bar of a session's last decision opens the next session, where the
+        # drawdown and the breaker start afresh
+        fresh = self._next_session(acct.t)
+        if (
+            p.mask_drawdown
+            and not fresh
+            and (acct.tripped or (new_exposure and acct.drawdown >= 0.5 * p.drawdown_limit))
         ):
             layers.append("drawdown")
         if p.min_hold_bars > 0 and cur != 0 and acct.bars_held < p.min_hold_bars and x != cur:
@@ -363,7 +373,7 @@ class TradingEnv(gym.Env[dict[str, Any], np.int64]):
         if changed or forced_exit is not None:
             bars_held = 0 if inst == FLAT else 1
         else:
-            bars_held = acct.bars_held + 1
+            bars_held = 0 if inst == FLAT else acct.bars_held + 1
         entry_equity = e_open if changed and inst != FLAT else acct.entry_equity
         self.account = Account(
             t=t1,

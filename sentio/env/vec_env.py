@@ -111,10 +111,10 @@ class SentioVecEnv(VecEnv):
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         if done.any():
             which = np.flatnonzero(done)
-            terminal = self.sim.observe()
-            for i in which:
+            terminal = self.sim.observe(which)
+            for j, i in enumerate(which):
                 info = infos[i]
-                info["terminal_observation"] = {k: v[i] for k, v in terminal.items()}
+                info["terminal_observation"] = {k: v[j] for k, v in terminal.items()}
                 info["TimeLimit.truncated"] = bool(res.truncated[i])
                 info["termination"] = TERMINATION[int(res.termination[i])]
                 info["episode_equity"] = float(res.equity[i])
