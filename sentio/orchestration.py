@@ -334,3 +334,35 @@ def fold_table(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def train_table(train: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the training table artifact: one per fold and seed.
+
+    Training steps and throughput, then the out-of-sample backtest of the deterministic
+    policy on the fold's test blocks beside the reference policies' Sharpe ratios (point
+    estimates; the report stage adds confidence intervals).
+    """
+    rows: list[dict[str, Any]] = []
+    for run in train.get("runs") or []:
+        m = run.get("metrics") or {}
+        refs = run.get("references") or {}
+        t = run.get("train") or {}
+        rows.append(
+            {
+                "fold": run.get("fold"),
+                "seed": run.get("seed"),
+                "steps": t.get("num_timesteps"),
+                "steps/s": _round(t.get("steps_per_second"), 1),
+                "device": t.get("device"),
+                "test bars": run.get("test_bars"),
+                "sharpe": _round(m.get("sharpe"), 3),
+                "total return": _round(m.get("total_return"), 5),
+                "max drawdown": _round(m.get("max_drawdown"), 5),
+                "trades": run.get("n_trades"),
+                "sharpe buy-and-hold TQQQ": _round((refs.get("long_etf") or {}).get("sharpe"), 3),
+                "sharpe trend rule": _round((refs.get("trend") or {}).get("sharpe"), 3),
+                "sharpe underlying": _round((refs.get("underlying") or {}).get("sharpe"), 3),
+            }
+        )
+    return rows

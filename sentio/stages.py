@@ -28,6 +28,7 @@ from sentio.errors import ContractError, DataError, SentioError
 from sentio.io import (
     code_version,
     combine_hashes,
+    hash_json,
     sha256_file,
     write_feather_atomic,
     write_json_atomic,
@@ -533,6 +534,180 @@ def regimes_stage(
         "warmup_bars": obs.warmup,
         "rows": int(stamps.size),
         "folds": entries,
+    }
+    write_json_atomic(folder / STAGE_SUMMARY, summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- train + backtest
+
+TRAIN_MODULES = (
+    "sentio.stages",
+    "sentio.agents",
+    "sentio.agents.training",
+    "sentio.agents.extractors",
+    "sentio.agents.policies",
+    "sentio.agents.sentio_ppo",
+    "sentio.agents.distributional",
+    "sentio.env",
+    "sentio.env.market",
+    "sentio.env.simulator",
+    "sentio.env.vec_env",
+    "sentio.env.episodes",
+    "sentio.env.backtest",
+)
+
+
+def _regime_fold_output(regimes_path: str | Path | None, fold: int) -> str | None:
+    if regimes_path is None:
+        return None
+    index = json.loads(Path(regimes_path).read_text())
+    for entry in index["folds"]:
+        if int(entry["fold"]) == fold:
+            return str(entry["output"])
+    raise DataError(f"{regimes_path}: no regime model for fold {fold}")
+
+
+def train_key(
+    bars_path: str | Path,
+    features_path: str | Path,
+    folds_path: str | Path,
+    regimes_path: str | Path | None,
+    cfg: SentioConfig,
+    fold: int,
+    seed: int,
+) -> str:
+    """Cache key of one (fold, seed) training: every input's CONTENT, settings, code, fold, seed."""
+    regime_file = _regime_fold_output(regimes_path, fold)
+    train_settings = cfg.model_dump(mode="json")["train"]
+    train_settings.pop("seeds")  # the seed is explicit; other seeds do not change this run
+    return combine_hashes(
+        [
+            sha256_file(bars_path),
+            sha256_file(features_path),
+            sha256_file(folds_path),
+            sha256_file(regime_file) if regime_file else "no-regimes",
+            cfg.hash("agent", "env", "universe", "features", "cv"),
+            hash_json(train_settings),
+            code_version(*TRAIN_MODULES),
+            f"fold={fold}",
+            f"seed={seed}",
+        ]
+    )[:32]
+
+
+def fold_market(
+    bars_path: str | Path,
+    features_path: str | Path,
+    folds_path: str | Path,
+    regimes_path: str | Path | None,
+    cfg: SentioConfig,
+    fold: int,
+) -> tuple[Any, list[tuple[int, int]], list[tuple[int, int]]]:
+    """The market arrays of one fold, with its training ranges and test blocks as market rows.
+
+    With ``features.normalisation = "train_fit"`` the fold's normaliser (fitted on its
+    training rows by the folds stage) is applied first; regime probabilities are the
+    fold's own model's.
+    """
+    from sentio.env import build_market, rows_from_ranges
+    from sentio.features import apply_normaliser
+
+    folds = load_folds(folds_path)
+    entry = next((f for f in folds["folds"] if int(f["fold"]) == fold), None)
+    if entry is None:
+        raise DataError(f"{folds_path}: no fold {fold} (folds: {len(folds['folds'])})")
+    features = pl.read_ipc(features_path)
+    if entry.get("normaliser"):
+        features = apply_normaliser(features, json.loads(Path(entry["normaliser"]).read_text()))
+    regime_file = _regime_fold_output(regimes_path, fold)
+    regimes = pl.read_ipc(regime_file) if regime_file else None
+    market = build_market(pl.read_ipc(bars_path), features, regimes, cfg)
+    return (
+        market,
+        rows_from_ranges(market, entry["train_ranges"]),
+        rows_from_ranges(market, entry["test_blocks"]),
+    )
+
+
+def _bars_file(result: Any, path: Path) -> Path:
+    return write_feather_atomic(path, result.bars_frame())
+
+
+def train_stage(
+    bars_path: str | Path,
+    features_path: str | Path,
+    folds_path: str | Path,
+    regimes_path: str | Path | None,
+    cfg: SentioConfig,
+    workdir: str | Path,
+    *,
+    fold: int,
+    seed: int,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Train one agent on a fold's training ranges and backtest it on the fold's test blocks.
+
+    Outputs in ``workdir/train/<key>/``: ``model.zip`` (an SB3 model, loadable with its
+    class's ``load``), ``config.yaml``, ``backtest.feather`` (per bar: out-of-sample
+    returns, equity, exposure, costs, action, regime), ``trades.feather`` (the ledger) and
+    the same bars of the reference policies (``reference_<name>.feather``: flat,
+    buy-and-hold TQQQ, the trend rule, the underlying's buy-and-hold). A killed training
+    resumes from its checkpoint when the stage is run again.
+    """
+    from sentio.agents.training import algorithm_class, train_agent
+    from sentio.config import write_config
+    from sentio.env import EnvParams
+    from sentio.env.backtest import (
+        backtest,
+        flat_policy,
+        long_etf_policy,
+        trend_policy,
+        underlying_buy_and_hold,
+    )
+    from sentio.evaluation import metrics_to_json
+
+    key = train_key(bars_path, features_path, folds_path, regimes_path, cfg, fold, seed)
+    folder = Path(workdir) / "train" / key
+    cached = _cached_summary(folder)
+    if cached is not None:
+        return cached
+    market, train_rows, test_rows = fold_market(
+        bars_path, features_path, folds_path, regimes_path, cfg, fold
+    )
+    write_config(folder / "config.yaml", cfg)
+    result = train_agent(cfg, market, train_rows, seed=seed, out_dir=folder, progress=progress)
+    model = algorithm_class(cfg).load(result.model_path, device="cpu")
+    params = EnvParams.from_config(cfg)
+    instruments = (cfg.universe.long, cfg.universe.short)
+    bt = backtest(model, market, params, test_rows, instruments=instruments)
+    files: dict[str, Path] = {
+        "backtest": _bars_file(bt, folder / "backtest.feather"),
+        "trades": write_feather_atomic(folder / "trades.feather", bt.trades),
+    }
+    references = {
+        "flat": backtest(flat_policy(params), market, params, test_rows),
+        "long_etf": backtest(long_etf_policy(params), market, params, test_rows),
+        "trend": backtest(
+            trend_policy(params, feature_names=market.feature_names), market, params, test_rows
+        ),
+        "underlying": underlying_buy_and_hold(market, test_rows, params),
+    }
+    for name, ref in references.items():
+        files[f"reference_{name}"] = _bars_file(ref, folder / f"reference_{name}.feather")
+    summary: dict[str, Any] = {
+        "key": key,
+        "output": str(files["backtest"]),
+        "output_sha256": sha256_file(files["backtest"]),
+        "files": {str(p): sha256_file(p) for p in [Path(result.model_path), *files.values()]},
+        "fold": fold,
+        "seed": seed,
+        "model": result.model_path,
+        "train": result.to_dict(),
+        "test_bars": bt.n_bars,
+        "metrics": metrics_to_json(bt.metrics()),
+        "references": {name: metrics_to_json(ref.metrics()) for name, ref in references.items()},
+        "n_trades": int(bt.trades.height),
     }
     write_json_atomic(folder / STAGE_SUMMARY, summary)
     return summary

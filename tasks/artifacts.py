@@ -20,6 +20,7 @@ from sentio.orchestration import (
     ingest_quality_markdown,
     ingest_summary_table,
     regime_summary_table,
+    train_table,
 )
 
 DATA_QUALITY_KEY = check_artifact_key("data-quality")
@@ -27,6 +28,7 @@ INGEST_SUMMARY_KEY = check_artifact_key("ingest-summary")
 FEATURE_SUMMARY_KEY = check_artifact_key("feature-summary")
 REGIME_SUMMARY_KEY = check_artifact_key("regime-summary")
 FOLDS_KEY = check_artifact_key("folds")
+TRAIN_KEY = check_artifact_key("training")
 
 
 @task(name="publish-ingest-artifacts", cache_policy=NO_CACHE, persist_result=False)
@@ -93,3 +95,18 @@ def publish_folds_artifacts(summary: dict[str, Any]) -> dict[str, str]:
         ),
     )
     return {FOLDS_KEY: str(table_id)}
+
+
+@task(name="publish-train-artifacts", cache_policy=NO_CACHE, persist_result=False)
+def publish_train_artifacts(train: dict[str, Any]) -> dict[str, str]:
+    """Publish the training table (per fold and seed: steps, throughput, out-of-sample results)."""
+    runs = train.get("runs") or []
+    table_id = create_table_artifact(
+        table=train_table(train),
+        key=TRAIN_KEY,
+        description=(
+            f"{len(runs)} training run(s): out-of-sample backtests of the deterministic policy "
+            "on each fold's test blocks, beside the reference policies"
+        ),
+    )
+    return {TRAIN_KEY: str(table_id)}

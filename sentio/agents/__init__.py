@@ -3,6 +3,9 @@
 * :mod:`sentio.agents.distributional` -- the quantile critic's mathematics (non-crossing
   quantile head, quantile Huber loss, CVaR, risk-adjusted value, GAE, quantile
   lambda-targets).
+* :mod:`sentio.agents.extractors` -- the transformer and flat features extractors over the
+  environments' dict observations.
+* :mod:`sentio.agents.training` -- device, model construction, checkpoints and resume.
 """
 
 from sentio.agents.distributional import (
@@ -14,10 +17,14 @@ from sentio.agents.distributional import (
     quantile_midpoints,
     risk_adjusted_value,
 )
+from sentio.agents.extractors import DictMlpExtractor, TransformerExtractor, extractor_kwargs
 
 __all__ = [
+    "DictMlpExtractor",
     "NonCrossingQuantileHead",
+    "TransformerExtractor",
     "cvar_from_quantiles",
+    "extractor_kwargs",
     "gae",
     "quantile_huber_loss",
     "quantile_lambda_targets",

@@ -1,0 +1,110 @@
+"""The training Prefect task: one (fold, seed) through :func:`sentio.stages.train_stage`.
+
+Cached on the CONTENT of every input (bars, features, folds, the fold's regime model),
+the settings and the code version, plus the fold and the seed. Training reports its
+progress to a Prefect progress artifact. A retry resumes from the training's last
+checkpoint instead of starting over, so the task retries any failure that is not a
+:class:`~sentio.errors.SentioError` (a user error would fail the same way again).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+from uuid import UUID
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.tasks import Task
+
+from sentio import stages
+from sentio.config import SentioConfig
+from sentio.errors import SentioError
+from tasks.caching import content_cache_policy
+from tasks.ingest import failure_exception, stage_task_options
+
+TRAIN_RETRIES = 2
+
+
+def retry_unless_user_error(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect ``retry_condition_fn``: retry anything but a :class:`SentioError`."""
+    return not isinstance(failure_exception(state), SentioError)
+
+
+def _options() -> dict[str, Any]:
+    options = stage_task_options(
+        content_cache_policy(
+            "train",
+            lambda p: stages.train_key(
+                p["bars_path"],
+                p["features_path"],
+                p["folds_path"],
+                p["regimes_path"],
+                p["cfg"],
+                p["fold"],
+                p["seed"],
+            ),
+        )
+    )
+    options.update(retries=TRAIN_RETRIES, retry_condition_fn=retry_unless_user_error)
+    return options
+
+
+@task(
+    name="train",
+    description="Train one agent on a fold's training ranges and backtest it on the fold's test "
+    "blocks (content-cached; retries resume from the last checkpoint).",
+    **_options(),
+)
+def train_task(
+    bars_path: str,
+    features_path: str,
+    folds_path: str,
+    regimes_path: str | None,
+    cfg: SentioConfig,
+    workdir: str,
+    fold: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Run :func:`sentio.stages.train_stage` for one fold and seed; return its summary."""
+    logger = get_run_logger()
+    artifact = cast(
+        UUID,
+        create_progress_artifact(
+            0.0, description=f"training {cfg.agent.algo}, fold {fold}, seed {seed}"
+        ),
+    )
+
+    def progress(done: int, total: int) -> None:
+        update_progress_artifact(artifact, min(100.0, 100.0 * done / max(total, 1)))
+
+    summary = stages.train_stage(
+        bars_path,
+        features_path,
+        folds_path,
+        regimes_path,
+        cfg,
+        Path(workdir),
+        fold=fold,
+        seed=seed,
+        progress=progress,
+    )
+    update_progress_artifact(artifact, 100.0)
+    m = summary["metrics"]
+    logger.info(
+        "train %s fold %d seed %d: %d steps (resumed from %d) at %.0f steps/s on %s; "
+        "out-of-sample %d bars, Sharpe %s, total return %s, %d trades",
+        summary["key"],
+        fold,
+        seed,
+        summary["train"]["num_timesteps"],
+        summary["train"]["resumed_from"],
+        summary["train"]["steps_per_second"],
+        summary["train"]["device"],
+        summary["test_bars"],
+        m.get("sharpe"),
+        m.get("total_return"),
+        summary["n_trades"],
+    )
+    return summary

@@ -1,0 +1,154 @@
+"""Training one agent: device choice, checkpoints, resume after a kill, seeds, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from sentio.agents.training import (
+    TrainingError,
+    algorithm_class,
+    resolve_device,
+    train_agent,
+)
+from sentio.config import SentioConfig, with_overrides
+from sentio.errors import ConfigError
+from tests.env_helpers import random_market
+
+SMALL = {
+    "agent.algo": "maskable_ppo",
+    "agent.quantile_critic": False,
+    "agent.regime_gating": False,
+    "agent.extractor": "mlp",
+    "agent.n_steps": 32,
+    "agent.batch_size": 64,
+    "train.n_envs": 4,
+    "train.total_timesteps": 1000,
+    "train.checkpoint_every": 256,
+    "train.device": "cpu",
+    "env.window": 4,
+}
+
+
+def small_cfg(**overrides: Any) -> SentioConfig:
+    return with_overrides(SentioConfig(), {**SMALL, **overrides})
+
+
+@pytest.fixture(scope="module")
+def market() -> Any:
+    return random_market(n_sessions=6, session_len=60, seed=1, bar_vol=2e-3)
+
+
+def test_device_resolution() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device is available"):
+            resolve_device("cuda")
+
+
+def test_training_writes_a_loadable_model_and_checkpoints(market: Any, tmp_path: Path) -> None:
+    cfg = small_cfg()
+    seen: list[tuple[int, int]] = []
+    result = train_agent(
+        cfg,
+        market,
+        [(0, market.n_rows)],
+        seed=0,
+        out_dir=tmp_path,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    rollout = cfg.agent.n_steps * cfg.train.n_envs
+    # SB3 trains whole rollouts: the first multiple of the rollout size at or past the total
+    assert result.num_timesteps == -(-cfg.train.total_timesteps // rollout) * rollout
+    assert result.resumed_from == 0 and result.device == "cpu"
+    assert seen[-1] == (result.num_timesteps, cfg.train.total_timesteps)
+    assert [d for d, _ in seen[:-1]] == list(range(rollout, result.num_timesteps + 1, rollout))
+    model = algorithm_class(cfg).load(result.model_path, device="cpu")
+    assert model.num_timesteps == result.num_timesteps
+    meta = json.loads((tmp_path / "checkpoints" / "checkpoint.json").read_text())
+    assert meta["num_timesteps"] % cfg.train.checkpoint_every < rollout
+    assert meta["num_timesteps"] >= cfg.train.checkpoint_every
+
+
+def test_same_seed_same_model_on_cpu(market: Any, tmp_path: Path) -> None:
+    cfg = small_cfg(**{"train.total_timesteps": 256})
+    a = train_agent(cfg, market, [(0, market.n_rows)], seed=3, out_dir=tmp_path / "a")
+    b = train_agent(cfg, market, [(0, market.n_rows)], seed=3, out_dir=tmp_path / "b")
+    c = train_agent(cfg, market, [(0, market.n_rows)], seed=4, out_dir=tmp_path / "c")
+    cls = algorithm_class(cfg)
+    pa, pb, pc = (cls.load(r.model_path, device="cpu").policy.state_dict() for r in (a, b, c))
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert not all(torch.equal(pa[k], pc[k]) for k in pa)
+
+
+def test_killed_training_resumes_to_the_configured_total(market: Any, tmp_path: Path) -> None:
+    """A training killed mid-way (os._exit, no cleanup) continues from its checkpoint."""
+    out = tmp_path / "run"
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        from tests.test_training import small_cfg
+        from tests.env_helpers import random_market
+        from sentio.agents.training import train_agent
+        market = random_market(n_sessions=6, session_len=60, seed=1, bar_vol=2e-3)
+
+        def progress(done, total):
+            if done >= 700:  # past the checkpoint at 512: die without any cleanup
+                os._exit(17)
+
+        train_agent(small_cfg(), market, [(0, market.n_rows)], seed=0, out_dir={str(out)!r},
+                    progress=progress)
+        """
+    )
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert killed.returncode == 17, killed.stderr[-2000:]
+    assert not (out / "model.zip").exists()
+    meta = json.loads((out / "checkpoints" / "checkpoint.json").read_text())
+    assert 256 <= meta["num_timesteps"] < 700
+    cfg = small_cfg()
+    result = train_agent(cfg, market, [(0, market.n_rows)], seed=0, out_dir=out)
+    assert result.resumed_from == meta["num_timesteps"]
+    rollout = cfg.agent.n_steps * cfg.train.n_envs
+    assert result.num_timesteps == -(-cfg.train.total_timesteps // rollout) * rollout
+    assert algorithm_class(cfg).load(result.model_path).num_timesteps == result.num_timesteps
+    # another configuration does not pick up this checkpoint
+    other = small_cfg(**{"agent.learning_rate": 1e-4, "train.total_timesteps": 256})
+    fresh = train_agent(other, market, [(0, market.n_rows)], seed=0, out_dir=out)
+    assert fresh.resumed_from == 0
+
+
+def test_out_of_memory_names_the_batch_size(
+    market: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sb3_contrib import MaskablePPO
+
+    def boom(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(MaskablePPO, "learn", boom)
+    with pytest.raises(TrainingError, match=r"agent.batch_size = 64.*lower agent.batch_size"):
+        train_agent(small_cfg(), market, [(0, market.n_rows)], seed=0, out_dir=tmp_path)
+
+
+def test_episodes_come_from_the_training_ranges_only(market: Any, tmp_path: Path) -> None:
+    """The vector environment of a training samples episodes inside the given ranges."""
+    from sentio.env import EnvParams, SentioVecEnv
+
+    cfg = small_cfg()
+    ranges = [(0, 120), (240, 360)]
+    env = SentioVecEnv(market, EnvParams.from_config(cfg), ranges, 8, seed=0)
+    env.reset()
+    rows = np.stack([env.sim.t, env.sim.end], axis=1)
+    for s, e in rows:
+        assert any(a + cfg.env.window - 1 <= s and e < b for a, b in ranges)
