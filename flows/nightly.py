@@ -5,7 +5,7 @@ a small summary, collected in ``workdir/runs/<flow-run name>/run.json`` beside t
 ``config.yaml`` of the run::
 
     ingest -> features -> folds -> regimes (one model per fold)
-        -> (train -> backtest -> report: later issues)
+        -> train + backtest (one task per fold and seed) -> (report: a later issue)
 
 To add a stage: call ``run_stage(_persisted(<its task>, storage), ...)`` with the previous
 summaries' paths, store its summary in ``record["stages"][<name>]``, ``_save`` and publish
@@ -30,12 +30,14 @@ from tasks.artifacts import (
     publish_folds_artifacts,
     publish_ingest_artifacts,
     publish_regimes_artifacts,
+    publish_train_artifacts,
 )
-from tasks.caching import run_stage
+from tasks.caching import missing_outputs, run_stage
 from tasks.features import features_task
 from tasks.folds import folds_task
 from tasks.ingest import ingest_task
 from tasks.regimes import regimes_task
+from tasks.train import train_task
 
 FLOW_NAME = "nightly-retrain"
 P = ParamSpec("P")
@@ -120,13 +122,32 @@ def nightly_flow(
         _save(folder, record)
         record["artifacts"].update(publish_folds_artifacts(record["stages"]["folds"]))
 
+        folds = record["stages"]["folds"]["output"]
         if cfg.regimes.enabled:
-            folds = record["stages"]["folds"]["output"]
             record["stages"]["regimes"] = run_stage(
                 _persisted(regimes_task, storage), bars, folds, cfg, str(root)
             )
             _save(folder, record)
             record["artifacts"].update(publish_regimes_artifacts(record["stages"]["regimes"]))
+
+        regimes = record["stages"]["regimes"]["output"] if cfg.regimes.enabled else None
+        train = _persisted(train_task, storage)
+        jobs = [
+            (fold, seed)
+            for fold in range(record["stages"]["folds"]["n_folds"])
+            for seed in cfg.train.seeds
+        ]
+        args = (bars, features, folds, regimes, cfg, str(root))
+        futures = [train.submit(*args, fold=fold, seed=seed) for fold, seed in jobs]
+        runs = []
+        for (fold, seed), future in zip(jobs, futures, strict=True):
+            summary = future.result()
+            if missing_outputs(summary):  # a cached summary whose files were removed
+                summary = train.with_options(refresh_cache=True)(*args, fold=fold, seed=seed)
+            runs.append(summary)
+        record["stages"]["train"] = {"runs": runs}
+        _save(folder, record)
+        record["artifacts"].update(publish_train_artifacts(record["stages"]["train"]))
     except Exception as exc:
         record.update(status="failed", finished=utc_now(), error=f"{type(exc).__name__}: {exc}")
         _save(folder, record)

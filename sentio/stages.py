@@ -689,7 +689,10 @@ def train_stage(
         "flat": backtest(flat_policy(params), market, params, test_rows),
         "long_etf": backtest(long_etf_policy(params), market, params, test_rows),
         "trend": backtest(
-            trend_policy(params, feature_names=market.feature_names), market, params, test_rows
+            trend_policy(params, min(15, params.window), feature_names=market.feature_names),
+            market,
+            params,
+            test_rows,
         ),
         "underlying": underlying_buy_and_hold(market, test_rows, params),
     }

@@ -29,6 +29,18 @@ SHORT_WINDOWS = {
     "regimes": {"vol_window": 120},
     # three sessions, two after the feature warm-up: k-fold over two one-session blocks
     "cv": {"method": "kfold", "n_splits": 2, "embargo_bars": 30},
+    # a few hundred training steps of small networks: the flow runs end to end in seconds
+    "env": {"window": 4},
+    "agent": {
+        "n_steps": 32,
+        "batch_size": 32,
+        "n_epochs": 1,
+        "d_model": 8,
+        "n_heads": 2,
+        "n_layers": 1,
+        "n_quantiles": 8,
+    },
+    "train": {"total_timesteps": 128, "n_envs": 2, "checkpoint_every": 64, "device": "cpu"},
 }
 
 

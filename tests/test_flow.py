@@ -176,6 +176,19 @@ def test_cache_hits_on_unchanged_content_and_misses_on_new_content(
         assert (a.state.name, b.state.name) == ("Completed", "Cached"), stage
         assert second["stages"][stage] == first["stages"][stage]
         assert Path(first["stages"][stage]["output"]).is_file()
+    # one training per fold and seed, cached on the content of everything it reads
+    a_runs = task_runs(first["flow_run_id"], "train")
+    b_runs = task_runs(second["flow_run_id"], "train")
+    assert sorted(r.state.name for r in a_runs) == ["Completed", "Completed"]
+    assert sorted(r.state.name for r in b_runs) == ["Cached", "Cached"]
+    runs = first["stages"]["train"]["runs"]
+    assert [(r["fold"], r["seed"]) for r in runs] == [(0, 0), (1, 0)]
+    assert second["stages"]["train"] == first["stages"]["train"]
+    for run in runs:
+        assert Path(run["model"]).is_file() and run["test_bars"] > 0
+        assert run["train"]["num_timesteps"] >= 128
+        assert set(run["references"]) == {"flat", "long_etf", "trend", "underlying"}
+        assert run["references"]["flat"]["total_return"] == 0.0
     out = Path(first["stages"]["ingest"]["output"])
     assert out.is_file() and out.is_relative_to(project["workdir"])
 
@@ -215,6 +228,9 @@ def test_cache_hits_on_unchanged_content_and_misses_on_new_content(
         assert {r["method"] for r in regimes} == {
             f["method"] for f in first["stages"]["regimes"]["folds"]
         }
+        training = json.loads(arts["training"].data)
+        assert [(r["fold"], r["seed"]) for r in training] == [(0, 0), (1, 0)]
+        assert all(r["test bars"] > 0 and r["steps"] >= 128 for r in training)
         folds = json.loads(arts["folds"].data)
         assert [r["fold"] for r in folds] == [0, 1]
         assert all(r["train rows"] > 0 and r["test rows"] > 0 for r in folds)
