@@ -152,3 +152,10 @@ def test_episodes_come_from_the_training_ranges_only(market: Any, tmp_path: Path
     rows = np.stack([env.sim.t, env.sim.end], axis=1)
     for s, e in rows:
         assert any(a + cfg.env.window - 1 <= s and e < b for a, b in ranges)
+
+
+def test_tensorboard_logging_through_sb3(market: Any, tmp_path: Path) -> None:
+    cfg = small_cfg(**{"train.tensorboard": True, "train.total_timesteps": 256})
+    train_agent(cfg, market, [(0, market.n_rows)], seed=0, out_dir=tmp_path)
+    events = list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)

@@ -95,6 +95,9 @@ def _policy_kwargs(cfg: SentioConfig, n_regimes: int) -> dict[str, Any]:
     policy_kwargs: dict[str, Any] = {
         "features_extractor_class": cls,
         "features_extractor_kwargs": kwargs,
+        # SB3's orthogonal init would overwrite the transformer's own initialisation
+        # (small learned positions, PyTorch's attention init) with gain sqrt(2)
+        "ortho_init": cfg.agent.extractor != "transformer",
     }
     algo = algorithm_class(cfg)
     if algo.__name__ == "SentioPPO":
