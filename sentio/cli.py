@@ -292,6 +292,15 @@ def _print_run(record: dict[str, Any]) -> None:
     if regimes:
         methods = ", ".join(f"fold {f['fold']} {f['method']}" for f in regimes["folds"])
         typer.echo(f"regimes: {methods}: {regimes['output']}")
+    for run in (record["stages"].get("train") or {}).get("runs") or []:
+        m = run["metrics"]
+        sharpe = m.get("sharpe")
+        typer.echo(
+            f"train: fold {run['fold']} seed {run['seed']}: {run['train']['num_timesteps']} steps; "
+            f"out of sample {run['test_bars']} bars, Sharpe "
+            f"{'n/a' if sharpe is None else f'{sharpe:.2f}'}, {run['n_trades']} trades: "
+            f"{run['model']}"
+        )
 
 
 @app.command()

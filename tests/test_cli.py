@@ -170,6 +170,9 @@ def test_sentio_run_reports_user_errors_without_traceback_then_succeeds(tmp_path
     assert any(ln.startswith("features: ") for ln in ok.stdout.splitlines())
     assert any(ln.startswith("folds: 2 kfold fold(s)") for ln in ok.stdout.splitlines())
     assert any(ln.startswith("regimes: fold 0 ") for ln in ok.stdout.splitlines())
+    trained = [ln for ln in ok.stdout.splitlines() if ln.startswith("train: ")]
+    assert [ln.split(":")[1] for ln in trained] == [" fold 0 seed 0", " fold 1 seed 0"]
+    assert all(ln.endswith("model.zip") for ln in trained)
     assert str(tmp_path / ".sentio" / "runs") in ok.stdout  # outputs under the project, not ~
 
 
