@@ -334,6 +334,100 @@ def show_config(config: ConfigOpt = None) -> None:
     typer.echo(dump_config(_config(config)), nl=False)
 
 
+models_app = typer.Typer(
+    help="The model registry: list, show, promote and roll back model versions.",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+WorkdirOpt = Annotated[
+    Path | None,
+    typer.Option(help="Working directory holding registry/ (paths.workdir).", show_default=False),
+]
+
+
+def _registry(config: Path | None, workdir: Path | None) -> Any:
+    from sentio.registry import Registry, default_root
+
+    cfg = _config(config, {"paths.workdir": str(workdir) if workdir else None})
+    return Registry(default_root(cfg))
+
+
+def _fmt(value: Any) -> str:
+    try:
+        return f"{float(value):.3f}"
+    except (TypeError, ValueError):
+        return "-"
+
+
+@models_app.command("list")
+@user_errors
+def models_list(config: ConfigOpt = None, workdir: WorkdirOpt = None) -> None:
+    """List the registered model versions, oldest first; '*' marks the champion."""
+    from sentio.registry import RegistryError
+
+    reg = _registry(config, workdir)
+    versions = reg.list()
+    if not versions:
+        raise RegistryError(f"no model versions in {reg.root}")
+    pointer = reg.champion()
+    champ = pointer["version"] if pointer else None
+    typer.echo(f"  {'version':<32} {'created':<28} {'algo':<13} {'sharpe':>8} {'dsr':>7}")
+    for v in versions:
+        m = v.metrics
+        mark = "*" if v.version == champ else " "
+        typer.echo(
+            f"{mark} {v.version:<32} {v.created_at:<28} {v.algo:<13} "
+            f"{_fmt(m.get('sharpe')):>8} {_fmt(m.get('dsr')):>7}"
+        )
+
+
+@models_app.command("show")
+@user_errors
+def models_show(
+    version: Annotated[str, typer.Argument(help="Version id (or 'champion').")],
+    config: ConfigOpt = None,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Print a version's manifest as JSON."""
+    import json
+
+    from sentio.registry import RegistryError
+
+    reg = _registry(config, workdir)
+    if version == "champion":
+        pointer = reg.champion()
+        if pointer is None:
+            raise RegistryError(f"no champion in {reg.root}")
+        version = str(pointer["version"])
+    typer.echo(json.dumps(reg.get(version).manifest, indent=2, default=str))
+
+
+@models_app.command("promote")
+@user_errors
+def models_promote(
+    version: Annotated[str, typer.Argument(help="Version id to make the champion.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the history).")] = "manual",
+    config: ConfigOpt = None,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Make a version the champion by hand (bypasses the gate; recorded as manual)."""
+    pointer = _registry(config, workdir).promote(version, f"manual: {reason}", manual=True)
+    typer.echo(f"champion: {pointer['version']} (was {pointer['previous'] or 'none'})")
+
+
+@models_app.command("rollback")
+@user_errors
+def models_rollback(
+    reason: Annotated[str, typer.Option(help="Why (recorded in the history).")] = "rollback",
+    config: ConfigOpt = None,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Restore the previous champion."""
+    pointer = _registry(config, workdir).rollback(reason)
+    typer.echo(f"champion: {pointer['version']} (was {pointer['previous'] or 'none'})")
+
+
 def main() -> None:
     """Entry point of the ``sentio`` console script."""
     app()

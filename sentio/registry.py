@@ -1,0 +1,569 @@
+"""The model registry: every trained model is a version; one version is the champion.
+
+Layout of a registry root (by default ``<paths.workdir>/registry``)::
+
+    root/
+      versions/<version_id>/model.zip       the SB3 model, copied
+      versions/<version_id>/config<.ext>    the configuration it was trained with
+      versions/<version_id>/manifest.json   everything else (below)
+      champion.json                         the champion pointer
+      history.jsonl                         one line per promotion / rollback / rejection
+      .lock                                 the file lock that serialises pointer changes
+
+**Versions.** :meth:`Registry.register` copies the model and configuration files into a
+temporary folder under ``versions/``, writes ``manifest.json`` there and renames the
+folder into place, so a version is either complete or absent. The version id is
+``YYYYMMDDTHHMMSSffffffZ-<8 hex>``: the UTC creation time (so ids sort by age) and
+the first 8 hex digits of a hash of the file hashes and the metadata. The manifest holds
+``version``, ``created_at`` (ISO-8601 UTC), ``algo`` (``ppo`` / ``maskable_ppo`` /
+``sentio_ppo``), ``code_version``, ``metrics``, ``data_hashes`` (data and feature hashes),
+``extra``, ``model`` and ``config`` (file names inside the version folder) and ``files``
+(file name -> sha256). Versions are immutable once registered.
+
+**The champion pointer.** ``champion.json`` holds ``version``, ``promoted_at``,
+``reason``, ``manual`` (promoted by hand, bypassing the gate), ``previous`` (the champion
+it replaced, or null) and ``lineage`` (the earlier champions, oldest first, so that
+repeated rollbacks walk back in time). Every change -- :meth:`Registry.promote`,
+:meth:`Registry.rollback`, :meth:`Registry.promote_if_passes` -- happens under a
+``filelock.FileLock`` on ``root/.lock``: read the pointer, decide, write the new pointer
+to a temporary file and ``os.replace`` it onto ``champion.json`` (readers see the old or
+the new pointer, never half of one), and append one line to ``history.jsonl``. Two
+processes promoting at once therefore serialise: no lost update, no torn file.
+
+**The gate.** :func:`gate` checks a candidate's metrics against
+:class:`sentio.config.RegistryConfig`:
+
+* ``dsr >= min_dsr`` (deflated Sharpe ratio, a probability);
+* ``|max_drawdown| <= max_drawdown`` (a fraction of equity; the sign is ignored);
+* when ``must_beat_champion`` and a champion exists: the candidate's out-of-sample
+  ``sharpe`` is strictly above the champion's **on the same window** -- the metrics must
+  carry ``window_start`` and ``window_end`` and they must be equal. Sharpe ratios on
+  different windows are not comparable: the gate then refuses and says so (the rule is
+  "re-evaluate the champion on the candidate's window and pass those metrics", which the
+  flow can do by calling :func:`gate` itself with fresh champion metrics).
+
+A missing or non-finite metric fails its condition. Every failing condition appears in
+``GateDecision.reasons`` with the numbers. :meth:`Registry.promote_if_passes` reads the
+champion, runs the gate against *that* champion's metrics and writes the pointer within
+one lock (compare-and-swap): the champion compared against is the one replaced. A refusal
+is recorded in ``history.jsonl`` (``action: "reject"``) with its reasons.
+
+**Loading.** :meth:`Registry.load_model` reads every file of the manifest, checks its
+sha256 and only then unpickles the model -- from the bytes that were hashed (no window
+between the check and the load) -- with the class named by ``algo``. A mismatch raises
+:class:`RegistryError` naming the file and both hashes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from sentio.config import RegistryConfig, SentioConfig
+from sentio.errors import SentioError
+from sentio.io import combine_hashes, hash_json, sha256_bytes, sha256_file, write_json_atomic
+
+__all__ = [
+    "ALGOS",
+    "GateDecision",
+    "Registry",
+    "RegistryError",
+    "Version",
+    "default_root",
+    "gate",
+]
+
+ALGOS: dict[str, tuple[str, str]] = {
+    "ppo": ("stable_baselines3", "PPO"),
+    "maskable_ppo": ("sb3_contrib", "MaskablePPO"),
+    "sentio_ppo": ("sentio.agents.sentio_ppo", "SentioPPO"),
+}
+"""``algo`` name -> (module, class) of the SB3 algorithm that loads its models."""
+
+_VERSION_RE = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{8}$")
+MANIFEST = "manifest.json"
+CHAMPION = "champion.json"
+HISTORY = "history.jsonl"
+LOCK = ".lock"
+
+
+class RegistryError(SentioError):
+    """The registry cannot do what was asked: unknown version, tampered file, no champion."""
+
+    exit_code = 6
+
+
+def default_root(cfg: SentioConfig) -> Path:
+    """The registry root of a configuration: ``<paths.workdir>/registry``."""
+    return Path(cfg.paths.workdir) / "registry"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+@dataclasses.dataclass(frozen=True)
+class Version:
+    """One registered model: its folder and its manifest."""
+
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def model_path(self) -> Path:
+        """The stored model file."""
+        return self.path / str(self.manifest["model"])
+
+    @property
+    def config_path(self) -> Path | None:
+        """The stored configuration file, if one was registered."""
+        name = self.manifest.get("config")
+        return self.path / str(name) if name else None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The metrics recorded at registration."""
+        return dict(self.manifest.get("metrics") or {})
+
+    @property
+    def algo(self) -> str:
+        """The algorithm name (``ppo``, ``maskable_ppo`` or ``sentio_ppo``)."""
+        return str(self.manifest["algo"])
+
+    @property
+    def created_at(self) -> str:
+        """ISO-8601 UTC creation time."""
+        return str(self.manifest["created_at"])
+
+
+@dataclasses.dataclass(frozen=True)
+class GateDecision:
+    """The promotion gate's verdict: ``promote`` and, when refused, every reason with numbers.
+
+    ``checks`` lists every condition evaluated (passing or not), for the record.
+    """
+
+    promote: bool
+    reasons: list[str]
+    checks: list[str] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: the verdict and the failing (or all) conditions."""
+        if self.promote:
+            return "gate passed: " + "; ".join(self.checks)
+        return "gate refused: " + "; ".join(self.reasons)
+
+
+def _number(metrics: Mapping[str, Any] | None, key: str) -> float | None:
+    if not metrics or metrics.get(key) is None:
+        return None
+    try:
+        value = float(metrics[key])
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _window(metrics: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    if not metrics:
+        return None
+    start, end = metrics.get("window_start"), metrics.get("window_end")
+    if start is None or end is None:
+        return None
+    return (str(start), str(end))
+
+
+def gate(
+    candidate: Mapping[str, Any],
+    champion: Mapping[str, Any] | None,
+    cfg: RegistryConfig,
+) -> GateDecision:
+    """Decide whether a candidate with metrics ``candidate`` may replace the champion.
+
+    ``candidate`` and ``champion`` are metrics dicts with ``dsr``, ``max_drawdown``,
+    ``sharpe`` (out of sample) and ``window_start`` / ``window_end``; ``champion`` is
+    None when there is no champion yet. See the module docstring for the rules.
+    """
+    reasons: list[str] = []
+    checks: list[str] = []
+
+    dsr = _number(candidate, "dsr")
+    if dsr is None:
+        reasons.append(f"DSR missing or not finite (needs >= {cfg.min_dsr:g})")
+    else:
+        ok = dsr >= cfg.min_dsr
+        line = f"DSR {dsr:.4g} {'>=' if ok else '<'} min_dsr {cfg.min_dsr:g}"
+        checks.append(line)
+        if not ok:
+            reasons.append(line)
+
+    mdd = _number(candidate, "max_drawdown")
+    if mdd is None:
+        reasons.append(f"max drawdown missing or not finite (limit {cfg.max_drawdown:g})")
+    else:
+        ok = abs(mdd) <= cfg.max_drawdown
+        line = f"max drawdown {abs(mdd):.4g} {'<=' if ok else '>'} limit {cfg.max_drawdown:g}"
+        checks.append(line)
+        if not ok:
+            reasons.append(line)
+
+    if cfg.must_beat_champion and champion is not None:
+        cand_w, champ_w = _window(candidate), _window(champion)
+        cand_s, champ_s = _number(candidate, "sharpe"), _number(champion, "sharpe")
+        if cand_w is None or champ_w is None:
+            reasons.append(
+                "cannot compare with the champion: window_start/window_end missing "
+                f"(candidate {cand_w}, champion {champ_w})"
+            )
+        elif cand_w != champ_w:
+            reasons.append(
+                "cannot compare with the champion: different out-of-sample windows "
+                f"(candidate {cand_w[0]}..{cand_w[1]}, champion {champ_w[0]}..{champ_w[1]}); "
+                "re-evaluate the champion on the candidate's window"
+            )
+        elif cand_s is None or champ_s is None:
+            reasons.append(
+                f"cannot compare with the champion: Sharpe missing (candidate {cand_s}, "
+                f"champion {champ_s})"
+            )
+        else:
+            ok = cand_s > champ_s
+            line = (
+                f"Sharpe {cand_s:.4g} {'>' if ok else '<='} champion {champ_s:.4g} "
+                f"on {cand_w[0]}..{cand_w[1]}"
+            )
+            checks.append(line)
+            if not ok:
+                reasons.append(line)
+    elif cfg.must_beat_champion:
+        checks.append("no champion yet")
+
+    return GateDecision(promote=not reasons, reasons=reasons, checks=checks)
+
+
+class Registry:
+    """A model registry rooted at ``root`` (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike[str], *, lock_timeout: float = 60.0) -> None:
+        self.root = Path(root)
+        self.lock_timeout = lock_timeout
+
+    @classmethod
+    def from_config(cls, cfg: SentioConfig) -> Registry:
+        """The registry at ``<paths.workdir>/registry``."""
+        return cls(default_root(cfg))
+
+    # -- paths -----------------------------------------------------------------------
+
+    @property
+    def versions_dir(self) -> Path:
+        """Where the version folders live."""
+        return self.root / "versions"
+
+    @property
+    def champion_path(self) -> Path:
+        """The champion pointer file."""
+        return self.root / CHAMPION
+
+    @property
+    def history_path(self) -> Path:
+        """The append-only history of pointer changes and rejections."""
+        return self.root / HISTORY
+
+    def _lock(self) -> FileLock:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / LOCK), timeout=self.lock_timeout)
+
+    # -- versions --------------------------------------------------------------------
+
+    def register(
+        self,
+        model_path: str | os.PathLike[str],
+        config_path: str | os.PathLike[str] | None,
+        metrics: Mapping[str, Any],
+        *,
+        data_hashes: Mapping[str, str],
+        code_version: str,
+        algo: str,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Version:
+        """Copy a trained model (and its configuration) into a new, immutable version."""
+        if algo not in ALGOS:
+            raise RegistryError(f"unknown algo {algo!r}; expected one of {sorted(ALGOS)}")
+        model_src = Path(model_path)
+        if not model_src.is_file():
+            raise RegistryError(f"{model_src}: model file not found")
+        files: dict[Path, str] = {model_src: "model" + (model_src.suffix or ".zip")}
+        if config_path is not None:
+            config_src = Path(config_path)
+            if not config_src.is_file():
+                raise RegistryError(f"{config_src}: configuration file not found")
+            files[config_src] = "config" + (config_src.suffix or ".yaml")
+
+        created = _now()
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.versions_dir))
+        try:
+            hashes: dict[str, str] = {}
+            for src, name in files.items():
+                shutil.copyfile(src, tmp / name)
+                hashes[name] = sha256_file(tmp / name)
+            meta = {
+                "created_at": _iso(created),
+                "algo": algo,
+                "code_version": code_version,
+                "metrics": dict(metrics),
+                "data_hashes": dict(data_hashes),
+                "extra": dict(extra or {}),
+            }
+            short = combine_hashes([*sorted(hashes.values()), hash_json(meta)])[:8]
+            version_id = f"{created.strftime('%Y%m%dT%H%M%S%f')}Z-{short}"
+            manifest = {
+                "version": version_id,
+                **meta,
+                "model": files[model_src],
+                "config": files.get(Path(config_path)) if config_path is not None else None,
+                "files": hashes,
+            }
+            write_json_atomic(tmp / MANIFEST, manifest)
+            final = self.versions_dir / version_id
+            os.replace(tmp, final)  # the version appears complete or not at all
+            os.chmod(final, 0o755)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return Version(version_id, final, manifest)
+
+    def list(self) -> list[Version]:
+        """Every version, oldest first (ids sort by creation time)."""
+        if not self.versions_dir.is_dir():
+            return []
+        out = []
+        for d in sorted(self.versions_dir.iterdir()):
+            if _VERSION_RE.match(d.name) and (d / MANIFEST).is_file():
+                out.append(self._read(d))
+        return out
+
+    def _read(self, d: Path) -> Version:
+        try:
+            manifest = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise RegistryError(f"{d / MANIFEST}: cannot read the manifest ({err})") from None
+        return Version(d.name, d, manifest)
+
+    def get(self, version_id: str) -> Version:
+        """The version ``version_id``; a :class:`RegistryError` when there is none."""
+        d = self.versions_dir / version_id
+        if not _VERSION_RE.match(version_id) or not (d / MANIFEST).is_file():
+            known = [v.version for v in self.list()]
+            hint = f"latest is {known[-1]}" if known else "the registry is empty"
+            raise RegistryError(f"unknown model version {version_id!r} in {self.root} ({hint})")
+        return self._read(d)
+
+    # -- the champion pointer --------------------------------------------------------
+
+    def champion(self) -> dict[str, Any] | None:
+        """The champion pointer (``version``, ``promoted_at``, ``reason`` ...) or None."""
+        try:
+            text = self.champion_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            pointer: dict[str, Any] = json.loads(text)
+        except ValueError as err:
+            raise RegistryError(f"{self.champion_path}: corrupt champion pointer ({err})") from None
+        return pointer
+
+    def champion_version(self) -> Version | None:
+        """The champion's :class:`Version`, or None when there is no champion."""
+        pointer = self.champion()
+        return self.get(str(pointer["version"])) if pointer else None
+
+    def history(self) -> builtins.list[dict[str, Any]]:
+        """Every history record, oldest first."""
+        if not self.history_path.is_file():
+            return []
+        lines = self.history_path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def _append_history(self, record: Mapping[str, Any]) -> None:
+        # Only ever called under the lock: one writer at a time, one line per write.
+        with open(self.history_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _write_pointer(
+        self,
+        version_id: str,
+        reason: str,
+        *,
+        manual: bool,
+        action: str,
+        lineage: builtins.list[str],
+    ) -> dict[str, Any]:
+        current = self.champion()
+        now = _iso(_now())
+        pointer = {
+            "version": version_id,
+            "promoted_at": now,
+            "reason": reason,
+            "manual": manual,
+            "previous": current["version"] if current else None,
+            "lineage": lineage,
+        }
+        write_json_atomic(self.champion_path, pointer)
+        self._append_history(
+            {
+                "action": action,
+                "version": version_id,
+                "previous": pointer["previous"],
+                "at": now,
+                "reason": reason,
+                "manual": manual,
+            }
+        )
+        return pointer
+
+    def _locked(self) -> FileLock:
+        lock = self._lock()
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RegistryError(
+                f"{self.root / LOCK}: registry locked by another process for more than "
+                f"{self.lock_timeout:g} s"
+            ) from None
+        return lock
+
+    def promote(self, version_id: str, reason: str, *, manual: bool = True) -> dict[str, Any]:
+        """Make ``version_id`` the champion, without the gate; returns the new pointer."""
+        self.get(version_id)
+        lock = self._locked()
+        try:
+            current = self.champion()
+            lineage = list(current.get("lineage", [])) + [current["version"]] if current else []
+            return self._write_pointer(
+                version_id, reason, manual=manual, action="promote", lineage=lineage
+            )
+        finally:
+            lock.release()
+
+    def rollback(self, reason: str = "rollback") -> dict[str, Any]:
+        """Restore the previous champion; returns the new pointer."""
+        lock = self._locked()
+        try:
+            current = self.champion()
+            if current is None:
+                raise RegistryError(f"no champion in {self.root}: nothing to roll back")
+            lineage = list(current.get("lineage", []))
+            if not lineage:
+                raise RegistryError(
+                    f"champion {current['version']} has no previous champion to roll back to"
+                )
+            target = lineage.pop()
+            self.get(target)
+            return self._write_pointer(
+                target, reason, manual=True, action="rollback", lineage=lineage
+            )
+        finally:
+            lock.release()
+
+    def promote_if_passes(
+        self, version_id: str, cfg: RegistryConfig, *, reason: str | None = None
+    ) -> GateDecision:
+        """Gate ``version_id`` against the current champion and promote it if it passes.
+
+        The champion is read, compared and replaced within one lock, so the champion the
+        candidate beat is the one it replaces. A refusal is recorded in the history.
+        """
+        candidate = self.get(version_id)
+        lock = self._locked()
+        try:
+            pointer = self.champion()
+            champ = self.get(str(pointer["version"])) if pointer else None
+            if champ is not None and champ.version == version_id:
+                return GateDecision(False, [f"{version_id} is already the champion"])
+            decision = gate(candidate.metrics, champ.metrics if champ else None, cfg)
+            if decision.promote:
+                lineage = list(pointer.get("lineage", [])) + [pointer["version"]] if pointer else []
+                text = decision.summary() if reason is None else f"{reason}; {decision.summary()}"
+                self._write_pointer(
+                    version_id, text, manual=False, action="promote", lineage=lineage
+                )
+            else:
+                self._append_history(
+                    {
+                        "action": "reject",
+                        "version": version_id,
+                        "champion": champ.version if champ else None,
+                        "at": _iso(_now()),
+                        "reasons": decision.reasons,
+                    }
+                )
+            return decision
+        finally:
+            lock.release()
+
+    # -- loading ---------------------------------------------------------------------
+
+    def verify(self, version_id: str) -> dict[str, bytes]:
+        """Read every file of the manifest and check its sha256; returns the verified bytes.
+
+        Raises :class:`RegistryError` naming the file and both hashes on a mismatch.
+        """
+        v = self.get(version_id)
+        files = v.manifest.get("files")
+        if not isinstance(files, dict) or v.manifest.get("model") not in files:
+            raise RegistryError(f"{v.path / MANIFEST}: no file hashes for the model")
+        out: dict[str, bytes] = {}
+        for name, expected in files.items():
+            path = v.path / str(name)
+            if Path(str(name)).name != name:
+                raise RegistryError(f"{v.path / MANIFEST}: bad file name {name!r}")
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                raise RegistryError(f"{path}: file of version {version_id} is missing") from None
+            actual = sha256_bytes(data)
+            if actual != expected:
+                raise RegistryError(
+                    f"{path}: sha256 mismatch, manifest {expected}, file {actual}; "
+                    "refusing to load a modified model"
+                )
+            out[str(name)] = data
+        return out
+
+    def load_model(self, version_id: str, **load_kwargs: Any) -> Any:
+        """Verify every file of ``version_id``, then load the model with its algorithm class.
+
+        ``load_kwargs`` go to ``<Algo>.load`` (e.g. ``device="cpu"``, ``env=...``). The
+        model is unpickled from the very bytes whose hash was checked.
+        """
+        v = self.get(version_id)
+        if v.algo not in ALGOS:
+            raise RegistryError(f"{v.path / MANIFEST}: unknown algo {v.algo!r}")
+        data = self.verify(version_id)[str(v.manifest["model"])]
+        module_name, class_name = ALGOS[v.algo]
+        import importlib
+
+        cls = getattr(importlib.import_module(module_name), class_name)
+        return cls.load(io.BytesIO(data), **load_kwargs)
