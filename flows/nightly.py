@@ -5,7 +5,7 @@ a small summary, collected in ``workdir/runs/<flow-run name>/run.json`` beside t
 ``config.yaml`` of the run::
 
     ingest -> features -> folds -> regimes (one model per fold)
-        -> train + backtest (one task per fold and seed) -> (report: a later issue)
+        -> train + backtest (one task per fold and seed) -> report -> (registry: next)
 
 To add a stage: call ``run_stage(_persisted(<its task>, storage), ...)`` with the previous
 summaries' paths, store its summary in ``record["stages"][<name>]``, ``_save`` and publish
@@ -15,6 +15,7 @@ shows how far it got (and its error).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -30,6 +31,7 @@ from tasks.artifacts import (
     publish_folds_artifacts,
     publish_ingest_artifacts,
     publish_regimes_artifacts,
+    publish_report_artifacts,
     publish_train_artifacts,
 )
 from tasks.caching import missing_outputs, run_stage
@@ -37,6 +39,7 @@ from tasks.features import features_task
 from tasks.folds import folds_task
 from tasks.ingest import ingest_task
 from tasks.regimes import regimes_task
+from tasks.report import report_task
 from tasks.train import train_task
 
 FLOW_NAME = "nightly-retrain"
@@ -94,6 +97,15 @@ def nightly_flow(
         "stages": {},
         "artifacts": {},
     }
+    timings: dict[str, float] = {}  # seconds per stage, for the report's profile
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = now - clock
+        clock = now
+
     try:
         inputs = [str(p.resolve()) for p in stages.resolve_inputs(data_path)]
         record["inputs"] = inputs
@@ -107,6 +119,7 @@ def nightly_flow(
         )
         _save(folder, record)
         record["artifacts"].update(publish_ingest_artifacts(record["stages"]["ingest"]))
+        lap("ingest")
 
         bars = record["stages"]["ingest"]["output"]
         record["stages"]["features"] = run_stage(
@@ -114,6 +127,7 @@ def nightly_flow(
         )
         _save(folder, record)
         record["artifacts"].update(publish_features_artifacts(record["stages"]["features"]))
+        lap("features")
 
         features = record["stages"]["features"]["output"]
         record["stages"]["folds"] = run_stage(
@@ -121,6 +135,7 @@ def nightly_flow(
         )
         _save(folder, record)
         record["artifacts"].update(publish_folds_artifacts(record["stages"]["folds"]))
+        lap("folds")
 
         folds = record["stages"]["folds"]["output"]
         if cfg.regimes.enabled:
@@ -129,6 +144,7 @@ def nightly_flow(
             )
             _save(folder, record)
             record["artifacts"].update(publish_regimes_artifacts(record["stages"]["regimes"]))
+            lap("regimes")
 
         regimes = record["stages"]["regimes"]["output"] if cfg.regimes.enabled else None
         train = _persisted(train_task, storage)
@@ -148,6 +164,14 @@ def nightly_flow(
         record["stages"]["train"] = {"runs": runs}
         _save(folder, record)
         record["artifacts"].update(publish_train_artifacts(record["stages"]["train"]))
+        lap("train")
+
+        profile = stages.run_profile(timings, runs)
+        record["stages"]["report"] = report_task(
+            runs, cfg, str(folder / "report"), record["stages"]["ingest"], profile
+        )
+        _save(folder, record)
+        record["artifacts"].update(publish_report_artifacts(record["stages"]["report"]))
     except Exception as exc:
         record.update(status="failed", finished=utc_now(), error=f"{type(exc).__name__}: {exc}")
         _save(folder, record)

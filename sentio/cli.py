@@ -301,6 +301,10 @@ def _print_run(record: dict[str, Any]) -> None:
             f"{'n/a' if sharpe is None else f'{sharpe:.2f}'}, {run['n_trades']} trades: "
             f"{run['model']}"
         )
+    report = record["stages"].get("report")
+    if report:
+        typer.echo(f"report: {report['verdict']}")
+        typer.echo(f"report html: {report['paths']['html']}")
 
 
 @app.command()

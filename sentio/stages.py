@@ -714,3 +714,54 @@ def train_stage(
     }
     write_json_atomic(folder / STAGE_SUMMARY, summary)
     return summary
+
+
+# --------------------------------------------------------------------------- report
+
+
+def run_profile(timings: dict[str, float], runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The performance profile of a run: seconds per stage, training throughput, memory.
+
+    Peak memory is the flow process's peak resident set (the tasks run in its threads);
+    GPU memory is torch's peak allocation when CUDA was used.
+    """
+    import resource
+
+    profile: dict[str, Any] = {f"{k} (s)": round(v, 2) for k, v in timings.items()}
+    rates = [r["train"]["steps_per_second"] for r in runs if r.get("train")]
+    if rates:
+        profile["training steps per second (mean over runs)"] = round(float(np.mean(rates)), 1)
+        profile["training steps (total)"] = int(sum(r["train"]["num_timesteps"] for r in runs))
+        profile["devices"] = ", ".join(sorted({str(r["train"]["device"]) for r in runs}))
+    profile["peak memory (MiB)"] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+    )
+    try:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+            profile["peak GPU memory (MiB)"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    return profile
+
+
+def report_stage(
+    runs: Sequence[dict[str, Any]],
+    cfg: SentioConfig,
+    out_dir: str | Path,
+    *,
+    ingest_summary: dict[str, Any] | None = None,
+    profile: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the run's report (``report.md``, ``report.html``, ``metrics.json``) to ``out_dir``.
+
+    Not cached: the report of every run includes that run's performance profile.
+    """
+    from sentio.report import build_report
+
+    summary = build_report(
+        list(runs), out_dir, cfg=cfg, ingest_summary=ingest_summary, profile=profile
+    )
+    summary["output"] = summary["paths"]["html"]
+    return summary

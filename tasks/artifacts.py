@@ -10,7 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
 from sentio.orchestration import (
@@ -29,6 +33,8 @@ FEATURE_SUMMARY_KEY = check_artifact_key("feature-summary")
 REGIME_SUMMARY_KEY = check_artifact_key("regime-summary")
 FOLDS_KEY = check_artifact_key("folds")
 TRAIN_KEY = check_artifact_key("training")
+REPORT_KEY = check_artifact_key("report")
+REPORT_HTML_KEY = check_artifact_key("report-html")
 
 
 @task(name="publish-ingest-artifacts", cache_policy=NO_CACHE, persist_result=False)
@@ -110,3 +116,24 @@ def publish_train_artifacts(train: dict[str, Any]) -> dict[str, str]:
         ),
     )
     return {TRAIN_KEY: str(table_id)}
+
+
+@task(name="publish-report-artifacts", cache_policy=NO_CACHE, persist_result=False)
+def publish_report_artifacts(report: dict[str, Any]) -> dict[str, str]:
+    """Publish the report: its markdown (verdict first) and a link to the HTML page."""
+    from pathlib import Path
+
+    md = Path(report["paths"]["markdown"]).read_text()
+    markdown_id = create_markdown_artifact(
+        markdown=f"**{report['verdict']}**\n\n{md}",
+        key=REPORT_KEY,
+        description=report["verdict"],
+    )
+    html = Path(report["paths"]["html"]).resolve()
+    link_id = create_link_artifact(
+        link=html.as_uri(),
+        link_text="report.html",
+        key=REPORT_HTML_KEY,
+        description="The self-contained HTML report of this run (plots embedded)",
+    )
+    return {REPORT_KEY: str(markdown_id), REPORT_HTML_KEY: str(link_id)}

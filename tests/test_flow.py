@@ -189,6 +189,16 @@ def test_cache_hits_on_unchanged_content_and_misses_on_new_content(
         assert run["train"]["num_timesteps"] >= 128
         assert set(run["references"]) == {"flat", "long_etf", "trend", "underlying"}
         assert run["references"]["flat"]["total_return"] == 0.0
+    # the report is recomputed by every run (it holds the run's profile), in the run folder
+    for record in (first, second):
+        (rep,) = task_runs(record["flow_run_id"], "report")
+        assert rep.state.name == "Completed"
+        report = record["stages"]["report"]
+        html = Path(report["paths"]["html"])
+        assert html.is_file() and html.parent.parent == Path(record["run_dir"])
+        assert report["n_runs"] == 2 and report["verdict"]
+        metrics = json.loads(Path(report["paths"]["metrics"]).read_text())
+        assert metrics["profile"]["training steps (total)"] >= 256
     out = Path(first["stages"]["ingest"]["output"])
     assert out.is_file() and out.is_relative_to(project["workdir"])
 
@@ -228,6 +238,8 @@ def test_cache_hits_on_unchanged_content_and_misses_on_new_content(
         assert {r["method"] for r in regimes} == {
             f["method"] for f in first["stages"]["regimes"]["folds"]
         }
+        assert record["stages"]["report"]["verdict"] in arts["report"].data
+        assert "(file://" in arts["report-html"].data and "report.html" in arts["report-html"].data
         training = json.loads(arts["training"].data)
         assert [(r["fold"], r["seed"]) for r in training] == [(0, 0), (1, 0)]
         assert all(r["test bars"] > 0 and r["steps"] >= 128 for r in training)
