@@ -45,6 +45,7 @@ shortest block). Every message is one line with the numbers involved.
 
 from __future__ import annotations
 
+import abc
 import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -402,7 +403,7 @@ class _Layout:
     embargo: int
 
 
-class _PurgedSplitter:
+class _PurgedSplitter(abc.ABC):
     """Shared machinery: block layout, purge/embargo, ``split``/``folds``."""
 
     def __init__(
@@ -422,17 +423,17 @@ class _PurgedSplitter:
     name = "purged"
 
     @property
+    @abc.abstractmethod
     def n_blocks(self) -> int:
         """Number of contiguous blocks the samples are cut into."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _plan(self) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
         """Per split: (tested block ids, training-candidate block ids)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
         """Number of splits (independent of the data)."""
-        raise NotImplementedError
 
     # shared ------------------------------------------------------------------
     def embargo_bars(self, n_samples: int) -> int:
