@@ -304,8 +304,14 @@ class Registry:
         code_version: str,
         algo: str,
         extra: Mapping[str, Any] | None = None,
+        extra_files: Mapping[str, str | os.PathLike[str]] | None = None,
     ) -> Version:
-        """Copy a trained model (and its configuration) into a new, immutable version."""
+        """Copy a trained model (and its configuration) into a new, immutable version.
+
+        ``extra_files`` maps a file name inside the version folder (a plain name such as
+        ``normaliser.json``) to its source; they are copied and hashed like the model, so
+        :meth:`verify` covers them.
+        """
         if algo not in ALGOS:
             raise RegistryError(f"unknown algo {algo!r}; expected one of {sorted(ALGOS)}")
         model_src = Path(model_path)
@@ -317,6 +323,13 @@ class Registry:
             if not config_src.is_file():
                 raise RegistryError(f"{config_src}: configuration file not found")
             files[config_src] = "config" + (config_src.suffix or ".yaml")
+        for name, src in (extra_files or {}).items():
+            src_path = Path(src)
+            if Path(name).name != name or name in (MANIFEST, *files.values()):
+                raise RegistryError(f"bad extra file name {name!r} (a plain, unused file name)")
+            if not src_path.is_file():
+                raise RegistryError(f"{src_path}: file not found ({name})")
+            files[src_path] = name
 
         created = _now()
         self.versions_dir.mkdir(parents=True, exist_ok=True)

@@ -370,3 +370,45 @@ def test_cli_models_help() -> None:
     for command in ("list", "show", "promote", "rollback"):
         r = runner.invoke(app, ["models", command, "--help"])
         assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_extra_files_are_copied_hashed_and_verified(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "reg")
+    model, config = _files(tmp_path)
+    norm = tmp_path / "norm.json"
+    norm.write_text('{"mean": [0.0]}')
+    v = reg.register(
+        model,
+        config,
+        GOOD,
+        data_hashes={},
+        code_version="0" * 16,
+        algo="maskable_ppo",
+        extra_files={"normaliser.json": norm},
+    )
+    assert v.manifest["files"]["normaliser.json"] == sha256_file(norm)
+    assert reg.verify(v.version)["normaliser.json"] == norm.read_bytes()
+    (v.path / "normaliser.json").write_text('{"mean": [1.0]}')
+    with pytest.raises(RegistryError, match=r"normaliser\.json: sha256 mismatch"):
+        reg.verify(v.version)
+    for bad in ("../x.json", "manifest.json", "model.zip"):
+        with pytest.raises(RegistryError, match="bad extra file name"):
+            reg.register(
+                model,
+                config,
+                GOOD,
+                data_hashes={},
+                code_version="0" * 16,
+                algo="maskable_ppo",
+                extra_files={bad: norm},
+            )
+    with pytest.raises(RegistryError, match="file not found"):
+        reg.register(
+            model,
+            config,
+            GOOD,
+            data_hashes={},
+            code_version="0" * 16,
+            algo="maskable_ppo",
+            extra_files={"x.json": tmp_path / "missing.json"},
+        )
