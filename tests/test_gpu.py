@@ -1,0 +1,130 @@
+"""The CUDA path of training: run only where a GPU is present (skipped elsewhere).
+
+CI has no GPU; these tests are run on a GPU machine by hand (see ``benchmarks/README.md``
+for the last run). They check what the CPU tests cannot: the full ``sentio_ppo`` agent
+(quantile critic, regime gating, transformer) trains on CUDA with bf16 autocast actually
+active in the extractor and float32 heads, a model trained on the GPU loads on the CPU
+and picks the same actions, and a killed CUDA training resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from sentio.agents.training import algorithm_class, train_agent
+from sentio.config import SentioConfig, with_overrides
+from sentio.env import EnvParams
+from sentio.env.backtest import backtest
+from tests.env_helpers import random_market
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+GPU = {
+    "agent.algo": "sentio_ppo",
+    "agent.n_steps": 64,
+    "agent.batch_size": 128,
+    "agent.n_epochs": 2,
+    "train.n_envs": 8,
+    "train.total_timesteps": 1024,
+    "train.checkpoint_every": 512,
+    "train.device": "cuda",
+    "env.window": 8,
+}
+
+
+def gpu_cfg(**overrides: Any) -> SentioConfig:
+    return with_overrides(SentioConfig(), {**GPU, **overrides})
+
+
+@pytest.fixture(scope="module")
+def market() -> Any:
+    return random_market(n_sessions=6, session_len=120, seed=3, bar_vol=2e-3, n_regimes=3)
+
+
+def test_sentio_ppo_trains_on_cuda_with_bf16_features_and_fp32_heads(
+    market: Any, tmp_path: Path
+) -> None:
+    cfg = gpu_cfg()
+    dtypes: dict[str, set[torch.dtype]] = {"features": set(), "quantiles": set()}
+    original = torch.nn.Module.__call__
+
+    result = train_agent(cfg, market, [(0, market.n_rows)], seed=0, out_dir=tmp_path)
+    assert result.device.startswith("cuda")
+    model = algorithm_class(cfg).load(result.model_path, device="cuda")
+    policy = model.policy
+    assert next(policy.parameters()).is_cuda
+
+    extractor_linears = {
+        m for m in policy.features_extractor.modules() if isinstance(m, torch.nn.Linear)
+    }
+    assert extractor_linears
+
+    def spy(mod: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        out = original(mod, *args, **kwargs)
+        if isinstance(mod, torch.nn.Linear) and mod in extractor_linears:
+            dtypes["features"].add(out.dtype)
+        return out
+
+    obs, _ = policy.obs_to_tensor(
+        {k: np.asarray(v)[None].repeat(4, 0) for k, v in _one_obs(market, cfg).items()}
+    )
+    torch.nn.Module.__call__ = spy  # type: ignore[method-assign]
+    try:
+        with torch.no_grad(), model._autocast():
+            dist = policy.get_distribution(obs)
+            q = policy.predict_quantiles(obs) if hasattr(policy, "predict_quantiles") else None
+    finally:
+        torch.nn.Module.__call__ = original  # type: ignore[method-assign]
+    assert torch.bfloat16 in dtypes["features"], dtypes
+    assert dist.distribution.logits.dtype == torch.float32
+    if q is not None:
+        assert q.dtype == torch.float32
+        assert torch.isfinite(q).all()
+    for p in policy.parameters():
+        assert torch.isfinite(p).all()
+
+
+def _one_obs(market: Any, cfg: SentioConfig) -> dict[str, np.ndarray]:
+    from sentio.env.simulator import BatchSimulator
+
+    params = EnvParams.from_config(cfg)
+    sim = BatchSimulator(market, params, 1, backtest=True)
+    start = params.window - 1
+    sim.reset(np.zeros(1, dtype=np.int64), np.array([start]), np.array([market.n_rows - 1]))
+    return {k: v[0] for k, v in sim.observe().items()}
+
+
+def test_cuda_model_loads_on_cpu_and_acts_alike(market: Any, tmp_path: Path) -> None:
+    cfg = gpu_cfg()
+    result = train_agent(cfg, market, [(0, market.n_rows)], seed=1, out_dir=tmp_path)
+    params = EnvParams.from_config(cfg)
+    rows = [(market.n_rows // 2, market.n_rows)]
+    on_gpu = backtest(
+        algorithm_class(cfg).load(result.model_path, device="cuda"), market, params, rows
+    )
+    on_cpu = backtest(
+        algorithm_class(cfg).load(result.model_path, device="cpu"), market, params, rows
+    )
+    # bf16 on the GPU vs float32 on the CPU: near-ties may break differently, little else
+    agree = float(np.mean(on_gpu.actions == on_cpu.actions))
+    print(f"\nGPU vs CPU deterministic actions agree on {agree:.3f} of {on_cpu.n_bars} bars")
+    assert agree >= 0.9
+
+
+def test_cuda_training_resumes_from_its_checkpoint(market: Any, tmp_path: Path) -> None:
+    cfg = gpu_cfg()
+    first = train_agent(cfg, market, [(0, market.n_rows)], seed=2, out_dir=tmp_path)
+    assert first.resumed_from == 0
+    # a run killed after its last checkpoint: the final model is gone, the checkpoint (SB3
+    # zip with the optimiser, step count and RNG state, written from CUDA tensors) is not;
+    # the same training again must resume from it on the GPU, not start over
+    Path(first.model_path).unlink()
+    again = train_agent(cfg, market, [(0, market.n_rows)], seed=2, out_dir=tmp_path)
+    assert again.resumed_from >= cfg.train.checkpoint_every
+    assert again.num_timesteps == first.num_timesteps
+    assert again.device.startswith("cuda")
