@@ -55,8 +55,8 @@ def test_sentio_ppo_trains_on_cuda_with_bf16_features_and_fp32_heads(
 
     result = train_agent(cfg, market, [(0, market.n_rows)], seed=0, out_dir=tmp_path)
     assert result.device.startswith("cuda")
-    model = algorithm_class(cfg).load(result.model_path, device="cuda")
-    policy = model.policy
+    model: Any = algorithm_class(cfg).load(result.model_path, device="cuda")
+    policy: Any = model.policy
     assert next(policy.parameters()).is_cuda
 
     extractor_linears = {
