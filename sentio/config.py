@@ -473,11 +473,32 @@ class ReportConfig(_Section):
 
 
 class RegistryConfig(_Section):
-    """Champion / challenger promotion gate."""
+    """Champion / challenger promotion gate (registry stage; see :mod:`sentio.registry`)."""
 
-    min_dsr: float = Field(0.95, ge=0.0, le=1.0)
-    max_drawdown: float = Field(0.25, gt=0.0, le=1.0)
-    must_beat_champion: bool = True
+    min_dsr: float = Field(
+        0.95,
+        ge=0.0,
+        le=1.0,
+        description="the candidate's deflated Sharpe ratio (stitched out of sample) must reach it",
+    )
+    max_drawdown: float = Field(
+        0.25,
+        gt=0.0,
+        le=1.0,
+        description="the candidate's stitched out-of-sample maximum drawdown must not exceed it",
+    )
+    must_beat_champion: bool = Field(
+        True,
+        description="the candidate's Sharpe must be strictly above the champion's, both "
+        "re-evaluated on the same leakage-free window",
+    )
+    min_compare_bars: int = Field(
+        1950,
+        ge=2,
+        description="fewest bars of the leakage-free comparison window (candidate's test "
+        "window after the champion's training end plus the embargo) for a Sharpe comparison; "
+        "fewer: not promoted. 1950 = five sessions of one-minute bars",
+    )
 
 
 class PathsConfig(_Section):

@@ -48,6 +48,20 @@ champion, runs the gate against *that* champion's metrics and writes the pointer
 one lock (compare-and-swap): the champion compared against is the one replaced. A refusal
 is recorded in ``history.jsonl`` (``action: "reject"``) with its reasons.
 
+**Re-evaluating the champion.** ``promote_if_passes(..., evaluate=fn)`` calls
+``fn(champion_version_or_None)`` under that same lock and gates the :class:`Comparison`
+it returns: the nightly flow's registry stage (:func:`sentio.stages.registry_stage`)
+backtests the candidate and the champion on the candidate's out-of-sample window
+restricted to bars after the champion's training end plus the embargo, so neither Sharpe
+ratio is measured on data its model was trained on. A ``Comparison.refusal`` (too few
+such bars, say) fails the gate with that reason. Promotions and rejections made this way
+record the window and both sets of metrics in ``history.jsonl``.
+
+**Idempotent registration.** :meth:`Registry.register_once` registers a trained model
+unless a version with the same ``extra.train_key`` (the train stage's content key) and
+the same model sha256 exists already (:meth:`Registry.find`), under the lock: re-running
+the nightly flow on unchanged inputs creates no new version.
+
 **Loading.** :meth:`Registry.load_model` reads every file of the manifest, checks its
 sha256 and only then unpickles the model -- from the bytes that were hashed (no window
 between the check and the load) -- with the class named by ``algo``. A mismatch raises
@@ -65,7 +79,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,12 +92,15 @@ from sentio.io import combine_hashes, hash_json, sha256_bytes, sha256_file, writ
 
 __all__ = [
     "ALGOS",
+    "Comparison",
     "GateDecision",
     "Registry",
     "RegistryError",
     "Version",
+    "decision_markdown",
     "default_root",
     "gate",
+    "versions_table",
 ]
 
 ALGOS: dict[str, tuple[str, str]] = {
@@ -155,6 +172,23 @@ class Version:
 
 
 @dataclasses.dataclass(frozen=True)
+class Comparison:
+    """The metrics the gate compares, as produced by an ``evaluate`` callback.
+
+    ``candidate``: the candidate's gate metrics (``dsr``, ``max_drawdown``, ``sharpe``,
+    ``window_start`` / ``window_end``). ``champion``: the champion's metrics re-evaluated
+    on the SAME window, or None (no champion, or no comparison possible). ``refusal``: why
+    the candidate cannot be compared with the champion (e.g. too few leakage-free bars);
+    a refusal fails the gate. ``window``: the comparison window ``(start, end)``, if any.
+    """
+
+    candidate: dict[str, Any]
+    champion: dict[str, Any] | None = None
+    refusal: str | None = None
+    window: tuple[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class GateDecision:
     """The promotion gate's verdict: ``promote`` and, when refused, every reason with numbers.
 
@@ -164,6 +198,10 @@ class GateDecision:
     promote: bool
     reasons: list[str]
     checks: list[str] = dataclasses.field(default_factory=list)
+    champion: str | None = None
+    """The champion version the candidate was gated against (None: no champion)."""
+    comparison: Comparison | None = None
+    """What ``evaluate`` returned in :meth:`Registry.promote_if_passes`, if it was called."""
 
     def summary(self) -> str:
         """One line: the verdict and the failing (or all) conditions."""
@@ -365,6 +403,63 @@ class Registry:
             raise
         return Version(version_id, final, manifest)
 
+    def find(self, train_key: str, *, model_sha256: str | None = None) -> Version | None:
+        """The oldest version whose ``extra.train_key`` is ``train_key`` (and whose model file
+        has the sha256 ``model_sha256``, when given); None when there is none.
+
+        The train key hashes every input of a training (data, folds, regime model,
+        settings, code, fold, seed), so a match is the same training registered before.
+        """
+        for v in self.list():
+            if (v.manifest.get("extra") or {}).get("train_key") != train_key:
+                continue
+            files = v.manifest.get("files") or {}
+            if model_sha256 is None or files.get(v.manifest.get("model")) == model_sha256:
+                return v
+        return None
+
+    def register_once(
+        self,
+        model_path: str | os.PathLike[str],
+        config_path: str | os.PathLike[str] | None,
+        metrics: Mapping[str, Any],
+        *,
+        data_hashes: Mapping[str, str],
+        code_version: str,
+        algo: str,
+        extra: Mapping[str, Any],
+        extra_files: Mapping[str, str | os.PathLike[str]] | None = None,
+    ) -> tuple[Version, bool]:
+        """:meth:`register` unless the same training is registered already; idempotent.
+
+        ``extra`` must hold ``train_key``. Under the registry lock: when a version with the
+        same ``extra.train_key`` and the same model sha256 exists (:meth:`find`), it is
+        returned with ``False``; otherwise a new version is registered and returned with
+        ``True``. Two processes registering the same training at once create one version.
+        """
+        key = extra.get("train_key")
+        if not key:
+            raise RegistryError("register_once needs extra['train_key']")
+        model_sha = sha256_file(model_path)
+        lock = self._locked()
+        try:
+            found = self.find(str(key), model_sha256=model_sha)
+            if found is not None:
+                return found, False
+            v = self.register(
+                model_path,
+                config_path,
+                metrics,
+                data_hashes=data_hashes,
+                code_version=code_version,
+                algo=algo,
+                extra=extra,
+                extra_files=extra_files,
+            )
+            return v, True
+        finally:
+            lock.release()
+
     def list(self) -> list[Version]:
         """Every version, oldest first (ids sort by creation time)."""
         if not self.versions_dir.is_dir():
@@ -432,6 +527,7 @@ class Registry:
         manual: bool,
         action: str,
         lineage: builtins.list[str],
+        extra: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         current = self.champion()
         now = _iso(_now())
@@ -452,6 +548,7 @@ class Registry:
                 "at": now,
                 "reason": reason,
                 "manual": manual,
+                **(extra or {}),
             }
         )
         return pointer
@@ -501,35 +598,80 @@ class Registry:
             lock.release()
 
     def promote_if_passes(
-        self, version_id: str, cfg: RegistryConfig, *, reason: str | None = None
+        self,
+        version_id: str,
+        cfg: RegistryConfig,
+        *,
+        reason: str | None = None,
+        evaluate: Callable[[Version | None], Comparison] | None = None,
     ) -> GateDecision:
         """Gate ``version_id`` against the current champion and promote it if it passes.
 
-        The champion is read, compared and replaced within one lock, so the champion the
-        candidate beat is the one it replaces. A refusal is recorded in the history.
+        The champion is read, compared and replaced within one lock (compare-and-swap), so
+        the champion the candidate beat is the one it replaces; a candidate that already is
+        the champion is refused without a history line.
+
+        Without ``evaluate`` the gate compares the metrics recorded in the two manifests.
+        With ``evaluate``, it is called under the lock with the current champion's
+        :class:`Version` (or None) and returns the :class:`Comparison` to gate: typically
+        the champion re-evaluated on the candidate's window. A ``Comparison.refusal`` fails
+        the gate with that reason (the candidate's own conditions are still checked and
+        listed). Promotions and refusals go to ``history.jsonl`` with the metrics compared
+        and the window.
         """
         candidate = self.get(version_id)
         lock = self._locked()
         try:
             pointer = self.champion()
             champ = self.get(str(pointer["version"])) if pointer else None
+            champ_id = champ.version if champ else None
             if champ is not None and champ.version == version_id:
-                return GateDecision(False, [f"{version_id} is already the champion"])
-            decision = gate(candidate.metrics, champ.metrics if champ else None, cfg)
+                return GateDecision(
+                    False, [f"{version_id} is already the champion"], champion=champ_id
+                )
+            comparison: Comparison | None = None
+            if evaluate is None:
+                decision = gate(candidate.metrics, champ.metrics if champ else None, cfg)
+            else:
+                comparison = evaluate(champ)
+                if comparison.refusal is None:
+                    decision = gate(comparison.candidate, comparison.champion, cfg)
+                else:
+                    own = gate(comparison.candidate, None, cfg)
+                    decision = GateDecision(
+                        False,
+                        [*own.reasons, comparison.refusal],
+                        [c for c in own.checks if c != "no champion yet"],
+                    )
+            decision = dataclasses.replace(decision, champion=champ_id, comparison=comparison)
+            record: dict[str, Any] = {}
+            if comparison is not None:
+                record = {
+                    "window": list(comparison.window) if comparison.window else None,
+                    "candidate_metrics": comparison.candidate,
+                    "champion_metrics": comparison.champion,
+                }
             if decision.promote:
                 lineage = list(pointer.get("lineage", [])) + [pointer["version"]] if pointer else []
                 text = decision.summary() if reason is None else f"{reason}; {decision.summary()}"
                 self._write_pointer(
-                    version_id, text, manual=False, action="promote", lineage=lineage
+                    version_id,
+                    text,
+                    manual=False,
+                    action="promote",
+                    lineage=lineage,
+                    extra={"checks": decision.checks, **record},
                 )
             else:
                 self._append_history(
                     {
                         "action": "reject",
                         "version": version_id,
-                        "champion": champ.version if champ else None,
+                        "champion": champ_id,
                         "at": _iso(_now()),
                         "reasons": decision.reasons,
+                        "checks": decision.checks,
+                        **record,
                     }
                 )
             return decision
@@ -580,3 +722,77 @@ class Registry:
 
         cls = getattr(importlib.import_module(module_name), class_name)
         return cls.load(io.BytesIO(data), **load_kwargs)
+
+
+# -- presentation of a registry-stage decision ------------------------------------------
+
+
+def _fmt_metric(value: Any, digits: int = 3) -> str:
+    number = _number({"v": value}, "v")
+    return "n/a" if number is None else f"{number:.{digits}f}"
+
+
+def decision_markdown(decision: Mapping[str, Any]) -> str:
+    """The markdown of a registry-stage decision (:func:`sentio.stages.registry_stage`)."""
+    cand = decision.get("candidate")
+    before, after = decision.get("champion_before"), decision.get("champion_after")
+    if cand is None:
+        head = "**No candidate**: nothing was trained with an out-of-sample window."
+    elif decision.get("promoted"):
+        head = f"**Promoted** `{cand}` to champion (was `{before or 'none'}`)."
+    else:
+        head = f"**Not promoted**: `{cand}`; the champion stays `{after or 'none'}`."
+    lines = [
+        "# Registry decision",
+        "",
+        head,
+        "",
+        f"Registered {len(decision.get('registered') or [])} version(s), "
+        f"{decision.get('new_versions', 0)} new; registry `{decision.get('registry')}`.",
+        "",
+    ]
+    if decision.get("candidate_fold") is not None:
+        lines += [
+            f"Candidate: fold {decision['candidate_fold']} (the test window ending last), "
+            f"seed {decision['candidate_seed']} (best stitched out-of-sample Sharpe).",
+            "",
+        ]
+    window = decision.get("compare_window")
+    if window:
+        lines += [f"Comparison window (leakage-free): {window[0]} .. {window[1]}", ""]
+    if decision.get("reasons"):
+        lines += ["## Reasons", "", *[f"- {r}" for r in decision["reasons"]], ""]
+    if decision.get("checks"):
+        lines += ["## Checks", "", *[f"- {c}" for c in decision["checks"]], ""]
+    cm, hm = decision.get("candidate_metrics") or {}, decision.get("champion_metrics") or {}
+    if cm:
+        lines += [
+            "## Metrics",
+            "",
+            "| | candidate | champion |",
+            "|---|---|---|",
+        ]
+        for key in ("sharpe", "dsr", "max_drawdown", "total_return", "n_bars"):
+            lines.append(f"| {key} | {_fmt_metric(cm.get(key))} | {_fmt_metric(hm.get(key))} |")
+        lines.append(
+            f"| window | {cm.get('window_start')} .. {cm.get('window_end')} | "
+            + (f"{hm.get('window_start')} .. {hm.get('window_end')}" if hm else "n/a")
+            + " |"
+        )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def versions_table(decision: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per registered (fold, seed): its version, whether it is new, the candidate."""
+    return [
+        {
+            "fold": v["fold"],
+            "seed": v["seed"],
+            "version": v["version"],
+            "new": bool(v["new"]),
+            "candidate": v["version"] == decision.get("candidate"),
+            "champion": v["version"] == decision.get("champion_after"),
+        }
+        for v in decision.get("versions") or []
+    ]
