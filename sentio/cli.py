@@ -432,6 +432,55 @@ def models_rollback(
     typer.echo(f"champion: {pointer['version']} (was {pointer['previous'] or 'none'})")
 
 
+# --------------------------------------------------------------------------- live use
+
+BarsOpt = Annotated[
+    str,
+    typer.Option(
+        "--bars",
+        "-b",
+        help="Bar file (or comma-separated files, or a folder), ingested like `sentio run`.",
+    ),
+]
+VersionOpt = Annotated[
+    str | None,
+    typer.Option("--version", help="Model version id (default: the champion).", show_default=False),
+]
+StartOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="First bar of the replay, ISO-8601 (default: the first bar after the version's "
+        "training end).",
+        show_default=False,
+    ),
+]
+
+
+@app.command("signal")
+@user_errors
+def signal_cmd(
+    bars: BarsOpt,
+    version: VersionOpt = None,
+    config: ConfigOpt = None,
+    workdir: WorkdirOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Also write the JSON to this file.")
+    ] = None,
+    start: StartOpt = None,
+) -> None:
+    """Print (as JSON) the model's decision at the close of the last bar; it fills at the next open."""
+    import json
+
+    from sentio.io import write_json_atomic
+    from sentio.live import load_bundle, signal
+
+    reg = _registry(config, workdir)
+    result = signal(load_bundle(reg, version), bars, start=start)
+    if out is not None:
+        write_json_atomic(out, result)
+    typer.echo(json.dumps(result, indent=2))
+
+
 def main() -> None:
     """Entry point of the ``sentio`` console script."""
     app()

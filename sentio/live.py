@@ -1,0 +1,706 @@
+"""Live use of registered models: hash-verified bundles, causal replays and signals.
+
+A *bundle* is everything one registered version needs to act on new bars, read from the
+registry's verified bytes only (:meth:`~sentio.registry.Registry.verify`; the model is
+unpickled by :meth:`~sentio.registry.Registry.load_model`, which checks every hash first):
+
+* ``model.zip`` -- the SB3 model (class from the manifest's ``algo``), loaded on the CPU;
+* ``config.yaml`` -- the full configuration of the training run (features, regimes,
+  trading model);
+* ``normaliser.json`` -- the fold's normaliser, required when
+  ``features.normalisation = "train_fit"``;
+* ``regime_model.json`` -- the fold's regime model, required when ``regimes.enabled``;
+* the manifest's ``extra``: ``fold``, ``seed``, ``train_start`` / ``train_end``,
+  ``window_start`` / ``window_end`` and ``feature_columns``.
+
+:meth:`ModelBundle.market` builds exactly the arrays the training pipeline builds for the
+same canonical bars (:func:`sentio.stages.fold_market`): :func:`~sentio.features.build_features`
+with the version's configuration, the stored normaliser, the stored regime model's
+causally *filtered* probabilities (from the first bar given), then
+:func:`~sentio.env.build_market`. Everything is causal, so the values at a bar do not
+change when later bars are appended. (Rolling indicators and the regime filter do depend on
+where the bar history starts: feed the same history the model was trained and evaluated on,
+extended by newer bars.)
+
+**The start rule.** A replay of the policy (:func:`replay`; what :func:`signal` and paper
+trading run) starts flat, with ``env.initial_cash``, at the first bar after the version's
+``train_end`` (so it never runs in-sample), or at the first bar with a full observation
+window (``env.window`` feature rows) if that is later; an explicit ``start`` replaces the
+rule. From there the policy acts deterministically at the close of every bar with the
+training simulator (fills at the next bar's open, costs, masks, forced exits at the
+close); the account is path dependent, which is why the replay starts at a fixed bar.
+
+**Replay rows.** One row per bar ``t`` from the start to the last bar: the position held
+over bar ``t`` (filled at its open), the equity at its close, the costs paid in it, and the
+decision taken at its close (action, target exposure, regime probabilities, mask). The
+first row is the start bar itself: flat, initial equity, its decision. Unlike
+:func:`sentio.env.backtest.backtest` there is no liquidation after the last bar: a
+position stays open until the next bar arrives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import yaml
+
+from sentio.config import SentioConfig, config_from_dict
+from sentio.env.backtest import BacktestResult, MaskedActionError, backtest
+from sentio.env.market import LONG, SHORT, MarketData
+from sentio.env.simulator import MASK_LAYERS, BatchSimulator, EnvParams, layer_names
+from sentio.errors import DataError
+from sentio.regimes import RegimeModel
+from sentio.registry import Registry, RegistryError
+
+__all__ = [
+    "NORMALISER_FILE",
+    "REGIME_MODEL_FILE",
+    "ModelBundle",
+    "Replay",
+    "Timestamp",
+    "as_utc",
+    "load_bundle",
+    "replay",
+    "signal",
+]
+
+NORMALISER_FILE = "normaliser.json"
+"""Version file holding the fold's normaliser (``features.normalisation = "train_fit"``)."""
+REGIME_MODEL_FILE = "regime_model.json"
+"""Version file holding the fold's regime model (``regimes.enabled``)."""
+
+Timestamp = str | dt.datetime
+"""An ISO-8601 string or a datetime; naive values are read as UTC."""
+Bars = pl.DataFrame | str | os.PathLike[str]
+"""Canonical bars as a frame, or bar file(s) to ingest (a path, comma-separated paths)."""
+
+FILL_NOTE = (
+    "decided at the close of this bar; the order fills at the OPEN of the next bar "
+    "(plus costs), as in training and backtests"
+)
+
+
+def as_utc(value: Timestamp, what: str = "timestamp") -> dt.datetime:
+    """A timezone-aware UTC datetime from an ISO string or a datetime (naive means UTC)."""
+    if isinstance(value, dt.datetime):
+        t = value
+    else:
+        text = str(value).strip()
+        try:
+            t = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise DataError(
+                f"{what} {text!r} is not an ISO-8601 timestamp (e.g. 2024-01-10T14:30:00Z)"
+            ) from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return t.astimezone(dt.UTC)
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _np_utc(t: dt.datetime) -> np.datetime64:
+    return np.datetime64(t.astimezone(dt.UTC).replace(tzinfo=None), "us")
+
+
+def _py_utc(t: np.datetime64) -> dt.datetime:
+    value = t.astype("datetime64[us]").astype(dt.datetime)
+    assert isinstance(value, dt.datetime)
+    return value.replace(tzinfo=dt.UTC)
+
+
+# --------------------------------------------------------------------------------------
+# the bundle
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelBundle:
+    """One registered version, ready to act on bars (see the module docstring).
+
+    Attributes:
+        version: the version id.
+        manifest: its manifest.
+        cfg: the configuration it was trained with.
+        model: the SB3 model (CPU).
+        normaliser: the fold's normaliser parameters, or None.
+        regime_model: the fold's regime model, or None.
+        workdir: where bar files are ingested (``<workdir>/ingest/<key>/``, content
+            cached); by default the registry's working directory.
+    """
+
+    version: str
+    manifest: dict[str, Any]
+    cfg: SentioConfig
+    model: Any
+    normaliser: dict[str, Any] | None
+    regime_model: RegimeModel | None
+    workdir: Path
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """The manifest's ``extra`` (fold, seed, training range, window, feature columns)."""
+        return dict(self.manifest.get("extra") or {})
+
+    @property
+    def feature_columns(self) -> list[str]:
+        """The feature names the model was trained on, in order."""
+        cols = self.extra.get("feature_columns")
+        if not isinstance(cols, list) or not cols:
+            raise RegistryError(
+                f"version {self.version}: manifest extra lacks 'feature_columns' (the feature "
+                "names the model was trained on)"
+            )
+        return [str(c) for c in cols]
+
+    @property
+    def train_end(self) -> dt.datetime | None:
+        """The timestamp of the last bar of the version's training ranges, if recorded."""
+        value = self.extra.get("train_end")
+        return None if value is None else as_utc(value, f"version {self.version} train_end")
+
+    @property
+    def instruments(self) -> tuple[str, str]:
+        """The long and the short ETF's symbols."""
+        return (self.cfg.universe.long, self.cfg.universe.short)
+
+    def params(self) -> EnvParams:
+        """The trading model of the version's configuration."""
+        return EnvParams.from_config(self.cfg)
+
+    def bars_frame(self, bars: Bars) -> pl.DataFrame:
+        """Canonical, universe-complete bars from a frame or from bar file(s).
+
+        Files go through the pipeline's ingest stage (:func:`sentio.stages.ingest_stage`,
+        with the version's ``ingest`` / ``universe`` settings, content cached under
+        :attr:`workdir`): a bad file gets the same one-line contract errors as
+        ``sentio run``. A frame is taken as canonical; missing leveraged ETFs are derived
+        from the underlying as ingest does.
+        """
+        from sentio.data.leverage import ensure_universe
+        from sentio.stages import ingest_stage, resolve_inputs
+
+        if isinstance(bars, pl.DataFrame):
+            need = {"timestamp", "symbol", "open", "close"}
+            missing = sorted(need - set(bars.columns))
+            if missing:
+                raise DataError(f"bars frame lacks columns {missing} (canonical bars expected)")
+            complete, _ = ensure_universe(bars, self.cfg.universe)
+            return complete
+        summary = ingest_stage(resolve_inputs(str(bars)), self.cfg, self.workdir)
+        return pl.read_ipc(summary["output"])
+
+    def market(self, bars: Bars) -> MarketData:
+        """The market arrays the training pipeline builds for these bars (module docstring).
+
+        Raises:
+            DataError: too few bars for the warm-ups, or the features built differ from
+                the manifest's ``feature_columns``.
+        """
+        from sentio.env import build_market
+        from sentio.features import apply_normaliser, build_features
+        from sentio.regimes import filter_probs, regime_observations
+
+        frame = self.bars_frame(bars)
+        cfg = self.cfg
+        features = build_features(frame, cfg)
+        if features.height == 0:
+            raise DataError(
+                f"version {self.version}: too few bars for the feature warm-up (the longest "
+                f"indicator window plus features.norm_window = {cfg.features.norm_window})"
+            )
+        columns = [c for c in features.columns if c != "timestamp"]
+        expected = self.feature_columns
+        if columns != expected:
+            missing = [c for c in expected if c not in columns]
+            extra = [c for c in columns if c not in expected]
+            detail = (
+                f"missing {missing}, unexpected {extra}"
+                if missing or extra
+                else "same names in another order"
+            )
+            raise DataError(
+                f"version {self.version}: the features built from the bars differ from the "
+                f"{len(expected)} feature_columns the model was trained on ({detail})"
+            )
+        if self.normaliser is not None:
+            features = apply_normaliser(features, self.normaliser)
+        regimes = None
+        if self.regime_model is not None:
+            obs = regime_observations(frame, cfg)
+            if obs.X.shape[0] == 0:
+                raise DataError(
+                    f"version {self.version}: too few bars of {cfg.universe.underlying} for the "
+                    f"regime inputs' warm-up of {obs.warmup} bars"
+                )
+            probs = filter_probs(self.regime_model, obs.X)
+            regimes = pl.DataFrame(
+                {
+                    "timestamp": obs.timestamps,
+                    **{
+                        f"p_regime_{i}": probs[:, i].astype("float32")
+                        for i in range(probs.shape[1])
+                    },
+                }
+            )
+        return build_market(frame, features, regimes, cfg)
+
+    def rows(
+        self, market: MarketData, start: Timestamp | None = None, end: Timestamp | None = None
+    ) -> tuple[int, int]:
+        """The half-open market rows ``[a, b)`` with timestamps in ``[start, end]``."""
+        ts = market.timestamps
+        a = 0 if start is None else int(np.searchsorted(ts, _np_utc(as_utc(start)), "left"))
+        b = (
+            market.n_rows
+            if end is None
+            else int(np.searchsorted(ts, _np_utc(as_utc(end)), "right"))
+        )
+        if b - a < 2:
+            raise DataError(
+                f"version {self.version}: {max(b - a, 0)} market rows in "
+                f"[{start or 'first'}, {end or 'last'}] (the bars' market rows span "
+                f"{_iso(_py_utc(ts[0]))} .. {_iso(_py_utc(ts[-1]))}); need at least 2"
+            )
+        return a, b
+
+    def backtest(
+        self, bars: Bars, start: Timestamp | None = None, end: Timestamp | None = None
+    ) -> BacktestResult:
+        """Backtest the deterministic policy over the bars with timestamps in ``[start, end]``.
+
+        One block (:func:`sentio.env.backtest.backtest`, its conventions: first decision at
+        the close of the first row with a full observation window, liquidation at the
+        close of the last row), the version's trading model.
+        """
+        market = self.market(bars)
+        a, b = self.rows(market, start, end)
+        return backtest(self.model, market, self.params(), [(a, b)], instruments=self.instruments)
+
+    def start_row(self, market: MarketData, start: Timestamp | None = None) -> int:
+        """The first row of a replay (the module docstring's start rule).
+
+        Raises:
+            DataError: no bar at or after the start, or (explicit start) the start lies
+                before the first row with a full observation window.
+        """
+        ts = market.timestamps
+        first_full = self.params().window - 1
+        last = _iso(_py_utc(ts[-1]))
+        if start is None:
+            train_end = self.train_end
+            if train_end is None:
+                raise RegistryError(
+                    f"version {self.version}: manifest extra lacks 'train_end'; give a start"
+                )
+            row = max(int(np.searchsorted(ts, _np_utc(train_end), "right")), first_full)
+            if row >= market.n_rows:
+                raise DataError(
+                    f"version {self.version}: no bar after its training end {_iso(train_end)} "
+                    f"(the bars end {last}); live use never runs in-sample: give newer bars "
+                    "or an explicit start"
+                )
+            return row
+        t = as_utc(start, "start")
+        row = int(np.searchsorted(ts, _np_utc(t), "left"))
+        if row >= market.n_rows:
+            raise DataError(f"start {_iso(t)}: no bar at or after it (the bars end {last})")
+        if row < first_full:
+            raise DataError(
+                f"start {_iso(t)}: the first decision needs {first_full + 1} feature rows "
+                f"(env.window); the first possible start is {_iso(_py_utc(ts[first_full]))}"
+            )
+        return row
+
+
+def _verified_json(files: dict[str, bytes], name: str, where: Path) -> Any:
+    try:
+        return json.loads(files[name].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise RegistryError(f"{where / name}: not valid JSON ({err})") from None
+
+
+def load_bundle(
+    registry: Registry, version: str | None = None, *, workdir: str | os.PathLike[str] | None = None
+) -> ModelBundle:
+    """Load ``version`` (None: the champion) from ``registry``, every file hash-verified.
+
+    ``workdir`` is where bar files will be ingested (default: the registry root's parent,
+    i.e. ``paths.workdir``).
+
+    Raises:
+        RegistryError: no champion, unknown version, a file whose sha256 differs from the
+            manifest (nothing is unpickled then), or a version lacking a file its
+            configuration needs.
+    """
+    if version is None:
+        pointer = registry.champion()
+        if pointer is None:
+            raise RegistryError(
+                f"no champion in {registry.root}: promote a version with "
+                "`sentio models promote VERSION` (see `sentio models list`) or name one "
+                "with --version"
+            )
+        version = str(pointer["version"])
+    v = registry.get(version)
+    files = registry.verify(version)  # every file's sha256, before anything is parsed
+    config_name = v.manifest.get("config")
+    if not config_name or str(config_name) not in files:
+        raise RegistryError(f"version {version}: no configuration file in {v.path}")
+    try:
+        data = yaml.safe_load(files[str(config_name)].decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        raise RegistryError(f"{v.path / str(config_name)}: not a valid YAML file ({err})") from None
+    cfg = config_from_dict(data, str(v.path / str(config_name)))
+    if cfg.agent.algo != v.algo:
+        raise RegistryError(
+            f"version {version}: manifest algo {v.algo!r} differs from its configuration's "
+            f"agent.algo {cfg.agent.algo!r}"
+        )
+    normaliser = None
+    if cfg.features.normalisation == "train_fit":
+        if NORMALISER_FILE not in files:
+            raise RegistryError(
+                f"version {version}: features.normalisation is train_fit but {v.path} holds "
+                f"no {NORMALISER_FILE}"
+            )
+        normaliser = _verified_json(files, NORMALISER_FILE, v.path)
+    regime_model = None
+    if cfg.regimes.enabled:
+        if REGIME_MODEL_FILE not in files:
+            raise RegistryError(
+                f"version {version}: regimes.enabled but {v.path} holds no {REGIME_MODEL_FILE}"
+            )
+        try:
+            regime_model = RegimeModel.from_dict(_verified_json(files, REGIME_MODEL_FILE, v.path))
+        except (KeyError, TypeError, ValueError, DataError) as err:
+            raise RegistryError(f"{v.path / REGIME_MODEL_FILE}: bad regime model ({err})") from None
+    # load_model re-reads and re-verifies the model's bytes and unpickles exactly those
+    model = registry.load_model(version, device="cpu")
+    return ModelBundle(
+        version=version,
+        manifest=v.manifest,
+        cfg=cfg,
+        model=model,
+        normaliser=normaliser,
+        regime_model=regime_model,
+        workdir=Path(workdir) if workdir is not None else registry.root.parent,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# the causal replay
+
+
+@dataclasses.dataclass(frozen=True)
+class Replay:
+    """The outcome of :func:`replay`: one row per bar, and whether equity was wiped out."""
+
+    frame: pl.DataFrame
+    ruined: bool
+
+
+FORCED_EXITS = ("", "flat_at_close", "circuit_breaker", "ruin")
+"""Values of the replay's ``forced_exit`` column ("" when nothing was forced)."""
+
+
+def replay_columns(n_actions: int, n_regimes: int) -> list[str]:
+    """The replay's columns, in order (see :func:`replay`)."""
+    return [
+        "timestamp",
+        "open_underlying",
+        "close_underlying",
+        "open_long",
+        "close_long",
+        "open_short",
+        "close_short",
+        "instrument_held",
+        "shares_held",
+        "position",
+        "exposure",
+        "equity",
+        "returns",
+        "costs",
+        "costs_cash",
+        "forced_exit",
+        "action",
+        "target_exposure",
+        "target_instrument",
+        *(f"p_regime_{k}" for k in range(n_regimes)),
+        "regime",
+        *(f"blocked_{i}" for i in range(n_actions)),
+        "mask_reasons",
+    ]
+
+
+def _instrument(x: float, names: tuple[str, str]) -> str:
+    return names[0] if x > 0 else names[1] if x < 0 else "flat"
+
+
+def mask_reasons(bits: np.ndarray, grid: np.ndarray) -> str:
+    """``"+1: risk_budget,session; +0.5: risk_budget"``: every blocked action and its layers."""
+    return "; ".join(
+        f"{grid[i]:+g}: {','.join(layer_names(int(b)))}" for i, b in enumerate(bits) if b
+    )
+
+
+def replay(bundle: ModelBundle, market: MarketData, start_row: int, end_row: int) -> Replay:
+    """Run the deterministic policy causally from ``start_row`` to ``end_row`` (inclusive).
+
+    The account starts flat with ``env.initial_cash`` at ``start_row``; each step is the
+    training simulator's (:class:`~sentio.env.simulator.BatchSimulator` in backtest mode,
+    the same as :func:`sentio.env.backtest.backtest`), and nothing at row ``t`` reads a
+    later row. Columns (:func:`replay_columns`), per bar ``t``:
+
+    * ``timestamp`` (bar start, UTC) and the ``open_*`` / ``close_*`` prices of the
+      underlying, the long and the short ETF;
+    * ``instrument_held``, ``shares_held``, ``position``: what was held over the bar (filled
+      at its open; before any forced exit at its close), ``position`` as signed value /
+      equity at the close (the backtest's ``position``);
+    * ``exposure``: signed exposure at the close, after forced exits; ``equity`` at the
+      close; ``returns`` the equity return over the bar; ``costs`` (fraction of the equity
+      before the bar) and ``costs_cash``; ``forced_exit`` (:data:`FORCED_EXITS`);
+    * the decision at the close: ``action`` (grid index), ``target_exposure``,
+      ``target_instrument`` (long / short symbol or ``flat``), ``p_regime_<k>`` and
+      ``regime`` (argmax; -1 without regimes) as the policy saw them, ``blocked_<i>`` (the
+      :data:`~sentio.env.simulator.LAYER_BITS` blocking action ``i``; 0 = allowed) and
+      ``mask_reasons`` (:func:`mask_reasons`).
+
+    The first row (the start bar) holds nothing (flat, initial equity, no costs). If equity
+    is wiped out the replay stops at that bar (``forced_exit = "ruin"``, action flat).
+
+    Raises:
+        MaskedActionError: the policy chose a masked action (a bug in the policy).
+    """
+    from sentio.env.backtest import _action_picker, _as_action
+
+    p = bundle.params()
+    n = market.n_rows
+    if not (p.window - 1 <= start_row <= end_row < n):
+        raise DataError(
+            f"replay rows must satisfy window-1 = {p.window - 1} <= start {start_row} <= "
+            f"end {end_row} < {n}"
+        )
+    sim = BatchSimulator(market, p, 1, backtest=True)
+    if end_row > start_row:
+        sim.reset(np.zeros(1, dtype=np.int64), np.array([start_row]), np.array([end_row]))
+    elif start_row >= p.window:
+        # a one-bar replay: reset one row earlier (the simulator wants end > start), then
+        # place the fresh, flat account at the start row; nothing was stepped
+        sim.reset(np.zeros(1, dtype=np.int64), np.array([start_row - 1]), np.array([start_row]))
+        sim.t[:] = start_row
+    else:
+        raise DataError(
+            f"a replay needs a bar after row {start_row} or {p.window} feature rows before it"
+        )
+    pick = _action_picker(bundle.model)
+    grid, A, K = p.grid, p.n_actions, market.n_regimes
+    names = bundle.instruments
+    inst_names = {0: "flat", LONG: names[0], SHORT: names[1]}
+    opens, closes, vol = market.open, market.close, market.vol
+    slip = p.slippage_vol_mult * p.leverage
+    m = end_row - start_row + 1
+    cols: dict[str, Any] = {
+        "inst": np.zeros(m, dtype=np.int64),
+        "shares": np.zeros(m),
+        "position": np.zeros(m),
+        "exposure": np.zeros(m),
+        "equity": np.zeros(m),
+        "prev_equity": np.zeros(m),
+        "costs_cash": np.zeros(m),
+        "forced": np.zeros(m, dtype=np.int64),
+        "action": np.zeros(m, dtype=np.int64),
+        "blocked": np.zeros((m, A), dtype=np.uint8),
+    }
+    eq0 = float(sim.equity[0])
+    cols["equity"][0] = cols["prev_equity"][0] = eq0
+    ruined = False
+    i = 0
+    while True:
+        t = int(sim.t[0])
+        bits = sim.blocked_layers()[0].copy()
+        cols["blocked"][i] = bits
+        a = _as_action(pick(sim.observe(), bits == 0), A, t)
+        if bits[a]:
+            raise MaskedActionError(
+                f"the policy of version {bundle.version} chose a masked action at "
+                f"{_iso(_py_utc(market.timestamps[t]))}: action {a} (exposure {grid[a]:+g}) "
+                f"is blocked by {layer_names(int(bits[a]))}"
+            )
+        cols["action"][i] = a
+        if t >= end_row:
+            break
+        # the state before the step, to tell what was held over bar t+1 (before any forced
+        # exit at its close), exactly as sentio.env.backtest does
+        t1 = t + 1
+        inst0, shares0, cash0, held0 = (
+            int(sim.inst[0]),
+            float(sim.shares[0]),
+            float(sim.cash[0]),
+            int(sim.held[0]),
+        )
+        tripped0 = bool(sim.tripped[0]) and market.session[t1] == market.session[t]
+        e_prev = float(sim.equity[0])
+        res = sim.step(np.array([a], dtype=np.int64))
+        x = float(grid[a])
+        if a != held0:
+            new_inst = LONG if x > 0 else SHORT if x < 0 else 0
+            s1 = (
+                0.0
+                if x == 0.0
+                else abs(x) * (cash0 + shares0 * opens[t1, inst0]) / opens[t1, new_inst]
+            )
+        else:
+            new_inst, s1 = inst0, shares0
+        eq_new = float(res.equity[0])
+        i += 1
+        cols["inst"][i], cols["shares"][i] = new_inst, s1
+        if s1 > 0 and int(sim.inst[0]) == 0:  # forced exit at the close of t+1
+            px = float(closes[t1, new_inst])
+            exit_cost = p.commission_per_share * s1 + (p.half_spread + slip * vol[t1]) * (s1 * px)
+            sign = -1.0 if new_inst == SHORT else 1.0
+            cols["position"][i] = sign * s1 * px / (eq_new + exit_cost)
+            trip = bool(sim.tripped[0]) and not tripped0
+            cols["forced"][i] = 2 if trip else 1
+        else:
+            cols["position"][i] = float(res.exposure[0])
+        cols["exposure"][i] = float(res.exposure[0])
+        cols["equity"][i], cols["prev_equity"][i] = eq_new, e_prev
+        cols["costs_cash"][i] = float(res.costs[0])
+        if bool(res.terminated[0]):  # ruin: nothing more to decide
+            ruined = True
+            cols["forced"][i] = 3
+            cols["action"][i] = p.flat_action
+            cols["blocked"][i] = 0
+            break
+    m = i + 1
+    rows = np.arange(start_row, start_row + m)
+    prev = cols["prev_equity"][:m]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        returns = np.where(prev > 0, cols["equity"][:m] / prev - 1.0, -1.0)
+        cost_frac = np.where(prev > 0, cols["costs_cash"][:m] / prev, 0.0)
+    actions = cols["action"][:m]
+    blocked = cols["blocked"][:m]
+    probs = market.regime_probs[rows].astype(np.float64)
+    data: dict[str, Any] = {
+        "timestamp": pl.Series(market.timestamps[rows]).cast(pl.Datetime("us", "UTC")),
+        "open_underlying": opens[rows, 0],
+        "close_underlying": closes[rows, 0],
+        "open_long": opens[rows, LONG],
+        "close_long": closes[rows, LONG],
+        "open_short": opens[rows, SHORT],
+        "close_short": closes[rows, SHORT],
+        "instrument_held": [inst_names[int(k)] for k in cols["inst"][:m]],
+        "shares_held": cols["shares"][:m],
+        "position": cols["position"][:m],
+        "exposure": cols["exposure"][:m],
+        "equity": cols["equity"][:m],
+        "returns": returns,
+        "costs": cost_frac,
+        "costs_cash": cols["costs_cash"][:m],
+        "forced_exit": [FORCED_EXITS[int(k)] for k in cols["forced"][:m]],
+        "action": actions,
+        "target_exposure": grid[actions],
+        "target_instrument": [_instrument(float(x), names) for x in grid[actions]],
+        **{f"p_regime_{k}": probs[:, k] for k in range(K)},
+        "regime": probs.argmax(axis=1).astype(np.int64) if K else np.full(m, -1, np.int64),
+        **{f"blocked_{j}": pl.Series(blocked[:, j], dtype=pl.UInt8) for j in range(A)},
+        "mask_reasons": [mask_reasons(b, grid) for b in blocked],
+    }
+    frame = pl.DataFrame(data).select(replay_columns(A, K))
+    return Replay(frame=frame, ruined=ruined)
+
+
+# --------------------------------------------------------------------------------------
+# signals
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(float(x)) else None
+
+
+def signal(
+    bundle: ModelBundle,
+    bars: Bars,
+    *,
+    start: Timestamp | None = None,
+    end: Timestamp | None = None,
+) -> dict[str, Any]:
+    """The decision at the close of the last bar (or of the last bar at or before ``end``).
+
+    The account is simulated causally from the start rule of the module docstring (or
+    ``start``) to that bar (:func:`replay`); the decision uses bars up to it only, so
+    appending later bars never changes it. Returns a JSON-able dict:
+
+    * ``version``, ``timestamp`` (the bar's START, UTC ISO-8601), ``action`` (grid index),
+      ``target_exposure``, ``instrument`` (long / short symbol or ``"flat"``);
+    * ``regime_probabilities`` (``{"regime_0": p, ...}``, regime 0 the calmest) and
+      ``regime`` (the most likely; null without regimes);
+    * ``mask``: per action ``{"action", "target_exposure", "instrument", "allowed",
+      "blocked_by"}`` (the layer names blocking it);
+    * ``account``: ``equity`` and ``exposure`` at the close (after forced exits),
+      ``instrument_held`` / ``shares_held`` / ``position`` over the bar,
+      ``initial_equity``, ``since`` (the replay's first bar) and ``bars`` (bars replayed);
+    * ``fills``: when the order fills (the open of the next bar) and ``note``.
+    """
+    market = bundle.market(bars)
+    first = bundle.start_row(market, start)
+    last = market.n_rows - 1
+    if end is not None:
+        last = int(np.searchsorted(market.timestamps, _np_utc(as_utc(end, "end")), "right")) - 1
+        if last < first:
+            raise DataError(
+                f"end {end}: before the replay's start {_iso(_py_utc(market.timestamps[first]))}"
+            )
+    result = replay(bundle, market, first, last)
+    row = result.frame.row(-1, named=True)
+    grid = bundle.params().grid
+    K = market.n_regimes
+    probs = {f"regime_{k}": float(row[f"p_regime_{k}"]) for k in range(K)}
+    mask = []
+    for i, x in enumerate(grid):
+        bits = int(row[f"blocked_{i}"])
+        mask.append(
+            {
+                "action": i,
+                "target_exposure": float(x),
+                "instrument": _instrument(float(x), bundle.instruments),
+                "allowed": bits == 0,
+                "blocked_by": layer_names(bits),
+            }
+        )
+    since = result.frame["timestamp"][0]
+    return {
+        "version": bundle.version,
+        "timestamp": _iso(row["timestamp"]),
+        "action": int(row["action"]),
+        "target_exposure": float(row["target_exposure"]),
+        "instrument": str(row["target_instrument"]),
+        "regime_probabilities": probs,
+        "regime": int(row["regime"]) if K else None,
+        "mask_layers": list(MASK_LAYERS),
+        "mask": mask,
+        "account": {
+            "equity": _finite(row["equity"]),
+            "exposure": _finite(row["exposure"]),
+            "instrument_held": str(row["instrument_held"]),
+            "shares_held": _finite(row["shares_held"]),
+            "position": _finite(row["position"]),
+            "forced_exit": row["forced_exit"] or None,
+            "initial_equity": float(bundle.cfg.env.initial_cash),
+            "since": _iso(since),
+            "bars": int(result.frame.height),
+            "ruined": result.ruined,
+        },
+        "fills": "open of the next bar",
+        "note": FILL_NOTE,
+    }
