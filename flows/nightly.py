@@ -5,7 +5,16 @@ a small summary, collected in ``workdir/runs/<flow-run name>/run.json`` beside t
 ``config.yaml`` of the run::
 
     ingest -> features -> folds -> regimes (one model per fold)
-        -> train + backtest (one task per fold and seed) -> report -> (registry: next)
+        -> train + backtest (one task per fold and seed) -> report
+        -> registry (register every model; gate the candidate against the champion
+                     re-evaluated on a leakage-free window; promote or say why not)
+
+Every stage but the report and the registry is cached on the content of its inputs; the
+report is rewritten by every run (it holds the run's profile) and the registry stage reads
+the mutable registry, so it is never cached but idempotent: on unchanged inputs it
+registers no new version and leaves the champion as it is. Its decision is written to
+``<run folder>/registry/decision.json`` and published as the ``registry-decision``
+artifact.
 
 To add a stage: call ``run_stage(_persisted(<its task>, storage), ...)`` with the previous
 summaries' paths, store its summary in ``record["stages"][<name>]``, ``_save`` and publish
@@ -31,6 +40,7 @@ from tasks.artifacts import (
     publish_folds_artifacts,
     publish_ingest_artifacts,
     publish_regimes_artifacts,
+    publish_registry_artifacts,
     publish_report_artifacts,
     publish_train_artifacts,
 )
@@ -39,6 +49,7 @@ from tasks.features import features_task
 from tasks.folds import folds_task
 from tasks.ingest import ingest_task
 from tasks.regimes import regimes_task
+from tasks.registry import registry_task
 from tasks.report import report_task
 from tasks.train import train_task
 
@@ -172,6 +183,32 @@ def nightly_flow(
         )
         _save(folder, record)
         record["artifacts"].update(publish_report_artifacts(record["stages"]["report"]))
+
+        st = record["stages"]
+        data_hashes = {  # what the models were trained on, by content
+            label: str(st[name]["output_sha256"])
+            for label, name in (
+                ("bars", "ingest"),
+                ("features", "features"),
+                ("folds", "folds"),
+                ("regimes", "regimes"),
+            )
+            if name in st
+        }
+        record["stages"]["registry"] = registry_task(
+            runs,
+            st["report"],
+            cfg,
+            str(folder / "registry"),
+            bars,
+            folds,
+            regimes,
+            list(st["features"]["columns"]),
+            data_hashes,
+            str(record["flow_run_name"] or folder.name),
+        )
+        _save(folder, record)
+        record["artifacts"].update(publish_registry_artifacts(record["stages"]["registry"]))
     except Exception as exc:
         record.update(status="failed", finished=utc_now(), error=f"{type(exc).__name__}: {exc}")
         _save(folder, record)

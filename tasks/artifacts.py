@@ -26,6 +26,7 @@ from sentio.orchestration import (
     regime_summary_table,
     train_table,
 )
+from sentio.registry import decision_markdown, versions_table
 
 DATA_QUALITY_KEY = check_artifact_key("data-quality")
 INGEST_SUMMARY_KEY = check_artifact_key("ingest-summary")
@@ -35,6 +36,8 @@ FOLDS_KEY = check_artifact_key("folds")
 TRAIN_KEY = check_artifact_key("training")
 REPORT_KEY = check_artifact_key("report")
 REPORT_HTML_KEY = check_artifact_key("report-html")
+REGISTRY_DECISION_KEY = check_artifact_key("registry-decision")
+REGISTRY_VERSIONS_KEY = check_artifact_key("registry-versions")
 
 
 @task(name="publish-ingest-artifacts", cache_policy=NO_CACHE, persist_result=False)
@@ -137,3 +140,27 @@ def publish_report_artifacts(report: dict[str, Any]) -> dict[str, str]:
         description="The self-contained HTML report of this run (plots embedded)",
     )
     return {REPORT_KEY: str(markdown_id), REPORT_HTML_KEY: str(link_id)}
+
+
+@task(name="publish-registry-artifacts", cache_policy=NO_CACHE, persist_result=False)
+def publish_registry_artifacts(decision: dict[str, Any]) -> dict[str, str]:
+    """Publish the registry decision (markdown) and the registered versions (table)."""
+    verdict = (
+        f"promoted {decision['candidate']}"
+        if decision.get("promoted")
+        else f"not promoted; champion {decision.get('champion_after') or 'none'}"
+    )
+    markdown_id = create_markdown_artifact(
+        markdown=decision_markdown(decision),
+        key=REGISTRY_DECISION_KEY,
+        description=f"Registry decision: {verdict}",
+    )
+    table_id = create_table_artifact(
+        table=versions_table(decision),
+        key=REGISTRY_VERSIONS_KEY,
+        description=(
+            f"{len(decision.get('registered') or [])} version(s) registered by this run, "
+            f"{decision.get('new_versions', 0)} new"
+        ),
+    )
+    return {REGISTRY_DECISION_KEY: str(markdown_id), REGISTRY_VERSIONS_KEY: str(table_id)}

@@ -106,7 +106,11 @@ def project(tmp_path: Path) -> dict[str, Path]:
     """A workdir, a config that points at it and one small input file."""
     workdir = tmp_path / "wd"
     config = tmp_path / "sentio.yaml"
-    config.write_text(yaml.safe_dump({"paths": {"workdir": str(workdir)}, **SHORT_WINDOWS}))
+    # a gate any model with a defined DSR passes, so that the first run sets a champion
+    registry = {"min_dsr": 0.0, "max_drawdown": 1.0}
+    config.write_text(
+        yaml.safe_dump({"paths": {"workdir": str(workdir)}, **SHORT_WINDOWS, "registry": registry})
+    )
     return {
         "workdir": workdir,
         "config": config,
@@ -202,6 +206,35 @@ def test_cache_hits_on_unchanged_content_and_misses_on_new_content(
     out = Path(first["stages"]["ingest"]["output"])
     assert out.is_file() and out.is_relative_to(project["workdir"])
 
+    # the run ends with the registry stage: every model a version, the candidate gated
+    from sentio.registry import Registry
+
+    registry = Registry(project["workdir"] / "registry")
+    reg1, reg2 = first["stages"]["registry"], second["stages"]["registry"]
+    assert list(first["stages"])[-1] == "registry"
+    assert reg1["new_versions"] == 2 and len(registry.list()) == 2
+    by_run = {(v["fold"], v["seed"]): v["version"] for v in reg1["versions"]}
+    for run in runs:
+        v = registry.get(by_run[(run["fold"], run["seed"])])
+        assert v.manifest["extra"]["train_key"] == run["key"]
+        assert v.manifest["extra"]["run"] == first["flow_run_name"]
+        assert {"model.zip", "config.yaml", "regime_model.json"} <= set(v.manifest["files"])
+        registry.verify(v.version)
+    # k-fold over two blocks: fold 1 tests the later block, so it is the candidate
+    assert reg1["candidate"] == by_run[(1, 0)] and reg1["champion_before"] is None
+    assert reg1["candidate_metrics"]["dsr"] is not None, reg1["reasons"]
+    assert reg1["promoted"] and reg1["champion_after"] == reg1["candidate"], reg1["reasons"]
+    assert Path(reg1["output"]) == Path(first["run_dir"]) / "registry" / "decision.json"
+    assert json.loads(Path(reg1["output"]).read_text()) == reg1
+    # unchanged inputs: no new version, the same champion, nothing written to the registry
+    assert reg2["new_versions"] == 0 and reg2["registered"] == reg1["registered"]
+    assert reg2["champion_before"] == reg2["champion_after"] == reg1["champion_after"]
+    assert not reg2["promoted"] and "already the champion" in reg2["reasons"][0]
+    assert [h["action"] for h in registry.history()] == ["promote"]
+    for record in (first, second):  # never cached: it reads the mutable registry
+        (task_run,) = task_runs(record["flow_run_id"], "registry")
+        assert task_run.state.name == "Completed"
+
     # results and cache records are persisted under the project's workdir, not ~/.prefect
     results = project["workdir"] / "prefect-results"
     assert results.is_dir() and any(results.iterdir())
@@ -247,6 +280,10 @@ def test_cache_hits_on_unchanged_content_and_misses_on_new_content(
         assert [r["fold"] for r in folds] == [0, 1]
         assert all(r["train rows"] > 0 and r["test rows"] > 0 for r in folds)
         assert folds[0]["test to"] < folds[1]["test from"]
+        decision = record["stages"]["registry"]
+        assert decision["candidate"] in arts["registry-decision"].data
+        versions = json.loads(arts["registry-versions"].data)
+        assert [r["version"] for r in versions] == decision["registered"]
 
     # same path, new content: the key changes and the task recomputes
     write_bars(project["bars"], seed=1)
@@ -258,6 +295,11 @@ def test_cache_hits_on_unchanged_content_and_misses_on_new_content(
         assert c.state.name == "Completed", stage
     assert third["stages"]["ingest"]["key"] != first["stages"]["ingest"]["key"]
     assert third["stages"]["ingest"]["output_sha256"] != first["stages"]["ingest"]["output_sha256"]
+    # new data, new models: two new versions, gated against the first run's champion
+    reg3 = third["stages"]["registry"]
+    assert reg3["new_versions"] == 2 and len(registry.list()) == 4
+    assert reg3["champion_before"] == reg1["champion_after"]
+    print("third run registry:", reg3["promoted"], reg3["reasons"], reg3["compare_window"])
 
 
 def test_removed_outputs_are_rebuilt_not_served_from_cache(
