@@ -950,16 +950,22 @@ def comparison_window(
 
 
 def live_backtester(bars_path: str | Path) -> Backtester:
-    """A :data:`Backtester` that rebuilds a version's market from ``bars_path`` with
-    :func:`sentio.live.load_bundle` (hash-verified; the version's own configuration,
-    normaliser and regime model) and backtests one block over ``[start, end]``."""
+    """A :data:`Backtester` that rebuilds a version's market from this run's canonical bars
+    with :func:`sentio.live.load_bundle` (every file hash-verified; the version's own
+    configuration, normaliser and regime model, exactly as its training pipeline built
+    it) and backtests the deterministic policy on one block over ``[start, end]``
+    (:meth:`sentio.live.ModelBundle.backtest`). The bars are read once and handed over as
+    a frame (already canonical: nothing is ingested again)."""
+    frames: list[pl.DataFrame] = []
 
     def run(registry: Any, version_id: str, start: str, end: str) -> dict[str, Any]:
         from sentio.evaluation import metrics_to_json
-        from sentio.live import load_bundle  # type: ignore[import-not-found,unused-ignore]
+        from sentio.live import load_bundle
 
+        if not frames:
+            frames.append(pl.read_ipc(bars_path))
         bundle = load_bundle(registry, version_id)
-        result = bundle.backtest(bars_path, start=start, end=end)
+        result = bundle.backtest(frames[0], start=start, end=end)
         return {**metrics_to_json(result.metrics()), "n_bars": int(result.n_bars)}
 
     return run

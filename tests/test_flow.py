@@ -106,8 +106,9 @@ def project(tmp_path: Path) -> dict[str, Path]:
     """A workdir, a config that points at it and one small input file."""
     workdir = tmp_path / "wd"
     config = tmp_path / "sentio.yaml"
-    # a gate any model with a defined DSR passes, so that the first run sets a champion
-    registry = {"min_dsr": 0.0, "max_drawdown": 1.0}
+    # a gate any model with a defined DSR passes, so that the first run sets a champion,
+    # and a comparison window short enough for one session
+    registry = {"min_dsr": 0.0, "max_drawdown": 1.0, "min_compare_bars": 60}
     config.write_text(
         yaml.safe_dump({"paths": {"workdir": str(workdir)}, **SHORT_WINDOWS, "registry": registry})
     )
@@ -296,10 +297,33 @@ def test_cache_hits_on_unchanged_content_and_misses_on_new_content(
     assert third["stages"]["ingest"]["key"] != first["stages"]["ingest"]["key"]
     assert third["stages"]["ingest"]["output_sha256"] != first["stages"]["ingest"]["output_sha256"]
     # new data, new models: two new versions, gated against the first run's champion
+    # re-evaluated (sentio.live) on the new candidate's test block after its own training
+    # end (20:58 on the 9th; the 20:59 bar is purged) plus the 30-bar embargo: the
+    # 20:59 bar of the 9th and 29 bars of the 10th are skipped
+    from sentio.evaluation import metrics_to_json
+    from sentio.live import load_bundle
+
     reg3 = third["stages"]["registry"]
+    champion = reg1["champion_after"]
     assert reg3["new_versions"] == 2 and len(registry.list()) == 4
-    assert reg3["champion_before"] == reg1["champion_after"]
-    print("third run registry:", reg3["promoted"], reg3["reasons"], reg3["compare_window"])
+    assert reg3["champion_before"] == champion
+    assert registry.get(champion).manifest["extra"]["train_end"] == "2024-01-09T20:58:00+00:00"
+    window = ["2024-01-10T14:59:00+00:00", "2024-01-10T20:59:00+00:00"]
+    assert reg3["compare_window"] == window and reg3["compare_bars"] == 361
+    bars3 = pl.read_ipc(third["stages"]["ingest"]["output"])
+    for version, metrics in (
+        (reg3["candidate"], reg3["candidate_metrics"]),
+        (champion, reg3["champion_metrics"]),
+    ):
+        assert [metrics["window_start"], metrics["window_end"]] == window
+        again = metrics_to_json(load_bundle(registry, version).backtest(bars3, *window).metrics())
+        assert metrics["sharpe"] == pytest.approx(again["sharpe"]), version
+    cand_s, champ_s = reg3["candidate_metrics"]["sharpe"], reg3["champion_metrics"]["sharpe"]
+    assert reg3["promoted"] == (cand_s > champ_s), reg3["reasons"]
+    assert reg3["champion_after"] == (reg3["candidate"] if reg3["promoted"] else champion)
+    last = registry.history()[-1]
+    assert last["action"] == ("promote" if reg3["promoted"] else "reject")
+    assert last["window"] == window
 
 
 def test_removed_outputs_are_rebuilt_not_served_from_cache(
