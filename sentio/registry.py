@@ -57,6 +57,13 @@ ratio is measured on data its model was trained on. A ``Comparison.refusal`` (to
 such bars, say) fails the gate with that reason. Promotions and rejections made this way
 record the window and both sets of metrics in ``history.jsonl``.
 
+**Versions of the nightly flow.** The registry stage registers every (fold, seed) model
+with ``model.zip``, ``config.yaml`` (the full configuration it was trained with), and,
+where used, ``normaliser.json`` and ``regime_model.json`` (the fold's normaliser and
+regime model); ``extra`` holds ``fold``, ``seed``, ``train_key``, ``run``,
+``train_start`` / ``train_end``, ``window_start`` / ``window_end`` and
+``feature_columns``, which is what :mod:`sentio.live` needs to rebuild the market.
+
 **Idempotent registration.** :meth:`Registry.register_once` registers a trained model
 unless a version with the same ``extra.train_key`` (the train stage's content key) and
 the same model sha256 exists already (:meth:`Registry.find`), under the lock: re-running

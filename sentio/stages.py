@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -34,6 +34,9 @@ from sentio.io import (
     write_feather_atomic,
     write_json_atomic,
 )
+
+if TYPE_CHECKING:
+    from sentio.registry import Registry
 
 STAGE_SUMMARY = "summary.json"
 # Files Sentio writes beside bar files; a folder given as input skips them.
@@ -772,7 +775,7 @@ def report_stage(
 
 DECISION_FILE = "decision.json"
 
-Backtester = Callable[[Any, str, str, str], dict[str, Any]]
+Backtester = Callable[["Registry", str, str, str], dict[str, Any]]
 """``(registry, version_id, start, end) -> metrics``: a registered version backtested on
 one block of this run's bars with timestamps in ``[start, end]`` (ISO-8601 UTC); the
 metrics are :func:`sentio.evaluation.metrics_to_json` of the result plus ``n_bars``."""
@@ -958,7 +961,7 @@ def live_backtester(bars_path: str | Path) -> Backtester:
     a frame (already canonical: nothing is ingested again)."""
     frames: list[pl.DataFrame] = []
 
-    def run(registry: Any, version_id: str, start: str, end: str) -> dict[str, Any]:
+    def run(registry: Registry, version_id: str, start: str, end: str) -> dict[str, Any]:
         from sentio.evaluation import metrics_to_json
         from sentio.live import load_bundle
 
@@ -994,7 +997,7 @@ def registry_stage(
     feature_columns: Sequence[str],
     data_hashes: dict[str, str],
     run_name: str,
-    registry: Any = None,
+    registry: Registry | None = None,
     backtester: Backtester | None = None,
 ) -> dict[str, Any]:
     """Register every trained model, choose a candidate, gate it, promote it or say why not.
@@ -1027,9 +1030,11 @@ def registry_stage(
     the reason gives the numbers. Otherwise the candidate AND the champion are backtested
     on that window of this run's bars by ``backtester`` (default
     :func:`live_backtester`) and :func:`sentio.registry.gate` compares their Sharpe
-    ratios on the same ``window_start`` / ``window_end``. The champion is read,
-    re-evaluated, gated and replaced within one registry lock
-    (:meth:`~sentio.registry.Registry.promote_if_passes`).
+    ratios on the same ``window_start`` / ``window_end``. The champion is read, gated and
+    replaced within one registry lock (:meth:`~sentio.registry.Registry.promote_if_passes`,
+    compare-and-swap): the comparison is prepared outside the lock for the champion of
+    the moment and reused under the lock if that is still the champion; if another
+    process changed it meanwhile, the new champion is re-evaluated under the lock.
 
     Writes ``out_dir/decision.json`` (the returned summary) and returns the summary:
     ``candidate``, ``registered``, ``new_versions``, ``champion_before``,
@@ -1043,7 +1048,7 @@ def registry_stage(
     from sentio.cv import splitter_from_config
     from sentio.registry import Comparison, Registry, Version, default_root
 
-    reg: Registry = registry if registry is not None else Registry(default_root(cfg))
+    reg = registry if registry is not None else Registry(default_root(cfg))
     out = Path(out_dir)
     folds = load_folds(folds_path)
     windows = fold_windows(folds)
@@ -1141,18 +1146,17 @@ def registry_stage(
         }
         embargo = splitter_from_config(cfg.cv).embargo_bars(int(folds.get("samples") or 0))
         run_backtest = backtester if backtester is not None else live_backtester(bars_path)
-        compare: dict[str, Any] = {}
 
-        def evaluate(champ: Version | None) -> Comparison:
+        def compare_with(champ: Version | None) -> tuple[Comparison, int | None]:
             if champ is None or not cfg.registry.must_beat_champion:
-                return Comparison(candidate=base)
+                return Comparison(candidate=base), None
             train_end = (champ.manifest.get("extra") or {}).get("train_end")
             if not train_end:
                 return Comparison(
                     candidate=base,
                     refusal=f"cannot compare with champion {champ.version}: its manifest has "
                     "no extra.train_end, so no window free of its training data can be placed",
-                )
+                ), None
             cw = comparison_window(
                 _underlying_stamps(bars_path, cfg),
                 w["last_block"],
@@ -1160,12 +1164,11 @@ def registry_stage(
                 embargo_bars=embargo,
                 min_bars=cfg.registry.min_compare_bars,
             )
-            compare["bars"] = cw.n_bars
             if cw.reason is not None or cw.start is None or cw.end is None:
                 return Comparison(
                     candidate=base,
                     refusal=f"cannot compare with champion {champ.version}: {cw.reason}",
-                )
+                ), cw.n_bars
             window = {"window_start": cw.start, "window_end": cw.end}
             try:
                 cand_m = run_backtest(reg, candidate_id, cw.start, cw.end)
@@ -1175,7 +1178,7 @@ def registry_stage(
                     candidate=base,
                     refusal=f"cannot re-evaluate on {cw.start}..{cw.end}: {err}",
                     window=(cw.start, cw.end),
-                )
+                ), cw.n_bars
             candidate = {
                 **base,
                 "sharpe": cand_m.get("sharpe"),
@@ -1187,8 +1190,23 @@ def registry_stage(
                 candidate=candidate,
                 champion={**champ_m, **window},
                 window=(cw.start, cw.end),
-            )
+            ), cw.n_bars
 
+        # The gate runs under the registry lock against the champion read there. The
+        # backtests are done once per champion: first outside the lock for the champion
+        # read now (so that the lock is not held through them), again under the lock only
+        # if another process changed the champion in between.
+        memo: dict[str | None, tuple[Comparison, int | None]] = {}
+
+        def evaluate(champ: Version | None) -> Comparison:
+            key = champ.version if champ is not None else None
+            if key not in memo:
+                memo[key] = compare_with(champ)
+            return memo[key][0]
+
+        current = reg.champion_version()
+        if current is not None and current.version != candidate_id:
+            evaluate(current)
         decision = reg.promote_if_passes(
             candidate_id, cfg.registry, reason=f"nightly run {run_name}", evaluate=evaluate
         )
@@ -1206,7 +1224,7 @@ def registry_stage(
             candidate_metrics=comp.candidate if comp is not None else base,
             champion_metrics=comp.champion if comp is not None else None,
             compare_window=list(comp.window) if comp is not None and comp.window else None,
-            compare_bars=compare.get("bars"),
+            compare_bars=memo[decision.champion][1] if decision.champion in memo else None,
         )
     path = out / DECISION_FILE
     summary["output"] = str(path)

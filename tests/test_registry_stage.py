@@ -685,3 +685,43 @@ def test_decision_markdown_and_table(tmp_path: Path) -> None:
     assert [(r["fold"], r["seed"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert [r["candidate"] for r in rows] == [False, False, False, True]
     assert all(r["new"] for r in rows) and not any(r["champion"] for r in rows)
+
+
+def test_a_champion_changed_meanwhile_is_the_one_compared_and_replaced(tmp_path: Path) -> None:
+    """Compare-and-swap: the comparison prepared outside the lock is thrown away when
+    another process changed the champion before the lock was taken."""
+    w = build_world(tmp_path)
+    old = champion_with_train_end(w, utc(S[2], "20:59"), tag="old")
+    model = tmp_path / "new.zip"
+    model.write_bytes(b"new")
+    new = w.registry.register(
+        model,
+        None,
+        {},
+        data_hashes={},
+        code_version="x",
+        algo="ppo",
+        extra={"train_key": "trainkey-new", "train_end": utc(S[3], "14:59")},
+    )
+    sharpe = {"trainkey-f1-s1": 2.0, "trainkey-old": 1.0, "trainkey-new": 1.5}
+
+    class Meanwhile(FakeBacktester):
+        def __call__(self, registry: Any, version_id: str, start: str, end: str) -> dict[str, Any]:
+            if not self.calls:  # another process promotes `new` during our first backtest
+                registry.promote(new.version, "someone else")
+            return super().__call__(registry, version_id, start, end)
+
+    fake = Meanwhile(sharpe)
+    out = w.stage(backtester=fake)
+    cand = out["candidate"]
+    first = [utc(S[3], "15:00"), utc(S[4], "20:59")]  # after the old champion's training
+    second = [utc(S[3], "15:30"), utc(S[4], "20:59")]  # after the new one's
+    assert fake.calls == [
+        (cand, *first),
+        (old.version, *first),
+        (cand, *second),
+        (new.version, *second),
+    ]
+    assert out["champion_before"] == new.version and out["compare_window"] == second
+    assert out["compare_bars"] == 720 and out["champion_metrics"]["sharpe"] == 1.5
+    assert out["promoted"] and w.registry.champion()["previous"] == new.version  # type: ignore[index]
