@@ -1048,7 +1048,7 @@ def registry_stage(
     from sentio.cv import splitter_from_config
     from sentio.registry import Comparison, Registry, Version, default_root
 
-    reg = registry if registry is not None else Registry(default_root(cfg))
+    reg = registry if registry is not None else Registry(default_root(cfg).expanduser().resolve())
     out = Path(out_dir)
     folds = load_folds(folds_path)
     windows = fold_windows(folds)
