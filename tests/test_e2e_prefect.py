@@ -4,12 +4,20 @@ What runs here is what a user runs: ``prefect server start`` (on 127.0.0.1, a fr
 a throw-away ``PREFECT_HOME``, analytics off), ``sentio serve`` (``flows.serve.serve_deployments``) in its own process,
 ``prefect deployment run 'nightly-retrain/manual' --param ...`` from the CLI, and
 ``prefect deploy --all --prefect-file deployments/prefect.yaml`` against the same server.
+
+The CLI-triggered run (one module fixture, SHORT_WINDOWS: two folds, one seed, 128
+training steps) is then checked through the Prefect API: every stage's artifact under its
+stable key (tasks/artifacts.py), with its contents checked against run.json, the files of
+the run folder and the registry; the report-html link points at the run's report.html,
+which passes the structural checks of tests/test_report_render.py and, where a Chromium
+binary is found, renders with all its plots.
 Every subprocess runs in its own process group and is terminated in a ``finally``;
 temporary folders are removed. Nothing is written to the user's home.
 """
 
 from __future__ import annotations
 
+import html as html_lib
 import json
 import os
 import re
@@ -26,12 +34,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 from uuid import UUID
 
 import pytest
 import yaml
 
 from tests.conftest import SHORT_WINDOWS, minute_bars
+from tests.test_report_render import assert_report_renders, assert_report_structure, needs_chromium
 
 pytestmark = pytest.mark.e2e
 
@@ -41,6 +52,20 @@ PREFECT = str(BIN / "prefect")
 SERVER_START_TIMEOUT = 90.0
 RUN_TIMEOUT = 180.0
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+STAGES = ("ingest", "features", "folds", "regimes", "train", "report", "registry")
+# the keyed artifacts of one run (tasks/artifacts.py) and their Prefect artifact types
+ARTIFACT_TYPES = {
+    "data-quality": "markdown",
+    "ingest-summary": "table",
+    "feature-summary": "table",
+    "folds": "table",
+    "regime-summary": "table",
+    "training": "table",
+    "report": "markdown",
+    "report-html": "markdown",  # a link artifact: Prefect stores it as markdown "[text](url)"
+    "registry-decision": "markdown",
+    "registry-versions": "table",
+}
 
 
 @dataclass
@@ -196,7 +221,23 @@ def _wait(server: Server, fn: Any, ready: Any, timeout: float, what: str, logs: 
         time.sleep(0.5)
 
 
-def test_served_manual_deployment_runs_from_the_cli(server: Server) -> None:
+@dataclass
+class NightlyRun:
+    """A finished run of ``nightly-retrain/manual`` triggered from the CLI."""
+
+    run_id: UUID
+    flow_run: Any
+    work: Path
+    run_dir: Path
+    record: dict[str, Any]
+    artifacts: dict[str, Any]  # the run's keyed artifacts (Prefect API objects) by key
+    keyless: list[Any]  # the rest (the train tasks' progress artifacts)
+    nightly: Any  # the served nightly deployment
+
+
+@pytest.fixture(scope="module")
+def nightly_run(server: Server) -> NightlyRun:
+    """Serve the deployments, run the manual one from the CLI, read its artifacts."""
     work = server.root / "project"
     data = write_bars(work / "data" / "bars.feather")
     config = work / "sentio.yaml"
@@ -238,35 +279,200 @@ def test_served_manual_deployment_runs_from_the_cli(server: Server) -> None:
             [serve_log, server.log],
         )
         assert flow_run.state.type.value == "COMPLETED", f"{flow_run.state}\n{_tail(serve_log)}"
-
-        # the nightly deployment is served too, with its schedule
         nightly = _client_call(
             server, lambda c: c.read_deployment_by_name("nightly-retrain/nightly")
         )
-        (schedule,) = nightly.schedules
-        assert (schedule.schedule.cron, schedule.schedule.timezone) == (
-            "0 2 * * 1-5",
-            "America/New_York",
-        )
-
-        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-        flt = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
-        artifacts = {
-            a.key: a for a in _client_call(server, lambda c: c.read_artifacts(artifact_filter=flt))
-        }
-        assert {"data-quality", "ingest-summary"} <= set(artifacts)
-        rows = {r["metric"]: r["value"] for r in json.loads(artifacts["ingest-summary"].data)}
-        assert rows["rows read"] == 3 * 390 and rows["rows quarantined"] == 0
-        assert rows["symbols"] == "QQQ, SQQQ, TQQQ" and rows["gx success"] == "true"
-        assert "Data quality" in artifacts["data-quality"].data
-
-        # outputs and persisted results live in the project's workdir
-        (run_dir,) = (work / "wd" / "runs").iterdir()
-        assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
-        assert any((work / "wd" / "prefect-results").iterdir())
     finally:
         _stop(serve)
+
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    flt = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+    found = _client_call(server, lambda c: c.read_artifacts(artifact_filter=flt))
+    (run_dir,) = (work / "wd" / "runs").iterdir()
+    record = json.loads((run_dir / "run.json").read_text())
+    keyed = [a for a in found if a.key]
+    return NightlyRun(
+        run_id=run_id,
+        flow_run=flow_run,
+        work=work,
+        run_dir=run_dir,
+        record=record,
+        artifacts={a.key: a for a in keyed},
+        keyless=[a for a in found if not a.key],
+        nightly=nightly,
+    )
+
+
+def test_served_manual_deployment_runs_from_the_cli(nightly_run: NightlyRun) -> None:
+    run = nightly_run
+    assert run.flow_run.deployment_id is not None
+    # the nightly deployment is served too, with its schedule
+    (schedule,) = run.nightly.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == (
+        "0 2 * * 1-5",
+        "America/New_York",
+    )
+    # outputs and persisted results live in the project's workdir
+    assert run.record["status"] == "completed" and run.record["flow_run_id"] == str(run.run_id)
+    assert run.record["deployment"] == "manual"
+    assert list(run.record["stages"]) == [*STAGES]
+    assert any((run.work / "wd" / "prefect-results").iterdir())
+
+
+def test_every_stage_publishes_its_artifacts(nightly_run: NightlyRun) -> None:
+    """The keyed artifacts of the run, read back through the API, are the ones run.json lists."""
+    found = {key: a.type for key, a in nightly_run.artifacts.items()}
+    assert found == ARTIFACT_TYPES
+    # run.json records the id of every artifact the flow created: the same objects
+    assert nightly_run.record["artifacts"] == {
+        key: str(a.id) for key, a in nightly_run.artifacts.items()
+    }
+    for a in nightly_run.artifacts.values():
+        assert a.flow_run_id == nightly_run.run_id and a.description, a.key
+    # the train tasks' progress bars (no key): one per fold and seed, finished
+    runs = nightly_run.record["stages"]["train"]["runs"]
+    assert sorted((a.type, a.data) for a in nightly_run.keyless) == [("progress", 100.0)] * len(
+        runs
+    )
+
+
+def _table(run: NightlyRun, key: str) -> list[dict[str, Any]]:
+    rows = json.loads(run.artifacts[key].data)
+    assert isinstance(rows, list) and rows, key
+    return rows
+
+
+def test_ingest_artifacts(nightly_run: NightlyRun) -> None:
+    rows = {r["metric"]: r["value"] for r in _table(nightly_run, "ingest-summary")}
+    assert rows["rows read"] == 3 * 390 and rows["rows quarantined"] == 0
+    assert rows["symbols"] == "QQQ, SQQQ, TQQQ" and rows["gx success"] == "true"
+    assert rows["sessions"] == 3
+    ingest = nightly_run.record["stages"]["ingest"]
+    assert rows["output sha256"] == ingest["output_sha256"]
+    md = nightly_run.artifacts["data-quality"].data
+    assert md.startswith("# Data quality: ingest")
+    assert "Great Expectations suite: **passed**" in md and "| read | 1,170 |" in md
+    assert ingest["output_sha256"] in md
+
+
+def test_feature_and_fold_artifacts(nightly_run: NightlyRun) -> None:
+    stages = nightly_run.record["stages"]
+    features = _table(nightly_run, "feature-summary")
+    assert [r["column"] for r in features] == stages["features"]["columns"]
+    for r in features:
+        assert r["count"] == stages["features"]["rows"] and r["min"] <= r["mean"] <= r["max"]
+
+    folds = _table(nightly_run, "folds")
+    assert [r["fold"] for r in folds] == list(range(stages["folds"]["n_folds"])) == [0, 1]
+    for r in folds:
+        assert r["test from"] < r["test to"] and r["test rows"] > 0 and r["train rows"] > 0
+    # k-fold over the two post-warm-up sessions: the test sets partition the feature rows
+    # (but the purged row of each boundary)
+    total = sum(r["test rows"] for r in folds)
+    assert stages["features"]["rows"] - len(folds) <= total <= stages["features"]["rows"]
+    assert folds[0]["test to"] < folds[1]["test from"]
+
+
+def test_regime_artifact(nightly_run: NightlyRun) -> None:
+    rows = _table(nightly_run, "regime-summary")
+    assert {r["fold"] for r in rows} == {0, 1}
+    for fold in (0, 1):
+        mine = [r for r in rows if r["fold"] == fold]
+        assert sum(r["share of test bars"] for r in mine) == pytest.approx(1.0, abs=1e-4)
+        assert {r["method"] for r in mine} <= {"hmm", "vol_quantile"}
+        assert all(r["volatility"] > 0 and r["fitted on rows"] > 0 for r in mine)
+
+
+def test_training_artifact(nightly_run: NightlyRun) -> None:
+    rows = _table(nightly_run, "training")
+    runs = nightly_run.record["stages"]["train"]["runs"]
+    assert sorted((r["fold"], r["seed"]) for r in rows) == sorted(
+        (r["fold"], r["seed"]) for r in runs
+    )
+    assert len(rows) == 2  # two folds x the one default seed
+    # the run's config.yaml records the short training budget of SHORT_WINDOWS
+    config = yaml.safe_load((nightly_run.run_dir / "config.yaml").read_text())
+    total = config["train"]["total_timesteps"]
+    assert total == 128
+    for r in rows:
+        assert r["steps"] >= total and r["device"] == "cpu" and r["test bars"] > 0
+        for col in ("sharpe", "max drawdown", "sharpe trend rule", "sharpe underlying"):
+            assert isinstance(r[col], int | float), (col, r[col])
+
+
+def test_report_artifacts(nightly_run: NightlyRun) -> None:
+    report = nightly_run.record["stages"]["report"]
+    verdict = report["verdict"]
+    # an edge is claimed only with the interval above 0 and the DSR gate passed
+    assert verdict and verdict.startswith("Out-of-sample edge") == report["edge"]
+    md = nightly_run.artifacts["report"]
+    assert md.description == verdict
+    assert md.data.startswith(f"**{verdict}**\n\n# Sentio out-of-sample report")
+    assert f"**Verdict:** {verdict}" in md.data
+    for section in ("Per fold", "Per regime", "Ingest / data quality", "Performance profile"):
+        assert section in md.data, section
+
+    link = nightly_run.artifacts["report-html"].data
+    match = re.fullmatch(r"\[report\.html\]\((file://[^)]+)\)", link)
+    assert match, link
+    html = Path(url2pathname(urlparse(match.group(1)).path))
+    assert html == nightly_run.run_dir.resolve() / "report" / "report.html"
+    assert html.is_file() and str(html) == str(Path(report["paths"]["html"]).resolve())
+    text = html.read_text(encoding="utf-8")
+    assert html_lib.escape(verdict) in text
+
+
+def test_registry_artifacts(nightly_run: NightlyRun) -> None:
+    decision = nightly_run.record["stages"]["registry"]
+    assert json.loads(Path(decision["output"]).read_text()) == decision
+    assert Path(decision["output"]).parent == nightly_run.run_dir / "registry"
+    runs = nightly_run.record["stages"]["train"]["runs"]
+    # a fresh registry: every (fold, seed) model is a new version; no champion before
+    assert decision["new_versions"] == len(decision["registered"]) == len(runs)
+    assert decision["champion_before"] is None
+
+    md = nightly_run.artifacts["registry-decision"]
+    assert md.data.startswith("# Registry decision")
+    cand = decision["candidate"]
+    if decision["promoted"]:
+        assert f"**Promoted** `{cand}` to champion" in md.data
+        assert decision["champion_after"] == cand and not decision["reasons"]
+        assert md.description == f"Registry decision: promoted {cand}"
+    else:
+        assert f"**Not promoted**: `{cand}`; the champion stays `none`." in md.data
+        assert decision["reasons"] and decision["champion_after"] is None
+        assert md.description == "Registry decision: not promoted; champion none"
+        for reason in decision["reasons"]:
+            assert f"- {reason}" in md.data
+    assert f"Registered {len(runs)} version(s), {len(runs)} new" in md.data
+
+    rows = _table(nightly_run, "registry-versions")
+    assert [r["version"] for r in rows] == decision["registered"]
+    assert all(r["new"] for r in rows)
+    assert [r["version"] for r in rows if r["candidate"]] == [cand]
+    registry = Path(decision["registry"])
+    assert registry == nightly_run.work / "wd" / "registry"
+    for version in decision["registered"]:  # on disk, with their manifests
+        manifest = json.loads((registry / "versions" / version / "manifest.json").read_text())
+        assert manifest["version"] == version
+    assert (registry / "champion.json").exists() == decision["promoted"]
+
+
+def test_run_report_html_is_self_contained(nightly_run: NightlyRun) -> None:
+    """The structural checks of tests/test_report_render.py on the flow's own report."""
+    html = Path(nightly_run.record["stages"]["report"]["paths"]["html"])
+    # a briefly trained agent may stay flat: its drawdown plot then has axes only
+    assert_report_structure(html, drawn_data=False)
+
+
+@needs_chromium
+def test_run_report_html_renders_in_headless_chromium(
+    nightly_run: NightlyRun, tmp_path: Path
+) -> None:
+    """The report.html of the run, opened in Chromium, shows its four plots."""
+    html = Path(nightly_run.record["stages"]["report"]["paths"]["html"])
+    assert_report_renders(html, tmp_path / "run-report.png")
 
 
 def test_prefect_yaml_deploys_to_a_process_pool(server: Server) -> None:

@@ -179,8 +179,11 @@ def decode_data_png(src: str) -> Image.Image:
     return canvas.convert("RGB")
 
 
-def plot_problems(image: Image.Image) -> list[str]:
-    """Why ``image`` is not a plausible plot: size, uniform pixels, nothing coloured drawn."""
+def plot_problems(image: Image.Image, *, drawn_data: bool = True) -> list[str]:
+    """Why ``image`` is not a plausible plot: size, uniform pixels, nothing coloured drawn.
+
+    ``drawn_data=False`` drops the last check (a flat agent's drawdown plot has only axes).
+    """
     w, h = image.size
     problems = []
     if not (300 <= w <= 2000 and 150 <= h <= 1500):
@@ -191,7 +194,7 @@ def plot_problems(image: Image.Image) -> list[str]:
     chromatic = float((np.ptp(a, axis=-1) > 40).mean())
     if colours < 20 or non_white < 0.01:
         problems.append(f"(nearly) blank: {colours} colours, {non_white:.2%} non-white pixels")
-    if chromatic < 0.001:  # axes and text are grey; the data are drawn in colour
+    if drawn_data and chromatic < 0.001:  # axes and text are grey; data are in colour
         problems.append(f"no coloured data drawn: {chromatic:.3%} chromatic pixels")
     return problems
 
@@ -217,8 +220,8 @@ def plot_images(html_path: Path) -> dict[str, Image.Image]:
     }
 
 
-def assert_report_structure(html_path: Path) -> Page:
-    """The always-run checks of a report page (see the module docstring)."""
+def assert_report_structure(html_path: Path, *, drawn_data: bool = True) -> Page:
+    """The always-run checks of a report page (see the module docstring and plot_problems)."""
     text = html_path.read_text(encoding="utf-8")
     page = parse_page(text)
     assert text.lstrip().lower().startswith("<!doctype html>")
@@ -230,7 +233,7 @@ def assert_report_structure(html_path: Path) -> Page:
         alt = img.attrs["alt"]
         assert img.caption == alt, f"plot {alt!r} is under the heading {img.caption!r}"
         image = decode_data_png(img.attrs["src"])
-        assert plot_problems(image) == [], alt
+        assert plot_problems(image, drawn_data=drawn_data) == [], alt
     assert ("h2", "Plots") in page.headings
     assert any("Verdict:" in t for t in page.text)
     return page
@@ -360,9 +363,18 @@ def screen_problems(screen: np.ndarray) -> list[str]:
     return problems
 
 
+def window_for(html_path: Path) -> tuple[int, int]:
+    """WINDOW, made taller when the page looks longer (generous per-row and per-plot heights)."""
+    page = parse_page(html_path.read_text(encoding="utf-8"))
+    rows = sum(1 for tag, _ in page.tags if tag in ("tr", "p", "li"))
+    plots = sum(decode_data_png(i.attrs["src"]).size[1] for i in page.images if i.attrs.get("src"))
+    estimate = 400 + 30 * rows + 80 * len(page.headings) + plots + 40 * len(page.images)
+    return WINDOW[0], max(WINDOW[1], min(16000, -(-estimate // 500) * 500))
+
+
 def painted_plots(html_path: Path, out: Path) -> dict[str, tuple[int, int] | None]:
     """Render ``html_path``; where each embedded plot was found in the screenshot (or None)."""
-    screen = screenshot(html_path, out)
+    screen = screenshot(html_path, out, window=window_for(html_path))
     assert screen_problems(screen) == []
     return {key: locate(screen, image) for key, image in plot_images(html_path).items()}
 
