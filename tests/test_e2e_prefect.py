@@ -426,7 +426,7 @@ def test_report_artifacts(nightly_run: NightlyRun) -> None:
 def test_registry_artifacts(nightly_run: NightlyRun) -> None:
     decision = nightly_run.record["stages"]["registry"]
     assert json.loads(Path(decision["output"]).read_text()) == decision
-    assert Path(decision["output"]).parent == nightly_run.run_dir / "registry"
+    assert Path(decision["output"]).parent == nightly_run.run_dir.resolve() / "registry"
     runs = nightly_run.record["stages"]["train"]["runs"]
     # a fresh registry: every (fold, seed) model is a new version; no champion before
     assert decision["new_versions"] == len(decision["registered"]) == len(runs)
@@ -452,7 +452,7 @@ def test_registry_artifacts(nightly_run: NightlyRun) -> None:
     assert all(r["new"] for r in rows)
     assert [r["version"] for r in rows if r["candidate"]] == [cand]
     registry = Path(decision["registry"])
-    assert registry == nightly_run.work / "wd" / "registry"
+    assert registry == (nightly_run.work / "wd" / "registry").resolve()
     for version in decision["registered"]:  # on disk, with their manifests
         manifest = json.loads((registry / "versions" / version / "manifest.json").read_text())
         assert manifest["version"] == version
