@@ -6,10 +6,13 @@ the process polls the Prefect API and executes runs of both deployments itself:
 - ``nightly-retrain/nightly``: weekdays at 02:00 New York time (before the open, after
   the previous session's data has landed);
 - ``nightly-retrain/manual``: no schedule; trigger it with
-  ``prefect deployment run 'nightly-retrain/manual' --param data_path=...``.
+  ``prefect deployment run 'nightly-retrain/manual' --param data_path=...``;
+- ``paper-trading/paper``: weekdays at 16:15 New York time (after the close), the
+  champion paper-trades the day's bars (``flows/paper.py``; a run over unchanged bars
+  appends nothing, so it may also be triggered by hand at any time).
 
-``deployments/prefect.yaml`` describes the same two deployments for a process work pool;
-the schedule constants below are the single source the tests compare it with.
+``deployments/prefect.yaml`` describes the two nightly-retrain deployments for a process
+work pool; the schedule constants below are the single source the tests compare it with.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 
 from flows.nightly import nightly_flow
+from flows.paper import paper_flow
 from sentio.config import load_config
 from sentio.orchestration import prefect_env_defaults
 
@@ -28,6 +32,9 @@ NIGHTLY_CRON = "0 2 * * 1-5"
 NIGHTLY_TIMEZONE = "America/New_York"
 NIGHTLY_DEPLOYMENT = "nightly"
 MANUAL_DEPLOYMENT = "manual"
+PAPER_CRON = "15 16 * * 1-5"
+PAPER_TIMEZONE = "America/New_York"
+PAPER_DEPLOYMENT = "paper"
 
 
 def build_deployments(data_path: str, config_path: str | None = None) -> list[RunnerDeployment]:
@@ -60,8 +67,30 @@ def build_deployments(data_path: str, config_path: str | None = None) -> list[Ru
     return [nightly, manual]
 
 
-def serve_deployments(data_path: str, config_path: str | None = None) -> None:
-    """Serve both deployments from this process until it is interrupted.
+def build_paper_deployment(data_path: str, config_path: str | None = None) -> RunnerDeployment:
+    """The ``paper`` deployment of the ``paper-trading`` flow (weekdays after the close).
+
+    It paper-trades the champion on ``data_path`` (the growing bar history); a run may
+    name a version or a start with ``--param version=... --param start=...``.
+    """
+    return RunnerDeployment.from_flow(
+        paper_flow,
+        name=PAPER_DEPLOYMENT,
+        schedules=[Cron(PAPER_CRON, timezone=PAPER_TIMEZONE)],
+        description="Paper-trade the champion on the day's bars, weekdays 16:15 America/New_York.",
+        parameters={"data_path": data_path, "config_path": config_path},
+        tags=["sentio"],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def serve_deployments(
+    data_path: str, config_path: str | None = None, *, paper: bool = True
+) -> None:
+    """Serve the deployments from this process until it is interrupted.
+
+    ``nightly`` and ``manual`` always; ``paper`` (:func:`build_paper_deployment`, on the
+    same bars) unless ``paper`` is false.
 
     The configuration is loaded first (an invalid one fails here, not at 02:00), then the
     Prefect environment defaults (no telemetry, results under its workdir) are applied.
@@ -72,4 +101,7 @@ def serve_deployments(data_path: str, config_path: str | None = None) -> None:
     """
     cfg = load_config(config_path)
     prefect_env_defaults(cfg.paths.workdir.expanduser().resolve())
-    serve(*build_deployments(data_path, config_path))
+    deployments = build_deployments(data_path, config_path)
+    if paper:
+        deployments.append(build_paper_deployment(data_path, config_path))
+    serve(*deployments)

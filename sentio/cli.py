@@ -305,6 +305,30 @@ def _print_run(record: dict[str, Any]) -> None:
     if report:
         typer.echo(f"report: {report['verdict']}")
         typer.echo(f"report html: {report['paths']['html']}")
+    registry = record["stages"].get("registry")
+    if registry:
+        typer.echo(_registry_line(registry))
+
+
+def _registry_line(summary: dict[str, Any]) -> str:
+    """One line for the registry stage: the candidate and whether it became the champion."""
+    candidate = summary.get("candidate")
+    reasons = "; ".join(str(r) for r in summary.get("reasons") or [])
+    if candidate is None:
+        line = "registry: no candidate" + (f" ({reasons})" if reasons else "")
+    elif summary.get("promoted"):
+        line = (
+            f"registry: candidate {candidate} promoted -> champion {summary.get('champion_after')}"
+        )
+    else:
+        champion = summary.get("champion_after")
+        line = f"registry: candidate {candidate} not promoted" + (
+            f" ({reasons})" if reasons else ""
+        )
+        line += f"; champion {champion}" if champion else "; no champion"
+    if summary.get("output"):
+        line += f"; decision: {summary['output']}"
+    return line
 
 
 @app.command()
@@ -314,8 +338,15 @@ def serve(
         str, typer.Option("--data", "-d", help="Default data path of the deployments.")
     ] = ("data/demo/bars.feather"),
     config: ConfigOpt = None,
+    paper: Annotated[
+        bool,
+        typer.Option(
+            "--paper/--no-paper",
+            help="Also serve 'paper-trading/paper' (weekdays 16:15 New York) on the same bars.",
+        ),
+    ] = True,
 ) -> None:
-    """Serve the 'nightly' (02:00 New York, weekdays) and 'manual' deployments from this process."""
+    """Serve the 'nightly' (02:00 New York, weekdays), 'manual' and 'paper' deployments from this process."""
     cfg = _config(config)
     from sentio.stages import resolve_inputs
 
@@ -328,6 +359,7 @@ def serve(
     serve_deployments(
         str(Path(data).resolve()) if "," not in data else data,
         str(config.resolve()) if config else None,
+        paper=paper,
     )
 
 
@@ -479,6 +511,35 @@ def signal_cmd(
     if out is not None:
         write_json_atomic(out, result)
     typer.echo(json.dumps(result, indent=2))
+
+
+@app.command("paper")
+@user_errors
+def paper_cmd(
+    bars: BarsOpt,
+    version: VersionOpt = None,
+    start: StartOpt = None,
+    config: ConfigOpt = None,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Paper-trade a model on the bar history; append the new bars to its ledger (idempotent)."""
+    from sentio.paper import paper_trade
+
+    s = paper_trade(_registry(config, workdir), bars, version=version, start=start)
+    typer.echo(f"paper: version {s['version']}, ledger {s['ledger']}")
+    typer.echo(
+        f"bars: {s['rows']} from {s['start']} to {s['last']}, {s['appended']} appended"
+        + (" (the bars end before the ledger's last row)" if s["behind"] else "")
+    )
+    ret = s["total_return"]
+    typer.echo(
+        f"equity: {s['equity']:.2f} ({'n/a' if ret is None else f'{ret:+.2%}'} since the start), "
+        f"exposure {s['exposure']:+.3f}" + (" - ruined" if s["ruined"] else "")
+    )
+    typer.echo(
+        f"decision at {s['last']}: target {s['target_exposure']:+g} ({s['instrument']}), "
+        "fills at the open of the next bar"
+    )
 
 
 def main() -> None:

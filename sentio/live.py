@@ -40,11 +40,13 @@ position stays open until the next bar arrives.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -284,7 +286,10 @@ class ModelBundle:
         """
         market = self.market(bars)
         a, b = self.rows(market, start, end)
-        return backtest(self.model, market, self.params(), [(a, b)], instruments=self.instruments)
+        with one_torch_thread():
+            return backtest(
+                self.model, market, self.params(), [(a, b)], instruments=self.instruments
+            )
 
     def start_row(self, market: MarketData, start: Timestamp | None = None) -> int:
         """The first row of a replay (the module docstring's start rule).
@@ -320,6 +325,24 @@ class ModelBundle:
                 f"(env.window); the first possible start is {_iso(_py_utc(ts[first_full]))}"
             )
         return row
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run torch with one intra-op thread inside the block, then restore the setting.
+
+    Live use queries the model one observation at a time: tiny tensors gain nothing from
+    intra-op parallelism, and on a busy machine the extra threads make each query 10x
+    slower (they spin, waiting for cores). The setting is process-wide; restored on exit.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _verified_json(files: dict[str, bytes], name: str, where: Path) -> Any:
@@ -399,6 +422,66 @@ def load_bundle(
 
 # --------------------------------------------------------------------------------------
 # the causal replay
+
+
+def with_next_bar(market: MarketData, calendar: str = "XNYS") -> MarketData:
+    """``market`` with a placeholder row for the bar after its last one, from the calendar.
+
+    The simulator reads two facts about bar ``t + 1`` when it decides at the close of
+    ``t`` -- whether it opens a new session (the last-bar exit of ``flat_at_close``, the
+    drawdown layer) and its minutes to the close (the session layer) -- and takes them from
+    the next market row. At the end of the bars there is no next row yet; the exchange
+    calendar knows both facts in advance, so the placeholder holds them: the next bar of
+    the same session (bar length = the median spacing within sessions), or the next
+    session's open. Its prices, features and regime probabilities repeat the last row's
+    and are never used (a replay never steps into it). Without it, the last bar would
+    count as its session's last (a forced exit) and the decision there would differ from
+    the one made once the next bar is known.
+    """
+    from sentio.calendar import sessions
+
+    ts = market.timestamps
+    last = _py_utc(ts[-1])
+    daily = not bool((market.minutes_to_close > 0).any())
+    if daily:
+        nxt, new_session, minutes = ts[-1] + np.timedelta64(1, "D"), True, 0.0
+    else:
+        same = market.session[1:] == market.session[:-1]
+        gaps = np.diff(ts)[same]
+        step = np.median(gaps) if gaps.size else np.timedelta64(60, "s")
+        table = sessions(
+            last.date() - dt.timedelta(days=1), last.date() + dt.timedelta(days=14), calendar
+        )
+        current = table.filter((pl.col("open") <= last) & (pl.col("close") > last))
+        candidate = _py_utc(ts[-1] + step)
+        if current.height and candidate < current["close"][0]:
+            start, close, new_session = candidate, current["close"][0], False
+        else:
+            later = table.filter(pl.col("open") > last)
+            if later.height == 0:
+                raise DataError(f"calendar {calendar}: no session after {_iso(last)}")
+            start, close, new_session = later["open"][0], later["close"][0], True
+        nxt = _np_utc(start)
+        minutes = (close - start).total_seconds() / 60.0
+
+    def grow(a: np.ndarray, value: Any = None) -> np.ndarray:
+        extra = a[-1:] if value is None else np.asarray([value], dtype=a.dtype)
+        return np.ascontiguousarray(np.concatenate([a, extra]))
+
+    last_bar = grow(market.last_bar, True)
+    last_bar[-2] = new_session
+    return dataclasses.replace(
+        market,
+        timestamps=grow(ts, nxt),
+        features=grow(market.features),
+        regime_probs=grow(market.regime_probs),
+        open=np.ascontiguousarray(np.concatenate([market.open, market.close[-1:]])),
+        close=grow(market.close),
+        session=grow(market.session, int(market.session[-1]) + int(new_session)),
+        last_bar=last_bar,
+        minutes_to_close=grow(market.minutes_to_close, minutes),
+        vol=grow(market.vol),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -481,6 +564,11 @@ def replay(bundle: ModelBundle, market: MarketData, start_row: int, end_row: int
     Raises:
         MaskedActionError: the policy chose a masked action (a bug in the policy).
     """
+    with one_torch_thread():
+        return _replay(bundle, market, start_row, end_row)
+
+
+def _replay(bundle: ModelBundle, market: MarketData, start_row: int, end_row: int) -> Replay:
     from sentio.env.backtest import _action_picker, _as_action
 
     p = bundle.params()
@@ -490,18 +578,11 @@ def replay(bundle: ModelBundle, market: MarketData, start_row: int, end_row: int
             f"replay rows must satisfy window-1 = {p.window - 1} <= start {start_row} <= "
             f"end {end_row} < {n}"
         )
+    if end_row == n - 1:  # the calendar's facts about the bar after the last one
+        market = with_next_bar(market, bundle.cfg.universe.calendar)
     sim = BatchSimulator(market, p, 1, backtest=True)
-    if end_row > start_row:
-        sim.reset(np.zeros(1, dtype=np.int64), np.array([start_row]), np.array([end_row]))
-    elif start_row >= p.window:
-        # a one-bar replay: reset one row earlier (the simulator wants end > start), then
-        # place the fresh, flat account at the start row; nothing was stepped
-        sim.reset(np.zeros(1, dtype=np.int64), np.array([start_row - 1]), np.array([start_row]))
-        sim.t[:] = start_row
-    else:
-        raise DataError(
-            f"a replay needs a bar after row {start_row} or {p.window} feature rows before it"
-        )
+    # the episode may run to the row after end_row; the replay never steps past end_row
+    sim.reset(np.zeros(1, dtype=np.int64), np.array([start_row]), np.array([end_row + 1]))
     pick = _action_picker(bundle.model)
     grid, A, K = p.grid, p.n_actions, market.n_regimes
     names = bundle.instruments

@@ -369,8 +369,17 @@ def test_signal_json_keys_types_and_start_rule(tf: Trained, tf_bundle: ModelBund
         assert set(m["blocked_by"]) <= set(sig["mask_layers"])
     flat = grid.index(0.0)
     assert sig["mask"][flat]["allowed"]
-    # the last bar of the session: the session layer blocks any new exposure
-    assert all("session" in m["blocked_by"] for m in sig["mask"] if m["target_exposure"] != 0)
+    # the session's last bar: its order fills at the next session's open, so the session
+    # layer (no new exposure in the last 15 minutes before the fill) blocks nothing
+    assert not any("session" in m["blocked_by"] for m in sig["mask"])
+    # 15:50 New York: the fill bar 15:51 opens 9 minutes before the close -- blocked,
+    # although the bar after it is not in the bars yet (the calendar knows it)
+    late = signal(
+        tf_bundle,
+        tf.frame().filter(pl.col("timestamp") <= dt.datetime(2024, 1, 10, 20, 50, tzinfo=dt.UTC)),
+    )
+    nonflat = [m for m in late["mask"] if m["target_exposure"] != 0]
+    assert all("session" in m["blocked_by"] and not m["allowed"] for m in nonflat)
     acct = sig["account"]
     # the replay starts at the first bar after the training end (never in-sample)
     train_end = dt.datetime.fromisoformat(tf.train_end)

@@ -1,0 +1,48 @@
+"""The paper-trading Prefect task: a thin wrapper around :func:`sentio.paper.paper_trade`.
+
+Never cached: the ledger is mutable state, and the library itself makes a re-run over the
+same bars append nothing. I/O failures are retried; errors a user can cause (a rewritten
+bar history, a tampered model, no champion) are not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from sentio.config import SentioConfig
+from sentio.paper import paper_trade
+from sentio.registry import Registry, default_root
+from tasks.ingest import retry_on_io_error
+
+
+@task(
+    name="paper-trade",
+    description="Feed the bars through the model and append the new bars to its ledger.",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_on_io_error,
+)
+def paper_task(
+    data_path: str,
+    cfg: SentioConfig,
+    version: str | None = None,
+    start: str | None = None,
+) -> dict[str, Any]:
+    """Run :func:`sentio.paper.paper_trade` on the registry of ``cfg``; return its summary."""
+    summary = paper_trade(Registry(default_root(cfg)), data_path, version=version, start=start)
+    get_run_logger().info(
+        "paper %s: %d rows (%d appended) to %s; equity %.2f; decision %+g (%s)",
+        summary["version"],
+        summary["rows"],
+        summary["appended"],
+        summary["last"],
+        summary["equity"],
+        summary["target_exposure"],
+        summary["instrument"],
+    )
+    return summary
