@@ -50,7 +50,7 @@ is recorded in ``history.jsonl`` (``action: "reject"``) with its reasons.
 
 **Re-evaluating the champion.** ``promote_if_passes(..., evaluate=fn)`` calls
 ``fn(champion_version_or_None)`` under that same lock and gates the :class:`Comparison`
-it returns: the nightly flow's registry stage (:func:`sentio.stages.registry_stage`)
+it returns: the nightly flow's registry stage (:func:`sentio.promotion.registry_stage`)
 backtests the candidate and the champion on the candidate's out-of-sample window
 restricted to bars after the champion's training end plus the embargo, so neither Sharpe
 ratio is measured on data its model was trained on. A ``Comparison.refusal`` (too few
@@ -740,7 +740,7 @@ def _fmt_metric(value: Any, digits: int = 3) -> str:
 
 
 def decision_markdown(decision: Mapping[str, Any]) -> str:
-    """The markdown of a registry-stage decision (:func:`sentio.stages.registry_stage`)."""
+    """The markdown of a registry-stage decision (:func:`sentio.promotion.registry_stage`)."""
     cand = decision.get("candidate")
     before, after = decision.get("champion_before"), decision.get("champion_after")
     if cand is None:

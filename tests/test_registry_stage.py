@@ -4,7 +4,7 @@ idempotence, the candidate choice, the leakage-free comparison window and the ga
 The world here is hand-made (five NYSE sessions of minute bars, two walk-forward-like
 folds, two seeds, fake model files and a hand-written report ``metrics.json``), so that
 every expected number can be worked out by hand; the champion's re-evaluation goes
-through a recording fake :data:`sentio.stages.Backtester` (the real one rebuilds markets
+through a recording fake :data:`sentio.promotion.Backtester` (the real one rebuilds markets
 with :mod:`sentio.live`).
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sentio import stages
+from sentio import promotion, stages
 from sentio.config import SentioConfig, config_from_dict, write_config
 from sentio.evaluation import deflated_sharpe_ratio, sharpe_moments
 from sentio.io import write_json_atomic
@@ -75,7 +75,7 @@ class World:
 
     def stage(self, run_name: str = "run-1", **kwargs: Any) -> dict[str, Any]:
         kwargs.setdefault("backtester", FakeBacktester({}))
-        return stages.registry_stage(
+        return promotion.registry_stage(
             self.runs,
             self.report,
             kwargs.pop("cfg", self.cfg),
@@ -278,7 +278,7 @@ def test_versions_carry_no_normaliser_or_regime_model_when_not_used(tmp_path: Pa
         }
     )
     w = build_world(tmp_path, cfg)
-    out = stages.registry_stage(
+    out = promotion.registry_stage(
         w.runs,
         w.report,
         cfg,
@@ -376,15 +376,15 @@ def test_candidate_is_the_best_seed_of_the_fold_tested_last() -> None:
         }
     )
     # the best seed by the stitched Sharpe across all folds, not by fold 1's own Sharpe
-    pick = stages.choose_candidate(runs, {0: 0.4, 1: 1.1, 2: 0.9}, windows)
+    pick = promotion.choose_candidate(runs, {0: 0.4, 1: 1.1, 2: 0.9}, windows)
     assert pick is not None and (pick["fold"], pick["seed"]) == (1, 1)
     # a missing or NaN Sharpe ranks last; ties go to the lowest seed
-    pick = stages.choose_candidate(runs, {0: None, 1: float("nan"), 2: -3.0}, windows)
+    pick = promotion.choose_candidate(runs, {0: None, 1: float("nan"), 2: -3.0}, windows)
     assert pick is not None and (pick["fold"], pick["seed"]) == (1, 2)
-    pick = stages.choose_candidate(runs, {0: 0.5, 1: 0.5, 2: 0.5}, windows)
+    pick = promotion.choose_candidate(runs, {0: 0.5, 1: 0.5, 2: 0.5}, windows)
     assert pick is not None and (pick["fold"], pick["seed"]) == (1, 0)
-    assert stages.choose_candidate(runs, {}, windows)["seed"] == 0  # type: ignore[index]
-    assert stages.choose_candidate([], {}, windows) is None
+    assert promotion.choose_candidate(runs, {}, windows)["seed"] == 0  # type: ignore[index]
+    assert promotion.choose_candidate([], {}, windows) is None
 
 
 def test_candidate_fold_ties_go_to_the_latest_training_end() -> None:
@@ -392,14 +392,14 @@ def test_candidate_fold_ties_go_to_the_latest_training_end() -> None:
     runs = [{"fold": f, "seed": 0} for f in (0, 1, 2)]
     end = utc(S[4], "20:59")
     windows = _windows({0: (end, utc(S[1], "20:59")), 1: (end, utc(S[2], "20:59")), 2: (end, None)})
-    assert stages.choose_candidate(runs, {0: 1.0}, windows)["fold"] == 1  # type: ignore[index]
+    assert promotion.choose_candidate(runs, {0: 1.0}, windows)["fold"] == 1  # type: ignore[index]
     windows[0]["train_end"] = windows[1]["train_end"]
-    assert stages.choose_candidate(runs, {0: 1.0}, windows)["fold"] == 0  # type: ignore[index]
+    assert promotion.choose_candidate(runs, {0: 1.0}, windows)["fold"] == 0  # type: ignore[index]
 
 
 def test_fold_windows_of_a_folds_file(tmp_path: Path) -> None:
     w = build_world(tmp_path)
-    windows = stages.fold_windows(stages.load_folds(w.folds))
+    windows = promotion.fold_windows(stages.load_folds(w.folds))
     assert windows[1] == {
         "train_start": utc(S[0], "14:30"),
         "train_end": utc(S[2], "20:59"),
@@ -445,7 +445,7 @@ def test_seed_gate_metrics_use_the_reports_numbers_and_formula(tmp_path: Path) -
     moments = {s: sharpe_moments(np.concatenate(stitched[s])) for s in (0, 1)}
     variance = float(np.var([moments[0].sharpe, moments[1].sharpe], ddof=1))
     for seed in (0, 1):
-        got = stages.seed_gate_metrics(doc, seed)
+        got = promotion.seed_gate_metrics(doc, seed)
         m = moments[seed]
         want = deflated_sharpe_ratio(
             m.sharpe,
@@ -463,7 +463,7 @@ def test_seed_gate_metrics_use_the_reports_numbers_and_formula(tmp_path: Path) -
     # one seed: its stitched series is the headline, so its DSR is the report's DSR
     single = build_report([r for r in runs if r["seed"] == 1], tmp_path / "rep1", cfg=cfg)
     doc1 = json.loads(Path(single["paths"]["metrics"]).read_text())
-    assert stages.seed_gate_metrics(doc1, 1)["dsr"] == pytest.approx(single["dsr"], rel=1e-12)
+    assert promotion.seed_gate_metrics(doc1, 1)["dsr"] == pytest.approx(single["dsr"], rel=1e-12)
 
 
 # --------------------------------------------------------------------------- the window
@@ -480,7 +480,7 @@ def test_comparison_window_arithmetic(tmp_path: Path) -> None:
 
     # champion trained through the close of S3: 30 bars of embargo, counted in BARS across
     # the overnight gap: clean from 15:00 on S4 -> 360 + 390 bars
-    cw = stages.comparison_window(stamps, window, utc(S[2], "20:59"), embargo_bars=30, min_bars=750)
+    cw = promotion.comparison_window(stamps, window, utc(S[2], "20:59"), embargo_bars=30, min_bars=750)
     assert (cw.start, cw.end, cw.n_bars, cw.reason) == (
         utc(S[3], "15:00"),
         utc(S[4], "20:59"),
@@ -489,12 +489,12 @@ def test_comparison_window_arithmetic(tmp_path: Path) -> None:
     )
     assert cw.clean_from == utc(S[3], "15:00")
     # no embargo: every bar strictly after the training end; the training end itself is out
-    cw = stages.comparison_window(stamps, window, utc(S[2], "20:59"), embargo_bars=0, min_bars=1)
+    cw = promotion.comparison_window(stamps, window, utc(S[2], "20:59"), embargo_bars=0, min_bars=1)
     assert (cw.start, cw.n_bars) == (utc(S[3], "14:30"), 780)
-    cw = stages.comparison_window(stamps, window, utc(S[3], "14:30"), embargo_bars=0, min_bars=1)
+    cw = promotion.comparison_window(stamps, window, utc(S[3], "14:30"), embargo_bars=0, min_bars=1)
     assert (cw.start, cw.n_bars) == (utc(S[3], "14:31"), 779)
     # champion trained up to 20:00 on the last day: 59 bars after, 30 embargoed, 29 clean
-    cw = stages.comparison_window(stamps, window, utc(S[4], "20:00"), embargo_bars=30, min_bars=29)
+    cw = promotion.comparison_window(stamps, window, utc(S[4], "20:00"), embargo_bars=30, min_bars=29)
     assert (cw.start, cw.end, cw.n_bars, cw.reason) == (
         utc(S[4], "20:31"),
         utc(S[4], "20:59"),
@@ -502,21 +502,21 @@ def test_comparison_window_arithmetic(tmp_path: Path) -> None:
         None,
     )
     # one bar short: refused, with the numbers
-    cw = stages.comparison_window(stamps, window, utc(S[4], "20:00"), embargo_bars=30, min_bars=30)
+    cw = promotion.comparison_window(stamps, window, utc(S[4], "20:00"), embargo_bars=30, min_bars=30)
     assert cw.reason == (
         f"only 29 leakage-free bars to compare on: the candidate's window {window[0]}..{window[1]} "
         f"after the champion's training end {utc(S[4], '20:00')} plus an embargo of 30 bars "
         f"(clean from {utc(S[4], '20:31')}); registry.min_compare_bars = 30"
     )
     # champion trained on everything (k-fold): nothing left; a window before the embargo ends
-    cw = stages.comparison_window(stamps, window, utc(S[4], "20:59"), embargo_bars=0, min_bars=2)
+    cw = promotion.comparison_window(stamps, window, utc(S[4], "20:59"), embargo_bars=0, min_bars=2)
     assert (cw.n_bars, cw.start, cw.clean_from) == (0, None, None)
     assert "only 0 leakage-free bars" in str(cw.reason) and "beyond the data" in str(cw.reason)
     early = (utc(S[1], "14:30"), utc(S[1], "20:59"))
-    cw = stages.comparison_window(stamps, early, utc(S[0], "20:59"), embargo_bars=390, min_bars=1)
+    cw = promotion.comparison_window(stamps, early, utc(S[0], "20:59"), embargo_bars=390, min_bars=1)
     assert cw.n_bars == 0 and cw.clean_from == utc(S[2], "14:30")
     # other ISO spellings of the same instants give the same window
-    cw = stages.comparison_window(
+    cw = promotion.comparison_window(
         stamps,
         ("2024-01-11T09:30:00-05:00", "2024-01-12T15:59:00-05:00"),
         "2024-01-10T15:59:00-05:00",
