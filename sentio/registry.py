@@ -780,7 +780,13 @@ def decision_markdown(decision: Mapping[str, Any]) -> str:
             "|---|---|---|",
         ]
         for key in ("sharpe", "dsr", "max_drawdown", "total_return", "n_bars"):
-            lines.append(f"| {key} | {_fmt_metric(cm.get(key))} | {_fmt_metric(hm.get(key))} |")
+            if key not in cm and key not in hm:
+                continue  # e.g. total_return: only the window backtests carry it
+            digits = 0 if key == "n_bars" else 3
+            lines.append(
+                f"| {key} | {_fmt_metric(cm.get(key), digits)} | "
+                f"{_fmt_metric(hm.get(key), digits)} |"
+            )
         lines.append(
             f"| window | {cm.get('window_start')} .. {cm.get('window_end')} | "
             + (f"{hm.get('window_start')} .. {hm.get('window_end')}" if hm else "n/a")
