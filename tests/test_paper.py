@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -22,7 +23,8 @@ from typer.testing import CliRunner
 
 from sentio.cli import app
 from sentio.env import EnvParams
-from sentio.env.backtest import backtest
+from sentio.env.backtest import BacktestResult, backtest
+from sentio.env.market import MarketData
 from sentio.live import load_bundle, signal
 from sentio.paper import PaperError, ledger_path, paper_trade, read_ledger
 from sentio.registry import Registry
@@ -117,24 +119,21 @@ def test_paper_ledger_equals_the_training_backtest_on_the_test_block(
 
 
 def _assert_end_of_block_difference(
-    last: dict[str, object], bt: object, market: object, params: EnvParams
+    last: dict[str, Any], bt: BacktestResult, market: MarketData, params: EnvParams
 ) -> None:
     """The backtest sold the ledger's open position at the last close, paying the exit cost."""
-    from sentio.env.market import MarketData
-
-    assert isinstance(market, MarketData)
-    row = int(bt.rows[-1])  # type: ignore[attr-defined]
-    shares = float(last["shares_held"])  # type: ignore[arg-type]
-    inst = 1 if float(last["position"]) > 0 else 2  # type: ignore[arg-type]
+    row = int(bt.rows[-1])
+    shares = float(last["shares_held"])
+    inst = 1 if float(last["position"]) > 0 else 2
     px = market.close[row, inst]
     slip = params.slippage_vol_mult * params.leverage
     exit_cost = params.commission_per_share * shares + (
         params.half_spread + slip * market.vol[row]
     ) * (shares * px)
     assert shares > 0 and last["exposure"] != 0.0 and last["forced_exit"] == ""
-    assert bt.exposure[-1] == 0.0  # type: ignore[attr-defined]
-    assert bt.equity[-1] == pytest.approx(float(last["equity"]) - exit_cost, rel=1e-12)  # type: ignore[attr-defined]
-    assert bt.position[-1] == last["position"]  # type: ignore[attr-defined]
+    assert bt.exposure[-1] == 0.0
+    assert bt.equity[-1] == pytest.approx(float(last["equity"]) - exit_cost, rel=1e-12)
+    assert bt.position[-1] == last["position"]
 
 
 # --------------------------------------------------------------------------- the ledger
