@@ -35,7 +35,10 @@ over bar ``t`` (filled at its open), the equity at its close, the costs paid in 
 decision taken at its close (action, target exposure, regime probabilities, mask). The
 first row is the start bar itself: flat, initial equity, its decision. Unlike
 :func:`sentio.env.backtest.backtest` there is no liquidation after the last bar: a
-position stays open until the next bar arrives.
+position stays open until the next bar arrives. What the simulator needs to know about
+the bar after the last one (does it open a new session? how far is it from the close?)
+comes from the exchange calendar (:func:`with_next_bar`), so the last bar's decision and
+forced exits are the ones a replay over more bars makes at that bar.
 """
 
 from __future__ import annotations
