@@ -499,3 +499,12 @@ def test_prefect_yaml_deploys_to_a_process_pool(server: Server) -> None:
         env = dep.job_variables["env"]
         assert env["DO_NOT_TRACK"] == "1" and env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
         assert env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] == f"{REPO}/.sentio/prefect-results"
+
+    paper = _client_call(server, lambda c: c.read_deployment_by_name("paper-trading/paper"))
+    (pschedule,) = paper.schedules
+    assert (pschedule.schedule.cron, pschedule.schedule.timezone) == (
+        "15 16 * * 1-5",
+        "America/New_York",
+    )
+    assert paper.work_pool_name == "sentio-process"
+    assert paper.entrypoint == "flows/paper.py:paper_flow"

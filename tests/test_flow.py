@@ -487,7 +487,11 @@ def test_served_deployments_and_prefect_yaml_agree() -> None:
         NIGHTLY_CRON,
         NIGHTLY_DEPLOYMENT,
         NIGHTLY_TIMEZONE,
+        PAPER_CRON,
+        PAPER_DEPLOYMENT,
+        PAPER_TIMEZONE,
         build_deployments,
+        build_paper_deployment,
     )
 
     nightly, manual = build_deployments("data/x.feather", "cfg.yaml")
@@ -501,14 +505,28 @@ def test_served_deployments_and_prefect_yaml_agree() -> None:
         assert dep.parameters == {"data_path": "data/x.feather", "config_path": "cfg.yaml"}
         assert dep.entrypoint == "flows.nightly.nightly_flow"
 
+    paper = build_paper_deployment("data/x.feather", "cfg.yaml")
+    (pschedule,) = paper.schedules or []
+    pcron: Any = pschedule.schedule
+    assert (pcron.cron, pcron.timezone) == (PAPER_CRON, PAPER_TIMEZONE)
+    assert (paper.name, paper.flow_name) == (PAPER_DEPLOYMENT, "paper-trading")
+    assert paper.entrypoint == "flows.paper.paper_flow"
+
     spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in spec["deployments"]}
-    assert set(deps) == {NIGHTLY_DEPLOYMENT, MANUAL_DEPLOYMENT}
+    assert set(deps) == {NIGHTLY_DEPLOYMENT, MANUAL_DEPLOYMENT, PAPER_DEPLOYMENT}
     (yschedule,) = deps[NIGHTLY_DEPLOYMENT]["schedules"]
     assert (yschedule["cron"], yschedule["timezone"]) == (NIGHTLY_CRON, NIGHTLY_TIMEZONE)
     assert not deps[MANUAL_DEPLOYMENT].get("schedules")
-    for dep in deps.values():
-        assert dep["entrypoint"] == "flows/nightly.py:nightly_flow"
+    (ypaper,) = deps[PAPER_DEPLOYMENT]["schedules"]
+    assert (ypaper["cron"], ypaper["timezone"]) == (PAPER_CRON, PAPER_TIMEZONE)
+    entry = {
+        NIGHTLY_DEPLOYMENT: "flows/nightly.py:nightly_flow",
+        MANUAL_DEPLOYMENT: "flows/nightly.py:nightly_flow",
+        PAPER_DEPLOYMENT: "flows/paper.py:paper_flow",
+    }
+    for name, dep in deps.items():
+        assert dep["entrypoint"] == entry[name]
         assert dep["work_pool"]["name"] == "sentio-process"
         assert set(dep["parameters"]) == {"data_path", "config_path"}
     (pull,) = spec["pull"]
