@@ -480,7 +480,9 @@ def test_comparison_window_arithmetic(tmp_path: Path) -> None:
 
     # champion trained through the close of S3: 30 bars of embargo, counted in BARS across
     # the overnight gap: clean from 15:00 on S4 -> 360 + 390 bars
-    cw = promotion.comparison_window(stamps, window, utc(S[2], "20:59"), embargo_bars=30, min_bars=750)
+    cw = promotion.comparison_window(
+        stamps, window, utc(S[2], "20:59"), embargo_bars=30, min_bars=750
+    )
     assert (cw.start, cw.end, cw.n_bars, cw.reason) == (
         utc(S[3], "15:00"),
         utc(S[4], "20:59"),
@@ -494,7 +496,9 @@ def test_comparison_window_arithmetic(tmp_path: Path) -> None:
     cw = promotion.comparison_window(stamps, window, utc(S[3], "14:30"), embargo_bars=0, min_bars=1)
     assert (cw.start, cw.n_bars) == (utc(S[3], "14:31"), 779)
     # champion trained up to 20:00 on the last day: 59 bars after, 30 embargoed, 29 clean
-    cw = promotion.comparison_window(stamps, window, utc(S[4], "20:00"), embargo_bars=30, min_bars=29)
+    cw = promotion.comparison_window(
+        stamps, window, utc(S[4], "20:00"), embargo_bars=30, min_bars=29
+    )
     assert (cw.start, cw.end, cw.n_bars, cw.reason) == (
         utc(S[4], "20:31"),
         utc(S[4], "20:59"),
@@ -502,7 +506,9 @@ def test_comparison_window_arithmetic(tmp_path: Path) -> None:
         None,
     )
     # one bar short: refused, with the numbers
-    cw = promotion.comparison_window(stamps, window, utc(S[4], "20:00"), embargo_bars=30, min_bars=30)
+    cw = promotion.comparison_window(
+        stamps, window, utc(S[4], "20:00"), embargo_bars=30, min_bars=30
+    )
     assert cw.reason == (
         f"only 29 leakage-free bars to compare on: the candidate's window {window[0]}..{window[1]} "
         f"after the champion's training end {utc(S[4], '20:00')} plus an embargo of 30 bars "
@@ -513,7 +519,9 @@ def test_comparison_window_arithmetic(tmp_path: Path) -> None:
     assert (cw.n_bars, cw.start, cw.clean_from) == (0, None, None)
     assert "only 0 leakage-free bars" in str(cw.reason) and "beyond the data" in str(cw.reason)
     early = (utc(S[1], "14:30"), utc(S[1], "20:59"))
-    cw = promotion.comparison_window(stamps, early, utc(S[0], "20:59"), embargo_bars=390, min_bars=1)
+    cw = promotion.comparison_window(
+        stamps, early, utc(S[0], "20:59"), embargo_bars=390, min_bars=1
+    )
     assert cw.n_bars == 0 and cw.clean_from == utc(S[2], "14:30")
     # other ISO spellings of the same instants give the same window
     cw = promotion.comparison_window(
