@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +87,52 @@ def spy_dir() -> Path:
     if not (SPY_DIR / "spy-2011-01.csv").is_file():
         pytest.skip(f"real SPY sample data not found at {SPY_DIR} (../shared/data beside the repo)")
     return SPY_DIR
+
+
+# Environment variables through which Sentio / Prefect pick a results folder; a test API
+# removes them so that results land in the throw-away home.
+STORAGE_ENV = (
+    "PREFECT_RESULTS_LOCAL_STORAGE_PATH",
+    "PREFECT_LOCAL_STORAGE_PATH",
+    "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK",
+    "PREFECT_DEFAULT_RESULT_STORAGE_BLOCK",
+    "SENTIO_DEFAULT_RESULTS_PATHS",
+)
+
+
+@contextlib.contextmanager
+def temporary_prefect_api(home: Path) -> Iterator[Path]:
+    """A throw-away Prefect API (``prefect_test_harness``) and home; restores ``os.environ``."""
+    saved_env = dict(os.environ)
+    os.environ.update(
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_HOME=str(home),
+    )
+    for name in STORAGE_ENV:
+        os.environ.pop(name, None)
+
+    from prefect.settings import (
+        PREFECT_HOME,
+        PREFECT_RESULTS_LOCAL_STORAGE_PATH,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    try:
+        with (
+            temporary_settings(
+                updates={
+                    PREFECT_HOME: home,
+                    PREFECT_SERVER_ANALYTICS_ENABLED: False,
+                    # where a failed flow run's exception is written (tasks: workdir)
+                    PREFECT_RESULTS_LOCAL_STORAGE_PATH: home / "storage",
+                },
+            ),
+            prefect_test_harness(server_startup_timeout=60),
+        ):
+            yield home
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)

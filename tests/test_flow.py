@@ -22,20 +22,13 @@ import pytest
 import yaml
 
 from sentio.errors import ContractError, SentioError
-from tests.conftest import SHORT_WINDOWS, minute_bars
+from tests.conftest import SHORT_WINDOWS, STORAGE_ENV, minute_bars, temporary_prefect_api
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SESSIONS = ("2024-01-08", "2024-01-09", "2024-01-10")  # Mon-Wed, no holiday, winter (UTC-5)
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-STORAGE_ENV = (
-    "PREFECT_RESULTS_LOCAL_STORAGE_PATH",
-    "PREFECT_LOCAL_STORAGE_PATH",
-    "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK",
-    "PREFECT_DEFAULT_RESULT_STORAGE_BLOCK",
-    "SENTIO_DEFAULT_RESULTS_PATHS",
-)
 
 
 def write_bars(path: Path, seed: int = 0, *, broken_ohlc: bool = False) -> Path:
@@ -56,40 +49,8 @@ def write_bars(path: Path, seed: int = 0, *, broken_ohlc: bool = False) -> Path:
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A throw-away Prefect API and home for the module; restores ``os.environ`` after."""
-    saved_env = dict(os.environ)
-    home = tmp_path_factory.mktemp("prefect-home")
-    os.environ.update(
-        DO_NOT_TRACK="1",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_HOME=str(home),
-    )
-    for name in STORAGE_ENV:
-        os.environ.pop(name, None)
-
-    from prefect.settings import (
-        PREFECT_HOME,
-        PREFECT_RESULTS_LOCAL_STORAGE_PATH,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        temporary_settings,
-    )
-    from prefect.testing.utilities import prefect_test_harness
-
-    try:
-        with (
-            temporary_settings(
-                updates={
-                    PREFECT_HOME: home,
-                    PREFECT_SERVER_ANALYTICS_ENABLED: False,
-                    # where a failed flow run's exception is written (tasks: workdir)
-                    PREFECT_RESULTS_LOCAL_STORAGE_PATH: home / "storage",
-                },
-            ),
-            prefect_test_harness(server_startup_timeout=60),
-        ):
-            yield home
-    finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
+    with temporary_prefect_api(tmp_path_factory.mktemp("prefect-home")) as home:
+        yield home
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ registers (shared for the test session by :func:`tests.test_live.trained`).
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from sentio.env.market import MarketData
 from sentio.live import load_bundle, signal
 from sentio.paper import PaperError, ledger_path, paper_trade, read_ledger
 from sentio.registry import Registry
+from tests.conftest import temporary_prefect_api
 from tests.test_live import Trained, trained
 
 pytestmark = pytest.mark.slow
@@ -287,35 +287,9 @@ def test_print_run_reports_the_registry_stage(capsys: pytest.CaptureFixture[str]
 
 @pytest.fixture
 def prefect_api(tmp_path: Path) -> Iterator[None]:
-    """A throw-away Prefect API (as tests/test_flow.py sets one up); restores the environment."""
-    saved = dict(os.environ)
-    home = tmp_path / "prefect-home"
-    os.environ.update(
-        DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_HOME=str(home)
-    )
-    from prefect.settings import (
-        PREFECT_HOME,
-        PREFECT_RESULTS_LOCAL_STORAGE_PATH,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        temporary_settings,
-    )
-    from prefect.testing.utilities import prefect_test_harness
-
-    try:
-        with (
-            temporary_settings(
-                updates={
-                    PREFECT_HOME: home,
-                    PREFECT_SERVER_ANALYTICS_ENABLED: False,
-                    PREFECT_RESULTS_LOCAL_STORAGE_PATH: home / "storage",
-                }
-            ),
-            prefect_test_harness(server_startup_timeout=60),
-        ):
-            yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    """A throw-away Prefect API, as tests/test_flow.py uses; restores the environment."""
+    with temporary_prefect_api(tmp_path / "prefect-home"):
+        yield
 
 
 def test_paper_flow_runs_and_a_second_run_appends_nothing(
