@@ -633,8 +633,10 @@ class Registry:
             champ = self.get(str(pointer["version"])) if pointer else None
             champ_id = champ.version if champ else None
             if champ is not None and champ.version == version_id:
+                # e.g. a re-run on unchanged inputs, or a retry after this very promotion
+                since = f" (since {pointer.get('promoted_at')}: {pointer.get('reason')})"
                 return GateDecision(
-                    False, [f"{version_id} is already the champion"], champion=champ_id
+                    False, [f"{version_id} is already the champion{since}"], champion=champ_id
                 )
             comparison: Comparison | None = None
             if evaluate is None:

@@ -312,7 +312,9 @@ def test_second_run_with_unchanged_inputs_creates_nothing_and_keeps_the_champion
     assert second["candidate"] == first["candidate"]
     assert second["champion_before"] == second["champion_after"] == first["champion_after"]
     assert not second["promoted"]
-    assert second["reasons"] == [f"{first['candidate']} is already the champion"]
+    (reason,) = second["reasons"]
+    promoted_at = w.registry.champion()["promoted_at"]  # type: ignore[index]
+    assert reason.startswith(f"{first['candidate']} is already the champion (since {promoted_at}: ")
     assert w.registry.champion_path.read_bytes() == pointer
     assert w.registry.history() == history
     # the versions keep the run that registered them
