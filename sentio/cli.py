@@ -488,6 +488,16 @@ StartOpt = Annotated[
 ]
 
 
+def _warn_in_sample(first: str, train_end: Any) -> None:
+    """One line on stderr: the replay starts inside the version's training range."""
+    end = str(train_end).replace("+00:00", "Z")
+    typer.echo(
+        f"warning: the replay starts at {first}, at or before the version's training end "
+        f"{end}: in-sample, the account replays bars the model was trained on",
+        err=True,
+    )
+
+
 @app.command("signal")
 @user_errors
 def signal_cmd(
@@ -507,7 +517,10 @@ def signal_cmd(
     from sentio.live import load_bundle, signal
 
     reg = _registry(config, workdir)
-    result = signal(load_bundle(reg, version), bars, start=start)
+    bundle = load_bundle(reg, version)
+    result = signal(bundle, bars, start=start)
+    if result["in_sample"]:
+        _warn_in_sample(result["account"]["since"], bundle.extra.get("train_end"))
     if out is not None:
         write_json_atomic(out, result)
     typer.echo(json.dumps(result, indent=2))
@@ -525,12 +538,24 @@ def paper_cmd(
     """Paper-trade a model on the bar history; append the new bars to its ledger (idempotent)."""
     from sentio.paper import paper_trade
 
-    s = paper_trade(_registry(config, workdir), bars, version=version, start=start)
+    reg = _registry(config, workdir)
+    s = paper_trade(reg, bars, version=version, start=start)
+    if s["in_sample"]:
+        _warn_in_sample(
+            s["start"], reg.get(s["version"]).manifest.get("extra", {}).get("train_end")
+        )
     typer.echo(f"paper: version {s['version']}, ledger {s['ledger']}")
     typer.echo(
         f"bars: {s['rows']} from {s['start']} to {s['last']}, {s['appended']} appended"
         + (" (the bars end before the ledger's last row)" if s["behind"] else "")
     )
+    if s["revised"] is not None:
+        rev = s["revised"]
+        changes = ", ".join(f"{c} {old!r} -> {new!r}" for c, (old, new) in rev["columns"].items())
+        typer.echo(
+            f"revised: the ledger's last row {rev['timestamp']} was decided with the calendar's "
+            f"next bar; recomputed with the bar that follows it in the data: {changes}"
+        )
     ret = s["total_return"]
     typer.echo(
         f"equity: {s['equity']:.2f} ({'n/a' if ret is None else f'{ret:+.2%}'} since the start), "

@@ -26,19 +26,32 @@ extended by newer bars.)
 trading run) starts flat, with ``env.initial_cash``, at the first bar after the version's
 ``train_end`` (so it never runs in-sample), or at the first bar with a full observation
 window (``env.window`` feature rows) if that is later; an explicit ``start`` replaces the
-rule. From there the policy acts deterministically at the close of every bar with the
-training simulator (fills at the next bar's open, costs, masks, forced exits at the
-close); the account is path dependent, which is why the replay starts at a fixed bar.
+rule (resolved to the first bar at or after it). An explicit start at or before
+``train_end`` replays bars the model was trained on: the signal and the paper summary say
+so (``in_sample``: true when the replay's first bar is at or before ``extra.train_end``),
+and the CLI warns on stderr. From there the policy acts deterministically at the close of
+every bar with the training simulator (fills at the next bar's open, costs, masks, forced
+exits at the close); the account is path dependent, which is why the replay starts at a
+fixed bar.
 
 **Replay rows.** One row per bar ``t`` from the start to the last bar: the position held
 over bar ``t`` (filled at its open), the equity at its close, the costs paid in it, and the
 decision taken at its close (action, target exposure, regime probabilities, mask). The
 first row is the start bar itself: flat, initial equity, its decision. Unlike
 :func:`sentio.env.backtest.backtest` there is no liquidation after the last bar: a
-position stays open until the next bar arrives. What the simulator needs to know about
-the bar after the last one (does it open a new session? how far is it from the close?)
-comes from the exchange calendar (:func:`with_next_bar`), so the last bar's decision and
-forced exits are the ones a replay over more bars makes at that bar.
+position stays open until the next bar arrives.
+
+**The last bar is provisional.** What the simulator needs to know about the bar after the
+last one (does it open a new session? how far is it from the close?) comes from the
+exchange calendar (:func:`with_next_bar`): the next minute of the same session, or the
+next session's open. When that bar does arrive, the last bar's row is the one a replay
+over more bars makes. If the data then lacks that bar (a bar that never arrives, e.g. a
+session's 15:59 bar), a replay over the later bars takes the facts from the bar that
+does follow, and re-decides that one bar: its forced exit (``flat_at_close`` when it
+turns out to be the session's last), ``exposure`` / ``equity`` / ``position`` / costs
+after it, and the decision and masks at its close may change. Every earlier bar is final
+(its next bar is in the data). Paper trading therefore treats the ledger's last row as
+provisional (:mod:`sentio.paper`).
 """
 
 from __future__ import annotations
@@ -172,6 +185,15 @@ class ModelBundle:
         """The timestamp of the last bar of the version's training ranges, if recorded."""
         value = self.extra.get("train_end")
         return None if value is None else as_utc(value, f"version {self.version} train_end")
+
+    def in_sample(self, first: Timestamp) -> bool:
+        """Whether a replay whose first bar is ``first`` starts in the training range.
+
+        True when ``first`` is at or before :attr:`train_end`; False when it is later or
+        the manifest records no ``train_end``.
+        """
+        train_end = self.train_end
+        return train_end is not None and as_utc(first, "first bar") <= train_end
 
     @property
     def instruments(self) -> tuple[str, str]:
@@ -440,6 +462,12 @@ def with_next_bar(market: MarketData, calendar: str = "XNYS") -> MarketData:
     and are never used (a replay never steps into it). Without it, the last bar would
     count as its session's last (a forced exit) and the decision there would differ from
     the one made once the next bar is known.
+
+    The placeholder is the calendar's expectation, not a bar: the decision at the last bar
+    uses the calendar's facts about the next bar; if the data then lacks that bar (it never
+    arrives), a replay over the later bars takes the facts from the bar that follows in
+    the data and re-decides that one bar (its forced exit, exposure and equity after it,
+    its decision and masks). The rows before the last bar never depend on the placeholder.
     """
     from sentio.calendar import sessions
 
@@ -562,7 +590,9 @@ def replay(bundle: ModelBundle, market: MarketData, start_row: int, end_row: int
       ``mask_reasons`` (:func:`mask_reasons`).
 
     The first row (the start bar) holds nothing (flat, initial equity, no costs). If equity
-    is wiped out the replay stops at that bar (``forced_exit = "ruin"``, action flat).
+    is wiped out the replay stops at that bar (``forced_exit = "ruin"``, ``exposure`` 0 as
+    in :func:`sentio.env.backtest.backtest`, action flat). When ``end_row`` is the market's
+    last row, the last row is provisional (module docstring, :func:`with_next_bar`).
 
     Raises:
         MaskedActionError: the policy chose a masked action (a bug in the policy).
@@ -662,6 +692,9 @@ def _replay(bundle: ModelBundle, market: MarketData, start_row: int, end_row: in
         cols["costs_cash"][i] = float(res.costs[0])
         if bool(res.terminated[0]):  # ruin: nothing more to decide
             ruined = True
+            # the account is closed out, as backtest() records it (the simulator's exposure
+            # is scaled by a non-positive equity and means nothing)
+            cols["exposure"][i] = 0.0
             cols["forced"][i] = 3
             cols["action"][i] = p.flat_action
             cols["blocked"][i] = 0
@@ -722,8 +755,12 @@ def signal(
     """The decision at the close of the last bar (or of the last bar at or before ``end``).
 
     The account is simulated causally from the start rule of the module docstring (or
-    ``start``) to that bar (:func:`replay`); the decision uses bars up to it only, so
-    appending later bars never changes it. Returns a JSON-able dict:
+    ``start``) to that bar (:func:`replay`); the decision uses bars up to it only, plus the
+    calendar's facts about the next bar (:func:`with_next_bar`: does it open a new session,
+    how far is it from the close). So appending later bars does not change it, with one
+    exception: the decision at the last bar uses the calendar's facts about the next bar;
+    if the data then lacks that bar, the replay re-decides that one bar (its forced exit,
+    the account after it, the decision and mask at its close). Returns a JSON-able dict:
 
     * ``version``, ``timestamp`` (the bar's START, UTC ISO-8601), ``action`` (grid index),
       ``target_exposure``, ``instrument`` (long / short symbol or ``"flat"``);
@@ -734,7 +771,11 @@ def signal(
     * ``account``: ``equity`` and ``exposure`` at the close (after forced exits),
       ``instrument_held`` / ``shares_held`` / ``position`` over the bar,
       ``initial_equity``, ``since`` (the replay's first bar) and ``bars`` (bars replayed);
-    * ``fills``: when the order fills (the open of the next bar) and ``note``.
+    * ``fills``: when the order fills (the open of the next bar) and ``note``;
+    * ``in_sample``: true when the replay's first bar is at or before the version's
+      ``train_end`` (an explicit ``start`` in the training range: the account replays bars
+      the model was trained on); false otherwise, and when the manifest records no
+      ``train_end``.
     """
     market = bundle.market(bars)
     first = bundle.start_row(market, start)
@@ -787,4 +828,5 @@ def signal(
         },
         "fills": "open of the next bar",
         "note": FILL_NOTE,
+        "in_sample": bundle.in_sample(since),
     }

@@ -19,18 +19,40 @@ row per bar, with the columns of :func:`sentio.live.replay_columns` plus ``appen
 
 **Start.** A new ledger starts at the first bar after the version's ``train_end`` (never
 in-sample; or the first bar with a full observation window if later), unless ``start``
-is given. An existing ledger keeps its start: ``start`` may be omitted, and a different
-one is an error.
+is given (resolved to the first bar at or after it). An existing ledger keeps its start:
+``start`` may be omitted, and one that resolves to another bar is an error. A ledger
+whose first bar is at or before ``train_end`` replays bars the model was trained on: the
+summary's ``in_sample`` is true and ``sentio paper`` warns on stderr.
 
 **Idempotence.** The path is recomputed from the start on every run (it is path
 dependent: equity, the position and the masks depend on every earlier bar) and compared
 with the rows already in the ledger: re-running over the same bars appends nothing and
 leaves the file untouched; with more bars only the new rows are appended; bars that end
-before the ledger's last row append nothing. If a recomputed row disagrees with the
-ledger (the bar history was rewritten), :class:`PaperError` names the timestamp and the
-column and the ledger is left as it was. Floats are compared with a relative tolerance
-of 1e-9 (the recomputation is deterministic; the tolerance only absorbs last-digit
-differences between machines), everything else exactly.
+before the ledger's last row append nothing. If a recomputed row other than the ledger's
+last disagrees with the ledger (the bar history was rewritten), :class:`PaperError` names
+the timestamp and the column and the ledger is left as it was.
+
+**The last row is provisional.** The ledger's last row was computed with the exchange
+calendar's facts about the bar after it (:func:`sentio.live.with_next_bar`: does it open a
+new session, how far is it from the close), because that bar did not exist yet. Its
+:data:`PROVISIONAL` columns -- the forced exit, ``position`` / ``exposure`` / ``equity``,
+``returns`` and costs after the bar, and the decision and masks at its close -- depend on
+those facts, which are only known when that bar arrives. When it arrives as the calendar
+said, the recomputed row is the same. If the data lacks it (e.g. the session's 15:59 bar
+never arrives), the replay takes the facts from the bar that does follow and re-decides
+that one bar: the ledger's last row is then replaced by the recomputed one (its
+``appended_at`` is the time of the rewrite), every later row follows from it, and the
+summary's ``revised`` names the row and the columns that changed (old -> new); ``sentio
+paper`` prints a ``revised:`` line. The last row's own bar (timestamp, prices,
+``instrument_held``, ``shares_held``, regime probabilities) is compared like every other
+row: a change there is a rewritten history. Rows before the last are never revised.
+
+**Tolerances.** Floats are compared with a relative tolerance of 1e-9 (absolute 1e-12);
+the recomputation is deterministic, the tolerance only absorbs last-digit differences
+between machines. The regime probabilities ``p_regime_<k>`` are float32 values (stored
+as float64): a last-digit difference of the float64 filter upstream can move them by a
+float32 unit in the last place (about 6e-8 relative), so they are compared with a
+relative tolerance of 1e-6 (absolute 1e-7). Everything else is compared exactly.
 
 **No end-of-block liquidation.** Unlike :func:`sentio.env.backtest.backtest`, the last row
 holds the position the policy keeps: it stays open until the next bar arrives. Over the
@@ -71,6 +93,28 @@ __all__ = [
 LEDGER = "ledger.feather"
 LOCK = ".lock"
 RTOL, ATOL = 1e-9, 1e-12
+"""Tolerances of float64 columns (relative, absolute)."""
+RTOL32, ATOL32 = 1e-6, 1e-7
+"""Tolerances of the float32-origin columns (:data:`FLOAT32_PREFIXES`)."""
+FLOAT32_PREFIXES = ("p_regime_",)
+"""Ledger columns holding float32 values (compared with ``RTOL32`` / ``ATOL32``)."""
+PROVISIONAL = (
+    "position",
+    "exposure",
+    "equity",
+    "returns",
+    "costs",
+    "costs_cash",
+    "forced_exit",
+    "action",
+    "target_exposure",
+    "target_instrument",
+    "blocked_<i>",
+    "mask_reasons",
+)
+"""Columns of the ledger's last row that the next bar's facts may revise (module docstring;
+``blocked_<i>``: every mask column). Every other column is the bar's own and is compared
+strictly on every row."""
 
 
 class PaperError(SentioError):
@@ -104,27 +148,78 @@ def _iso(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
+def _utc(t: np.datetime64) -> dt.datetime:
+    value = t.astype("datetime64[us]").astype(dt.datetime)
+    assert isinstance(value, dt.datetime)
+    return value.replace(tzinfo=dt.UTC)
+
+
+def _provisional(col: str) -> bool:
+    """Whether ``col`` of the last row depends on the bar after it (:data:`PROVISIONAL`)."""
+    return col.startswith("blocked_") or col in PROVISIONAL
+
+
+def _mismatch(a: pl.Series, b: pl.Series) -> np.ndarray:
+    """Per row, whether ``a`` and ``b`` differ (floats within the column's tolerance)."""
+    if a.dtype.is_float() and b.dtype.is_float():
+        rtol, atol = (RTOL32, ATOL32) if a.name.startswith(FLOAT32_PREFIXES) else (RTOL, ATOL)
+        x, y = a.to_numpy().astype(np.float64), b.to_numpy().astype(np.float64)
+        return np.asarray(~np.isclose(x, y, rtol=rtol, atol=atol, equal_nan=True))
+    both_null = (a.is_null() & b.is_null()).to_numpy()
+    return np.asarray(~(a == b).fill_null(False).to_numpy() & ~both_null)
+
+
 def _first_difference(
-    old: pl.DataFrame, new: pl.DataFrame, n: int
+    old: pl.DataFrame, new: pl.DataFrame, n: int, columns: list[str] | None = None
 ) -> tuple[int, str, Any, Any] | None:
-    """The earliest (row, column, ledger value, recomputed value) that differ in rows < n."""
+    """The earliest (row, column, ledger value, recomputed value) that differ in rows < n.
+
+    Only ``columns`` (default: all of ``new``'s) are compared.
+    """
     best: tuple[int, str, Any, Any] | None = None
-    for col in new.columns:
+    for col in new.columns if columns is None else columns:
         if col not in old.columns:
             return (0, col, "(absent)", new[col][0])
         a, b = old[col].head(n), new[col].head(n)
-        if a.dtype.is_float():
-            x, y = a.to_numpy().astype(np.float64), b.to_numpy().astype(np.float64)
-            bad = ~np.isclose(x, y, rtol=RTOL, atol=ATOL, equal_nan=True)
-        else:
-            bad = ~(a == b).fill_null(False).to_numpy() & ~(a.is_null() & b.is_null()).to_numpy()
-        idx = np.flatnonzero(bad)
+        idx = np.flatnonzero(_mismatch(a, b))
         if idx.size and (best is None or idx[0] < best[0]):
             i = int(idx[0])
             best = (i, col, a[i], b[i])
             if i == 0:
                 break
     return best
+
+
+def _json(value: Any) -> Any:
+    """A ledger cell as a JSON-able value."""
+    if isinstance(value, dt.datetime):
+        return _iso(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _revision(old: pl.DataFrame, new: pl.DataFrame, row: int) -> dict[str, Any] | None:
+    """The provisional columns of ``row`` that changed: ``{"timestamp", "columns": {col:
+    [old, new]}}``, or None when none did (within the tolerances)."""
+    changed: dict[str, list[Any]] = {}
+    for col in new.columns:
+        if not _provisional(col):
+            continue
+        a, b = old[col].slice(row, 1), new[col].slice(row, 1)
+        if _mismatch(a, b)[0]:
+            changed[col] = [_json(a[0]), _json(b[0])]
+    if not changed:
+        return None
+    return {"timestamp": _iso(new["timestamp"][row]), "columns": changed}
+
+
+def _rewritten(path: Path, col: str, when: dt.datetime, old: Any, new: Any) -> PaperError:
+    return PaperError(
+        f"{path}: recomputed {col!r} at {_iso(when)} is {new!r} but the ledger has "
+        f"{old!r}: the bar history was rewritten; the ledger is left unchanged "
+        "(move it away to start a new one)"
+    )
 
 
 def paper_trade(
@@ -154,12 +249,16 @@ def paper_trade(
         A JSON-able summary: ``version``, ``ledger``, ``start``, ``last`` (timestamps),
         ``rows``, ``appended``, ``initial_equity``, ``equity``, ``total_return``,
         ``exposure``, ``position``, the last decision (``action``, ``target_exposure``,
-        ``instrument``), ``ruined`` and ``behind`` (true when the bars end before the
-        ledger's last row).
+        ``instrument``), ``ruined``, ``behind`` (true when the bars end before the
+        ledger's last row), ``in_sample`` (true when the ledger's first bar is at or
+        before the version's ``train_end``) and ``revised``: None, or the ledger's
+        previous last row when this run replaced it (module docstring: the last row is
+        provisional) as ``{"timestamp": ..., "columns": {column: [old, new], ...}}``.
 
     Raises:
-        PaperError: a recomputed row differs from the ledger (names the timestamp and
-            column; the ledger is untouched), the start differs from the ledger's, or the
+        PaperError: a recomputed row other than the ledger's last, or the last row's own
+            bar, differs from the ledger (names the timestamp and column; the ledger is
+            untouched), the start resolves to another bar than the ledger's first, or the
             ledger is locked for longer than ``lock_timeout``.
         RegistryError, DataError: no champion, a tampered version, bad bars.
     """
@@ -180,18 +279,20 @@ def paper_trade(
         ts = market.timestamps
         if existing is not None and existing.height:
             first: dt.datetime = existing["timestamp"][0]
-            if start is not None and as_utc(start, "start") != first:
-                raise PaperError(
-                    f"{path}: the ledger starts at {_iso(first)}, not at "
-                    f"{_iso(as_utc(start, 'start'))}; omit --start to continue it, or move the "
-                    "ledger away to start a new one"
-                )
             row = int(np.searchsorted(ts, np.datetime64(first.replace(tzinfo=None), "us")))
             if row >= market.n_rows or ts[row] != np.datetime64(first.replace(tzinfo=None), "us"):
                 raise PaperError(
                     f"{path}: the bars have no bar at the ledger's start {_iso(first)}; paper "
                     "trading recomputes the path from its start: give the whole bar history"
                 )
+            if start is not None:  # compare the bar it resolves to, not the raw argument
+                asked = ts[bundle.start_row(market, start)]
+                if asked != ts[row]:
+                    raise PaperError(
+                        f"{path}: the ledger starts at {_iso(first)}, not at "
+                        f"{_iso(_utc(asked))} (the first bar at or after start {start}); omit "
+                        "--start to continue it, or move the ledger away to start a new one"
+                    )
             start_row = bundle.start_row(market, first)
         else:
             start_row = bundle.start_row(market, start)
@@ -202,24 +303,34 @@ def paper_trade(
             if end_row < start_row:
                 raise PaperError(f"end {end}: before the ledger's start row")
         frame = replay(bundle, market, start_row, end_row).frame
-        ruined = bool(frame["forced_exit"][-1] == "ruin")
         n_old = 0 if existing is None else existing.height
+        revised: dict[str, Any] | None = None
         if existing is not None and n_old:
+            # rows both have; the last of them is provisional in one of the two (the
+            # ledger's last row, or the recomputation's when the bars are behind): its own
+            # bar is compared, its provisional columns are not (module docstring)
             n = min(n_old, frame.height)
-            diff = _first_difference(existing, frame, n)
+            bar_cols = [c for c in frame.columns if not _provisional(c)]
+            diff = _first_difference(existing, frame, n - 1)
+            if diff is None:
+                own = _first_difference(existing.slice(n - 1), frame.slice(n - 1), 1, bar_cols)
+                diff = None if own is None else (n - 1, *own[1:])
             if diff is not None:
                 i, col, old, new = diff
                 when = existing["timestamp"][i] if col == "timestamp" else frame["timestamp"][i]
-                raise PaperError(
-                    f"{path}: recomputed {col!r} at {_iso(when)} is {new!r} but the ledger has "
-                    f"{old!r}: the bar history was rewritten; the ledger is left unchanged "
-                    "(move it away to start a new one)"
-                )
+                raise _rewritten(path, col, when, old, new)
+            if frame.height >= n_old:
+                revised = _revision(existing, frame, n_old - 1)
+        keep = n_old - 1 if revised is not None else n_old
         fresh = frame.slice(n_old)
-        if fresh.height:
+        written = frame.slice(keep)
+        if written.height:
             now = dt.datetime.now(dt.UTC)
-            fresh = fresh.with_columns(appended_at=pl.lit(now, dtype=pl.Datetime("us", "UTC")))
-            ledger = fresh if existing is None or not n_old else pl.concat([existing, fresh])
+            written = written.with_columns(appended_at=pl.lit(now, dtype=pl.Datetime("us", "UTC")))
+            if existing is not None and keep:
+                ledger = pl.concat([existing.head(keep), written])
+            else:
+                ledger = written
             write_feather_atomic(path, ledger)
         else:
             ledger = existing if existing is not None else frame
@@ -244,6 +355,8 @@ def paper_trade(
         "action": int(last["action"]),
         "target_exposure": float(last["target_exposure"]),
         "instrument": str(last["target_instrument"]),
-        "ruined": ruined,
+        "ruined": last["forced_exit"] == "ruin",
         "behind": frame.height < n_old,
+        "in_sample": bundle.in_sample(ledger["timestamp"][0]),
+        "revised": revised,
     }

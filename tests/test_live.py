@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from sentio import stages
 from sentio.cli import app
-from sentio.config import SentioConfig, config_from_dict
+from sentio.config import SentioConfig, config_from_dict, with_overrides
 from sentio.env import EnvParams
 from sentio.env.backtest import backtest
 from sentio.errors import DataError
@@ -388,6 +388,7 @@ def test_signal_json_keys_types_and_start_rule(tf: Trained, tf_bundle: ModelBund
     assert isinstance(acct["equity"], float) and acct["equity"] > 0
     assert acct["exposure"] == 0.0  # flat at the close (env.flat_at_close)
     assert "open of the next bar" in sig["fills"] and "OPEN" in sig["note"]
+    assert sig["in_sample"] is False
 
 
 def test_signal_of_a_prefix_ignores_later_bars(tf: Trained, tf_bundle: ModelBundle) -> None:
@@ -420,6 +421,44 @@ def test_signal_without_bars_after_training_is_refused(tf: Trained, tf_bundle: M
     assert sig["account"]["since"] == "2024-01-09T15:00:00Z"
 
 
+def test_an_in_sample_start_is_flagged(tf: Trained, tf_bundle: ModelBundle) -> None:
+    train_end = dt.datetime.fromisoformat(tf.train_end)
+    for start, in_sample in (
+        (None, False),
+        ("2024-01-09T15:00:00Z", True),
+        (train_end, True),  # the last training bar itself
+        (train_end + dt.timedelta(seconds=1), False),  # resolves to the next bar
+    ):
+        sig = signal(tf_bundle, tf.frame(), start=start)
+        assert sig["in_sample"] is in_sample, start
+
+
+def test_replay_ruin_row_is_flat_like_the_backtest(plain: Trained) -> None:
+    """On the ruin bar the backtest stores exposure 0 (the account is closed out); the
+    replay (and so the paper ledger) must store the same, not the simulator's exposure."""
+    bundle = load_bundle(plain.registry, plain.version)
+    off = {f"env.masks.{k}": False for k in ("risk_budget", "session", "drawdown", "regime")}
+    cfg = with_overrides(bundle.cfg, {**off, "env.flat_at_close": False})
+    market = bundle.market(plain.frame())
+    s = bundle.start_row(market)
+    k = s + 5
+    close, open_ = market.close.copy(), market.open.copy()
+    close[k, 1] = 1e-6  # the long ETF collapses during bar k
+    open_[k + 1 :, 1] = close[k + 1 :, 1] = 1e-6
+    crashed = dataclasses.replace(market, close=close, open=open_)
+    long_ = int(np.flatnonzero(EnvParams.from_config(cfg).grid == 1.0)[0])
+    policy = lambda obs, mask: long_  # noqa: E731
+    always_long = dataclasses.replace(bundle, cfg=cfg, model=policy)
+    result = replay(always_long, crashed, s, s + 10)
+    bt = backtest(policy, crashed, always_long.params(), [(s, s + 11)])
+    last = result.frame.row(-1, named=True)
+    assert result.ruined and bt.ruined and last["forced_exit"] == "ruin"
+    assert last["equity"] <= 0 and last["equity"] == bt.equity[-1]
+    assert last["exposure"] == bt.exposure[-1] == 0.0
+    assert last["position"] == bt.position[-1]
+    np.testing.assert_array_equal(result.frame["exposure"].to_numpy()[1:], bt.exposure)
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
@@ -446,6 +485,22 @@ def test_cli_signal_prints_only_json_and_writes_out(tf: Trained, tmp_path: Path)
     res = runner.invoke(app, ["signal", "--bars", str(tf.raw), "--config", str(cfg)])
     assert res.exit_code == 0, res.stderr
     assert json.loads(res.stdout) == sig
+
+
+def test_cli_signal_warns_on_stderr_when_the_start_is_in_sample(
+    tf: Trained, tmp_path: Path
+) -> None:
+    fresh_registry(tf, tmp_path)
+    args = ["signal", "--bars", str(tf.raw), "--workdir", str(tmp_path), "--version", tf.version]
+    res = CliRunner().invoke(app, [*args, "--start", "2024-01-09T15:00:00Z"])
+    assert res.exit_code == 0, res.stderr
+    sig = json.loads(res.stdout)  # stdout stays pure JSON
+    assert sig["in_sample"] is True and sig["account"]["since"] == "2024-01-09T15:00:00Z"
+    (warning,) = res.stderr.splitlines()
+    assert warning.startswith("warning: ") and "in-sample" in warning
+    assert tf.train_end.replace("+00:00", "Z") in warning
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and res.stderr == "" and json.loads(res.stdout)["in_sample"] is False
 
 
 def test_cli_signal_refuses_a_tampered_model_without_unpickling(

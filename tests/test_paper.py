@@ -27,7 +27,7 @@ from sentio.env.market import MarketData
 from sentio.live import load_bundle, signal
 from sentio.paper import PaperError, ledger_path, paper_trade, read_ledger
 from sentio.registry import Registry
-from tests.conftest import temporary_prefect_api
+from tests.conftest import minute_bars, temporary_prefect_api
 from tests.test_live import Trained, trained
 
 pytestmark = pytest.mark.slow
@@ -249,6 +249,7 @@ def test_cli_paper_prints_a_summary_and_is_idempotent(tf: Trained, tmp_path: Pat
     reg.promote(tf.version, "test")
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.stderr
+    assert res.stderr == ""  # out-of-sample: no warning
     assert f"paper: version {tf.version}" in res.stdout
     assert "bars: 391 from" in res.stdout and "391 appended" in res.stdout
     assert "fills at the open of the next bar" in res.stdout
@@ -328,3 +329,217 @@ def test_paper_deployment_is_served_beside_the_nightly_ones() -> None:
     cron = schedule.schedule
     assert (cron.cron, cron.timezone) == (PAPER_CRON, PAPER_TIMEZONE)  # type: ignore[union-attr]
     assert [d.name for d in build_deployments("data/x.feather")] == ["nightly", "manual"]
+
+
+# --------------------------------------------------------------------------- the last row
+
+
+GAP = dt.datetime(2024, 1, 10, 20, 59, tzinfo=dt.UTC)  # 15:59 New York: the session's last bar
+
+
+def _gap_bars(t: Trained) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The reviewer's scenario: the session's last bar (20:59Z) never arrives.
+
+    ``short`` is what exists at 16:15 New York (bars up to 20:58Z); ``full`` adds the next
+    session (2024-01-11), still without 20:59Z.
+    """
+    raw = pl.read_ipc(t.raw)
+    nxt = minute_bars("2024-01-11", "2024-01-11", seed=11, price=float(raw["close"][-1]))
+    full = pl.concat([raw, nxt]).filter(pl.col("timestamp") != GAP)
+    return full.filter(pl.col("timestamp") < GAP), full
+
+
+def test_a_bar_that_never_arrives_revises_only_the_ledgers_last_row(
+    tf: Trained, tmp_path: Path
+) -> None:
+    """The last row is provisional: it was decided with the calendar's next bar (20:59Z, one
+    minute before the close); once the next session's bars show that 20:59Z never came, the
+    replay re-decides 20:58Z as the session's last bar (flat_at_close, no session mask). The
+    ledger takes the recomputed row, says so, and keeps every older row as written."""
+    reg = _registry(tf, tmp_path)
+    short, full = _gap_bars(tf)
+    first = paper_trade(reg, short, version=tf.version, root=tmp_path)
+    assert first["last"] == "2024-01-10T20:58:00Z" and first["revised"] is None
+    path = Path(first["ledger"])
+    before = read_ledger(path)
+    assert before is not None
+    n = before.height
+    assert "session" in before["mask_reasons"][-1]  # the placeholder 20:59Z bar is late
+
+    # the last row's own bar (its prices) may not change: that is a rewritten history
+    bad = full.with_columns(
+        close=pl.when(pl.col("timestamp") == GAP - dt.timedelta(minutes=1))
+        .then(pl.col("close") * 1.001)
+        .otherwise(pl.col("close"))
+    )
+    data = path.read_bytes()
+    with pytest.raises(PaperError, match="'close_underlying' at 2024-01-10T20:58:00Z"):
+        paper_trade(reg, bad, version=tf.version, root=tmp_path)
+    assert path.read_bytes() == data
+
+    s = paper_trade(reg, full, version=tf.version, root=tmp_path)
+    after = read_ledger(path)
+    assert after is not None
+    assert s["appended"] == after.height - n == 390 and s["rows"] == after.height
+    revised = s["revised"]
+    assert revised is not None and revised["timestamp"] == "2024-01-10T20:58:00Z"
+    changed = revised["columns"]
+    assert "mask_reasons" in changed and after["mask_reasons"][n - 1] == ""
+    for col, (old, new) in changed.items():
+        assert before[col][n - 1] == old and after[col][n - 1] == new, col
+    unchanged = [c for c in _rows(before).columns if c not in changed]
+    assert _rows(after).select(unchanged).row(n - 1) == _rows(before).select(unchanged).row(-1)
+    # every older row is kept as written (appended_at included)
+    assert after.head(n - 1).equals(before.head(n - 1))
+    # ... and the ledger is the one a single run over all the bars writes
+    one = paper_trade(reg, full, version=tf.version, root=tmp_path / "one")
+    one_ledger = read_ledger(one["ledger"])
+    assert one_ledger is not None and _rows(after).equals(_rows(one_ledger))
+    # a re-run revises nothing and leaves the file alone
+    data = path.read_bytes()
+    again = paper_trade(reg, full, version=tf.version, root=tmp_path)
+    assert again["appended"] == 0 and again["revised"] is None and path.read_bytes() == data
+    # bars that end at 20:58Z again: the recomputation's last row is the provisional one
+    # now (the ledger's is final); nothing is compared there, revised or written
+    behind = paper_trade(reg, short, version=tf.version, root=tmp_path)
+    assert behind["behind"] and behind["appended"] == 0 and behind["revised"] is None
+    assert path.read_bytes() == data
+
+    # a rewritten bar before the last row is still refused, the ledger untouched
+    hit = (pl.col("timestamp") == dt.datetime(2024, 1, 10, 20, 57, tzinfo=dt.UTC)) & (
+        pl.col("symbol") == "QQQ"
+    )
+    rewritten = full.with_columns(
+        close=pl.when(hit).then(pl.col("close") * 1.001).otherwise(pl.col("close")),
+        high=pl.when(hit).then(pl.col("high") * 1.001).otherwise(pl.col("high")),
+    )
+    with pytest.raises(PaperError, match="at 2024-01-10T20:57:00Z .* rewritten"):
+        paper_trade(reg, rewritten, version=tf.version, root=tmp_path)
+    assert path.read_bytes() == data
+
+
+def test_a_revised_last_row_takes_the_forced_exit_at_the_sessions_close(
+    tf: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An always-long policy (flat_at_close, no risk-budget / regime masks) holds TQQQ over
+    20:58Z; once the bars show 20:58Z was the session's last, the revision sells it at that
+    close: forced_exit, exposure and equity change, and the next session starts flat."""
+    import dataclasses
+
+    import sentio.paper as paper_module
+    from sentio.config import with_overrides
+
+    reg = _registry(tf, tmp_path)
+    bundle = load_bundle(reg, tf.version)
+    cfg = with_overrides(bundle.cfg, {"env.masks.risk_budget": False, "env.masks.regime": False})
+    grid = list(EnvParams.from_config(cfg).grid)
+    long_, flat = grid.index(1.0), grid.index(0.0)
+    always_long = dataclasses.replace(
+        bundle, cfg=cfg, model=lambda obs, mask: long_ if mask[long_] else flat
+    )
+    monkeypatch.setattr(paper_module, "load_bundle", lambda *a, **k: always_long)
+    short, full = _gap_bars(tf)
+    first = paper_trade(reg, short, version=tf.version, root=tmp_path)
+    before = read_ledger(first["ledger"])
+    assert before is not None
+    held = before.row(-1, named=True)
+    assert held["forced_exit"] == "" and held["exposure"] > 0.9  # long over the close
+    s = paper_trade(reg, full, version=tf.version, root=tmp_path)
+    revised = s["revised"]
+    assert revised is not None and revised["timestamp"] == "2024-01-10T20:58:00Z"
+    changes = revised["columns"]
+    assert changes["forced_exit"] == ["", "flat_at_close"]
+    assert changes["exposure"] == [held["exposure"], 0.0]
+    assert changes["equity"][0] == held["equity"] and changes["equity"][1] < held["equity"]
+    after = read_ledger(s["ledger"])
+    assert after is not None
+    n = before.height
+    one = paper_trade(reg, full, version=tf.version, root=tmp_path / "one")
+    one_ledger = read_ledger(one["ledger"])
+    assert one_ledger is not None and _rows(after).equals(_rows(one_ledger))
+    assert after.head(n - 1).equals(before.head(n - 1))
+
+
+def test_cli_paper_prints_a_line_when_the_last_row_is_revised(tf: Trained, tmp_path: Path) -> None:
+    reg = _registry(tf, tmp_path)
+    reg.promote(tf.version, "test")
+    short, full = _gap_bars(tf)
+    short.write_ipc(tmp_path / "short.feather")
+    full.write_ipc(tmp_path / "full.feather")
+    runner = CliRunner()
+    args = ["paper", "--workdir", str(tmp_path), "--bars"]
+    res = runner.invoke(app, [*args, str(tmp_path / "short.feather")])
+    assert res.exit_code == 0, res.stderr
+    assert "revised" not in res.stdout
+    res = runner.invoke(app, [*args, str(tmp_path / "full.feather")])
+    assert res.exit_code == 0, res.stderr
+    (line,) = [x for x in res.stdout.splitlines() if x.startswith("revised:")]
+    assert "2024-01-10T20:58:00Z" in line and "mask_reasons '-1: session" in line
+    assert "390 appended" in res.stdout
+
+
+def test_a_start_between_bars_is_resolved_before_it_is_compared(
+    tf: Trained, tmp_path: Path
+) -> None:
+    reg = _registry(tf, tmp_path)
+    full = tf.frame()
+    s = paper_trade(reg, full, version=tf.version, start="2024-01-10", root=tmp_path)
+    assert s["start"] == "2024-01-10T14:30:00Z"  # the first bar at or after the date
+    again = paper_trade(reg, full, version=tf.version, start="2024-01-10", root=tmp_path)
+    assert again["appended"] == 0 and again["start"] == s["start"]
+    # a start that resolves to another bar is still refused
+    with pytest.raises(PaperError, match="starts at 2024-01-10T14:30:00Z, not at 2024-01-10T14:31"):
+        paper_trade(reg, full, version=tf.version, start="2024-01-10T14:30:30Z", root=tmp_path)
+
+
+def test_float32_columns_are_compared_with_a_float32_tolerance(tf: Trained, tmp_path: Path) -> None:
+    """p_regime_* are float32 values: one float32 ulp (what a last-digit difference of the
+    float64 filter upstream can become) is accepted; float64 columns keep 1e-9."""
+    reg = _registry(tf, tmp_path)
+    full = tf.frame()
+    s = paper_trade(reg, full, version=tf.version, root=tmp_path)
+    path = Path(s["ledger"])
+    ledger = read_ledger(path)
+    assert ledger is not None
+    row = 10
+
+    def tamper(col: str, value: float) -> None:
+        assert ledger is not None
+        values = ledger[col].to_numpy().copy()
+        values[row] = value
+        ledger.with_columns(pl.Series(col, values)).write_ipc(path)
+
+    p = np.float32(ledger["p_regime_0"][row])
+    assert float(p) == ledger["p_regime_0"][row]  # stored float64, float32 values
+    tamper("p_regime_0", float(np.nextafter(p, np.float32(1))))  # one float32 ulp
+    assert paper_trade(reg, full, version=tf.version, root=tmp_path)["appended"] == 0
+    tamper("p_regime_0", float(p) + 1e-5)
+    with pytest.raises(PaperError, match="'p_regime_0' at"):
+        paper_trade(reg, full, version=tf.version, root=tmp_path)
+    tamper("p_regime_0", float(p))
+    tamper("equity", ledger["equity"][row] * (1 + 1e-8))  # float64: 1e-9 relative
+    with pytest.raises(PaperError, match="'equity' at"):
+        paper_trade(reg, full, version=tf.version, root=tmp_path)
+
+
+def test_an_in_sample_start_is_flagged_by_paper_trade_and_the_cli(
+    tf: Trained, tmp_path: Path
+) -> None:
+    reg = _registry(tf, tmp_path)
+    reg.promote(tf.version, "test")
+    full = tf.frame()
+    default = paper_trade(reg, full, root=tmp_path / "default")
+    assert default["in_sample"] is False
+    train_end = tf.train_end.replace("+00:00", "Z")
+    at_end = paper_trade(reg, full, start=train_end, root=tmp_path / "at_end")
+    assert at_end["start"] == train_end and at_end["in_sample"] is True
+    runner = CliRunner()
+    args = ["paper", "--bars", str(tf.raw), "--workdir", str(tmp_path)]
+    res = runner.invoke(app, [*args, "--start", "2024-01-09T15:00:00Z"])
+    assert res.exit_code == 0, res.stderr
+    (warning,) = res.stderr.splitlines()
+    assert warning.startswith("warning: ") and "in-sample" in warning
+    assert tf.train_end.replace("+00:00", "Z") in warning
+    # continuing the ledger without --start still warns: it started in-sample
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and res.stderr.count("warning: ") == 1
