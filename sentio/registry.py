@@ -632,7 +632,7 @@ class Registry:
             pointer = self.champion()
             champ = self.get(str(pointer["version"])) if pointer else None
             champ_id = champ.version if champ else None
-            if champ is not None and champ.version == version_id:
+            if pointer is not None and champ is not None and champ.version == version_id:
                 # e.g. a re-run on unchanged inputs, or a retry after this very promotion
                 since = f" (since {pointer.get('promoted_at')}: {pointer.get('reason')})"
                 return GateDecision(

@@ -45,4 +45,18 @@ def paper_task(
         summary["target_exposure"],
         summary["instrument"],
     )
+    if summary.get("revised"):
+        rev = summary["revised"]
+        get_run_logger().warning(
+            "paper %s: the ledger's last row %s was decided with the calendar's next bar, "
+            "which never arrived; recomputed (changed: %s)",
+            summary["version"],
+            rev["timestamp"],
+            ", ".join(sorted(rev["columns"])),
+        )
+    if summary.get("in_sample"):
+        get_run_logger().warning(
+            "paper %s: the ledger starts at or before the version's training end (in-sample)",
+            summary["version"],
+        )
     return summary
