@@ -565,6 +565,11 @@ def paper_cmd(
         f"decision at {s['last']}: target {s['target_exposure']:+g} ({s['instrument']}), "
         "fills at the open of the next bar"
     )
+    if s.get("derived_symbols"):
+        typer.echo(
+            f"prices of {', '.join(s['derived_symbols'])} are derived from the underlying "
+            "(daily reset), not traded prices"
+        )
 
 
 def main() -> None:

@@ -213,6 +213,16 @@ class ModelBundle:
         ``sentio run``. A frame is taken as canonical; missing leveraged ETFs are derived
         from the underlying as ingest does.
         """
+        return self.canonical_bars(bars)[0]
+
+    def canonical_bars(self, bars: Bars) -> tuple[pl.DataFrame, list[str]]:
+        """:meth:`bars_frame` and the symbols whose prices are derived, not traded prices.
+
+        Derived: completed here or by ingest from the underlying with a daily reset, or
+        marked derived upstream (a provenance sidecar, e.g. ``sentio synth``). Signals and
+        paper trading report them, as the report does. A frame that already holds both
+        ETFs carries no provenance: its prices count as traded.
+        """
         from sentio.data.leverage import ensure_universe
         from sentio.stages import ingest_stage, resolve_inputs
 
@@ -221,10 +231,10 @@ class ModelBundle:
             missing = sorted(need - set(bars.columns))
             if missing:
                 raise DataError(f"bars frame lacks columns {missing} (canonical bars expected)")
-            complete, _ = ensure_universe(bars, self.cfg.universe)
-            return complete
+            complete, derived = ensure_universe(bars, self.cfg.universe)
+            return complete, sorted(derived)
         summary = ingest_stage(resolve_inputs(str(bars)), self.cfg, self.workdir)
-        return pl.read_ipc(summary["output"])
+        return pl.read_ipc(summary["output"]), sorted(summary.get("derived_symbols") or [])
 
     def market(self, bars: Bars) -> MarketData:
         """The market arrays the training pipeline builds for these bars (module docstring).
@@ -772,12 +782,16 @@ def signal(
       ``instrument_held`` / ``shares_held`` / ``position`` over the bar,
       ``initial_equity``, ``since`` (the replay's first bar) and ``bars`` (bars replayed);
     * ``fills``: when the order fills (the open of the next bar) and ``note``;
+    * ``derived_symbols``: the symbols whose prices are derived from the underlying (a
+      daily-reset leveraged series), not traded prices: a signal on derived prices is
+      only as good as that approximation;
     * ``in_sample``: true when the replay's first bar is at or before the version's
       ``train_end`` (an explicit ``start`` in the training range: the account replays bars
       the model was trained on); false otherwise, and when the manifest records no
       ``train_end``.
     """
-    market = bundle.market(bars)
+    frame, derived = bundle.canonical_bars(bars)
+    market = bundle.market(frame)
     first = bundle.start_row(market, start)
     last = market.n_rows - 1
     if end is not None:
@@ -814,6 +828,7 @@ def signal(
         "regime": int(row["regime"]) if K else None,
         "mask_layers": list(MASK_LAYERS),
         "mask": mask,
+        "derived_symbols": derived,
         "account": {
             "equity": _finite(row["equity"]),
             "exposure": _finite(row["exposure"]),

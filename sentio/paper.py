@@ -251,7 +251,8 @@ def paper_trade(
         ``exposure``, ``position``, the last decision (``action``, ``target_exposure``,
         ``instrument``), ``ruined``, ``behind`` (true when the bars end before the
         ledger's last row), ``in_sample`` (true when the ledger's first bar is at or
-        before the version's ``train_end``) and ``revised``: None, or the ledger's
+        before the version's ``train_end``), ``derived_symbols`` (symbols whose prices are
+        derived from the underlying, not traded prices) and ``revised``: None, or the ledger's
         previous last row when this run replaced it (module docstring: the last row is
         provisional) as ``{"timestamp": ..., "columns": {column: [old, new], ...}}``.
 
@@ -265,7 +266,8 @@ def paper_trade(
     bundle = load_bundle(registry, version)
     folder = Path(root) if root is not None else default_root(registry)
     path = ledger_path(folder, bundle.version)
-    market = bundle.market(bars)  # the slow part, outside the lock
+    frame, derived = bundle.canonical_bars(bars)
+    market = bundle.market(frame)  # the slow part, outside the lock
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path.parent / LOCK), timeout=lock_timeout)
     try:
@@ -358,5 +360,6 @@ def paper_trade(
         "ruined": last["forced_exit"] == "ruin",
         "behind": frame.height < n_old,
         "in_sample": bundle.in_sample(ledger["timestamp"][0]),
+        "derived_symbols": derived,
         "revised": revised,
     }

@@ -354,6 +354,8 @@ def test_signal_json_keys_types_and_start_rule(tf: Trained, tf_bundle: ModelBund
     sig = signal(tf_bundle, tf.frame())
     json.dumps(sig)  # JSON-able
     assert sig["version"] == tf.version
+    # a canonical frame holding the ETFs is taken as traded prices (a file says more, below)
+    assert sig["derived_symbols"] == []
     assert sig["timestamp"] == "2024-01-10T20:59:00Z"  # the last bar's start
     grid = list(EnvParams.from_config(tf.cfg).grid)
     assert isinstance(sig["action"], int) and sig["target_exposure"] == grid[sig["action"]]
@@ -480,6 +482,7 @@ def test_cli_signal_prints_only_json_and_writes_out(tf: Trained, tmp_path: Path)
     assert res.exit_code == 0, res.stderr
     sig = json.loads(res.stdout)  # nothing but JSON on stdout
     assert sig["version"] == tf.version and json.loads(out.read_text()) == sig
+    assert sig["derived_symbols"] == ["SQQQ", "TQQQ"]  # the file holds QQQ only: ingest derived
     reg.promote(tf.version, "test")
     cfg = _cli_config(tf, tmp_path)
     res = runner.invoke(app, ["signal", "--bars", str(tf.raw), "--config", str(cfg)])

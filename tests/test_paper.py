@@ -253,6 +253,8 @@ def test_cli_paper_prints_a_summary_and_is_idempotent(tf: Trained, tmp_path: Pat
     assert f"paper: version {tf.version}" in res.stdout
     assert "bars: 391 from" in res.stdout and "391 appended" in res.stdout
     assert "fills at the open of the next bar" in res.stdout
+    # the input holds QQQ only: both ETFs are derived, and the summary says so
+    assert "prices of SQQQ, TQQQ are derived from the underlying" in res.stdout
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and "0 appended" in res.stdout
     res = runner.invoke(app, [*args, "--start", "2024-01-10T15:00:00Z"])
