@@ -391,18 +391,8 @@ def test_extra_files_are_copied_hashed_and_verified(tmp_path: Path) -> None:
     (v.path / "normaliser.json").write_text('{"mean": [1.0]}')
     with pytest.raises(RegistryError, match=r"normaliser\.json: sha256 mismatch"):
         reg.verify(v.version)
-    for bad in ("../x.json", "manifest.json", "model.zip"):
-        with pytest.raises(RegistryError, match="bad extra file name"):
-            reg.register(
-                model,
-                config,
-                GOOD,
-                data_hashes={},
-                code_version="0" * 16,
-                algo="maskable_ppo",
-                extra_files={bad: norm},
-            )
-    with pytest.raises(RegistryError, match="file not found"):
+
+    def register_with(extra_files: dict[str, Path]) -> None:
         reg.register(
             model,
             config,
@@ -410,5 +400,11 @@ def test_extra_files_are_copied_hashed_and_verified(tmp_path: Path) -> None:
             data_hashes={},
             code_version="0" * 16,
             algo="maskable_ppo",
-            extra_files={"x.json": tmp_path / "missing.json"},
+            extra_files=extra_files,
         )
+
+    for bad in ("../x.json", "manifest.json", "model.zip"):
+        with pytest.raises(RegistryError, match="bad extra file name"):
+            register_with({bad: norm})
+    with pytest.raises(RegistryError, match="file not found"):
+        register_with({"x.json": tmp_path / "missing.json"})
