@@ -37,6 +37,7 @@ FEATURE_MODULES: tuple[str, ...] = (
     "sentio.features.build",
     "sentio.features.indicators",
     "sentio.features.normalise",
+    "sentio.features.kernels",
     "sentio.features.exogenous",
     "sentio.calendar",
 )

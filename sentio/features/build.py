@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import polars as pl
@@ -54,8 +55,9 @@ from sentio.calendar import sessions
 from sentio.config import SentioConfig
 from sentio.errors import DataError
 from sentio.features import indicators as ind
+from sentio.features import kernels
 from sentio.features.exogenous import exogenous_join, load_exogenous
-from sentio.features.normalise import expanding_exprs, normalised_columns, rolling_exprs
+from sentio.features.normalise import causal_normalise, normalised_columns
 
 __all__ = ["BarInfo", "build_features", "feature_plan", "feature_summary", "inspect_bars"]
 
@@ -144,8 +146,12 @@ def warmup_rows(cfg: SentioConfig, info: BarInfo) -> int:
     return max(need)
 
 
-def _market_exprs(cfg: SentioConfig, on: set[str], daily: bool) -> list[pl.Expr]:
+def _market_exprs(
+    cfg: SentioConfig, on: set[str], daily: bool
+) -> tuple[dict[str, pl.Expr], list[pl.Expr]]:
+    """Helper columns (computed first, then dropped) and the market feature expressions."""
     f = cfg.features
+    helpers: dict[str, pl.Expr] = {}
     out: list[pl.Expr] = []
     if "returns" in on:
         out += [ind.log_return(_C, h).alias(f"log_ret_{h}") for h in f.return_horizons]
@@ -164,35 +170,35 @@ def _market_exprs(cfg: SentioConfig, on: set[str], daily: bool) -> list[pl.Expr]
         out += [line.alias("macd_line"), sig.alias("macd_signal"), hist.alias("macd_hist")]
     if "bollinger" in on:
         w, k = f.bollinger_window, f.bollinger_k
+        helpers["\x00bb_sd"] = kernels.rolling_std_expr(_C, w, ddof=0)
+        sd = pl.col("\x00bb_sd")
         out += [
-            ind.bollinger_pctb(_C, w, k).alias(f"bb_pctb_{w}"),
-            ind.bollinger_width(_C, w, k).alias(f"bb_width_{w}"),
+            ind.bollinger_pctb(_C, w, k, sd).alias(f"bb_pctb_{w}"),
+            ind.bollinger_width(_C, w, k, sd).alias(f"bb_width_{w}"),
         ]
     if "atr" in on:
         out.append(ind.atr_rel(_H, _L, _C, f.atr_window).alias(f"atr_rel_{f.atr_window}"))
     if "volume_z" in on:
         w = f.volume_z_window
-        lv = _V.log1p()
-        mean = lv.rolling_mean(w, min_samples=w)
-        sd = lv.rolling_std(w, min_samples=w, ddof=1)
-        out.append(ind.safe_div(lv - mean, sd).alias(f"volume_z_{w}"))
+        # ln(1 + V) as a log of a sum: volumes are whole numbers >= 0, where it equals log1p.
+        out.append(kernels.zscore_expr((_V + 1.0).log(), w).alias(f"volume_z_{w}"))
+    first = pl.col("session") != pl.col("session").shift(1)
     if "gap" in on:
         gap = (_O / _C.shift(1)).log()
         if not daily:
-            first = pl.col("session") != pl.col("session").shift(1)
             gap = pl.when(first).then(gap).otherwise(None).forward_fill()
         out.append(gap.alias("gap"))
     if "vwap" in on:
-        pv = ((_H + _L + _C) / 3.0 * _V).cum_sum().over("session")
-        vol = _V.cum_sum().over("session")
+        pv = kernels.segment_cum_expr((_H + _L + _C) / 3.0 * _V, first, "sum")
+        vol = kernels.segment_cum_expr(_V, first, "sum")
         vwap = pl.when(vol > 0).then(pv / vol).otherwise(_C)
         out.append((_C / vwap).log().alias("vwap_dist"))
     if "session_range" in on:
         out += [
-            (_C / _H.cum_max().over("session")).log().alias("dist_session_high"),
-            (_C / _L.cum_min().over("session")).log().alias("dist_session_low"),
+            (_C / kernels.segment_cum_expr(_H, first, "max")).log().alias("dist_session_high"),
+            (_C / kernels.segment_cum_expr(_L, first, "min")).log().alias("dist_session_low"),
         ]
-    return out
+    return helpers, out
 
 
 def _clock_exprs() -> list[pl.Expr]:
@@ -262,8 +268,12 @@ def feature_plan(bars: pl.DataFrame, cfg: SentioConfig) -> tuple[pl.LazyFrame, l
         check_sortedness=False,
     )
     lf = base.with_columns(obs.alias("obs_time"))
-    market = _market_exprs(cfg, on, info.daily)
+    helpers, market = _market_exprs(cfg, on, info.daily)
+    if helpers:
+        lf = lf.with_columns(**helpers)
     lf = lf.with_columns(market)
+    if helpers:
+        lf = lf.drop(*helpers)
     names = [e.meta.output_name() for e in market]
     if "session_clock" in on:
         lf = lf.with_columns(_clock_exprs())
@@ -295,11 +305,14 @@ def feature_plan(bars: pl.DataFrame, cfg: SentioConfig) -> tuple[pl.LazyFrame, l
     lf = lf.select("timestamp", *columns)
     norm_cols = normalised_columns(columns)
     if f.normalisation in ("rolling", "expanding"):
-        if f.normalisation == "rolling":
-            for step in rolling_exprs(norm_cols, f.norm_window, f.norm_clip):
-                lf = lf.with_columns(step)
-        else:
-            lf = lf.with_columns(expanding_exprs(norm_cols, f.norm_clip))
+        window = f.norm_window if f.normalisation == "rolling" else None
+        schema = lf.collect_schema()
+        schema.update({c: pl.Float32() for c in norm_cols})
+        # Whole columns in, whole columns out: no optimisation may move rows across it.
+        lf = lf.map_batches(
+            partial(causal_normalise, columns=norm_cols, window=window, clip=f.norm_clip),
+            schema=schema,
+        )
         lf = lf.filter(pl.int_range(pl.len(), dtype=pl.Int64) >= f.norm_window - 1)
     else:  # train_fit: raw values; a missing exogenous value is 0 (its flag says so)
         lf = lf.with_columns(pl.col(exo_names).fill_null(0.0))

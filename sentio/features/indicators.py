@@ -17,6 +17,8 @@ import math
 
 import polars as pl
 
+from sentio.features.kernels import rolling_std_expr, rsi_expr, wilder_expr
+
 __all__ = [
     "atr_rel",
     "bollinger_pctb",
@@ -46,7 +48,7 @@ def log_return(close: pl.Expr, horizon: int) -> pl.Expr:
 
 def realized_vol(close: pl.Expr, window: int) -> pl.Expr:
     """Close-to-close realized volatility per bar: sample std (ddof 1) of ``window`` log returns."""
-    return log_return(close, 1).rolling_std(window, min_samples=window, ddof=1)
+    return rolling_std_expr(log_return(close, 1), window, ddof=1)
 
 
 def parkinson_vol(high: pl.Expr, low: pl.Expr, window: int) -> pl.Expr:
@@ -79,40 +81,20 @@ def wilder(x: pl.Expr, n: int, first: int) -> pl.Expr:
     ``first .. first+n-1``, then ``avg_t = (avg_{t-1} (n - 1) + x_t) / n``.
 
     Null before row ``first + n - 1``. ``first`` is the first row on which ``x`` is
-    defined (1 for quantities built from a previous close).
+    defined (1 for quantities built from a previous close). One compiled pass
+    (:func:`sentio.features.kernels.wilder_values`).
     """
-    idx = pl.int_range(pl.len(), dtype=pl.Int64)
-    seed_row = first + n - 1
-    seeded = (
-        pl.when(idx < seed_row)
-        .then(None)
-        .when(idx == seed_row)
-        .then(x.rolling_mean(n, min_samples=n))
-        .otherwise(x)
-    )
-    return seeded.ewm_mean(alpha=1.0 / n, adjust=False, ignore_nulls=False)
+    return wilder_expr(x, n, first)
 
 
 def rsi(close: pl.Expr, n: int) -> pl.Expr:
-    """Wilder's RSI in [0, 100]: ``100 - 100 / (1 + avg_gain / avg_loss)`` (Wilder smoothing).
+    """Wilder's RSI in [0, 100]: ``100 - 100 / (1 + avg_gain / avg_loss)`` (Wilder smoothing
+    of one-bar gains and losses, seeded with their mean over the first ``n`` changes).
 
-    100 when there were no losses, 50 when the price did not move at all.
+    100 when there were no losses, 50 when the price did not move at all; null for the
+    first ``n`` rows. One compiled pass (:func:`sentio.features.kernels.rsi_values`).
     """
-    delta = close.diff()
-    gain = delta.clip(lower_bound=0.0)
-    loss = (-delta).clip(lower_bound=0.0)
-    avg_gain = wilder(gain, n, first=1)
-    avg_loss = wilder(loss, n, first=1)
-    value = 100.0 - 100.0 / (1.0 + avg_gain / avg_loss)
-    return (
-        pl.when(avg_loss > 0)
-        .then(value)
-        .when(avg_gain > 0)
-        .then(pl.lit(100.0))
-        .when(avg_gain.is_not_null())
-        .then(pl.lit(50.0))
-        .otherwise(None)
-    )
+    return rsi_expr(close, n)
 
 
 def true_range(high: pl.Expr, low: pl.Expr, close: pl.Expr) -> pl.Expr:
@@ -137,18 +119,20 @@ def macd(close: pl.Expr, fast: int, slow: int, signal: int) -> tuple[pl.Expr, pl
     return line / close, sig / close, (line - sig) / close
 
 
-def bollinger_pctb(close: pl.Expr, window: int, k: float) -> pl.Expr:
+def bollinger_pctb(close: pl.Expr, window: int, k: float, sd: pl.Expr | None = None) -> pl.Expr:
     """Bollinger %b: ``(C - lower) / (upper - lower)`` with bands ``mean +- k sd`` (ddof 0).
 
-    0.5 when the window is flat.
+    0.5 when the window is flat. ``sd``: the window's std (ddof 0) when already computed.
     """
     mid = close.rolling_mean(window, min_samples=window)
-    sd = close.rolling_std(window, min_samples=window, ddof=0)
+    if sd is None:
+        sd = rolling_std_expr(close, window, ddof=0)
     return safe_div(close - (mid - k * sd), 2.0 * k * sd, default=0.5)
 
 
-def bollinger_width(close: pl.Expr, window: int, k: float) -> pl.Expr:
+def bollinger_width(close: pl.Expr, window: int, k: float, sd: pl.Expr | None = None) -> pl.Expr:
     """Bollinger band width relative to the middle band: ``2 k sd / mean`` (ddof 0)."""
     mid = close.rolling_mean(window, min_samples=window)
-    sd = close.rolling_std(window, min_samples=window, ddof=0)
+    if sd is None:
+        sd = rolling_std_expr(close, window, ddof=0)
     return 2.0 * k * sd / mid

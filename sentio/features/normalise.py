@@ -10,8 +10,10 @@ Three modes (``features.normalisation``):
 * ``"train_fit"``: :func:`fit_normaliser` takes the mean and std of each column over the
   rows stamped before ``train_end`` only, :func:`apply_normaliser` applies them anywhere.
 
-Never full-sample. A zero (or undefined) std gives 0. Normalised values are clipped to
-``+-clip``.
+Never full-sample. A zero std gives 0 (for ``rolling``/``expanding``: a variance at most
+``1e-12`` of the mean of squares, i.e. a flat window up to rounding). Normalised values
+are clipped to ``+-clip``. ``rolling`` and ``expanding`` run in one compiled pass per
+column (:mod:`sentio.features.kernels`).
 
 Which columns are normalised (:func:`normalised_columns`): every feature except the
 session clock (``minutes_since_open``, ``minutes_to_close``: bounded, meaningful in
@@ -25,21 +27,22 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from sentio.errors import DataError
+from sentio.features.kernels import zscores
 
 __all__ = [
     "DEFAULT_CLIP",
     "UNNORMALISED_COLUMNS",
     "apply_normaliser",
-    "expanding_exprs",
+    "causal_normalise",
     "fit_normaliser",
     "normalised_columns",
-    "rolling_exprs",
 ]
 
 UNNORMALISED_COLUMNS: tuple[str, ...] = ("minutes_since_open", "minutes_to_close")
@@ -75,59 +78,29 @@ def _zscore(x: pl.Expr, mean: pl.Expr, std: pl.Expr, clip: float | None) -> pl.E
     return z.fill_null(0.0)
 
 
-def rolling_exprs(columns: Iterable[str], window: int, clip: float | None) -> list[list[pl.Expr]]:
-    """Rolling z-scores over the last ``window`` rows (current row included), same names.
+def causal_normalise(
+    frame: pl.DataFrame, columns: Iterable[str], window: int | None, clip: float | None
+) -> pl.DataFrame:
+    """``frame`` with ``columns`` replaced by their causal z-scores (Float32).
 
-    Steps to apply with consecutive ``with_columns`` (each step reads the temporary
-    columns of the one before; written out so that no rolling sum is computed twice):
-    the window means of ``x`` and ``x^2`` (and, for exogenous columns that may be missing,
-    the count of values), the std (ddof 1) from ``(mean(x^2) - mean(x)^2) n / (n - 1)``,
-    and the z-scores. A variance below ``1e-12`` of ``mean(x^2)`` (a flat window, up to
-    rounding) counts as zero. Drop the temporaries (``\x00`` in their names) afterwards.
+    ``window`` rows back, the current row included (``"rolling"``; a full window of
+    values is needed, else 0), or every row from the frame's first (``None``,
+    ``"expanding"``; two values are needed). Exogenous value columns are scored over
+    their non-missing values with two values enough; a missing value scores 0. One
+    compiled pass per column (:func:`sentio.features.kernels.zscores`, which releases
+    the GIL), the columns spread over polars' thread pool size.
     """
-    sums: list[pl.Expr] = []
-    stds: list[pl.Expr] = []
-    zs: list[pl.Expr] = []
-    for c in columns:
-        x = pl.col(c).cast(pl.Float64)
-        m1, m2, n, sd = (f"{c}\x00{s}" for s in ("m1", "m2", "n", "sd"))
-        if _is_exo_value(c):
-            sums += [
-                x.rolling_mean(window, min_samples=2).alias(m1),
-                (x * x).rolling_mean(window, min_samples=2).alias(m2),
-                x.is_not_null().cast(pl.Float64).rolling_sum(window).alias(n),
-            ]
-            count = pl.col(n)
-        else:
-            sums += [
-                x.rolling_mean(window, min_samples=window).alias(m1),
-                (x * x).rolling_mean(window, min_samples=window).alias(m2),
-            ]
-            count = pl.lit(float(window))
-        var = (pl.col(m2) - pl.col(m1).pow(2)) * (count / (count - 1.0))
-        stds.append(pl.when(var > 1e-12 * pl.col(m2)).then(var.sqrt()).otherwise(0.0).alias(sd))
-        zs.append(_zscore(x, pl.col(m1), pl.col(sd), clip).alias(c))
-    return [sums, stds, zs]
+    names = list(columns)
 
+    def score(c: str) -> pl.Series:
+        need = 2 if window is None or _is_exo_value(c) else window
+        values = frame[c].to_numpy()
+        return pl.Series(c, zscores(values, window, clip, min_count=need))
 
-def expanding_exprs(columns: Iterable[str], clip: float | None) -> list[pl.Expr]:
-    """Expanding z-scores (every row from the frame's first to the current one), same names.
-
-    Sums are taken of ``x - x_0`` (the first non-missing value) to limit cancellation in
-    the one-pass variance.
-    """
-    out = []
-    for c in columns:
-        x = pl.col(c).cast(pl.Float64)
-        d = x - x.drop_nulls().first()
-        n = x.cum_count().cast(pl.Float64)
-        s1 = d.cum_sum()
-        s2 = (d * d).cum_sum()
-        mean_d = s1 / n
-        var = ((s2 - s1 * mean_d) / (n - 1.0)).clip(lower_bound=0.0)
-        std = pl.when(n >= 2).then(var.sqrt()).otherwise(None)
-        out.append(_zscore(d, mean_d, std, clip).alias(c))
-    return out
+    workers = max(1, min(len(names), pl.thread_pool_size()))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        scored = list(pool.map(score, names))
+    return frame.with_columns(scored)
 
 
 def fit_normaliser(
