@@ -1,22 +1,30 @@
 """One million one-minute bars through the default feature set, beside a plain pandas version.
 
-Run: .venv/bin/python benchmarks/bench_features.py [--rows 1000000]
+Run: .venv/bin/python benchmarks/bench_features.py [--rows 1000000] [--processes 3]
 
 The pandas baseline computes the same indicators the straightforward way (rolling, ewm,
 groupby-cumsum per session, resample + merge_asof for coarse bars, rolling z-scores),
-single process, in the same run. Targets (issue 3): under 2 s and at least 10x faster
-than pandas. Exit status 1 when a target is missed.
+single process, in the same run. Each side runs in fresh processes (``--processes``, 3 by
+default): a warm-up on 50,000 rows (imports, the compiled kernels' disk cache, the
+calendar), then three timed full runs. The target is judged on the first full run of a
+fresh process, which is how the nightly flow builds features (once per process); the
+best of the repeated runs in one process is printed beside it (there the baseline gains
+most, from its allocator reusing the memory of its earlier runs). Targets (issue 3):
+under 2 s and at least 10x faster than pandas. Exit status 1 when a target is missed.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import math
+import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +39,7 @@ from tests.conftest import minute_bars  # noqa: E402
 
 TIME_TARGET_S = 2.0
 RATIO_TARGET = 10.0
+REPEATS = 3
 
 
 def make_bars(rows: int) -> pl.DataFrame:
@@ -129,34 +138,69 @@ def pandas_features(bars: pl.DataFrame, cfg: SentioConfig) -> pd.DataFrame:
     return out.iloc[nw:].astype("float32")
 
 
+def _worker(impl: str, rows: int) -> None:
+    """One fresh process: warm up on 50,000 rows, then time ``REPEATS`` full runs."""
+    bars = make_bars(rows)
+    cfg = SentioConfig()
+    run = build_features if impl == "sentio" else pandas_features
+    run(bars.head(50_000), cfg)  # imports, compiled-kernel cache, calendar cache
+    times = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        out = run(bars, cfg)
+        times.append(time.perf_counter() - t0)
+    if isinstance(out, pl.DataFrame):
+        shape = [out.height, out.width - 1]
+    else:
+        shape = [int(out.shape[0]), int(out.shape[1])]
+    print(json.dumps({"rows": bars.height, "times": times, "shape": shape}))
+
+
+def _measure(impl: str, rows: int, processes: int) -> list[dict[str, Any]]:
+    results = []
+    for _ in range(processes):
+        cmd = [sys.executable, __file__, "--worker", impl, "--rows", str(rows)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise SystemExit(f"bench_features: the {impl} worker failed:\n{done.stderr}")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def _list(times: list[float]) -> str:
+    return ", ".join(f"{t:.2f}" for t in times)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes per side")
+    parser.add_argument("--worker", choices=["sentio", "pandas"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     # pandas 3 warns about date objects in the baseline's session lookup; harmless here.
     warnings.filterwarnings("ignore", message="Inferring datetime64")
-    bars = make_bars(args.rows)
-    cfg = SentioConfig()
-    build_features(bars.head(50_000), cfg)  # warm the calendar cache and polars
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        out = build_features(bars, cfg)
-        times.append(time.perf_counter() - t0)
-    t_polars = min(times)
-    t0 = time.perf_counter()
-    ref = pandas_features(bars, cfg)
-    t_pandas = time.perf_counter() - t0
-    ratio = t_pandas / t_polars
-    print(f"input rows               {bars.height:,}")
-    print(f"feature rows x columns   {out.height:,} x {out.width - 1}  (pandas {ref.shape[1]})")
-    print(
-        f"sentio build_features    {t_polars:6.2f} s  (best of 3: {', '.join(f'{t:.2f}' for t in times)})"
-    )
-    print(f"pandas baseline          {t_pandas:6.2f} s")
-    print(f"ratio pandas/sentio      {ratio:6.1f} x")
-    print(f"targets                  {TIME_TARGET_S:.0f} s, {RATIO_TARGET:.0f} x")
-    ok = t_polars < TIME_TARGET_S and ratio >= RATIO_TARGET
+    if args.worker:
+        _worker(args.worker, args.rows)
+        return 0
+    ours = _measure("sentio", args.rows, args.processes)
+    base = _measure("pandas", args.rows, args.processes)
+    first = [r["times"][0] for r in ours], [r["times"][0] for r in base]
+    every = [t for r in ours for t in r["times"]], [t for r in base for t in r["times"]]
+    ratio_first = min(first[1]) / min(first[0])
+    ratio_every = min(every[1]) / min(every[0])
+    (height, width), (_, ref_width) = ours[0]["shape"], base[0]["shape"]
+    print(f"input rows                 {ours[0]['rows']:,}")
+    print(f"feature rows x columns     {height:,} x {width}  (pandas {ref_width})")
+    print(f"first full run in a fresh process (best of {args.processes} processes):")
+    print(f"  sentio build_features    {min(first[0]):6.2f} s  ({_list(first[0])})")
+    print(f"  pandas baseline          {min(first[1]):6.2f} s  ({_list(first[1])})")
+    print(f"  ratio pandas/sentio      {ratio_first:6.1f} x")
+    print(f"repeated runs in one process (best of {len(every[0])}, {REPEATS} per process):")
+    print(f"  sentio build_features    {min(every[0]):6.2f} s")
+    print(f"  pandas baseline          {min(every[1]):6.2f} s")
+    print(f"  ratio pandas/sentio      {ratio_every:6.1f} x")
+    print(f"targets                    {TIME_TARGET_S:.0f} s, {RATIO_TARGET:.0f} x (first runs)")
+    ok = max(first[0]) < TIME_TARGET_S and ratio_first >= RATIO_TARGET
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

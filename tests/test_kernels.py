@@ -149,16 +149,27 @@ def _py_rsi(c: list[float], n: int) -> list[float]:
     return out
 
 
-def test_wilder_and_rsi_match_textbook_loops() -> None:
+def test_rsi_and_atr_match_textbook_loops() -> None:
     x = noisy(300, seed=5)
-    np.testing.assert_allclose(K.wilder_values(x, 14, 0), _py_wilder(list(x), 14, 0), rtol=1e-12)
-    np.testing.assert_allclose(K.wilder_values(x, 5, 3), _py_wilder(list(x), 5, 3), rtol=1e-12)
     np.testing.assert_allclose(K.rsi_values(x, 14), _py_rsi(list(x), 14), rtol=1e-12)
     # Hand-worked: n = 2, closes 1, 2, 4, 3: changes +1, +2, -1; seed gain 1.5, loss 0
     # -> 100; then gain (1.5 + 0) / 2 = 0.75, loss (0 + 1) / 2 = 0.5 -> 100 - 100 / 2.5 = 60.
     r = K.rsi_values(np.array([1.0, 2.0, 4.0, 3.0]), 2)
     assert np.isnan(r[:2]).all() and r[2] == 100.0 and r[3] == pytest.approx(60.0)
     assert (K.rsi_values(np.full(30, 5.0), 14)[14:] == 50.0).all()
+    high, low = x + 0.3 + noisy(300, seed=6) * 0.001, x - 0.4
+    tr = [high[0] - low[0]] + [
+        max(high[t] - low[t], abs(high[t] - x[t - 1]), abs(low[t] - x[t - 1]))
+        for t in range(1, 300)
+    ]
+    want = np.array(_py_wilder(tr, 10, 0)) / x
+    np.testing.assert_allclose(K.atr_rel(high, low, x, 10), want, rtol=1e-12)
+    # Hand-worked: n = 2, bars (H, L, C) = (3, 1, 2), (4, 2, 3), (9, 5, 6): true ranges
+    # 2, max(2, 2, 0) = 2, max(4, 6, 2) = 6; ATR 2 on row 1, (2 + 6) / 2 = 4 on row 2.
+    atr = K.atr_rel(
+        np.array([3.0, 4.0, 9.0]), np.array([1.0, 2.0, 5.0]), np.array([2.0, 3.0, 6.0]), 2
+    )
+    assert np.isnan(atr[0]) and atr[1] == pytest.approx(2 / 3) and atr[2] == pytest.approx(4 / 6)
 
 
 def test_rsi_skips_a_missing_close() -> None:
@@ -173,41 +184,131 @@ def test_rsi_skips_a_missing_close() -> None:
     np.testing.assert_allclose(got[41:], skipped[40:], rtol=1e-12)
 
 
-def test_segment_cum_matches_a_python_loop() -> None:
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal(500)
-    x[rng.random(500) < 0.1] = np.nan
-    first = rng.random(500) < 0.05
-    first[0] = True
-    for op, f in (("sum", lambda a, b: a + b), ("max", max), ("min", min)):
-        want, acc = [], math.nan
-        for v, start in zip(x, first, strict=True):
-            if start or math.isnan(acc):
-                acc = v
-            elif not math.isnan(v):
-                acc = f(acc, v)
-            want.append(acc)
-        np.testing.assert_allclose(K.segment_cum(x, first, op), want, rtol=1e-12)
-    # The polars window function as a second oracle where nothing is missing.
-    y = rng.standard_normal(500)
-    session = np.cumsum(first)
-    frame = pl.DataFrame({"y": y, "s": session})
-    oracle = frame.select(pl.col("y").cum_max().over("s"))["y"].to_numpy()
-    np.testing.assert_array_equal(K.segment_cum(y, first, "max"), oracle)
+def _bars(n: int, seed: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    close = noisy(n, seed)
+    open_ = close * np.exp(rng.normal(0, 0.001, n))
+    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 0.002, n)))
+    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.002, n)))
+    volume = rng.integers(0, 500, n).astype(float)
+    return open_, high, low, close, volume
+
+
+def test_range_vol_macd_bollinger_match_loops() -> None:
+    o, h, lo, c, _ = _bars(400, seed=4)
+    got = K.range_vol(o, h, lo, c, [5, 30])
+    hl2 = np.log(h / lo) ** 2
+    gk = 0.5 * hl2 - (2 * math.log(2) - 1) * np.log(c / o) ** 2
+    for k, w in enumerate((5, 30)):
+        park = [
+            math.sqrt(hl2[t - w + 1 : t + 1].mean() / (4 * math.log(2))) for t in range(w - 1, 400)
+        ]
+        garman = [math.sqrt(max(gk[t - w + 1 : t + 1].mean(), 0.0)) for t in range(w - 1, 400)]
+        assert np.isnan(got[2 * k, : w - 1]).all() and np.isnan(got[2 * k + 1, : w - 1]).all()
+        np.testing.assert_allclose(got[2 * k, w - 1 :], park, rtol=1e-9)
+        np.testing.assert_allclose(got[2 * k + 1, w - 1 :], garman, rtol=1e-9, atol=1e-12)
+
+    # MACD: EMAs seeded with the first value, alpha = 2 / (span + 1).
+    def ema(values: list[float], span: int) -> list[float]:
+        out, a = [values[0]], 2 / (span + 1)
+        for v in values[1:]:
+            out.append((1 - a) * out[-1] + a * v)
+        return out
+
+    line = np.array(ema(list(c), 12)) - np.array(ema(list(c), 26))
+    sig = np.array(ema(list(line), 9))
+    np.testing.assert_allclose(
+        K.macd(c, 12, 26, 9), [line / c, sig / c, (line - sig) / c], rtol=1e-9, atol=1e-15
+    )
+    # Bollinger (ddof 0): %b and width from each window's mean and std.
+    bb = K.bollinger(c, 20, 2.0)
+    for t in (19, 200, 399):
+        win = c[t - 19 : t + 1]
+        mid, sd = win.mean(), win.std()
+        assert bb[0, t] == pytest.approx((c[t] - (mid - 2 * sd)) / (4 * sd), rel=1e-9)
+        assert bb[1, t] == pytest.approx(4 * sd / mid, rel=1e-9)
+    assert np.isnan(bb[:, :19]).all()
+    flat = K.bollinger(np.full(30, 4.2), 10, 2.0)
+    assert (flat[0, 9:] == 0.5).all() and (flat[1, 9:] == 0.0).all()
+
+
+def test_session_features_match_a_python_loop() -> None:
+    _, h, lo, c, v = _bars(500, seed=2)
+    v[:3] = 0.0  # a session opening without volume: VWAP distance 0
+    first = np.zeros(500, dtype=bool)
+    first[[0, 120, 121, 390]] = True  # a one-bar session too
+    want = []
+    for t in range(500):
+        if first[t]:
+            pv = vol = 0.0
+            top, bottom = h[t], lo[t]
+        pv += (h[t] + lo[t] + c[t]) / 3 * v[t]
+        vol += v[t]
+        top, bottom = max(top, h[t]), min(bottom, lo[t])
+        want.append(
+            [
+                math.log(c[t] / (pv / vol)) if vol > 0 else 0.0,
+                math.log(c[t] / top),
+                math.log(c[t] / bottom),
+            ]
+        )
+    got = K.session_features(h, lo, c, v, first)
+    np.testing.assert_allclose(got.T, want, rtol=1e-9, atol=1e-15)
+    assert got[0, 0] == 0.0 and (got[1] <= 0).all() and (got[2] >= 0).all()
+    # The polars window function as a second oracle for the session high.
+    frame = pl.DataFrame({"h": h, "s": np.cumsum(first)})
+    top = frame.select(pl.col("h").cum_max().over("s"))["h"].to_numpy()
+    np.testing.assert_allclose(got[1], np.log(c / top), rtol=1e-12, atol=1e-15)
+
+
+def test_float32_outputs_round_the_float64_values() -> None:
+    o, h, lo, c, v = _bars(300, seed=8)
+    first = np.zeros(300, dtype=bool)
+    first[::100] = True
+    pairs = [
+        (K.rolling_std(c, 7), K.rolling_std(c, 7, float32=True)),
+        (K.rsi_values(c, 14), K.rsi_values(c, 14, float32=True)),
+        (K.atr_rel(h, lo, c, 14), K.atr_rel(h, lo, c, 14, float32=True)),
+        (K.range_vol(o, h, lo, c, [9]), K.range_vol(o, h, lo, c, [9], float32=True)),
+        (K.macd(c, 12, 26, 9), K.macd(c, 12, 26, 9, float32=True)),
+        (K.bollinger(c, 20, 2.0), K.bollinger(c, 20, 2.0, float32=True)),
+        (
+            K.session_features(h, lo, c, v, first),
+            K.session_features(h, lo, c, v, first, float32=True),
+        ),
+    ]
+    for f64, f32 in pairs:
+        assert f32.dtype == np.float32
+        np.testing.assert_array_equal(f32, f64.astype(np.float32))
+
+
+def test_dense_and_general_z_paths_agree_bit_for_bit() -> None:
+    # Without missing values and with full windows required the z-scores take a faster
+    # path; a NaN at the very end sends the whole column down the general one.
+    x = noisy(5000, seed=12)
+    x[2500:2600] = x[2500]  # a flat stretch
+    both = np.append(x, np.nan)
+    for window in (2, 37, 300):
+        fast = K.zscores(x, window, 3.0)
+        general = K.zscores(both, window, 3.0)[:-1]
+        np.testing.assert_array_equal(fast, general)
 
 
 def _kernels(x: np.ndarray, window: int) -> list[np.ndarray]:
     first = np.zeros(len(x), dtype=bool)
     first[:: max(window, 1)] = True
+    pos = np.abs(x) + 1.0
     return [
         K.zscores(x, window, 4.0),
         K.zscores(x, window, None, min_count=2, float32=False),
         K.zscores(x, None, 4.0),
         K.rolling_std(x, window),
-        K.wilder_values(x, window, 1),
         K.rsi_values(x, window),
-        K.segment_cum(x, first, "sum"),
-        K.segment_cum(x, first, "min"),
+        K.atr_rel(pos + 1, pos, pos + 0.5, window),
+        K.range_vol(pos, pos + 1, pos, pos + 0.5, [window]),
+        K.macd(pos, window, window + 3, 2),
+        K.bollinger(x, window, 2.0),
+        K.session_features(pos + 1, pos, pos + 0.5, pos, first),
     ]
 
 
@@ -229,7 +330,7 @@ def test_prefix_gives_identical_values(values: list[float], window: int, data) -
     x = np.array(values)
     k = data.draw(st.integers(1, len(x)))
     for whole, part in zip(_kernels(x, window), _kernels(x[:k], window), strict=True):
-        np.testing.assert_array_equal(part, whole[:k])  # bit for bit, NaN where NaN
+        np.testing.assert_array_equal(part, whole[..., :k])  # bit for bit, NaN where NaN
 
 
 def test_bad_arguments_are_refused() -> None:
@@ -238,21 +339,25 @@ def test_bad_arguments_are_refused() -> None:
         K.zscores(x, 1, None)
     with pytest.raises(ValueError, match="window must be at least 2"):
         K.rolling_std(x, 1, ddof=1)
-    with pytest.raises(ValueError, match="op must be one of"):
-        K.segment_cum(x, x > 5, "mean")
-    with pytest.raises(ValueError, match="10 values but 9 flags"):
-        K.segment_cum(x, x[:9] > 5, "sum")
+    with pytest.raises(ValueError, match="10 bars but 9 flags"):
+        K.session_features(x, x, x, x, x[:9] > 5)
     with pytest.raises(ValueError, match="need n >= 1"):
         K.rsi_values(x, 0)
+    with pytest.raises(ValueError, match="spans must be >= 1"):
+        K.macd(x, 0, 26, 9)
 
 
 def test_expressions_turn_undefined_rows_into_nulls() -> None:
-    frame = pl.DataFrame({"x": noisy(50, seed=1)})
+    o, h, lo, c, v = _bars(50, seed=1)
+    frame = pl.DataFrame({"o": o, "h": h, "l": lo, "c": c, "v": v})
     out = frame.select(
-        K.rolling_std_expr(pl.col("x"), 5).alias("sd"),
-        K.zscore_expr(pl.col("x"), 5).alias("z"),
-        K.rsi_expr(pl.col("x"), 14).alias("rsi"),
-        K.wilder_expr(pl.col("x"), 3, 0).alias("w"),
-    )
-    assert out.null_count().row(0) == (4, 4, 14, 2)
-    assert not out.select(pl.all().is_nan().any()).row(0)[0]
+        K.rolling_std_expr(pl.col("c"), 5).alias("sd"),
+        K.zscore_expr(pl.col("c"), 5).alias("z"),
+        K.rsi_expr(pl.col("c"), 14).alias("rsi"),
+        K.atr_rel_expr(pl.col("h"), pl.col("l"), pl.col("c"), 3).alias("atr"),
+        K.range_vol_expr(pl.col("o"), pl.col("h"), pl.col("l"), pl.col("c"), [4]).alias("rv"),
+    ).unnest("rv")
+    assert out.columns == ["sd", "z", "rsi", "atr", "park_4", "gk_4"]
+    assert out.null_count().row(0) == (4, 4, 14, 2, 3, 3)
+    assert all(dtype == pl.Float32 for dtype in out.dtypes)
+    assert not out.select(pl.any_horizontal(pl.all().is_nan()).any()).item()

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import polars as pl
@@ -55,13 +54,13 @@ from sentio.calendar import sessions
 from sentio.config import SentioConfig
 from sentio.errors import DataError
 from sentio.features import indicators as ind
-from sentio.features import kernels
 from sentio.features.exogenous import exogenous_join, load_exogenous
 from sentio.features.normalise import causal_normalise, normalised_columns
 
 __all__ = ["BarInfo", "build_features", "feature_plan", "feature_summary", "inspect_bars"]
 
 DAILY_THRESHOLD = dt.timedelta(hours=20)
+_KEEP = "\x00keep"
 INTRADAY_ONLY = frozenset({"vwap", "session_clock", "session_range", "coarse"})
 
 _C, _O, _H, _L, _V = (pl.col(c) for c in ("close", "open", "high", "low", "volume"))
@@ -149,55 +148,56 @@ def warmup_rows(cfg: SentioConfig, info: BarInfo) -> int:
 def _market_exprs(
     cfg: SentioConfig, on: set[str], daily: bool
 ) -> tuple[dict[str, pl.Expr], list[pl.Expr]]:
-    """Helper columns (computed first, then dropped) and the market feature expressions."""
+    """Helper columns (indicator groups as Structs, computed first, then dropped) and the
+    market feature expressions."""
     f = cfg.features
     helpers: dict[str, pl.Expr] = {}
     out: list[pl.Expr] = []
+
+    def fields(group: str, expr: pl.Expr, names: dict[str, str]) -> None:
+        helpers[f"\x00{group}"] = expr
+        out.extend(pl.col(f"\x00{group}").struct.field(k).alias(v) for k, v in names.items())
+
     if "returns" in on:
-        out += [ind.log_return(_C, h).alias(f"log_ret_{h}") for h in f.return_horizons]
+        out += [
+            ind.log_return(_C, h).cast(pl.Float32).alias(f"log_ret_{h}") for h in f.return_horizons
+        ]
     if "realized_vol" in on:
         out += [ind.realized_vol(_C, w).alias(f"rv_cc_{w}") for w in f.vol_windows]
     if "range_vol" in on:
+        names = {}
         for w in f.vol_windows:
             if "parkinson" in f.range_vol:
-                out.append(ind.parkinson_vol(_H, _L, w).alias(f"rv_park_{w}"))
+                names[f"park_{w}"] = f"rv_park_{w}"
             if "garman_klass" in f.range_vol:
-                out.append(ind.garman_klass_vol(_O, _H, _L, _C, w).alias(f"rv_gk_{w}"))
+                names[f"gk_{w}"] = f"rv_gk_{w}"
+        fields("range_vol", ind.range_vol(_O, _H, _L, _C, f.vol_windows), names)
     if "rsi" in on:
         out.append(ind.rsi(_C, f.rsi_window).alias(f"rsi_{f.rsi_window}"))
     if "macd" in on:
-        line, sig, hist = ind.macd(_C, *f.macd)
-        out += [line.alias("macd_line"), sig.alias("macd_signal"), hist.alias("macd_hist")]
+        names = {"line": "macd_line", "signal": "macd_signal", "hist": "macd_hist"}
+        fields("macd", ind.macd(_C, *f.macd), names)
     if "bollinger" in on:
         w, k = f.bollinger_window, f.bollinger_k
-        helpers["\x00bb_sd"] = kernels.rolling_std_expr(_C, w, ddof=0)
-        sd = pl.col("\x00bb_sd")
-        out += [
-            ind.bollinger_pctb(_C, w, k, sd).alias(f"bb_pctb_{w}"),
-            ind.bollinger_width(_C, w, k, sd).alias(f"bb_width_{w}"),
-        ]
+        names = {"pctb": f"bb_pctb_{w}", "width": f"bb_width_{w}"}
+        fields("bollinger", ind.bollinger(_C, w, k), names)
     if "atr" in on:
         out.append(ind.atr_rel(_H, _L, _C, f.atr_window).alias(f"atr_rel_{f.atr_window}"))
     if "volume_z" in on:
-        w = f.volume_z_window
-        # ln(1 + V) as a log of a sum: volumes are whole numbers >= 0, where it equals log1p.
-        out.append(kernels.zscore_expr((_V + 1.0).log(), w).alias(f"volume_z_{w}"))
+        out.append(ind.volume_z(_V, f.volume_z_window).alias(f"volume_z_{f.volume_z_window}"))
     first = pl.col("session") != pl.col("session").shift(1)
     if "gap" in on:
         gap = (_O / _C.shift(1)).log()
         if not daily:
             gap = pl.when(first).then(gap).otherwise(None).forward_fill()
-        out.append(gap.alias("gap"))
+        out.append(gap.cast(pl.Float32).alias("gap"))
+    session = {}
     if "vwap" in on:
-        pv = kernels.segment_cum_expr((_H + _L + _C) / 3.0 * _V, first, "sum")
-        vol = kernels.segment_cum_expr(_V, first, "sum")
-        vwap = pl.when(vol > 0).then(pv / vol).otherwise(_C)
-        out.append((_C / vwap).log().alias("vwap_dist"))
+        session["vwap_dist"] = "vwap_dist"
     if "session_range" in on:
-        out += [
-            (_C / kernels.segment_cum_expr(_H, first, "max")).log().alias("dist_session_high"),
-            (_C / kernels.segment_cum_expr(_L, first, "min")).log().alias("dist_session_low"),
-        ]
+        session |= {"dist_high": "dist_session_high", "dist_low": "dist_session_low"}
+    if session:
+        fields("session", ind.session_features(_H, _L, _C, _V, first), session)
     return helpers, out
 
 
@@ -224,7 +224,7 @@ def _coarse_frame(
         )
         .agg(pl.col("close").last())
         .with_columns(
-            ind.log_return(_C, 1).alias(names[0]),
+            ind.log_return(_C, 1).cast(pl.Float32).alias(names[0]),
             ind.realized_vol(_C, f.coarse_vol_window).alias(names[1]),
             ind.rsi(_C, f.rsi_window).alias(names[2]),
             # Visible on the row of the bar that ends when the coarse bar ends.
@@ -236,7 +236,13 @@ def _coarse_frame(
 
 
 def feature_plan(bars: pl.DataFrame, cfg: SentioConfig) -> tuple[pl.LazyFrame, list[str]]:
-    """The lazy plan of :func:`build_features` and its feature column names."""
+    """The lazy plan of the market features (every bar, warm-up included) and their names.
+
+    Columns: ``timestamp``, ``obs_time`` (when the bar's values are known), the features,
+    and a Boolean column named by ``_KEEP`` that holds from the first row after the
+    warm-up on. :func:`build_features` runs it, keeps those rows, joins the exogenous
+    columns and normalises.
+    """
     frame, info = inspect_bars(bars, cfg.universe.underlying)
     f = cfg.features
     on = _enabled(cfg, info.daily)
@@ -246,10 +252,10 @@ def feature_plan(bars: pl.DataFrame, cfg: SentioConfig) -> tuple[pl.LazyFrame, l
         info.last.date() + dt.timedelta(days=1),
         cfg.universe.calendar,
     ).select("session", pl.col("open").alias("open_t"), pl.col("close").alias("close_t"))
-    outside = frame.select("timestamp").join_asof(
+    joined = frame.join_asof(
         table, left_on="timestamp", right_on="open_t", strategy="backward", check_sortedness=False
     )
-    bad = outside.filter(pl.col("close_t").is_null() | (pl.col("timestamp") >= pl.col("close_t")))
+    bad = joined.filter(pl.col("close_t").is_null() | (pl.col("timestamp") >= pl.col("close_t")))
     if bad.height:
         raise DataError(
             f"features: {bad.height} bars outside regular sessions of {cfg.universe.calendar} "
@@ -260,13 +266,7 @@ def feature_plan(bars: pl.DataFrame, cfg: SentioConfig) -> tuple[pl.LazyFrame, l
         if info.daily
         else pl.min_horizontal(pl.col("timestamp") + info.bar, pl.col("close_t"))
     )
-    base = frame.lazy().join_asof(
-        table.lazy(),
-        left_on="timestamp",
-        right_on="open_t",
-        strategy="backward",
-        check_sortedness=False,
-    )
+    base = joined.lazy()
     lf = base.with_columns(obs.alias("obs_time"))
     helpers, market = _market_exprs(cfg, on, info.daily)
     if helpers:
@@ -289,35 +289,20 @@ def feature_plan(bars: pl.DataFrame, cfg: SentioConfig) -> tuple[pl.LazyFrame, l
                 check_sortedness=False,
             ).drop(f"c{m}_visible")
             names += cnames
-    # Warm-up: the longest lookback, then until every market feature is defined.
+    # Warm-up: the longest lookback, then until every market feature is defined. Both
+    # conditions only switch on, so the rows kept are a suffix: a zero-copy slice.
     idx = pl.int_range(pl.len(), dtype=pl.Int64)
     defined = pl.all_horizontal(pl.col(n).is_not_null() for n in names)
     keep = (idx >= warmup_rows(cfg, info)) & (defined.cast(pl.Int8).cum_max() == 1)
-    lf = lf.filter(keep)
-    exo_names: list[str] = []
-    flag_names: list[str] = []
-    if f.exogenous_path is not None:
-        exo = load_exogenous(f.exogenous_path)
-        lf, exo_names, flag_names = exogenous_join(
-            lf, exo, "obs_time", f.exogenous_max_staleness_minutes
-        )
-    columns = names + [c for pair in zip(exo_names, flag_names, strict=True) for c in pair]
-    lf = lf.select("timestamp", *columns)
-    norm_cols = normalised_columns(columns)
-    if f.normalisation in ("rolling", "expanding"):
-        window = f.norm_window if f.normalisation == "rolling" else None
-        schema = lf.collect_schema()
-        schema.update({c: pl.Float32() for c in norm_cols})
-        # Whole columns in, whole columns out: no optimisation may move rows across it.
-        lf = lf.map_batches(
-            partial(causal_normalise, columns=norm_cols, window=window, clip=f.norm_clip),
-            schema=schema,
-        )
-        lf = lf.filter(pl.int_range(pl.len(), dtype=pl.Int64) >= f.norm_window - 1)
-    else:  # train_fit: raw values; a missing exogenous value is 0 (its flag says so)
-        lf = lf.with_columns(pl.col(exo_names).fill_null(0.0))
-    lf = lf.select("timestamp", *(pl.col(c).cast(pl.Float32) for c in columns))
-    return lf, columns
+    return lf.with_columns(keep.alias(_KEEP)), names
+
+
+def _suffix(frame: pl.DataFrame, flag: str) -> pl.DataFrame:
+    """The rows from the first one where the Boolean column ``flag`` holds (it holds on
+    every later row), without ``flag``; a zero-copy slice."""
+    start = frame[flag].arg_true()
+    first = int(start[0]) if start.len() else frame.height
+    return frame.slice(first).drop(flag)
 
 
 def build_features(bars: pl.DataFrame, cfg: SentioConfig) -> pl.DataFrame:
@@ -333,10 +318,27 @@ def build_features(bars: pl.DataFrame, cfg: SentioConfig) -> pl.DataFrame:
         DataError: the underlying is absent, timestamps are not increasing, bars lie
             outside the calendar's sessions, or the exogenous file is unusable.
     """
-    plan, _ = feature_plan(bars, cfg)
-    # The in-memory engine runs this plan (rolling windows, ewm, as-of joins) faster than
+    f = cfg.features
+    plan, names = feature_plan(bars, cfg)
+    # The in-memory engine runs this plan (whole-column kernels, as-of joins) faster than
     # the streaming one; the results are identical.
-    return plan.collect(engine="in-memory")
+    lf = _suffix(plan.collect(engine="in-memory"), _KEEP).lazy()
+    exo_names: list[str] = []
+    flag_names: list[str] = []
+    if f.exogenous_path is not None:
+        exo = load_exogenous(f.exogenous_path)
+        lf, exo_names, flag_names = exogenous_join(
+            lf, exo, "obs_time", f.exogenous_max_staleness_minutes
+        )
+    columns = names + [c for pair in zip(exo_names, flag_names, strict=True) for c in pair]
+    frame = lf.select("timestamp", *columns).collect(engine="in-memory")
+    if f.normalisation in ("rolling", "expanding"):
+        window = f.norm_window if f.normalisation == "rolling" else None
+        frame = causal_normalise(frame, normalised_columns(columns), window, f.norm_clip)
+        frame = frame.slice(f.norm_window - 1)  # the normalisation's warm-up
+    else:  # train_fit: raw values; a missing exogenous value is 0 (its flag says so)
+        frame = frame.with_columns(pl.col(exo_names).fill_null(0.0))
+    return frame.select("timestamp", *(pl.col(c).cast(pl.Float32) for c in columns))
 
 
 def feature_summary(frame: pl.DataFrame) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 
 from sentio.errors import DataError
-from sentio.features.kernels import zscores
+from sentio.features.kernels import column_values, zscores
 
 __all__ = [
     "DEFAULT_CLIP",
@@ -94,7 +94,7 @@ def causal_normalise(
 
     def score(c: str) -> pl.Series:
         need = 2 if window is None or _is_exo_value(c) else window
-        values = frame[c].to_numpy()
+        values = column_values(frame[c])
         return pl.Series(c, zscores(values, window, clip, min_count=need))
 
     workers = max(1, min(len(names), pl.thread_pool_size()))
