@@ -1,4 +1,9 @@
-"""Canonical bars of the underlying -> causal feature frame, in one polars lazy plan.
+"""Canonical bars of the underlying -> causal feature frame.
+
+The market features are one polars lazy plan (:func:`feature_plan`; window, recursive and
+per-session indicators are compiled kernels inside it, :mod:`sentio.features.kernels`);
+:func:`build_features` runs it, keeps the rows after the warm-up (a zero-copy slice),
+joins the exogenous columns and normalises.
 
 The row of bar t (stamped with its START) carries features computed from bars up to and
 including bar t, i.e. known at its close, the moment the agent decides. Rows inside the

@@ -14,7 +14,10 @@ output) that sit in the same lazy plan as the rest.
 Every kernel walks its column from the first row to the last and only looks backwards, so
 a prefix of a series gives bit-identical values on the rows it shares with the whole
 series (the truncation property the feature tests check). Missing values (polars nulls
-reach a kernel as NaN) are left out of the statistics.
+reach a kernel as NaN) are left out of rolling statistics and skipped by the RSI; the
+price-based groups expect complete bars (canonical bars have every price). Arithmetic is
+double precision; the numpy functions return float64, or float32 with ``float32=True``,
+which the expressions use (the feature frame is float32: half the memory traffic).
 
 Rolling statistics use the sliding Welford update (add the value entering the window,
 remove the one leaving it) and are recomputed exactly, by a two-pass sum over the window,
