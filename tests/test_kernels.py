@@ -194,6 +194,20 @@ def _bars(n: int, seed: int) -> tuple[np.ndarray, ...]:
     return open_, high, low, close, volume
 
 
+def test_returns_and_realized_vol_match_loops() -> None:
+    c = noisy(300, seed=13)
+    got = K.returns(c, [1, 5], [10])
+    log_c = np.log(c)
+    for k, h in enumerate((1, 5)):
+        assert np.isnan(got[k, :h]).all()
+        np.testing.assert_allclose(got[k, h:], log_c[h:] - log_c[:-h], rtol=1e-12)
+    r1 = np.diff(log_c)
+    rv = [r1[t - 10 : t].std(ddof=1) for t in range(10, 300)]  # returns of rows t-9 .. t
+    assert np.isnan(got[2, :10]).all()
+    np.testing.assert_allclose(got[2, 10:], rv, rtol=1e-9)
+    assert K.returns(c, [], [3]).shape == (1, 300) and K.returns(c, [2], []).shape == (1, 300)
+
+
 def test_range_vol_macd_bollinger_match_loops() -> None:
     o, h, lo, c, _ = _bars(400, seed=4)
     got = K.range_vol(o, h, lo, c, [5, 30])
@@ -267,6 +281,7 @@ def test_float32_outputs_round_the_float64_values() -> None:
     first[::100] = True
     pairs = [
         (K.rolling_std(c, 7), K.rolling_std(c, 7, float32=True)),
+        (K.returns(c, [1, 4], [6]), K.returns(c, [1, 4], [6], float32=True)),
         (K.rsi_values(c, 14), K.rsi_values(c, 14, float32=True)),
         (K.atr_rel(h, lo, c, 14), K.atr_rel(h, lo, c, 14, float32=True)),
         (K.range_vol(o, h, lo, c, [9]), K.range_vol(o, h, lo, c, [9], float32=True)),
@@ -303,6 +318,7 @@ def _kernels(x: np.ndarray, window: int) -> list[np.ndarray]:
         K.zscores(x, window, None, min_count=2, float32=False),
         K.zscores(x, None, 4.0),
         K.rolling_std(x, window),
+        K.returns(pos, [1, window], [window]),
         K.rsi_values(x, window),
         K.atr_rel(pos + 1, pos, pos + 0.5, window),
         K.range_vol(pos, pos + 1, pos, pos + 0.5, [window]),

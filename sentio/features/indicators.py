@@ -27,6 +27,7 @@ __all__ = [
     "macd",
     "range_vol",
     "realized_vol",
+    "returns",
     "rsi",
     "session_features",
     "volume_z",
@@ -41,6 +42,13 @@ def log_return(close: pl.Expr, horizon: int) -> pl.Expr:
     """
     log_close = close.log()
     return log_close - log_close.shift(horizon)
+
+
+def returns(close: pl.Expr, horizons: list[int], windows: list[int]) -> pl.Expr:
+    """Log returns over each horizon and close-to-close realized volatility over each window,
+    from one pass of ``ln close``: a Struct with fields ``ret_{h}`` = ``ln(C_t / C_{t-h})``
+    and ``rv_{W}`` = sample std (ddof 1) of the last ``W`` one-bar log returns."""
+    return kernels.returns_expr(close, horizons, windows)
 
 
 def realized_vol(close: pl.Expr, window: int) -> pl.Expr:

@@ -47,6 +47,8 @@ __all__ = [
     "macd_expr",
     "range_vol",
     "range_vol_expr",
+    "returns",
+    "returns_expr",
     "rolling_std",
     "rolling_std_expr",
     "rsi_expr",
@@ -471,6 +473,40 @@ def atr_rel(
 
 
 @numba.njit(nogil=True, cache=True)
+def _returns(log_c: np.ndarray, horizons: np.ndarray, windows: np.ndarray, out: np.ndarray) -> None:
+    m = log_c.shape[0]
+    for k in range(horizons.shape[0]):
+        h = horizons[k]
+        for t in range(m):
+            out[k, t] = log_c[t] - log_c[t - h] if t >= h else np.nan
+    if windows.shape[0] == 0:
+        return
+    r1 = np.empty(m)
+    for t in range(m):
+        r1[t] = log_c[t] - log_c[t - 1] if t >= 1 else np.nan
+    for j in range(windows.shape[0]):
+        w = windows[j]
+        _rolling(r1, w, w, _STD, 1.0, np.nan, out[horizons.shape[0] + j], np.empty(0))
+
+
+def returns(
+    close: np.ndarray, horizons: list[int], windows: list[int], *, float32: bool = False
+) -> np.ndarray:
+    """Log returns and close-to-close realized volatility: one row per horizon ``h``
+    (``ln C_t - ln C_{t-h}``, NaN for the first ``h`` rows), then one per window ``W``
+    (sample std, ddof 1, of the last ``W`` one-bar log returns; NaN until ``W`` returns
+    are known, i.e. for the first ``W`` rows)."""
+    spans = np.array([_check_window("returns", h, 1) for h in horizons], dtype=np.int64)
+    wins = np.array([_check_window("realized_vol", w, 2) for w in windows], dtype=np.int64)
+    c = _float_array(close)
+    log_c = _empty(c.shape[0], False)
+    np.log(c, out=log_c)  # vectorised (see range_vol)
+    out = _empty_rows(len(spans) + len(wins), c.shape[0], float32)
+    _returns(log_c, spans, wins, out)
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
 def _range_vol(
     log_hl: np.ndarray, log_co: np.ndarray, windows: np.ndarray, out: np.ndarray
 ) -> None:
@@ -714,6 +750,12 @@ def rsi_expr(close: pl.Expr, n: int) -> pl.Expr:
 def atr_rel_expr(high: pl.Expr, low: pl.Expr, close: pl.Expr, n: int) -> pl.Expr:
     """:func:`atr_rel` as a Float32 expression, null where undefined."""
     return _single(_f64(high, low, close), lambda h, lo, c: atr_rel(h, lo, c, n, float32=True))
+
+
+def returns_expr(close: pl.Expr, horizons: list[int], windows: list[int]) -> pl.Expr:
+    """:func:`returns` as a Struct expression with fields ``ret_{h}`` and ``rv_{W}``."""
+    fields = [f"ret_{h}" for h in horizons] + [f"rv_{w}" for w in windows]
+    return _struct(_f64(close), lambda c: returns(c, horizons, windows, float32=True), fields)
 
 
 def range_vol_expr(
