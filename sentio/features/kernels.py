@@ -66,7 +66,7 @@ zero (a flat window, up to rounding): its z-score is 0."""
 RESYNC_WINDOWS = 4
 """Rolling statistics are recomputed from scratch every this many windows of rows."""
 
-_ZSCORE, _STD, _MEAN = 0, 1, 2
+_ZSCORE, _STD = 0, 1
 _BLOCK = 1024
 
 
@@ -142,16 +142,15 @@ def _rolling(
     ``_ZSCORE``: ``(x_t - mean) / std`` (ddof 1) clipped to ``+-param``; 0 for a flat
     window; ``fill`` for a missing ``x_t`` or fewer than ``max(min_count, 2)`` values in
     the window. ``_STD``: the standard deviation with ddof ``param``; ``fill`` with fewer
-    than ``max(min_count, param + 1)`` values. ``_MEAN``: the mean; ``fill`` with fewer
-    than ``max(min_count, 1)`` values. A non-empty ``mean_out`` also receives the mean
-    wherever ``out`` is not ``fill``.
+    than ``max(min_count, param + 1)`` values. A non-empty ``mean_out`` also receives the
+    mean wherever ``out`` is not ``fill``.
     """
     n = x.shape[0]
     cnt = 0
     mean = 0.0
     m2 = 0.0
     inv_w = 1.0 / window if window > 0 else 0.0
-    ddof = param if mode == _STD else (0.0 if mode == _MEAN else 1.0)
+    ddof = param if mode == _STD else 1.0
     full_scale = 1.0 / (window - ddof) if window > ddof else 0.0
     need = max(min_count, int(ddof) + 1)
     keep_mean = mean_out.shape[0] > 0
@@ -194,9 +193,6 @@ def _rolling(
             continue
         if keep_mean:
             mean_out[t] = mean
-        if mode == _MEAN:
-            out[t] = mean
-            continue
         var = max(m2, 0.0) * (full_scale if cnt == window else 1.0 / (cnt - ddof))
         if mode == _STD:
             out[t] = math.sqrt(var)
@@ -473,6 +469,45 @@ def atr_rel(
 
 
 @numba.njit(nogil=True, cache=True)
+def _window_sum(x: np.ndarray, lo: int, hi: int) -> float:
+    """Sum of ``x[lo:hi]`` with four interleaved accumulators (a fixed order)."""
+    s0 = s1 = s2 = s3 = 0.0
+    i = lo
+    while i + 4 <= hi:
+        s0 += x[i]
+        s1 += x[i + 1]
+        s2 += x[i + 2]
+        s3 += x[i + 3]
+        i += 4
+    while i < hi:
+        s0 += x[i]
+        i += 1
+    return (s0 + s1) + (s2 + s3)
+
+
+@numba.njit(nogil=True, cache=True)
+def _rolling_mean(x: np.ndarray, window: int, out: np.ndarray) -> None:
+    """Mean of the last ``window`` values of a column without missing values (NaN until
+    the window is full): a sliding sum, recomputed exactly every :data:`RESYNC_WINDOWS`
+    windows at fixed rows like :func:`_rolling`."""
+    n = x.shape[0]
+    inv_w = 1.0 / window
+    period = RESYNC_WINDOWS * window
+    countdown = period
+    s = 0.0
+    for t in range(n):
+        countdown -= 1
+        if countdown == 0:
+            countdown = period
+            s = _window_sum(x, t + 1 - window, t + 1)
+        else:
+            s += x[t]
+            if t >= window:
+                s -= x[t - window]
+        out[t] = s * inv_w if t >= window - 1 else np.nan
+
+
+@numba.njit(nogil=True, cache=True)
 def _returns(log_c: np.ndarray, horizons: np.ndarray, windows: np.ndarray, out: np.ndarray) -> None:
     m = log_c.shape[0]
     for k in range(horizons.shape[0]):
@@ -522,10 +557,10 @@ def _range_vol(
     for k in range(windows.shape[0]):
         w = windows[k]
         park, garman = out[2 * k], out[2 * k + 1]
-        _rolling(hl2, w, w, _MEAN, 0.0, np.nan, mean, np.empty(0))
+        _rolling_mean(hl2, w, mean)
         for t in range(m):
             park[t] = math.sqrt(mean[t] * park_c)
-        _rolling(gk, w, w, _MEAN, 0.0, np.nan, mean, np.empty(0))
+        _rolling_mean(gk, w, mean)
         for t in range(m):
             garman[t] = math.sqrt(max(mean[t], 0.0))
 
