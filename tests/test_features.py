@@ -22,6 +22,7 @@ from sentio.features import (
     fit_normaliser,
 )
 from tests.conftest import minute_bars
+from tests.textbook import ema, wilder
 
 UTC = dt.UTC
 
@@ -90,24 +91,6 @@ def _raw(bars: pl.DataFrame, **features: object) -> pl.DataFrame:
     return bars.join(out, on="timestamp", how="inner")
 
 
-def _wilder(values: list[float], n: int, first: int) -> list[float | None]:
-    out: list[float | None] = [None] * len(values)
-    avg = sum(values[first : first + n]) / n
-    out[first + n - 1] = avg
-    for i in range(first + n, len(values)):
-        avg = (avg * (n - 1) + values[i]) / n
-        out[i] = avg
-    return out
-
-
-def _ema(values: list[float], span: int) -> list[float]:
-    a = 2.0 / (span + 1)
-    out = [values[0]]
-    for v in values[1:]:
-        out.append(a * v + (1 - a) * out[-1])
-    return out
-
-
 def _check(got: pl.Series, want: list[float | None], offset: int, rel: float = 2e-5) -> None:
     """Compare output rows (aligned to input rows from ``offset``) with a reference list."""
     g = got.to_list()
@@ -134,7 +117,7 @@ def test_rsi_and_atr_match_wilder_textbook(one_day: pl.DataFrame) -> None:
     c, h, lo = (one_day[k].to_list() for k in ("close", "high", "low"))
     gains = [0.0] + [max(c[i] - c[i - 1], 0.0) for i in range(1, len(c))]
     losses = [0.0] + [max(c[i - 1] - c[i], 0.0) for i in range(1, len(c))]
-    ag, al = _wilder(gains, 14, 1), _wilder(losses, 14, 1)
+    ag, al = wilder(gains, 14, 1), wilder(losses, 14, 1)
     rsi = [
         None if g is None or lo_ is None else 100 - 100 / (1 + g / lo_)
         for g, lo_ in zip(ag, al, strict=True)
@@ -143,7 +126,7 @@ def test_rsi_and_atr_match_wilder_textbook(one_day: pl.DataFrame) -> None:
     tr = [h[0] - lo[0]] + [
         max(h[i] - lo[i], abs(h[i] - c[i - 1]), abs(lo[i] - c[i - 1])) for i in range(1, len(c))
     ]
-    atr = _wilder(tr, 10, 0)
+    atr = wilder(tr, 10, 0)
     _check(out["atr_rel_10"], [None if a is None else a / c[i] for i, a in enumerate(atr)], off)
 
 
@@ -159,8 +142,8 @@ def test_macd_bollinger_and_range_vols_match_loops(one_day: pl.DataFrame) -> Non
     )
     off = _offset(one_day, out)
     o, h, lo, c = (one_day[k].to_list() for k in ("open", "high", "low", "close"))
-    line = [f - s for f, s in zip(_ema(c, 5), _ema(c, 13), strict=True)]
-    sig = _ema(line, 4)
+    line = [f - s for f, s in zip(ema(c, 5), ema(c, 13), strict=True)]
+    sig = ema(line, 4)
     _check(out["macd_line"], [v / c[i] for i, v in enumerate(line)], off)
     _check(out["macd_signal"], [v / c[i] for i, v in enumerate(sig)], off)
     _check(out["macd_hist"], [(line[i] - sig[i]) / c[i] for i in range(len(c))], off, rel=1e-4)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sentio.features import kernels as K
+from tests.textbook import ema, wilder
 
 
 def _windows(x: np.ndarray, window: int | None) -> list[np.ndarray]:
@@ -123,15 +124,7 @@ def test_exact_resync_clears_rounding_error_of_a_spike() -> None:
 
 
 def _py_wilder(x: list[float], n: int, first: int) -> list[float]:
-    out = [math.nan] * len(x)
-    if len(x) < first + n:
-        return out
-    avg = sum(x[first : first + n]) / n
-    out[first + n - 1] = avg
-    for t in range(first + n, len(x)):
-        avg = (avg * (n - 1) + x[t]) / n
-        out[t] = avg
-    return out
+    return [math.nan if v is None else v for v in wilder(x, n, first)]
 
 
 def _py_rsi(c: list[float], n: int) -> list[float]:
@@ -223,12 +216,6 @@ def test_range_vol_macd_bollinger_match_loops() -> None:
         np.testing.assert_allclose(got[2 * k + 1, w - 1 :], garman, rtol=1e-9, atol=1e-12)
 
     # MACD: EMAs seeded with the first value, alpha = 2 / (span + 1).
-    def ema(values: list[float], span: int) -> list[float]:
-        out, a = [values[0]], 2 / (span + 1)
-        for v in values[1:]:
-            out.append((1 - a) * out[-1] + a * v)
-        return out
-
     line = np.array(ema(list(c), 12)) - np.array(ema(list(c), 26))
     sig = np.array(ema(list(line), 9))
     np.testing.assert_allclose(
