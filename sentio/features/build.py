@@ -163,12 +163,12 @@ def _market_exprs(
         helpers[f"\x00{group}"] = expr
         out.extend(pl.col(f"\x00{group}").struct.field(k).alias(v) for k, v in names.items())
 
-    if "returns" in on:
-        out += [
-            ind.log_return(_C, h).cast(pl.Float32).alias(f"log_ret_{h}") for h in f.return_horizons
-        ]
-    if "realized_vol" in on:
-        out += [ind.realized_vol(_C, w).alias(f"rv_cc_{w}") for w in f.vol_windows]
+    horizons = f.return_horizons if "returns" in on else []
+    windows = f.vol_windows if "realized_vol" in on else []
+    if horizons or windows:
+        names = {f"ret_{h}": f"log_ret_{h}" for h in horizons}
+        names |= {f"rv_{w}": f"rv_cc_{w}" for w in windows}
+        fields("returns", ind.returns(_C, horizons, windows), names)
     if "range_vol" in on:
         names = {}
         for w in f.vol_windows:
