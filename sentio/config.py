@@ -462,6 +462,20 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: int = Field(10_000, ge=1)
     tensorboard: bool = False
+    max_parallel: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="trainings run at once, each in a process of its own; 0: one per "
+        "train.torch_threads cores available (at least 1)",
+    )
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="torch intra-op threads of one training; part of what makes a training "
+        "repeatable (a different count may round differently)",
+    )
 
 
 class ReportConfig(_Section):
@@ -505,6 +519,16 @@ class PathsConfig(_Section):
     """Where outputs go. Relative paths are relative to the working directory."""
 
     workdir: Path = Field(Path(".sentio"), description="stage outputs, caches, Prefect results")
+    on_busy: Literal["wait", "refuse"] = Field(
+        "wait",
+        description="when another run holds the working directory: wait for it (saying so) "
+        "or refuse at once",
+    )
+    busy_timeout: float = Field(
+        21_600.0,
+        gt=0.0,
+        description="seconds to wait for a busy working directory before giving up",
+    )
 
 
 class SentioConfig(_Section):
@@ -575,6 +599,18 @@ class SentioConfig(_Section):
         if sections:
             data = {s: data[s] for s in sections}
         return hash_json(data)
+
+
+def training_settings_hash(cfg: SentioConfig) -> str:
+    """Hash of every setting that changes what one training computes.
+
+    ``agent``, ``env``, ``universe`` and ``train`` less the seed list and
+    ``train.max_parallel``: those decide which trainings run and how many at once, not
+    what one of them computes.
+    """
+    dump = cfg.model_dump(mode="json")
+    train = {k: v for k, v in dump["train"].items() if k not in ("seeds", "max_parallel")}
+    return hash_json([{k: dump[k] for k in ("agent", "env", "universe")}, train])
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:

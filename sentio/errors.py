@@ -35,3 +35,17 @@ class QuarantineLimitError(ContractError):
     """More rows were rejected than the configured fraction allows."""
 
     exit_code = 5
+
+
+class ResourceError(SentioError):
+    """The machine ran out of a resource: disk space (the path is named) or memory (the
+    setting to lower is named). Never retried: the same run would fail the same way."""
+
+    exit_code = 8
+
+
+class WorkdirBusyError(SentioError):
+    """Another run holds the working directory's lock (``paths.on_busy = "refuse"``, or
+    ``paths.busy_timeout`` ran out while waiting)."""
+
+    exit_code = 9

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,16 +78,48 @@ def _umask() -> int:
     return mask
 
 
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_DISK_FULL_TEXT = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says a disk (or quota) is full: ``ENOSPC``/``EDQUOT``.
+
+    Some writers (polars, Arrow) raise a plain ``OSError`` without ``errno`` whose text
+    carries the operating system's message; both forms are recognised.
+    """
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+        return True
+    return isinstance(exc, OSError) and any(t in str(exc) for t in _DISK_FULL_TEXT)
+
+
+def disk_full_error(path: str | os.PathLike[str]) -> Exception:
+    """The one-line :class:`~sentio.errors.ResourceError` for a full disk while writing ``path``."""
+    from sentio.errors import ResourceError
+
+    where = Path(path)
+    return ResourceError(
+        f"{where}: no space left on the device while writing it; free space there (or point "
+        "paths.workdir at a larger disk) and run again"
+    )
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success.
 
     Readers never see a half-written file: either the old content or the new one.
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched; a
+    full disk becomes a :class:`~sentio.errors.ResourceError` naming ``path``.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(target) from None
+        raise
     os.close(fd)
     try:
         yield Path(tmp)
@@ -93,9 +128,87 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         # mkstemp creates 0600 files; give the result the mode a plain open() would.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full_error(target) from None
         raise
+
+
+@contextmanager
+def staged_folder(final: str | os.PathLike[str], *, staging: str | None = None) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``final``; move it onto ``final`` whole on success.
+
+    Readers see either no folder, the previous one, or the complete new one: never a
+    folder being written. An existing ``final`` (a damaged earlier result) is replaced.
+    On an exception the staging folder and everything in it are removed (a full disk
+    becomes a :class:`~sentio.errors.ResourceError` naming ``final``).
+
+    Args:
+        final: the folder to create.
+        staging: a fixed name for the staging folder (beside ``final``) for work that
+            resumes (training checkpoints): it is reused as found and kept when the work
+            fails, except when a resource ran out (then it is removed: no partial files).
+            By default a fresh hidden folder is used and always removed on failure.
+    """
+    target = Path(final)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if staging is None:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        else:
+            tmp = target.parent / staging
+            tmp.mkdir(exist_ok=True)
+        os.chmod(tmp, 0o777 & ~_umask())
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(target) from None
+        raise
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException as exc:
+        from sentio.errors import ResourceError
+
+        exhausted = is_disk_full(exc) or isinstance(exc, ResourceError)
+        if staging is None or exhausted:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            raise disk_full_error(target) from None
+        raise
+
+
+def rebase_paths(obj: Any, old: str | os.PathLike[str], new: str | os.PathLike[str]) -> Any:
+    """A copy of ``obj`` (JSON-like) with every path under ``old`` moved under ``new``.
+
+    Strings (and mapping keys) equal to ``old`` or starting with ``old`` plus a path
+    separator are rewritten; everything else is returned as it is. Used when a staged
+    folder is renamed into place and when a working directory has moved.
+    """
+    src, dst = str(old), str(new)
+    if src == dst:
+        return obj
+
+    def move(value: Any) -> Any:
+        if isinstance(value, str):
+            if value == src:
+                return dst
+            if value.startswith(src + os.sep):
+                return dst + value[len(src) :]
+            return value
+        if isinstance(value, dict):
+            return {move(k): move(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(move(v) for v in value)
+        return value
+
+    return move(obj)
 
 
 def atomic_write(path: str | os.PathLike[str], writer: Callable[[Path], object]) -> Path:

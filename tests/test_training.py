@@ -14,13 +14,12 @@ import pytest
 import torch
 
 from sentio.agents.training import (
-    TrainingError,
     algorithm_class,
     resolve_device,
     train_agent,
 )
 from sentio.config import SentioConfig, with_overrides
-from sentio.errors import ConfigError
+from sentio.errors import ConfigError, ResourceError
 from tests.env_helpers import random_market
 
 SMALL = {
@@ -89,6 +88,27 @@ def test_same_seed_same_model_on_cpu(market: Any, tmp_path: Path) -> None:
     pa, pb, pc = (cls.load(r.model_path, device="cpu").policy.state_dict() for r in (a, b, c))
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
     assert not all(torch.equal(pa[k], pc[k]) for k in pa)
+    # the saved file itself is repeatable (no wall-clock time, no paths, fixed zip stamps)
+    assert Path(a.model_path).read_bytes() == Path(b.model_path).read_bytes()
+
+
+def test_concurrent_trainings_in_one_process_equal_serial_ones(market: Any, tmp_path: Path) -> None:
+    """Threads of one process share torch's and numpy's generators: trainings take turns."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = small_cfg(**{"train.total_timesteps": 256})
+    ranges = [(0, market.n_rows)]
+    serial = [
+        train_agent(cfg, market, ranges, seed=s, out_dir=tmp_path / f"s{s}") for s in (5, 6)
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        futures = [
+            pool.submit(train_agent, cfg, market, ranges, seed=s, out_dir=tmp_path / f"c{s}")
+            for s in (5, 6)
+        ]
+        concurrent = [f.result() for f in futures]
+    for a, b in zip(serial, concurrent, strict=True):
+        assert Path(a.model_path).read_bytes() == Path(b.model_path).read_bytes()
 
 
 def test_killed_training_resumes_to_the_configured_total(market: Any, tmp_path: Path) -> None:
@@ -122,6 +142,14 @@ def test_killed_training_resumes_to_the_configured_total(market: Any, tmp_path: 
     rollout = cfg.agent.n_steps * cfg.train.n_envs
     assert result.num_timesteps == -(-cfg.train.total_timesteps // rollout) * rollout
     assert algorithm_class(cfg).load(result.model_path).num_timesteps == result.num_timesteps
+    # ... and ends exactly where the uninterrupted training ends: same weights, same bytes
+    whole = train_agent(cfg, market, [(0, market.n_rows)], seed=0, out_dir=tmp_path / "whole")
+    assert whole.resumed_from == 0
+    cls = algorithm_class(cfg)
+    resumed_w = cls.load(result.model_path, device="cpu").policy.state_dict()
+    whole_w = cls.load(whole.model_path, device="cpu").policy.state_dict()
+    assert all(torch.equal(resumed_w[k], whole_w[k]) for k in whole_w)
+    assert Path(result.model_path).read_bytes() == Path(whole.model_path).read_bytes()
     # another configuration does not pick up this checkpoint
     other = small_cfg(**{"agent.learning_rate": 1e-4, "train.total_timesteps": 256})
     fresh = train_agent(other, market, [(0, market.n_rows)], seed=0, out_dir=out)
@@ -137,7 +165,7 @@ def test_out_of_memory_names_the_batch_size(
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(MaskablePPO, "learn", boom)
-    with pytest.raises(TrainingError, match=r"agent.batch_size = 64.*lower agent.batch_size"):
+    with pytest.raises(ResourceError, match=r"agent.batch_size = 64.*lower agent.batch_size"):
         train_agent(small_cfg(), market, [(0, market.n_rows)], seed=0, out_dir=tmp_path)
 
 

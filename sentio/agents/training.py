@@ -9,6 +9,20 @@ step count, schedules) and the random states (Python, numpy, torch, the episode 
 A run that finds a checkpoint of the same configuration in its folder continues from it
 instead of starting over, so a killed training (or a Prefect retry of the training task)
 ends at the same total number of steps.
+
+**Repeatable by construction.** SB3 draws from the process-wide random generators
+(torch's for the initial weights, action sampling and dropout; numpy's for the minibatch
+order), so a training owns its process while it runs: ``train_agent`` holds a
+process-wide lock from seeding to the saved model, so two trainings in one process never
+interleave their draws, and the flow runs each training in a process of its own
+(:mod:`sentio.agents.isolation`). A training also fixes torch's intra-op thread count
+(``train.torch_threads``): floating-point reductions split over a different number of
+threads may round differently. A checkpoint holds the random states, the episode
+sampler and the accounts of the vector environment mid-episode, so a resumed training
+continues exactly where the killed one stopped: on the CPU the resumed model equals the
+uninterrupted one bit for bit. ``model.zip`` itself is byte-for-byte repeatable: SB3's
+wall-clock fields (``start_time``) and machine paths (``tensorboard_log``) are left
+out and the archive's entries carry a fixed timestamp.
 """
 
 from __future__ import annotations
@@ -17,7 +31,9 @@ import io
 import json
 import pickle
 import random
+import threading
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,16 +44,16 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sentio.config import SentioConfig
+from sentio.config import SentioConfig, training_settings_hash
 from sentio.env import EnvParams, MarketData, SentioVecEnv
-from sentio.errors import ConfigError, SentioError
+from sentio.errors import ConfigError, ResourceError
 from sentio.io import atomic_path, write_json_atomic
 
 __all__ = [
+    "CHECKPOINTS_DIR",
     "CHECKPOINT_NAME",
     "ProgressFn",
     "TrainResult",
-    "TrainingError",
     "algorithm_class",
     "make_model",
     "resolve_device",
@@ -46,14 +62,20 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint"
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_FORMAT = 2
+"""Bumped when a checkpoint's content changes (2: the environment's accounts are saved)."""
+"""Folder under a training's output folder holding its last checkpoint."""
+
+_TRAINING_LOCK = threading.Lock()
+"""Held by a training from seeding to its saved model: the process's random state is its own."""
+
+_UNSAVED = ("start_time", "tensorboard_log", "_num_timesteps_at_start")
+"""SB3 attributes left out of saved models: a wall-clock time, a machine path and where
+the last ``learn`` call started (set again by every ``learn``)."""
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 ProgressFn = Callable[[int, int], None]
 """``progress(steps_done, total_steps)``, called after every rollout."""
-
-
-class TrainingError(SentioError):
-    """Training cannot run as configured (device, memory)."""
-
-    exit_code = 2
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -148,12 +170,42 @@ def make_model(
 # ---------------------------------------------------------------------------- checkpoints
 
 
+def _repeatable_zip(raw: bytes) -> bytes:
+    """The same zip archive with every entry stamped at one fixed time, in the same order."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(raw)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            entry = zipfile.ZipInfo(info.filename, date_time=_ZIP_TIME)
+            entry.compress_type = info.compress_type
+            entry.external_attr = info.external_attr
+            dst.writestr(entry, src.read(info))
+    return out.getvalue()
+
+
+def _unseed(space: Any) -> None:
+    """Drop a gymnasium space's own sampling generator (PPO never samples from spaces;
+    its state would depend on when the space was last seeded)."""
+    if hasattr(space, "_np_random"):
+        space._np_random = None
+    subspaces = getattr(space, "spaces", None)
+    for sub in subspaces.values() if isinstance(subspaces, dict) else subspaces or ():
+        _unseed(sub)
+
+
 def save_model(model: BaseAlgorithm, path: str | Path) -> Path:
-    """Save an SB3 model zip atomically (readers never see half a file)."""
+    """Save an SB3 model zip atomically (readers never see half a file), byte-for-byte
+    repeatable: the same weights and state give the same file."""
+    for name in ("observation_space", "action_space"):
+        # an unpickled space shares fewer objects than a fresh one, and pickle's output
+        # depends on that sharing: save a round-tripped (canonical) copy
+        space = pickle.loads(pickle.dumps(getattr(model, name)))
+        _unseed(space)
+        setattr(model, name, space)
     buffer = io.BytesIO()
-    model.save(buffer)
+    model.save(buffer, exclude=list(_UNSAVED))
+    data = _repeatable_zip(buffer.getvalue())
     with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+        tmp.write_bytes(data)
     return Path(path)
 
 
@@ -163,6 +215,7 @@ def _rng_state(env: SentioVecEnv) -> dict[str, Any]:
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
         "sampler": env.rng.bit_generator.state,
+        "env": env.get_state(),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -174,6 +227,7 @@ def _set_rng_state(env: SentioVecEnv, state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     env.rng.bit_generator.state = state["sampler"]
+    env.set_state(state["env"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -204,7 +258,10 @@ def _load_checkpoint(
     if meta.get("fingerprint") != fingerprint:
         return None
     algo = algorithm_class(cfg)
-    model = algo.load(folder / f"{CHECKPOINT_NAME}.zip", env=env, device=device)
+    # force_reset=False: continue the accounts mid-episode (their state is in the .rng file)
+    model = algo.load(
+        folder / f"{CHECKPOINT_NAME}.zip", env=env, device=device, force_reset=False
+    )
     _set_rng_state(env, pickle.loads((folder / f"{CHECKPOINT_NAME}.rng").read_bytes()))
     return model
 
@@ -279,13 +336,40 @@ def train_agent(
     """Train ``agent.algo`` on the fold's training ranges; resume from a checkpoint if any.
 
     Writes ``out_dir/model.zip`` (the final SB3 model, loadable with the class's
-    ``load``) and keeps ``out_dir/checkpoints/`` while training.
+    ``load``) and keeps ``out_dir/checkpoints/`` while training. The training holds the
+    process's random state and torch's thread count (``train.torch_threads``) until it
+    returns (see the module docstring); concurrent callers in one process wait.
 
     Raises:
         ConfigError: ``train.device = cuda`` without a GPU.
-        TrainingError: the GPU ran out of memory (names the batch size to lower).
+        ResourceError: out of memory (names the settings to lower) or a full disk.
     """
-    out = Path(out_dir)
+    with _TRAINING_LOCK:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(cfg.train.torch_threads)
+        try:
+            return _train(cfg, market, ranges, seed=seed, out=Path(out_dir), progress=progress)
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            where = "the GPU" if isinstance(exc, torch.OutOfMemoryError) else "the machine"
+            raise ResourceError(
+                f"{where} ran out of memory training {cfg.agent.algo} (agent.batch_size = "
+                f"{cfg.agent.batch_size}, agent.n_steps = {cfg.agent.n_steps}, train.n_envs = "
+                f"{cfg.train.n_envs}, train.max_parallel = {cfg.train.max_parallel or 'auto'}); "
+                "lower agent.batch_size, train.n_envs or train.max_parallel"
+            ) from None
+        finally:
+            torch.set_num_threads(threads)
+
+
+def _train(
+    cfg: SentioConfig,
+    market: MarketData,
+    ranges: Sequence[tuple[int, int]],
+    *,
+    seed: int,
+    out: Path,
+    progress: ProgressFn | None,
+) -> TrainResult:
     device = resolve_device(cfg.train.device)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -293,9 +377,9 @@ def train_agent(
     params = EnvParams.from_config(cfg)
     env = SentioVecEnv(market, params, ranges, cfg.train.n_envs, seed=seed)
     fingerprint = json.dumps(
-        [cfg.hash("agent", "env", "train", "universe"), seed, market.n_rows, list(ranges)]
+        [CHECKPOINT_FORMAT, training_settings_hash(cfg), seed, market.n_rows, list(ranges)]
     )
-    ckpt_dir = out / "checkpoints"
+    ckpt_dir = out / CHECKPOINTS_DIR
     tb = str(out / "tensorboard") if cfg.train.tensorboard else None
     model = _load_checkpoint(ckpt_dir, cfg, env, fingerprint, device)
     resumed_from = 0
@@ -303,26 +387,18 @@ def train_agent(
         model = make_model(cfg, env, seed=seed, device=device, tensorboard_log=tb)
     else:
         resumed_from = int(model.num_timesteps)
-        if tb is not None:
-            model.tensorboard_log = tb
+        model.tensorboard_log = tb
     total = cfg.train.total_timesteps
     remaining = max(total - int(model.num_timesteps), 0)
     callback = _Checkpoints(ckpt_dir, env, cfg.train.checkpoint_every, total, fingerprint, progress)
     start = time.perf_counter()
-    try:
-        if remaining > 0:
-            model.learn(
-                total_timesteps=remaining,
-                callback=callback,
-                reset_num_timesteps=resumed_from == 0,
-                progress_bar=False,
-            )
-    except torch.OutOfMemoryError as exc:
-        raise TrainingError(
-            f"{device} ran out of memory training {cfg.agent.algo} (agent.batch_size = "
-            f"{cfg.agent.batch_size}, train.n_envs = {cfg.train.n_envs}); lower agent.batch_size "
-            f"or train.n_envs: {exc}"
-        ) from None
+    if remaining > 0:
+        model.learn(
+            total_timesteps=remaining,
+            callback=callback,
+            reset_num_timesteps=resumed_from == 0,
+            progress_bar=False,
+        )
     seconds = time.perf_counter() - start
     done = int(model.num_timesteps)
     path = save_model(model, out / "model.zip")

@@ -286,6 +286,39 @@ class BatchSimulator:
         self.tripped = np.zeros(n, dtype=bool)
         self._idx = np.arange(n)
 
+    # ------------------------------------------------------------------ state
+
+    ACCOUNT_STATE = (
+        "t",
+        "end",
+        "cash",
+        "shares",
+        "inst",
+        "held",
+        "equity",
+        "peak",
+        "dd",
+        "entry_equity",
+        "bars_held",
+        "tripped",
+    )
+    """The per-account arrays that are the simulator's whole mutable state."""
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """A copy of every account's state (for checkpoints)."""
+        return {name: getattr(self, name).copy() for name in self.ACCOUNT_STATE}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`get_state` of a simulator with the same number of accounts."""
+        for name in self.ACCOUNT_STATE:
+            current = getattr(self, name)
+            value = np.asarray(state[name])
+            if value.shape != current.shape:
+                raise ValueError(
+                    f"simulator state {name!r} has shape {value.shape}, expected {current.shape}"
+                )
+            setattr(self, name, value.astype(current.dtype, copy=True))
+
     # ------------------------------------------------------------------ episodes
 
     def reset(

@@ -125,6 +125,17 @@ class SentioVecEnv(VecEnv):
     def close(self) -> None:
         """Nothing to release."""
 
+    def get_state(self) -> dict[str, Any]:
+        """Everything a resumed training needs to continue these accounts mid-episode: the
+        simulator's accounts and the pending actions (the sampler's state is
+        ``rng.bit_generator.state``)."""
+        return {"accounts": self.sim.get_state(), "actions": self._actions.copy()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`get_state`."""
+        self.sim.set_state(state["accounts"])
+        self._actions = np.asarray(state["actions"], dtype=np.int64).copy()
+
     def action_masks(self) -> np.ndarray:
         """``(N, A)`` bool: the allowed actions of every account."""
         return self.sim.action_masks()
