@@ -9,6 +9,11 @@ a small summary, collected in ``workdir/runs/<flow-run name>/run.json`` beside t
         -> registry (register every model; gate the candidate against the champion
                      re-evaluated on a leakage-free window; promote or say why not)
 
+The run holds the working directory's lock (:class:`sentio.workdir.WorkdirLock`) from
+start to end: a second run on the same workdir waits or refuses (``paths.on_busy``). The
+(fold, seed) trainings run at most ``train.max_parallel`` at a time, each in a process of
+its own (:func:`tasks.train.train_all`).
+
 Every stage but the report and the registry is cached on the content of its inputs; the
 report is rewritten by every run (it holds the run's profile) and the registry stage reads
 the mutable registry, so it is never cached but idempotent: on unchanged inputs it
@@ -33,8 +38,10 @@ from prefect.runtime import deployment, flow_run
 from prefect.tasks import Task
 
 from sentio import stages
-from sentio.config import load_config, with_overrides, write_config
+from sentio.config import SentioConfig, load_config, with_overrides, write_config
 from sentio.orchestration import run_dir, task_result_storage, utc_now, write_run_record
+from sentio.processes import parallel_slots
+from sentio.workdir import WorkdirLock
 from tasks.artifacts import (
     publish_features_artifacts,
     publish_folds_artifacts,
@@ -44,14 +51,14 @@ from tasks.artifacts import (
     publish_report_artifacts,
     publish_train_artifacts,
 )
-from tasks.caching import missing_outputs, run_stage
+from tasks.caching import run_stage
 from tasks.features import features_task
 from tasks.folds import folds_task
 from tasks.ingest import ingest_task
 from tasks.regimes import regimes_task
 from tasks.registry import registry_task
 from tasks.report import report_task
-from tasks.train import train_task
+from tasks.train import train_all, train_task
 
 FLOW_NAME = "nightly-retrain"
 P = ParamSpec("P")
@@ -87,6 +94,21 @@ def nightly_flow(
     logger = get_run_logger()
     cfg = with_overrides(load_config(config_path), {"paths.workdir": workdir})
     root = cfg.paths.workdir.expanduser().resolve()
+    with WorkdirLock(
+        root,
+        owner=str(flow_run.get_name() or flow_run.get_id() or "sentio"),
+        on_busy=cfg.paths.on_busy,
+        timeout=cfg.paths.busy_timeout,
+        notify=logger.warning,
+    ):
+        return _nightly(cfg, root, data_path, config_path)
+
+
+def _nightly(
+    cfg: SentioConfig, root: Path, data_path: str, config_path: str | None
+) -> dict[str, Any]:
+    """The body of :func:`nightly_flow`, run while it holds the working directory."""
+    logger = get_run_logger()
     storage = task_result_storage(root)
     folder = run_dir(root, flow_run.get_name())
     write_config(folder / "config.yaml", cfg)
@@ -158,20 +180,25 @@ def nightly_flow(
             lap("regimes")
 
         regimes = record["stages"]["regimes"]["output"] if cfg.regimes.enabled else None
-        train = _persisted(train_task, storage)
         jobs = [
             (fold, seed)
             for fold in range(record["stages"]["folds"]["n_folds"])
             for seed in cfg.train.seeds
         ]
-        args = (bars, features, folds, regimes, cfg, str(root))
-        futures = [train.submit(*args, fold=fold, seed=seed) for fold, seed in jobs]
-        runs = []
-        for (fold, seed), future in zip(jobs, futures, strict=True):
-            summary = future.result()
-            if missing_outputs(summary):  # a cached summary whose files were removed
-                summary = train.with_options(refresh_cache=True)(*args, fold=fold, seed=seed)
-            runs.append(summary)
+        slots = parallel_slots(cfg.train.max_parallel, cfg.train.torch_threads)
+        logger.info(
+            "training %d (fold, seed) pair(s), %d at a time, %d torch thread(s) each",
+            len(jobs),
+            slots,
+            cfg.train.torch_threads,
+        )
+        runs = train_all(
+            _persisted(train_task, storage),
+            jobs,
+            (bars, features, folds, regimes, cfg, str(root)),
+            slots,
+            str(root),
+        )
         record["stages"]["train"] = {"runs": runs}
         _save(folder, record)
         record["artifacts"].update(publish_train_artifacts(record["stages"]["train"]))

@@ -155,7 +155,9 @@ def staged_folder(final: str | os.PathLike[str], *, staging: str | None = None) 
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         if staging is None:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+            tmp = Path(
+                tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            )
         else:
             tmp = target.parent / staging
             tmp.mkdir(exist_ok=True)

@@ -20,8 +20,8 @@ import polars as pl
 
 from sentio.config import SentioConfig
 from sentio.errors import DataError, SentioError
-from sentio.io import code_version, write_json_atomic
-from sentio.stages import TRAIN_MODULES, _utc64, load_folds
+from sentio.io import code_version, sha256_file, write_json_atomic
+from sentio.stages import TRAIN_MODULES, _utc64, index_file, load_folds
 
 if TYPE_CHECKING:
     from sentio.registry import Registry
@@ -238,6 +238,24 @@ def _underlying_stamps(bars_path: str | Path, cfg: SentioConfig) -> np.ndarray:
     return under["timestamp"].dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
 
 
+def _check_model_file(run: dict[str, Any]) -> None:
+    """The model file of a training summary is the one its metrics were measured on.
+
+    A version is registered from the immutable training folder its summary names; the
+    model's bytes must still hash to what the training recorded, or the version would
+    pair one model with another model's metrics.
+    """
+    model = str(run["model"])
+    recorded = (run.get("files") or {}).get(model)
+    actual = sha256_file(model) if Path(model).is_file() else None
+    if recorded is None or actual != recorded:
+        raise DataError(
+            f"{model}: the model file is {'missing' if actual is None else 'not the one'} its "
+            f"training (key {run.get('key')}) recorded and backtested; nothing was registered "
+            "from it (run again to retrain)"
+        )
+
+
 def registry_stage(
     runs: Sequence[dict[str, Any]],
     report: dict[str, Any],
@@ -309,7 +327,7 @@ def registry_stage(
     regime_models: dict[int, str] = {}
     if regimes_path is not None:
         for e in json.loads(Path(regimes_path).read_text())["folds"]:
-            regime_models[int(e["fold"])] = str(e["model"])
+            regime_models[int(e["fold"])] = str(index_file(regimes_path, e["model"]))
     report_metrics = json.loads(Path(report["paths"]["metrics"]).read_text())
     seeds = sorted({int(r["seed"]) for r in runs})
     per_seed = {s: seed_gate_metrics(report_metrics, s) for s in seeds}
@@ -323,13 +341,14 @@ def registry_stage(
         w = windows.get(fold)
         if w is None:
             raise DataError(f"{folds_path}: no test window for fold {fold}")
+        _check_model_file(run)
         config_file = Path(run["output"]).parent / "config.yaml"
         if not config_file.is_file():
             if fallback_config is None:
                 fallback_config = write_config(out / "config.yaml", cfg)
             config_file = fallback_config
         extra_files: dict[str, str] = {}
-        normaliser = entries[fold].get("normaliser")
+        normaliser = index_file(folds_path, entries[fold].get("normaliser"))
         if cfg.features.normalisation == "train_fit" and normaliser:
             extra_files["normaliser.json"] = str(normaliser)
         if cfg.regimes.enabled and fold in regime_models:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from sentio.config import SentioConfig
+from sentio.config import SentioConfig, training_settings_hash
 from sentio.data import readers
 from sentio.data.ingest import check_contracts, ingest_files
 from sentio.data.leverage import ensure_universe
@@ -28,10 +29,12 @@ from sentio.errors import ContractError, DataError, SentioError
 from sentio.io import (
     code_version,
     combine_hashes,
-    hash_json,
+    rebase_paths,
     sha256_file,
+    staged_folder,
     write_feather_atomic,
     write_json_atomic,
+    write_text_atomic,
 )
 
 if TYPE_CHECKING:
@@ -113,20 +116,87 @@ def _ingest_key(files: Sequence[Path], hashes: Sequence[str], cfg: SentioConfig)
     )[:32]
 
 
-def _cached_summary(folder: Path) -> dict[str, Any] | None:
+def workdir_root(workdir: str | Path) -> Path:
+    """The absolute working directory every stage summary is written against."""
+    return Path(workdir).expanduser().resolve()
+
+
+def relocate_summary(summary: dict[str, Any], workdir: str | Path) -> dict[str, Any]:
+    """``summary`` with its paths under ``workdir`` when it was written under another one.
+
+    A stage summary records the working directory it was written in (``workdir``); after
+    the folder was moved or copied, the paths inside it are rebased onto the new place,
+    so a moved working directory keeps its cache. Paths outside the old working
+    directory (the user's input files) are left as they are.
+    """
+    old = summary.get("workdir")
+    new = str(workdir_root(workdir))
+    if not old or old == new:
+        return summary
+    return dict(rebase_paths(summary, old, new)) | {"workdir": new}
+
+
+def summary_problems(summary: dict[str, Any]) -> list[str]:
+    """What is wrong with the files a stage summary names, one phrase per file.
+
+    Every file with a recorded sha256 (``output``/``output_sha256`` and ``files``) is
+    hashed again: a missing file, an unreadable one or one whose bytes changed (a
+    truncated write, a disk error, an edit) is a problem. An empty list: all verified.
+    """
+    recorded: dict[str, str] = {}
+    if summary.get("output") and summary.get("output_sha256"):
+        recorded[str(summary["output"])] = str(summary["output_sha256"])
+    recorded.update({str(k): str(v) for k, v in (summary.get("files") or {}).items()})
+    problems: list[str] = []
+    for path, digest in recorded.items():
+        try:
+            actual = sha256_file(path)
+        except FileNotFoundError:
+            problems.append(f"{path} is missing")
+            continue
+        except OSError as exc:
+            problems.append(f"{path} is unreadable ({exc.strerror or exc})")
+            continue
+        if actual != digest:
+            problems.append(f"{path} does not match its recorded sha256 (truncated or changed)")
+    return problems
+
+
+def _cached_summary(folder: Path, workdir: str | Path) -> dict[str, Any] | None:
+    """The summary of a complete, verified stage folder, or None (absent or damaged)."""
     path = folder / STAGE_SUMMARY
     if not path.is_file():
         return None
     try:
-        summary = json.loads(path.read_text())
-        if sha256_file(summary["output"]) != summary["output_sha256"]:
-            return None
-        for path, digest in summary.get("files", {}).items():
-            if sha256_file(path) != digest:
-                return None
-    except (OSError, ValueError, KeyError):
+        summary = relocate_summary(dict(json.loads(path.read_text())), workdir)
+    except (OSError, ValueError):
         return None
-    return summary
+    return None if summary_problems(summary) else summary
+
+
+def _seal(staging: Path, folder: Path) -> None:
+    """Point the text files of a staged folder at the folder's final place.
+
+    Writers that record their own output paths (the ingest report, the GX results) see
+    the staging folder; before the folder is renamed, those paths are rewritten.
+    """
+    old, new = str(staging), str(folder)
+    for f in sorted(staging.rglob("*")):
+        if f.is_file() and f.suffix in (".json", ".html", ".yaml", ".md"):
+            text = f.read_text(encoding="utf-8")
+            if old in text:
+                write_text_atomic(f, text.replace(old, new))
+
+
+def _publish(staging: Path, folder: Path, summary: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Finish a staged stage folder: its summary with final paths, as ``summary.json``.
+
+    Call :func:`_seal` first and hash the files after it; leaving the
+    :func:`~sentio.io.staged_folder` block then renames the folder into place.
+    """
+    final = dict(rebase_paths(summary, staging, folder)) | {"workdir": str(workdir)}
+    write_json_atomic(staging / STAGE_SUMMARY, final)
+    return final
 
 
 def ingest_stage(
@@ -145,13 +215,23 @@ def ingest_stage(
     files = resolve_inputs(inputs)
     hashes = [sha256_file(f) for f in files]
     key = _ingest_key(files, hashes, cfg)
-    folder = Path(workdir) / "ingest" / key
-    cached = _cached_summary(folder)
+    root = workdir_root(workdir)
+    folder = root / "ingest" / key
+    cached = _cached_summary(folder, root)
     if cached is not None:
         return cached
+    with staged_folder(folder) as tmp:
+        summary = _ingest_into(tmp, folder, files, hashes, cfg)
+        summary = _publish(tmp, folder, {"key": key, **summary}, root)
+    return summary
 
+
+def _ingest_into(
+    tmp: Path, folder: Path, files: Sequence[Path], hashes: Sequence[str], cfg: SentioConfig
+) -> dict[str, Any]:
+    """Ingest into the staging folder ``tmp`` of ``folder``; the summary (staging paths)."""
     result = ingest_files(
-        files, folder / "ingested.feather", cfg, input_sha256=dict(zip(files, hashes, strict=True))
+        files, tmp / "ingested.feather", cfg, input_sha256=dict(zip(files, hashes, strict=True))
     )
     bars = pl.read_ipc(result.output)
     try:
@@ -162,12 +242,12 @@ def ingest_stage(
     out = result.output
     if derived:
         # The completed universe is a new frame: it passes the same contracts.
-        out = folder / "bars.feather"
+        out = tmp / "bars.feather"
         contract = check_contracts(complete, out, sorted(complete["symbol"].unique().to_list()))
         write_feather_atomic(out, complete)
+    _seal(tmp, folder)
     report = result.report
-    summary: dict[str, Any] = {
-        "key": key,
+    return {
         "output": str(out),
         "output_sha256": sha256_file(out),
         "report": str(result.outputs.report),
@@ -196,8 +276,6 @@ def ingest_stage(
             s["sessions_with_missing_bars"] for s in report["symbols"].values()
         ),
     }
-    write_json_atomic(folder / STAGE_SUMMARY, summary)
-    return summary
 
 
 # --------------------------------------------------------------------------- features
@@ -223,11 +301,12 @@ def features_stage(bars_path: str | Path, cfg: SentioConfig, workdir: str | Path
     """
     from data_contracts import ContractViolation
     from data_contracts.features import validate_features
-    from sentio.features import build_features, feature_summary
+    from sentio.features import build_features
 
     key = features_key(bars_path, cfg)
-    folder = Path(workdir) / "features" / key
-    cached = _cached_summary(folder)
+    root = workdir_root(workdir)
+    folder = root / "features" / key
+    cached = _cached_summary(folder, root)
     if cached is not None:
         return cached
     frame = build_features(pl.read_ipc(bars_path), cfg)
@@ -236,14 +315,23 @@ def features_stage(bars_path: str | Path, cfg: SentioConfig, workdir: str | Path
             f"{bars_path}: too few bars for the feature warm-up (the longest indicator window "
             f"plus features.norm_window = {cfg.features.norm_window}); give more data or shorter windows"
         )
-    out = folder / "features.feather"
     try:
-        validate_features(frame, str(out))
+        validate_features(frame, str(folder / "features.feather"))
     except ContractViolation as err:
         raise ContractError(str(err)) from None
-    write_feather_atomic(out, frame)
+    with staged_folder(folder) as tmp:
+        out = write_feather_atomic(tmp / "features.feather", frame)
+        summary = _publish(tmp, folder, _features_summary(key, out, bars_path, frame, cfg), root)
+    return summary
+
+
+def _features_summary(
+    key: str, out: Path, bars_path: str | Path, frame: pl.DataFrame, cfg: SentioConfig
+) -> dict[str, Any]:
+    from sentio.features import feature_summary
+
     columns = [c for c in frame.columns if c != "timestamp"]
-    summary: dict[str, Any] = {
+    return {
         "key": key,
         "output": str(out),
         "output_sha256": sha256_file(out),
@@ -256,8 +344,6 @@ def features_stage(bars_path: str | Path, cfg: SentioConfig, workdir: str | Path
         "normalisation": cfg.features.normalisation,
         "table": feature_summary(frame),
     }
-    write_json_atomic(folder / STAGE_SUMMARY, summary)
-    return summary
 
 
 # --------------------------------------------------------------------------- folds
@@ -307,8 +393,9 @@ def folds_stage(
     from sentio.features import fit_normaliser
 
     key = folds_key(features_path, cfg)
-    folder = Path(workdir) / "folds" / key
-    cached = _cached_summary(folder)
+    root = workdir_root(workdir)
+    folder = root / "folds" / key
+    cached = _cached_summary(folder, root)
     if cached is not None:
         return cached
     frame = pl.read_ipc(features_path)
@@ -323,57 +410,75 @@ def folds_stage(
             f"{cfg.cv.method}: {exc}"
         ) from None
     ts = stamps.to_list()
-    records: list[dict[str, Any]] = []
-    for fold in folds:
-        record: dict[str, Any] = {
-            "fold": int(fold.index),
-            "train_rows": int(fold.train.size),
-            "test_rows": int(fold.test.size),
-            "purged": int(fold.n_purged),
-            "embargoed": int(fold.n_embargoed),
-            "test_groups": [int(g) for g in np.atleast_1d(fold.test_groups)],
-            "train_ranges": _ranges(fold.train_ranges(), ts),
-            "test_blocks": _ranges(fold.test_blocks, ts),
-            "normaliser": None,
-        }
-        if cfg.features.normalisation == "train_fit":
-            params = fit_normaliser(frame, clip=cfg.features.norm_clip, rows=fold.train)
-            record["normaliser"] = str(
-                write_json_atomic(folder / f"fold_{fold.index}" / "normaliser.json", params)
-            )
-        records.append(record)
-    paths = None
-    if isinstance(splitter, CombinatorialPurgedCV):
-        paths = [[[int(g), int(j)] for g, j in path] for path in splitter.paths()]
-    out = write_json_atomic(
-        folder / "folds.json",
-        {
+    with staged_folder(folder) as tmp:
+        files: dict[str, str] = {}
+        records: list[dict[str, Any]] = []
+        for fold in folds:
+            record: dict[str, Any] = {
+                "fold": int(fold.index),
+                "train_rows": int(fold.train.size),
+                "test_rows": int(fold.test.size),
+                "purged": int(fold.n_purged),
+                "embargoed": int(fold.n_embargoed),
+                "test_groups": [int(g) for g in np.atleast_1d(fold.test_groups)],
+                "train_ranges": _ranges(fold.train_ranges(), ts),
+                "test_blocks": _ranges(fold.test_blocks, ts),
+                "normaliser": None,
+            }
+            if cfg.features.normalisation == "train_fit":
+                params = fit_normaliser(frame, clip=cfg.features.norm_clip, rows=fold.train)
+                rel = f"fold_{fold.index}/normaliser.json"
+                path = write_json_atomic(tmp / rel, params)
+                files[str(path)] = sha256_file(path)
+                record["normaliser"] = rel  # relative to folds.json: the folder can move
+            records.append(record)
+        paths = None
+        if isinstance(splitter, CombinatorialPurgedCV):
+            paths = [[[int(g), int(j)] for g, j in path] for path in splitter.paths()]
+        out = write_json_atomic(
+            tmp / "folds.json",
+            {
+                "method": cfg.cv.method,
+                "settings": cfg.cv.model_dump(mode="json"),
+                "features_sha256": sha256_file(features_path),
+                "samples": frame.height,
+                "start": ts[0].isoformat(),
+                "end": ts[-1].isoformat(),
+                "folds": records,
+                "paths": paths,
+            },
+        )
+        summary: dict[str, Any] = {
+            "key": key,
+            "output": str(out),
+            "output_sha256": sha256_file(out),
+            "files": files,
             "method": cfg.cv.method,
-            "settings": cfg.cv.model_dump(mode="json"),
-            "features": str(features_path),
             "samples": frame.height,
-            "start": ts[0].isoformat(),
-            "end": ts[-1].isoformat(),
-            "folds": records,
-            "paths": paths,
-        },
-    )
-    summary: dict[str, Any] = {
-        "key": key,
-        "output": str(out),
-        "output_sha256": sha256_file(out),
-        "method": cfg.cv.method,
-        "samples": frame.height,
-        "n_folds": len(records),
-        "n_paths": None if paths is None else len(paths),
-        "folds": [
-            {k: v for k, v in r.items() if k not in ("train_ranges",)}
-            | {"n_train_ranges": len(r["train_ranges"])}
-            for r in records
-        ],
-    }
-    write_json_atomic(folder / STAGE_SUMMARY, summary)
+            "n_folds": len(records),
+            "n_paths": None if paths is None else len(paths),
+            "folds": [
+                {k: v for k, v in r.items() if k not in ("train_ranges",)}
+                | {
+                    "n_train_ranges": len(r["train_ranges"]),
+                    "normaliser": index_file(out, r["normaliser"]),
+                }
+                for r in records
+            ],
+        }
+        summary = _publish(tmp, folder, summary, root)
     return summary
+
+
+def index_file(index_path: str | Path, entry: str | None) -> str | None:
+    """A file named in a stage's index (``folds.json``, ``regimes.json``) as an absolute path.
+
+    Index files name their companions relative to their own folder, so a stage folder
+    (or the whole working directory) can move without changing its content hash.
+    """
+    if entry is None:
+        return None
+    return str(Path(index_path).parent / entry)
 
 
 def load_folds(folds_path: str | Path) -> dict[str, Any]:
@@ -449,8 +554,9 @@ def regimes_stage(
     from sentio.regimes import filter_probs, fit_regimes, regime_history, regime_observations
 
     key = regimes_key(bars_path, folds_path, cfg)
-    folder = Path(workdir) / "regimes" / key
-    cached = _cached_summary(folder)
+    root = workdir_root(workdir)
+    folder = root / "regimes" / key
+    cached = _cached_summary(folder, root)
     if cached is not None:
         return cached
     folds = load_folds(folds_path)
@@ -471,74 +577,76 @@ def regimes_stage(
     )
     k = cfg.regimes.n_states
     files: dict[str, str] = {}
-    entries: list[dict[str, Any]] = []
-    for fold in folds["folds"]:
-        j = int(fold["fold"])
-        sub = folder / f"fold_{j}"
-        train, dropped = regime_training_rows(stamps, window_start, fold)
-        if not train.any():
-            raise DataError(
-                f"fold {j}: no regime-input rows inside its training ranges (the regime inputs "
-                f"start {obs.warmup} bars after the first bar); give more data or a shorter "
-                "regimes.vol_window"
-            )
-        test = np.zeros_like(train)
-        for b in fold["test_blocks"]:
-            test |= (stamps >= _utc64(b["start"])) & (stamps <= _utc64(b["end"]))
-        model = fit_regimes(obs.X[train], cfg.regimes)
-        probs = filter_probs(model, obs.X)
-        labels = probs.argmax(axis=1)
-        model_path = model.save(sub / "model.json")
-        frame = pl.DataFrame(
-            {
-                "timestamp": obs.timestamps,
-                **{f"p_regime_{i}": probs[:, i].astype("float32") for i in range(k)},
+    entries: list[dict[str, Any]] = []  # regimes.json: files relative to its folder
+    with staged_folder(folder) as tmp:
+        for fold in folds["folds"]:
+            j = int(fold["fold"])
+            train, dropped = regime_training_rows(stamps, window_start, fold)
+            if not train.any():
+                raise DataError(
+                    f"fold {j}: no regime-input rows inside its training ranges (the regime "
+                    f"inputs start {obs.warmup} bars after the first bar); give more data or a "
+                    "shorter regimes.vol_window"
+                )
+            test = np.zeros_like(train)
+            for b in fold["test_blocks"]:
+                test |= (stamps >= _utc64(b["start"])) & (stamps <= _utc64(b["end"]))
+            model = fit_regimes(obs.X[train], cfg.regimes)
+            probs = filter_probs(model, obs.X)
+            labels = probs.argmax(axis=1)
+            names = {n: f"fold_{j}/{n}" for n in ("model.json", "regimes.feather", "history.json")}
+            model.save(tmp / names["model.json"])
+            frame = pl.DataFrame(
+                {
+                    "timestamp": obs.timestamps,
+                    **{f"p_regime_{i}": probs[:, i].astype("float32") for i in range(k)},
+                }
+            ).with_columns(regime=pl.Series(labels).cast(pl.Int8))
+            write_feather_atomic(tmp / names["regimes.feather"], frame)
+            histories = {
+                name: regime_history(
+                    labels[mask], obs.timestamps.filter(pl.Series(mask)), returns[mask], n_states=k
+                )
+                for name, mask in (("train", train), ("test", test), ("all", np.ones_like(train)))
             }
-        ).with_columns(regime=pl.Series(labels).cast(pl.Int8))
-        out = write_feather_atomic(sub / "regimes.feather", frame)
-
-        histories = {
-            name: regime_history(
-                labels[mask], obs.timestamps.filter(pl.Series(mask)), returns[mask], n_states=k
+            write_json_atomic(tmp / names["history.json"], histories)
+            for rel in names.values():
+                files[str(tmp / rel)] = sha256_file(tmp / rel)
+            entries.append(
+                {
+                    "fold": j,
+                    "method": model.method,
+                    "reason": model.reason,
+                    "rows_train": int(train.sum()),
+                    "rows_purged_lookback": dropped,
+                    "rows_test": int(test.sum()),
+                    "model": names["model.json"],
+                    "output": names["regimes.feather"],
+                    "history": names["history.json"],
+                    "regimes_test": histories["test"],
+                }
             )
-            for name, mask in (("train", train), ("test", test), ("all", np.ones_like(train)))
-        }
-        hist_path = write_json_atomic(sub / "history.json", histories)
-        for p in (model_path, out, hist_path):
-            files[str(p)] = sha256_file(p)
-        entries.append(
-            {
-                "fold": j,
-                "method": model.method,
-                "reason": model.reason,
-                "rows_train": int(train.sum()),
-                "rows_purged_lookback": dropped,
-                "rows_test": int(test.sum()),
-                "model": str(model_path),
-                "output": str(out),
-                "history": str(hist_path),
-                "regimes_test": histories["test"],
-            }
+        index = write_json_atomic(
+            tmp / "regimes.json", {"folds": entries, "observations": list(obs.columns)}
         )
-    index = write_json_atomic(
-        folder / "regimes.json", {"folds": entries, "observations": list(obs.columns)}
-    )
-    methods = sorted({e["method"] for e in entries})
-    summary: dict[str, Any] = {
-        "key": key,
-        "output": str(index),
-        "output_sha256": sha256_file(index),
-        "files": files,
-        "folds_file": str(folds_path),
-        "method": methods[0] if len(methods) == 1 else "mixed",
-        "n_states": k,
-        "n_folds": len(entries),
-        "observations": list(obs.columns),
-        "warmup_bars": obs.warmup,
-        "rows": int(stamps.size),
-        "folds": entries,
-    }
-    write_json_atomic(folder / STAGE_SUMMARY, summary)
+        methods = sorted({e["method"] for e in entries})
+        summary: dict[str, Any] = {
+            "key": key,
+            "output": str(index),
+            "output_sha256": sha256_file(index),
+            "files": files,
+            "folds_file": str(folds_path),
+            "method": methods[0] if len(methods) == 1 else "mixed",
+            "n_states": k,
+            "n_folds": len(entries),
+            "observations": list(obs.columns),
+            "warmup_bars": obs.warmup,
+            "rows": int(stamps.size),
+            "folds": [
+                e | {f: str(tmp / e[f]) for f in ("model", "output", "history")} for e in entries
+            ],
+        }
+        summary = _publish(tmp, folder, summary, root)
     return summary
 
 
@@ -567,7 +675,7 @@ def _regime_fold_output(regimes_path: str | Path | None, fold: int) -> str | Non
     index = json.loads(Path(regimes_path).read_text())
     for entry in index["folds"]:
         if int(entry["fold"]) == fold:
-            return str(entry["output"])
+            return index_file(regimes_path, entry["output"])
     raise DataError(f"{regimes_path}: no regime model for fold {fold}")
 
 
@@ -582,16 +690,14 @@ def train_key(
 ) -> str:
     """Cache key of one (fold, seed) training: every input's CONTENT, settings, code, fold, seed."""
     regime_file = _regime_fold_output(regimes_path, fold)
-    train_settings = cfg.model_dump(mode="json")["train"]
-    train_settings.pop("seeds")  # the seed is explicit; other seeds do not change this run
     return combine_hashes(
         [
             sha256_file(bars_path),
             sha256_file(features_path),
             sha256_file(folds_path),
             sha256_file(regime_file) if regime_file else "no-regimes",
-            cfg.hash("agent", "env", "universe", "features", "cv"),
-            hash_json(train_settings),
+            cfg.hash("features", "cv"),
+            training_settings_hash(cfg),  # the seed is explicit; other seeds change nothing
             code_version(*TRAIN_MODULES),
             f"fold={fold}",
             f"seed={seed}",
@@ -621,8 +727,9 @@ def fold_market(
     if entry is None:
         raise DataError(f"{folds_path}: no fold {fold} (folds: {len(folds['folds'])})")
     features = pl.read_ipc(features_path)
-    if entry.get("normaliser"):
-        features = apply_normaliser(features, json.loads(Path(entry["normaliser"]).read_text()))
+    normaliser = index_file(folds_path, entry.get("normaliser"))
+    if normaliser is not None:
+        features = apply_normaliser(features, json.loads(Path(normaliser).read_text()))
     regime_file = _regime_fold_output(regimes_path, fold)
     regimes = pl.read_ipc(regime_file) if regime_file else None
     market = build_market(pl.read_ipc(bars_path), features, regimes, cfg)
@@ -658,7 +765,7 @@ def train_stage(
     buy-and-hold TQQQ, the trend rule, the underlying's buy-and-hold). A killed training
     resumes from its checkpoint when the stage is run again.
     """
-    from sentio.agents.training import algorithm_class, train_agent
+    from sentio.agents.training import CHECKPOINTS_DIR, algorithm_class, train_agent
     from sentio.config import write_config
     from sentio.env import EnvParams
     from sentio.env.backtest import (
@@ -671,51 +778,58 @@ def train_stage(
     from sentio.evaluation import metrics_to_json
 
     key = train_key(bars_path, features_path, folds_path, regimes_path, cfg, fold, seed)
-    folder = Path(workdir) / "train" / key
-    cached = _cached_summary(folder)
+    root = workdir_root(workdir)
+    folder = root / "train" / key
+    cached = _cached_summary(folder, root)
     if cached is not None:
         return cached
     market, train_rows, test_rows = fold_market(
         bars_path, features_path, folds_path, regimes_path, cfg, fold
     )
-    write_config(folder / "config.yaml", cfg)
-    result = train_agent(cfg, market, train_rows, seed=seed, out_dir=folder, progress=progress)
-    model = algorithm_class(cfg).load(result.model_path, device="cpu")
-    params = EnvParams.from_config(cfg)
-    instruments = (cfg.universe.long, cfg.universe.short)
-    bt = backtest(model, market, params, test_rows, instruments=instruments)
-    files: dict[str, Path] = {
-        "backtest": _bars_file(bt, folder / "backtest.feather"),
-        "trades": write_feather_atomic(folder / "trades.feather", bt.trades),
-    }
-    references = {
-        "flat": backtest(flat_policy(params), market, params, test_rows),
-        "long_etf": backtest(long_etf_policy(params), market, params, test_rows),
-        "trend": backtest(
-            trend_policy(params, min(15, params.window), feature_names=market.feature_names),
-            market,
-            params,
-            test_rows,
-        ),
-        "underlying": underlying_buy_and_hold(market, test_rows, params),
-    }
-    for name, ref in references.items():
-        files[f"reference_{name}"] = _bars_file(ref, folder / f"reference_{name}.feather")
-    summary: dict[str, Any] = {
-        "key": key,
-        "output": str(files["backtest"]),
-        "output_sha256": sha256_file(files["backtest"]),
-        "files": {str(p): sha256_file(p) for p in [Path(result.model_path), *files.values()]},
-        "fold": fold,
-        "seed": seed,
-        "model": result.model_path,
-        "train": result.to_dict(),
-        "test_bars": bt.n_bars,
-        "metrics": metrics_to_json(bt.metrics()),
-        "references": {name: metrics_to_json(ref.metrics()) for name, ref in references.items()},
-        "n_trades": int(bt.trades.height),
-    }
-    write_json_atomic(folder / STAGE_SUMMARY, summary)
+    # A fixed staging name: a killed training's checkpoints are found by the next attempt.
+    with staged_folder(folder, staging=f".{key}.partial") as tmp:
+        config = write_config(tmp / "config.yaml", cfg)
+        result = train_agent(cfg, market, train_rows, seed=seed, out_dir=tmp, progress=progress)
+        shutil.rmtree(tmp / CHECKPOINTS_DIR, ignore_errors=True)  # only needed to resume
+        model = algorithm_class(cfg).load(result.model_path, device="cpu")
+        params = EnvParams.from_config(cfg)
+        instruments = (cfg.universe.long, cfg.universe.short)
+        bt = backtest(model, market, params, test_rows, instruments=instruments)
+        files: dict[str, Path] = {
+            "backtest": _bars_file(bt, tmp / "backtest.feather"),
+            "trades": write_feather_atomic(tmp / "trades.feather", bt.trades),
+        }
+        references = {
+            "flat": backtest(flat_policy(params), market, params, test_rows),
+            "long_etf": backtest(long_etf_policy(params), market, params, test_rows),
+            "trend": backtest(
+                trend_policy(params, min(15, params.window), feature_names=market.feature_names),
+                market,
+                params,
+                test_rows,
+            ),
+            "underlying": underlying_buy_and_hold(market, test_rows, params),
+        }
+        for name, ref in references.items():
+            files[f"reference_{name}"] = _bars_file(ref, tmp / f"reference_{name}.feather")
+        hashed = [Path(result.model_path), Path(config), *files.values()]
+        summary: dict[str, Any] = {
+            "key": key,
+            "output": str(files["backtest"]),
+            "output_sha256": sha256_file(files["backtest"]),
+            "files": {str(p): sha256_file(p) for p in hashed},
+            "fold": fold,
+            "seed": seed,
+            "model": result.model_path,
+            "train": result.to_dict(),
+            "test_bars": bt.n_bars,
+            "metrics": metrics_to_json(bt.metrics()),
+            "references": {
+                name: metrics_to_json(ref.metrics()) for name, ref in references.items()
+            },
+            "n_trades": int(bt.trades.height),
+        }
+        summary = _publish(tmp, folder, summary, root)
     return summary
 
 

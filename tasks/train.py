@@ -1,10 +1,14 @@
 """The training Prefect task: one (fold, seed) through :func:`sentio.stages.train_stage`.
 
 Cached on the CONTENT of every input (bars, features, folds, the fold's regime model),
-the settings and the code version, plus the fold and the seed. Training reports its
-progress to a Prefect progress artifact. A retry resumes from the training's last
-checkpoint instead of starting over, so the task retries any failure that is not a
-:class:`~sentio.errors.SentioError` (a user error would fail the same way again).
+the settings and the code version, plus the fold and the seed. The training runs in a
+child process of its own (:func:`sentio.processes.call_in_process`): its random state
+and thread count are its own, so its result does not depend on what else runs, and it
+dies with the flow. :func:`train_all` runs the (fold, seed) trainings of a run at most
+``train.max_parallel`` at a time. Training reports its progress to a Prefect progress
+artifact. A retry resumes from the training's last checkpoint instead of starting over,
+so the task retries any failure that is not a :class:`~sentio.errors.SentioError` (a
+user error, a full disk or too little memory would fail the same way again).
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from uuid import UUID
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.futures import PrefectFuture, as_completed
 from prefect.tasks import Task
 
 from sentio import stages
 from sentio.config import SentioConfig
 from sentio.errors import SentioError
-from tasks.caching import content_cache_policy
+from sentio.processes import call_in_process
+from tasks.caching import checked, content_cache_policy
 from tasks.ingest import failure_exception, stage_task_options
 
 TRAIN_RETRIES = 2
@@ -79,7 +85,8 @@ def train_task(
     def progress(done: int, total: int) -> None:
         update_progress_artifact(artifact, min(100.0, 100.0 * done / max(total, 1)))
 
-    summary = stages.train_stage(
+    summary: dict[str, Any] = call_in_process(
+        stages.train_stage,
         bars_path,
         features_path,
         folds_path,
@@ -88,10 +95,12 @@ def train_task(
         Path(workdir),
         fold=fold,
         seed=seed,
+        threads=cfg.train.torch_threads,
         progress=progress,
     )
     update_progress_artifact(artifact, 100.0)
     m = summary["metrics"]
+    sharpe, total = m.get("sharpe"), m.get("total_return")
     logger.info(
         "train %s fold %d seed %d: %d steps (resumed from %d) at %.0f steps/s on %s; "
         "out-of-sample %d bars, Sharpe %s, total return %s, %d trades",
@@ -103,8 +112,39 @@ def train_task(
         summary["train"]["steps_per_second"],
         summary["train"]["device"],
         summary["test_bars"],
-        m.get("sharpe"),
-        m.get("total_return"),
+        "n/a" if sharpe is None else f"{sharpe:.2f}",
+        "n/a" if total is None else f"{total:+.2%}",
         summary["n_trades"],
     )
     return summary
+
+
+def train_all(
+    train: Task[..., dict[str, Any]],
+    jobs: list[tuple[int, int]],
+    args: tuple[Any, ...],
+    limit: int,
+    workdir: str,
+) -> list[dict[str, Any]]:
+    """Run ``train`` for every ``(fold, seed)`` of ``jobs``, at most ``limit`` at a time.
+
+    A task is submitted as soon as a slot frees up; the summaries come back in the order
+    of ``jobs``, rebased onto ``workdir`` and verified: a cached summary whose files are
+    missing or damaged is recomputed (one warning line names the file).
+    """
+    futures: dict[PrefectFuture[dict[str, Any]], int] = {}
+    done: dict[int, PrefectFuture[dict[str, Any]]] = {}
+    queue = list(enumerate(jobs))
+    while queue or futures:
+        while queue and len(futures) < max(1, limit):
+            i, (fold, seed) = queue.pop(0)
+            futures[train.submit(*args, fold=fold, seed=seed)] = i
+        finished = next(iter(as_completed(list(futures))))
+        done[futures.pop(finished)] = finished
+    runs = []
+    for i, (fold, seed) in enumerate(jobs):
+        summary, ok = checked(train, done[i].result(), workdir)
+        if not ok:
+            summary = train.with_options(refresh_cache=True)(*args, fold=fold, seed=seed)
+        runs.append(summary)
+    return runs

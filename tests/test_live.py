@@ -106,7 +106,9 @@ def register_fold(
     train = summaries["train"]
     extra_files: dict[str, str] = {}
     if entry.get("normaliser"):
-        extra_files["normaliser.json"] = entry["normaliser"]
+        extra_files["normaliser.json"] = str(
+            stages.index_file(summaries["folds"]["output"], entry["normaliser"])
+        )
     if summaries.get("regimes"):
         model = next(e for e in summaries["regimes"]["folds"] if int(e["fold"]) == fold)
         extra_files["regime_model.json"] = model["model"]

@@ -17,6 +17,7 @@ from sentio.stages import (
     features_stage,
     folds_key,
     folds_stage,
+    index_file,
     load_folds,
     regime_training_rows,
     regimes_key,
@@ -114,7 +115,11 @@ def test_train_fit_normaliser_is_fitted_per_fold_on_training_rows(
     data = load_folds(summary["output"])
     means = []
     for fold in data["folds"]:
-        params = json.loads(Path(fold["normaliser"]).read_text())
+        # folds.json names its normalisers relative to its own folder
+        assert not Path(fold["normaliser"]).is_absolute()
+        params = json.loads(
+            Path(str(index_file(summary["output"], fold["normaliser"]))).read_text()
+        )
         train = raw.filter(_in_ranges(raw["timestamp"], fold["train_ranges"]))
         assert params["rows"] == train.height == fold["train_rows"]
         col = params["columns"]["log_ret_1"]

@@ -98,9 +98,7 @@ def test_concurrent_trainings_in_one_process_equal_serial_ones(market: Any, tmp_
 
     cfg = small_cfg(**{"train.total_timesteps": 256})
     ranges = [(0, market.n_rows)]
-    serial = [
-        train_agent(cfg, market, ranges, seed=s, out_dir=tmp_path / f"s{s}") for s in (5, 6)
-    ]
+    serial = [train_agent(cfg, market, ranges, seed=s, out_dir=tmp_path / f"s{s}") for s in (5, 6)]
     with ThreadPoolExecutor(2) as pool:
         futures = [
             pool.submit(train_agent, cfg, market, ranges, seed=s, out_dir=tmp_path / f"c{s}")

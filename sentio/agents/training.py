@@ -259,9 +259,7 @@ def _load_checkpoint(
         return None
     algo = algorithm_class(cfg)
     # force_reset=False: continue the accounts mid-episode (their state is in the .rng file)
-    model = algo.load(
-        folder / f"{CHECKPOINT_NAME}.zip", env=env, device=device, force_reset=False
-    )
+    model = algo.load(folder / f"{CHECKPOINT_NAME}.zip", env=env, device=device, force_reset=False)
     _set_rng_state(env, pickle.loads((folder / f"{CHECKPOINT_NAME}.rng").read_bytes()))
     return model
 

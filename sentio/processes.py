@@ -1,0 +1,218 @@
+"""Run one call in a child process of its own: repeatable, bounded in threads, no orphans.
+
+Stable-Baselines3 draws from the process-wide random generators of torch, numpy and
+Python, and torch's thread count is process-wide too. Two trainings that share a process
+therefore share those states; the flow runs each training through :func:`call_in_process`
+instead, so that a training's result never depends on what else runs or in which order.
+
+The child:
+
+- is started with the ``spawn`` method (a fresh interpreter: no inherited locks, threads
+  or CUDA state) and caps its math libraries at ``threads`` threads (``OMP``, ``MKL``,
+  ``OPENBLAS``, polars, numba) before the call's modules are imported;
+- dies with its parent: on Linux the kernel sends it ``SIGKILL`` when the parent
+  (strictly, the parent thread that started it, which waits for it) dies, and on every
+  platform a watchdog thread exits it once its parent process is gone, so killing the
+  flow (even with ``SIGKILL``) leaves no training running;
+- reports progress to the parent through a pipe, and returns the call's value or
+  re-raises its exception in the parent (a :class:`~sentio.errors.SentioError` keeps
+  its type and message).
+
+This module imports only the standard library at import time: a spawned child imports
+it before it has capped its threads.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+__all__ = ["ChildProcessFailed", "available_cores", "call_in_process", "parallel_slots"]
+
+_THREAD_ENV = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "POLARS_MAX_THREADS",
+    "NUMBA_NUM_THREADS",
+)
+_PR_SET_PDEATHSIG = 1
+
+
+class ChildProcessFailed(RuntimeError):
+    """The child process ended without a result (killed by a signal, out of memory, crash).
+
+    Not a :class:`~sentio.errors.SentioError`: a retry may succeed (a training resumes
+    from its last checkpoint).
+    """
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def parallel_slots(max_parallel: int, threads: int) -> int:
+    """How many calls of ``threads`` threads each to run at once.
+
+    ``max_parallel`` when set (> 0), else as many as the cores available hold
+    (``cores // threads``, at least one): together they use the machine without
+    oversubscribing it.
+    """
+    if max_parallel > 0:
+        return max_parallel
+    return max(1, available_cores() // max(1, threads))
+
+
+def call_in_process(
+    fn: Callable[..., Any],
+    *args: Any,
+    threads: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    progress_arg: str | None = "progress",
+    **kwargs: Any,
+) -> Any:
+    """Call ``fn(*args, **kwargs)`` in a fresh child process and return its value.
+
+    Args:
+        fn: a module-level function (it is pickled by reference).
+        threads: threads the child's math libraries may use.
+        progress: called in the parent as ``progress(done, total)`` whenever the child
+            calls the function it was handed as ``kwargs[progress_arg]``.
+        progress_arg: the keyword under which ``fn`` takes its progress callback
+            (``None``: ``fn`` takes none).
+
+    Raises:
+        Whatever ``fn`` raised (re-raised here); :class:`ChildProcessFailed` when the
+        child ended without a result.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    parent_end, child_end = ctx.Pipe(duplex=False)
+    payload = pickle.dumps((fn, args, kwargs, progress_arg if progress else None))
+    proc = ctx.Process(
+        target=_child_main,
+        args=(child_end, os.getpid(), int(threads), payload),
+        name=f"sentio-{getattr(fn, '__name__', 'call')}",
+        daemon=False,
+    )
+    proc.start()
+    child_end.close()
+    try:
+        while True:
+            if parent_end.poll(0.2):
+                try:
+                    kind, *body = parent_end.recv()
+                except EOFError:
+                    break
+                if kind == "progress" and progress is not None:
+                    progress(int(body[0]), int(body[1]))
+                elif kind == "result":
+                    proc.join()
+                    return body[0]
+                elif kind == "error":
+                    proc.join()
+                    raise _rebuild(*body)
+            elif not proc.is_alive() and not parent_end.poll(0):
+                break
+        proc.join()
+        raise ChildProcessFailed(
+            f"{proc.name} (pid {proc.pid}) ended without a result: {_exit_text(proc.exitcode)}"
+        )
+    finally:
+        parent_end.close()
+        if proc.is_alive():  # the parent was interrupted: take the child down with it
+            proc.terminate()
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = ""
+        hint = " (the system may have run out of memory)" if -code == signal.SIGKILL else ""
+        return f"killed by signal {-code} {name}{hint}".rstrip()
+    return f"exit code {code}"
+
+
+def _rebuild(pickled: bytes | None, kind: str, message: str, trace: str) -> BaseException:
+    """The child's exception, unpickled where possible, else a RuntimeError carrying it."""
+    if pickled is not None:
+        try:
+            exc = pickle.loads(pickled)
+            if isinstance(exc, BaseException):
+                return exc
+        except Exception:  # noqa: BLE001 - fall back to the text
+            pass
+    return RuntimeError(f"{kind}: {message}\n(in the child process)\n{trace}")
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this process end when its parent does (Linux: the kernel; else a watchdog)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl
+            pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(70)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="sentio-parent-watchdog", daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the guard was in place
+        os._exit(70)
+
+
+def _child_main(conn: Connection, parent_pid: int, threads: int, payload: bytes) -> None:
+    """Entry point of the child: cap threads, guard against orphaning, run, send back."""
+    _die_with_parent(parent_pid)
+    for name in _THREAD_ENV:
+        os.environ[name] = str(threads)
+    try:
+        fn, args, kwargs, progress_arg = pickle.loads(payload)
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+        except ImportError:  # pragma: no cover - torch is a dependency
+            pass
+        if progress_arg is not None:
+            kwargs = {
+                **kwargs,
+                progress_arg: lambda done, total: conn.send(("progress", done, total)),
+            }
+        value = fn(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+        try:
+            pickled: bytes | None = pickle.dumps(exc)
+        except Exception:  # noqa: BLE001
+            pickled = None
+        conn.send(("error", pickled, type(exc).__name__, str(exc), traceback.format_exc()))
+    else:
+        conn.send(("result", value))
+    finally:
+        conn.close()
