@@ -9,14 +9,42 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+import typer.core
 
+from sentio import __version__
 from sentio.config import SentioConfig, dump_config, load_config, with_overrides
-from sentio.errors import SentioError
+from sentio.errors import ResourceError, SentioError
+
+
+def _flags_take_no_value() -> None:
+    """Keep ``--help`` free of a type placeholder (``<bool>``) on flags.
+
+    Typer's rich help prints every option's type, flags included, although a flag takes
+    no value; its plain help (``TyperOption.get_help_record``) already skips flags and
+    counters. Give the rich help the same rule. Idempotent.
+    """
+    option = typer.core.TyperOption
+    original = getattr(option, "display_type_rich", None)
+    if original is None or getattr(original, "_sentio_flags", False):
+        return
+
+    def display_type_rich(self: typer.core.TyperOption, ctx: Any) -> str | None:
+        if self.is_flag or self.count:
+            return None
+        result: str | None = original(self, ctx)
+        return result
+
+    display_type_rich._sentio_flags = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_take_no_value()
 
 app = typer.Typer(
     name="sentio",
@@ -27,6 +55,28 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"sentio {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the Sentio version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """The options of ``sentio`` itself (the group's help is the ``Typer`` one above)."""
+
 
 ConfigOpt = Annotated[
     Path | None,
@@ -54,7 +104,22 @@ def user_errors(func: F) -> F:
             raise _fail(f"{err.filename}: file not found", 3) from None
         except PermissionError as err:
             raise _fail(f"{err.filename}: permission denied", 3) from None
+        except MemoryError:
+            raise _fail(
+                "out of memory; lower train.n_envs, agent.batch_size or train.max_parallel, "
+                "or give the command less data",
+                ResourceError.exit_code,
+            ) from None
         except OSError as err:
+            from sentio.io import is_disk_full
+
+            if is_disk_full(err):
+                where = err.filename or "the working directory's disk"
+                raise _fail(
+                    f"{where}: no space left on the device; free space there (or point "
+                    "paths.workdir at a larger disk) and run again",
+                    ResourceError.exit_code,
+                ) from None
             raise _fail(f"{err.filename or ''}: {err.strerror or err}", 3) from None
         except KeyboardInterrupt:
             raise _fail("interrupted", 130) from None
@@ -128,7 +193,11 @@ def sample(
 def ingest(
     inputs: Annotated[
         list[Path],
-        typer.Argument(help="Bar files: .feather/.arrow/.ipc, .parquet, .csv/.txt/.tsv."),
+        typer.Argument(
+            help="Bar files or folders (every bar file in a folder, sorted by name): "
+            ".feather/.arrow/.ipc, .parquet, .csv/.txt/.tsv, any of them gzip-compressed (.gz).",
+            show_default=False,
+        ),
     ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Canonical bars file to write (.feather).")
@@ -168,7 +237,7 @@ def ingest(
             "ingest.max_quarantine_fraction": max_quarantine_fraction,
         },
     )
-    result = ingest_files(inputs, out, cfg)
+    result = ingest_files(_ingest_inputs(inputs, out), out, cfg)
     r = result.report
     typer.echo(
         f"read {r['rows_read']} rows: kept {r['rows_kept']}, dropped "
@@ -187,6 +256,29 @@ def ingest(
     if r["quarantine"]:
         typer.echo(f"quarantine: {r['quarantine']}")
     typer.echo(f"great expectations: {r['contract']['gx_html']}")
+
+
+def _ingest_inputs(inputs: list[Path], out: Path) -> list[Path]:
+    """The files to ingest: files as given, folders expanded like ``sentio run`` does.
+
+    A folder stands for every supported bar file in it, sorted by name
+    (:func:`sentio.stages.resolve_inputs`), less the files this ingest writes (so that
+    ingesting a folder into itself can be repeated); a file named explicitly is kept.
+    """
+    from sentio.data.ingest import IngestOutputs
+    from sentio.errors import DataError
+    from sentio.stages import resolve_inputs
+
+    ours = {p.resolve() for p in IngestOutputs.for_output(out).all()}
+    files: list[Path] = []
+    for item in inputs:
+        found = resolve_inputs([item])
+        if item.is_dir():
+            found = [f for f in found if f.resolve() not in ours]
+            if not found:
+                raise DataError(f"{item}: folder holds no bar files besides this ingest's output")
+        files.extend(found)
+    return files
 
 
 def _workdir(cfg: SentioConfig, workdir: Path | None) -> Path:
@@ -214,14 +306,16 @@ def run(
     from sentio.orchestration import prefect_env_defaults
 
     prefect_env_defaults(wd)
+    from flows.local_server import temporary_api
     from flows.nightly import nightly_flow
 
     _quiet_user_error_tracebacks()
-    record = nightly_flow(
-        data_path=data,
-        config_path=str(config.resolve()) if config else None,
-        workdir=str(wd),
-    )
+    with temporary_api():  # a local API that dies with this command, unless one is set
+        record = nightly_flow(
+            data_path=data,
+            config_path=str(config.resolve()) if config else None,
+            workdir=str(wd),
+        )
     _print_run(record)
 
 
@@ -345,21 +439,31 @@ def serve(
             help="Also serve 'paper-trading/paper' (weekdays 16:15 New York) on the same bars.",
         ),
     ] = True,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the served runs write stage outputs, the registry and Prefect results "
+            "(paths.workdir; a default parameter of every deployment).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the 'nightly' (02:00 New York, weekdays), 'manual' and 'paper' deployments from this process."""
-    cfg = _config(config)
+    cfg = _config(config, {"paths.workdir": str(workdir) if workdir else None})
     from sentio.stages import resolve_inputs
 
     resolve_inputs(data)  # a wrong path fails now, not at 02:00
+    wd = _workdir(cfg, None)
     from sentio.orchestration import prefect_env_defaults
 
-    prefect_env_defaults(_workdir(cfg, None))
+    prefect_env_defaults(wd)
     from flows.serve import serve_deployments
 
     serve_deployments(
         str(Path(data).resolve()) if "," not in data else data,
         str(config.resolve()) if config else None,
         paper=paper,
+        workdir=str(wd) if workdir else None,
     )
 
 
@@ -389,6 +493,22 @@ def _registry(config: Path | None, workdir: Path | None) -> Any:
     return Registry(default_root(cfg))
 
 
+def _rounded(value: Any, digits: int = 6) -> Any:
+    """``value`` with every float rounded to ``digits`` decimals (dicts and lists walked)."""
+    if isinstance(value, float):
+        return round(value, digits) if math.isfinite(value) else value
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
+def _shown(value: Any) -> str:
+    """A value for a message: floats rounded to 6 decimals, everything else as its repr."""
+    return repr(_rounded(value))
+
+
 def _fmt(value: Any) -> str:
     try:
         return f"{float(value):.3f}"
@@ -399,7 +519,11 @@ def _fmt(value: Any) -> str:
 @models_app.command("list")
 @user_errors
 def models_list(config: ConfigOpt = None, workdir: WorkdirOpt = None) -> None:
-    """List the registered model versions, oldest first; '*' marks the champion."""
+    """List the registered model versions, oldest first; '*' marks the champion.
+
+    The integrity column hashes every file of each version against its manifest: 'ok',
+    'damaged: FILE' (modified after registration) or 'missing: FILE'.
+    """
     from sentio.registry import RegistryError
 
     reg = _registry(config, workdir)
@@ -408,13 +532,16 @@ def models_list(config: ConfigOpt = None, workdir: WorkdirOpt = None) -> None:
         raise RegistryError(f"no model versions in {reg.root}")
     pointer = reg.champion()
     champ = pointer["version"] if pointer else None
-    typer.echo(f"  {'version':<32} {'created':<28} {'algo':<13} {'sharpe':>8} {'dsr':>7}")
+    typer.echo(
+        f"  {'version':<32} {'created':<28} {'algo':<13} {'sharpe':>8} {'dsr':>7}  integrity"
+    )
     for v in versions:
         m = v.metrics
         mark = "*" if v.version == champ else " "
         typer.echo(
             f"{mark} {v.version:<32} {v.created_at:<28} {v.algo:<13} "
-            f"{_fmt(m.get('sharpe')):>8} {_fmt(m.get('dsr')):>7}"
+            f"{_fmt(m.get('sharpe')):>8} {_fmt(m.get('dsr')):>7}  "
+            f"{reg.integrity(v.version).label()}"
         )
 
 
@@ -425,7 +552,7 @@ def models_show(
     config: ConfigOpt = None,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Print a version's manifest as JSON."""
+    """Print a version's manifest as JSON, with its integrity (every file's sha256 checked)."""
     import json
 
     from sentio.registry import RegistryError
@@ -436,7 +563,8 @@ def models_show(
         if pointer is None:
             raise RegistryError(f"no champion in {reg.root}")
         version = str(pointer["version"])
-    typer.echo(json.dumps(reg.get(version).manifest, indent=2, default=str))
+    shown = {**reg.get(version).manifest, "integrity": reg.integrity(version).to_json()}
+    typer.echo(json.dumps(shown, indent=2, default=str))
 
 
 @models_app.command("promote")
@@ -447,7 +575,7 @@ def models_promote(
     config: ConfigOpt = None,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Make a version the champion by hand (bypasses the gate; recorded as manual)."""
+    """Make a version the champion by hand (no gate, files hash-checked; recorded as manual)."""
     pointer = _registry(config, workdir).promote(version, f"manual: {reason}", manual=True)
     typer.echo(f"champion: {pointer['version']} (was {pointer['previous'] or 'none'})")
 
@@ -518,7 +646,7 @@ def signal_cmd(
 
     reg = _registry(config, workdir)
     bundle = load_bundle(reg, version)
-    result = signal(bundle, bars, start=start)
+    result = _rounded(signal(bundle, bars, start=start))
     if result["in_sample"]:
         _warn_in_sample(result["account"]["since"], bundle.extra.get("train_end"))
     if out is not None:
@@ -551,7 +679,9 @@ def paper_cmd(
     )
     if s["revised"] is not None:
         rev = s["revised"]
-        changes = ", ".join(f"{c} {old!r} -> {new!r}" for c, (old, new) in rev["columns"].items())
+        changes = ", ".join(
+            f"{c} {_shown(old)} -> {_shown(new)}" for c, (old, new) in rev["columns"].items()
+        )
         typer.echo(
             f"revised: the ledger's last row {rev['timestamp']} was decided with the calendar's "
             f"next bar; recomputed with the bar that follows it in the data: {changes}"

@@ -336,12 +336,13 @@ def registry_stage(
     fallback_config: Path | None = None
     versions: list[dict[str, Any]] = []
     by_run: dict[tuple[int, int], str] = {}
+    for run in runs:  # every model first: a mismatch registers nothing
+        _check_model_file(run)
     for run in sorted(runs, key=lambda r: (int(r["fold"]), int(r["seed"]))):
         fold, seed = int(run["fold"]), int(run["seed"])
         w = windows.get(fold)
         if w is None:
             raise DataError(f"{folds_path}: no test window for fold {fold}")
-        _check_model_file(run)
         config_file = Path(run["output"]).parent / "config.yaml"
         if not config_file.is_file():
             if fallback_config is None:

@@ -72,7 +72,15 @@ the nightly flow on unchanged inputs creates no new version.
 **Loading.** :meth:`Registry.load_model` reads every file of the manifest, checks its
 sha256 and only then unpickles the model -- from the bytes that were hashed (no window
 between the check and the load) -- with the class named by ``algo``. A mismatch raises
-:class:`RegistryError` naming the file and both hashes.
+:class:`IntegrityError` (a :class:`RegistryError`) naming the file and both hashes.
+
+**Integrity.** The same check (:meth:`Registry.verify`) guards every change of the
+champion: :meth:`Registry.promote` and :meth:`Registry.rollback` refuse a damaged target
+(a file modified or missing) with an :class:`IntegrityError` before the pointer or the
+history is touched, and :meth:`Registry.promote_if_passes` refuses a damaged candidate
+(recorded as a rejection with that reason), so a damaged version never becomes the
+champion. :meth:`Registry.integrity` reports a version's state (:class:`Integrity`:
+``ok``, ``damaged`` or ``missing`` and the file) without raising.
 """
 
 from __future__ import annotations
@@ -101,6 +109,8 @@ __all__ = [
     "ALGOS",
     "Comparison",
     "GateDecision",
+    "Integrity",
+    "IntegrityError",
     "Registry",
     "RegistryError",
     "Version",
@@ -128,6 +138,47 @@ class RegistryError(SentioError):
     """The registry cannot do what was asked: unknown version, tampered file, no champion."""
 
     exit_code = 6
+
+
+class IntegrityError(RegistryError):
+    """A file of a version differs from its manifest (``damaged``) or is ``missing``.
+
+    ``file`` names the file inside the version folder (``manifest.json`` when the
+    manifest itself cannot be trusted); ``problem`` is ``"damaged"`` or ``"missing"``.
+    """
+
+    def __init__(self, message: str, *, file: str = MANIFEST, problem: str = "damaged") -> None:
+        # defaults: an unpickled error is rebuilt from its message, then its __dict__
+        super().__init__(message)
+        self.file = file
+        self.problem = problem
+
+
+@dataclasses.dataclass(frozen=True)
+class Integrity:
+    """The state of a version's files against the sha256 recorded in its manifest.
+
+    ``status``: ``"ok"``, ``"damaged"`` (a file's bytes changed, or the manifest cannot
+    be trusted) or ``"missing"`` (a file is gone); ``file``: the first file found
+    damaged or missing; ``detail``: the one-line message of :meth:`Registry.verify`.
+    """
+
+    status: str
+    file: str | None = None
+    detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether every file matches its recorded sha256."""
+        return self.status == "ok"
+
+    def label(self) -> str:
+        """Short form for a table: ``ok``, ``damaged: model.zip``, ``missing: config.yaml``."""
+        return self.status if self.file is None else f"{self.status}: {self.file}"
+
+    def to_json(self) -> dict[str, str | None]:
+        """``status``, ``file`` and ``detail`` as a JSON-ready dict."""
+        return dataclasses.asdict(self)
 
 
 def default_root(cfg: SentioConfig) -> Path:
@@ -572,10 +623,15 @@ class Registry:
         return lock
 
     def promote(self, version_id: str, reason: str, *, manual: bool = True) -> dict[str, Any]:
-        """Make ``version_id`` the champion, without the gate; returns the new pointer."""
+        """Make ``version_id`` the champion, without the gate; returns the new pointer.
+
+        Every file of the version is verified first (:meth:`verify`): a damaged version
+        raises :class:`IntegrityError` and the pointer and the history stay unchanged.
+        """
         self.get(version_id)
         lock = self._locked()
         try:
+            self.verify(version_id, purpose="promote")
             current = self.champion()
             lineage = list(current.get("lineage", [])) + [current["version"]] if current else []
             return self._write_pointer(
@@ -585,7 +641,11 @@ class Registry:
             lock.release()
 
     def rollback(self, reason: str = "rollback") -> dict[str, Any]:
-        """Restore the previous champion; returns the new pointer."""
+        """Restore the previous champion; returns the new pointer.
+
+        The previous champion's files are verified first (:meth:`verify`): when it is
+        damaged, :class:`IntegrityError` is raised and nothing changes.
+        """
         lock = self._locked()
         try:
             current = self.champion()
@@ -597,7 +657,7 @@ class Registry:
                     f"champion {current['version']} has no previous champion to roll back to"
                 )
             target = lineage.pop()
-            self.get(target)
+            self.verify(target, purpose="roll back to")
             return self._write_pointer(
                 target, reason, manual=True, action="rollback", lineage=lineage
             )
@@ -616,7 +676,9 @@ class Registry:
 
         The champion is read, compared and replaced within one lock (compare-and-swap), so
         the champion the candidate beat is the one it replaces; a candidate that already is
-        the champion is refused without a history line.
+        the champion is refused without a history line. The candidate's files are verified
+        under the lock (:meth:`verify`): a damaged candidate is refused (``reasons`` holds
+        the file and the mismatch, recorded as a rejection) without calling ``evaluate``.
 
         Without ``evaluate`` the gate compares the metrics recorded in the two manifests.
         With ``evaluate``, it is called under the lock with the current champion's
@@ -639,7 +701,14 @@ class Registry:
                     False, [f"{version_id} is already the champion{since}"], champion=champ_id
                 )
             comparison: Comparison | None = None
-            if evaluate is None:
+            damage: str | None = None
+            try:
+                self.verify(version_id, purpose="promote")  # never promote a damaged version
+            except IntegrityError as err:
+                damage = str(err)
+            if damage is not None:
+                decision = GateDecision(False, [damage])
+            elif evaluate is None:
                 decision = gate(candidate.metrics, champ.metrics if champ else None, cfg)
             else:
                 comparison = evaluate(champ)
@@ -689,32 +758,60 @@ class Registry:
 
     # -- loading ---------------------------------------------------------------------
 
-    def verify(self, version_id: str) -> dict[str, bytes]:
+    def verify(self, version_id: str, *, purpose: str | None = "load") -> dict[str, bytes]:
         """Read every file of the manifest and check its sha256; returns the verified bytes.
 
-        Raises :class:`RegistryError` naming the file and both hashes on a mismatch.
+        Raises :class:`IntegrityError` naming the file (and both hashes on a mismatch);
+        ``purpose`` (``"load"``, ``"promote"`` ...) ends the message with what is refused.
         """
         v = self.get(version_id)
+        refusing = f"; refusing to {purpose} it" if purpose else ""
         files = v.manifest.get("files")
         if not isinstance(files, dict) or v.manifest.get("model") not in files:
-            raise RegistryError(f"{v.path / MANIFEST}: no file hashes for the model")
+            raise IntegrityError(
+                f"{v.path / MANIFEST}: no file hashes for the model{refusing}",
+                file=MANIFEST,
+                problem="damaged",
+            )
         out: dict[str, bytes] = {}
         for name, expected in files.items():
             path = v.path / str(name)
             if Path(str(name)).name != name:
-                raise RegistryError(f"{v.path / MANIFEST}: bad file name {name!r}")
+                raise IntegrityError(
+                    f"{v.path / MANIFEST}: bad file name {name!r}{refusing}",
+                    file=MANIFEST,
+                    problem="damaged",
+                )
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
-                raise RegistryError(f"{path}: file of version {version_id} is missing") from None
+                raise IntegrityError(
+                    f"{path}: file of version {version_id} is missing{refusing}",
+                    file=str(name),
+                    problem="missing",
+                ) from None
             actual = sha256_bytes(data)
             if actual != expected:
-                raise RegistryError(
-                    f"{path}: sha256 mismatch, manifest {expected}, file {actual}; "
-                    "refusing to load a modified model"
+                raise IntegrityError(
+                    f"{path}: sha256 mismatch, manifest {expected}, file {actual} "
+                    f"(modified after registration){refusing}",
+                    file=str(name),
+                    problem="damaged",
                 )
             out[str(name)] = data
         return out
+
+    def integrity(self, version_id: str) -> Integrity:
+        """Whether every file of ``version_id`` matches its manifest, without raising.
+
+        Runs :meth:`verify` (every file is read and hashed) and reports its verdict; an
+        unknown version still raises :class:`RegistryError`.
+        """
+        try:
+            self.verify(version_id, purpose=None)
+        except IntegrityError as err:
+            return Integrity(err.problem, err.file, str(err))
+        return Integrity("ok")
 
     def load_model(self, version_id: str, **load_kwargs: Any) -> Any:
         """Verify every file of ``version_id``, then load the model with its algorithm class.

@@ -62,9 +62,7 @@ def resolve_inputs(data_path: str | Path | Sequence[str | Path]) -> list[Path]:
             found = sorted(
                 f
                 for f in p.iterdir()
-                if f.is_file()
-                and f.suffix.lower() in readers.SUPPORTED
-                and not f.name.endswith(SIDECAR_SUFFIXES)
+                if f.is_file() and readers.is_supported(f) and not f.name.endswith(SIDECAR_SUFFIXES)
             )
             if not found:
                 raise DataError(f"{p}: folder holds no bar files ({', '.join(readers.SUPPORTED)})")

@@ -10,9 +10,10 @@ The task is a thin wrapper around :func:`sentio.stages.ingest_stage`. What it ad
   *path strings* and the flow-run id instead, and never hit across nightly runs.
 - **Persisted results.** The summary is stored as JSON in the project's
   ``<workdir>/prefect-results`` (see :func:`sentio.orchestration.task_result_storage`).
-- **Retries for I/O only.** An :class:`OSError` (a flaky network share, a full disk) is
-  retried; a :class:`~sentio.errors.SentioError` (unreadable data, a contract violation)
-  fails at once: retrying cannot change the data.
+- **Retries for I/O only.** An :class:`OSError` (a flaky network share) is retried; a
+  :class:`~sentio.errors.SentioError` (unreadable data, a contract violation, a full disk
+  or too little memory: :class:`~sentio.errors.ResourceError`) fails at once: retrying
+  cannot change the data or make room.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from prefect.tasks import Task
 from sentio import stages
 from sentio.config import SentioConfig
 from sentio.errors import SentioError
+from sentio.io import is_disk_full
 from tasks.caching import content_cache_policy
 
 INGEST_RETRIES = 2
@@ -57,7 +59,7 @@ def retry_on_io_error(task: Task[..., Any], task_run: TaskRun, state: State[Any]
     attempt; returning ``False`` ends the task run as failed despite ``retries``.
     """
     exc = failure_exception(state)
-    return isinstance(exc, OSError) and not isinstance(exc, SentioError)
+    return isinstance(exc, OSError) and not isinstance(exc, SentioError) and not is_disk_full(exc)
 
 
 def stage_task_options(cache_policy: CachePolicy) -> dict[str, Any]:

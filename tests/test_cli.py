@@ -16,6 +16,11 @@ from tests.conftest import SHORT_WINDOWS, minute_bars
 
 runner = CliRunner()
 COMMANDS = ["synth", "sample", "ingest", "run", "serve", "config"]
+ALL_COMMANDS = [
+    [],
+    *([c] for c in [*COMMANDS, "signal", "paper", "models"]),
+    *(["models", c] for c in ("list", "show", "promote", "rollback")),
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -23,6 +28,39 @@ def test_every_command_has_help(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
+
+
+@pytest.mark.parametrize("command", ALL_COMMANDS, ids=lambda c: " ".join(c) or "sentio")
+def test_help_shows_no_type_placeholder_on_flags(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert "--help" in result.output
+    assert "<bool>" not in result.output and "BOOLEAN" not in result.output, result.output
+
+
+def test_help_keeps_the_type_of_options_that_take_a_value() -> None:
+    result = runner.invoke(app, ["synth", "--help"], env={"COLUMNS": "120"})
+    assert "<float>" in result.output and "<path>" in result.output
+    assert "--random-walk" in result.output and "--regimes" in result.output
+
+
+def test_version_prints_the_package_version() -> None:
+    from sentio import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"sentio {__version__}\n"
+
+
+@pytest.mark.parametrize("command", ["signal", "paper"])
+def test_subcommand_version_option_still_names_a_model_version(
+    command: str, tmp_path: Path
+) -> None:
+    minute_bars("2024-01-02", "2024-01-02").write_ipc(tmp_path / "b.feather")
+    args = [command, "--bars", str(tmp_path / "b.feather"), "--workdir", str(tmp_path)]
+    result = runner.invoke(app, [*args, "--version", "20240101T000000000000Z-00000000"])
+    _one_line_error(result, 6, "unknown model version '20240101T000000000000Z-00000000'")
+    assert "sentio 0" not in result.output
 
 
 def _one_line_error(result, code: int, pattern: str) -> None:
@@ -93,6 +131,92 @@ def test_ingest_success_prints_where_outputs_are(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "kept 390" in result.stdout
     assert f"report: {tmp_path / 'o.ingest.json'}" in result.stdout
+
+
+def _bars_files(folder: Path) -> list[Path]:
+    """Three one-session files of the same symbol: two feather, one CSV."""
+    folder.mkdir(parents=True, exist_ok=True)
+    days = ["2024-01-02", "2024-01-03", "2024-01-04"]
+    paths = [folder / "a.feather", folder / "b.csv", folder / "c.feather"]
+    for day, path in zip(days, paths, strict=True):
+        bars = minute_bars(day, day, seed=int(day[-1]))
+        if path.suffix == ".csv":
+            bars.with_columns(pl.col("timestamp").dt.strftime("%Y-%m-%dT%H:%M:%S%z")).write_csv(
+                path
+            )
+        else:
+            bars.write_ipc(path)
+    return paths
+
+
+def test_ingest_a_folder_and_a_mix_of_folders_and_files(tmp_path: Path) -> None:
+    import json
+
+    paths = _bars_files(tmp_path / "raw")
+    (tmp_path / "raw" / "notes.md").write_text("not bars")
+    out = tmp_path / "raw" / "bars.feather"  # written into the folder it reads
+    for _ in range(2):  # again: the folder now holds this ingest's outputs, skipped
+        result = runner.invoke(app, ["ingest", str(tmp_path / "raw"), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert "kept 1170" in result.stdout
+        report = json.loads((tmp_path / "raw" / "bars.ingest.json").read_text())
+        assert [Path(i["path"]).name for i in report["inputs"]] == [p.name for p in paths]
+
+    extra = tmp_path / "d.feather"
+    minute_bars("2024-01-05", "2024-01-05").write_ipc(extra)
+    result = runner.invoke(
+        app, ["ingest", str(extra), str(tmp_path / "raw"), "--out", str(tmp_path / "o.feather")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "kept 1560" in result.stdout
+    report = json.loads((tmp_path / "o.ingest.json").read_text())
+    assert [Path(i["path"]).name for i in report["inputs"]][0] == "d.feather"
+
+
+def test_ingest_an_empty_folder_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(
+        app, ["ingest", str(tmp_path / "empty"), "--out", str(tmp_path / "o.feather")]
+    )
+    _one_line_error(result, 3, "empty: folder holds no bar files")
+
+
+def test_serve_passes_its_workdir_to_the_deployments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.serve
+    import sentio.orchestration
+
+    minute_bars("2024-01-02", "2024-01-02").write_ipc(tmp_path / "b.feather")
+    calls: dict[str, object] = {}
+    monkeypatch.setattr(
+        sentio.orchestration, "prefect_env_defaults", lambda wd: calls.setdefault("env", wd)
+    )
+    monkeypatch.setattr(
+        flows.serve, "serve_deployments", lambda *a, **k: calls.setdefault("serve", (a, k))
+    )
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["serve", "--data", "b.feather", "--workdir", "wd", "--no-paper"])
+    assert result.exit_code == 0, result.output
+    wd = str(tmp_path / "wd")
+    assert calls["env"] == Path(wd)
+    assert calls["serve"] == (
+        (str(tmp_path / "b.feather"), None),
+        {"paper": False, "workdir": wd},
+    )
+
+    calls.clear()
+    result = runner.invoke(app, ["serve", "--data", "b.feather"])
+    assert result.exit_code == 0, result.output
+    assert calls["serve"][1]["workdir"] is None
+
+    # the deployments carry the workdir as a default parameter only when one is given
+    nightly, manual = flows.serve.build_deployments("b.feather", None, wd)
+    paper = flows.serve.build_paper_deployment("b.feather", None, wd)
+    for dep in (nightly, manual, paper):
+        assert dep.parameters == {"data_path": "b.feather", "config_path": None, "workdir": wd}
+    (plain, _) = flows.serve.build_deployments("b.feather")
+    assert "workdir" not in plain.parameters
 
 
 def test_run_with_missing_data_fails_before_prefect(tmp_path: Path) -> None:
@@ -187,3 +311,16 @@ def test_synth_and_sample_refuse_non_feather_outputs(tmp_path: Path) -> None:
     result = runner.invoke(app, ["sample", "nasdaq-daily", "--out", str(tmp_path / "y.parquet")])
     _one_line_error(result, 3, "y.parquet: the output is a feather file")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_printed_numbers_are_rounded() -> None:
+    import math
+
+    from sentio.cli import _rounded, _shown
+
+    got = _rounded({"a": 0.1 + 0.2, "b": [1 / 3, float("nan")], "c": 5, "d": True, "e": "x"})
+    assert got["a"] == 0.3 and got["b"][0] == 0.333333 and math.isnan(got["b"][1])
+    assert (got["c"], got["d"], got["e"]) == (5, True, "x")
+    assert (
+        _shown(100234.12345678901) == "100234.123457" and _shown("-1: session") == "'-1: session'"
+    )

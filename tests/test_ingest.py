@@ -755,6 +755,76 @@ def test_gzip_compressed_tab_separated_csv(tmp_path: Path) -> None:
     assert res.report["inputs"][0]["delimiter"] == "\t"
 
 
+@pytest.mark.parametrize(
+    ("name", "separator"),
+    [("g.csv.gz", ","), ("g.tsv.gz", "\t"), ("g.txt.gz", ";"), ("g.gz", ","), ("G.CSV.GZ", ",")],
+)
+def test_gzip_files_named_gz_read_their_inner_format(
+    tmp_path: Path, name: str, separator: str
+) -> None:
+    import gzip
+
+    bars = minute_bars("2024-01-02", "2024-01-02")
+    text = as_vendor(bars).write_csv(separator=separator)
+    (tmp_path / name).write_bytes(gzip.compress(text.encode()))
+    res = ingest_files([tmp_path / name], tmp_path / "o.feather")
+    assert pl.read_ipc(res.output).equals(bars)
+    info = res.report["inputs"][0]
+    assert info["format"] == "csv" and info["delimiter"] == separator
+
+
+def test_gzip_feather_and_parquet_by_name_or_by_content(tmp_path: Path) -> None:
+    import gzip
+
+    bars = minute_bars("2024-01-02", "2024-01-02")
+    bars.write_ipc(tmp_path / "plain.feather")
+    bars.write_parquet(tmp_path / "plain.parquet")
+    (tmp_path / "b.feather.gz").write_bytes(
+        gzip.compress((tmp_path / "plain.feather").read_bytes())
+    )
+    # gzip content behind a name that does not say so
+    (tmp_path / "c.parquet").write_bytes(gzip.compress((tmp_path / "plain.parquet").read_bytes()))
+    for name in ("b.feather.gz", "c.parquet"):
+        res = ingest_files([tmp_path / name], tmp_path / f"o-{name}.feather")
+        assert pl.read_ipc(res.output).equals(bars), name
+
+
+def test_truncated_or_unsupported_gzip_is_a_clear_error(tmp_path: Path) -> None:
+    import gzip
+
+    text = as_vendor(minute_bars("2024-01-02", "2024-01-02")).write_csv()
+    data = gzip.compress(text.encode())
+    (tmp_path / "t.csv.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"t\.csv\.gz: cannot read as gzip-compressed CSV"):
+        ingest_files([tmp_path / "t.csv.gz"], tmp_path / "o.feather")
+    (tmp_path / "n.json.gz").write_bytes(data)
+    with pytest.raises(DataError, match=r"n\.json\.gz: unsupported file type '\.json\.gz'"):
+        ingest_files([tmp_path / "n.json.gz"], tmp_path / "o.feather")
+
+
+def test_is_supported_and_folder_listing_see_gzip_csv(tmp_path: Path) -> None:
+    import gzip
+
+    from sentio.data.readers import format_suffix, is_supported
+    from sentio.stages import resolve_inputs
+
+    assert format_suffix("a.csv.gz") == (".csv", True)
+    assert format_suffix("a.gz") == (".csv", True)
+    assert format_suffix("a.CSV") == (".csv", False)
+    assert [is_supported(n) for n in ("a.csv.gz", "a.tsv.gz", "a.gz", "a.feather")] == [True] * 4
+    assert [is_supported(n) for n in ("a.json.gz", "a.tar.gz", ".gz", "a.xlsx")] == [False] * 4
+
+    day1 = minute_bars("2024-01-02", "2024-01-02")
+    day2 = minute_bars("2024-01-03", "2024-01-03", seed=1)
+    (tmp_path / "1.csv.gz").write_bytes(gzip.compress(as_vendor(day1).write_csv().encode()))
+    day2.write_ipc(tmp_path / "2.feather")
+    (tmp_path / "notes.json.gz").write_bytes(b"{}")
+    files = resolve_inputs(tmp_path)
+    assert [f.name for f in files] == ["1.csv.gz", "2.feather"]
+    res = ingest_files(files, tmp_path / "out" / "o.feather")
+    assert pl.read_ipc(res.output).equals(pl.concat([day1, day2]))
+
+
 def test_one_bad_epoch_value_is_quarantined_not_the_whole_column(tmp_path: Path) -> None:
     bars = minute_bars("2024-01-02", "2024-01-02")
     t = bars["timestamp"].dt.epoch("ms").to_list()

@@ -16,7 +16,7 @@ from sentio.cli import app
 from sentio.config import RegistryConfig
 from sentio.errors import SentioError
 from sentio.io import sha256_file
-from sentio.registry import Registry, RegistryError, gate
+from sentio.registry import IntegrityError, Registry, RegistryError, gate
 
 WINDOW = {"window_start": "2024-01-02", "window_end": "2024-03-28"}
 GOOD = {"sharpe": 1.5, "dsr": 0.97, "max_drawdown": 0.12, **WINDOW}
@@ -350,7 +350,10 @@ def test_cli_models_list_show_promote_rollback(tmp_path: Path) -> None:
     assert rows[2].startswith(f"* {b}") and "2.500" in rows[2]
 
     r = runner.invoke(app, ["models", "show", a, *wd_opt])
-    assert r.exit_code == 0 and json.loads(r.stdout) == reg.get(a).manifest
+    assert r.exit_code == 0 and json.loads(r.stdout) == {
+        **reg.get(a).manifest,
+        "integrity": {"status": "ok", "file": None, "detail": None},
+    }
     r = runner.invoke(app, ["models", "show", "champion", *wd_opt])
     assert r.exit_code == 0 and json.loads(r.stdout)["version"] == b
 
@@ -408,3 +411,163 @@ def test_extra_files_are_copied_hashed_and_verified(tmp_path: Path) -> None:
             register_with({bad: norm})
     with pytest.raises(RegistryError, match="file not found"):
         register_with({"x.json": tmp_path / "missing.json"})
+
+
+# -- integrity: a damaged version never becomes the champion ---------------------------------
+
+
+def _damage(reg: Registry, version: str) -> Path:
+    """Flip one byte of the version's model.zip; returns the file."""
+    path = reg.get(version).model_path
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _pointer_and_history(reg: Registry) -> tuple[bytes, bytes]:
+    return reg.champion_path.read_bytes(), reg.history_path.read_bytes()
+
+
+def test_promote_and_rollback_refuse_a_damaged_version(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "reg")
+    a, b, c = (_register(reg, tmp_path, t) for t in "abc")
+    reg.promote(a, "first")
+    model = _damage(reg, b)
+    before = _pointer_and_history(reg)
+    with pytest.raises(IntegrityError) as err:
+        reg.promote(b, "by hand")
+    msg = str(err.value)
+    assert msg.startswith(
+        f"{model}: sha256 mismatch, manifest {reg.get(b).manifest['files']['model.zip']}"
+    )
+    assert f"file {sha256_file(model)}" in msg and "refusing to promote it" in msg
+    assert (err.value.file, err.value.problem, err.value.exit_code) == ("model.zip", "damaged", 6)
+    assert _pointer_and_history(reg) == before
+
+    # rolling back to a champion whose file went missing is refused too
+    reg.promote(c, "second")
+    config = reg.get(a).config_path
+    assert config is not None
+    config.unlink()
+    before = _pointer_and_history(reg)
+    with pytest.raises(
+        IntegrityError,
+        match=r"config\.yaml: file of version .* is missing; "
+        r"refusing to roll back to it",
+    ):
+        reg.rollback("c is bad")
+    assert _pointer_and_history(reg) == before
+    champion = reg.champion()
+    assert champion is not None and champion["version"] == c and champion["lineage"] == [a]
+
+
+def test_integrity_reports_ok_damaged_and_missing(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "reg")
+    a, b, c = (_register(reg, tmp_path, t) for t in "abc")
+    model = _damage(reg, b)
+    config = reg.get(c).config_path
+    assert config is not None
+    config.unlink()
+    ok, damaged, missing = (reg.integrity(v) for v in (a, b, c))
+    assert (
+        ok.ok
+        and ok.label() == "ok"
+        and ok.to_json()
+        == {
+            "status": "ok",
+            "file": None,
+            "detail": None,
+        }
+    )
+    assert not damaged.ok and damaged.label() == "damaged: model.zip"
+    assert damaged.detail is not None and damaged.detail.startswith(f"{model}: sha256 mismatch")
+    assert "refusing" not in damaged.detail
+    assert missing.label() == "missing: config.yaml"
+    with pytest.raises(RegistryError, match="unknown model version"):
+        reg.integrity("nope")
+
+
+def test_integrity_error_survives_pickling() -> None:
+    import pickle
+
+    err = IntegrityError("x.zip: gone", file="x.zip", problem="missing")
+    back = pickle.loads(pickle.dumps(err))
+    assert (str(back), back.file, back.problem) == ("x.zip: gone", "x.zip", "missing")
+
+
+def test_promote_if_passes_never_promotes_a_damaged_candidate(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "reg")
+    good = _register(reg, tmp_path, "good", sharpe=1.0)
+    bad = _register(reg, tmp_path, "bad", sharpe=3.0)
+    _damage(reg, bad)
+    calls: list[Any] = []
+
+    def evaluate(champ: Any) -> Any:
+        calls.append(champ)
+        raise AssertionError("evaluated a damaged candidate")
+
+    decision = reg.promote_if_passes(bad, CFG, evaluate=evaluate)  # no champion: would pass
+    assert not decision.promote and calls == [] and reg.champion() is None
+    (reason,) = decision.reasons
+    assert "model.zip: sha256 mismatch" in reason and reason.endswith("refusing to promote it")
+    last = reg.history()[-1]
+    assert (last["action"], last["version"], last["reasons"]) == ("reject", bad, [reason])
+
+    assert reg.promote_if_passes(good, CFG).promote
+    decision = reg.promote_if_passes(bad, CFG)  # a better Sharpe, but damaged
+    assert not decision.promote and decision.champion == good
+    champion = reg.champion()
+    assert champion is not None and champion["version"] == good
+
+
+def test_cli_refuses_damaged_versions_and_reports_integrity(tmp_path: Path) -> None:
+    wd = tmp_path / "wd"
+    wd_opt = ["--workdir", str(wd)]
+    reg = Registry(wd / "registry")
+    a, b, c, d = (_register(reg, tmp_path, t) for t in "abcd")
+    assert runner.invoke(app, ["models", "promote", a, *wd_opt]).exit_code == 0
+    _damage(reg, b)
+    config = reg.get(c).config_path
+    assert config is not None
+    config.unlink()
+
+    before = _pointer_and_history(reg)
+    r = runner.invoke(app, ["models", "promote", b, *wd_opt])
+    assert r.exit_code == 6
+    _one_line_error(r, r"model\.zip: sha256 mismatch, manifest [0-9a-f]{64}, file [0-9a-f]{64}")
+    r = runner.invoke(app, ["models", "promote", c, *wd_opt])
+    assert r.exit_code == 6
+    _one_line_error(r, r"config\.yaml: file of version .* is missing; refusing to promote it")
+    assert _pointer_and_history(reg) == before
+
+    r = runner.invoke(app, ["models", "list", *wd_opt])
+    assert r.exit_code == 0, r.output
+    header, *rows = r.stdout.strip().splitlines()
+    assert header.rstrip().endswith("integrity")
+    assert [row.split("  ")[-1].strip() for row in rows] == [
+        "ok",
+        "damaged: model.zip",
+        "missing: config.yaml",
+        "ok",
+    ]
+    assert rows[0].startswith(f"* {a}")
+
+    for version, status, file in ((a, "ok", None), (b, "damaged", "model.zip")):
+        r = runner.invoke(app, ["models", "show", version, *wd_opt])
+        assert r.exit_code == 0, r.output
+        shown = json.loads(r.stdout)
+        integrity = shown["integrity"]
+        assert (integrity["status"], integrity["file"]) == (status, file)
+        assert shown == {**reg.get(version).manifest, "integrity": integrity}
+    r = runner.invoke(app, ["models", "show", c, *wd_opt])
+    assert json.loads(r.stdout)["integrity"]["status"] == "missing"
+
+    # rollback to a damaged previous champion: refused, nothing changes
+    assert runner.invoke(app, ["models", "promote", d, *wd_opt]).exit_code == 0
+    _damage(reg, a)
+    before = _pointer_and_history(reg)
+    r = runner.invoke(app, ["models", "rollback", *wd_opt])
+    assert r.exit_code == 6
+    _one_line_error(r, r"model\.zip: sha256 mismatch.*refusing to roll back to it")
+    assert _pointer_and_history(reg) == before

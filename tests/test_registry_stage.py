@@ -22,8 +22,9 @@ import pytest
 
 from sentio import promotion, stages
 from sentio.config import SentioConfig, config_from_dict, write_config
+from sentio.errors import DataError
 from sentio.evaluation import deflated_sharpe_ratio, sharpe_moments
-from sentio.io import write_json_atomic
+from sentio.io import sha256_file, write_json_atomic
 from sentio.registry import Comparison, Registry, RegistryError, Version
 from tests.conftest import minute_bars
 
@@ -151,6 +152,7 @@ def build_world(tmp_path: Path, cfg: SentioConfig | None = None) -> World:
                     "seed": seed,
                     "model": str(folder / "model.zip"),
                     "output": str(folder / "backtest.feather"),
+                    "files": {str(folder / "model.zip"): sha256_file(folder / "model.zip")},
                     "metrics": {  # the fold's own Sharpe prefers seed 0, the stitched seed 1
                         "sharpe": 1.0 - seed + 0.1 * j,
                         "max_drawdown": -0.01,
@@ -321,11 +323,23 @@ def test_second_run_with_unchanged_inputs_creates_nothing_and_keeps_the_champion
     assert {w.registry.get(v).manifest["extra"]["run"] for v in second["registered"]} == {"night-1"}
 
     # the same train key with a different model (a retraining that differs) is a new version
-    Path(w.runs[0]["model"]).write_bytes(b"retrained differently")
+    model = Path(w.runs[0]["model"])
+    model.write_bytes(b"retrained differently")
+    w.runs[0]["files"] = {str(model): sha256_file(model)}
     third = w.stage("night-3")
     assert third["new_versions"] == 1
     assert third["registered"][1:] == first["registered"][1:]
     assert third["registered"][0] != first["registered"][0]
+
+
+def test_a_model_file_that_is_not_the_one_backtested_is_not_registered(tmp_path: Path) -> None:
+    """A summary pairs a model with its metrics by the model's sha256: another file (a
+    concurrent writer, a damaged disk) registers nothing and leaves the registry alone."""
+    w = build_world(tmp_path)
+    Path(w.runs[1]["model"]).write_bytes(b"another run's model")
+    with pytest.raises(DataError, match=r"model\.zip: the model file is not the one its training"):
+        w.stage("night-1")
+    assert w.registry.list() == [] and w.registry.champion() is None
 
 
 def test_concurrent_register_once_creates_one_version(tmp_path: Path) -> None:
@@ -735,3 +749,36 @@ def test_a_champion_changed_meanwhile_is_the_one_compared_and_replaced(tmp_path:
     assert out["champion_before"] == new.version and out["compare_window"] == second
     assert out["compare_bars"] == 720 and out["champion_metrics"]["sharpe"] == 1.5
     assert out["promoted"] and w.registry.champion()["previous"] == new.version  # type: ignore[index]
+
+
+def _damage(registry: Registry, version: str) -> None:
+    path = registry.get(version).model_path
+    path.write_bytes(path.read_bytes() + b"\0")
+
+
+def test_a_damaged_candidate_is_never_promoted_by_the_gate(tmp_path: Path) -> None:
+    """Without a champion nothing loads the candidate (no comparison to backtest), and the
+    recording backtester never checks hashes: the gate's own verification refuses it."""
+    w = build_world(tmp_path)
+    first = w.stage("night-1", cfg=make_cfg(min_dsr=0.999))  # refused: DSR too low
+    cand = first["candidate"]
+    assert not first["promoted"] and w.registry.champion() is None
+    _damage(w.registry, cand)
+
+    fake = FakeBacktester({})
+    out = w.stage("night-2", backtester=fake)  # would pass the gate: no champion yet
+    assert out["candidate"] == cand and out["new_versions"] == 0
+    assert not out["promoted"] and w.registry.champion() is None and fake.calls == []
+    (reason,) = out["reasons"]
+    assert "model.zip: sha256 mismatch" in reason and reason.endswith("refusing to promote it")
+    last = w.registry.history()[-1]
+    assert (last["action"], last["version"], last["reasons"]) == ("reject", cand, [reason])
+
+    # with a champion, a candidate that beats it is still refused when damaged
+    champ = champion_with_train_end(w, utc(S[2], "20:59"))
+    out = w.stage(
+        "night-3", backtester=FakeBacktester({"trainkey-f1-s1": 2.0, "trainkey-champ": 1.5})
+    )
+    assert out["candidate"] == cand and not out["promoted"]
+    assert out["champion_after"] == champ.version
+    assert any("model.zip: sha256 mismatch" in r for r in out["reasons"])

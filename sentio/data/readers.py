@@ -1,5 +1,11 @@
 """Reading vendor bar files: format by extension, CSV dialect sniffing, column mapping.
 
+Gzip-compressed files are read too: a file is gzip when its name ends in ``.gz`` or its
+content starts with the gzip magic bytes ``1f 8b``; its format is then the suffix before
+``.gz`` (``bars.csv.gz``, ``bars.tsv.gz``, ``bars.feather.gz``), and a bare ``bars.gz``
+is read as CSV with a sniffed delimiter. :func:`is_supported` says whether a path names a
+readable bar file (what a folder listing keeps).
+
 The readers return the file's columns renamed to canonical names but otherwise as
 read (CSV columns are kept as strings), so that a quarantined row can be written
 back with the values the user gave us.
@@ -10,7 +16,9 @@ from __future__ import annotations
 import csv
 import difflib
 import gzip
+import io
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +30,8 @@ IPC_EXTENSIONS = (".feather", ".arrow", ".ipc")
 PARQUET_EXTENSIONS = (".parquet", ".pq")
 CSV_EXTENSIONS = (".csv", ".txt", ".tsv")
 SUPPORTED = IPC_EXTENSIONS + PARQUET_EXTENSIONS + CSV_EXTENSIONS
+GZIP_SUFFIX = ".gz"
+GZIP_MAGIC = b"\x1f\x8b"
 
 REQUIRED = ("timestamp", "open", "high", "low", "close", "volume")
 
@@ -78,6 +88,39 @@ class RawFile:
         return self.frame.height
 
 
+def format_suffix(path: str | Path) -> tuple[str, bool]:
+    """The suffix that names a file's format and whether its name says gzip.
+
+    ``a.csv`` -> ``(".csv", False)``; ``a.csv.gz`` -> ``(".csv", True)``; ``a.gz`` ->
+    ``(".csv", True)`` (a bare ``.gz`` is sniffed as CSV); ``a.json.gz`` ->
+    ``(".json", True)``. Lower case; ``""`` for a name without a suffix.
+    """
+    name = Path(path).name.lower()
+    if name.endswith(GZIP_SUFFIX) and len(name) > len(GZIP_SUFFIX):
+        inner = Path(name[: -len(GZIP_SUFFIX)]).suffix
+        return (inner or ".csv", True)
+    return (Path(name).suffix, False)
+
+
+def is_supported(path: str | Path) -> bool:
+    """Whether ``path`` names a bar file :func:`read_file` reads (by its name only)."""
+    return format_suffix(path)[0] in SUPPORTED
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+
+
+def _gunzip(path: Path, kind: str) -> io.BytesIO:
+    """The decompressed content of a gzip file; a :class:`DataError` when it is corrupt."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            return io.BytesIO(fh.read())
+    except (OSError, EOFError, zlib.error) as err:
+        raise _read_error(path, f"gzip-compressed {kind}", err) from None
+
+
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else ""
 
@@ -114,7 +157,7 @@ def _read_csv(path: Path, columns: list[str] | None) -> RawFile:
         try:
             with gzip.open(path, "rb") as fh:
                 head = fh.read(65536)
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError, zlib.error) as err:
             raise _read_error(path, "gzip-compressed CSV", err) from None
     try:
         sample = head.decode("utf-8-sig")
@@ -161,32 +204,36 @@ def _read_csv(path: Path, columns: list[str] | None) -> RawFile:
 def read_file(path: str | Path, columns: list[str] | None = None) -> RawFile:
     """Read one bar file (feather/arrow, parquet or CSV with a sniffed delimiter).
 
-    Raises :class:`DataError` naming the file for a missing, empty, unreadable or
-    unsupported file.
+    Any of them may be gzip-compressed (see the module docstring). Raises
+    :class:`DataError` naming the file for a missing, empty, unreadable or unsupported
+    file.
     """
     p = Path(path)
-    suffix = p.suffix.lower()
+    suffix, gz_name = format_suffix(p)
     if not p.exists():
         raise DataError(f"{p}: file not found")
     if p.is_dir():
         raise DataError(f"{p}: is a folder, expected a file")
     if suffix not in SUPPORTED:
+        shown = suffix + (GZIP_SUFFIX if gz_name else "")
         raise DataError(
-            f"{p}: unsupported file type {suffix or '(no extension)'!r}; "
-            f"use one of {', '.join(SUPPORTED)}"
+            f"{p}: unsupported file type {shown or '(no extension)'!r}; "
+            f"use one of {', '.join(SUPPORTED)}, optionally gzip-compressed (.gz)"
         )
     if p.stat().st_size == 0:
         raise DataError(f"{p}: file is empty")
     if suffix in CSV_EXTENSIONS:
-        raw = _read_csv(p, columns)
+        raw = _read_csv(p, columns)  # detects gzip by content itself
     elif suffix in IPC_EXTENSIONS:
+        source = _gunzip(p, "feather/Arrow IPC") if gz_name or _is_gzip(p) else p
         try:
-            raw = RawFile(p, "feather", pl.read_ipc(p))
+            raw = RawFile(p, "feather", pl.read_ipc(source))
         except Exception as err:  # polars/arrow raise several types for corrupt files
             raise _read_error(p, "feather/Arrow IPC", err) from None
     else:
+        source = _gunzip(p, "parquet") if gz_name or _is_gzip(p) else p
         try:
-            raw = RawFile(p, "parquet", pl.read_parquet(p))
+            raw = RawFile(p, "parquet", pl.read_parquet(source))
         except Exception as err:
             raise _read_error(p, "parquet", err) from None
     if raw.frame.height == 0:
