@@ -31,6 +31,7 @@ import io
 import json
 import pickle
 import random
+import re
 import threading
 import time
 import zipfile
@@ -74,6 +75,7 @@ _UNSAVED = ("start_time", "tensorboard_log", "_num_timesteps_at_start")
 """SB3 attributes left out of saved models: a wall-clock time, a machine path and where
 the last ``learn`` call started (set again by every ``learn``)."""
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+_ADDRESS = re.compile(rb" at 0x[0-9a-fA-F]+>")
 ProgressFn = Callable[[int, int], None]
 """``progress(steps_done, total_steps)``, called after every rollout."""
 
@@ -171,14 +173,22 @@ def make_model(
 
 
 def _repeatable_zip(raw: bytes) -> bytes:
-    """The same zip archive with every entry stamped at one fixed time, in the same order."""
+    """The same zip archive with every entry stamped at one fixed time, in the same order.
+
+    SB3's ``data`` entry also describes classes for people, with the ``repr`` of their
+    functions, which holds memory addresses (``<function f at 0x7f...>``); those
+    addresses are dropped (loading reads only the ``:serialized:`` fields).
+    """
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(raw)) as src, zipfile.ZipFile(out, "w") as dst:
         for info in src.infolist():
             entry = zipfile.ZipInfo(info.filename, date_time=_ZIP_TIME)
             entry.compress_type = info.compress_type
             entry.external_attr = info.external_attr
-            dst.writestr(entry, src.read(info))
+            data = src.read(info)
+            if info.filename == "data":
+                data = _ADDRESS.sub(b">", data)
+            dst.writestr(entry, data)
     return out.getvalue()
 
 
