@@ -29,7 +29,10 @@ from prefect.settings import (
     temporary_settings,
 )
 
-__all__ = ["temporary_api"]
+__all__ = ["STARTUP_TIMEOUT", "temporary_api"]
+
+STARTUP_TIMEOUT = 120.0
+"""Seconds the temporary server may take to answer (at least; Prefect's setting if longer)."""
 
 # Runs in the child before it becomes the server: die with the parent (Linux), and do not
 # start at all when the parent died before the guard was set.
@@ -94,7 +97,11 @@ def temporary_api() -> Iterator[str | None]:
         stdin=subprocess.DEVNULL,
     )
     try:
-        _wait_healthy(proc, url, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+        # a first start migrates a new database: give a busy machine more than Prefect's 20 s
+        timeout = max(
+            STARTUP_TIMEOUT, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+        )
+        _wait_healthy(proc, url, timeout)
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield url
     finally:

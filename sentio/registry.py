@@ -12,7 +12,9 @@ Layout of a registry root (by default ``<paths.workdir>/registry``)::
 
 **Versions.** :meth:`Registry.register` copies the model and configuration files into a
 temporary folder under ``versions/``, writes ``manifest.json`` there and renames the
-folder into place, so a version is either complete or absent. The version id is
+folder into place, so a version is either complete or absent: on any failure (a full
+disk becomes a :class:`~sentio.errors.ResourceError` naming ``versions/``) the temporary
+folder is removed and nothing is registered. The version id is
 ``YYYYMMDDTHHMMSSffffffZ-<8 hex>``: the UTC creation time (so ids sort by age) and
 the first 8 hex digits of a hash of the file hashes and the metadata. The manifest holds
 ``version``, ``created_at`` (ISO-8601 UTC), ``algo`` (``ppo`` / ``maskable_ppo`` /
@@ -26,9 +28,13 @@ it replaced, or null) and ``lineage`` (the earlier champions, oldest first, so t
 repeated rollbacks walk back in time). Every change -- :meth:`Registry.promote`,
 :meth:`Registry.rollback`, :meth:`Registry.promote_if_passes` -- happens under a
 ``filelock.FileLock`` on ``root/.lock``: read the pointer, decide, write the new pointer
-to a temporary file and ``os.replace`` it onto ``champion.json`` (readers see the old or
-the new pointer, never half of one), and append one line to ``history.jsonl``. Two
-processes promoting at once therefore serialise: no lost update, no torn file.
+to a temporary file, append one line to ``history.jsonl`` and only then ``os.replace`` the
+temporary file onto ``champion.json`` (readers see the old or the new pointer, never half
+of one). Both change or neither: when anything fails (a full disk, reported as a
+:class:`~sentio.errors.ResourceError` naming the file) the temporary pointer is removed
+and the history is cut back to its previous length, so ``champion.json`` and
+``history.jsonl`` stay byte-identical. Two processes promoting at once serialise: no lost
+update, no torn file.
 
 **The gate.** :func:`gate` checks a candidate's metrics against
 :class:`sentio.config.RegistryConfig`:
@@ -102,8 +108,17 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from sentio.config import RegistryConfig, SentioConfig
-from sentio.errors import SentioError
-from sentio.io import combine_hashes, hash_json, sha256_bytes, sha256_file, write_json_atomic
+from sentio.errors import ResourceError, SentioError
+from sentio.io import (
+    atomic_path,
+    combine_hashes,
+    disk_full_error,
+    hash_json,
+    is_disk_full,
+    sha256_bytes,
+    sha256_file,
+    write_json_atomic,
+)
 
 __all__ = [
     "ALGOS",
@@ -184,6 +199,13 @@ class Integrity:
 def default_root(cfg: SentioConfig) -> Path:
     """The registry root of a configuration: ``<paths.workdir>/registry``."""
     return Path(cfg.paths.workdir) / "registry"
+
+
+def _copy_synced(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` and flush its bytes to the disk (a delayed ENOSPC shows here)."""
+    shutil.copyfile(src, dst)
+    with open(dst, "rb") as fh:
+        os.fsync(fh.fileno())
 
 
 def _now() -> datetime:
@@ -428,12 +450,17 @@ class Registry:
             files[src_path] = name
 
         created = _now()
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.versions_dir))
+        try:
+            self.versions_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.versions_dir))
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise self._disk_full(model_src) from None
+            raise
         try:
             hashes: dict[str, str] = {}
             for src, name in files.items():
-                shutil.copyfile(src, tmp / name)
+                _copy_synced(src, tmp / name)
                 hashes[name] = sha256_file(tmp / name)
             meta = {
                 "created_at": _iso(created),
@@ -456,10 +483,21 @@ class Registry:
             final = self.versions_dir / version_id
             os.replace(tmp, final)  # the version appears complete or not at all
             os.chmod(final, 0o755)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            # a full disk while copying (OSError) or writing the manifest (ResourceError
+            # naming the temporary folder, gone now): name the registry's folder instead
+            if is_disk_full(exc) or isinstance(exc, ResourceError):
+                raise self._disk_full(model_src) from None
             raise
         return Version(version_id, final, manifest)
+
+    def _disk_full(self, model_src: Path) -> ResourceError:
+        return ResourceError(
+            f"{self.versions_dir}: no space left on the device while registering "
+            f"{model_src}; nothing was registered; free space there (or point "
+            "paths.workdir at a larger disk) and run again"
+        )
 
     def find(self, train_key: str, *, model_sha256: str | None = None) -> Version | None:
         """The oldest version whose ``extra.train_key`` is ``train_key`` (and whose model file
@@ -570,12 +608,46 @@ class Registry:
         lines = self.history_path.read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
+    def _history_size(self) -> int | None:
+        """The history file's size in bytes; None when there is no history file yet."""
+        try:
+            return self.history_path.stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def _restore_history(self, size: int | None) -> None:
+        """Cut the history back to ``size`` bytes (None: remove it), undoing an append.
+
+        Truncating needs no free space, so this works on a full disk too.
+        """
+        if size is None:
+            self.history_path.unlink(missing_ok=True)
+        elif self.history_path.exists() and self.history_path.stat().st_size != size:
+            os.truncate(self.history_path, size)
+
     def _append_history(self, record: Mapping[str, Any]) -> None:
-        # Only ever called under the lock: one writer at a time, one line per write.
-        with open(self.history_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, default=str) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        """Append one line to ``history.jsonl``: the whole line or, on an error, nothing.
+
+        Only ever called under the lock (one writer at a time). A failed append (a full
+        disk can write part of the line) is cut back to the previous size; a full disk
+        becomes a :class:`~sentio.errors.ResourceError` naming the history file.
+        """
+        data = (json.dumps(record, default=str) + "\n").encode("utf-8")
+        size = self._history_size()
+        try:
+            fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException as exc:
+            self._restore_history(size)
+            if is_disk_full(exc):
+                raise disk_full_error(self.history_path) from None
+            raise
 
     def _write_pointer(
         self,
@@ -597,18 +669,26 @@ class Registry:
             "previous": current["version"] if current else None,
             "lineage": lineage,
         }
-        write_json_atomic(self.champion_path, pointer)
-        self._append_history(
-            {
-                "action": action,
-                "version": version_id,
-                "previous": pointer["previous"],
-                "at": now,
-                "reason": reason,
-                "manual": manual,
-                **(extra or {}),
-            }
-        )
+        record = {
+            "action": action,
+            "version": version_id,
+            "previous": pointer["previous"],
+            "at": now,
+            "reason": reason,
+            "manual": manual,
+            **(extra or {}),
+        }
+        # Both or neither: the new pointer is written to a temporary file, the history
+        # line appended, and only then is the pointer renamed into place. Any failure
+        # (a full disk) removes the temporary pointer and cuts the history back.
+        size = self._history_size()
+        try:
+            with atomic_path(self.champion_path) as tmp:
+                tmp.write_text(json.dumps(pointer, indent=2, default=str) + "\n", encoding="utf-8")
+                self._append_history(record)
+        except BaseException:
+            self._restore_history(size)
+            raise
         return pointer
 
     def _locked(self) -> FileLock:

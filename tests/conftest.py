@@ -136,3 +136,19 @@ def temporary_prefect_api(home: Path) -> Iterator[Path]:
     finally:
         os.environ.clear()
         os.environ.update(saved_env)
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A throw-away Prefect API and home for the module; restores ``os.environ`` after."""
+    with temporary_prefect_api(tmp_path_factory.mktemp("prefect-home")) as home:
+        yield home
+
+
+@pytest.fixture
+def restore_environ() -> Iterator[None]:
+    """Flows apply environment defaults; keep them from leaking into the next test."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

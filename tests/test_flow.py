@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -22,9 +22,9 @@ import pytest
 import yaml
 
 from sentio.errors import ContractError, SentioError
-from tests.conftest import SHORT_WINDOWS, STORAGE_ENV, minute_bars, temporary_prefect_api
+from tests.conftest import SHORT_WINDOWS, STORAGE_ENV, minute_bars
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("restore_environ")]
 
 REPO = Path(__file__).resolve().parents[1]
 SESSIONS = ("2024-01-08", "2024-01-09", "2024-01-10")  # Mon-Wed, no holiday, winter (UTC-5)
@@ -44,22 +44,6 @@ def write_bars(path: Path, seed: int = 0, *, broken_ohlc: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.write_ipc(path)
     return path
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A throw-away Prefect API and home for the module; restores ``os.environ`` after."""
-    with temporary_prefect_api(tmp_path_factory.mktemp("prefect-home")) as home:
-        yield home
-
-
-@pytest.fixture(autouse=True)
-def _restore_environ() -> Iterator[None]:
-    """Flows apply environment defaults; keep them from leaking into the next test."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,9 @@ import yaml
 from sentio import stages
 from sentio.config import SentioConfig, config_from_dict
 from sentio.io import sha256_file
-from tests.conftest import SHORT_WINDOWS, minute_bars, temporary_prefect_api
+from tests.conftest import SHORT_WINDOWS, minute_bars
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("restore_environ")]
 
 REPO = Path(__file__).resolve().parents[1]
 SESSIONS = ("2024-01-08", "2024-01-10")
@@ -52,20 +51,6 @@ def bars(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("bars") / "bars.feather"
     minute_bars(*SESSIONS, seed=3, price=400.0).write_ipc(path)
     return path
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with temporary_prefect_api(tmp_path_factory.mktemp("prefect-home")) as home:
-        yield home
-
-
-@pytest.fixture(autouse=True)
-def _restore_environ() -> Iterator[None]:
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 def _fingerprint(record: dict[str, Any]) -> dict[str, Any]:
@@ -234,6 +219,7 @@ def test_a_moved_workdir_keeps_its_cache(prefect_api: Path, bars: Path, tmp_path
         data_path=str(bars),
         config_path=str(_write_config(tmp_path / "a.yaml", old, train={"seeds": [0]})),
     )
+    before = _fingerprint(first)["runs"]
     old.rename(new)
     second = nightly_flow(
         data_path=str(bars),
@@ -246,7 +232,7 @@ def test_a_moved_workdir_keeps_its_cache(prefect_api: Path, bars: Path, tmp_path
     assert [r["train"]["seconds"] for r in second["stages"]["train"]["runs"]] == [
         r["train"]["seconds"] for r in first["stages"]["train"]["runs"]
     ]
-    assert _fingerprint(second)["runs"] == _fingerprint(first)["runs"]
+    assert _fingerprint(second)["runs"] == before
 
 
 # --------------------------------------------------------------------------- (c), (g)
@@ -409,7 +395,7 @@ def test_a_killed_runs_workdir_lock_is_taken_over_with_a_message(tmp_path: Path)
                 import sys, time
                 sys.path.insert(0, {str(REPO)!r})
                 from sentio.workdir import WorkdirLock
-                WorkdirLock({str(tmp_path)!r}, owner="night-1").acquire()
+                lock = WorkdirLock({str(tmp_path)!r}, owner="night-1").acquire()
                 print("held", flush=True)
                 time.sleep(60)
                 """
