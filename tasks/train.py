@@ -26,6 +26,7 @@ from prefect.tasks import Task
 from sentio import stages
 from sentio.config import SentioConfig
 from sentio.errors import SentioError
+from sentio.io import is_disk_full
 from sentio.processes import call_in_process
 from tasks.caching import checked, content_cache_policy
 from tasks.ingest import failure_exception, stage_task_options
@@ -34,8 +35,10 @@ TRAIN_RETRIES = 2
 
 
 def retry_unless_user_error(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Prefect ``retry_condition_fn``: retry anything but a :class:`SentioError`."""
-    return not isinstance(failure_exception(state), SentioError)
+    """Prefect ``retry_condition_fn``: retry anything but a :class:`SentioError` or a full
+    disk (a retry would fail the same way; a killed or crashed training resumes)."""
+    exc = failure_exception(state)
+    return not isinstance(exc, SentioError) and not (exc is not None and is_disk_full(exc))
 
 
 def _options() -> dict[str, Any]:

@@ -9,6 +9,7 @@ market generator.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -21,7 +22,7 @@ import polars as pl
 import pytest
 import yaml
 
-from sentio.errors import ContractError, SentioError
+from sentio.errors import ConfigError, ContractError, ResourceError, SentioError
 from tests.conftest import SHORT_WINDOWS, STORAGE_ENV, minute_bars
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("restore_environ")]
@@ -383,6 +384,27 @@ def test_retry_condition_separates_io_from_data_errors() -> None:
     assert not retried(SentioError("bad data"))
     assert not retried(ValueError("bug"))
     assert ingest_task.retries >= 1 and ingest_task.retry_condition_fn is retry_on_io_error
+    # a full disk is never retried, in whatever form it comes
+    assert not retried(OSError(errno.ENOSPC, "No space left on device"))
+    assert not retried(OSError("No space left on device (os error 28)"))
+    assert not retried(ResourceError("x: no space left on the device"))
+
+
+def test_training_retries_crashes_but_not_user_errors_or_a_full_disk() -> None:
+    from prefect.states import Failed
+
+    from sentio.processes import ChildProcessFailed
+    from tasks.train import retry_unless_user_error, train_task
+
+    def retried(exc: BaseException) -> bool:
+        return retry_unless_user_error(train_task, None, Failed(data=exc))  # type: ignore[arg-type]
+
+    assert retried(ChildProcessFailed("sentio-train_stage ended without a result: killed"))
+    assert retried(RuntimeError("a bug or a crash: resume from the checkpoint"))
+    assert not retried(ResourceError("the machine ran out of memory"))
+    assert not retried(OSError(errno.ENOSPC, "No space left on device"))
+    assert not retried(ConfigError("agent.batch_size"))
+    assert train_task.retries >= 1 and train_task.retry_condition_fn is retry_unless_user_error
 
 
 # --------------------------------------------------------------------------- settings
