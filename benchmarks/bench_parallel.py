@@ -87,7 +87,7 @@ def fan_out(inputs: dict[str, Any], workdir: Path, overrides: dict[str, Any]) ->
     @flow(name="bench-parallel-training")
     def trainings() -> list[dict[str, Any]]:
         task = train_task.with_options(
-            result_storage=str(workdir / "prefect-results"), refresh_cache=True
+            result_storage=workdir / "prefect-results", refresh_cache=True
         )
         return train_all(task, jobs, (*inputs["args"], cfg, str(workdir)), slots, str(workdir))
 
@@ -122,7 +122,11 @@ def main() -> int:
     print(f"cores available: {cores}; load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="bench-parallel-") as tmp:
         root = Path(tmp)
-        os.environ["PREFECT_HOME"] = str(root / "prefect-home")
+        os.environ.update(
+            PREFECT_HOME=str(root / "prefect-home"),
+            DO_NOT_TRACK="1",
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        )
         inputs = build_inputs(root, args.years)
         print(f"{inputs['n_folds']} fold trainings of {args.steps} env steps each")
         base = {"train.total_timesteps": args.steps, "train.device": "cpu"}
