@@ -262,6 +262,7 @@ def test_two_runs_on_one_workdir_take_turns_and_register_consistent_versions(
         tmp_path / "cfg.yaml",
         workdir,
         registry={"min_dsr": 0.0, "max_drawdown": 1.0, "min_compare_bars": 60},
+        train={"seeds": [0]},
     )
     procs = []
     for i in range(2):
