@@ -9,7 +9,7 @@ a small summary, collected in ``workdir/runs/<flow-run name>/run.json`` beside t
         -> registry (register every model; gate the candidate against the champion
                      re-evaluated on a leakage-free window; promote or say why not)
 
-The run holds the working directory's lock (:class:`sentio.workdir.WorkdirLock`) from
+The run holds the working directory's lock (:func:`sentio.orchestration.workdir_lock`) from
 start to end: a second run on the same workdir waits or refuses (``paths.on_busy``). The
 (fold, seed) trainings run at most ``train.max_parallel`` at a time, each in a process of
 its own (:func:`tasks.train.train_all`).
@@ -39,9 +39,14 @@ from prefect.tasks import Task
 
 from sentio import stages
 from sentio.config import SentioConfig, load_config, with_overrides, write_config
-from sentio.orchestration import run_dir, task_result_storage, utc_now, write_run_record
-from sentio.processes import parallel_slots
-from sentio.workdir import WorkdirLock
+from sentio.orchestration import (
+    run_dir,
+    task_result_storage,
+    training_slots,
+    utc_now,
+    workdir_lock,
+    write_run_record,
+)
 from tasks.artifacts import (
     publish_features_artifacts,
     publish_folds_artifacts,
@@ -94,13 +99,8 @@ def nightly_flow(
     logger = get_run_logger()
     cfg = with_overrides(load_config(config_path), {"paths.workdir": workdir})
     root = cfg.paths.workdir.expanduser().resolve()
-    with WorkdirLock(
-        root,
-        owner=str(flow_run.get_name() or flow_run.get_id() or "sentio"),
-        on_busy=cfg.paths.on_busy,
-        timeout=cfg.paths.busy_timeout,
-        notify=logger.warning,
-    ):
+    owner = str(flow_run.get_name() or flow_run.get_id() or "sentio")
+    with workdir_lock(cfg, root, owner, notify=logger.warning):
         return _nightly(cfg, root, data_path, config_path)
 
 
@@ -185,7 +185,7 @@ def _nightly(
             for fold in range(record["stages"]["folds"]["n_folds"])
             for seed in cfg.train.seeds
         ]
-        slots = parallel_slots(cfg.train.max_parallel, cfg.train.torch_threads)
+        slots = training_slots(cfg)
         logger.info(
             "training %d (fold, seed) pair(s), %d at a time, %d torch thread(s) each",
             len(jobs),

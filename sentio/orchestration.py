@@ -6,7 +6,8 @@ Sentio relies on are applied as environment defaults by :func:`prefect_env_defau
 that flow-run subprocesses inherit it). Explicit values in the user's environment always
 win: every default goes through ``os.environ.setdefault``.
 
-The rest of this module is the plain-Python part of a flow run: the run folder
+The rest of this module is the plain-Python part of a flow run: its rules (the
+workdir lock it holds, how many trainings it starts at once), the run folder
 (``workdir/runs/<run name>/`` with ``config.yaml`` and ``run.json``) and the text of the
 data-quality artifacts, so that ``tasks/`` and ``flows/`` stay a few lines long.
 """
@@ -20,8 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sentio.config import PathsConfig
+from sentio.config import PathsConfig, SentioConfig
 from sentio.io import write_json_atomic
+from sentio.processes import parallel_slots
+from sentio.workdir import WorkdirLock
 
 RESULTS_DIRNAME = "prefect-results"
 """Folder under the workdir where Prefect persists task results (and cache records)."""
@@ -128,6 +131,27 @@ def task_result_storage(workdir: str | os.PathLike[str]) -> Path | None:
         return None
     user = _user_storage_path()
     return Path(user).expanduser().resolve() if user else results_dir(workdir)
+
+
+# --------------------------------------------------------------------------- run rules
+
+
+def workdir_lock(
+    cfg: SentioConfig, workdir: str | os.PathLike[str], owner: str, notify: Any = None
+) -> WorkdirLock:
+    """The lock a run holds on its working directory (``paths.on_busy``, ``busy_timeout``)."""
+    return WorkdirLock(
+        workdir,
+        owner=owner,
+        on_busy=cfg.paths.on_busy,
+        timeout=cfg.paths.busy_timeout,
+        notify=notify,
+    )
+
+
+def training_slots(cfg: SentioConfig) -> int:
+    """How many trainings a run starts at once (``train.max_parallel``, default: the cores)."""
+    return parallel_slots(cfg.train.max_parallel, cfg.train.torch_threads)
 
 
 # --------------------------------------------------------------------------- run folder
