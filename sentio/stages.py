@@ -837,8 +837,9 @@ def train_stage(
 def run_profile(timings: dict[str, float], runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The performance profile of a run: seconds per stage, training throughput, memory.
 
-    Peak memory is the flow process's peak resident set (the tasks run in its threads);
-    GPU memory is torch's peak allocation when CUDA was used.
+    Peak memory is the flow process's peak resident set (the tasks run in its threads)
+    and, beside it, the largest peak of a finished child process (each training runs in
+    one); GPU memory is torch's peak allocation when CUDA was used in this process.
     """
     import resource
 
@@ -851,6 +852,9 @@ def run_profile(timings: dict[str, float], runs: Sequence[dict[str, Any]]) -> di
     profile["peak memory (MiB)"] = round(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
     )
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if child > 0:
+        profile["peak memory of a training process (MiB)"] = round(child / 1024, 1)
     try:
         import torch
 
