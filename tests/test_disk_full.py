@@ -21,6 +21,7 @@ the write it names.
 
 from __future__ import annotations
 
+import abc
 import errno
 import math
 import os
@@ -100,15 +101,15 @@ def _tmpfs_available() -> bool:
         probe.rmdir()
 
 
-class Disk:
+class Disk(abc.ABC):
     """A folder on a disk that can be made full: ``fill(leave)`` then ``free()``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
 
+    @abc.abstractmethod
     def fill(self, leave: int = 0) -> None:
         """Use up the free space, leaving ``leave`` blocks of 4 KiB."""
-        raise NotImplementedError
 
     def free(self) -> None:
         """Give the space back."""
