@@ -436,7 +436,18 @@ class AgentConfig(_Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     quantile_critic: bool = True
     n_quantiles: int = Field(32, ge=2, le=256)
-    huber_kappa: float = Field(1.0, gt=0.0)
+    huber_kappa: float = Field(
+        1.0,
+        gt=0.0,
+        description="quantile Huber threshold, in units of the scaled reward (agent.reward_scale)",
+    )
+    reward_scale: float | Literal["auto"] = Field(
+        "auto",
+        description="rewards (per-bar log returns) are multiplied by this for the optimiser "
+        "only; 'auto': 1 / sd of the long ETF's one-bar log returns over the fold's training "
+        "rows (about 400 for TQQQ minutes), so rewards and value targets are of order one. "
+        "Saved with the model; reports always speak in raw returns",
+    )
     value_clip: float | None = Field(None, gt=0.0)
     cvar_alpha: float = Field(0.1, gt=0.0, le=1.0)
     cvar_beta: float = Field(0.0, ge=0.0, le=1.0)
@@ -451,6 +462,13 @@ class AgentConfig(_Section):
     ent_coef: float = Field(0.01, ge=0.0)
     vf_coef: float = Field(0.5, ge=0.0)
     max_grad_norm: float = Field(0.5, gt=0.0)
+
+    @field_validator("reward_scale")
+    @classmethod
+    def _positive_scale(cls, v: float | str) -> float | str:
+        if v != "auto" and not (isinstance(v, float | int) and 0 < v < 1e9):
+            raise ValueError(f"must be 'auto' or a number > 0, got {v!r}")
+        return v
 
 
 class TrainConfig(_Section):

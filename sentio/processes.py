@@ -80,7 +80,7 @@ def call_in_process(
     fn: Callable[..., Any],
     *args: Any,
     threads: int = 1,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[..., None] | None = None,
     progress_arg: str | None = "progress",
     **kwargs: Any,
 ) -> Any:
@@ -89,8 +89,9 @@ def call_in_process(
     Args:
         fn: a module-level function (it is pickled by reference).
         threads: threads the child's math libraries may use.
-        progress: called in the parent as ``progress(done, total)`` whenever the child
-            calls the function it was handed as ``kwargs[progress_arg]``.
+        progress: called in the parent as ``progress(done, total, *extra)`` whenever the
+            child calls the function it was handed as ``kwargs[progress_arg]`` with
+            those (picklable) arguments.
         progress_arg: the keyword under which ``fn`` takes its progress callback
             (``None``: ``fn`` takes none).
 
@@ -117,7 +118,7 @@ def call_in_process(
                 except EOFError:
                     break
                 if kind == "progress" and progress is not None:
-                    progress(int(body[0]), int(body[1]))
+                    progress(int(body[0]), int(body[1]), *body[2:])
                 elif kind == "result":
                     proc.join()
                     return body[0]
@@ -203,7 +204,9 @@ def _child_main(conn: Connection, parent_pid: int, threads: int, payload: bytes)
         if progress_arg is not None:
             kwargs = {
                 **kwargs,
-                progress_arg: lambda done, total: conn.send(("progress", done, total)),
+                progress_arg: lambda done, total, *extra: conn.send(
+                    ("progress", done, total, *extra)
+                ),
             }
         value = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent

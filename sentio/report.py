@@ -55,6 +55,7 @@ __all__ = [
     "build_report",
     "load_bars",
     "stitch",
+    "stitched_figures",
     "verdict",
 ]
 
@@ -138,6 +139,46 @@ def _moments(returns: np.ndarray) -> dict[str, float] | None:
     except EvaluationError:
         return None
     return {"sharpe": m.sharpe, "n_obs": float(m.n_obs), "skew": m.skew, "kurtosis": m.kurtosis}
+
+
+def stitched_figures(runs: Sequence[dict[str, Any]], cfg: SentioConfig) -> dict[str, Any]:
+    """The headline figures of one seed's runs, stitched over the folds (benchmarks).
+
+    ``agent``: annualised Sharpe with its stationary-bootstrap interval
+    (``report`` settings), total return, trades, mean |exposure held| over the bars;
+    ``references``: each reference policy's stitched Sharpe and total return.
+    """
+    frames = [f for f in (load_bars(r) for r in runs) if f is not None and f.height]
+    if not frames:
+        raise ValueError("no run has out-of-sample bars (backtest.feather)")
+    agent = stitch(frames)
+    hint = (runs[0].get("metrics") or {}).get("periods_per_year")
+    ppy = _ppy(agent, hint)
+    r = agent["returns"].to_numpy()
+    m = _metrics(agent, ppy)
+    ci = _intervals(r, ppy, cfg).get("sharpe") or {}
+    refs: dict[str, Any] = {}
+    for name in REFERENCES:
+        parts = [f for f in (load_bars(run, f"reference_{name}") for run in runs) if f is not None]
+        if parts:
+            rm = _metrics(stitch(parts), ppy)
+            refs[name] = {"sharpe": _finite(rm.get("sharpe")), "total_return": rm.get("total_return")}
+    return {
+        "agent": {
+            "sharpe": _finite(m.get("sharpe")),
+            "lower": ci.get("lower"),
+            "upper": ci.get("upper"),
+            "total_return": m.get("total_return"),
+            "trades": int(sum(int(run.get("n_trades", 0)) for run in runs)),
+            "mean_abs_exposure": float(np.abs(agent["position"].to_numpy()).mean()),
+        },
+        "references": refs,
+        "bars": int(agent.height),
+    }
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None
 
 
 # --------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ user error, a full disk or too little memory would fail the same way again).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
@@ -24,6 +25,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.tasks import Task
 
 from sentio import stages
+from sentio.progress import format_progress
 from sentio.config import SentioConfig
 from sentio.errors import SentioError
 from sentio.io import is_disk_full
@@ -32,6 +34,10 @@ from tasks.caching import checked, content_cache_policy
 from tasks.ingest import failure_exception, stage_task_options
 
 TRAIN_RETRIES = 2
+PROGRESS_EVERY = 0.1
+"""A progress line on the terminal at least every tenth of the steps..."""
+PROGRESS_SECONDS = 30.0
+"""...or every 30 seconds."""
 
 
 def retry_unless_user_error(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -85,8 +91,22 @@ def train_task(
         ),
     )
 
-    def progress(done: int, total: int) -> None:
-        update_progress_artifact(artifact, min(100.0, 100.0 * done / max(total, 1)))
+    start = time.monotonic()
+    shown = [-1.0, -1.0]  # time and share of the last line printed
+
+    def progress(done: int, total: int, episode_return: float | None = None) -> None:
+        share = min(1.0, done / max(total, 1))
+        update_progress_artifact(artifact, 100.0 * share)
+        now = time.monotonic() - start
+        # a line every PROGRESS_EVERY of the steps or PROGRESS_SECONDS, whichever first
+        if share >= 1.0 or share - shown[1] >= PROGRESS_EVERY or now - shown[0] >= PROGRESS_SECONDS:
+            if share < 1.0 or shown[1] < 1.0:
+                logger.info(
+                    format_progress(
+                        f"train fold {fold} seed {seed}", done, total, now, episode_return
+                    )
+                )
+            shown[:] = [now, share]
 
     summary: dict[str, Any] = call_in_process(
         stages.train_stage,

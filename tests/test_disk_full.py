@@ -359,14 +359,14 @@ def test_training_on_a_full_disk_leaves_nothing(
     workdir = disk.root / "wd"
     calls: list[tuple[int, int]] = []
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int, total: int, *_: Any) -> None:
         calls.append((done, total))
         if len(calls) == PHASES[phase]:
             # removing the checkpoints before the backtest must not make room again
             disk.pin(workdir / "train")
             disk.fill(leave=0)
 
-    def train(progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+    def train(progress: Callable[..., None] | None) -> dict[str, Any]:
         return stages.train_stage(
             paths["bars"],
             paths["features"],

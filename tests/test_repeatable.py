@@ -128,7 +128,7 @@ def test_killed_training_stage_resumes_to_the_uninterrupted_result(
         from sentio import stages
         from sentio.config import load_config
 
-        def progress(done, total):
+        def progress(done, total, *_):
             if done >= 320:  # past the checkpoint at 256 (rollouts of 64 steps)
                 os._exit(17)
 

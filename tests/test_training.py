@@ -64,7 +64,7 @@ def test_training_writes_a_loadable_model_and_checkpoints(market: Any, tmp_path:
         [(0, market.n_rows)],
         seed=0,
         out_dir=tmp_path,
-        progress=lambda d, t: seen.append((d, t)),
+        progress=lambda d, t, *_: seen.append((d, t)),
     )
     rollout = cfg.agent.n_steps * cfg.train.n_envs
     # SB3 trains whole rollouts: the first multiple of the rollout size at or past the total
@@ -121,7 +121,7 @@ def test_killed_training_resumes_to_the_configured_total(market: Any, tmp_path: 
         from sentio.agents.training import train_agent
         market = random_market(n_sessions=6, session_len=60, seed=1, bar_vol=2e-3)
 
-        def progress(done, total):
+        def progress(done, total, *_):
             if done >= 700:  # past the checkpoint at 512: die without any cleanup
                 os._exit(17)
 

@@ -52,6 +52,7 @@ from sentio.io import atomic_path, write_json_atomic
 
 __all__ = [
     "CHECKPOINTS_DIR",
+    "reward_scale",
     "CHECKPOINT_NAME",
     "ProgressFn",
     "TrainResult",
@@ -76,8 +77,10 @@ _UNSAVED = ("start_time", "tensorboard_log", "_num_timesteps_at_start")
 the last ``learn`` call started (set again by every ``learn``)."""
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _ADDRESS = re.compile(rb" at 0x[0-9a-fA-F]+>")
-ProgressFn = Callable[[int, int], None]
-"""``progress(steps_done, total_steps)``, called after every rollout."""
+ProgressFn = Callable[[int, int, "float | None"], None]
+"""``progress(steps_done, total_steps, episode_return)``, called after every rollout;
+``episode_return`` is the mean raw log return of the training episodes that ended in that
+rollout (``None`` when none ended)."""
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -94,6 +97,32 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     raise ConfigError(f"train.device must be auto, cpu or cuda, got {requested!r}")
+
+
+def reward_scale(cfg: SentioConfig, market: MarketData, ranges: Sequence[tuple[int, int]]) -> float:
+    """The factor the learner's rewards are multiplied by (``agent.reward_scale``).
+
+    ``"auto"``: ``1 / sd`` of the long ETF's one-bar log returns (close to close, within
+    sessions) over the training rows ``ranges``, rounded to three significant digits, so
+    a one-sd bar is a reward of about 1 and ``agent.huber_kappa`` = 1 sits at the scale
+    of the quantile errors. Training rows only: nothing after the fold's training end is
+    read. A number is used as given.
+    """
+    scale = cfg.agent.reward_scale
+    if scale != "auto":
+        return float(scale)
+    from sentio.env.market import LONG
+
+    parts = []
+    for a, b in ranges:
+        close = market.close[a:b, LONG]
+        same = market.session[a + 1 : b] == market.session[a : b - 1]
+        parts.append(np.diff(np.log(close))[same])
+    r = np.concatenate(parts) if parts else np.zeros(0)
+    sd = float(r.std(ddof=1)) if r.size > 1 else 0.0
+    if not sd > 0:
+        return 1.0
+    return float(f"{1.0 / sd:.3g}")
 
 
 def algorithm_class(cfg: SentioConfig) -> type[BaseAlgorithm]:
@@ -294,16 +323,30 @@ class _Checkpoints(BaseCallback):
         self.fingerprint = fingerprint
         self.progress = progress
         self.last = 0
+        self.episodes: list[float] = []
+        self.curve: list[dict[str, Any]] = []
 
     def _on_training_start(self) -> None:
         self.last = self.model.num_timesteps // self.every
 
     def _on_step(self) -> bool:
+        for info in self.locals.get("infos", ()):
+            if "episode_log_return" in info:
+                self.episodes.append(info["episode_log_return"])
         return True
 
     def _on_rollout_end(self) -> None:
+        mean = float(np.mean(self.episodes)) if self.episodes else None
+        self.curve.append(
+            {
+                "steps": int(self.model.num_timesteps),
+                "episodes": len(self.episodes),
+                "mean_episode_log_return": mean,
+            }
+        )
+        self.episodes = []
         if self.progress is not None:
-            self.progress(int(self.model.num_timesteps), self.total)
+            self.progress(int(self.model.num_timesteps), self.total, mean)
 
     def _on_rollout_start(self) -> None:
         # called before each rollout: the previous update is complete here
@@ -326,6 +369,10 @@ class TrainResult:
     resumed_from: int
     seconds: float
     steps_per_second: float
+    reward_scale: float
+    curve: list[dict[str, Any]]
+    """Per rollout: steps so far, training episodes that ended in it and their mean raw
+    log return (the learning curve; since the resume point for a resumed training)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable."""
@@ -383,7 +430,8 @@ def _train(
     np.random.seed(seed % 2**32)
     random.seed(seed)
     params = EnvParams.from_config(cfg)
-    env = SentioVecEnv(market, params, ranges, cfg.train.n_envs, seed=seed)
+    scale = reward_scale(cfg, market, ranges)
+    env = SentioVecEnv(market, params, ranges, cfg.train.n_envs, seed=seed, reward_scale=scale)
     fingerprint = json.dumps(
         [CHECKPOINT_FORMAT, training_settings_hash(cfg), seed, market.n_rows, list(ranges)]
     )
@@ -409,9 +457,10 @@ def _train(
         )
     seconds = time.perf_counter() - start
     done = int(model.num_timesteps)
+    model.reward_scale = scale  # type: ignore[attr-defined]  # saved in the zip's data
     path = save_model(model, out / "model.zip")
     if progress is not None:
-        progress(done, total)
+        progress(done, total, None)
     return TrainResult(
         model_path=str(path),
         algo=cfg.agent.algo,
@@ -422,4 +471,6 @@ def _train(
         resumed_from=resumed_from,
         seconds=seconds,
         steps_per_second=(done - resumed_from) / seconds if seconds > 0 else 0.0,
+        reward_scale=scale,
+        curve=callback.curve,
     )

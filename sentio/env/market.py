@@ -20,9 +20,19 @@ from sentio.config import SentioConfig
 from sentio.data.schema import session_date
 from sentio.errors import DataError
 
-__all__ = ["LONG", "SHORT", "UNDERLYING", "MarketData", "build_market", "ewma_vol"]
+__all__ = [
+    "CLOCK_SCALE",
+    "LONG",
+    "SHORT",
+    "UNDERLYING",
+    "MarketData",
+    "build_market",
+    "ewma_vol",
+]
 
 UNDERLYING, LONG, SHORT = 0, 1, 2
+CLOCK_SCALE = 390.0
+"""Minutes of a regular session: the session-clock features are divided by it (0..1)."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +41,12 @@ class MarketData:
 
     Attributes:
         timestamps: bar starts, ``datetime64[us]`` (naive UTC).
-        features: ``(T, F)`` float32 causal features (row t known at the close of bar t).
+        features: ``(T, F)`` float32 causal features (row t known at the close of bar t),
+            as the features stage wrote them except the session clock
+            (:data:`~sentio.features.normalise.UNNORMALISED_COLUMNS`, minutes), which is
+            divided by :data:`CLOCK_SCALE` so that every input of the networks is of order
+            one (a 0..390 input beside unit-scale ones drowns them: the policy collapses
+            to one action).
         regime_probs: ``(T, K)`` float32 filtered regime probabilities (``K = 0`` without).
         open, close: ``(T, 3)`` float64 prices of the underlying, long and short ETF.
         session: ``(T,)`` int64 session number (0, 1, ... in time order).
@@ -165,7 +180,16 @@ def build_market(
         raise DataError("market: non-finite prices after the join")
     if (px_open <= 0).any() or (px_close <= 0).any():
         raise DataError("market: non-positive prices after the join")
-    feats = np.ascontiguousarray(frame.select(feature_names).to_numpy().astype(np.float32))
+    from sentio.features.normalise import UNNORMALISED_COLUMNS
+
+    feats = np.ascontiguousarray(
+        frame.select(
+            (pl.col(c) / CLOCK_SCALE).alias(c) if c in UNNORMALISED_COLUMNS else pl.col(c)
+            for c in feature_names
+        )
+        .to_numpy()
+        .astype(np.float32)
+    )
     probs = (
         np.ascontiguousarray(frame.select(regime_cols).to_numpy().astype(np.float32))
         if regime_cols

@@ -59,6 +59,9 @@ class SentioVecEnv(VecEnv):
         ranges: the fold's training ranges as half-open market-row ranges.
         n_envs: number of accounts.
         seed: seed of the episode sampler.
+        reward_scale: the rewards handed to the learner are the simulator's (per-bar log
+            returns of equity) times this (``agent.reward_scale``); the infos of a
+            finished episode carry its raw log return (``episode_log_return``).
     """
 
     render_mode = None
@@ -70,7 +73,11 @@ class SentioVecEnv(VecEnv):
         ranges: Sequence[tuple[int, int]],
         n_envs: int,
         seed: int | None = 0,
+        reward_scale: float = 1.0,
     ) -> None:
+        if not (reward_scale > 0 and np.isfinite(reward_scale)):
+            raise ValueError(f"reward_scale must be a positive number, got {reward_scale}")
+        self.reward_scale = float(reward_scale)
         self.sim = BatchSimulator(market, params, n_envs)
         self.params = params
         self.starts, self.ends = candidate_episodes(
@@ -118,9 +125,12 @@ class SentioVecEnv(VecEnv):
                 info["TimeLimit.truncated"] = bool(res.truncated[i])
                 info["termination"] = TERMINATION[int(res.termination[i])]
                 info["episode_equity"] = float(res.equity[i])
+                info["episode_log_return"] = float(
+                    np.log(max(res.equity[i], 1e-300) / self.params.initial_cash)
+                )
             self._new_episodes(which)
         obs = self.sim.observe()
-        return obs, res.reward.astype(np.float32), done, infos
+        return obs, (res.reward * self.reward_scale).astype(np.float32), done, infos
 
     def close(self) -> None:
         """Nothing to release."""
