@@ -54,8 +54,6 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "ac01": {"synth.edge_strength": 0.1},
     "regime": {},
 }
-CAUSAL = ("trend", "regime_rule", "long_etf", "underlying")
-"""References a trader could have run (the oracle reads the generator's truth)."""
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -125,6 +123,9 @@ def run_one(
     return fig
 
 
+from sentio.report import CAUSAL_REFERENCES  # noqa: E402
+
+
 def _f(x: Any, fmt: str = "{:.2f}") -> str:
     return "n/a" if x is None else fmt.format(x)
 
@@ -133,7 +134,7 @@ def line(fig: dict[str, Any]) -> str:
     """One printed row."""
     a = fig["agent"]
     oracle = fig["references"].get("oracle", {}).get("sharpe")
-    causal = {k: v for k, v in fig["references"].items() if k in CAUSAL and v["sharpe"] is not None}
+    causal = {k: v for k, v in fig["references"].items() if k in CAUSAL_REFERENCES and v["sharpe"] is not None}
     best = max(causal, key=lambda k: causal[k]["sharpe"]) if causal else None
     share = a["sharpe"] / oracle if oracle and a["sharpe"] is not None and oracle > 0 else None
     return (
@@ -163,7 +164,7 @@ def targets(figs: list[dict[str, Any]]) -> list[str]:
             missed.append(f"null seed {f['seed']}: interval or exposure off target")
     for f in by.get("ac03", []):
         a = f["agent"]
-        causal = [v["sharpe"] for k, v in f["references"].items() if k in CAUSAL and v["sharpe"]]
+        causal = [v["sharpe"] for k, v in f["references"].items() if k in CAUSAL_REFERENCES and v["sharpe"]]
         if not a["lower"] > 0 or (causal and a["sharpe"] < max(causal)):
             missed.append(f"ac03 seed {f['seed']}: interval not above 0 or below a causal rule")
     ac01 = by.get("ac01", [])

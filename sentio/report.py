@@ -51,7 +51,9 @@ from sentio.io import write_text_atomic
 
 __all__ = [
     "CI_STATISTICS",
+    "CAUSAL_REFERENCES",
     "REFERENCES",
+    "REFERENCE_LABELS",
     "build_report",
     "load_bars",
     "stitch",
@@ -59,7 +61,28 @@ __all__ = [
     "verdict",
 ]
 
-REFERENCES: tuple[str, ...] = ("flat", "long_etf", "trend", "underlying")
+REFERENCES: tuple[str, ...] = (
+    "oracle",
+    "regime_rule",
+    "trend",
+    "fast_trend",
+    "long_etf",
+    "underlying",
+    "flat",
+)
+"""Reference policies of the train stage, in the report's order."""
+REFERENCE_LABELS: dict[str, str] = {
+    "oracle": "oracle (generator's truth, costs and masks on)",
+    "regime_rule": "regime rule (filtered HMM: long calm, short volatile)",
+    "trend": "trend rule (60-bar momentum, hysteresis, vol target)",
+    "fast_trend": "fast trend (sign of the last 15 bars, every bar)",
+    "long_etf": "+3x ETF held intraday (agent's rules)",
+    "underlying": "underlying bought and held (overnight too, no costs)",
+    "flat": "flat (no position)",
+}
+"""Plain names of the references for people."""
+CAUSAL_REFERENCES: tuple[str, ...] = ("regime_rule", "trend", "fast_trend", "long_etf", "underlying")
+"""References a trader could have run at the time (the oracle reads the generator's truth)."""
 CI_STATISTICS: tuple[str, ...] = ("sharpe", "total_return", "max_drawdown", "sortino")
 # columns averaged across seeds for the ensemble series
 _ENSEMBLE_COLUMNS = ("returns", "position", "exposure", "costs")
@@ -222,6 +245,49 @@ def verdict(
     )
 
 
+def comparison(agent_sharpe: float | None, refs: dict[str, Any]) -> dict[str, Any]:
+    """The agent beside what was attainable and what a trader could have run.
+
+    ``oracle_sharpe`` and ``captured`` (the agent's Sharpe over the oracle's, when the
+    oracle exists and made a positive Sharpe), ``best_causal`` (the causal reference
+    with the highest Sharpe, :data:`CAUSAL_REFERENCES`) and its Sharpe, and
+    ``sentence``, the same in words.
+    """
+
+    def sharpe(name: str) -> float | None:
+        v = ((refs.get(name) or {}).get("metrics") or {}).get("sharpe")
+        return _finite(v)
+
+    a = _finite(agent_sharpe)
+    oracle = sharpe("oracle")
+    captured = a / oracle if a is not None and oracle is not None and oracle > 0 else None
+    causal = {n: sharpe(n) for n in CAUSAL_REFERENCES if sharpe(n) is not None}
+    best = max(causal, key=lambda n: causal[n] or 0.0) if causal else None
+    parts = []
+    if oracle is not None:
+        parts.append(
+            f"The oracle (the generator's truth, same costs and masks) made Sharpe {oracle:.2f}"
+            + (
+                f"; the agent's {a:.2f} is {captured:.0%} of it."
+                if captured is not None
+                else "; no share of it can be stated (the oracle made no positive Sharpe)."
+            )
+        )
+    if best is not None:
+        diff = "above" if a is not None and a > (causal[best] or 0.0) else "not above"
+        parts.append(
+            f"Best causal reference: {REFERENCE_LABELS.get(best, best)}, Sharpe "
+            f"{causal[best]:.2f}; the agent is {diff} it."
+        )
+    return {
+        "oracle_sharpe": oracle,
+        "captured": captured,
+        "best_causal": best,
+        "best_causal_sharpe": causal.get(best) if best else None,
+        "sentence": " ".join(parts),
+    }
+
+
 # --------------------------------------------------------------------------------------
 # regimes
 
@@ -312,8 +378,9 @@ def _plots(
     for name, ref in refs.items():
         joined = ts.join(ref.select("timestamp", "returns"), on="timestamp", how="left")
         rr = joined["returns"].fill_null(0.0).to_numpy()
-        ax.plot(x, np.cumprod(1.0 + rr), label=name, linewidth=0.9)
-    ax.set_title("Out-of-sample equity (stitched test bars) vs references")
+        ax.plot(x, np.cumprod(1.0 + rr), label=REFERENCE_LABELS.get(name, name), linewidth=0.9)
+    ax.set_yscale("log")
+    ax.set_title("Out-of-sample equity (stitched test bars) vs references, log scale")
     ax.set_xlabel("test bar")
     ax.set_ylabel("equity (start = 1)")
     ax.legend(loc="best", fontsize=7)
@@ -353,6 +420,28 @@ def _plots(
     ax.set_xticks(pos, labels, rotation=45, fontsize=7)
     ax.set_title("Per-fold annualised Sharpe ratio with bootstrap intervals")
     out["fold_sharpe"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    drawn = 0
+    for row in folds:
+        curve = (row.get("train") or {}).get("curve") or []
+        pts = [(c["steps"], c["mean_episode_log_return"]) for c in curve]
+        pts = [(st, v) for st, v in pts if v is not None]
+        if pts:
+            st, v = zip(*pts, strict=True)
+            ax.plot(st, np.expm1(np.asarray(v, dtype=float)), linewidth=0.9,
+                    label=f"fold {row['fold']} seed {row['seed']}")
+            drawn += 1
+    ax.axhline(0.0, color="grey", linewidth=0.6)
+    ax.set_title(
+        "Learning curve: mean return of the training episodes ended in each rollout"
+        + ("" if drawn else " (no curve recorded)")
+    )
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("episode return (raw)")
+    if drawn:
+        ax.legend(loc="best", fontsize=7)
+    out["learning_curve"] = _png(fig)
     return out
 
 
@@ -627,6 +716,7 @@ def build_report(
         "ci_level": level,
         "edge": edge,
         "verdict": sentence,
+        "comparison": comparison(head_metrics.get("sharpe"), ref_results),
     }
     doc = _clean(
         {
@@ -684,7 +774,10 @@ def _tables(doc: dict[str, Any]) -> list[_Table]:
             f"Stitched out-of-sample results ({h['series']}) and references",
             _METRIC_HEADER,
             [_metric_row("agent", h["metrics"], h["ci"])]
-            + [_metric_row(name, v["metrics"], v["ci"]) for name, v in doc["references"].items()],
+            + [
+                _metric_row(REFERENCE_LABELS.get(name, name), v["metrics"], v["ci"])
+                for name, v in doc["references"].items()
+            ],
         ),
         _Table(
             "Sharpe-ratio inference (per-bar Sharpe)",
@@ -777,6 +870,7 @@ _PLOT_TITLES = {
     "drawdown": "Drawdown",
     "exposure": "Exposure",
     "fold_sharpe": "Per-fold Sharpe intervals",
+    "learning_curve": "Learning curve (training episodes)",
 }
 
 
@@ -786,6 +880,8 @@ def _markdown(doc: dict[str, Any], tables: list[_Table]) -> str:
         "# Sentio out-of-sample report",
         "",
         f"**Verdict:** {doc['headline']['verdict']}",
+        "",
+        doc["headline"]["comparison"]["sentence"],
         "",
         f"Intervals: stationary bootstrap, {b['resamples']} resamples, level {b['ci_level']:g}, "
         f"seed {b['seed']}; annualisation {b['periods_per_year']:g} bars per year.",
@@ -811,6 +907,7 @@ def _html(doc: dict[str, Any], tables: list[_Table], plots: dict[str, bytes]) ->
     body = [
         "<h1>Sentio out-of-sample report</h1>",
         f'<p class="verdict"><b>Verdict:</b> {html.escape(doc["headline"]["verdict"])}</p>',
+        f"<p>{html.escape(doc['headline']['comparison']['sentence'])}</p>",
         f"<p>Intervals: stationary bootstrap, {b['resamples']} resamples, level "
         f"{b['ci_level']:g}, seed {b['seed']}; annualisation {b['periods_per_year']:g} bars "
         "per year.</p>",

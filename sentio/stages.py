@@ -664,6 +664,8 @@ TRAIN_MODULES = (
     "sentio.env.vec_env",
     "sentio.env.episodes",
     "sentio.env.backtest",
+    "sentio.env.references",
+    "sentio.data.synth",
 )
 
 
@@ -691,6 +693,7 @@ def train_key(
     return combine_hashes(
         [
             sha256_file(bars_path),
+            provenance_digest(bars_path),  # the generator's truth of synthetic bars (oracle)
             sha256_file(features_path),
             sha256_file(folds_path),
             sha256_file(regime_file) if regime_file else "no-regimes",
@@ -742,6 +745,58 @@ def _bars_file(result: Any, path: Path) -> Path:
     return write_feather_atomic(path, result.bars_frame())
 
 
+def truth_of(bars_path: str | Path) -> dict[str, Any] | None:
+    """The generator's truth recorded in the provenance of synthetic bars (else ``None``)."""
+    from sentio.data.provenance import read_provenance
+
+    record = read_provenance(bars_path, sha256_file(bars_path))
+    truth = None if record is None else record.get("truth")
+    return truth if isinstance(truth, dict) else None
+
+
+def reference_backtests(
+    market: Any, params: Any, test_rows: Sequence[tuple[int, int]], truth: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The reference policies on a fold's test blocks, under the agent's costs and masks.
+
+    Names (see :data:`sentio.report.REFERENCE_LABELS` for the report's words): ``flat``;
+    ``long_etf`` (the +L ETF held intraday under the agent's rules); ``underlying`` (the
+    underlying bought and held, overnight included; no costs); ``trend`` (60-bar momentum
+    with hysteresis, sized by the risk budget: enter at |z| > 2, leave when its sign
+    turns; the one-bar return summed over the window when ``log_ret_60`` is not a
+    feature); ``fast_trend`` (the sign of the last 15 bars' move, every bar);
+    ``regime_rule`` (with regimes: long in the calm regime, short in the volatile one,
+    flat between) and ``oracle`` (synthetic data: the generator's truth).
+    """
+    from sentio.env.backtest import (
+        backtest,
+        flat_policy,
+        long_etf_policy,
+        trend_policy,
+        underlying_buy_and_hold,
+    )
+    from sentio.env.references import oracle_policy, regime_rule_policy
+
+    names = market.feature_names
+    if "log_ret_60" in names:
+        slow = trend_policy(params, 1, feature_names=names, feature="log_ret_60", enter=2.0)
+    else:
+        slow = trend_policy(params, params.window, feature_names=names, enter=2.0)
+    policies: dict[str, Any] = {
+        "flat": flat_policy(params),
+        "long_etf": long_etf_policy(params),
+        "trend": slow,
+        "fast_trend": trend_policy(params, min(15, params.window), feature_names=names),
+    }
+    if market.n_regimes >= 2:
+        policies["regime_rule"] = regime_rule_policy(params, market.n_regimes)
+    if truth is not None:
+        policies["oracle"] = oracle_policy(params, market, truth)
+    out = {name: backtest(pol, market, params, test_rows) for name, pol in policies.items()}
+    out["underlying"] = underlying_buy_and_hold(market, test_rows, params)
+    return out
+
+
 def train_stage(
     bars_path: str | Path,
     features_path: str | Path,
@@ -766,13 +821,7 @@ def train_stage(
     from sentio.agents.training import CHECKPOINTS_DIR, algorithm_class, train_agent
     from sentio.config import write_config
     from sentio.env import EnvParams
-    from sentio.env.backtest import (
-        backtest,
-        flat_policy,
-        long_etf_policy,
-        trend_policy,
-        underlying_buy_and_hold,
-    )
+    from sentio.env.backtest import backtest
     from sentio.evaluation import metrics_to_json
 
     key = train_key(bars_path, features_path, folds_path, regimes_path, cfg, fold, seed)
@@ -797,17 +846,7 @@ def train_stage(
             "backtest": _bars_file(bt, tmp / "backtest.feather"),
             "trades": write_feather_atomic(tmp / "trades.feather", bt.trades),
         }
-        references = {
-            "flat": backtest(flat_policy(params), market, params, test_rows),
-            "long_etf": backtest(long_etf_policy(params), market, params, test_rows),
-            "trend": backtest(
-                trend_policy(params, min(15, params.window), feature_names=market.feature_names),
-                market,
-                params,
-                test_rows,
-            ),
-            "underlying": underlying_buy_and_hold(market, test_rows, params),
-        }
+        references = reference_backtests(market, params, test_rows, truth_of(bars_path))
         for name, ref in references.items():
             files[f"reference_{name}"] = _bars_file(ref, tmp / f"reference_{name}.feather")
         hashed = [Path(result.model_path), Path(config), *files.values()]

@@ -598,8 +598,12 @@ def _fail(
 def _carry_provenance(
     outputs: IngestOutputs, input_info: list[dict[str, Any]], derived: list[str]
 ) -> None:
-    """Say beside the output which of its symbols have derived prices (or remove a stale sidecar)."""
-    if not derived:
+    """Say beside the output which of its symbols have derived prices and, for a single
+    synthetic input, the generator's truth (or remove a stale sidecar)."""
+    truth = (
+        input_info[0].get("provenance", {}).get("truth") if len(input_info) == 1 else None
+    )
+    if not derived and truth is None:
         outputs.provenance.unlink(missing_ok=True)
         return
     details: dict[str, Any] = {}
@@ -608,10 +612,13 @@ def _carry_provenance(
             if sym in derived:
                 details.setdefault(sym, spec)
     sources = sorted({i["provenance"].get("source", "?") for i in input_info if "provenance" in i})
-    write_provenance(
-        outputs.bars,
-        {"source": f"sentio ingest of {', '.join(sources)}", "derived_symbols": details},
-    )
+    record: dict[str, Any] = {
+        "source": f"sentio ingest of {', '.join(sources)}",
+        "derived_symbols": details,
+    }
+    if truth is not None:
+        record["truth"] = truth
+    write_provenance(outputs.bars, record)
 
 
 def _fmt_reasons(by_reason: dict[str, int]) -> str:

@@ -47,6 +47,7 @@ import datetime as dt
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -69,6 +70,7 @@ __all__ = [
     "regime_vols",
     "sample_regime_path",
     "synth_sessions",
+    "truth_record",
     "write_synth",
 ]
 
@@ -88,10 +90,44 @@ class SynthData:
         bars: canonical long frame of the underlying, long and short symbols.
         regimes: one row per underlying bar: ``timestamp``, ``regime`` (Int8, index into
             the configured regimes; 0 in random-walk mode) and ``regime_name``.
+        truth: the generator's own parameters that a forecaster could not know
+            (:func:`truth_record`), for the oracle reference of reports.
     """
 
     bars: pl.DataFrame
     regimes: pl.DataFrame
+    truth: dict[str, Any]
+
+
+def truth_record(synth: SynthConfig, table: pl.DataFrame, session_regime: np.ndarray) -> dict[str, Any]:
+    """What the generator knows and a trader does not, JSON-able.
+
+    ``edge_strength`` (the lag-1 autocorrelation rho of the standardised returns),
+    ``intraday_u_shape`` (0 in random-walk mode), per regime its name, log drift per bar
+    ``mu_k`` and annual volatility, and the regime of every session (``"YYYY-MM-DD"``:
+    index). With them the best forecast of the next bar's log return of the underlying
+    at the close of bar t is ``mu_k + rho * (u_{t+1} / u_t) * (r_t - mu_k)`` (``r_t`` the
+    bar's open-to-close log return, ``u`` the intraday volatility profile; the
+    ``- sigma^2 / 2`` terms are second order and left out): see
+    :func:`sentio.env.references.oracle_forecast`.
+    """
+    names, drift, vol, _ = regime_vols(synth)
+    dates = [d.isoformat() for d in table["session"].to_list()]
+    return {
+        "source": "sentio synth",
+        "edge_strength": float(synth.edge_strength),
+        "intraday_u_shape": 0.0 if synth.random_walk else float(synth.intraday_u_shape),
+        "bars_per_year": SESSIONS_PER_YEAR * BARS_PER_SESSION,
+        "regimes": [
+            {
+                "name": n,
+                "drift_per_bar": float(d) / (SESSIONS_PER_YEAR * BARS_PER_SESSION),
+                "vol_annual": float(v),
+            }
+            for n, d, v in zip(names, drift, vol, strict=True)
+        ],
+        "session_regime": dict(zip(dates, (int(k) for k in session_regime), strict=True)),
+    }
 
 
 def synth_sessions(synth: SynthConfig, calendar: str = "XNYS") -> pl.DataFrame:
@@ -284,7 +320,9 @@ def generate(cfg: SentioConfig) -> SynthData:
             pl.Series("regime_name", names, dtype=pl.String).gather(reg.astype(np.int64)),
         ]
     )
-    return SynthData(bars=bars, regimes=regimes)
+    starts = np.concatenate(([0], np.cumsum(table["minutes"].to_numpy())[:-1])).astype(np.int64)
+    truth = truth_record(synth, table, reg[starts])
+    return SynthData(bars=bars, regimes=regimes, truth=truth)
 
 
 def write_synth(out: str | Path, cfg: SentioConfig) -> dict[str, Path]:
@@ -302,6 +340,7 @@ def write_synth(out: str | Path, cfg: SentioConfig) -> dict[str, Path]:
         "source": "sentio synth",
         "synthetic": True,
         "derived_symbols": derived_provenance(cfg.universe),
+        "truth": data.truth,
     }
     paths = {
         "bars": write_feather_atomic(out, data.bars),

@@ -63,6 +63,7 @@ from sentio.env.market import LONG, SHORT, MarketData
 from sentio.env.simulator import (
     LAYER_BITS,
     MASK_LAYERS,
+    STATE_FEATURES,
     BatchSimulator,
     EnvParams,
     layer_names,
@@ -79,6 +80,8 @@ __all__ = [
     "PredictModel",
     "backtest",
     "flat_policy",
+    "held_sign",
+    "largest_allowed",
     "long_etf_policy",
     "trend_policy",
     "underlying_buy_and_hold",
@@ -272,8 +275,12 @@ class BacktestResult(BenchmarkResult):
 
 def _action_picker(
     policy: Policy | PredictModel,
-) -> Callable[[dict[str, np.ndarray], np.ndarray], Any]:
-    """A function of (batched observation of one account, (A,) mask) -> raw action."""
+) -> Callable[[dict[str, np.ndarray], np.ndarray, int], Any]:
+    """A function of (batched observation of one account, (A,) mask, row) -> raw action.
+
+    A callable policy with a true attribute ``takes_row`` is called as
+    ``policy(obs, mask, row)`` with the decision row (references that read the market's
+    arrays by row, e.g. the oracle of :mod:`sentio.env.references`)."""
     if isinstance(policy, PredictModel) and not isinstance(policy, type):
         predict = policy.predict
         try:
@@ -281,7 +288,7 @@ def _action_picker(
         except (TypeError, ValueError):  # no signature: try with masks, then without
             takes_masks = True
 
-        def pick_model(obs: dict[str, np.ndarray], mask: np.ndarray) -> Any:
+        def pick_model(obs: dict[str, np.ndarray], mask: np.ndarray, row: int) -> Any:
             nonlocal takes_masks
             if takes_masks:
                 try:
@@ -300,10 +307,12 @@ def _action_picker(
             f"policy must be a callable (obs, mask) -> action or a model with .predict, "
             f"got {type(policy).__name__}"
         )
-    call = policy
+    call: Any = policy
+    takes_row = bool(getattr(policy, "takes_row", False))
 
-    def pick_callable(obs: dict[str, np.ndarray], mask: np.ndarray) -> Any:
-        return call({k: v[0] for k, v in obs.items()}, mask)
+    def pick_callable(obs: dict[str, np.ndarray], mask: np.ndarray, row: int) -> Any:
+        one = {k: v[0] for k, v in obs.items()}
+        return call(one, mask, row) if takes_row else call(one, mask)
 
     return pick_callable
 
@@ -331,7 +340,13 @@ def flat_policy(params: EnvParams) -> Policy:
     return policy
 
 
-def _largest_allowed(grid: np.ndarray, mask: np.ndarray, sign: float, cap: float, flat: int) -> int:
+def held_sign(obs: dict[str, np.ndarray]) -> float:
+    """The sign of the exposure held, from an observation's state (``exposure`` entry)."""
+    state = obs["state"]
+    return float(np.sign(state[state.shape[-1] - len(STATE_FEATURES)]))
+
+
+def largest_allowed(grid: np.ndarray, mask: np.ndarray, sign: float, cap: float, flat: int) -> int:
     """The allowed action of sign ``sign`` with the largest ``|x| <= cap``; else flat."""
     ok = mask & (np.sign(grid) == sign) & (np.abs(grid) <= cap + 1e-12)
     if not ok.any():
@@ -352,7 +367,7 @@ def long_etf_policy(params: EnvParams) -> Policy:
     cap = float(grid.max())
 
     def policy(obs: dict[str, np.ndarray], mask: np.ndarray) -> int:
-        return _largest_allowed(grid, mask, 1.0, cap, flat)
+        return largest_allowed(grid, mask, 1.0, cap, flat)
 
     return policy
 
@@ -364,14 +379,20 @@ def trend_policy(
     feature_names: Sequence[str],
     feature: str = "log_ret_1",
     max_exposure: float = 1.0,
+    enter: float = 0.0,
+    exit: float = 0.0,
 ) -> Policy:
-    """A volatility-targeted trend rule on the observation alone.
+    """A volatility-targeted trend rule with hysteresis on the observation alone.
 
     At each decision the rule sums the last ``lookback`` rows of the feature ``feature``
     in the observation window (default ``log_ret_1``: one-bar log returns, as normalised
     by the features stage, so the sum is the recent move in units of its recent
-    volatility, relative to its recent mean). Sum > 0: go long; < 0: go short; exactly 0:
-    flat. The size is the largest ALLOWED exposure of that sign whose magnitude is
+    volatility, relative to its recent mean) and divides by ``sqrt(lookback)``: the
+    signal ``s``. Hysteresis on the position held (the sign of the exposure in the
+    observation's state): go or stay long when ``s > enter`` or when already long and
+    ``s > exit``; short symmetrically (``s < -enter``, or short and ``s < -exit``);
+    otherwise flat. With ``enter = exit = 0`` (the defaults): long when ``s > 0``, short
+    when ``s < 0``, flat when exactly 0. The size is the largest ALLOWED exposure of that sign whose magnitude is
     ``<= max_exposure``; the volatility target is the mask's ``risk_budget`` layer, which
     allows ``|x| <= target_vol_annual / (L * vol_t * sqrt(periods_per_year))`` (the
     underlying's EWMA volatility at the decision row, from the environment's state), so
@@ -400,14 +421,22 @@ def trend_policy(
         )
     if not max_exposure > 0:
         raise ValueError(f"trend_policy: max_exposure must be > 0, got {max_exposure}")
+    if not 0 <= exit <= enter:
+        raise ValueError(f"trend_policy: need 0 <= exit <= enter, got exit={exit}, enter={enter}")
     j = names.index(feature)
     grid, flat = params.grid, params.flat_action
+    root = math.sqrt(lookback)
 
     def policy(obs: dict[str, np.ndarray], mask: np.ndarray) -> int:
-        signal = float(obs["window"][-lookback:, j].sum(dtype=np.float64))
-        if signal == 0.0 or not math.isfinite(signal):
+        signal = float(obs["window"][-lookback:, j].sum(dtype=np.float64)) / root
+        if not math.isfinite(signal):
             return flat
-        return _largest_allowed(grid, mask, 1.0 if signal > 0 else -1.0, max_exposure, flat)
+        held = held_sign(obs)
+        if signal > enter or (held > 0 and signal > exit):
+            return largest_allowed(grid, mask, 1.0, max_exposure, flat)
+        if signal < -enter or (held < 0 and signal < -exit):
+            return largest_allowed(grid, mask, -1.0, max_exposure, flat)
+        return flat
 
     return policy
 
@@ -595,7 +624,7 @@ def backtest(
             e_prev = float(sim.equity[0])
             bits = sim.blocked_layers()[0]
             mask = bits == 0
-            a = _as_action(pick(sim.observe(), mask.copy()), n_actions, t)
+            a = _as_action(pick(sim.observe(), mask.copy(), t), n_actions, t)
             if bits[a]:
                 raise MaskedActionError(
                     f"the policy chose a masked action at row {t} ({stamps[t]} UTC, block "
