@@ -398,6 +398,8 @@ def _print_run(record: dict[str, Any]) -> None:
     report = record["stages"].get("report")
     if report:
         typer.echo(f"report: {report['verdict']}")
+        if report.get("comparison"):
+            typer.echo(f"report: {report['comparison']}")
         typer.echo(f"report html: {report['paths']['html']}")
     registry = record["stages"].get("registry")
     if registry:

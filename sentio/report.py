@@ -561,6 +561,7 @@ def build_report(
 
     Returns:
         ``paths`` (md, html, json, plots), ``edge`` (bool), ``verdict`` (the sentence),
+        ``comparison`` (the agent beside the oracle and the best causal reference),
         ``sharpe``, ``sharpe_ci``, ``total_return``, ``psr``, ``dsr``, ``n_trials``,
         ``n_runs`` and ``n_seeds``.
 
@@ -751,6 +752,7 @@ def build_report(
         },
         "edge": edge,
         "verdict": sentence,
+        "comparison": doc["headline"]["comparison"]["sentence"],
         "sharpe": doc["headline"]["metrics"]["sharpe"],
         "sharpe_ci": [
             (head_ci.get("sharpe") or {}).get("lower"),

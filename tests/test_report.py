@@ -98,7 +98,17 @@ def _synthetic_runs(
                     "seed": seed,
                     "output": str(folder / "backtest.feather"),
                     "metrics": {"periods_per_year": MINUTE_PERIODS_PER_YEAR},
-                    "train": {"total_timesteps": 1000},
+                    "train": {
+                        "total_timesteps": 1000,
+                        "curve": [
+                            {
+                                "steps": 200 * i,
+                                "episodes": 8,
+                                "mean_episode_log_return": 1e-3 * (i - 3) + 1e-4 * fold,
+                            }
+                            for i in range(1, 6)
+                        ],
+                    },
                 }
             )
     return runs
@@ -122,7 +132,9 @@ def test_files_exist_and_summary(noise_report: tuple[Path, dict[str, Any]]) -> N
     root, summary = noise_report
     for key in ("markdown", "html", "metrics"):
         assert Path(summary["paths"][key]).is_file()
-    assert set(summary["paths"]["plots"]) == {"equity", "drawdown", "exposure", "fold_sharpe"}
+    assert set(summary["paths"]["plots"]) == {
+        "equity", "drawdown", "exposure", "fold_sharpe", "learning_curve"
+    }
     for path in summary["paths"]["plots"].values():
         assert Path(path).read_bytes().startswith(PNG_MAGIC)
     assert summary["n_runs"] == 2 and summary["n_seeds"] == 1 and summary["n_trials"] == 1
@@ -192,7 +204,7 @@ def test_html_is_self_contained(noise_report: tuple[Path, dict[str, Any]]) -> No
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text)
     assert "<script" not in text and "<link" not in text
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    assert len(images) == 4
+    assert len(images) == 5
     for data in images:
         assert base64.b64decode(data).startswith(PNG_MAGIC)
     assert "Ingest / data quality" in text and "Performance profile" in text
@@ -245,3 +257,29 @@ def test_report_of_real_backtests(tmp_path: Path) -> None:
     )
     assert set(doc["references"]) == {"flat", "long_etf", "underlying"}
     assert doc["regimes"] and isinstance(summary["edge"], bool)
+
+
+def test_comparison_with_the_oracle_and_the_causal_references() -> None:
+    from sentio.report import comparison
+
+    refs = {
+        "oracle": {"metrics": {"sharpe": 8.0}},
+        "trend": {"metrics": {"sharpe": 1.0}},
+        "long_etf": {"metrics": {"sharpe": 3.0}},
+        "flat": {"metrics": {"sharpe": None}},
+    }
+    c = comparison(2.0, refs)
+    assert c["oracle_sharpe"] == 8.0 and c["captured"] == pytest.approx(0.25)
+    assert c["best_causal"] == "long_etf" and c["best_causal_sharpe"] == 3.0
+    assert "25%" in c["sentence"] and "not above" in c["sentence"]
+    c = comparison(4.0, {**refs, "oracle": {"metrics": {"sharpe": -1.0}}})
+    assert c["captured"] is None and "no share" in c["sentence"]
+    assert "the agent is above it" in c["sentence"]
+    c = comparison(1.0, {"flat": {"metrics": {"sharpe": None}}})
+    assert c == {
+        "oracle_sharpe": None,
+        "captured": None,
+        "best_causal": None,
+        "best_causal_sharpe": None,
+        "sentence": "",
+    }
