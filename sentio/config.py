@@ -452,6 +452,13 @@ class AgentConfig(_Section):
     cvar_alpha: float = Field(0.1, gt=0.0, le=1.0)
     cvar_beta: float = Field(0.0, ge=0.0, le=1.0)
     regime_gating: bool = True
+    flat_prior: float = Field(
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description="initial logit advantage of the flat action over every other (0: a "
+        "uniform initial policy); an agent then has to earn its way into positions",
+    )
     learning_rate: float = Field(3e-4, gt=0.0, lt=1.0)
     n_steps: int = Field(256, ge=8)
     batch_size: int = Field(256, ge=2)

@@ -545,3 +545,14 @@ def test_cli_signal_bad_bars_file_is_one_line(tf: Trained, tmp_path: Path) -> No
     )
     assert res.exit_code == 3
     assert res.stderr.strip() == f"error: {tmp_path / 'missing.feather'}: file not found"
+
+
+def test_the_learners_scaling_travels_with_the_model(tf: Trained, tf_bundle: ModelBundle) -> None:
+    """The reward scale the model learned with is in its zip, through the registry; the
+    observations it acts on (session clock in 0..1) come from the same market builder."""
+    trained_with = tf.train_model().reward_scale
+    assert isinstance(trained_with, float) and trained_with > 0
+    assert tf_bundle.model.reward_scale == trained_with
+    market = tf_bundle.market(tf.frame())
+    j = market.feature_names.index("minutes_to_close")
+    assert 0.0 <= market.features[:, j].min() and market.features[:, j].max() <= 1.0

@@ -176,7 +176,7 @@ def make_model(
         from sentio.agents.sentio_ppo import sentio_algorithm_kwargs
 
         extra = sentio_algorithm_kwargs(a)
-    return algo(
+    model = algo(
         "MultiInputPolicy",
         env,
         learning_rate=a.learning_rate,
@@ -196,6 +196,23 @@ def make_model(
         verbose=0,
         **extra,
     )
+    if a.flat_prior > 0:
+        set_flat_prior(model, env.params.flat_action, a.flat_prior)
+    return model
+
+
+def set_flat_prior(model: BaseAlgorithm, flat: int, prior: float) -> None:
+    """Add ``prior`` to the flat action's logit bias of a fresh policy (``agent.flat_prior``).
+
+    The action head starts near zero (SB3 initialises it with gain 0.01), so the initial
+    policy chooses flat with probability ``e^prior / (e^prior + A - 1)``. For the regime
+    gated head every expert gets the prior.
+    """
+    head: Any = model.policy.action_net
+    linear = getattr(head, "experts", head)
+    with torch.no_grad():
+        bias = linear.bias.view(-1, int(model.action_space.n))
+        bias[:, flat] += prior
 
 
 # ---------------------------------------------------------------------------- checkpoints
