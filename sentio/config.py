@@ -397,7 +397,13 @@ class EnvConfig(_Section):
     action_grid: list[float] = Field(
         default_factory=lambda: [-1.0, -0.5, 0.0, 0.5, 1.0], min_length=2
     )
-    window: int = Field(32, ge=1, le=4096, description="feature rows per observation")
+    window: int = Field(
+        4,
+        ge=1,
+        le=4096,
+        description="feature rows per observation (4: the MLP default; 32 rows of 30 features "
+        "let it fit noise, see benchmarks/README.md)",
+    )
     episode_sessions: int = Field(1, ge=1)
     flat_at_close: bool = Field(
         True,
@@ -428,13 +434,13 @@ class EnvConfig(_Section):
 class AgentConfig(_Section):
     """PPO variant and its networks (train stage)."""
 
-    algo: Literal["ppo", "maskable_ppo", "sentio_ppo"] = "sentio_ppo"
-    extractor: Literal["mlp", "transformer"] = "transformer"
+    algo: Literal["ppo", "maskable_ppo", "sentio_ppo"] = "maskable_ppo"
+    extractor: Literal["mlp", "transformer"] = "mlp"
     d_model: int = Field(32, ge=4, le=1024)
     n_heads: int = Field(4, ge=1, le=32)
     n_layers: int = Field(2, ge=1, le=12)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    quantile_critic: bool = True
+    quantile_critic: bool = False
     n_quantiles: int = Field(32, ge=2, le=256)
     huber_kappa: float = Field(
         1.0,
@@ -451,9 +457,9 @@ class AgentConfig(_Section):
     value_clip: float | None = Field(None, gt=0.0)
     cvar_alpha: float = Field(0.1, gt=0.0, le=1.0)
     cvar_beta: float = Field(0.0, ge=0.0, le=1.0)
-    regime_gating: bool = True
+    regime_gating: bool = False
     flat_prior: float = Field(
-        0.0,
+        2.0,
         ge=0.0,
         le=10.0,
         description="initial logit advantage of the flat action over every other (0: a "
@@ -463,10 +469,10 @@ class AgentConfig(_Section):
     n_steps: int = Field(256, ge=8)
     batch_size: int = Field(256, ge=2)
     n_epochs: int = Field(4, ge=1)
-    gamma: float = Field(0.99, gt=0.0, le=1.0)
+    gamma: float = Field(0.5, gt=0.0, le=1.0)
     gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
     clip_range: float = Field(0.2, gt=0.0, lt=1.0)
-    ent_coef: float = Field(0.01, ge=0.0)
+    ent_coef: float = Field(0.0, ge=0.0)
     vf_coef: float = Field(0.5, ge=0.0)
     max_grad_norm: float = Field(0.5, gt=0.0)
 
@@ -481,7 +487,7 @@ class AgentConfig(_Section):
 class TrainConfig(_Section):
     """Training budget, seeds, device and checkpoints (train stage)."""
 
-    total_timesteps: int = Field(50_000, ge=1)
+    total_timesteps: int = Field(100_000, ge=1)
     n_envs: int = Field(8, ge=1, le=4096)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"

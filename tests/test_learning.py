@@ -1,15 +1,17 @@
-"""Learning tests with bounded budgets: a planted edge is found, a random walk gives none.
+"""Learning tests with bounded budgets, costs and masks on: a planted edge is found, a
+random walk gives none and the agent stays out.
 
 The whole chain runs as in the nightly flow: synthetic bars (``sentio.data.synth``),
 causal features, a purged walk-forward split on session boundaries, training on the
 training block only, a backtest of the deterministic policy on the unseen test block with
 the same simulator, and a stationary-bootstrap interval of the annualised Sharpe ratio.
 
-Budget choices (documented, not hidden): half a year of minute bars; the ``returns``
-indicator group only (3 horizons x a 4-bar window: the edge is a lag-1 autocorrelation of
-returns, and a small input keeps 80,000 steps enough); no costs and no mask layers (the
-test is about learning and leakage, not cost modelling); a short discount (gamma 0.5) for
-a one-bar-ahead edge; an MLP extractor.
+The configuration is the pipeline's default (every cost, the session, risk-budget,
+drawdown and minimum-holding mask layers, the default features and agent settings) with a
+smaller budget: half a year of minute bars, ``BUDGET_STEPS`` steps, no regime model
+(fitting HMMs is not what is tested here; the regime mask layer needs one, so it is off,
+and ``sentio_ppo`` runs without regime gating). The seeds (market seed 5, training seeds
+10-12) are not among those the defaults were chosen on (``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -29,45 +31,30 @@ from sentio.env.backtest import backtest
 from sentio.evaluation import bootstrap_ci
 from sentio.features import build_features
 
+BUDGET_STEPS = 100_000
 BUDGET = {
     "synth.years": 0.5,
     "synth.seed": 5,
-    "features.indicators": ["returns"],
-    "features.norm_window": 120,
-    "env.window": 4,
-    "env.masks.session": False,
-    "env.masks.risk_budget": False,
-    "env.masks.regime": False,
-    "env.masks.drawdown": False,
-    "env.masks.min_hold_bars": 0,
-    "env.costs.commission_per_share": 0.0,
-    "env.costs.half_spread_bps": 0.0,
-    "env.costs.slippage_vol_mult": 0.0,
     "regimes.enabled": False,
+    "env.masks.regime": False,
     "agent.regime_gating": False,
-    "agent.extractor": "mlp",
-    "agent.n_steps": 128,
-    "agent.batch_size": 256,
-    "agent.gamma": 0.5,
-    "agent.learning_rate": 5e-4,
-    "agent.ent_coef": 0.0,
-    "train.n_envs": 8,
-    "train.total_timesteps": 80_000,
+    "train.total_timesteps": BUDGET_STEPS,
     "train.device": "cpu",
     "train.checkpoint_every": 1_000_000,
     # one training at a time here: two torch threads learn ~1.4x faster than the one-thread
     # default of the flow (which runs a training per core instead)
     "train.torch_threads": 2,
 }
-SEEDS = (0, 1, 2)
+SEEDS = (10, 11, 12)
+ALGOS = {
+    "maskable_ppo": {"agent.algo": "maskable_ppo", "agent.quantile_critic": False},
+    "sentio_ppo": {"agent.algo": "sentio_ppo", "agent.quantile_critic": True},
+}
 
 
 def _config(algo: str, *, edge: bool) -> SentioConfig:
     market = {"synth.edge_strength": 0.3} if edge else {"synth.random_walk": True}
-    return with_overrides(
-        SentioConfig(),
-        {**BUDGET, **market, "agent.algo": algo, "agent.quantile_critic": algo == "sentio_ppo"},
-    )
+    return with_overrides(SentioConfig(), {**BUDGET, **market, **ALGOS[algo]})
 
 
 def _market(cfg: SentioConfig) -> tuple[Any, list[tuple[int, int]], list[tuple[int, int]]]:
@@ -77,42 +64,49 @@ def _market(cfg: SentioConfig) -> tuple[Any, list[tuple[int, int]], list[tuple[i
     return market, fold.train_ranges(), list(fold.test_blocks)
 
 
-def _out_of_sample_sharpe(cfg: SentioConfig, seed: int, out: Path) -> Any:
+def _out_of_sample(cfg: SentioConfig, seed: int, out: Path) -> tuple[Any, float]:
+    """The test block's Sharpe interval and mean |exposure| of the trained agent."""
+    params = EnvParams.from_config(cfg)
+    assert params.half_spread > 0 and params.commission_per_share > 0  # costs on
+    assert params.mask_session and params.mask_risk_budget and params.mask_drawdown
+    assert params.min_hold_bars > 0
     market, train, test = _market(cfg)
     result = train_agent(cfg, market, train, seed=seed, out_dir=out)
     model = algorithm_class(cfg).load(result.model_path, device="cpu")
-    bt = backtest(model, market, EnvParams.from_config(cfg), test)
+    bt = backtest(model, market, params, test)
     assert bt.rows.min() > max(b for _, b in train)  # only bars the agent never trained on
-    return bootstrap_ci(
+    ci = bootstrap_ci(
         bt.returns, "sharpe", periods_per_year=market.periods_per_year, resamples=1000, seed=0
     )
+    return ci, float(np.abs(bt.position).mean())
 
 
-@pytest.mark.parametrize("algo", ["maskable_ppo", "sentio_ppo"])
+@pytest.mark.parametrize("algo", list(ALGOS))
 def test_planted_edge_is_found_out_of_sample(
     algo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = _config(algo, edge=True)
-    intervals = [_out_of_sample_sharpe(cfg, seed, tmp_path / str(seed)) for seed in SEEDS]
+    results = [_out_of_sample(cfg, seed, tmp_path / str(seed)) for seed in SEEDS]
     with capsys.disabled():
-        for seed, ci in zip(SEEDS, intervals, strict=True):
+        for seed, (ci, exposure) in zip(SEEDS, results, strict=True):
             print(
                 f"\n{algo} planted edge seed {seed}: out-of-sample Sharpe {ci.estimate:.2f}, "
-                f"95% interval [{ci.lower:.2f}, {ci.upper:.2f}]"
+                f"95% interval [{ci.lower:.2f}, {ci.upper:.2f}], mean |exposure| {exposure:.3f}"
             )
-    above = sum(ci.lower > 0 for ci in intervals)
-    assert above >= 2, [(ci.lower, ci.upper) for ci in intervals]
+    above = sum(ci.lower > 0 for ci, _ in results)
+    assert above >= 2, [(ci.lower, ci.upper) for ci, _ in results]
 
 
-@pytest.mark.parametrize("algo", ["maskable_ppo", "sentio_ppo"])
-def test_random_walk_shows_no_edge(
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_random_walk_shows_no_edge_and_the_agent_stays_out(
     algo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ci = _out_of_sample_sharpe(_config(algo, edge=False), 0, tmp_path)
+    ci, exposure = _out_of_sample(_config(algo, edge=False), SEEDS[0], tmp_path)
     with capsys.disabled():
         print(
             f"\n{algo} random walk: out-of-sample Sharpe {ci.estimate:.2f}, "
-            f"95% interval [{ci.lower:.2f}, {ci.upper:.2f}]"
+            f"95% interval [{ci.lower:.2f}, {ci.upper:.2f}], mean |exposure| {exposure:.3f}"
         )
     assert ci.lower <= 0 <= ci.upper
     assert np.isfinite(ci.estimate)
+    assert exposure < 0.1
