@@ -108,8 +108,11 @@ def hand_params(**changes: object) -> EnvParams:
 
 @pytest.fixture(scope="module")
 def cfg() -> SentioConfig:
-    """Default configuration with the short feature windows."""
-    return with_overrides(SentioConfig(), {"features": SHORT_WINDOWS["features"]})
+    """Default configuration with the short feature windows and a 32-bar observation window
+    (room for the trend rules' look-backs)."""
+    return with_overrides(
+        SentioConfig(), {"features": SHORT_WINDOWS["features"], "env.window": 32}
+    )
 
 
 def _market(cfg: SentioConfig, before: str | None = None) -> MarketData:

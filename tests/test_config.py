@@ -82,7 +82,10 @@ def test_messages_name_the_field_and_allowed_values(data: dict, pattern: str) ->
 @pytest.mark.parametrize(
     ("data", "pattern"),
     [
-        ({"agent": {"algo": "maskable_ppo"}}, r"agent\.quantile_critic is a Sentio PPO feature"),
+        (
+            {"agent": {"algo": "maskable_ppo", "quantile_critic": True}},
+            r"agent\.quantile_critic is a Sentio PPO feature",
+        ),
         (
             {
                 "agent": {
@@ -99,17 +102,23 @@ def test_messages_name_the_field_and_allowed_values(data: dict, pattern: str) ->
             r"agent\.algo='ppo' cannot apply action masks",
         ),
         (
-            {"agent": {"quantile_critic": False, "cvar_beta": 0.3}},
+            {"agent": {"algo": "sentio_ppo", "quantile_critic": False, "cvar_beta": 0.3}},
             r"cvar_beta > 0 needs agent\.quantile_critic=true",
         ),
-        ({"regimes": {"enabled": False}}, r"agent\.regime_gating=true needs regimes\.enabled=true"),
+        (
+            {"regimes": {"enabled": False}, "agent": {"algo": "sentio_ppo", "regime_gating": True}},
+            r"agent\.regime_gating=true needs regimes\.enabled=true",
+        ),
         (
             {"regimes": {"enabled": False}, "agent": {"regime_gating": False}},
             r"env\.masks\.regime=true needs regimes\.enabled=true",
         ),
-        ({"env": {"window": 1}}, r"transformer' needs env\.window >= 2"),
         (
-            {"agent": {"d_model": 30, "n_heads": 4}},
+            {"env": {"window": 1}, "agent": {"extractor": "transformer"}},
+            r"transformer' needs env\.window >= 2",
+        ),
+        (
+            {"agent": {"extractor": "transformer", "d_model": 30, "n_heads": 4}},
             r"d_model \(30\) must be divisible by agent\.n_heads \(4\)",
         ),
         ({"agent": {"batch_size": 10_000}}, r"batch_size \(10000\) exceeds the rollout size"),
@@ -150,7 +159,8 @@ def test_sensible_combinations_load() -> None:
             "env": {"masks": off, "window": 1},
         }
     )
-    config_from_dict({"agent": {"cvar_beta": 0.5}})
+    config_from_dict({"agent": {"algo": "sentio_ppo", "quantile_critic": True, "cvar_beta": 0.5}})
+    config_from_dict({})  # the defaults
 
 
 def test_overrides_are_validated_and_none_leaves_values() -> None:

@@ -36,6 +36,8 @@ from sentio.env import (
     layer_names,
     observation_space,
 )
+from sentio.env.market import CLOCK_SCALE
+from sentio.features.normalise import UNNORMALISED_COLUMNS
 from sentio.env.simulator import TERMINATION
 from sentio.env.single import Account
 from sentio.errors import DataError
@@ -1269,7 +1271,12 @@ def test_build_market_aligns_by_timestamp(real_inputs: tuple[Any, ...]) -> None:
         .join(by_time, on="timestamp", how="left")["i"]
         .to_numpy()
     )
-    np.testing.assert_array_equal(m.features, features.drop("timestamp").to_numpy()[idx])
+    want = features.drop("timestamp").to_numpy()[idx]
+    clock = [i for i, n in enumerate(m.feature_names) if n in UNNORMALISED_COLUMNS]
+    assert clock  # the session clock reaches the networks in sessions (0..1), not minutes
+    other = [i for i in range(want.shape[1]) if i not in clock]
+    np.testing.assert_array_equal(m.features[:, other], want[:, other])
+    np.testing.assert_allclose(m.features[:, clock], want[:, clock] / CLOCK_SCALE, rtol=1e-6)
     for col, sym in enumerate(("QQQ", "TQQQ", "SQQQ")):
         px = (
             pl.DataFrame({"timestamp": stamps})

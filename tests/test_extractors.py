@@ -109,8 +109,9 @@ def test_malformed_observation_spaces_are_rejected(cls: type[BaseFeaturesExtract
 
 
 def test_default_transformer_is_small() -> None:
-    """d_model 32, 4 heads, 2 layers, window 32 of 24 features, 3 regimes."""
-    cfg = AgentConfig()
+    """The default transformer settings (d_model 32, 4 heads, 2 layers) on a window of 32
+    bars of 24 features with 3 regimes."""
+    cfg = AgentConfig(extractor="transformer")
     cls, kwargs = extractor_kwargs(cfg)
     ext = cls(obs_space(32, 24, 3), **kwargs)
     n_params = sum(p.numel() for p in ext.parameters())
