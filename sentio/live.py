@@ -653,7 +653,7 @@ def _replay(bundle: ModelBundle, market: MarketData, start_row: int, end_row: in
         t = int(sim.t[0])
         bits = sim.blocked_layers()[0].copy()
         cols["blocked"][i] = bits
-        a = _as_action(pick(sim.observe(), bits == 0), A, t)
+        a = _as_action(pick(sim.observe(), bits == 0, t), A, t)
         if bits[a]:
             raise MaskedActionError(
                 f"the policy of version {bundle.version} chose a masked action at "

@@ -34,6 +34,9 @@ SHORT_WINDOWS = {
     # a few hundred training steps of small networks: the flow runs end to end in seconds
     "env": {"window": 4},
     "agent": {
+        # a uniform initial policy: a few hundred steps must still hold positions, so that
+        # the accounting and parity checks see trades (the default flat prior starts flat)
+        "flat_prior": 0.0,
         "n_steps": 32,
         "batch_size": 32,
         "n_epochs": 1,

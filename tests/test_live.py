@@ -37,7 +37,16 @@ FOLD = 1  # k-fold over two sessions: fold 1 trains on 2024-01-09 and tests on 2
 
 VARIANTS: dict[str, dict[str, Any]] = {
     # Sentio PPO (transformer, regime gating), train-fit normaliser, regimes, flat at close
-    "train_fit": {"features": {**SW["features"], "normalisation": "train_fit"}},
+    "train_fit": {
+        "features": {**SW["features"], "normalisation": "train_fit"},
+        "agent": {
+            **SW["agent"],
+            "algo": "sentio_ppo",
+            "extractor": "transformer",
+            "quantile_critic": True,
+            "regime_gating": True,
+        },
+    },
     # MaskablePPO MLP without regimes, rolling normalisation, positions held overnight
     "plain": {
         "regimes": {**SW["regimes"], "enabled": False},
