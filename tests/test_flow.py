@@ -138,7 +138,15 @@ def test_cache_hits_on_unchanged_content_and_misses_on_new_content(
     for run in runs:
         assert Path(run["model"]).is_file() and run["test_bars"] > 0
         assert run["train"]["num_timesteps"] >= 128
-        assert set(run["references"]) == {"flat", "long_etf", "trend", "underlying"}
+        # regimes on, real-looking bars (no generator truth): every causal reference, no oracle
+        assert set(run["references"]) == {
+            "flat",
+            "long_etf",
+            "trend",
+            "fast_trend",
+            "regime_rule",
+            "underlying",
+        }
         assert run["references"]["flat"]["total_return"] == 0.0
     # the report is recomputed by every run (it holds the run's profile), in the run folder
     for record in (first, second):

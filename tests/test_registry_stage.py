@@ -241,7 +241,7 @@ def test_every_run_is_registered_with_the_version_contract(tmp_path: Path) -> No
         assert (v.path / "config.yaml").read_text() == (folder / "config.yaml").read_text()
         assert json.loads((v.path / "normaliser.json").read_text()) == {"j": fold}
         assert json.loads((v.path / "regime_model.json").read_text()) == {"m": fold}
-        assert m["algo"] == "sentio_ppo" and m["data_hashes"]["bars"] == "b" * 64
+        assert m["algo"] == w.cfg.agent.algo and m["data_hashes"]["bars"] == "b" * 64
         extra = m["extra"]
         assert set(extra) == EXTRA_KEYS
         assert (extra["fold"], extra["seed"], extra["run"]) == (fold, seed, "night-1")
