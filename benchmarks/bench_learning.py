@@ -134,7 +134,11 @@ def line(fig: dict[str, Any]) -> str:
     """One printed row."""
     a = fig["agent"]
     oracle = fig["references"].get("oracle", {}).get("sharpe")
-    causal = {k: v for k, v in fig["references"].items() if k in CAUSAL_REFERENCES and v["sharpe"] is not None}
+    causal = {
+        k: v
+        for k, v in fig["references"].items()
+        if k in CAUSAL_REFERENCES and v["sharpe"] is not None
+    }
     best = max(causal, key=lambda k: causal[k]["sharpe"]) if causal else None
     share = a["sharpe"] / oracle if oracle and a["sharpe"] is not None and oracle > 0 else None
     return (
@@ -164,7 +168,11 @@ def targets(figs: list[dict[str, Any]]) -> list[str]:
             missed.append(f"null seed {f['seed']}: interval or exposure off target")
     for f in by.get("ac03", []):
         a = f["agent"]
-        causal = [v["sharpe"] for k, v in f["references"].items() if k in CAUSAL_REFERENCES and v["sharpe"]]
+        causal = [
+            v["sharpe"]
+            for k, v in f["references"].items()
+            if k in CAUSAL_REFERENCES and v["sharpe"]
+        ]
         if not a["lower"] > 0 or (causal and a["sharpe"] < max(causal)):
             missed.append(f"ac03 seed {f['seed']}: interval not above 0 or below a causal rule")
     ac01 = by.get("ac01", [])

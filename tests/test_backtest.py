@@ -110,9 +110,7 @@ def hand_params(**changes: object) -> EnvParams:
 def cfg() -> SentioConfig:
     """Default configuration with the short feature windows and a 32-bar observation window
     (room for the trend rules' look-backs)."""
-    return with_overrides(
-        SentioConfig(), {"features": SHORT_WINDOWS["features"], "env.window": 32}
-    )
+    return with_overrides(SentioConfig(), {"features": SHORT_WINDOWS["features"], "env.window": 32})
 
 
 def _market(cfg: SentioConfig, before: str | None = None) -> MarketData:

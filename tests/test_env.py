@@ -37,11 +37,11 @@ from sentio.env import (
     observation_space,
 )
 from sentio.env.market import CLOCK_SCALE
-from sentio.features.normalise import UNNORMALISED_COLUMNS
 from sentio.env.simulator import TERMINATION
 from sentio.env.single import Account
 from sentio.errors import DataError
 from sentio.evaluation import periods_per_year
+from sentio.features.normalise import UNNORMALISED_COLUMNS
 from tests.env_helpers import (
     hand_market,
     make_params,

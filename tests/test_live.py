@@ -564,4 +564,4 @@ def test_the_learners_scaling_travels_with_the_model(tf: Trained, tf_bundle: Mod
     assert tf_bundle.model.reward_scale == trained_with
     market = tf_bundle.market(tf.frame())
     j = market.feature_names.index("minutes_to_close")
-    assert 0.0 <= market.features[:, j].min() and market.features[:, j].max() <= 1.0
+    assert market.features[:, j].min() >= 0.0 and market.features[:, j].max() <= 1.0

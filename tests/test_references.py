@@ -109,7 +109,9 @@ def test_oracle_stays_out_when_the_edge_does_not_pay_the_costs() -> None:
     market = _market(opens, closes)
     cheap = make_params()
     dear = make_params(half_spread=5e-4)
-    assert backtest(oracle_policy(cheap, market, _truth(0.3)), market, cheap, [(0, 3)]).actions[1] == 4
+    assert (
+        backtest(oracle_policy(cheap, market, _truth(0.3)), market, cheap, [(0, 3)]).actions[1] == 4
+    )
     bt = backtest(oracle_policy(dear, market, _truth(0.3)), market, dear, [(0, 3)])
     assert (bt.grid[bt.actions] == 0.0).all()
 

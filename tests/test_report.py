@@ -133,7 +133,11 @@ def test_files_exist_and_summary(noise_report: tuple[Path, dict[str, Any]]) -> N
     for key in ("markdown", "html", "metrics"):
         assert Path(summary["paths"][key]).is_file()
     assert set(summary["paths"]["plots"]) == {
-        "equity", "drawdown", "exposure", "fold_sharpe", "learning_curve"
+        "equity",
+        "drawdown",
+        "exposure",
+        "fold_sharpe",
+        "learning_curve",
     }
     for path in summary["paths"]["plots"].values():
         assert Path(path).read_bytes().startswith(PNG_MAGIC)

@@ -54,7 +54,7 @@ def test_session_clock_reaches_the_networks_in_sessions_not_minutes() -> None:
         j = market.feature_names.index(name)
         raw = features.sort("timestamp")[name].to_numpy()[-market.n_rows :]
         np.testing.assert_allclose(market.features[:, j], raw / CLOCK_SCALE, rtol=1e-6)
-        assert 0.0 <= market.features[:, j].min() and market.features[:, j].max() <= 1.0
+        assert market.features[:, j].min() >= 0.0 and market.features[:, j].max() <= 1.0
         assert raw.max() > 100  # the features stage itself keeps minutes
     other = [i for i, n in enumerate(market.feature_names) if not n.startswith("minutes_")]
     np.testing.assert_array_equal(
