@@ -600,9 +600,7 @@ def _carry_provenance(
 ) -> None:
     """Say beside the output which of its symbols have derived prices and, for a single
     synthetic input, the generator's truth (or remove a stale sidecar)."""
-    truth = (
-        input_info[0].get("provenance", {}).get("truth") if len(input_info) == 1 else None
-    )
+    truth = input_info[0].get("provenance", {}).get("truth") if len(input_info) == 1 else None
     if not derived and truth is None:
         outputs.provenance.unlink(missing_ok=True)
         return

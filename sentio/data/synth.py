@@ -99,7 +99,9 @@ class SynthData:
     truth: dict[str, Any]
 
 
-def truth_record(synth: SynthConfig, table: pl.DataFrame, session_regime: np.ndarray) -> dict[str, Any]:
+def truth_record(
+    synth: SynthConfig, table: pl.DataFrame, session_regime: np.ndarray
+) -> dict[str, Any]:
     """What the generator knows and a trader does not, JSON-able.
 
     ``edge_strength`` (the lag-1 autocorrelation rho of the standardised returns),
