@@ -75,7 +75,7 @@ REFERENCE_LABELS: dict[str, str] = {
     "oracle": "oracle (generator's truth, costs and masks on)",
     "regime_rule": "regime rule (filtered HMM: long calm, short volatile)",
     "trend": "trend rule (60-bar momentum, hysteresis, vol target)",
-    "fast_trend": "fast trend (sign of the last 15 bars, every bar)",
+    "fast_trend": "fast trend (sign of the move over the window, up to 15 bars; every bar)",
     "long_etf": "+3x ETF held intraday (agent's rules)",
     "underlying": "underlying bought and held (overnight too, no costs)",
     "flat": "flat (no position)",

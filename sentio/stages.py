@@ -764,7 +764,8 @@ def reference_backtests(
     underlying bought and held, overnight included; no costs); ``trend`` (60-bar momentum
     with hysteresis, sized by the risk budget: enter at |z| > 2, leave when its sign
     turns; the one-bar return summed over the window when ``log_ret_60`` is not a
-    feature); ``fast_trend`` (the sign of the last 15 bars' move, every bar);
+    feature); ``fast_trend`` (the sign of the move over the observation window, up to 15
+    bars, re-decided every bar);
     ``regime_rule`` (with regimes: long in the calm regime, short in the volatile one,
     flat between) and ``oracle`` (synthetic data: the generator's truth).
     """
