@@ -24,20 +24,9 @@ from sentio.env.market import CLOCK_SCALE, LONG
 from sentio.errors import ConfigError
 from sentio.progress import format_progress
 from tests.env_helpers import random_market, realistic_inputs
+from tests.test_training import SMALL as TRAINING_SMALL
 
-SMALL = {
-    "agent.algo": "maskable_ppo",
-    "agent.quantile_critic": False,
-    "agent.regime_gating": False,
-    "agent.extractor": "mlp",
-    "agent.n_steps": 32,
-    "agent.batch_size": 64,
-    "train.n_envs": 4,
-    "train.total_timesteps": 512,
-    "train.checkpoint_every": 100_000,
-    "train.device": "cpu",
-    "env.window": 4,
-}
+SMALL = {**TRAINING_SMALL, "train.total_timesteps": 512, "train.checkpoint_every": 100_000}
 
 
 @pytest.fixture(scope="module")
