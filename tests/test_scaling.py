@@ -142,3 +142,32 @@ def test_progress_line() -> None:
         "ETA 0:00:50, recent episode return -0.200%"
     )
     assert "recent" not in format_progress("x", 0, 10, 0.0, None)
+
+
+@pytest.mark.parametrize("algo", ["maskable_ppo", "sentio_ppo"])
+def test_flat_prior_sets_the_initial_policy(market: Any, algo: str) -> None:
+    """agent.flat_prior = 2: flat with probability e^2 / (e^2 + 4) at the start, for the
+    linear head and for every expert of the regime-gated head alike."""
+    import torch
+    from stable_baselines3.common.utils import obs_as_tensor
+
+    from sentio.agents.training import make_model
+
+    gated = (
+        {"agent.quantile_critic": True, "agent.regime_gating": True} if algo == "sentio_ppo" else {}
+    )
+    cfg = with_overrides(SentioConfig(), {**SMALL, "agent.algo": algo, **gated})
+    env = SentioVecEnv(market, EnvParams.from_config(cfg), [(0, market.n_rows)], 4, seed=0)
+    obs = obs_as_tensor(env.reset(), torch.device("cpu"))
+    flat = env.params.flat_action
+    for prior, want in ((0.0, 1 / 5), (2.0, np.exp(2) / (np.exp(2) + 4))):
+        model = make_model(
+            with_overrides(cfg, {"agent.flat_prior": prior}),
+            env,
+            seed=0,
+            device=torch.device("cpu"),
+        )
+        with torch.no_grad():
+            dist = model.policy.get_distribution(obs, action_masks=np.ones((4, 5), dtype=bool))
+            probs = dist.distribution.probs.numpy()
+        np.testing.assert_allclose(probs[:, flat], want, atol=0.03)
