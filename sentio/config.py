@@ -371,7 +371,21 @@ class MasksConfig(_Section):
     """Risk action-mask layers; each can be switched off."""
 
     session: bool = True
-    no_new_exposure_minutes: int = Field(15, ge=0, le=390)
+    no_new_exposure_minutes: int = Field(
+        15,
+        ge=0,
+        le=390,
+        description="session layer: no new exposure when the fill bar opens within this "
+        "many minutes of its session's close",
+    )
+    opening_minutes: int = Field(
+        15,
+        ge=0,
+        le=390,
+        description="session layer: no new exposure when the fill bar opens less than this "
+        "many minutes after its session's first bar (features that look back across the "
+        "overnight gap are outliers there; 0: off)",
+    )
     risk_budget: bool = True
     target_vol_annual: float = Field(0.6, gt=0.0)
     regime: bool = True

@@ -41,6 +41,7 @@ _PARAM_DEFAULTS: dict[str, Any] = {
     "slippage_vol_mult": 0.0,
     "mask_session": False,
     "no_new_exposure_minutes": 15.0,
+    "opening_minutes": 0.0,
     "mask_risk_budget": False,
     "target_vol_annual": 0.6,
     "mask_regime": False,

@@ -353,6 +353,7 @@ def _random_params(rng: np.random.Generator) -> EnvParams:
         slippage_vol_mult=float(rng.uniform(0, 0.3)),
         mask_session=bool(rng.random() < 0.6),
         no_new_exposure_minutes=float(rng.integers(0, 20)),
+        opening_minutes=float(rng.integers(0, 5)),
         mask_risk_budget=bool(rng.random() < 0.6),
         target_vol_annual=float(rng.uniform(0.5, 4.0)),
         mask_regime=bool(rng.random() < 0.6),
@@ -1027,6 +1028,29 @@ def test_session_layer_blocks_new_exposure_when_the_fill_bar_is_late(runner: typ
 
 
 @both
+def test_session_layer_blocks_new_exposure_in_the_opening_minutes(runner: type) -> None:
+    # two sessions of 6 one-minute bars (rows 0-5 and 6-11); no new exposure while the fill
+    # bar opens less than 3 minutes after its session's first bar
+    ones = np.ones((12, 3))
+    market = hand_market(ones, ones, session=[0] * 6 + [1] * 6)
+    np.testing.assert_array_equal(market.minutes_since_open(), [0, 1, 2, 3, 4, 5] * 2)
+    r = runner(market, make_params(mask_session=True, no_new_exposure_minutes=0, opening_minutes=3))
+    r.reset(0, 11)
+    for t, opening in [(0, True), (1, True), (2, False), (4, False), (5, True), (7, True), (8, False)]:
+        r.set_state(position(market, t, A_FLAT, 10_000.0))
+        blocked = {-1.0: ["session"], -0.5: ["session"], 0.5: ["session"], 1.0: ["session"]}
+        assert r.reasons() == (blocked if opening else {}), t
+    # keeping or closing a position is allowed in the opening minutes; more of it is not
+    r.set_state(position(market, 6, A_LONG_HALF, 10_000.0))
+    assert r.reasons() == {-1.0: ["session"], -0.5: ["session"], 1.0: ["session"]}
+    # 0 switches the opening rule off
+    r = runner(market, make_params(mask_session=True, no_new_exposure_minutes=0, opening_minutes=0))
+    r.reset(0, 11)
+    r.set_state(position(market, 0, A_FLAT, 10_000.0))
+    assert r.reasons() == {}
+
+
+@both
 def test_risk_budget_and_regime_layers(runner: type) -> None:
     market = _mask_market()
     r = runner(market, make_params(mask_risk_budget=True, target_vol_annual=0.6))
@@ -1081,6 +1105,7 @@ mask_settings = st.fixed_dictionaries(
     {
         "mask_session": st.booleans(),
         "no_new_exposure_minutes": st.integers(0, 60).map(float),
+        "opening_minutes": st.integers(0, 8).map(float),
         "mask_risk_budget": st.booleans(),
         "target_vol_annual": st.floats(0.05, 8.0),
         "mask_regime": st.booleans(),
@@ -1374,6 +1399,7 @@ def test_mask_lookup_table_equals_the_rules_it_was_built_from() -> None:
             window=2,
             mask_session=True,
             no_new_exposure_minutes=float(rng.integers(0, 10)),
+            opening_minutes=float(rng.integers(0, 4)),
             mask_risk_budget=True,
             mask_regime=True,
             mask_drawdown=True,

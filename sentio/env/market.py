@@ -92,6 +92,15 @@ class MarketData:
             return np.zeros(self.n_rows, dtype=bool)
         return np.asarray(self.regime_probs.argmax(axis=1) == self.n_regimes - 1)
 
+    def minutes_since_open(self) -> np.ndarray:
+        """``(T,)`` float64 minutes from the start of its session's first row to the start
+        of bar t (0 on a session's first row; the first row stands for the open)."""
+        first = np.ones(self.n_rows, dtype=bool)
+        first[1:] = self.session[1:] != self.session[:-1]
+        start = np.maximum.accumulate(np.where(first, np.arange(self.n_rows), 0))
+        delta = self.timestamps - self.timestamps[start]
+        return delta.astype("timedelta64[us]").astype(np.float64) / 60e6
+
 
 def ewma_vol(close: np.ndarray, halflife: int) -> np.ndarray:
     """Per-bar volatility from close-to-close log returns, EWMA of their squares.

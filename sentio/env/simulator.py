@@ -37,7 +37,8 @@ Masks (which actions are allowed at row t; flat is always allowed) come in named
 each switched by ``env.masks``:
 
 * ``session``: no new exposure (a larger ``|x|`` or another sign) when the fill bar
-  (t+1) opens within ``no_new_exposure_minutes`` of its session's close.
+  (t+1) opens within ``no_new_exposure_minutes`` of its session's close, or less than
+  ``opening_minutes`` after its session's first bar (intraday bars only).
 * ``risk_budget``: ``|x| <= target_vol_annual / (L * vol[t] * sqrt(periods_per_year))``.
 * ``regime``: ``|x| <= high_vol_regime_cap`` while the highest-volatility regime is the
   most likely one.
@@ -111,6 +112,7 @@ class EnvParams:
     slippage_vol_mult: float
     mask_session: bool
     no_new_exposure_minutes: float
+    opening_minutes: float
     mask_risk_budget: bool
     target_vol_annual: float
     mask_regime: bool
@@ -136,6 +138,7 @@ class EnvParams:
             slippage_vol_mult=c.slippage_vol_mult,
             mask_session=m.session,
             no_new_exposure_minutes=float(m.no_new_exposure_minutes),
+            opening_minutes=float(m.opening_minutes),
             mask_risk_budget=m.risk_budget,
             target_vol_annual=m.target_vol_annual,
             mask_regime=m.regime,
@@ -222,8 +225,10 @@ class BatchSimulator:
         if market.minutes_to_close.max(initial=0.0) <= 0.0:  # daily bars
             self._tclose = np.ones_like(self._tclose)
             self._session_minutes = np.full(T, np.inf)
+            since_open = np.full(T, np.inf)
         else:
             self._session_minutes = market.minutes_to_close
+            since_open = market.minutes_since_open()
         # per-(held action, action) tables and per-row arrays the masks and steps gather
         g, ag = self.grid, self.abs_grid
         self._new_exposure = (ag[None, :] > 0) & (
@@ -233,7 +238,10 @@ class BatchSimulator:
         self._regime_over = ag > params.high_vol_regime_cap + 1e-12
         self._nonflat = ag > 0
         nxt = np.minimum(np.arange(T) + 1, max(T - 1, 0))
-        self._late = self._session_minutes[nxt] <= params.no_new_exposure_minutes
+        # the session layer's hours: the fill bar opens near the close or near the open
+        self._late = (self._session_minutes[nxt] <= params.no_new_exposure_minutes) | (
+            since_open[nxt] < params.opening_minutes
+        )
         self._new_session = np.zeros(T, dtype=bool)
         self._new_session[1:] = market.session[1:] != market.session[:-1]
         self._fresh_fill = self._new_session[nxt]  # the fill bar of row t opens a session
@@ -374,7 +382,8 @@ class BatchSimulator:
     ) -> np.ndarray:
         """The mask layers as rules over their discrete inputs, ``(M, A)`` uint8 bits.
 
-        ``late``: the fill bar opens within ``no_new_exposure_minutes`` of the close;
+        ``late``: the fill bar opens within ``no_new_exposure_minutes`` of the close or
+        less than ``opening_minutes`` after the session's first bar;
         ``high_vol``: the highest-volatility regime is the most likely; ``fresh``: the fill
         bar opens the next session; ``level``: the risk-budget level of the row; ``held``:
         the action held; ``warn``: session drawdown >= half the limit; ``tripped``: the

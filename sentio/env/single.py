@@ -125,6 +125,7 @@ class TradingEnv(gym.Env[dict[str, Any], np.int64]):
             self._np_random, self._np_random_seed = seeding.np_random(seed)
         # intraday bars carry minutes to the close; daily bars have 0 everywhere
         self._daily = not bool((market.minutes_to_close > 0).any())
+        self._since_open = market.minutes_since_open()
         self.account: Account | None = None
         self._done = False
 
@@ -196,11 +197,16 @@ class TradingEnv(gym.Env[dict[str, Any], np.int64]):
         return k > 0 and int(np.argmax(self.market.regime_probs[t])) == k - 1
 
     def _fill_bar_is_late(self, t: int) -> bool:
-        """The fill bar t+1 opens within ``no_new_exposure_minutes`` of its session's close."""
+        """The fill bar t+1 opens within ``no_new_exposure_minutes`` of its session's close
+        or less than ``opening_minutes`` after its session's first bar."""
         if self._daily:
             return False
         row = min(t + 1, self.market.n_rows - 1)
-        return float(self.market.minutes_to_close[row]) <= self.params.no_new_exposure_minutes
+        p = self.params
+        return (
+            float(self.market.minutes_to_close[row]) <= p.no_new_exposure_minutes
+            or float(self._since_open[row]) < p.opening_minutes
+        )
 
     def _next_session(self, t: int) -> bool:
         """Whether the fill bar of a decision at row ``t`` starts a new session."""
