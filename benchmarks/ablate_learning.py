@@ -28,12 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SCENARIOS = {
-    "null": {"synth.random_walk": True},
-    "ac03": {"synth.edge_strength": 0.3},
-    "ac01": {"synth.edge_strength": 0.1},
-    "regime": {},
-}
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_learning import SCENARIOS  # noqa: E402  (the same markets as the benchmark)
+
 BEFORE_THE_STUDY = {
     "agent.algo": "maskable_ppo",
     "agent.extractor": "mlp",

@@ -133,7 +133,8 @@ def _f(x: Any, fmt: str = "{:.2f}") -> str:
 def line(fig: dict[str, Any]) -> str:
     """One printed row."""
     a = fig["agent"]
-    oracle = fig["references"].get("oracle", {}).get("sharpe")
+    ora = fig["references"].get("oracle", {})
+    oracle = ora.get("sharpe")
     causal = {
         k: v
         for k, v in fig["references"].items()
@@ -143,7 +144,8 @@ def line(fig: dict[str, Any]) -> str:
     share = a["sharpe"] / oracle if oracle and a["sharpe"] is not None and oracle > 0 else None
     return (
         f"{fig['scenario']:<7}{fig['seed']:>5}  {_f(a['sharpe']):>7} [{_f(a['lower'])}, "
-        f"{_f(a['upper'])}]  {_f(oracle):>7}  {_f(share, '{:.0%}'):>6}  "
+        f"{_f(a['upper'])}]  {_f(oracle):>6} [{_f(ora.get('lower'))}, {_f(ora.get('upper'))}]"
+        f"  {_f(share, '{:.0%}'):>6}  "
         f"{(best or 'n/a'):<12}{_f(causal[best]['sharpe'] if best else None):>7}  "
         f"{a['trades']:>6}  {a['mean_abs_exposure']:.3f}  {fig['steps']:>8,}  "
         f"{fig['train_seconds']:>6.0f}s"
@@ -151,7 +153,8 @@ def line(fig: dict[str, Any]) -> str:
 
 
 HEADER = (
-    f"{'market':<7}{'seed':>5}  {'agent Sharpe [interval]':>24}  {'oracle':>7}  {'share':>6}  "
+    f"{'market':<7}{'seed':>5}  {'agent Sharpe [interval]':>24}  {'oracle [interval]':>20}"
+    f"  {'share':>6}  "
     f"{'best causal':<12}{'Sharpe':>7}  {'trades':>6}  {'|exp|':>5}  {'steps':>8}  {'train':>7}"
 )
 

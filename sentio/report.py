@@ -175,7 +175,9 @@ def stitched_figures(runs: Sequence[dict[str, Any]], cfg: SentioConfig) -> dict[
 
     ``agent``: annualised Sharpe with its stationary-bootstrap interval
     (``report`` settings), total return, trades, mean |exposure held| over the bars;
-    ``references``: each reference policy's stitched Sharpe and total return.
+    ``references``: each reference policy's stitched Sharpe and total return, and for the
+    oracle its Sharpe interval too (whether the market's edge is detectable at all on
+    this many bars after costs).
     """
     frames = [f for f in (load_bars(r) for r in runs) if f is not None and f.height]
     if not frames:
@@ -190,11 +192,15 @@ def stitched_figures(runs: Sequence[dict[str, Any]], cfg: SentioConfig) -> dict[
     for name in REFERENCES:
         parts = [f for f in (load_bars(run, f"reference_{name}") for run in runs) if f is not None]
         if parts:
-            rm = _metrics(stitch(parts), ppy)
+            ref = stitch(parts)
+            rm = _metrics(ref, ppy)
             refs[name] = {
                 "sharpe": _finite(rm.get("sharpe")),
                 "total_return": rm.get("total_return"),
             }
+            if name == "oracle":
+                rci = _intervals(ref["returns"].to_numpy(), ppy, cfg).get("sharpe") or {}
+                refs[name].update(lower=rci.get("lower"), upper=rci.get("upper"))
     return {
         "agent": {
             "sharpe": _finite(m.get("sharpe")),

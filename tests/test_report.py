@@ -287,3 +287,24 @@ def test_comparison_with_the_oracle_and_the_causal_references() -> None:
         "best_causal_sharpe": None,
         "sentence": "",
     }
+
+
+def test_stitched_figures_give_the_oracle_its_interval(tmp_path: Path) -> None:
+    from sentio.report import stitched_figures
+
+    runs = _synthetic_runs(tmp_path, mean=0.0)
+    for run in runs:  # an oracle that makes 5 bp a bar with 1 bp of noise: clearly above 0
+        folder = Path(run["output"]).parent
+        bars = pl.read_ipc(folder / "backtest.feather")
+        rng = np.random.default_rng(run["fold"])
+        r = 5e-4 + rng.normal(0.0, 1e-4, bars.height)
+        _frame(r, bars["timestamp"].to_numpy(), bars["regime"].to_numpy()).write_ipc(
+            folder / "reference_oracle.feather"
+        )
+    fig = stitched_figures(runs, _cfg())
+    oracle = fig["references"]["oracle"]
+    assert 0 < oracle["lower"] <= oracle["sharpe"] <= oracle["upper"]
+    assert "lower" not in fig["references"]["trend"]
+    agent = fig["agent"]  # zero-mean noise: no edge
+    assert agent["lower"] <= 0 <= agent["upper"]
+    assert fig["bars"] == sum(pl.read_ipc(r["output"]).height for r in runs)

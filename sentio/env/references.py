@@ -74,6 +74,17 @@ def _session_dates(market: MarketData) -> np.ndarray:
     )
 
 
+def _true_drift(market: MarketData, truth: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``(mu, known)``, both ``(T,)``: the log drift per bar of the true regime of each
+    row's session (0 where unknown), and whether the truth knows the row's session."""
+    drift = np.array([r["drift_per_bar"] for r in truth["regimes"]], dtype=float)
+    regime_of = truth["session_regime"]
+    dates = _session_dates(market)
+    known = np.array([d in regime_of for d in dates], dtype=bool)
+    k = np.array([regime_of.get(d, 0) for d in dates], dtype=np.int64)
+    return np.where(known, drift[k], 0.0), known
+
+
 def oracle_forecast(market: MarketData, truth: dict[str, Any]) -> np.ndarray:
     """``(T,)``: the true conditional mean, at the close of bar t, of the underlying's log
     return over bar t + 1 (the bar an order decided at t is exposed to).
@@ -88,12 +99,7 @@ def oracle_forecast(market: MarketData, truth: dict[str, Any]) -> np.ndarray:
     """
     rho = float(truth["edge_strength"])
     a = float(truth["intraday_u_shape"])
-    drift = np.array([r["drift_per_bar"] for r in truth["regimes"]], dtype=float)
-    regime_of = truth["session_regime"]
-    dates = _session_dates(market)
-    known = np.array([d in regime_of for d in dates])
-    k = np.array([regime_of.get(d, 0) for d in dates], dtype=np.int64)
-    mu = np.where(known, drift[k], 0.0)
+    mu, known = _true_drift(market, truth)
     sess = market.session
     first = np.r_[True, sess[1:] != sess[:-1]]
     start = np.maximum.accumulate(np.where(first, np.arange(market.n_rows), 0))
@@ -120,12 +126,8 @@ def oracle_policy(params: EnvParams, market: MarketData, truth: dict[str, Any]) 
     """
     m = oracle_forecast(market, truth)
     rho = float(truth["edge_strength"])
-    drift = np.array([r["drift_per_bar"] for r in truth["regimes"]], dtype=float)
-    dates = _session_dates(market)
-    regime_of = truth["session_regime"]
-    mu = np.array([drift[regime_of[d]] if d in regime_of else 0.0 for d in dates])
+    mu, _ = _true_drift(market, truth)
     sess = market.session
-    left = np.zeros(market.n_rows)
     last = np.r_[sess[1:] != sess[:-1], True]
     # bars from t + 1 to the session's last bar (0 on the last bar itself)
     end = np.minimum.accumulate(np.where(last, np.arange(market.n_rows), market.n_rows)[::-1])[::-1]
