@@ -112,11 +112,10 @@ def test_random_walk_shows_no_edge_and_the_agent_stays_out(
             f"95% interval [{ci.lower:.2f}, {ci.upper:.2f}], mean |exposure| {exposure:.3f}, "
             f"total return {total:+.2%}"
         )
-    # no edge is claimed where none exists, and the agent stays out
-    assert ci.lower <= 0
+    # no edge is claimed where none exists, no significant loss either, and the agent
+    # stays out (before env.masks.opening_minutes, maskable_ppo lost here on a dozen trades
+    # entered minutes after the open: interval [-9.7, -1.7])
+    assert ci.lower <= 0 <= ci.upper
     assert np.isfinite(ci.estimate)
     assert exposure < 0.1
-    # Known gap (issue 14, left open): an agent that stays out but makes a dozen losing
-    # trades in the minutes after the open gets a Sharpe interval below 0 on a mostly-zero
-    # series (maskable_ppo, seed 10: 12 trades, -1 %). The loss must stay that small.
     assert total > -0.02
