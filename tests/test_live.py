@@ -382,9 +382,10 @@ def test_signal_json_keys_types_and_start_rule(tf: Trained, tf_bundle: ModelBund
         assert set(m["blocked_by"]) <= set(sig["mask_layers"])
     flat = grid.index(0.0)
     assert sig["mask"][flat]["allowed"]
-    # the session's last bar: its order fills at the next session's open, so the session
-    # layer (no new exposure in the last 15 minutes before the fill) blocks nothing
-    assert not any("session" in m["blocked_by"] for m in sig["mask"])
+    # the session's last bar: its order fills at the next session's open, inside the
+    # opening minutes (env.masks.opening_minutes): the session layer blocks new exposure
+    # (at least one of the largest long and short exposures is new whatever is held)
+    assert any("session" in sig["mask"][grid.index(x)]["blocked_by"] for x in (-1.0, 1.0))
     # 15:50 New York: the fill bar 15:51 opens 9 minutes before the close -- blocked,
     # although the bar after it is not in the bars yet (the calendar knows it)
     late = signal(

@@ -351,14 +351,32 @@ def _gap_bars(t: Trained) -> tuple[pl.DataFrame, pl.DataFrame]:
     return full.filter(pl.col("timestamp") < GAP), full
 
 
+def _closing_rule_only(t: Trained, reg: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paper trading with the bundle's session layer reduced to its closing rule
+    (``env.masks.opening_minutes: 0``): then the session layer blocks the placeholder's
+    late fill at 20:59Z but not a fill at the next session's open, so a 20:59Z that never
+    arrives changes the last row's masks (with the opening rule both fills are blocked)."""
+    import dataclasses
+
+    import sentio.paper as paper_module
+    from sentio.config import with_overrides
+
+    bundle = load_bundle(reg, t.version)
+    patched = dataclasses.replace(
+        bundle, cfg=with_overrides(bundle.cfg, {"env.masks.opening_minutes": 0})
+    )
+    monkeypatch.setattr(paper_module, "load_bundle", lambda *a, **k: patched)
+
+
 def test_a_bar_that_never_arrives_revises_only_the_ledgers_last_row(
-    tf: Trained, tmp_path: Path
+    tf: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The last row is provisional: it was decided with the calendar's next bar (20:59Z, one
     minute before the close); once the next session's bars show that 20:59Z never came, the
     replay re-decides 20:58Z as the session's last bar (flat_at_close, no session mask). The
     ledger takes the recomputed row, says so, and keeps every older row as written."""
     reg = _registry(tf, tmp_path)
+    _closing_rule_only(tf, reg, monkeypatch)
     short, full = _gap_bars(tf)
     first = paper_trade(reg, short, version=tf.version, root=tmp_path)
     assert first["last"] == "2024-01-10T20:58:00Z" and first["revised"] is None
@@ -462,9 +480,12 @@ def test_a_revised_last_row_takes_the_forced_exit_at_the_sessions_close(
     assert after.head(n - 1).equals(before.head(n - 1))
 
 
-def test_cli_paper_prints_a_line_when_the_last_row_is_revised(tf: Trained, tmp_path: Path) -> None:
+def test_cli_paper_prints_a_line_when_the_last_row_is_revised(
+    tf: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     reg = _registry(tf, tmp_path)
     reg.promote(tf.version, "test")
+    _closing_rule_only(tf, reg, monkeypatch)
     short, full = _gap_bars(tf)
     short.write_ipc(tmp_path / "short.feather")
     full.write_ipc(tmp_path / "full.feather")
