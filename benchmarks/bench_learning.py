@@ -19,7 +19,8 @@ Printed per scenario and seed: the agent's stitched annualised Sharpe with its
 stationary-bootstrap interval (``report.ci_level``), the oracle's Sharpe (the
 generator's truth turned into positions; ``n/a`` before it exists), the share of the
 oracle's Sharpe the agent captured, the best causal reference (its name and Sharpe),
-trades, mean |exposure|, environment steps and training time. Targets (issue 14):
+trades, mean |exposure|, environment steps, training time and how many folds stood aside
+(their validation found no edge: ``sentio.agents.selection``). Targets (issue 14):
 
 * null: every interval contains 0 and mean |exposure| < 0.1;
 * ac03: every interval above 0 and the agent's Sharpe at least the best causal reference's;
@@ -119,6 +120,8 @@ def run_one(
         seed=seed,
         steps=sum(int(r["train"]["num_timesteps"]) for r in runs),
         train_seconds=seconds,
+        aside=sum(bool(r["train"]["validation"].get("stands_aside")) for r in runs),
+        folds=len(runs),
     )
     return fig
 
@@ -148,7 +151,7 @@ def line(fig: dict[str, Any]) -> str:
         f"  {_f(share, '{:.0%}'):>6}  "
         f"{(best or 'n/a'):<12}{_f(causal[best]['sharpe'] if best else None):>7}  "
         f"{a['trades']:>6}  {a['mean_abs_exposure']:.3f}  {fig['steps']:>8,}  "
-        f"{fig['train_seconds']:>6.0f}s"
+        f"{fig['train_seconds']:>6.0f}s  {fig['aside']}/{fig['folds']}"
     )
 
 
@@ -156,6 +159,7 @@ HEADER = (
     f"{'market':<7}{'seed':>5}  {'agent Sharpe [interval]':>24}  {'oracle [interval]':>20}"
     f"  {'share':>6}  "
     f"{'best causal':<12}{'Sharpe':>7}  {'trades':>6}  {'|exp|':>5}  {'steps':>8}  {'train':>7}"
+    f"  aside"
 )
 
 

@@ -506,6 +506,22 @@ class TrainConfig(_Section):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: int = Field(10_000, ge=1)
+    validation_fraction: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="share of a fold's training episodes, the latest, held out to choose the "
+        "checkpoint and to decide whether the agent trades at all (0: off; "
+        "sentio.agents.selection)",
+    )
+    validation_every: int = Field(
+        20_000, ge=1, description="environment steps between validation runs of the policy"
+    )
+    validation_min_t: float = Field(
+        2.0,
+        description="the chosen checkpoint's t statistic of per-episode validation returns "
+        "below this: the agent stands aside (stays flat)",
+    )
     tensorboard: bool = False
     max_parallel: int = Field(
         0,

@@ -788,8 +788,12 @@ def signal(
     * ``in_sample``: true when the replay's first bar is at or before the version's
       ``train_end`` (an explicit ``start`` in the training range: the account replays bars
       the model was trained on); false otherwise, and when the manifest records no
-      ``train_end``.
+      ``train_end``;
+    * ``stands_aside``: true when the model's training found no edge on its held-out
+      episodes (:mod:`sentio.agents.selection`): its every decision is flat.
     """
+    from sentio.env.backtest import STAND_ASIDE
+
     frame, derived = bundle.canonical_bars(bars)
     market = bundle.market(frame)
     first = bundle.start_row(market, start)
@@ -844,4 +848,5 @@ def signal(
         "fills": "open of the next bar",
         "note": FILL_NOTE,
         "in_sample": bundle.in_sample(since),
+        "stands_aside": getattr(bundle.model, STAND_ASIDE, None) is not None,
     }

@@ -451,17 +451,87 @@ def _plots(
                 label=f"fold {row['fold']} seed {row['seed']}",
             )
             drawn += 1
-    ax.axhline(0.0, color="grey", linewidth=0.6)
-    ax.set_title(
+    _steps_axes(
+        ax,
         "Learning curve: mean return of the training episodes ended in each rollout"
-        + ("" if drawn else " (no curve recorded)")
+        + ("" if drawn else " (no curve recorded)"),
+        "episode return (raw)",
+        legend=drawn > 0,
     )
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("episode return (raw)")
-    if drawn:
-        ax.legend(loc="best", fontsize=7)
     out["learning_curve"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    drawn = 0
+    for row in folds:
+        val = (row.get("train") or {}).get("validation") or {}
+        hist = val.get("history") or []
+        if not hist:
+            continue
+        (line,) = ax.plot(
+            [h["steps"] for h in hist],
+            [h["sharpe"] for h in hist],
+            marker=".",
+            linewidth=0.9,
+            label=f"fold {row['fold']} seed {row['seed']}"
+            + (" (stood aside)" if val.get("stands_aside") else ""),
+        )
+        best = [h["sharpe"] for h in hist if h["steps"] == val.get("best_steps")]
+        if best:
+            ax.plot([val["best_steps"]], best, marker="*", markersize=11, color=line.get_color())
+        drawn += 1
+    _steps_axes(
+        ax,
+        "Validation: annualised Sharpe on held-out training episodes (star: the saved model)"
+        + ("" if drawn else " (no validation run)"),
+        "Sharpe (held out)",
+        legend=drawn > 0,
+    )
+    out["validation_curve"] = _png(fig)
     return out
+
+
+def _steps_axes(ax: Any, title: str, ylabel: str, *, legend: bool) -> None:
+    """Title, labels, the zero line and the legend of a plot over training steps."""
+    ax.axhline(0.0, color="grey", linewidth=0.6)
+    ax.set_title(title)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel(ylabel)
+    if legend:
+        ax.legend(loc="best", fontsize=7)
+
+
+def validation_rows(folds: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """Per fold and seed: the model selection on the held-out tail of its training rows."""
+    rows: list[list[str]] = []
+    for f in folds:
+        val = (f.get("train") or {}).get("validation") or {}
+        if not val:
+            continue
+        if val.get("skipped"):
+            rows.append(
+                [str(f["fold"]), str(f["seed"]), "", "", "", "", f"skipped: {val['skipped']}"]
+            )
+            continue
+        best: dict[str, Any] = next(
+            (h for h in val.get("history", []) if h["steps"] == val.get("best_steps")), {}
+        )
+        decision = (
+            f"stands aside (t {_fmt(best.get('t'), 2)} < {_fmt(val.get('min_t'), 2)}): flat"
+            if val.get("stands_aside")
+            else "trades"
+        )
+        rows.append(
+            [
+                str(f["fold"]),
+                str(f["seed"]),
+                str(val.get("episodes")),
+                f"{int(val.get('best_steps', 0)):,}",
+                _fmt(best.get("sharpe"), 2),
+                _fmt(best.get("mean_abs_exposure")),
+                decision,
+            ]
+        )
+    return rows
 
 
 # --------------------------------------------------------------------------------------
@@ -879,6 +949,23 @@ def _tables(doc: dict[str, Any]) -> list[_Table]:
             ],
         ),
     ]
+    selection = validation_rows(doc["folds"])
+    if selection:
+        tables.append(
+            _Table(
+                "Model selection on held-out training episodes (train.validation_fraction)",
+                [
+                    "fold",
+                    "seed",
+                    "held-out episodes",
+                    "saved model's steps",
+                    "held-out Sharpe",
+                    "held-out mean abs. exposure",
+                    "decision",
+                ],
+                selection,
+            )
+        )
     if doc.get("ingest"):
         tables.append(_kv_table("Ingest / data quality", doc["ingest"]))
     if doc.get("profile"):
@@ -892,6 +979,7 @@ _PLOT_TITLES = {
     "exposure": "Exposure",
     "fold_sharpe": "Per-fold Sharpe intervals",
     "learning_curve": "Learning curve (training episodes)",
+    "validation_curve": "Validation (held-out training episodes)",
 }
 
 

@@ -1036,7 +1036,15 @@ def test_session_layer_blocks_new_exposure_in_the_opening_minutes(runner: type) 
     np.testing.assert_array_equal(market.minutes_since_open(), [0, 1, 2, 3, 4, 5] * 2)
     r = runner(market, make_params(mask_session=True, no_new_exposure_minutes=0, opening_minutes=3))
     r.reset(0, 11)
-    for t, opening in [(0, True), (1, True), (2, False), (4, False), (5, True), (7, True), (8, False)]:
+    for t, opening in [
+        (0, True),
+        (1, True),
+        (2, False),
+        (4, False),
+        (5, True),
+        (7, True),
+        (8, False),
+    ]:
         r.set_state(position(market, t, A_FLAT, 10_000.0))
         blocked = {-1.0: ["session"], -0.5: ["session"], 0.5: ["session"], 1.0: ["session"]}
         assert r.reasons() == (blocked if opening else {}), t

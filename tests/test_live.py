@@ -403,6 +403,25 @@ def test_signal_json_keys_types_and_start_rule(tf: Trained, tf_bundle: ModelBund
     assert acct["exposure"] == 0.0  # flat at the close (env.flat_at_close)
     assert "open of the next bar" in sig["fills"] and "OPEN" in sig["note"]
     assert sig["in_sample"] is False
+    assert sig["stands_aside"] is False
+
+
+def test_a_model_that_stood_aside_signals_flat(
+    tf: Trained, tf_bundle: ModelBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose validation found no edge (sentio.agents.selection) is flat in the replay."""
+    from sentio.env.backtest import STAND_ASIDE
+
+    flat = EnvParams.from_config(tf.cfg).flat_action
+    market = tf_bundle.market(tf.frame())
+    start = tf_bundle.start_row(market)
+    acting = replay(tf_bundle, market, start, market.n_rows - 1).frame
+    assert (acting["action"] != flat).any()  # the comparison is not between two flat agents
+    monkeypatch.setattr(tf_bundle.model, STAND_ASIDE, flat, raising=False)
+    sig = signal(tf_bundle, tf.frame())
+    assert sig["stands_aside"] is True and sig["action"] == flat
+    aside = replay(tf_bundle, market, start, market.n_rows - 1).frame
+    assert (aside["action"] == flat).all() and (aside["exposure"] == 0).all()
 
 
 def test_signal_of_a_prefix_ignores_later_bars(tf: Trained, tf_bundle: ModelBundle) -> None:

@@ -108,10 +108,37 @@ def _synthetic_runs(
                             }
                             for i in range(1, 6)
                         ],
+                        "validation": _validation_record(fold),
                     },
                 }
             )
     return runs
+
+
+def _validation_record(fold: int) -> dict[str, Any]:
+    """Fold 0 stood aside on its held-out episodes, fold 1 had too few to validate."""
+    if fold == 1:
+        return {"skipped": "2 of the fold's 12 training episodes would be held out"}
+    history = [
+        {"steps": 400, "t": 0.5, "mean_log_return": 1e-4, "sharpe": 1.3, "mean_abs_exposure": 0.02},
+        {
+            "steps": 800,
+            "t": -0.2,
+            "mean_log_return": -1e-5,
+            "sharpe": -0.4,
+            "mean_abs_exposure": 0.1,
+        },
+    ]
+    return {
+        "skipped": None,
+        "min_t": 2.0,
+        "episodes": 7,
+        "periods_per_year": 252.0,
+        "history": history,
+        "best_steps": 400,
+        "best_score": 0.5,
+        "stands_aside": True,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -138,10 +165,19 @@ def test_files_exist_and_summary(noise_report: tuple[Path, dict[str, Any]]) -> N
         "exposure",
         "fold_sharpe",
         "learning_curve",
+        "validation_curve",
     }
     for path in summary["paths"]["plots"].values():
         assert Path(path).read_bytes().startswith(PNG_MAGIC)
     assert summary["n_runs"] == 2 and summary["n_seeds"] == 1 and summary["n_trials"] == 1
+
+
+def test_model_selection_is_reported(noise_report: tuple[Path, dict[str, Any]]) -> None:
+    root, summary = noise_report
+    md = Path(summary["paths"]["markdown"]).read_text()
+    assert "### Model selection on held-out training episodes" in md
+    assert "| 0 | 0 | 7 | 400 | 1.30 | 0.020 | stands aside (t 0.50 < 2.00): flat |" in md
+    assert "| 1 | 0 |  |  |  |  | skipped: 2 of the fold's 12 training episodes" in md
 
 
 def test_metrics_equal_independent_computation(noise_report: tuple[Path, dict[str, Any]]) -> None:
@@ -208,7 +244,7 @@ def test_html_is_self_contained(noise_report: tuple[Path, dict[str, Any]]) -> No
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text)
     assert "<script" not in text and "<link" not in text
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    assert len(images) == 5
+    assert len(images) == 6
     for data in images:
         assert base64.b64decode(data).startswith(PNG_MAGIC)
     assert "Ingest / data quality" in text and "Performance profile" in text

@@ -47,6 +47,7 @@ PLOT_CAPTIONS = {
     "exposure": "Exposure",
     "fold_sharpe": "Per-fold Sharpe intervals",
     "learning_curve": "Learning curve (training episodes)",
+    "validation_curve": "Validation (held-out training episodes)",
 }
 DATA_PNG = "data:image/png;base64,"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -460,7 +461,7 @@ def test_equity_plot_shades_the_regimes(report_html: Path) -> None:
     plots = plot_images(report_html)
     # two regimes in the test data: two light tints behind the lines
     assert shaded_bands(plots["equity"]) >= 2
-    for key in ("drawdown", "exposure", "fold_sharpe", "learning_curve"):
+    for key in ("drawdown", "exposure", "fold_sharpe", "learning_curve", "validation_curve"):
         assert shaded_bands(plots[key]) == 0, key
 
 

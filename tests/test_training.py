@@ -109,8 +109,16 @@ def test_concurrent_trainings_in_one_process_equal_serial_ones(market: Any, tmp_
         assert Path(a.model_path).read_bytes() == Path(b.model_path).read_bytes()
 
 
-def test_killed_training_resumes_to_the_configured_total(market: Any, tmp_path: Path) -> None:
-    """A training killed mid-way (os._exit, no cleanup) continues from its checkpoint."""
+@pytest.mark.parametrize("sessions", [6, 30], ids=["no-holdout", "validated"])
+def test_killed_training_resumes_to_the_configured_total(sessions: int, tmp_path: Path) -> None:
+    """A training killed mid-way (os._exit, no cleanup) continues from its checkpoint.
+
+    With 30 sessions six are held out and the policy is validated every 512 steps: the
+    checkpoint carries the validation record, and the resumed training saves the same
+    best checkpoint as the uninterrupted one.
+    """
+    market = random_market(n_sessions=sessions, session_len=60, seed=1, bar_vol=2e-3)
+    overrides = {"train.validation_every": 512}
     out = tmp_path / "run"
     script = textwrap.dedent(
         f"""
@@ -119,14 +127,14 @@ def test_killed_training_resumes_to_the_configured_total(market: Any, tmp_path: 
         from tests.test_training import small_cfg
         from tests.env_helpers import random_market
         from sentio.agents.training import train_agent
-        market = random_market(n_sessions=6, session_len=60, seed=1, bar_vol=2e-3)
+        market = random_market(n_sessions={sessions}, session_len=60, seed=1, bar_vol=2e-3)
 
         def progress(done, total, *_):
             if done >= 700:  # past the checkpoint at 512: die without any cleanup
                 os._exit(17)
 
-        train_agent(small_cfg(), market, [(0, market.n_rows)], seed=0, out_dir={str(out)!r},
-                    progress=progress)
+        train_agent(small_cfg(**{overrides!r}), market, [(0, market.n_rows)], seed=0,
+                    out_dir={str(out)!r}, progress=progress)
         """
     )
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
@@ -134,12 +142,17 @@ def test_killed_training_resumes_to_the_configured_total(market: Any, tmp_path: 
     assert not (out / "model.zip").exists()
     meta = json.loads((out / "checkpoints" / "checkpoint.json").read_text())
     assert 256 <= meta["num_timesteps"] < 700
-    cfg = small_cfg()
+    if sessions == 30:
+        assert [h["steps"] for h in meta["selection"]["history"]] == [512]
+    else:
+        assert meta["selection"] is None
+    cfg = small_cfg(**overrides)
     result = train_agent(cfg, market, [(0, market.n_rows)], seed=0, out_dir=out)
     assert result.resumed_from == meta["num_timesteps"]
     rollout = cfg.agent.n_steps * cfg.train.n_envs
     assert result.num_timesteps == -(-cfg.train.total_timesteps // rollout) * rollout
-    assert algorithm_class(cfg).load(result.model_path).num_timesteps == result.num_timesteps
+    saved = result.validation["best_steps"] if sessions == 30 else result.num_timesteps
+    assert algorithm_class(cfg).load(result.model_path).num_timesteps == saved
     # ... and ends exactly where the uninterrupted training ends: same weights, same bytes
     whole = train_agent(cfg, market, [(0, market.n_rows)], seed=0, out_dir=tmp_path / "whole")
     assert whole.resumed_from == 0

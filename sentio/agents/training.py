@@ -45,8 +45,10 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
+from sentio.agents.selection import Holdout, Selection, split_validation, validation_returns
 from sentio.config import SentioConfig, training_settings_hash
 from sentio.env import EnvParams, MarketData, SentioVecEnv
+from sentio.env.backtest import STAND_ASIDE
 from sentio.errors import ConfigError, ResourceError
 from sentio.io import atomic_path, write_json_atomic
 
@@ -65,9 +67,12 @@ __all__ = [
 
 CHECKPOINT_NAME = "checkpoint"
 CHECKPOINTS_DIR = "checkpoints"
-CHECKPOINT_FORMAT = 2
-"""Bumped when a checkpoint's content changes (2: the environment's accounts are saved)."""
 """Folder under a training's output folder holding its last checkpoint."""
+CHECKPOINT_FORMAT = 3
+"""Bumped when a checkpoint's content changes (2: the environment's accounts are saved;
+3: the validation record and the best checkpoints, :mod:`sentio.agents.selection`)."""
+BEST_NAME = "best-{steps}.zip"
+"""The policy at ``steps`` when it scored best on validation so far (in ``checkpoints/``)."""
 
 _TRAINING_LOCK = threading.Lock()
 """Held by a training from seeding to its saved model: the process's random state is its own."""
@@ -289,7 +294,11 @@ def _set_rng_state(env: SentioVecEnv, state: dict[str, Any]) -> None:
 
 
 def _save_checkpoint(
-    folder: Path, model: BaseAlgorithm, env: SentioVecEnv, fingerprint: str
+    folder: Path,
+    model: BaseAlgorithm,
+    env: SentioVecEnv,
+    fingerprint: str,
+    selection: Selection | None,
 ) -> None:
     """Write ``checkpoint.zip`` + ``checkpoint.rng`` + ``checkpoint.json`` (the last one last)."""
     save_model(model, folder / f"{CHECKPOINT_NAME}.zip")
@@ -297,13 +306,18 @@ def _save_checkpoint(
         tmp.write_bytes(pickle.dumps(_rng_state(env)))
     write_json_atomic(
         folder / f"{CHECKPOINT_NAME}.json",
-        {"num_timesteps": int(model.num_timesteps), "fingerprint": fingerprint},
+        {
+            "num_timesteps": int(model.num_timesteps),
+            "fingerprint": fingerprint,
+            "selection": None if selection is None else selection.to_dict(),
+        },
     )
 
 
 def _load_checkpoint(
     folder: Path, cfg: SentioConfig, env: SentioVecEnv, fingerprint: str, device: torch.device
-) -> BaseAlgorithm | None:
+) -> tuple[BaseAlgorithm, Selection | None] | None:
+    """The checkpointed model and its validation record, or None (no usable checkpoint)."""
     meta_path = folder / f"{CHECKPOINT_NAME}.json"
     if not meta_path.is_file():
         return None
@@ -317,7 +331,39 @@ def _load_checkpoint(
     # force_reset=False: continue the accounts mid-episode (their state is in the .rng file)
     model = algo.load(folder / f"{CHECKPOINT_NAME}.zip", env=env, device=device, force_reset=False)
     _set_rng_state(env, pickle.loads((folder / f"{CHECKPOINT_NAME}.rng").read_bytes()))
-    return model
+    record = meta.get("selection")
+    return model, None if record is None else Selection.from_dict(record)
+
+
+class _Validator:
+    """Validation runs of one training's policy on its held-out episodes."""
+
+    def __init__(
+        self,
+        folder: Path,
+        market: MarketData,
+        params: EnvParams,
+        holdout: Holdout,
+        selection: Selection,
+        every: int,
+    ) -> None:
+        self.folder = folder
+        self.market = market
+        self.params = params
+        self.holdout = holdout
+        self.selection = selection
+        self.every = every
+
+    def run(self, model: BaseAlgorithm) -> None:
+        """Score the policy at its step count (once); keep it when it is the best so far."""
+        steps = int(model.num_timesteps)
+        if self.selection.evaluated(steps):
+            return
+        h = self.holdout
+        returns, exposure = validation_returns(model, self.market, self.params, h.starts, h.ends)
+        if self.selection.record(steps, returns, exposure):
+            # kept under its step count: a resumed training never confuses two bests
+            save_model(model, self.folder / BEST_NAME.format(steps=steps))
 
 
 class _Checkpoints(BaseCallback):
@@ -331,6 +377,7 @@ class _Checkpoints(BaseCallback):
         total: int,
         fingerprint: str,
         progress: ProgressFn | None,
+        validator: _Validator | None = None,
     ) -> None:
         super().__init__()
         self.folder = folder
@@ -339,12 +386,16 @@ class _Checkpoints(BaseCallback):
         self.total = total
         self.fingerprint = fingerprint
         self.progress = progress
+        self.validator = validator
         self.last = 0
+        self.last_validation = 0
         self.episodes: list[float] = []
         self.curve: list[dict[str, Any]] = []
 
     def _on_training_start(self) -> None:
         self.last = self.model.num_timesteps // self.every
+        if self.validator is not None:
+            self.last_validation = self.model.num_timesteps // self.validator.every
 
     def _on_step(self) -> bool:
         for info in self.locals.get("infos", ()):
@@ -366,10 +417,16 @@ class _Checkpoints(BaseCallback):
             self.progress(int(self.model.num_timesteps), self.total, mean)
 
     def _on_rollout_start(self) -> None:
-        # called before each rollout: the previous update is complete here
+        # called before each rollout: the previous update is complete here; validation
+        # first, so that the checkpoint holds its record
+        v = self.validator
+        if v is not None and self.model.num_timesteps // v.every > self.last_validation:
+            v.run(self.model)
+            self.last_validation = self.model.num_timesteps // v.every
         mark = self.model.num_timesteps // self.every
         if mark > self.last:
-            _save_checkpoint(self.folder, self.model, self.venv, self.fingerprint)
+            selection = None if v is None else v.selection
+            _save_checkpoint(self.folder, self.model, self.venv, self.fingerprint, selection)
             self.last = mark
 
 
@@ -390,6 +447,11 @@ class TrainResult:
     curve: list[dict[str, Any]]
     """Per rollout: steps so far, training episodes that ended in it and their mean raw
     log return (the learning curve; since the resume point for a resumed training)."""
+    validation: dict[str, Any]
+    """The model selection (:mod:`sentio.agents.selection`): ``skipped`` (the reason, or
+    None), and when it ran the held-out ``episodes``, the ``history`` of scores per
+    evaluated step, ``best_steps`` (the saved model's step count), ``best_score`` and
+    ``stands_aside``."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable."""
@@ -447,23 +509,48 @@ def _train(
     np.random.seed(seed % 2**32)
     random.seed(seed)
     params = EnvParams.from_config(cfg)
-    scale = reward_scale(cfg, market, ranges)
-    env = SentioVecEnv(market, params, ranges, cfg.train.n_envs, seed=seed, reward_scale=scale)
+    holdout = split_validation(
+        market,
+        ranges,
+        window=params.window,
+        episode_sessions=params.episode_sessions,
+        fraction=cfg.train.validation_fraction,
+    )
+    train_ranges = holdout.train_ranges if isinstance(holdout, Holdout) else list(ranges)
+    scale = reward_scale(cfg, market, train_ranges)
+    env = SentioVecEnv(
+        market, params, train_ranges, cfg.train.n_envs, seed=seed, reward_scale=scale
+    )
     fingerprint = json.dumps(
         [CHECKPOINT_FORMAT, training_settings_hash(cfg), seed, market.n_rows, list(ranges)]
     )
     ckpt_dir = out / CHECKPOINTS_DIR
     tb = str(out / "tensorboard") if cfg.train.tensorboard else None
-    model = _load_checkpoint(ckpt_dir, cfg, env, fingerprint, device)
+    loaded = _load_checkpoint(ckpt_dir, cfg, env, fingerprint, device)
     resumed_from = 0
-    if model is None:
+    selection: Selection | None = None
+    if loaded is None:
         model = make_model(cfg, env, seed=seed, device=device, tensorboard_log=tb)
     else:
+        model, selection = loaded
         resumed_from = int(model.num_timesteps)
         model.tensorboard_log = tb
+    validator = None
+    if isinstance(holdout, Holdout):
+        if selection is None:
+            selection = Selection(
+                min_t=cfg.train.validation_min_t,
+                episodes=holdout.n_episodes,
+                periods_per_year=252.0 / params.episode_sessions,
+            )
+        validator = _Validator(
+            ckpt_dir, market, params, holdout, selection, cfg.train.validation_every
+        )
     total = cfg.train.total_timesteps
     remaining = max(total - int(model.num_timesteps), 0)
-    callback = _Checkpoints(ckpt_dir, env, cfg.train.checkpoint_every, total, fingerprint, progress)
+    callback = _Checkpoints(
+        ckpt_dir, env, cfg.train.checkpoint_every, total, fingerprint, progress, validator
+    )
     start = time.perf_counter()
     if remaining > 0:
         model.learn(
@@ -472,9 +559,22 @@ def _train(
             reset_num_timesteps=resumed_from == 0,
             progress_bar=False,
         )
-    seconds = time.perf_counter() - start
     done = int(model.num_timesteps)
+    validation: dict[str, Any]
+    if validator is None:
+        validation = {"skipped": holdout if isinstance(holdout, str) else "no holdout"}
+    else:
+        validator.run(model)  # the final policy
+        chosen = validator.selection
+        if chosen.best_steps != done:
+            best = ckpt_dir / BEST_NAME.format(steps=chosen.best_steps)
+            model = algorithm_class(cfg).load(best, device=device)
+        validation = {"skipped": None, **chosen.to_dict()}
+        if chosen.stands_aside:
+            setattr(model, STAND_ASIDE, params.flat_action)  # saved in the zip's data
+    seconds = time.perf_counter() - start
     model.reward_scale = scale  # type: ignore[attr-defined]  # saved in the zip's data
+    model.validation = validation  # type: ignore[attr-defined]
     path = save_model(model, out / "model.zip")
     if progress is not None:
         progress(done, total, None)
@@ -490,4 +590,5 @@ def _train(
         steps_per_second=(done - resumed_from) / seconds if seconds > 0 else 0.0,
         reward_scale=scale,
         curve=callback.curve,
+        validation=validation,
     )

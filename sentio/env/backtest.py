@@ -36,7 +36,8 @@ account's observation (``{"window": (L, F), "state": (S,)}`` float32, see
 :mod:`sentio.env.simulator`) and ``mask`` the ``(A,)`` bool allowed actions; or a
 stable-baselines3 / sb3-contrib model (anything with ``predict``), called with the
 observation batched as one environment (leading axis of 1), ``deterministic=True`` and,
-when its ``predict`` accepts them (MaskablePPO), ``action_masks``. A policy that picks a
+when its ``predict`` accepts them (MaskablePPO), ``action_masks`` (:func:`model_actions`; a
+model whose training stood aside, :data:`STAND_ASIDE`, stays flat). A policy that picks a
 masked action is an error (:class:`MaskedActionError`, naming the row, the action and
 the layers blocking it): the backtest never executes, nor silently replaces, a masked
 action. The reference policies :func:`flat_policy`, :func:`long_etf_policy` and
@@ -79,11 +80,13 @@ __all__ = [
     "Policy",
     "PredictModel",
     "RowPolicy",
+    "STAND_ASIDE",
     "backtest",
     "flat_policy",
     "held_sign",
     "largest_allowed",
     "long_etf_policy",
+    "model_actions",
     "trend_policy",
     "underlying_buy_and_hold",
 ]
@@ -277,6 +280,48 @@ class BacktestResult(BenchmarkResult):
 # policies
 
 
+STAND_ASIDE = "stand_aside_action"
+"""Model attribute (saved in its zip): when an integer, the model's every decision is that
+action (flat): training's validation found no edge (:mod:`sentio.agents.selection`)."""
+
+
+def model_actions(model: PredictModel) -> Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]:
+    """A function of (batched observations ``(n, ...)``, ``(n, A)`` masks) -> ``(n,)`` actions.
+
+    The model is queried with ``deterministic=True`` and, when its ``predict`` accepts
+    them (MaskablePPO, SentioPPO), the masks. A model whose :data:`STAND_ASIDE` attribute
+    is an action index returns that action everywhere without being queried.
+    """
+    aside = getattr(model, STAND_ASIDE, None)
+    if aside is not None:
+        flat = int(aside)
+
+        def stand_aside(obs: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
+            return np.full(masks.shape[0], flat, dtype=np.int64)
+
+        return stand_aside
+    predict = model.predict
+    try:
+        takes_masks = "action_masks" in inspect.signature(predict).parameters
+    except (TypeError, ValueError):  # no signature: try with masks, then without
+        takes_masks = True
+
+    def act(obs: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
+        nonlocal takes_masks
+        if takes_masks:
+            try:
+                action, _ = predict(obs, action_masks=masks, deterministic=True)
+                return np.asarray(action)
+            except TypeError as err:
+                if "action_masks" not in str(err):
+                    raise
+                takes_masks = False
+        action, _ = predict(obs, deterministic=True)
+        return np.asarray(action)
+
+    return act
+
+
 def _action_picker(
     policy: Policy | RowPolicy | PredictModel,
 ) -> Callable[[dict[str, np.ndarray], np.ndarray, int], Any]:
@@ -286,24 +331,10 @@ def _action_picker(
     ``policy(obs, mask, row)`` with the decision row (references that read the market's
     arrays by row, e.g. the oracle of :mod:`sentio.env.references`)."""
     if isinstance(policy, PredictModel) and not isinstance(policy, type):
-        predict = policy.predict
-        try:
-            takes_masks = "action_masks" in inspect.signature(predict).parameters
-        except (TypeError, ValueError):  # no signature: try with masks, then without
-            takes_masks = True
+        act = model_actions(policy)
 
         def pick_model(obs: dict[str, np.ndarray], mask: np.ndarray, row: int) -> Any:
-            nonlocal takes_masks
-            if takes_masks:
-                try:
-                    action, _ = predict(obs, action_masks=mask[None, :], deterministic=True)
-                    return action
-                except TypeError as err:
-                    if "action_masks" not in str(err):
-                        raise
-                    takes_masks = False
-            action, _ = predict(obs, deterministic=True)
-            return action
+            return act(obs, mask[None, :])
 
         return pick_model
     if not callable(policy):
