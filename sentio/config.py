@@ -501,7 +501,7 @@ class AgentConfig(_Section):
 class TrainConfig(_Section):
     """Training budget, seeds, device and checkpoints (train stage)."""
 
-    total_timesteps: int = Field(100_000, ge=1)
+    total_timesteps: int = Field(200_000, ge=1)
     n_envs: int = Field(8, ge=1, le=4096)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -12,6 +12,14 @@ smaller budget: half a year of minute bars, ``BUDGET_STEPS`` steps, no regime mo
 (fitting HMMs is not what is tested here; the regime mask layer needs one, so it is off,
 and ``sentio_ppo`` runs without regime gating). The seeds (market seed 5, training seeds
 10-12) are not among those the defaults were chosen on (``benchmarks/README.md``).
+
+The planted-edge tests check the learner: they train on all of the fold's training rows
+(``train.validation_fraction: 0``), because the default model selection holds out the
+latest fifth of them and needs a t statistic of 2 on the held-out sessions to trade;
+half a year gives it 12 sessions, on which an agent of this budget rarely shows an
+annualised Sharpe above 9 (the benchmark's year-long markets give it about 10-40 per
+fold, and there it beat the trend rule on the 0.3 edge on every seed). The random-walk
+tests run the default, selection included: the agent must stay out and must not lose.
 """
 
 from __future__ import annotations
@@ -56,7 +64,11 @@ EDGE_NEEDED = {"maskable_ppo": 2, "sentio_ppo": 2}
 
 
 def _config(algo: str, *, edge: bool) -> SentioConfig:
-    market = {"synth.edge_strength": 0.3} if edge else {"synth.random_walk": True}
+    market = (
+        {"synth.edge_strength": 0.3, "train.validation_fraction": 0.0}
+        if edge
+        else {"synth.random_walk": True}
+    )
     return with_overrides(SentioConfig(), {**BUDGET, **market, **ALGOS[algo]})
 
 
