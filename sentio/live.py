@@ -56,13 +56,11 @@ provisional (:mod:`sentio.paper`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import json
 import math
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +69,7 @@ import polars as pl
 import yaml
 
 from sentio.config import SentioConfig, config_from_dict
-from sentio.env.backtest import BacktestResult, MaskedActionError, backtest
+from sentio.env.backtest import BacktestResult, MaskedActionError, backtest, one_torch_thread
 from sentio.env.market import LONG, SHORT, MarketData
 from sentio.env.simulator import MASK_LAYERS, BatchSimulator, EnvParams, layer_names
 from sentio.errors import DataError
@@ -360,24 +358,6 @@ class ModelBundle:
                 f"(env.window); the first possible start is {_iso(_py_utc(ts[first_full]))}"
             )
         return row
-
-
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run torch with one intra-op thread inside the block, then restore the setting.
-
-    Live use queries the model one observation at a time: tiny tensors gain nothing from
-    intra-op parallelism, and on a busy machine the extra threads make each query 10x
-    slower (they spin, waiting for cores). The setting is process-wide; restored on exit.
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _verified_json(files: dict[str, bytes], name: str, where: Path) -> Any:

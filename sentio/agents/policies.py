@@ -467,10 +467,18 @@ class SentioActorCriticPolicy(MaskableActorCriticPolicy):
         self, obs: PyTorchObs, action_masks: MaskLike = None
     ) -> MaskableDistribution:
         """The masked action distribution (``predict`` samples from it)."""
+        distribution = self.action_dist.proba_distribution(action_logits=self.actor_logits(obs))
+        if action_masks is not None:
+            distribution.apply_masking(action_masks)
+        return distribution
+
+    def actor_logits(self, obs: PyTorchObs) -> torch.Tensor:
+        """The actor's unmasked float32 logits ``(B, A)``: what :meth:`get_distribution`
+        builds its distribution from (the backtest's fast path reads them directly)."""
         latent_pi = self.mlp_extractor.forward_actor(
             self._features(obs, self.pi_features_extractor)
         )
-        return self._masked_distribution(latent_pi, obs, action_masks)
+        return self.action_logits(latent_pi, self.regime_probabilities(obs))
 
     def predict_critic(self, obs: PyTorchObs) -> torch.Tensor:
         """Critic output of ``obs``: quantiles ``(B, N)`` or values ``(B, 1)`` (float32)."""

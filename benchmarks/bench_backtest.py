@@ -1,0 +1,101 @@
+"""Benchmark: backtest time per bar with the fast deterministic actions vs SB3's ``predict``.
+
+The backtest queries the policy once per bar (the account part of the observation is
+sequential). ``sentio.env.backtest.model_actions`` computes the deterministic action from
+the actor's logits directly; the baseline is the same backtest with every action from
+``model.predict(obs, action_masks=mask, deterministic=True)``. Both run the same model
+(the default configuration's, and Sentio PPO with the transformer and regime gating) over
+the same bars with one torch thread, in one process, alternating, best of ``--repeats``.
+The actions of the two runs must be identical. Target: at least 1.3x faster for each policy.
+
+    .venv/bin/python benchmarks/bench_backtest.py [--sessions 10] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+TARGET = 1.3
+
+
+def _setup(overrides: dict[str, Any], sessions: int) -> tuple[Any, Any, Any, list[tuple[int, int]]]:
+    import torch
+
+    from sentio.agents.training import make_model
+    from sentio.config import SentioConfig, with_overrides
+    from sentio.data.synth import generate
+    from sentio.env import EnvParams, SentioVecEnv, build_market
+    from sentio.features import build_features
+
+    cfg = with_overrides(
+        SentioConfig(),
+        {"synth.years": sessions / 252 + 0.05, "regimes.enabled": False, **overrides},
+    )
+    bars = generate(cfg).bars
+    market = build_market(bars, build_features(bars, cfg), None, cfg)
+    params = EnvParams.from_config(cfg)
+    env = SentioVecEnv(market, params, [(0, market.n_rows)], 2, seed=0)
+    model = make_model(cfg, env, seed=0, device=torch.device("cpu"))
+    last = market.n_rows
+    first = max(0, last - sessions * 390)
+    return model, market, params, [(first, last)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sessions", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    import numpy as np
+
+    import sentio.env.backtest as bt
+
+    variants = {
+        "maskable_ppo mlp (default)": {"env.masks.regime": False},
+        "sentio_ppo transformer": {
+            "agent.algo": "sentio_ppo",
+            "agent.extractor": "transformer",
+            "agent.quantile_critic": True,
+            "agent.regime_gating": False,
+            "env.masks.regime": False,
+            "env.window": 32,
+        },
+    }
+    direct = bt._direct_actions
+    ok = True
+    print(f"{'policy':<28}{'bars':>8}{'predict ms/bar':>16}{'fast ms/bar':>13}{'ratio':>8}")
+    for name, overrides in variants.items():
+        model, market, params, rows = _setup(overrides, args.sessions)
+        best = {"fast": float("inf"), "predict": float("inf")}
+        actions: dict[str, Any] = {}
+        for _ in range(args.repeats):
+            for mode in ("predict", "fast"):
+                bt._direct_actions = direct if mode == "fast" else (lambda model: None)
+                start = time.perf_counter()
+                res = bt.backtest(model, market, params, rows)
+                best[mode] = min(best[mode], time.perf_counter() - start)
+                actions[mode] = res.actions
+        bt._direct_actions = direct
+        same = bool(np.array_equal(actions["fast"], actions["predict"]))
+        n = int(actions["fast"].size)
+        ratio = best["predict"] / best["fast"]
+        print(
+            f"{name:<28}{n:>8,}{1000 * best['predict'] / n:>16.3f}"
+            f"{1000 * best['fast'] / n:>13.3f}{ratio:>7.1f}x"
+            + ("" if same else "  ACTIONS DIFFER")
+        )
+        ok = ok and same and ratio >= TARGET
+    print(f"target: at least {TARGET:.1f}x, identical actions -> {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
