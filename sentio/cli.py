@@ -389,8 +389,10 @@ def _print_run(record: dict[str, Any]) -> None:
     for run in (record["stages"].get("train") or {}).get("runs") or []:
         m = run["metrics"]
         sharpe = m.get("sharpe")
+        aside = (run["train"].get("validation") or {}).get("stands_aside")
         typer.echo(
-            f"train: fold {run['fold']} seed {run['seed']}: {run['train']['num_timesteps']} steps; "
+            f"train: fold {run['fold']} seed {run['seed']}: {run['train']['num_timesteps']} steps"
+            f"{' (stood aside: no edge on its held-out episodes)' if aside else ''}; "
             f"out of sample {run['test_bars']} bars, Sharpe "
             f"{'n/a' if sharpe is None else f'{sharpe:.2f}'}, {run['n_trades']} trades: "
             f"{run['model']}"
