@@ -500,6 +500,19 @@ def _steps_axes(ax: Any, title: str, ylabel: str, *, legend: bool) -> None:
         ax.legend(loc="best", fontsize=7)
 
 
+def stood_aside(folds: Sequence[dict[str, Any]]) -> str:
+    """A sentence on the trainings whose model selection kept them flat ('' when none)."""
+    vals = [(f.get("train") or {}).get("validation") or {} for f in folds]
+    aside = [v for v in vals if v.get("stands_aside")]
+    if not aside:
+        return ""
+    return (
+        f"The agent stood aside (stayed flat) in {len(aside)} of {len(folds)} trainings: "
+        f"no checkpoint reached a t statistic of {aside[0].get('min_t', 0):g} on the "
+        "held-out end of their training rows (Model selection table)."
+    )
+
+
 def validation_rows(folds: Sequence[dict[str, Any]]) -> list[list[str]]:
     """Per fold and seed: the model selection on the held-out tail of its training rows."""
     rows: list[list[str]] = []
@@ -793,6 +806,10 @@ def build_report(
         path.write_bytes(png)
         plot_paths[name] = str(path)
 
+    compared = comparison(head_metrics.get("sharpe"), ref_results)
+    aside = stood_aside(folds)
+    if aside:
+        compared["sentence"] += " " + aside
     headline = {
         "series": "seed ensemble" if len(seeds) > 1 else f"seed {seeds[0]}",
         "metrics": metrics_to_json(head_metrics),
@@ -806,7 +823,7 @@ def build_report(
         "ci_level": level,
         "edge": edge,
         "verdict": sentence,
-        "comparison": comparison(head_metrics.get("sharpe"), ref_results),
+        "comparison": compared,
     }
     doc = _clean(
         {

@@ -178,6 +178,11 @@ def test_model_selection_is_reported(noise_report: tuple[Path, dict[str, Any]]) 
     assert "### Model selection on held-out training episodes" in md
     assert "| 0 | 0 | 7 | 400 | 1.30 | 0.020 | stands aside (t 0.50 < 2.00): flat |" in md
     assert "| 1 | 0 |  |  |  |  | skipped: 2 of the fold's 12 training episodes" in md
+    # the line under the verdict says it too (and so the CLI and the Prefect artifact)
+    assert summary["comparison"].endswith(
+        "The agent stood aside (stayed flat) in 1 of 2 trainings: no checkpoint reached a t "
+        "statistic of 2 on the held-out end of their training rows (Model selection table)."
+    )
 
 
 def test_metrics_equal_independent_computation(noise_report: tuple[Path, dict[str, Any]]) -> None:
