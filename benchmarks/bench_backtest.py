@@ -89,8 +89,7 @@ def main() -> int:
         ratio = best["predict"] / best["fast"]
         print(
             f"{name:<28}{n:>8,}{1000 * best['predict'] / n:>16.3f}"
-            f"{1000 * best['fast'] / n:>13.3f}{ratio:>7.1f}x"
-            + ("" if same else "  ACTIONS DIFFER")
+            f"{1000 * best['fast'] / n:>13.3f}{ratio:>7.1f}x" + ("" if same else "  ACTIONS DIFFER")
         )
         ok = ok and same and ratio >= TARGET
     print(f"target: at least {TARGET:.1f}x, identical actions -> {'PASS' if ok else 'FAIL'}")

@@ -120,7 +120,7 @@ def run_one(
         seed=seed,
         steps=sum(int(r["train"]["num_timesteps"]) for r in runs),
         train_seconds=seconds,
-        aside=sum(bool(r["train"]["validation"].get("stands_aside")) for r in runs),
+        aside=sum(bool((r["train"].get("validation") or {}).get("stands_aside")) for r in runs),
         folds=len(runs),
     )
     return fig

@@ -654,6 +654,7 @@ TRAIN_MODULES = (
     "sentio.stages",
     "sentio.agents",
     "sentio.agents.training",
+    "sentio.agents.selection",
     "sentio.agents.extractors",
     "sentio.agents.policies",
     "sentio.agents.sentio_ppo",

@@ -88,3 +88,16 @@ def test_one_torch_thread_restores_the_setting() -> None:
     with one_torch_thread():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_non_finite_logits_are_an_error_as_in_predict() -> None:
+    model, market, params = _model("maskable_ppo")
+    with torch.no_grad():
+        next(iter(model.policy.action_net.parameters())).fill_(float("nan"))
+    env = SentioVecEnv(market, params, [(0, market.n_rows)], 4, seed=3)
+    obs = env.reset()
+    masks = np.ones((4, params.n_actions), dtype=bool)
+    with pytest.raises(ValueError):
+        model.predict(obs, action_masks=masks, deterministic=True)
+    with pytest.raises(ValueError, match="not finite"):
+        model_actions(model)(obs, masks)

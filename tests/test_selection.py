@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,25 @@ def test_validation_returns_equal_one_backtest_per_episode(market: Any) -> None:
         assert exposure[i] == pytest.approx(np.abs(bt.exposure).mean(), abs=1e-12)
         traded += int(bt.trades.height > 0)
     assert traded >= 3  # the comparison is not between two flat accounts
+
+
+def test_episodes_of_unequal_length_run_to_the_end_of_the_data() -> None:
+    """Two-session episodes with a one-session episode last, ending at the last row: the
+    short episode's account is parked, ends again while the others run, and never steps
+    past the data (a review found it did, an IndexError)."""
+    market = random_market(n_sessions=31, session_len=60, seed=2, bar_vol=5e-4)
+    params = dataclasses.replace(EnvParams.from_config(small_cfg()), episode_sessions=2)
+    hold = split_validation(
+        market, [(0, market.n_rows)], window=4, episode_sessions=2, fraction=0.4
+    )
+    assert isinstance(hold, Holdout)
+    lengths = hold.ends - hold.starts
+    assert hold.ends[-1] == market.n_rows - 1 and lengths[-1] < lengths[0] / 1.5
+    model = _SignModel(params)
+    log_ret, _ = validation_returns(model, market, params, hold.starts, hold.ends)
+    for i, (s, e) in enumerate(zip(hold.starts, hold.ends, strict=True)):
+        bt = backtest(model, market, params, [(int(s), int(e) + 1)])
+        assert log_ret[i] == pytest.approx(math.log(bt.equity[-1] / bt.initial_equity), abs=1e-12)
 
 
 def test_a_stand_aside_model_stays_flat(market: Any) -> None:

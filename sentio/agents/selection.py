@@ -5,7 +5,9 @@ With more steps PPO fits the noise of a fold's finite training rows as readily a
 lost significantly on a random walk). So the latest ``train.validation_fraction`` of the
 fold's training episodes are held out (:func:`split_validation`): the agent never trains
 on them, the reward scale is computed without them, and they lie before the fold's test
-block in a walk-forward split (the test block is never read). Every
+block in a walk-forward split (the test block is never read; the fold's feature normaliser and regime model are fitted
+on all of its training rows, the held-out tail included: the agent's weights are what
+the holdout keeps clean). Every
 ``train.validation_every`` steps and at the end of training, the current policy is run
 deterministically over every held-out episode at once (:func:`validation_returns`: one
 account per episode of the training simulator in backtest mode, with the same fills, costs,
@@ -32,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from sentio.env.backtest import MaskedActionError, PredictModel, model_actions
+from sentio.env.backtest import MaskedActionError, PredictModel, model_actions, one_torch_thread
 from sentio.env.episodes import candidate_episodes
 from sentio.env.market import MarketData
 from sentio.env.simulator import BatchSimulator, EnvParams
@@ -87,6 +89,7 @@ def split_validation(
     """
     if fraction <= 0:
         return "train.validation_fraction is 0"
+    ranges = sorted((int(a), int(b)) for a, b in ranges)
     starts, ends = candidate_episodes(
         market, ranges, window=window, episode_sessions=episode_sessions
     )
@@ -100,7 +103,7 @@ def split_validation(
     if k >= n:
         return f"no training episode would be left (train.validation_fraction = {fraction})"
     cut = int(starts[n - k])
-    train = [(int(a), min(int(b), cut)) for a, b in ranges if int(a) < cut]
+    train = [(a, min(b, cut)) for a, b in ranges if a < cut]
     return Holdout(train_ranges=train, starts=starts[n - k :].copy(), ends=ends[n - k :].copy())
 
 
@@ -114,8 +117,12 @@ def validation_returns(
     """Per held-out episode: the deterministic policy's log return and its mean |exposure|.
 
     All episodes run at once, one account each, in backtest mode (the breaker keeps an
-    account flat until its episode ends). An account whose episode has ended is parked
-    (stepped flat on a copy of its own episode) and its figures are frozen.
+    account flat until its episode ends), with one torch thread. An account whose episode
+    has ended is parked (stepped flat on its own episode again, reset whenever it ends)
+    and its figures are frozen. The policy is queried on the whole batch at once: where
+    two actions are within rounding of each other, a one-row query (the backtest's) may
+    pick the other one, so a validation figure can differ slightly from a backtest of
+    the same model on the same episodes.
 
     Raises:
         MaskedActionError: the policy chose a masked action (as in the backtest).
@@ -126,6 +133,19 @@ def validation_returns(
     sim.reset(which, starts, ends)
     act = model_actions(model)
     flat = params.flat_action
+    with one_torch_thread():
+        return _run(sim, act, params, starts, ends, flat)
+
+
+def _run(
+    sim: BatchSimulator,
+    act: Any,
+    params: EnvParams,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    flat: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    n = int(starts.size)
     log_ret = np.zeros(n)
     exposure = np.zeros(n)
     bars = np.zeros(n)
@@ -144,12 +164,15 @@ def validation_returns(
         res = sim.step(np.where(live, actions, flat))
         exposure += np.where(live, np.abs(res.exposure), 0.0)
         bars += live
-        done = live & (res.terminated | res.truncated)
+        ended = res.terminated | res.truncated
+        done = live & ended
         if done.any():
             idx = np.flatnonzero(done)
             log_ret[idx] = np.log(np.maximum(res.equity[idx], 1e-300) / params.initial_cash)
             live[idx] = False
-            sim.reset(idx, starts[idx], ends[idx])  # parked: stepped flat from here on
+        if ended.any():  # parked (again): stepped flat on its own episode, never past its end
+            idx = np.flatnonzero(ended)
+            sim.reset(idx, starts[idx], ends[idx])
     return log_ret, exposure / np.maximum(bars, 1)
 
 

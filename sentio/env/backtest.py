@@ -405,6 +405,10 @@ def _direct_actions(
         with torch.no_grad():
             t = {k: torch.as_tensor(v, device=device) for k, v in obs.items()}
             z = logits_of(t)
+            if not bool(torch.isfinite(z).all()):  # predict's Categorical refuses them too
+                raise ValueError(
+                    "the policy's action logits are not finite (NaN or infinite weights?)"
+                )
             z = z - z.logsumexp(dim=-1, keepdim=True)  # torch.distributions.Categorical
             if takes_masks:  # sb3-contrib's MaskableCategorical.apply_masking
                 m = torch.as_tensor(masks, dtype=torch.bool, device=device).reshape(z.shape)
