@@ -3,7 +3,7 @@
 Market: the one of ``bench_env.py``: one year of synthetic one-minute bars
 (``sentio.data.synth.generate``, seed 11, QQQ and derived TQQQ/SQQQ), features of the
 default ``SentioConfig()``, random regime probabilities (Dirichlet(1), seeded, one column
-per ``regimes.n_states``), default trading model (window 32, every mask layer on, costs,
+per ``regimes.n_states``), default trading model (window ``env.window``, 4 by default; every mask layer on, costs,
 flat at the close). Episodes of the CPU runs: one session (the default), sampled from
 the whole market.
 
@@ -34,8 +34,8 @@ other): compare runs whose load averages are low.
   steps on a throwaway model with n_steps 8 (same networks, same environments): it pays
   the first-call costs without a 16,384-step rollout.
 * sentio ``sentio_ppo`` transformer: ``SentioConfig`` defaults (quantile critic, regime
-  gating on the random regime probabilities, transformer d_model 32, 2 layers, window
-  32), ``train.device = "cpu"``. Warm-up: one rollout. Timed: ``--transformer-steps``
+  gating on the random regime probabilities, transformer d_model 32, 2 layers, the
+  default window), ``train.device = "cpu"``. Warm-up: one rollout. Timed: ``--transformer-steps``
   (8,192 = 4 rollouts). Printed, no target.
 
 Target: sentio MLP rate >= 3x the baseline rate, measured side by side.
