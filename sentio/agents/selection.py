@@ -5,9 +5,9 @@ With more steps PPO fits the noise of a fold's finite training rows as readily a
 lost significantly on a random walk). So the latest ``train.validation_fraction`` of the
 fold's training episodes are held out (:func:`split_validation`): the agent never trains
 on them, the reward scale is computed without them, and they lie before the fold's test
-block in a walk-forward split (the test block is never read; the fold's feature normaliser and regime model are fitted
-on all of its training rows, the held-out tail included: the agent's weights are what
-the holdout keeps clean). Every
+block in a walk-forward split (the test block is never read; the fold's feature
+normaliser and regime model are fitted on all of its training rows, the held-out tail
+included: the agent's weights are what the holdout keeps clean). Every
 ``train.validation_every`` steps and at the end of training, the current policy is run
 deterministically over every held-out episode at once (:func:`validation_returns`: one
 account per episode of the training simulator in backtest mode, with the same fills, costs,
@@ -127,25 +127,17 @@ def validation_returns(
     Raises:
         MaskedActionError: the policy chose a masked action (as in the backtest).
     """
-    n = int(starts.size)
-    sim = BatchSimulator(market, params, n, backtest=True)
-    which = np.arange(n)
-    sim.reset(which, starts, ends)
-    act = model_actions(model)
-    flat = params.flat_action
     with one_torch_thread():
-        return _run(sim, act, params, starts, ends, flat)
+        return _run(model_actions(model), market, params, starts, ends)
 
 
 def _run(
-    sim: BatchSimulator,
-    act: Any,
-    params: EnvParams,
-    starts: np.ndarray,
-    ends: np.ndarray,
-    flat: int,
+    act: Any, market: MarketData, params: EnvParams, starts: np.ndarray, ends: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     n = int(starts.size)
+    flat = params.flat_action
+    sim = BatchSimulator(market, params, n, backtest=True)
+    sim.reset(np.arange(n), starts, ends)
     log_ret = np.zeros(n)
     exposure = np.zeros(n)
     bars = np.zeros(n)

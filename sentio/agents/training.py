@@ -335,24 +335,16 @@ def _load_checkpoint(
     return model, None if record is None else Selection.from_dict(record)
 
 
+@dataclass
 class _Validator:
     """Validation runs of one training's policy on its held-out episodes."""
 
-    def __init__(
-        self,
-        folder: Path,
-        market: MarketData,
-        params: EnvParams,
-        holdout: Holdout,
-        selection: Selection,
-        every: int,
-    ) -> None:
-        self.folder = folder
-        self.market = market
-        self.params = params
-        self.holdout = holdout
-        self.selection = selection
-        self.every = every
+    folder: Path
+    market: MarketData
+    params: EnvParams
+    holdout: Holdout
+    selection: Selection
+    every: int
 
     def run(self, model: BaseAlgorithm) -> None:
         """Score the policy at its step count (once); keep it when it is the best so far."""

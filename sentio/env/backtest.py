@@ -299,8 +299,9 @@ def model_actions(
     categorical distribution's mode (normalise, mask with -1e8, normalise, softmax,
     argmax), without building distribution objects, converting observations through SB3
     or switching the policy's mode on every call: the default MLP's backtest takes half
-    the time per bar (``benchmarks/bench_backtest.py``). A model whose :data:`STAND_ASIDE` attribute is an
-    action index returns that action everywhere without being queried.
+    the time per bar (``benchmarks/bench_backtest.py``). A model whose
+    :data:`STAND_ASIDE` attribute is an action index returns that action everywhere
+    without being queried.
     """
     aside = getattr(model, STAND_ASIDE, None)
     if aside is not None:
