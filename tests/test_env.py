@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 import polars as pl
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,6 +40,7 @@ from sentio.env import (
 from sentio.env.market import CLOCK_SCALE
 from sentio.env.simulator import TERMINATION
 from sentio.env.single import Account
+from sentio.env.torch_simulator import TorchSimulator
 from sentio.errors import DataError
 from sentio.evaluation import periods_per_year
 from sentio.features.normalise import UNNORMALISED_COLUMNS
@@ -170,7 +172,61 @@ class Batch:
         )
 
 
-RUNNERS = [Single, Batch]
+class Torch(Batch):
+    """A one-account :class:`TorchSimulator` (CPU) through the same interface."""
+
+    name = "torch"
+
+    def __init__(self, market: MarketData, params: EnvParams, backtest: bool = False) -> None:
+        self.torch_sim = TorchSimulator(market, params, 1, backtest=backtest)
+        self.params = params
+
+    @property
+    def sim(self) -> Any:  # the account arrays as numpy, for Batch's state/set_state
+        return _NumpyView(self.torch_sim)
+
+    def reset(self, start: int, end: int, equity: float | None = None) -> dict[str, np.ndarray]:
+        self.torch_sim.reset(torch.tensor([start]), torch.tensor([end]), equity=equity)
+        return self.observe()
+
+    def step(self, a: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        res = self.torch_sim.step(torch.tensor([a]))
+        info = {
+            "equity": float(res.equity[0]),
+            "exposure": float(res.exposure[0]),
+            "costs": float(res.costs[0]),
+            "traded_notional": float(res.traded_notional[0]),
+            "termination": TERMINATION[int(res.termination[0])],
+        }
+        return (
+            self.observe(),
+            float(res.reward[0]),
+            bool(res.terminated[0]),
+            bool(res.truncated[0]),
+            info,
+        )
+
+    def observe(self) -> dict[str, np.ndarray]:
+        return {k: v[0].numpy() for k, v in self.torch_sim.observe().items()}
+
+    def masks(self) -> np.ndarray:
+        return self.torch_sim.action_masks()[0].numpy()
+
+    def reasons(self) -> dict[float, list[str]]:
+        row = self.torch_sim.blocked_layers()[0].numpy()
+        return {float(self.params.grid[a]): layer_names(int(row[a])) for a in np.flatnonzero(row)}
+
+
+class _NumpyView:
+    """The torch simulator's accounts as numpy arrays sharing the CPU tensors' memory
+    (writes reach the simulator)."""
+
+    def __init__(self, sim: TorchSimulator) -> None:
+        for name in sim.ACCOUNT_STATE:
+            setattr(self, name, getattr(sim, name).numpy())
+
+
+RUNNERS = [Single, Batch, Torch]
 both = pytest.mark.parametrize("runner", RUNNERS, ids=lambda r: r.name)
 
 

@@ -266,20 +266,7 @@ class BatchSimulator:
         n_rows, n_acct = 8 * self._n_levels, 8 * params.n_actions
         self._lut: np.ndarray | None = None
         if n_rows * n_acct * params.n_actions <= 4_000_000:
-            r = np.repeat(np.arange(n_rows), n_acct)
-            c = np.tile(np.arange(n_acct), n_rows)
-            level, rest = r % self._n_levels, r // self._n_levels
-            bits = self._rule_bits(
-                late=(rest // 4).astype(bool),
-                high_vol=((rest // 2) % 2).astype(bool),
-                fresh=(rest % 2).astype(bool),
-                level=level,
-                held=c // 8,
-                warn=((c // 4) % 2).astype(bool),
-                tripped=((c // 2) % 2).astype(bool),
-                young=(c % 2).astype(bool),
-            )
-            self._lut = bits.reshape(n_rows, n_acct, params.n_actions)
+            self._lut = self.mask_table()
         self.t = np.zeros(n, dtype=np.int64)
         self.end = np.zeros(n, dtype=np.int64)
         self.cash = np.zeros(n)
@@ -410,6 +397,51 @@ class BatchSimulator:
             out |= (young[:, None] & self._switch[held]) * b["min_hold"]
         out[:, self.flat] = 0  # flat is always allowed
         return out
+
+    def mask_table(self) -> np.ndarray:
+        """The mask layers as a lookup table ``(8 L, 8 A, A)`` uint8 (``L`` risk levels).
+
+        Row code ``((late * 2 + high_vol) * 2 + fresh) * L + level`` (per market row:
+        ``row_code``), account code ``((held * 2 + warn) * 2 + tripped) * 2 + young``; the
+        entry is :meth:`_rule_bits` of those inputs. :meth:`blocked_layers` reads it when
+        it is small enough; the device simulator always does.
+        """
+        n_rows, n_acct = 8 * self._n_levels, 8 * self.p.n_actions
+        r = np.repeat(np.arange(n_rows), n_acct)
+        c = np.tile(np.arange(n_acct), n_rows)
+        level, rest = r % self._n_levels, r // self._n_levels
+        bits = self._rule_bits(
+            late=(rest // 4).astype(bool),
+            high_vol=((rest // 2) % 2).astype(bool),
+            fresh=(rest % 2).astype(bool),
+            level=level,
+            held=c // 8,
+            warn=((c // 4) % 2).astype(bool),
+            tripped=((c // 2) % 2).astype(bool),
+            young=(c % 2).astype(bool),
+        )
+        return bits.reshape(n_rows, n_acct, self.p.n_actions)
+
+    def step_arrays(self) -> dict[str, np.ndarray]:
+        """The read-only arrays :meth:`step`, :meth:`observe` and the masks gather from.
+
+        Per market row: ``open`` / ``close`` (flattened ``(T * 3,)``, index ``t * 3 +
+        instrument``), ``cost_rate``, ``new_session``, ``last_bar``, ``time_to_close`` and
+        ``row_code`` (the row's code in :meth:`mask_table`); per grid action:
+        ``target_inst`` and ``abs_grid``. For another implementation of the same model
+        (:mod:`sentio.env.torch_simulator`), so that both read identical numbers.
+        """
+        return {
+            "open": self._open_flat,
+            "close": self._close_flat,
+            "cost_rate": self._cost_rate,
+            "new_session": self._new_session,
+            "last_bar": self.market.last_bar,
+            "time_to_close": self._tclose,
+            "row_code": self._row_code,
+            "target_inst": self._target_inst,
+            "abs_grid": self.abs_grid,
+        }
 
     def blocked_layers(self) -> np.ndarray:
         """``(N, A)`` uint8: for each account and action, the bits of the layers blocking it."""
