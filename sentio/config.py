@@ -480,8 +480,17 @@ class AgentConfig(_Section):
         "uniform initial policy); an agent then has to earn its way into positions",
     )
     learning_rate: float = Field(3e-4, gt=0.0, lt=1.0)
-    n_steps: int = Field(256, ge=8)
-    batch_size: int = Field(256, ge=2)
+    n_steps: int | Literal["auto"] = Field(
+        "auto",
+        description="steps per environment in one rollout; 'auto': 2,048 env steps per "
+        "update spread over train.n_envs on the CPU (32 at 64 environments), 16 on a GPU "
+        "(sentio.agents.training.rollout_shape)",
+    )
+    batch_size: int | Literal["auto"] = Field(
+        "auto",
+        description="minibatch size of the update; 'auto': 256 on the CPU, a quarter of "
+        "the rollout on a GPU (4 minibatches per epoch)",
+    )
     n_epochs: int = Field(4, ge=1)
     gamma: float = Field(0.5, gt=0.0, le=1.0)
     gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
@@ -502,7 +511,17 @@ class TrainConfig(_Section):
     """Training budget, seeds, device and checkpoints (train stage)."""
 
     total_timesteps: int = Field(200_000, ge=1)
-    n_envs: int = Field(8, ge=1, le=4096)
+    n_envs: int | Literal["auto"] = Field(
+        "auto",
+        description="training environments stepped at once; 'auto': 64 on the CPU, 4,096 "
+        "on a GPU",
+    )
+    rollout: Literal["device", "sb3"] = Field(
+        "device",
+        description="'device': the accounts, rollouts and updates stay tensors on the "
+        "training device (sentio.agents.device_rollout); 'sb3': SB3's own loop over the "
+        "numpy environment (the reference path)",
+    )
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: int = Field(10_000, ge=1)
@@ -646,6 +665,16 @@ class SentioConfig(_Section):
                 raise ValueError(
                     f"agent.d_model ({a.d_model}) must be divisible by agent.n_heads ({a.n_heads})"
                 )
+        for name, value, low, high in (
+            ("agent.n_steps", a.n_steps, 8, None),
+            ("agent.batch_size", a.batch_size, 2, None),
+            ("train.n_envs", self.train.n_envs, 1, 65_536),
+        ):
+            if value != "auto" and not (low <= value and (high is None or value <= high)):
+                bound = f"between {low} and {high}" if high else f"at least {low}"
+                raise ValueError(f"{name} must be 'auto' or {bound}, got {value}")
+        if "auto" in (a.n_steps, a.batch_size, self.train.n_envs):
+            return self  # checked when the device is known (training.rollout_shape)
         rollout = a.n_steps * self.train.n_envs
         if a.batch_size > rollout:
             raise ValueError(

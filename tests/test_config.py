@@ -121,7 +121,12 @@ def test_messages_name_the_field_and_allowed_values(data: dict, pattern: str) ->
             {"agent": {"extractor": "transformer", "d_model": 30, "n_heads": 4}},
             r"d_model \(30\) must be divisible by agent\.n_heads \(4\)",
         ),
-        ({"agent": {"batch_size": 10_000}}, r"batch_size \(10000\) exceeds the rollout size"),
+        (
+            {"agent": {"batch_size": 10_000, "n_steps": 32}, "train": {"n_envs": 8}},
+            r"batch_size \(10000\) exceeds the rollout size",
+        ),
+        ({"train": {"n_envs": 0}}, r"train\.n_envs must be 'auto' or between 1 and 65536"),
+        ({"agent": {"n_steps": 4}}, r"agent\.n_steps must be 'auto' or at least 8"),
         (
             {"synth": {"random_walk": True, "edge_strength": 0.1}},
             r"random_walk=true means no edge exists",

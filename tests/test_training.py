@@ -14,8 +14,12 @@ import pytest
 import torch
 
 from sentio.agents.training import (
+    CPU_ROLLOUT,
+    GPU_ROLLOUT,
+    RolloutShape,
     algorithm_class,
     resolve_device,
+    rollout_shape,
     train_agent,
 )
 from sentio.config import SentioConfig, with_overrides
@@ -109,16 +113,22 @@ def test_concurrent_trainings_in_one_process_equal_serial_ones(market: Any, tmp_
         assert Path(a.model_path).read_bytes() == Path(b.model_path).read_bytes()
 
 
-@pytest.mark.parametrize("sessions", [6, 30], ids=["no-holdout", "validated"])
-def test_killed_training_resumes_to_the_configured_total(sessions: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("sessions", "rollout"),
+    [(6, "device"), (30, "device"), (30, "sb3")],
+    ids=["no-holdout", "validated", "validated-sb3-loop"],
+)
+def test_killed_training_resumes_to_the_configured_total(
+    sessions: int, rollout: str, tmp_path: Path
+) -> None:
     """A training killed mid-way (os._exit, no cleanup) continues from its checkpoint.
 
     With 30 sessions six are held out and the policy is validated every 512 steps: the
     checkpoint carries the validation record, and the resumed training saves the same
-    best checkpoint as the uninterrupted one.
+    best checkpoint as the uninterrupted one. Both rollout paths (the device's, SB3's).
     """
     market = random_market(n_sessions=sessions, session_len=60, seed=1, bar_vol=2e-3)
-    overrides = {"train.validation_every": 512}
+    overrides = {"train.validation_every": 512, "train.rollout": rollout}
     out = tmp_path / "run"
     script = textwrap.dedent(
         f"""
@@ -175,7 +185,7 @@ def test_out_of_memory_names_the_batch_size(
     def boom(self: Any, *args: Any, **kwargs: Any) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(MaskablePPO, "learn", boom)
+    monkeypatch.setattr(MaskablePPO, "train", boom)
     with pytest.raises(ResourceError, match=r"agent.batch_size = 64.*lower agent.batch_size"):
         train_agent(small_cfg(), market, [(0, market.n_rows)], seed=0, out_dir=tmp_path)
 
@@ -198,3 +208,20 @@ def test_tensorboard_logging_through_sb3(market: Any, tmp_path: Path) -> None:
     train_agent(cfg, market, [(0, market.n_rows)], seed=0, out_dir=tmp_path)
     events = list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events)
+
+
+def test_rollout_shape_sizes_auto_to_the_device() -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    auto = {"train.n_envs": "auto", "agent.n_steps": "auto", "agent.batch_size": "auto"}
+    assert rollout_shape(small_cfg(**auto), cpu) == CPU_ROLLOUT
+    assert rollout_shape(small_cfg(**auto), gpu) == GPU_ROLLOUT
+    # auto steps keep the device's rollout size beside a given number of environments
+    shape = rollout_shape(small_cfg(**{**auto, "train.n_envs": 16}), cpu)
+    assert (shape.n_envs, shape.n_steps, shape.batch_size) == (16, 128, 256)
+    shape = rollout_shape(small_cfg(**{**auto, "train.n_envs": 1024}), gpu)
+    assert (shape.n_envs, shape.n_steps, shape.batch_size) == (1024, 64, 16_384)
+    assert rollout_shape(small_cfg(**{**auto, "train.n_envs": 4096}), cpu).n_steps == 8
+    # given values are kept; a batch larger than the rollout is a clear error
+    assert rollout_shape(small_cfg(), cpu) == RolloutShape(n_envs=4, n_steps=32, batch_size=64)
+    with pytest.raises(ConfigError, match=r"batch_size \(4096\) exceeds the rollout size"):
+        rollout_shape(small_cfg(**{**auto, "agent.batch_size": 4096}), cpu)

@@ -10,6 +10,8 @@ Nothing here depends on Stable-Baselines3: these are the formulas of DESIGN.md,
   ``CVaR_alpha`` and ``V_beta = (1 - beta) mean + beta CVaR_alpha``.
 * :func:`gae` -- generalised advantage estimation with separate termination and truncation.
 * :func:`quantile_lambda_targets` -- per-quantile lambda-return targets.
+* :func:`gae_torch`, :func:`quantile_lambda_targets_torch` -- the same two on tensors, on
+  their device (the device-resident rollout, :mod:`sentio.agents.device_rollout`).
 
 Conventions shared by :func:`gae` and :func:`quantile_lambda_targets` (rollouts are
 time-major, ``(T, N)`` for ``T`` steps of ``N`` parallel environments):
@@ -43,8 +45,10 @@ __all__ = [
     "NonCrossingQuantileHead",
     "cvar_from_quantiles",
     "gae",
+    "gae_torch",
     "quantile_huber_loss",
     "quantile_lambda_targets",
+    "quantile_lambda_targets_torch",
     "quantile_midpoints",
     "risk_adjusted_value",
 ]
@@ -414,5 +418,70 @@ def quantile_lambda_targets(
         lam_t = np.where(done[t] | (t == n_steps - 1), 0.0, lam).astype(dtype)[:, None]
         boot = dtype.type(gamma) * (~term[t]).astype(dtype)[:, None]
         z_next = r[t][:, None] + boot * ((1 - lam_t) * nq[t] + lam_t * z_next)
+        targets[t] = z_next
+    return targets
+
+
+def gae_torch(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gae` on tensors, on their device (the same recursion, operation for operation).
+
+    All inputs ``(T, N)``; the flags boolean. Returns ``(advantages, returns)`` in the
+    dtype of ``rewards``.
+    """
+    _check_discounts(gamma, lam)
+    r = rewards
+    if values.shape != r.shape or next_values.shape != r.shape or r.ndim != 2:
+        raise ValueError(
+            f"rewards, values and next_values must share one (T, N) shape, got "
+            f"{tuple(r.shape)}, {tuple(values.shape)}, {tuple(next_values.shape)}"
+        )
+    term = terminated.to(torch.bool)
+    done = term | truncated.to(torch.bool)
+    bootstrap = gamma * (~term).to(r.dtype)
+    trace = (gamma * lam) * (~done).to(r.dtype)
+    deltas = r + bootstrap * next_values.to(r.dtype) - values.to(r.dtype)
+    advantages = torch.empty_like(r)
+    running = torch.zeros_like(r[0])
+    for t in range(r.shape[0] - 1, -1, -1):
+        running = deltas[t] + trace[t] * running
+        advantages[t] = running
+    return advantages, advantages + values.to(r.dtype)
+
+
+def quantile_lambda_targets_torch(
+    rewards: torch.Tensor,
+    next_quantiles: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> torch.Tensor:
+    """:func:`quantile_lambda_targets` on tensors, on their device: ``(T, N, Q)`` targets."""
+    _check_discounts(gamma, lam)
+    r, nq = rewards, next_quantiles.to(rewards.dtype)
+    if r.ndim != 2 or nq.ndim != 3 or nq.shape[:2] != r.shape:
+        raise ValueError(
+            f"rewards must be (T, N) and next_quantiles (T, N, Q), got "
+            f"{tuple(r.shape)} and {tuple(nq.shape)}"
+        )
+    term = terminated.to(torch.bool)
+    done = term | truncated.to(torch.bool)
+    n_steps = r.shape[0]
+    lam_t = torch.where(done, 0.0, lam).to(r.dtype)
+    lam_t[-1] = 0.0
+    boot = gamma * (~term).to(r.dtype)
+    targets = torch.empty_like(nq)
+    z_next = torch.zeros_like(nq[0])
+    for t in range(n_steps - 1, -1, -1):
+        lt = lam_t[t][:, None]
+        z_next = r[t][:, None] + boot[t][:, None] * ((1 - lt) * nq[t] + lt * z_next)
         targets[t] = z_next
     return targets

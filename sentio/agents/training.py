@@ -45,10 +45,12 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
+from sentio.agents.device_rollout import learn_on_device
 from sentio.agents.selection import Holdout, Selection, split_validation, validation_returns
 from sentio.config import SentioConfig, training_settings_hash
 from sentio.env import EnvParams, MarketData, SentioVecEnv
 from sentio.env.backtest import STAND_ASIDE
+from sentio.env.device_env import DeviceVecEnv
 from sentio.errors import ConfigError, ResourceError
 from sentio.io import atomic_path, write_json_atomic
 
@@ -56,11 +58,15 @@ __all__ = [
     "CHECKPOINTS_DIR",
     "reward_scale",
     "CHECKPOINT_NAME",
+    "CPU_ROLLOUT",
+    "GPU_ROLLOUT",
     "ProgressFn",
+    "RolloutShape",
     "TrainResult",
     "algorithm_class",
     "make_model",
     "resolve_device",
+    "rollout_shape",
     "save_model",
     "train_agent",
 ]
@@ -68,9 +74,10 @@ __all__ = [
 CHECKPOINT_NAME = "checkpoint"
 CHECKPOINTS_DIR = "checkpoints"
 """Folder under a training's output folder holding its last checkpoint."""
-CHECKPOINT_FORMAT = 3
+CHECKPOINT_FORMAT = 4
 """Bumped when a checkpoint's content changes (2: the environment's accounts are saved;
-3: the validation record and the best checkpoints, :mod:`sentio.agents.selection`)."""
+3: the validation record and the best checkpoints, :mod:`sentio.agents.selection`;
+4: the episode sampler inside the environment's state, the device environment's)."""
 BEST_NAME = "best-{steps}.zip"
 """The policy at ``steps`` when it scored best on validation so far (in ``checkpoints/``)."""
 
@@ -102,6 +109,53 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     raise ConfigError(f"train.device must be auto, cpu or cuda, got {requested!r}")
+
+
+@dataclass(frozen=True)
+class RolloutShape:
+    """How many environments step at once, for how long, and the minibatch size."""
+
+    n_envs: int
+    n_steps: int
+    batch_size: int
+
+
+CPU_ROLLOUT = RolloutShape(n_envs=64, n_steps=32, batch_size=256)
+"""``auto`` on the CPU: 2,048 env steps per update (as 8 x 256 before the device path),
+stepped by 64 accounts at once (fewer Python steps per env step)."""
+GPU_ROLLOUT = RolloutShape(n_envs=4096, n_steps=16, batch_size=16_384)
+"""``auto`` on a GPU: 4,096 accounts x 16 steps (the Isaac Gym / CleanRL shape), four
+minibatches per epoch."""
+
+
+def rollout_shape(cfg: SentioConfig, device: torch.device) -> RolloutShape:
+    """``train.n_envs``, ``agent.n_steps`` and ``agent.batch_size`` with ``auto`` resolved for ``device``.
+
+    ``auto`` values come from :data:`CPU_ROLLOUT` / :data:`GPU_ROLLOUT`; an ``auto``
+    ``n_steps`` beside a given ``n_envs`` keeps the device's rollout size (at least 8
+    steps), an ``auto`` batch size is the device's (at most the rollout).
+
+    Raises:
+        ConfigError: the batch size exceeds the rollout.
+    """
+    base = GPU_ROLLOUT if device.type == "cuda" else CPU_ROLLOUT
+    a, t = cfg.agent, cfg.train
+    n_envs = base.n_envs if t.n_envs == "auto" else int(t.n_envs)
+    if a.n_steps == "auto":
+        n_steps = max(8, (base.n_envs * base.n_steps) // n_envs)
+    else:
+        n_steps = int(a.n_steps)
+    rollout = n_envs * n_steps
+    if a.batch_size == "auto":
+        batch = min(base.batch_size if device.type != "cuda" else max(rollout // 4, 2), rollout)
+    else:
+        batch = int(a.batch_size)
+    if batch > rollout:
+        raise ConfigError(
+            f"agent.batch_size ({batch}) exceeds the rollout size agent.n_steps x "
+            f"train.n_envs = {n_steps} x {n_envs} = {rollout}"
+        )
+    return RolloutShape(n_envs=n_envs, n_steps=n_steps, batch_size=batch)
 
 
 def reward_scale(cfg: SentioConfig, market: MarketData, ranges: Sequence[tuple[int, int]]) -> float:
@@ -173,8 +227,13 @@ def make_model(
     device: torch.device,
     tensorboard_log: str | None = None,
 ) -> BaseAlgorithm:
-    """A fresh model of ``agent.algo`` on ``env`` with the configured hyperparameters."""
+    """A fresh model of ``agent.algo`` on ``env`` with the configured hyperparameters.
+
+    ``env`` gives the spaces and the number of environments; ``agent.n_steps`` and
+    ``agent.batch_size`` are :func:`rollout_shape`'s for ``device``.
+    """
     a = cfg.agent
+    shape = rollout_shape(cfg, device)
     algo: Any = algorithm_class(cfg)  # PPO, MaskablePPO or SentioPPO: the same keywords
     extra: dict[str, Any] = {}
     if algo.__name__ == "SentioPPO":
@@ -185,8 +244,8 @@ def make_model(
         "MultiInputPolicy",
         env,
         learning_rate=a.learning_rate,
-        n_steps=a.n_steps,
-        batch_size=a.batch_size,
+        n_steps=shape.n_steps,
+        batch_size=shape.batch_size,
         n_epochs=a.n_epochs,
         gamma=a.gamma,
         gae_lambda=a.gae_lambda,
@@ -270,24 +329,26 @@ def save_model(model: BaseAlgorithm, path: str | Path) -> Path:
     return Path(path)
 
 
-def _rng_state(env: SentioVecEnv) -> dict[str, Any]:
+TrainingEnv = SentioVecEnv | DeviceVecEnv
+"""The environment a training steps: SB3's loop (``train.rollout = sb3``) or the device's."""
+
+
+def _rng_state(env: TrainingEnv) -> dict[str, Any]:
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
-        "sampler": env.rng.bit_generator.state,
-        "env": env.get_state(),
+        "env": env.get_state(),  # the accounts and the episode sampler
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(env: SentioVecEnv, state: dict[str, Any]) -> None:
+def _set_rng_state(env: TrainingEnv, state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    env.rng.bit_generator.state = state["sampler"]
     env.set_state(state["env"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -296,7 +357,7 @@ def _set_rng_state(env: SentioVecEnv, state: dict[str, Any]) -> None:
 def _save_checkpoint(
     folder: Path,
     model: BaseAlgorithm,
-    env: SentioVecEnv,
+    env: TrainingEnv,
     fingerprint: str,
     selection: Selection | None,
 ) -> None:
@@ -315,9 +376,15 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(
-    folder: Path, cfg: SentioConfig, env: SentioVecEnv, fingerprint: str, device: torch.device
+    folder: Path,
+    cfg: SentioConfig,
+    env: SentioVecEnv,
+    state_env: TrainingEnv,
+    fingerprint: str,
+    device: torch.device,
 ) -> tuple[BaseAlgorithm, Selection | None] | None:
-    """The checkpointed model and its validation record, or None (no usable checkpoint)."""
+    """The checkpointed model (on ``env``; the accounts and the sampler restored into
+    ``state_env``) and its validation record, or None (no usable checkpoint)."""
     meta_path = folder / f"{CHECKPOINT_NAME}.json"
     if not meta_path.is_file():
         return None
@@ -330,7 +397,7 @@ def _load_checkpoint(
     algo = algorithm_class(cfg)
     # force_reset=False: continue the accounts mid-episode (their state is in the .rng file)
     model = algo.load(folder / f"{CHECKPOINT_NAME}.zip", env=env, device=device, force_reset=False)
-    _set_rng_state(env, pickle.loads((folder / f"{CHECKPOINT_NAME}.rng").read_bytes()))
+    _set_rng_state(state_env, pickle.loads((folder / f"{CHECKPOINT_NAME}.rng").read_bytes()))
     record = meta.get("selection")
     return model, None if record is None else Selection.from_dict(record)
 
@@ -364,7 +431,7 @@ class _Checkpoints(BaseCallback):
     def __init__(
         self,
         folder: Path,
-        env: SentioVecEnv,
+        env: TrainingEnv,
         every: int,
         total: int,
         fingerprint: str,
@@ -381,7 +448,8 @@ class _Checkpoints(BaseCallback):
         self.validator = validator
         self.last = 0
         self.last_validation = 0
-        self.episodes: list[float] = []
+        self.ended = 0
+        self.ended_sum = 0.0
         self.curve: list[dict[str, Any]] = []
 
     def _on_training_start(self) -> None:
@@ -389,22 +457,28 @@ class _Checkpoints(BaseCallback):
         if self.validator is not None:
             self.last_validation = self.model.num_timesteps // self.validator.every
 
-    def _on_step(self) -> bool:
+    def _on_step(self) -> bool:  # SB3's loop: the infos of every step
         for info in self.locals.get("infos", ()):
             if "episode_log_return" in info:
-                self.episodes.append(info["episode_log_return"])
+                self.ended += 1
+                self.ended_sum += info["episode_log_return"]
         return True
 
+    def episodes_ended(self, count: int, mean: float | None) -> None:
+        """The device loop's per-rollout summary of the training episodes that ended."""
+        self.ended += count
+        self.ended_sum += 0.0 if mean is None else mean * count
+
     def _on_rollout_end(self) -> None:
-        mean = float(np.mean(self.episodes)) if self.episodes else None
+        mean = self.ended_sum / self.ended if self.ended else None
         self.curve.append(
             {
                 "steps": int(self.model.num_timesteps),
-                "episodes": len(self.episodes),
+                "episodes": self.ended,
                 "mean_episode_log_return": mean,
             }
         )
-        self.episodes = []
+        self.ended, self.ended_sum = 0, 0.0
         if self.progress is not None:
             self.progress(int(self.model.num_timesteps), self.total, mean)
 
@@ -430,6 +504,11 @@ class TrainResult:
     algo: str
     seed: int
     device: str
+    rollout: str
+    """``train.rollout``: ``device`` or ``sb3``."""
+    n_envs: int
+    n_steps: int
+    batch_size: int
     total_timesteps: int
     num_timesteps: int
     resumed_from: int
@@ -480,7 +559,8 @@ def train_agent(
             raise ResourceError(
                 f"{where} ran out of memory training {cfg.agent.algo} (agent.batch_size = "
                 f"{cfg.agent.batch_size}, agent.n_steps = {cfg.agent.n_steps}, train.n_envs = "
-                f"{cfg.train.n_envs}, train.max_parallel = {cfg.train.max_parallel or 'auto'}); "
+                f"{cfg.train.n_envs}, train.max_parallel = {cfg.train.max_parallel or 'auto'}; "
+                "'auto' sizes the rollout to the device); "
                 "lower agent.batch_size, train.n_envs or train.max_parallel"
             ) from None
         finally:
@@ -510,15 +590,28 @@ def _train(
     )
     train_ranges = holdout.train_ranges if isinstance(holdout, Holdout) else list(ranges)
     scale = reward_scale(cfg, market, train_ranges)
-    env = SentioVecEnv(
-        market, params, train_ranges, cfg.train.n_envs, seed=seed, reward_scale=scale
-    )
+    shape = rollout_shape(cfg, device)
+    # the SB3 environment gives the model its spaces and size (and steps it on the sb3 path)
+    env = SentioVecEnv(market, params, train_ranges, shape.n_envs, seed=seed, reward_scale=scale)
+    device_env = None
+    if cfg.train.rollout == "device":
+        device_env = DeviceVecEnv(
+            market, params, train_ranges, shape.n_envs, device=device, seed=seed, reward_scale=scale
+        )
+    state_env: TrainingEnv = env if device_env is None else device_env
     fingerprint = json.dumps(
-        [CHECKPOINT_FORMAT, training_settings_hash(cfg), seed, market.n_rows, list(ranges)]
+        [
+            CHECKPOINT_FORMAT,
+            training_settings_hash(cfg),
+            asdict(shape),
+            seed,
+            market.n_rows,
+            list(ranges),
+        ]
     )
     ckpt_dir = out / CHECKPOINTS_DIR
     tb = str(out / "tensorboard") if cfg.train.tensorboard else None
-    loaded = _load_checkpoint(ckpt_dir, cfg, env, fingerprint, device)
+    loaded = _load_checkpoint(ckpt_dir, cfg, env, state_env, fingerprint, device)
     resumed_from = 0
     selection: Selection | None = None
     if loaded is None:
@@ -541,10 +634,20 @@ def _train(
     total = cfg.train.total_timesteps
     remaining = max(total - int(model.num_timesteps), 0)
     callback = _Checkpoints(
-        ckpt_dir, env, cfg.train.checkpoint_every, total, fingerprint, progress, validator
+        ckpt_dir, state_env, cfg.train.checkpoint_every, total, fingerprint, progress, validator
     )
     start = time.perf_counter()
-    if remaining > 0:
+    if remaining > 0 and device_env is not None:
+        learn_on_device(
+            model,
+            device_env,
+            remaining,
+            callback=callback,
+            reset_num_timesteps=resumed_from == 0,
+            tb_log_name=type(model).__name__,
+            on_rollout=callback.episodes_ended,
+        )
+    elif remaining > 0:
         model.learn(
             total_timesteps=remaining,
             callback=callback,
@@ -575,6 +678,10 @@ def _train(
         algo=cfg.agent.algo,
         seed=seed,
         device=str(device),
+        rollout=cfg.train.rollout,
+        n_envs=shape.n_envs,
+        n_steps=shape.n_steps,
+        batch_size=shape.batch_size,
         total_timesteps=total,
         num_timesteps=done,
         resumed_from=resumed_from,

@@ -137,14 +137,18 @@ class SentioVecEnv(VecEnv):
 
     def get_state(self) -> dict[str, Any]:
         """Everything a resumed training needs to continue these accounts mid-episode: the
-        simulator's accounts and the pending actions (the sampler's state is
-        ``rng.bit_generator.state``)."""
-        return {"accounts": self.sim.get_state(), "actions": self._actions.copy()}
+        simulator's accounts, the pending actions and the episode sampler."""
+        return {
+            "accounts": self.sim.get_state(),
+            "actions": self._actions.copy(),
+            "sampler": self.rng.bit_generator.state,
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`get_state`."""
         self.sim.set_state(state["accounts"])
         self._actions = np.asarray(state["actions"], dtype=np.int64).copy()
+        self.rng.bit_generator.state = state["sampler"]
 
     def action_masks(self) -> np.ndarray:
         """``(N, A)`` bool: the allowed actions of every account."""
