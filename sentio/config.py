@@ -513,8 +513,7 @@ class TrainConfig(_Section):
     total_timesteps: int = Field(200_000, ge=1)
     n_envs: int | Literal["auto"] = Field(
         "auto",
-        description="training environments stepped at once; 'auto': 64 on the CPU, 4,096 "
-        "on a GPU",
+        description="training environments stepped at once; 'auto': 64 on the CPU, 4,096 on a GPU",
     )
     rollout: Literal["device", "sb3"] = Field(
         "device",
@@ -673,10 +672,11 @@ class SentioConfig(_Section):
             if value != "auto" and not (low <= value and (high is None or value <= high)):
                 bound = f"between {low} and {high}" if high else f"at least {low}"
                 raise ValueError(f"{name} must be 'auto' or {bound}, got {value}")
-        if "auto" in (a.n_steps, a.batch_size, self.train.n_envs):
+        n_steps, batch, n_envs = a.n_steps, a.batch_size, self.train.n_envs
+        if n_steps == "auto" or batch == "auto" or n_envs == "auto":
             return self  # checked when the device is known (training.rollout_shape)
-        rollout = a.n_steps * self.train.n_envs
-        if a.batch_size > rollout:
+        rollout = n_steps * n_envs
+        if batch > rollout:
             raise ValueError(
                 f"agent.batch_size ({a.batch_size}) exceeds the rollout size agent.n_steps x "
                 f"train.n_envs = {rollout}"

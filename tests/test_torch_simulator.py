@@ -19,7 +19,6 @@ from sentio.env.simulator import BatchSimulator, EnvParams
 from sentio.env.torch_simulator import TorchSimulator
 from tests.env_helpers import make_params, random_market
 
-
 GRIDS = ([-1.0, -0.5, 0.0, 0.5, 1.0], [-1.0, 0.0, 1.0], [0.0, 0.3, 0.6, 1.0])
 
 
@@ -74,7 +73,9 @@ def _assert_same(np_sim: BatchSimulator, t_sim: TorchSimulator) -> None:
         np.testing.assert_array_equal(o1[k], o2[k].numpy(), err_msg=k)
 
 
-def _run(market: MarketData, params: EnvParams, n: int, backtest: bool, seed: int, steps: int) -> int:
+def _run(
+    market: MarketData, params: EnvParams, n: int, backtest: bool, seed: int, steps: int
+) -> int:
     """Step both simulators with the same random valid actions; restart finished accounts."""
     rng = np.random.default_rng(seed)
     np_sim = BatchSimulator(market, params, n, backtest=backtest)
@@ -88,7 +89,15 @@ def _run(market: MarketData, params: EnvParams, n: int, backtest: bool, seed: in
         actions = _random_valid(rng, np_sim.action_masks(), np_sim.held)
         r1 = np_sim.step(actions)
         r2 = t_sim.step(torch.as_tensor(actions))
-        for k in ("terminated", "truncated", "termination", "equity", "exposure", "costs", "traded_notional"):
+        for k in (
+            "terminated",
+            "truncated",
+            "termination",
+            "equity",
+            "exposure",
+            "costs",
+            "traded_notional",
+        ):
             np.testing.assert_array_equal(getattr(r1, k), getattr(r2, k).numpy(), err_msg=k)
         np.testing.assert_array_max_ulp(r1.reward, r2.reward.numpy(), maxulp=2)
         _assert_same(np_sim, t_sim)
@@ -103,9 +112,13 @@ def _run(market: MarketData, params: EnvParams, n: int, backtest: bool, seed: in
 
 
 @pytest.mark.parametrize("backtest", [False, True], ids=["train", "backtest"])
-@pytest.mark.parametrize("masks", [None, True, False], ids=["random-layers", "all-layers", "no-layers"])
+@pytest.mark.parametrize(
+    "masks", [None, True, False], ids=["random-layers", "all-layers", "no-layers"]
+)
 @pytest.mark.parametrize("n", [1, 1024])
-def test_torch_simulator_equals_numpy_step_for_step(n: int, masks: bool | None, backtest: bool) -> None:
+def test_torch_simulator_equals_numpy_step_for_step(
+    n: int, masks: bool | None, backtest: bool
+) -> None:
     rng = np.random.default_rng([n, 0 if masks is None else 1 + int(masks), int(backtest)])
     market = random_market(n_sessions=4, session_len=60, seed=int(rng.integers(1000)), bar_vol=3e-3)
     ends = 0

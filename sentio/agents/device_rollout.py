@@ -67,7 +67,8 @@ def rollout_kind(model: BaseAlgorithm) -> _Kind:
     from sentio.agents.sentio_ppo import SentioPPO
 
     sentio = isinstance(model, SentioPPO)
-    quantiles = int(model.policy.n_quantiles) if sentio and model.policy.quantile_critic else 0
+    policy: Any = model.policy
+    quantiles = int(policy.n_quantiles) if sentio and policy.quantile_critic else 0
     return _Kind(masked=isinstance(model, MaskablePPO), sentio=sentio, n_quantiles=quantiles)
 
 
@@ -146,7 +147,9 @@ class DeviceRolloutBuffer:
         self.terminated[t] = terminated
         trunc = truncated & ~terminated
         self.truncated[t] = trunc
-        self.terminal_values[t] = torch.where(trunc, terminal_values.reshape(self.n_envs).float(), 0.0)
+        self.terminal_values[t] = torch.where(
+            trunc, terminal_values.reshape(self.n_envs).float(), 0.0
+        )
         if self.quantiles is not None and quantiles is not None:
             self.quantiles[t] = quantiles.float().reshape(self.n_envs, -1)
             assert self.terminal_quantiles is not None and terminal_quantiles is not None
@@ -184,25 +187,38 @@ class DeviceRolloutBuffer:
         total = self.n_steps * self.n_envs
         order = torch.as_tensor(np.random.permutation(total), device=self.device)
         size = total if batch_size is None else batch_size
-        flat = {k: v.reshape(total, *v.shape[2:]) for k, v in self.observations.items()}
-        actions = self.actions.reshape(total)
-        old_values = self.value_tensor.reshape(total)
-        old_log_prob = self.log_probs.reshape(total)
-        advantages = self.advantages.reshape(total)
-        returns = self.return_tensor.reshape(total)
-        masks = None if self.action_masks is None else self.action_masks.reshape(total, -1)
+
+        def flat(v: torch.Tensor) -> torch.Tensor:  # environment-major, as SB3 flattens
+            return v.transpose(0, 1).reshape(total, *v.shape[2:])
+
+        obs_flat = {k: flat(v) for k, v in self.observations.items()}
+        actions = flat(self.actions)
+        old_values = flat(self.value_tensor)
+        old_log_prob = flat(self.log_probs)
+        advantages = flat(self.advantages)
+        returns = flat(self.return_tensor)
+        masks = None if self.action_masks is None else flat(self.action_masks)
         quantiles = targets = None
         if self.quantiles is not None:
             assert self.quantile_targets is not None
-            quantiles = self.quantiles.reshape(total, -1)
-            targets = self.quantile_targets.reshape(total, -1)
+            quantiles = flat(self.quantiles)
+            targets = flat(self.quantile_targets)
         for start in range(0, total, size):
             idx = order[start : start + size]
-            obs = {k: v[idx] for k, v in flat.items()}
-            common = (obs, actions[idx], old_values[idx], old_log_prob[idx], advantages[idx], returns[idx])
+            obs = {k: v[idx] for k, v in obs_flat.items()}
+            common = (
+                obs,
+                actions[idx],
+                old_values[idx],
+                old_log_prob[idx],
+                advantages[idx],
+                returns[idx],
+            )
             if quantiles is not None:
                 assert masks is not None and targets is not None
-                yield QuantileRolloutBufferSamples(*common, masks[idx], quantiles[idx], targets[idx])
+                yield QuantileRolloutBufferSamples(
+                    *common, masks[idx], quantiles[idx], targets[idx]
+                )
             elif masks is not None:
                 yield MaskableDictRolloutBufferSamples(*common, masks[idx])
             else:
@@ -214,7 +230,9 @@ def _autocast(model: BaseAlgorithm) -> contextlib.AbstractContextManager[Any]:
     return make() if make is not None else contextlib.nullcontext()
 
 
-def _critic(model: BaseAlgorithm, kind: _Kind, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _critic(
+    model: BaseAlgorithm, kind: _Kind, obs: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(values (N,), quantiles (N, Q) or None)`` of ``obs``."""
     policy: Any = model.policy
     with torch.no_grad(), _autocast(model):
@@ -242,7 +260,9 @@ def collect_rollout(
         masks = env.action_masks() if kind.masked else None
         with torch.no_grad(), _autocast(model):
             if kind.sentio:
-                actions, values, log_probs, critic = policy.forward_with_critic(obs, action_masks=masks)
+                actions, values, log_probs, critic = policy.forward_with_critic(
+                    obs, action_masks=masks
+                )
             elif kind.masked:
                 actions, values, log_probs = policy(obs, action_masks=masks)
                 critic = None
@@ -252,7 +272,11 @@ def collect_rollout(
         actions = actions.reshape(-1)
         step = env.step(actions)
         terminal_values = torch.zeros_like(step.reward)
-        terminal_quantiles = None if critic is None or not kind.n_quantiles else torch.zeros_like(critic, dtype=torch.float32)
+        terminal_quantiles = (
+            None
+            if critic is None or not kind.n_quantiles
+            else torch.zeros_like(critic, dtype=torch.float32)
+        )
         if step.final is not None:
             tv, tq = _critic(model, kind, step.final)
             terminal_values = tv
@@ -300,8 +324,12 @@ def learn_on_device(
     """
     n_steps = int(getattr(model, "n_steps"))  # noqa: B009
     if env.num_envs != model.n_envs:
-        raise ValueError(f"the model was built for {model.n_envs} environments, the device env has {env.num_envs}")
-    total, callback = model._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, False)
+        raise ValueError(
+            f"the model was built for {model.n_envs} environments, the device env has {env.num_envs}"
+        )
+    total, callback = model._setup_learn(
+        total_timesteps, callback, reset_num_timesteps, tb_log_name, False
+    )
     callback.on_training_start(locals(), globals())
     obs = env.reset() if reset_num_timesteps else env.observe()
     space: Any = model.observation_space

@@ -468,36 +468,36 @@ class SentioPPO(MaskablePPO):
 
     def _quantile_critic_loss(
         self, pred: torch.Tensor, samples: QuantileRolloutBufferSamples, taus: torch.Tensor
-    ) -> tuple[torch.Tensor, float]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantile Huber loss against the detached lambda-targets (optionally value-clipped).
 
-        Returns the loss and the fraction of quantiles that the clipping moved.
+        Returns the loss and the fraction of quantiles that the clipping moved (a tensor:
+        read once per update, not per minibatch).
         """
         target = samples.target_quantiles.detach()
         if self.value_clip is None:
-            return quantile_huber_loss(pred, target, taus, self.huber_kappa), 0.0
+            return quantile_huber_loss(pred, target, taus, self.huber_kappa), pred.new_zeros(())
         old = samples.old_quantiles
         clipped = old + torch.clamp(pred - old, -self.value_clip, self.value_clip)
         unclipped_loss = quantile_huber_loss_per_sample(pred, target, taus, self.huber_kappa)
         clipped_loss = quantile_huber_loss_per_sample(clipped, target, taus, self.huber_kappa)
-        fraction = torch.mean(((pred - old).abs() > self.value_clip).float()).item()
+        fraction = torch.mean(((pred - old).abs() > self.value_clip).float())
         return torch.maximum(unclipped_loss, clipped_loss).mean(), fraction
 
     def _scalar_critic_loss(
         self, values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor
-    ) -> tuple[torch.Tensor, float]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """MaskablePPO's MSE to the lambda-returns (PPO2's max rule when ``value_clip`` is set)."""
         if self.value_clip is None:
-            return F.mse_loss(returns, values), 0.0
+            return F.mse_loss(returns, values), values.new_zeros(())
         clipped = old_values + torch.clamp(values - old_values, -self.value_clip, self.value_clip)
         loss = torch.maximum((returns - values).pow(2), (returns - clipped).pow(2)).mean()
-        fraction = torch.mean(((values - old_values).abs() > self.value_clip).float()).item()
+        fraction = torch.mean(((values - old_values).abs() > self.value_clip).float())
         return loss, fraction
 
     def _log_rollout_distribution(self) -> None:
         """Log statistics of the rollout's quantiles (before the update)."""
-        buffer = self.rollout_buffer
-        assert isinstance(buffer, _QuantileStorage)
+        buffer: Any = self.rollout_buffer  # SB3's (numpy) or the device rollout's (tensors)
         q = torch.as_tensor(buffer.quantiles).reshape(-1, buffer.n_quantiles)
         z = torch.as_tensor(buffer.quantile_targets).reshape(-1, buffer.n_quantiles)
         alpha, beta = self.policy.cvar_alpha, self.policy.cvar_beta
@@ -520,12 +520,13 @@ class SentioPPO(MaskablePPO):
         if quantile:
             self._log_rollout_distribution()
 
-        entropy_losses: list[float] = []
-        pg_losses: list[float] = []
-        critic_losses: list[float] = []
-        clip_fractions: list[float] = []
-        value_clip_fractions: list[float] = []
-        approx_kl_divs: list[float] = []
+        # per-minibatch statistics stay tensors on the device: read once, after the update
+        entropy_losses: list[torch.Tensor] = []
+        pg_losses: list[torch.Tensor] = []
+        critic_losses: list[torch.Tensor] = []
+        clip_fractions: list[torch.Tensor] = []
+        value_clip_fractions: list[torch.Tensor] = []
+        approx_kl_divs: list[torch.Tensor] = []
         self.first_minibatch_ratio = None
         continue_training = True
         loss = torch.zeros(())
@@ -548,15 +549,13 @@ class SentioPPO(MaskablePPO):
                 # ratio between the optimised and the behaviour policy: 1 on the first minibatch
                 ratio = torch.exp(log_prob - rollout_data.old_log_prob)
                 if self.first_minibatch_ratio is None:
-                    self.first_minibatch_ratio = ratio.detach().cpu()
+                    self.first_minibatch_ratio = ratio.detach().clone()
 
                 policy_loss_1 = advantages * ratio
                 policy_loss_2 = advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
                 policy_loss = -torch.min(policy_loss_1, policy_loss_2).mean()
-                pg_losses.append(policy_loss.item())
-                clip_fractions.append(
-                    torch.mean((torch.abs(ratio - 1) > clip_range).float()).item()
-                )
+                pg_losses.append(policy_loss.detach())
+                clip_fractions.append(torch.mean((torch.abs(ratio - 1) > clip_range).float()))
 
                 if quantile:
                     assert isinstance(rollout_data, QuantileRolloutBufferSamples)
@@ -567,22 +566,23 @@ class SentioPPO(MaskablePPO):
                     critic_loss, vf_fraction = self._scalar_critic_loss(
                         critic.flatten(), rollout_data.old_values, rollout_data.returns
                     )
-                critic_losses.append(critic_loss.item())
+                critic_losses.append(critic_loss.detach())
                 value_clip_fractions.append(vf_fraction)
 
                 # entropy bonus (SB3's approximation when there is no closed form)
                 entropy_loss = -torch.mean(-log_prob) if entropy is None else -torch.mean(entropy)
-                entropy_losses.append(entropy_loss.item())
+                entropy_losses.append(entropy_loss.detach())
 
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * critic_loss
 
                 # approximate reverse KL for early stopping (SB3 issue #417, Schulman's blog)
                 with torch.no_grad():
                     log_ratio = log_prob - rollout_data.old_log_prob
-                    approx_kl_div = torch.mean((torch.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
-                    approx_kl_divs.append(float(approx_kl_div))
+                    approx_kl_div = torch.mean((torch.exp(log_ratio) - 1) - log_ratio)
+                    approx_kl_divs.append(approx_kl_div)
 
-                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                # the early stop reads the KL back per minibatch, only when it is enabled
+                if self.target_kl is not None and approx_kl_div.item() > 1.5 * self.target_kl:
                     continue_training = False
                     if self.verbose >= 1:
                         print(
@@ -603,15 +603,19 @@ class SentioPPO(MaskablePPO):
         explained_var = explained_variance(
             self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()
         )
-        self.logger.record("train/entropy_loss", np.mean(entropy_losses))
-        self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
+
+        def mean(values: list[torch.Tensor]) -> float:
+            return float(torch.stack(values).float().mean().item()) if values else float("nan")
+
+        self.logger.record("train/entropy_loss", mean(entropy_losses))
+        self.logger.record("train/policy_gradient_loss", mean(pg_losses))
         self.logger.record(
-            "train/quantile_loss" if quantile else "train/value_loss", np.mean(critic_losses)
+            "train/quantile_loss" if quantile else "train/value_loss", mean(critic_losses)
         )
         if self.value_clip is not None:
-            self.logger.record("train/value_clip_fraction", np.mean(value_clip_fractions))
-        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
-        self.logger.record("train/clip_fraction", np.mean(clip_fractions))
+            self.logger.record("train/value_clip_fraction", mean(value_clip_fractions))
+        self.logger.record("train/approx_kl", mean(approx_kl_divs))
+        self.logger.record("train/clip_fraction", mean(clip_fractions))
         self.logger.record("train/loss", loss.item())
         self.logger.record("train/explained_variance", explained_var)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")

@@ -28,10 +28,10 @@ import torch
 
 from sentio.env.market import MarketData
 from sentio.env.simulator import (
+    BARS_SCALE,
     FLAT,
     SHORT_ETF,
     STATE_FEATURES,
-    BARS_SCALE,
     BatchSimulator,
     EnvParams,
 )
@@ -65,6 +65,20 @@ class TorchSimulator:
     """
 
     ACCOUNT_STATE = BatchSimulator.ACCOUNT_STATE
+
+    # the accounts, (N,) tensors (the numpy simulator's ACCOUNT_STATE)
+    t: torch.Tensor
+    end: torch.Tensor
+    cash: torch.Tensor
+    shares: torch.Tensor
+    inst: torch.Tensor
+    held: torch.Tensor
+    equity: torch.Tensor
+    peak: torch.Tensor
+    dd: torch.Tensor
+    entry_equity: torch.Tensor
+    bars_held: torch.Tensor
+    tripped: torch.Tensor
 
     def __init__(
         self,
