@@ -1,67 +1,50 @@
-"""Benchmark: end-to-end training throughput (env steps per second, PPO updates included).
+"""Benchmark: training throughput (env steps per second, rollouts and PPO updates included),
+the device-resident rollout path beside SB3's own loop.
 
-Market: the one of ``bench_env.py``: one year of synthetic one-minute bars
-(``sentio.data.synth.generate``, seed 11, QQQ and derived TQQQ/SQQQ), features of the
-default ``SentioConfig()``, random regime probabilities (Dirichlet(1), seeded, one column
-per ``regimes.n_states``), default trading model (window ``env.window``, 4 by default; every mask layer on, costs,
-flat at the close). Episodes of the CPU runs: one session (the default), sampled from
-the whole market.
+Market: one year of synthetic one-minute bars (``sentio.data.synth.generate``, seed 11, QQQ
+and derived TQQQ/SQQQ), features of the default ``SentioConfig()``, random regime
+probabilities (Dirichlet(1), seeded, one column per ``regimes.n_states``), the default
+trading model (window 4, every mask layer on, costs, flat at the close). Episodes: one
+session, drawn from the whole market.
 
-CPU measurements: each configuration gets one model (seed 0, ``device="cpu"``), an
-untimed warm-up, then ``--repeats`` (2) timed ``model.learn`` calls that continue it
-(``time.perf_counter``); the rate is the environment steps a call added
-(``model.num_timesteps``, whole rollouts) over its seconds, so rollouts (policy forward,
-mask reads, environment steps, auto-resets) and PPO updates are both inside; the best
-call counts and all are printed. The sentio MLP and baseline calls alternate, so a change
-of machine load hits both. One process, torch's default intra-op thread count for every
-run (printed with the CPU count and load average; ``--threads N`` sets it for all runs
-alike). Other processes on a 2-core machine slow torch a lot (its threads wait on each
-other): compare runs whose load averages are low.
+Two configurations:
 
-* sentio ``maskable_ppo`` MLP: ``SentioConfig`` defaults with ``agent.algo =
-  "maskable_ppo"``, ``extractor = "mlp"``, no quantile critic, no regime gating,
-  ``cvar_beta = 0``: ``SentioVecEnv`` with ``train.n_envs`` (8) accounts and
-  ``make_model`` (n_steps 256, batch 256, 4 epochs, ``DictMlpExtractor``, SB3's default
-  ``net_arch``). Warm-up: one rollout (2,048 steps) and its update. Timed: ``--steps``
-  (32,768 = 16 rollouts, 512 minibatch steps).
-* baseline: 8 single ``sentio.env.single.TradingEnv`` (the same trading logic in Python
-  scalars) in SB3's ``DummyVecEnv`` and ``sb3_contrib.MaskablePPO("MultiInputPolicy",
-  venv, seed=0, device="cpu")`` with every hyperparameter at MaskablePPO's default
-  (n_steps 2048, batch 64, 10 epochs, lr 3e-4; SB3's ``CombinedExtractor`` flattens the
-  window like ``DictMlpExtractor``, the same ``net_arch``). One default rollout is
-  2048 x 8 = 16,384 steps, so a timed call is ``--baseline-steps`` = 16,384: one rollout
-  and its update (2,560 minibatch steps). Its warm-up, to keep it cheap, is a learn of 64
-  steps on a throwaway model with n_steps 8 (same networks, same environments): it pays
-  the first-call costs without a 16,384-step rollout.
-* sentio ``sentio_ppo`` transformer: ``SentioConfig`` defaults (quantile critic, regime
-  gating on the random regime probabilities, transformer d_model 32, 2 layers, the
-  default window), ``train.device = "cpu"``. Warm-up: one rollout. Timed: ``--transformer-steps``
-  (8,192 = 4 rollouts). Printed, no target.
+* ``maskable_ppo`` MLP: the configuration defaults (``agent.algo = maskable_ppo``,
+  ``extractor = mlp``, no quantile critic, no gating);
+* the full ``sentio_ppo`` configuration: ``agent.algo = sentio_ppo``, transformer extractor
+  (d_model 32, 2 layers), quantile critic (32 quantiles), regime gating.
 
-Target: sentio MLP rate >= 3x the baseline rate, measured side by side.
+Two paths, each given the same model construction (``sentio.agents.training.make_model``,
+seed 0) and the same rollout shape: ``device`` (``train.rollout = device``: the torch
+simulator, ``sentio.agents.device_rollout.learn_on_device``) and ``sb3`` (``SentioVecEnv``
+and the algorithm's ``learn``). Each measurement: an untimed warm-up (one rollout and its
+update), then ``--repeats`` timed calls continuing the model, each of at least
+``--steps`` env steps (whole rollouts); the best call counts, all are printed, with the
+split into rollouts and updates and the machine's CPU busy share during the call
+(``/proc/stat``, all CPUs). One torch thread (the training default,
+``train.torch_threads``) unless ``--threads``.
 
-GPU check (``--gpu``, or automatic when ``torch.cuda.is_available()``; skipped with a
-line otherwise; ``--gpu-only`` skips the CPU part): the full ``sentio_ppo`` configuration
-(defaults, ``train.device = "cuda"``, ``--gpu-envs`` accounts, default ``train.n_envs``
-8) trains from scratch for ``--episodes`` (1,000) episodes of ``--episode-steps`` (1,000)
-steps: one ``learn(episodes x episode_steps)`` = 1,000,000 env steps (rounded up to whole
-rollouts), no warm-up, model construction not timed. Episodes of exactly 1,000 steps:
-``env.episode_sessions = 3`` makes every candidate episode three sessions (about 1,170
-bars; flat at each close, the overnight gaps inside), candidates shorter than 1,000 steps
-are dropped and the others end 1,000 rows after their start (``SentioVecEnv.starts`` /
-``ends``; an episode of rows ``[s, e]`` has ``e - s`` steps). Episodes the drawdown
-circuit breaker ends early are counted and reported (the step count is what is timed).
-Reports wall time, rollout and update seconds (a progress line every 100,000 steps) and
-``torch.cuda.max_memory_allocated()`` (peak stats reset after model construction, the
-weights still count). Targets: under 600 s and 8 GB. ``--gpu-device cpu`` runs the same
-check on the CPU (a smoke test of the script with, e.g., ``--episodes 16``; no targets).
+1. **Defaults** (``train.n_envs``, ``agent.n_steps``, ``agent.batch_size`` = ``auto``: on the
+   CPU 64 accounts x 32 steps, batch 256): both configurations on both paths. Targets
+   (CPU): the full configuration's device path at least 3x the SB3 path; ``maskable_ppo``
+   MLP on the device path at least 35,000 env steps/s (5x the 7,000 of the SB3 path at
+   its former default of 8 accounts, measured 2026-11-25).
+2. **Sweep** over ``train.n_envs`` (``--sweep``, default 8, 64, 256, 1024, 4096; ``n_steps``
+   ``auto``: 2,048 env steps per rollout, at least 8 steps) for the full configuration,
+   both paths side by side. On CUDA the device path's sweep runs again on the GPU with its
+   peak memory (``torch.cuda.max_memory_allocated``).
+3. **GPU** (when ``torch.cuda.is_available()``, or ``--gpu-device cpu`` as a smoke test):
+   the full configuration trains from scratch on the device path with the GPU's ``auto``
+   shape (4,096 x 16, batch 16,384) for ``--episodes`` (1,000) episodes of
+   ``--episode-steps`` (1,000) steps (three-session episodes cut to exactly 1,000 steps;
+   model construction not timed). Targets: at least 200,000 env steps/s, under 30 s,
+   under 8 GB.
 
 Prints figures and PASS / FAIL lines; exits 1 if a target is missed.
 
-Usage: ``.venv/bin/python benchmarks/bench_train.py [--steps 32768] [--baseline-steps
-16384] [--transformer-steps 8192] [--repeats 2] [--years 1] [--threads N] [--gpu |
---no-gpu] [--gpu-only] [--episodes 1000] [--episode-steps 1000] [--gpu-envs 8]
-[--gpu-device cuda]``
+Usage: ``.venv/bin/python benchmarks/bench_train.py [--steps 16384] [--repeats 2]
+[--sweep 8,64,256,1024,4096] [--no-sweep] [--threads 1] [--years 1] [--episodes 1000]
+[--episode-steps 1000] [--gpu-device cuda] [--no-gpu]``
 """
 
 from __future__ import annotations
@@ -70,7 +53,6 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -79,39 +61,39 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
 if TYPE_CHECKING:
-    from stable_baselines3.common.base_class import BaseAlgorithm
-
     from sentio.config import SentioConfig
     from sentio.env import MarketData
 
-TARGET_RATIO = 3.0
-TARGET_GPU_SECONDS = 600.0
-TARGET_GPU_BYTES = 8 * 1024**3
-YEARS = 1.0
 SYNTH_SEED = 11
+TARGET_FULL_RATIO = 3.0
+TARGET_MLP_RATE = 35_000.0
+TARGET_GPU_RATE = 200_000.0
+TARGET_GPU_SECONDS = 30.0
+TARGET_GPU_BYTES = 8 * 1024**3
+
+MLP = {
+    "algo": "maskable_ppo",
+    "extractor": "mlp",
+    "quantile_critic": False,
+    "regime_gating": False,
+    "cvar_beta": 0.0,
+}
+FULL = {"algo": "sentio_ppo", "extractor": "transformer", "quantile_critic": True, "regime_gating": True}
 
 
 class PhaseTimer(BaseCallback):
-    """Seconds in rollouts vs updates, and the episodes that ended (by kind).
-
-    With ``report_every > 0`` prints a progress line at the end of each rollout that
-    crosses a multiple of ``report_every`` steps.
-    """
+    """Seconds in rollouts and in updates (both loops call the rollout callbacks)."""
 
     def __init__(self, report_every: int = 0) -> None:
         super().__init__()
         self.report_every = report_every
-        self.rollout_s = 0.0
-        self.update_s = 0.0
-        self.episodes = 0
-        self.truncated = 0
+        self.rollout_s = self.update_s = 0.0
         self._mark = 0.0
         self._in_update = False
         self._reported = 0
 
     def _on_training_start(self) -> None:
-        self._mark = time.perf_counter()
-        self._in_update = False
+        self._mark, self._in_update = time.perf_counter(), False
 
     def _on_rollout_start(self) -> None:
         now = time.perf_counter()
@@ -122,69 +104,115 @@ class PhaseTimer(BaseCallback):
     def _on_rollout_end(self) -> None:
         now = time.perf_counter()
         self.rollout_s += now - self._mark
-        self._mark = now
-        self._in_update = True
+        self._mark, self._in_update = now, True
         n = int(self.model.num_timesteps)
-        if self.report_every > 0 and n // self.report_every > self._reported:
+        if self.report_every and n // self.report_every > self._reported:
             self._reported = n // self.report_every
-            print(
-                f"    {n:,} steps: rollouts {self.rollout_s:.0f} s, updates {self.update_s:.0f} s, "
-                f"{self.episodes} episode ends",
-                flush=True,
-            )
+            print(f"    {n:,} steps: rollouts {self.rollout_s:.1f} s, updates {self.update_s:.1f} s", flush=True)
 
     def _on_training_end(self) -> None:
         if self._in_update:
             self.update_s += time.perf_counter() - self._mark
 
     def _on_step(self) -> bool:
-        dones = self.locals["dones"]
-        if dones.any():
-            infos = self.locals["infos"]
-            for i in np.flatnonzero(dones):
-                self.episodes += 1
-                self.truncated += int(bool(infos[i].get("TimeLimit.truncated", False)))
         return True
+
+
+def cpu_times() -> tuple[float, float]:
+    """``(busy, total)`` jiffies of all CPUs (``/proc/stat``; zeros where it does not exist)."""
+    try:
+        with open("/proc/stat") as f:
+            values = [float(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    idle = values[3] + (values[4] if len(values) > 4 else 0.0)
+    return sum(values) - idle, sum(values)
 
 
 @dataclass
 class Timed:
-    """One timed ``learn``."""
-
     steps: int
     seconds: float
     rollout_s: float
     update_s: float
-    episodes: int
+    busy: float
+    peak_bytes: float = 0.0
 
     @property
     def rate(self) -> float:
-        """Env steps per second, updates included."""
         return self.steps / self.seconds
 
 
-def timed_learn(model: BaseAlgorithm, steps: int) -> Timed:
-    """``model.learn(steps)`` continuing from the warm-up; steps actually added and seconds."""
-    timer = PhaseTimer()
-    before = int(model.num_timesteps)
-    start = time.perf_counter()
-    model.learn(steps, callback=timer, reset_num_timesteps=False, progress_bar=False)
-    seconds = time.perf_counter() - start
-    return Timed(
-        int(model.num_timesteps) - before, seconds, timer.rollout_s, timer.update_s, timer.episodes
-    )
+class Run:
+    """One model on one path, warmed up, ready for timed ``learn`` calls."""
+
+    def __init__(self, cfg: SentioConfig, market: MarketData, path: str, device: str) -> None:
+        from sentio.agents.training import make_model, rollout_shape
+        from sentio.env import EnvParams, SentioVecEnv
+        from sentio.env.device_env import DeviceVecEnv
+
+        self.device = torch.device(device)
+        self.shape = rollout_shape(cfg, self.device)
+        self.path = path
+        params = EnvParams.from_config(cfg)
+        ranges = [(0, market.n_rows)]
+        env = SentioVecEnv(market, params, ranges, self.shape.n_envs, seed=0)
+        torch.manual_seed(0)
+        np.random.seed(0)
+        self.model = make_model(cfg, env, seed=0, device=self.device)
+        self.denv = (
+            DeviceVecEnv(market, params, ranges, self.shape.n_envs, device=self.device, seed=0)
+            if path == "device"
+            else None
+        )
+        self.learn(self.shape.n_envs * self.shape.n_steps, reset=True, timer=PhaseTimer())
+
+    def learn(self, steps: int, *, reset: bool, timer: BaseCallback) -> None:
+        from sentio.agents.device_rollout import learn_on_device
+
+        if self.denv is not None:
+            learn_on_device(self.model, self.denv, steps, callback=timer, reset_num_timesteps=reset)
+        else:
+            self.model.learn(steps, callback=timer, reset_num_timesteps=reset, progress_bar=False)
+
+    def timed(self, steps: int) -> Timed:
+        rollout = self.shape.n_envs * self.shape.n_steps
+        steps = max(rollout, -(-steps // rollout) * rollout)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        timer = PhaseTimer()
+        before = int(self.model.num_timesteps)
+        b0, t0 = cpu_times()
+        start = time.perf_counter()
+        self.learn(steps, reset=False, timer=timer)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        b1, t1 = cpu_times()
+        busy = (b1 - b0) / (t1 - t0) if t1 > t0 else float("nan")
+        peak = float(torch.cuda.max_memory_allocated()) if cuda else 0.0
+        return Timed(int(self.model.num_timesteps) - before, seconds, timer.rollout_s, timer.update_s, busy, peak)
 
 
-def describe(name: str, t: Timed) -> str:
-    """One result line."""
+def measure(cfg: SentioConfig, market: MarketData, path: str, device: str, args: argparse.Namespace) -> tuple[Timed, list[Timed], Any]:
+    run = Run(cfg, market, path, device)
+    runs = [run.timed(args.steps) for _ in range(max(args.repeats, 1))]
+    return max(runs, key=lambda t: t.rate), runs, run.shape
+
+
+def line(label: str, best: Timed, runs: list[Timed], shape: Any) -> str:
+    mem = f", peak GPU memory {best.peak_bytes / 1024**3:.2f} GB" if best.peak_bytes else ""
     return (
-        f"{name}: {t.steps:,} env steps in {t.seconds:.1f} s = {t.rate:,.0f} env steps/s "
-        f"(rollouts {t.rollout_s:.1f} s, updates {t.update_s:.1f} s; {t.episodes} episode ends)"
+        f"{label:<34} {shape.n_envs:>5} x {shape.n_steps:<3} batch {shape.batch_size:<6} "
+        f"{best.rate:>9,.0f} env steps/s  (rollouts {best.rollout_s:5.2f} s, updates {best.update_s:5.2f} s "
+        f"for {best.steps:,}; CPU busy {best.busy:4.0%}{mem}) [{', '.join(f'{t.rate:,.0f}' for t in runs)}]"
     )
 
 
 def build_bench_market(years: float) -> tuple[MarketData, SentioConfig]:
-    """The market of ``bench_env.py`` (synthetic bars, default features, random regimes)."""
+    """Synthetic bars, default features, random regime probabilities."""
     import polars as pl
 
     from sentio.config import SentioConfig
@@ -203,265 +231,155 @@ def build_bench_market(years: float) -> tuple[MarketData, SentioConfig]:
     return build_market(bars, feats, regimes, cfg), cfg
 
 
-def config(years: float, **overrides: dict[str, Any]) -> SentioConfig:
-    """``SentioConfig`` defaults with the bench's synth section and section overrides."""
+def config(years: float, agent: dict[str, Any], **train: Any) -> SentioConfig:
     from sentio.config import SentioConfig
 
-    return SentioConfig.model_validate({"synth": {"years": years, "seed": SYNTH_SEED}} | overrides)
-
-
-def sentio_model(cfg: SentioConfig, market: MarketData, device: str) -> BaseAlgorithm:
-    """``make_model`` on a ``SentioVecEnv``, warmed up by one untimed rollout and update."""
-    from sentio.agents.training import make_model
-    from sentio.env import EnvParams, SentioVecEnv
-
-    torch.manual_seed(0)
-    env = SentioVecEnv(
-        market, EnvParams.from_config(cfg), [(0, market.n_rows)], cfg.train.n_envs, seed=0
+    return SentioConfig.model_validate(
+        {"synth": {"years": years, "seed": SYNTH_SEED}, "agent": agent, "train": train}
     )
-    model = make_model(cfg, env, seed=0, device=torch.device(device))
-    model.learn(cfg.agent.n_steps * cfg.train.n_envs, progress_bar=False)  # warm-up
-    return model
 
 
-def baseline_model(cfg: SentioConfig, market: MarketData, n_envs: int) -> BaseAlgorithm:
-    """MaskablePPO with its default hyperparameters on ``n_envs`` TradingEnv in DummyVecEnv.
+def defaults(args: argparse.Namespace, market: MarketData) -> bool:
+    ok = True
+    print("1. defaults on the CPU (n_envs, n_steps, batch_size auto)")
+    rates: dict[tuple[str, str], float] = {}
+    for name, agent in (("maskable_ppo MLP", MLP), ("sentio_ppo full", FULL)):
+        cfg = config(args.years, agent, device="cpu")
+        for path in ("device", "sb3"):
+            best, runs, shape = measure(cfg, market, path, "cpu", args)
+            rates[(name, path)] = best.rate
+            print(line(f"  {name}, {path} path", best, runs, shape), flush=True)
+    ratio = rates[("sentio_ppo full", "device")] / rates[("sentio_ppo full", "sb3")]
+    mlp = rates[("maskable_ppo MLP", "device")]
+    mlp_ratio = mlp / rates[("maskable_ppo MLP", "sb3")]
+    print(f"  maskable_ppo MLP: device / sb3 {mlp_ratio:.2f}x; load average {os.getloadavg()[0]:.2f}")
+    for passed, text in (
+        (ratio >= TARGET_FULL_RATIO, f"sentio_ppo full: device path {ratio:.2f}x the SB3 path (target {TARGET_FULL_RATIO:.0f}x)"),
+        (mlp >= TARGET_MLP_RATE, f"maskable_ppo MLP: {mlp:,.0f} env steps/s on the device path (target {TARGET_MLP_RATE:,.0f})"),
+    ):
+        print(("PASS: " if passed else "FAIL: ") + text)
+        ok = ok and passed
+    return ok
 
-    Warmed up by a throwaway model with ``n_steps=8`` (same networks and environments).
-    """
-    from sb3_contrib import MaskablePPO
-    from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from sentio.env import EnvParams
-    from sentio.env.single import TradingEnv
+def sweep(args: argparse.Namespace, market: MarketData) -> None:
+    sizes = [int(s) for s in args.sweep.split(",") if s]
+    print("2. sweep over train.n_envs, sentio_ppo full (n_steps auto: 2,048 env steps per rollout, at least 8)")
+    for n in sizes:
+        cfg = config(args.years, FULL, device="cpu", n_envs=n)
+        for path in ("device", "sb3"):
+            best, runs, shape = measure(cfg, market, path, "cpu", args)
+            print(line(f"  cpu, {path} path", best, runs, shape), flush=True)
+    if torch.cuda.is_available():
+        for n in sizes:
+            cfg = config(args.years, FULL, device="cuda", n_envs=n)
+            best, runs, shape = measure(cfg, market, "device", "cuda", args)
+            print(line("  cuda, device path", best, runs, shape), flush=True)
 
+
+def gpu(args: argparse.Namespace, market: MarketData) -> bool:
+    device = args.gpu_device
+    if args.no_gpu or (device == "cuda" and not torch.cuda.is_available()):
+        print("3. GPU check skipped (" + ("--no-gpu" if args.no_gpu else "torch.cuda.is_available() is False") + ")")
+        return True
+    from sentio.agents.device_rollout import learn_on_device
+    from sentio.agents.training import make_model, rollout_shape
+    from sentio.env import EnvParams, SentioVecEnv
+    from sentio.env.device_env import DeviceVecEnv
+
+    name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+    cfg = SentioConfig_with(args, device)
+    dev = torch.device(device)
+    shape = rollout_shape(cfg, dev)
     params = EnvParams.from_config(cfg)
     ranges = [(0, market.n_rows)]
-
-    def make(i: int) -> Callable[[], TradingEnv]:
-        return lambda: TradingEnv(market, params, ranges, seed=i)
-
-    # warm-up: a throwaway model with the same networks on the same environments
-    torch.manual_seed(0)
-    warm = MaskablePPO(
-        "MultiInputPolicy", DummyVecEnv([make(i) for i in range(n_envs)]), n_steps=8, seed=0
-    )
-    warm.learn(8 * n_envs, progress_bar=False)
-    del warm
-
-    torch.manual_seed(0)
-    venv = DummyVecEnv([make(i) for i in range(n_envs)])
-    return MaskablePPO("MultiInputPolicy", venv, seed=0, device="cpu")
-
-
-def run_long(
-    market: MarketData,
-    years: float,
-    *,
-    device: str,
-    n_envs: int,
-    episodes: int,
-    episode_steps: int,
-) -> tuple[Timed, int, float]:
-    """The full ``sentio_ppo`` configuration for ``episodes`` x ``episode_steps`` env steps.
-
-    Returns the timing (phase split, episode ends), the episodes that ran their whole
-    length and the peak CUDA memory in bytes (0 on the CPU).
-    """
-    from sentio.agents.training import make_model
-    from sentio.env import EnvParams, SentioVecEnv
-
-    cfg = config(
-        years,
-        env={"episode_sessions": 3},
-        train={"device": device, "n_envs": n_envs},
-    )
-    env = SentioVecEnv(
-        market, EnvParams.from_config(cfg), [(0, market.n_rows)], cfg.train.n_envs, seed=0
-    )
-    keep = env.ends - env.starts >= episode_steps
-    if not keep.any():
-        raise SystemExit(f"no three-session episode has {episode_steps} steps in this market")
-    env.starts = env.starts[keep]
-    env.ends = env.starts + episode_steps
+    denv = DeviceVecEnv(market, params, ranges, shape.n_envs, device=dev, seed=0)
+    keep = (denv.ends - denv.starts) >= args.episode_steps
+    if not bool(keep.any()):
+        raise SystemExit(f"no three-session episode has {args.episode_steps} steps in this market")
+    denv.starts = denv.starts[keep]
+    denv.ends = denv.starts + args.episode_steps
+    total = args.episodes * args.episode_steps
     print(
-        f"  {int(keep.sum())} candidate episodes of {episode_steps} steps; "
-        f"{cfg.train.n_envs} envs, n_steps {cfg.agent.n_steps}, batch {cfg.agent.batch_size}, "
-        f"{cfg.agent.n_epochs} epochs"
+        f"3. sentio_ppo full on {name}, device path: {args.episodes} episodes of {args.episode_steps} steps "
+        f"({int(keep.sum())} candidates); {shape.n_envs} envs x {shape.n_steps} steps, batch {shape.batch_size}"
     )
     torch.manual_seed(0)
-    model = make_model(cfg, env, seed=0, device=torch.device(device))
-    cuda = device == "cuda"
-    if cuda:
+    model = make_model(cfg, SentioVecEnv(market, params, ranges, shape.n_envs, seed=0), seed=0, device=dev)
+    if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    timer = PhaseTimer(report_every=100_000)
+    timer = PhaseTimer(report_every=max(total // 5, 1))
     start = time.perf_counter()
-    model.learn(episodes * episode_steps, callback=timer, progress_bar=False)
-    if cuda:
+    learn_on_device(model, denv, total, callback=timer)
+    if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = float(torch.cuda.max_memory_allocated()) if cuda else 0.0
-    timed = Timed(
-        int(model.num_timesteps), seconds, timer.rollout_s, timer.update_s, timer.episodes
+    peak = float(torch.cuda.max_memory_allocated()) if dev.type == "cuda" else 0.0
+    ended, _ = denv.pop_episode_returns()
+    rate = model.num_timesteps / seconds
+    print(
+        f"  {model.num_timesteps:,} env steps in {seconds:.1f} s = {rate:,.0f} env steps/s (rollouts "
+        f"{timer.rollout_s:.1f} s, updates {timer.update_s:.1f} s); {ended} episodes ended; "
+        f"peak GPU memory {peak / 1024**3:.2f} GB"
     )
-    return timed, timer.truncated, peak
-
-
-def best(runs: list[Timed]) -> Timed:
-    """The fastest of repeated measurements."""
-    return max(runs, key=lambda t: t.rate)
-
-
-def load() -> str:
-    """The 1-minute load average (other processes on the machine slow every rate)."""
-    return f"load average {os.getloadavg()[0]:.2f}"
-
-
-def cpu_side_by_side(args: argparse.Namespace, market: MarketData) -> bool:
-    """Sentio MLP vs the baseline (ratio target), then the transformer rate; True if met."""
+    if dev.type != "cuda":
+        print("  (on the CPU: no targets)")
+        return True
     ok = True
-    mlp_cfg = config(
-        args.years,
-        agent={
-            "algo": "maskable_ppo",
-            "extractor": "mlp",
-            "quantile_critic": False,
-            "regime_gating": False,
-            "cvar_beta": 0.0,
-        },
-        train={"device": "cpu"},
-    )
-    n_envs = mlp_cfg.train.n_envs
-    a = mlp_cfg.agent
-    mlp_model = sentio_model(mlp_cfg, market, "cpu")
-    base_model = baseline_model(mlp_cfg, market, n_envs)
-    mlp_runs: list[Timed] = []
-    base_runs: list[Timed] = []
-    for _ in range(max(args.repeats, 1)):  # alternate, so load changes hit both alike
-        mlp_runs.append(timed_learn(mlp_model, args.steps))
-        base_runs.append(timed_learn(base_model, args.baseline_steps))
-    mlp, base = best(mlp_runs), best(base_runs)
-    print(
-        describe(
-            f"sentio maskable_ppo MLP (SentioVecEnv x{n_envs}, n_steps {a.n_steps}, "
-            f"batch {a.batch_size}, {a.n_epochs} epochs)",
-            mlp,
-        )
-        + f" [best of {', '.join(f'{t.rate:,.0f}' for t in mlp_runs)}]"
-    )
-    print(
-        describe(
-            f"baseline MaskablePPO defaults (DummyVecEnv x{n_envs} TradingEnv, n_steps 2048, "
-            "batch 64, 10 epochs)",
-            base,
-        )
-        + f" [best of {', '.join(f'{t.rate:,.0f}' for t in base_runs)}]"
-    )
-    ratio = mlp.rate / base.rate
-    print(f"ratio sentio / baseline: {ratio:.2f}x (target {TARGET_RATIO:.0f}x); {load()}")
-    if ratio >= TARGET_RATIO:
-        print(f"PASS: sentio MLP {ratio:.2f}x the baseline rate")
-    else:
-        print(f"FAIL: sentio MLP {ratio:.2f}x < {TARGET_RATIO:.0f}x the baseline rate")
-        ok = False
-    del mlp_model, base_model
-
-    tf_cfg = config(args.years, train={"device": "cpu"})
-    t = tf_cfg.agent
-    tf_model = sentio_model(tf_cfg, market, "cpu")
-    tf_runs = [timed_learn(tf_model, args.transformer_steps) for _ in range(max(args.repeats, 1))]
-    print(
-        describe(
-            f"sentio sentio_ppo transformer (d_model {t.d_model}, {t.n_layers} layers, "
-            f"window {tf_cfg.env.window}, {t.n_quantiles} quantiles, regime gating; "
-            f"SentioVecEnv x{tf_cfg.train.n_envs}) on CPU",
-            best(tf_runs),
-        )
-        + f" [best of {', '.join(f'{r.rate:,.0f}' for r in tf_runs)}]; {load()}"
-    )
-    del tf_model
+    for passed, text in (
+        (rate >= TARGET_GPU_RATE, f"{rate:,.0f} env steps/s (target {TARGET_GPU_RATE:,.0f})"),
+        (seconds < TARGET_GPU_SECONDS, f"{seconds:.1f} s (target {TARGET_GPU_SECONDS:.0f} s)"),
+        (peak < TARGET_GPU_BYTES, f"peak GPU memory {peak / 1024**3:.2f} GB (target 8 GB)"),
+    ):
+        print(("PASS: " if passed else "FAIL: ") + text)
+        ok = ok and passed
     return ok
 
 
-def gpu_check(args: argparse.Namespace, market: MarketData, n_envs: int) -> bool:
-    """The long sentio_ppo run on CUDA (or skipped); True unless a target is missed."""
-    ok = True
-    cuda = torch.cuda.is_available()
-    on_cpu = args.gpu_device == "cpu"
-    if args.no_gpu or (not args.gpu and not cuda and not on_cpu):
-        reason = "--no-gpu" if args.no_gpu else "torch.cuda.is_available() is False"
-        print(f"GPU check skipped ({reason})")
-    elif not on_cpu and not cuda:
-        print("FAIL: --gpu but torch.cuda.is_available() is False")
-        ok = False
-    else:
-        name = "cpu" if on_cpu else torch.cuda.get_device_name(0)
-        print(
-            f"long run: sentio_ppo (full configuration) on {name}, {args.episodes} episodes of "
-            f"{args.episode_steps} steps"
-        )
-        long, full, peak = run_long(
-            market,
-            args.years,
-            device=args.gpu_device,
-            n_envs=args.gpu_envs or n_envs,
-            episodes=args.episodes,
-            episode_steps=args.episode_steps,
-        )
-        print(
-            f"  {describe('trained', long)}; {full} ran their {args.episode_steps} steps; "
-            f"peak GPU memory {peak / 1024**3:.2f} GB"
-        )
-        if on_cpu:
-            print("  (on the CPU: no targets)")
-        else:
-            if long.seconds < TARGET_GPU_SECONDS:
-                print(f"PASS: {long.seconds:.0f} s < {TARGET_GPU_SECONDS:.0f} s")
-            else:
-                print(f"FAIL: {long.seconds:.0f} s >= {TARGET_GPU_SECONDS:.0f} s")
-                ok = False
-            if peak < TARGET_GPU_BYTES:
-                print(f"PASS: peak GPU memory {peak / 1024**3:.2f} GB < 8 GB")
-            else:
-                print(f"FAIL: peak GPU memory {peak / 1024**3:.2f} GB >= 8 GB")
-                ok = False
-    return ok
+def SentioConfig_with(args: argparse.Namespace, device: str) -> SentioConfig:  # noqa: N802
+    from sentio.config import SentioConfig
+
+    return SentioConfig.model_validate(
+        {
+            "synth": {"years": args.years, "seed": SYNTH_SEED},
+            "agent": FULL,
+            "env": {"episode_sessions": 3},
+            "train": {"device": device},
+        }
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=32_768, help="timed steps, sentio MLP")
-    parser.add_argument("--baseline-steps", type=int, default=16_384, help="timed, baseline")
-    parser.add_argument("--transformer-steps", type=int, default=8_192, help="timed, sentio_ppo")
-    parser.add_argument("--repeats", type=int, default=2, help="timed learns per configuration")
-    parser.add_argument("--years", type=float, default=YEARS)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    gpu = parser.add_mutually_exclusive_group()
-    gpu.add_argument("--gpu", action="store_true", help="run the GPU check (needs CUDA)")
-    gpu.add_argument("--no-gpu", action="store_true", help="skip the GPU check")
+    parser.add_argument("--steps", type=int, default=16_384, help="env steps per timed call (at least)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--sweep", default="8,64,256,1024,4096")
+    parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--years", type=float, default=1.0)
     parser.add_argument("--episodes", type=int, default=1_000)
     parser.add_argument("--episode-steps", type=int, default=1_000)
-    parser.add_argument("--gpu-envs", type=int, default=0, help="0: train.n_envs default")
     parser.add_argument("--gpu-device", choices=["cuda", "cpu"], default="cuda")
-    parser.add_argument("--gpu-only", action="store_true", help="skip the CPU measurements")
+    parser.add_argument("--no-gpu", action="store_true")
+    parser.add_argument("--gpu-only", action="store_true", help="only the GPU check")
     args = parser.parse_args()
-
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    torch.distributions.Distribution.set_default_validate_args(False)  # as train_agent does
     t0 = time.perf_counter()
-    market, base_cfg = build_bench_market(args.years)
+    market, base = build_bench_market(args.years)
     print(
-        f"market: {market.n_rows:,} one-minute rows, {market.n_features} features, "
-        f"{market.n_regimes} regimes, window {base_cfg.env.window} "
-        f"(built in {time.perf_counter() - t0:.1f} s); torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {load()}"
+        f"market: {market.n_rows:,} one-minute rows, {market.n_features} features, {market.n_regimes} "
+        f"regimes, window {base.env.window} (built in {time.perf_counter() - t0:.1f} s); torch "
+        f"{torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.2f}"
     )
     ok = True
     if not args.gpu_only:
-        ok = cpu_side_by_side(args, market)
-    ok = gpu_check(args, market, base_cfg.train.n_envs) and ok
-
+        ok = defaults(args, market)
+        if not args.no_sweep:
+            sweep(args, market)
+    ok = gpu(args, market) and ok
     print("OK" if ok else "targets missed")
     return 0 if ok else 1
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch
 from gymnasium import spaces
 from sb3_contrib.common.maskable.buffers import MaskableDictRolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import configure
 
 from sentio.agents.buffers import QuantileMaskableDictRolloutBuffer
 from sentio.agents.device_rollout import (
@@ -36,6 +38,7 @@ from sentio.agents.distributional import (
     quantile_lambda_targets,
     quantile_lambda_targets_torch,
 )
+from sentio.agents.ppo_update import ppo_update
 from sentio.agents.training import algorithm_class, make_model, save_model
 from sentio.config import SentioConfig, with_overrides
 from sentio.env import EnvParams, SentioVecEnv
@@ -406,3 +409,34 @@ def test_device_trained_model_saves_loads_and_acts_identically(algo: str, tmp_pa
         )
     for k, v in model.policy.state_dict().items():
         assert torch.equal(v, loaded.policy.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("algo", ["ppo", "maskable_ppo"])
+def test_ppo_update_equals_the_algorithms_own_train(algo: str) -> None:
+    """On the same rollout and minibatch order, :func:`ppo_update` and SB3's ``train()``
+    give the same parameters bit for bit and the same logged losses (averaged in another
+    order: to rounding)."""
+    market = random_market(n_sessions=4, session_len=40, seed=8, n_regimes=3)
+    _, model, denv, _ = _setup(algo, market)
+    buf = _buffer(model, denv)
+    collect_rollout(model, denv, buf, denv.reset())
+    state = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    opt = copy.deepcopy(model.policy.optimizer.state_dict())
+    model.rollout_buffer = buf
+    model._current_progress_remaining = 1.0
+    model.set_logger(configure(None, []))
+    np.random.seed(11)
+    model.train()
+    theirs = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    their_logs = dict(model.logger.name_to_value)
+    model.policy.load_state_dict(state)
+    model.policy.optimizer.load_state_dict(opt)
+    np.random.seed(11)
+    ppo_update(model, masked=algo == "maskable_ppo")
+    changed = 0
+    for k, v in model.policy.state_dict().items():
+        assert torch.equal(v, theirs[k]), k
+        changed += int(not torch.equal(v, state[k]))
+    assert changed > 0
+    for key in ("train/policy_gradient_loss", "train/value_loss", "train/entropy_loss", "train/clip_fraction"):
+        assert model.logger.name_to_value[key] == pytest.approx(their_logs[key], rel=1e-4, abs=1e-6)

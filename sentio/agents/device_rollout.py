@@ -21,10 +21,11 @@ truncation kept as flags, the same conventions as
 ``maskable_ppo`` this is SB3's "add gamma V(terminal) to the reward" rule written as a
 bootstrap, equal to float rounding).
 
-**Update**: the algorithm's own ``train()`` (SB3's PPO, sb3-contrib's MaskablePPO, or
-:class:`~sentio.agents.sentio_ppo.SentioPPO`), reading this buffer, which yields the same
-minibatch types as the SB3 buffers, already on the device; the minibatch order is drawn as
-SB3 draws it (``np.random.permutation``).
+**Update**: for ``ppo`` and ``maskable_ppo`` :func:`~sentio.agents.ppo_update.ppo_update`
+(their ``train()`` without distribution objects and without per-minibatch host reads; equal
+to it on the same minibatches), for ``sentio_ppo`` its own ``train()``; both read this
+buffer, which yields the SB3 buffers' minibatch types, already on the device, in the order
+SB3 draws (``np.random.permutation``).
 
 The model is an ordinary SB3 model throughout (``save``/``load``, ``predict``): only the
 loop that feeds it differs. :func:`learn_on_device` is the counterpart of SB3's
@@ -46,6 +47,7 @@ from stable_baselines3.common.type_aliases import DictRolloutBufferSamples
 
 from sentio.agents.buffers import QuantileRolloutBufferSamples
 from sentio.agents.distributional import gae_torch, quantile_lambda_targets_torch
+from sentio.agents.ppo_update import ppo_update
 from sentio.env.device_env import DeviceVecEnv
 
 __all__ = ["DeviceRolloutBuffer", "collect_rollout", "learn_on_device", "rollout_kind"]
@@ -356,7 +358,10 @@ def learn_on_device(
             model._update_current_progress_remaining(model.num_timesteps, total)
             getattr(model, "dump_logs")(iteration)  # noqa: B009
             model.rollout_buffer = buffer  # type: ignore[attr-defined]
-            getattr(model, "train")()  # noqa: B009
+            if buffer.kind.sentio:
+                getattr(model, "train")()  # noqa: B009  # SentioPPO's own update
+            else:
+                ppo_update(model, masked=buffer.kind.masked)
     finally:
         model.rollout_buffer = sb3_buffer  # type: ignore[attr-defined]
     callback.on_training_end()
