@@ -78,7 +78,12 @@ MLP = {
     "regime_gating": False,
     "cvar_beta": 0.0,
 }
-FULL = {"algo": "sentio_ppo", "extractor": "transformer", "quantile_critic": True, "regime_gating": True}
+FULL = {
+    "algo": "sentio_ppo",
+    "extractor": "transformer",
+    "quantile_critic": True,
+    "regime_gating": True,
+}
 
 
 class PhaseTimer(BaseCallback):
@@ -108,7 +113,10 @@ class PhaseTimer(BaseCallback):
         n = int(self.model.num_timesteps)
         if self.report_every and n // self.report_every > self._reported:
             self._reported = n // self.report_every
-            print(f"    {n:,} steps: rollouts {self.rollout_s:.1f} s, updates {self.update_s:.1f} s", flush=True)
+            print(
+                f"    {n:,} steps: rollouts {self.rollout_s:.1f} s, updates {self.update_s:.1f} s",
+                flush=True,
+            )
 
     def _on_training_end(self) -> None:
         if self._in_update:
@@ -193,10 +201,19 @@ class Run:
         b1, t1 = cpu_times()
         busy = (b1 - b0) / (t1 - t0) if t1 > t0 else float("nan")
         peak = float(torch.cuda.max_memory_allocated()) if cuda else 0.0
-        return Timed(int(self.model.num_timesteps) - before, seconds, timer.rollout_s, timer.update_s, busy, peak)
+        return Timed(
+            int(self.model.num_timesteps) - before,
+            seconds,
+            timer.rollout_s,
+            timer.update_s,
+            busy,
+            peak,
+        )
 
 
-def measure(cfg: SentioConfig, market: MarketData, path: str, device: str, args: argparse.Namespace) -> tuple[Timed, list[Timed], Any]:
+def measure(
+    cfg: SentioConfig, market: MarketData, path: str, device: str, args: argparse.Namespace
+) -> tuple[Timed, list[Timed], Any]:
     run = Run(cfg, market, path, device)
     runs = [run.timed(args.steps) for _ in range(max(args.repeats, 1))]
     return max(runs, key=lambda t: t.rate), runs, run.shape
@@ -252,10 +269,18 @@ def defaults(args: argparse.Namespace, market: MarketData) -> bool:
     ratio = rates[("sentio_ppo full", "device")] / rates[("sentio_ppo full", "sb3")]
     mlp = rates[("maskable_ppo MLP", "device")]
     mlp_ratio = mlp / rates[("maskable_ppo MLP", "sb3")]
-    print(f"  maskable_ppo MLP: device / sb3 {mlp_ratio:.2f}x; load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"  maskable_ppo MLP: device / sb3 {mlp_ratio:.2f}x; load average {os.getloadavg()[0]:.2f}"
+    )
     for passed, text in (
-        (ratio >= TARGET_FULL_RATIO, f"sentio_ppo full: device path {ratio:.2f}x the SB3 path (target {TARGET_FULL_RATIO:.0f}x)"),
-        (mlp >= TARGET_MLP_RATE, f"maskable_ppo MLP: {mlp:,.0f} env steps/s on the device path (target {TARGET_MLP_RATE:,.0f})"),
+        (
+            ratio >= TARGET_FULL_RATIO,
+            f"sentio_ppo full: device path {ratio:.2f}x the SB3 path (target {TARGET_FULL_RATIO:.0f}x)",
+        ),
+        (
+            mlp >= TARGET_MLP_RATE,
+            f"maskable_ppo MLP: {mlp:,.0f} env steps/s on the device path (target {TARGET_MLP_RATE:,.0f})",
+        ),
     ):
         print(("PASS: " if passed else "FAIL: ") + text)
         ok = ok and passed
@@ -264,7 +289,9 @@ def defaults(args: argparse.Namespace, market: MarketData) -> bool:
 
 def sweep(args: argparse.Namespace, market: MarketData) -> None:
     sizes = [int(s) for s in args.sweep.split(",") if s]
-    print("2. sweep over train.n_envs, sentio_ppo full (n_steps auto: 2,048 env steps per rollout, at least 8)")
+    print(
+        "2. sweep over train.n_envs, sentio_ppo full (n_steps auto: 2,048 env steps per rollout, at least 8)"
+    )
     for n in sizes:
         cfg = config(args.years, FULL, device="cpu", n_envs=n)
         for path in ("device", "sb3"):
@@ -280,7 +307,11 @@ def sweep(args: argparse.Namespace, market: MarketData) -> None:
 def gpu(args: argparse.Namespace, market: MarketData) -> bool:
     device = args.gpu_device
     if args.no_gpu or (device == "cuda" and not torch.cuda.is_available()):
-        print("3. GPU check skipped (" + ("--no-gpu" if args.no_gpu else "torch.cuda.is_available() is False") + ")")
+        print(
+            "3. GPU check skipped ("
+            + ("--no-gpu" if args.no_gpu else "torch.cuda.is_available() is False")
+            + ")"
+        )
         return True
     from sentio.agents.device_rollout import learn_on_device
     from sentio.agents.training import make_model, rollout_shape
@@ -305,7 +336,9 @@ def gpu(args: argparse.Namespace, market: MarketData) -> bool:
         f"({int(keep.sum())} candidates); {shape.n_envs} envs x {shape.n_steps} steps, batch {shape.batch_size}"
     )
     torch.manual_seed(0)
-    model = make_model(cfg, SentioVecEnv(market, params, ranges, shape.n_envs, seed=0), seed=0, device=dev)
+    model = make_model(
+        cfg, SentioVecEnv(market, params, ranges, shape.n_envs, seed=0), seed=0, device=dev
+    )
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -352,7 +385,9 @@ def SentioConfig_with(args: argparse.Namespace, device: str) -> SentioConfig:  #
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=16_384, help="env steps per timed call (at least)")
+    parser.add_argument(
+        "--steps", type=int, default=16_384, help="env steps per timed call (at least)"
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--sweep", default="8,64,256,1024,4096")
     parser.add_argument("--no-sweep", action="store_true")

@@ -438,5 +438,10 @@ def test_ppo_update_equals_the_algorithms_own_train(algo: str) -> None:
         assert torch.equal(v, theirs[k]), k
         changed += int(not torch.equal(v, state[k]))
     assert changed > 0
-    for key in ("train/policy_gradient_loss", "train/value_loss", "train/entropy_loss", "train/clip_fraction"):
+    for key in (
+        "train/policy_gradient_loss",
+        "train/value_loss",
+        "train/entropy_loss",
+        "train/clip_fraction",
+    ):
         assert model.logger.name_to_value[key] == pytest.approx(their_logs[key], rel=1e-4, abs=1e-6)

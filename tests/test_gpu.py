@@ -128,3 +128,48 @@ def test_cuda_training_resumes_from_its_checkpoint(market: Any, tmp_path: Path) 
     assert again.resumed_from >= cfg.train.checkpoint_every
     assert again.num_timesteps == first.num_timesteps
     assert again.device.startswith("cuda")
+
+
+# ---------------------------------------------------------------------------- device path
+
+
+def test_torch_simulator_on_cuda_equals_numpy() -> None:
+    """The equivalence of ``tests/test_torch_simulator.py`` with the accounts on the GPU
+    (float64 there too: bit for bit but the reward's logarithm)."""
+    from tests.test_torch_simulator import _params, _run
+
+    rng = np.random.default_rng(0)
+    market = random_market(n_sessions=4, session_len=60, seed=9, bar_vol=3e-3)
+    for backtest_mode in (False, True):
+        for masks in (None, True):
+            _run(
+                market,
+                _params(rng, all_masks=masks),
+                1024,
+                backtest_mode,
+                seed=1,
+                steps=120,
+                device="cuda",
+            )
+
+
+def test_auto_rollout_shape_on_cuda_and_a_device_training(market: Any, tmp_path: Path) -> None:
+    """``auto`` gives 4,096 accounts x 16 steps on the GPU; the device path trains there
+    (no host round trip per step) and the model acts alike on the CPU."""
+    from sentio.agents.training import GPU_ROLLOUT, rollout_shape
+
+    auto = {"train.n_envs": "auto", "agent.n_steps": "auto", "agent.batch_size": "auto"}
+    cfg = gpu_cfg(**auto, **{"train.total_timesteps": 2 * 4096 * 16})
+    assert rollout_shape(cfg, torch.device("cuda")) == GPU_ROLLOUT
+    result = train_agent(cfg, market, [(0, market.n_rows)], seed=4, out_dir=tmp_path)
+    assert (result.rollout, result.n_envs, result.n_steps) == ("device", 4096, 16)
+    assert result.num_timesteps == 2 * 4096 * 16
+    params = EnvParams.from_config(cfg)
+    rows = [(market.n_rows // 2, market.n_rows)]
+    on_gpu = backtest(
+        algorithm_class(cfg).load(result.model_path, device="cuda"), market, params, rows
+    )
+    on_cpu = backtest(
+        algorithm_class(cfg).load(result.model_path, device="cpu"), market, params, rows
+    )
+    assert float(np.mean(on_gpu.actions == on_cpu.actions)) >= 0.9

@@ -66,20 +66,26 @@ def _assert_same(np_sim: BatchSimulator, t_sim: TorchSimulator) -> None:
     a, b = np_sim.get_state(), t_sim.get_state()
     for name in BatchSimulator.ACCOUNT_STATE:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    np.testing.assert_array_equal(np_sim.blocked_layers(), t_sim.blocked_layers().numpy())
+    np.testing.assert_array_equal(np_sim.blocked_layers(), t_sim.blocked_layers().cpu().numpy())
     o1, o2 = np_sim.observe(), t_sim.observe()
     for k in ("window", "state"):
         assert o2[k].dtype == torch.float32
-        np.testing.assert_array_equal(o1[k], o2[k].numpy(), err_msg=k)
+        np.testing.assert_array_equal(o1[k], o2[k].cpu().numpy(), err_msg=k)
 
 
 def _run(
-    market: MarketData, params: EnvParams, n: int, backtest: bool, seed: int, steps: int
+    market: MarketData,
+    params: EnvParams,
+    n: int,
+    backtest: bool,
+    seed: int,
+    steps: int,
+    device: str = "cpu",
 ) -> int:
     """Step both simulators with the same random valid actions; restart finished accounts."""
     rng = np.random.default_rng(seed)
     np_sim = BatchSimulator(market, params, n, backtest=backtest)
-    t_sim = TorchSimulator(market, params, n, backtest=backtest)
+    t_sim = TorchSimulator(market, params, n, backtest=backtest, device=device)
     start, end = _episodes(rng, market, params, n)
     np_sim.reset(np.arange(n), start, end)
     t_sim.reset(torch.as_tensor(start), torch.as_tensor(end))
@@ -98,8 +104,8 @@ def _run(
             "costs",
             "traded_notional",
         ):
-            np.testing.assert_array_equal(getattr(r1, k), getattr(r2, k).numpy(), err_msg=k)
-        np.testing.assert_array_max_ulp(r1.reward, r2.reward.numpy(), maxulp=2)
+            np.testing.assert_array_equal(getattr(r1, k), getattr(r2, k).cpu().numpy(), err_msg=k)
+        np.testing.assert_array_max_ulp(r1.reward, r2.reward.cpu().numpy(), maxulp=2)
         _assert_same(np_sim, t_sim)
         done = r1.terminated | r1.truncated
         if done.any():

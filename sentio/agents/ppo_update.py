@@ -54,7 +54,9 @@ def evaluate_actions(
     logits = policy.action_net(latent_pi)
     if action_masks is not None:
         masks = action_masks.to(torch.bool)
-        logits = torch.where(masks, logits, torch.tensor(HUGE_NEG, dtype=logits.dtype, device=logits.device))
+        logits = torch.where(
+            masks, logits, torch.tensor(HUGE_NEG, dtype=logits.dtype, device=logits.device)
+        )
     logits = logits - logits.logsumexp(dim=-1, keepdim=True)
     probs = F.softmax(logits, dim=-1)
     log_prob = logits.gather(-1, actions.long().reshape(-1, 1)).squeeze(-1)

@@ -158,9 +158,12 @@ class TorchSimulator:
         """
         cash = self.p.initial_cash if equity is None else float(equity)
         eq = torch.full((self.n,), cash, dtype=torch.float64, device=self.device)
+        dev = self.device
+        if where is not None:
+            where = where.to(device=dev, dtype=torch.bool)
         fresh = {
-            "t": start.to(torch.int64),
-            "end": end.to(torch.int64),
+            "t": start.to(device=dev, dtype=torch.int64),
+            "end": end.to(device=dev, dtype=torch.int64),
             "cash": eq,
             "shares": torch.zeros_like(eq),
             "inst": torch.full_like(self.inst, FLAT),
