@@ -113,6 +113,10 @@ class Batch:
 
     def step(self, a: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         res = self.sim.step(np.array([a]))
+        return self._outcome(res)
+
+    def _outcome(self, res: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """The step's tuple from account 0 of a (numpy or torch) step result."""
         info = {
             "equity": float(res.equity[0]),
             "exposure": float(res.exposure[0]),
@@ -190,21 +194,7 @@ class Torch(Batch):
         return self.observe()
 
     def step(self, a: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        res = self.torch_sim.step(torch.tensor([a]))
-        info = {
-            "equity": float(res.equity[0]),
-            "exposure": float(res.exposure[0]),
-            "costs": float(res.costs[0]),
-            "traded_notional": float(res.traded_notional[0]),
-            "termination": TERMINATION[int(res.termination[0])],
-        }
-        return (
-            self.observe(),
-            float(res.reward[0]),
-            bool(res.terminated[0]),
-            bool(res.truncated[0]),
-            info,
-        )
+        return self._outcome(self.torch_sim.step(torch.tensor([a])))
 
     def observe(self) -> dict[str, np.ndarray]:
         return {k: v[0].numpy() for k, v in self.torch_sim.observe().items()}
