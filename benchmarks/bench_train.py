@@ -44,7 +44,8 @@ Prints figures and PASS / FAIL lines; exits 1 if a target is missed.
 
 Usage: ``.venv/bin/python benchmarks/bench_train.py [--steps 16384] [--repeats 2]
 [--sweep 8,64,256,1024,4096] [--no-sweep] [--threads 1] [--years 1] [--episodes 1000]
-[--episode-steps 1000] [--gpu-device cuda] [--no-gpu]``
+[--episode-steps 1000] [--gpu-device cuda] [--no-gpu] [--gpu-only]`` (``--gpu-only``: the CUDA
+sweep and the long run; ``benchmarks/gpu_check.sh`` runs it with the CUDA tests).
 """
 
 from __future__ import annotations
@@ -287,12 +288,12 @@ def defaults(args: argparse.Namespace, market: MarketData) -> bool:
     return ok
 
 
-def sweep(args: argparse.Namespace, market: MarketData) -> None:
+def sweep(args: argparse.Namespace, market: MarketData, *, cpu: bool = True) -> None:
     sizes = [int(s) for s in args.sweep.split(",") if s]
     print(
         "2. sweep over train.n_envs, sentio_ppo full (n_steps auto: 2,048 env steps per rollout, at least 8)"
     )
-    for n in sizes:
+    for n in sizes if cpu else []:
         cfg = config(args.years, FULL, device="cpu", n_envs=n)
         for path in ("device", "sb3"):
             best, runs, shape = measure(cfg, market, path, "cpu", args)
@@ -397,7 +398,9 @@ def main() -> int:
     parser.add_argument("--episode-steps", type=int, default=1_000)
     parser.add_argument("--gpu-device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--no-gpu", action="store_true")
-    parser.add_argument("--gpu-only", action="store_true", help="only the GPU check")
+    parser.add_argument(
+        "--gpu-only", action="store_true", help="only the GPU parts (the CUDA sweep, the long run)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.distributions.Distribution.set_default_validate_args(False)  # as train_agent does
@@ -412,8 +415,8 @@ def main() -> int:
     ok = True
     if not args.gpu_only:
         ok = defaults(args, market)
-        if not args.no_sweep:
-            sweep(args, market)
+    if not args.no_sweep:
+        sweep(args, market, cpu=not args.gpu_only)
     ok = gpu(args, market) and ok
     print("OK" if ok else "targets missed")
     return 0 if ok else 1
