@@ -515,11 +515,12 @@ class TrainConfig(_Section):
         "auto",
         description="training environments stepped at once; 'auto': 64 on the CPU, 4,096 on a GPU",
     )
-    rollout: Literal["device", "sb3"] = Field(
-        "device",
+    rollout: Literal["auto", "device", "sb3"] = Field(
+        "auto",
         description="'device': the accounts, rollouts and updates stay tensors on the "
         "training device (sentio.agents.device_rollout); 'sb3': SB3's own loop over the "
-        "numpy environment (the reference path)",
+        "numpy environment; 'auto': device on a GPU, sb3 on the CPU (where numpy steps "
+        "the accounts as fast or faster: benchmarks/README.md)",
     )
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
