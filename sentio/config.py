@@ -515,12 +515,11 @@ class TrainConfig(_Section):
         "auto",
         description="training environments stepped at once; 'auto': 64 on the CPU, 4,096 on a GPU",
     )
-    rollout: Literal["auto", "device", "sb3"] = Field(
-        "auto",
+    rollout: Literal["device", "sb3"] = Field(
+        "device",
         description="'device': the accounts, rollouts and updates stay tensors on the "
         "training device (sentio.agents.device_rollout); 'sb3': SB3's own loop over the "
-        "numpy environment; 'auto': device on a GPU, sb3 on the CPU (where numpy steps "
-        "the accounts as fast or faster: benchmarks/README.md)",
+        "numpy environment (on the CPU 0-10 % faster, benchmarks/README.md)",
     )
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"

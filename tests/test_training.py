@@ -19,7 +19,6 @@ from sentio.agents.training import (
     RolloutShape,
     algorithm_class,
     resolve_device,
-    resolve_rollout,
     rollout_shape,
     train_agent,
 )
@@ -226,12 +225,3 @@ def test_rollout_shape_sizes_auto_to_the_device() -> None:
     assert rollout_shape(small_cfg(), cpu) == RolloutShape(n_envs=4, n_steps=32, batch_size=64)
     with pytest.raises(ConfigError, match=r"batch_size \(4096\) exceeds the rollout size"):
         rollout_shape(small_cfg(**{**auto, "agent.batch_size": 4096}), cpu)
-
-
-def test_auto_rollout_is_the_device_path_on_a_gpu_and_sb3s_loop_on_the_cpu() -> None:
-    cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    auto = small_cfg(**{"train.rollout": "auto"})
-    assert (resolve_rollout(auto, cpu), resolve_rollout(auto, gpu)) == ("sb3", "device")
-    for chosen in ("device", "sb3"):
-        cfg = small_cfg(**{"train.rollout": chosen})
-        assert resolve_rollout(cfg, cpu) == resolve_rollout(cfg, gpu) == chosen

@@ -2,10 +2,10 @@
 
 ``train_agent`` builds the configured algorithm (``agent.algo``: ``ppo``, ``maskable_ppo``
 or ``sentio_ppo``) on a :class:`~sentio.env.SentioVecEnv` over the fold's training
-ranges and trains it to ``train.total_timesteps``: with SB3's own loop over that numpy
-environment, or (``train.rollout = device``, the ``auto`` choice on a GPU) with the
-accounts, rollouts and updates on the training device
-(:func:`~sentio.agents.device_rollout.learn_on_device`). The rollout shape (environments,
+ranges and trains it to ``train.total_timesteps``: by default (``train.rollout = device``)
+with the accounts, rollouts and updates on the training device
+(:func:`~sentio.agents.device_rollout.learn_on_device`), or with SB3's own loop over that
+numpy environment (``sb3``). The rollout shape (environments,
 steps, minibatch) is :func:`rollout_shape`'s. Every ``train.checkpoint_every``
 environment steps (at the end of the rollout that crosses the mark) it writes a
 checkpoint holding everything needed to continue: the SB3 zip (weights, optimizer state,
@@ -70,7 +70,6 @@ __all__ = [
     "algorithm_class",
     "make_model",
     "resolve_device",
-    "resolve_rollout",
     "rollout_shape",
     "save_model",
     "train_agent",
@@ -161,13 +160,6 @@ def rollout_shape(cfg: SentioConfig, device: torch.device) -> RolloutShape:
             f"train.n_envs = {n_steps} x {n_envs} = {rollout}"
         )
     return RolloutShape(n_envs=n_envs, n_steps=n_steps, batch_size=batch)
-
-
-def resolve_rollout(cfg: SentioConfig, device: torch.device) -> str:
-    """``train.rollout`` with ``auto`` resolved: ``device`` on CUDA, ``sb3`` on the CPU."""
-    if cfg.train.rollout != "auto":
-        return cfg.train.rollout
-    return "device" if device.type == "cuda" else "sb3"
 
 
 def reward_scale(cfg: SentioConfig, market: MarketData, ranges: Sequence[tuple[int, int]]) -> float:
@@ -520,7 +512,7 @@ class TrainResult:
     seed: int
     device: str
     rollout: str
-    """The rollout path that ran: ``device`` or ``sb3`` (:func:`resolve_rollout`)."""
+    """``train.rollout``: ``device`` or ``sb3``."""
     n_envs: int
     n_steps: int
     batch_size: int
@@ -613,7 +605,7 @@ def _train(
     shape = rollout_shape(cfg, device)
     # the SB3 environment gives the model its spaces and size (and steps it on the sb3 path)
     env = SentioVecEnv(market, params, train_ranges, shape.n_envs, seed=seed, reward_scale=scale)
-    rollout = resolve_rollout(cfg, device)
+    rollout = cfg.train.rollout
     device_env = None
     if rollout == "device":
         device_env = DeviceVecEnv(
