@@ -180,12 +180,12 @@ def test_killed_training_resumes_to_the_configured_total(
 def test_out_of_memory_names_the_batch_size(
     market: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sb3_contrib import MaskablePPO
+    import sentio.agents.device_rollout as device_rollout
 
-    def boom(self: Any, *args: Any, **kwargs: Any) -> None:
+    def boom(*args: Any, **kwargs: Any) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(MaskablePPO, "train", boom)
+    monkeypatch.setattr(device_rollout, "ppo_update", boom)  # the device path's update
     with pytest.raises(ResourceError, match=r"agent.batch_size = 64.*lower agent.batch_size"):
         train_agent(small_cfg(), market, [(0, market.n_rows)], seed=0, out_dir=tmp_path)
 
