@@ -379,6 +379,8 @@ def train_table(train: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "steps": t.get("num_timesteps"),
                 "steps/s": _round(t.get("steps_per_second"), 1),
                 "device": t.get("device"),
+                "rollout": t.get("rollout"),
+                "envs": t.get("n_envs"),
                 "test bars": run.get("test_bars"),
                 "sharpe": _round(m.get("sharpe"), 3),
                 "total return": _round(m.get("total_return"), 5),

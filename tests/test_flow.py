@@ -506,3 +506,28 @@ def test_served_deployments_and_prefect_yaml_agree() -> None:
         assert set(dep["parameters"]) == {"data_path", "config_path"}
     (pull,) = spec["pull"]
     assert "prefect.deployments.steps.set_working_directory" in pull
+
+
+def test_training_table_names_the_device_the_rollout_path_and_the_environments() -> None:
+    from sentio.orchestration import train_table
+
+    run = {
+        "fold": 0,
+        "seed": 1,
+        "train": {
+            "num_timesteps": 4096,
+            "steps_per_second": 1234.56,
+            "device": "cpu",
+            "rollout": "device",
+            "n_envs": 64,
+        },
+        "metrics": {"sharpe": 0.5},
+        "references": {},
+    }
+    (row,) = train_table({"runs": [run]})
+    assert (row["device"], row["rollout"], row["envs"], row["steps/s"]) == (
+        "cpu",
+        "device",
+        64,
+        1234.6,
+    )
