@@ -320,7 +320,7 @@ def gpu(args: argparse.Namespace, market: MarketData) -> bool:
     from sentio.env.device_env import DeviceVecEnv
 
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
-    cfg = SentioConfig_with(args, device)
+    cfg = long_run_config(args, device)
     dev = torch.device(device)
     shape = rollout_shape(cfg, dev)
     params = EnvParams.from_config(cfg)
@@ -371,7 +371,7 @@ def gpu(args: argparse.Namespace, market: MarketData) -> bool:
     return ok
 
 
-def SentioConfig_with(args: argparse.Namespace, device: str) -> SentioConfig:  # noqa: N802
+def long_run_config(args: argparse.Namespace, device: str) -> SentioConfig:
     from sentio.config import SentioConfig
 
     return SentioConfig.model_validate(

@@ -445,3 +445,33 @@ def test_ppo_update_equals_the_algorithms_own_train(algo: str) -> None:
         "train/clip_fraction",
     ):
         assert model.logger.name_to_value[key] == pytest.approx(their_logs[key], rel=1e-4, abs=1e-6)
+
+
+def test_the_gpus_sync_free_steps_equal_the_cpus() -> None:
+    """On a GPU the environment never reads back per step (it gathers terminal observations
+    every step); forced on the CPU, that branch gives the very same rollout."""
+    market = random_market(n_sessions=6, session_len=8, seed=4, n_regimes=3)
+    buffers = []
+    for sync_free in (False, True):
+        cfg, model, _, params = _setup("sentio_ppo", market, **{"env.window": 1})
+        denv = DeviceVecEnv(
+            market, params, [(0, market.n_rows)], 8, seed=3, reward_scale=50.0, sync_free=sync_free
+        )
+        buf = _buffer(model, denv)
+        torch.manual_seed(1)
+        collect_rollout(model, denv, buf, denv.reset())
+        buffers.append((buf, denv.pop_episode_returns()))
+    (a, ended_a), (b, ended_b) = buffers
+    assert ended_a == ended_b and ended_a[0] >= 8  # episodes ended inside the rollout
+    for name in (
+        "actions",
+        "rewards",
+        "value_tensor",
+        "terminated",
+        "truncated",
+        "terminal_values",
+        "advantages",
+    ):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.terminal_quantiles is not None and b.terminal_quantiles is not None
+    assert torch.equal(a.terminal_quantiles, b.terminal_quantiles)
