@@ -5,7 +5,12 @@
   lambda-targets).
 * :mod:`sentio.agents.extractors` -- the transformer and flat features extractors over the
   environments' dict observations.
-* :mod:`sentio.agents.training` -- device, model construction, checkpoints and resume.
+* :mod:`sentio.agents.device_rollout` -- rollouts, GAE and quantile targets with the
+  trading accounts on the training device (``train.rollout = device``).
+* :mod:`sentio.agents.ppo_update` -- PPO's and MaskablePPO's update without per-minibatch
+  host reads (the device path's update for those two).
+* :mod:`sentio.agents.training` -- device, rollout shape, model construction,
+  checkpoints and resume.
 """
 
 from sentio.agents.distributional import (

@@ -10,6 +10,9 @@
   independent scalar implementation of the same trading model (the reference the
   batched simulator is checked against), usable with ``DummyVecEnv`` and MaskablePPO.
 * :mod:`sentio.env.episodes` -- where episodes may run inside a fold's training ranges.
+* :mod:`sentio.env.torch_simulator` -- :class:`~sentio.env.torch_simulator.TorchSimulator`,
+  the same trading model with the accounts as tensors on a device (equal to the numpy one
+  bit for bit); :mod:`sentio.env.device_env` -- its training environment.
 """
 
 from sentio.env.episodes import candidate_episodes, rows_from_ranges, sample_episodes
