@@ -8,9 +8,9 @@ train.torch_threads)`` at a time. The inputs (ingest, features, folds, regimes o
 ``--years`` of synthetic bars, ``sentio.data.synth`` seed 5) are built first, untimed,
 with the library stages.
 
-Configuration: ``SentioConfig`` defaults (``sentio_ppo``, transformer, quantile critic,
-regime gating, 8 environments, walk-forward with 4 folds), one seed, ``--steps`` env
-steps per training. Three runs on fresh working directories (no cache hits):
+Configuration: ``SentioConfig`` defaults (``maskable_ppo`` with the MLP extractor, the
+``auto`` rollout shape: 64 environments x 32 steps on the CPU; walk-forward with 4
+folds), one seed, ``--steps`` env steps per training. Three runs on fresh working directories (no cache hits):
 
 * ``flow default``: ``train.max_parallel = 0`` (one training per core) and
   ``train.torch_threads = 1``;
