@@ -102,18 +102,20 @@ def _one_obs(market: Any, cfg: SentioConfig) -> dict[str, np.ndarray]:
 def test_cuda_model_loads_on_cpu_and_acts_alike(market: Any, tmp_path: Path) -> None:
     cfg = gpu_cfg()
     result = train_agent(cfg, market, [(0, market.n_rows)], seed=1, out_dir=tmp_path)
+    # bf16 on the GPU vs float32 on the CPU: near-ties may break differently, little else
+    assert _gpu_cpu_agreement(cfg, market, result.model_path) >= 0.9
+
+
+def _gpu_cpu_agreement(cfg: SentioConfig, market: Any, model_path: str) -> float:
+    """Share of the second half's bars where the model loaded on the GPU and on the CPU
+    take the same deterministic action."""
     params = EnvParams.from_config(cfg)
     rows = [(market.n_rows // 2, market.n_rows)]
-    on_gpu = backtest(
-        algorithm_class(cfg).load(result.model_path, device="cuda"), market, params, rows
-    )
-    on_cpu = backtest(
-        algorithm_class(cfg).load(result.model_path, device="cpu"), market, params, rows
-    )
-    # bf16 on the GPU vs float32 on the CPU: near-ties may break differently, little else
+    on_gpu = backtest(algorithm_class(cfg).load(model_path, device="cuda"), market, params, rows)
+    on_cpu = backtest(algorithm_class(cfg).load(model_path, device="cpu"), market, params, rows)
     agree = float(np.mean(on_gpu.actions == on_cpu.actions))
     print(f"\nGPU vs CPU deterministic actions agree on {agree:.3f} of {on_cpu.n_bars} bars")
-    assert agree >= 0.9
+    return agree
 
 
 def test_cuda_training_resumes_from_its_checkpoint(market: Any, tmp_path: Path) -> None:
@@ -164,12 +166,4 @@ def test_auto_rollout_shape_on_cuda_and_a_device_training(market: Any, tmp_path:
     result = train_agent(cfg, market, [(0, market.n_rows)], seed=4, out_dir=tmp_path)
     assert (result.rollout, result.n_envs, result.n_steps) == ("device", 4096, 16)
     assert result.num_timesteps == 2 * 4096 * 16
-    params = EnvParams.from_config(cfg)
-    rows = [(market.n_rows // 2, market.n_rows)]
-    on_gpu = backtest(
-        algorithm_class(cfg).load(result.model_path, device="cuda"), market, params, rows
-    )
-    on_cpu = backtest(
-        algorithm_class(cfg).load(result.model_path, device="cpu"), market, params, rows
-    )
-    assert float(np.mean(on_gpu.actions == on_cpu.actions)) >= 0.9
+    assert _gpu_cpu_agreement(cfg, market, result.model_path) >= 0.9

@@ -113,9 +113,9 @@ class DeviceRolloutBuffer:
         self.terminated = zeros(dtype=torch.bool)
         self.truncated = zeros(dtype=torch.bool)
         self.terminal_values = zeros()
-        q = max(kind.n_quantiles, 1)
-        self.quantiles = zeros(q) if kind.n_quantiles else None
-        self.terminal_quantiles = zeros(q) if kind.n_quantiles else None
+        q = kind.n_quantiles
+        self.quantiles = zeros(q) if q else None
+        self.terminal_quantiles = zeros(q) if q else None
         self.quantile_targets: torch.Tensor | None = None
         self.advantages = zeros()
         self.return_tensor = zeros()
@@ -133,11 +133,15 @@ class DeviceRolloutBuffer:
         log_probs: torch.Tensor,
         terminated: torch.Tensor,
         truncated: torch.Tensor,
-        terminal_values: torch.Tensor,
+        terminal_values: torch.Tensor | None,
         quantiles: torch.Tensor | None = None,
         terminal_quantiles: torch.Tensor | None = None,
     ) -> None:
-        """Store step ``t`` of every environment (``truncated`` excludes ``terminated``)."""
+        """Store step ``t`` of every environment (``truncated`` excludes ``terminated``).
+
+        ``terminal_values`` / ``terminal_quantiles``: the critic of the observations before
+        the restarts (read on the truncated accounts only); None when no account finished.
+        """
         for k, v in obs.items():
             self.observations[k][t] = v
         self.actions[t] = actions.reshape(self.n_envs)
@@ -149,15 +153,19 @@ class DeviceRolloutBuffer:
         self.terminated[t] = terminated
         trunc = truncated & ~terminated
         self.truncated[t] = trunc
-        self.terminal_values[t] = torch.where(
-            trunc, terminal_values.reshape(self.n_envs).float(), 0.0
-        )
+        if terminal_values is None:
+            self.terminal_values[t] = 0.0
+        else:
+            tv = terminal_values.reshape(self.n_envs).float()
+            self.terminal_values[t] = torch.where(trunc, tv, 0.0)
         if self.quantiles is not None and quantiles is not None:
             self.quantiles[t] = quantiles.float().reshape(self.n_envs, -1)
-            assert self.terminal_quantiles is not None and terminal_quantiles is not None
-            self.terminal_quantiles[t] = torch.where(
-                trunc[:, None], terminal_quantiles.float().reshape(self.n_envs, -1), 0.0
-            )
+            assert self.terminal_quantiles is not None
+            if terminal_quantiles is None:
+                self.terminal_quantiles[t] = 0.0
+            else:
+                tq = terminal_quantiles.float().reshape(self.n_envs, -1)
+                self.terminal_quantiles[t] = torch.where(trunc[:, None], tq, 0.0)
 
     def compute(self, last_values: torch.Tensor, last_quantiles: torch.Tensor | None) -> None:
         """Advantages, returns and (quantile critic) the per-quantile targets."""
@@ -273,17 +281,9 @@ def collect_rollout(
                 critic = None
         actions = actions.reshape(-1)
         step = env.step(actions)
-        terminal_values = torch.zeros_like(step.reward)
-        terminal_quantiles = (
-            None
-            if critic is None or not kind.n_quantiles
-            else torch.zeros_like(critic, dtype=torch.float32)
-        )
+        terminal_values = terminal_quantiles = None
         if step.final is not None:
-            tv, tq = _critic(model, kind, step.final)
-            terminal_values = tv
-            if tq is not None:
-                terminal_quantiles = tq
+            terminal_values, terminal_quantiles = _critic(model, kind, step.final)
         buffer.add(
             t,
             obs,

@@ -27,10 +27,15 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
-__all__ = ["evaluate_actions", "ppo_update"]
+__all__ = ["evaluate_actions", "ppo_update", "stacked_mean"]
 
 HUGE_NEG = -1e8
 """The logit of a masked action (sb3-contrib's ``MaskableCategorical``)."""
+
+
+def stacked_mean(values: list[torch.Tensor]) -> float:
+    """The mean of per-minibatch scalar tensors, read back once (NaN for none)."""
+    return float(torch.stack(values).float().mean().item()) if values else float("nan")
 
 
 def evaluate_actions(
@@ -132,9 +137,7 @@ def ppo_update(model: BaseAlgorithm, *, masked: bool) -> None:
         if not continue_training:
             break
 
-    def mean(values: list[torch.Tensor]) -> float:
-        return float(torch.stack(values).mean().item()) if values else float("nan")
-
+    mean = stacked_mean
     buffer = m.rollout_buffer
     m.logger.record("train/entropy_loss", mean(entropy_losses))
     m.logger.record("train/policy_gradient_loss", mean(pg_losses))

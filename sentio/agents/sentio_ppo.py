@@ -100,6 +100,7 @@ from sentio.agents.distributional import (
     risk_adjusted_value,
 )
 from sentio.agents.policies import SentioActorCriticPolicy, SentioMultiInputPolicy
+from sentio.agents.ppo_update import stacked_mean
 from sentio.config import AgentConfig
 from sentio.errors import ConfigError
 
@@ -604,9 +605,7 @@ class SentioPPO(MaskablePPO):
             self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()
         )
 
-        def mean(values: list[torch.Tensor]) -> float:
-            return float(torch.stack(values).float().mean().item()) if values else float("nan")
-
+        mean = stacked_mean
         self.logger.record("train/entropy_loss", mean(entropy_losses))
         self.logger.record("train/policy_gradient_loss", mean(pg_losses))
         self.logger.record(

@@ -616,8 +616,7 @@ def _train(
         [
             CHECKPOINT_FORMAT,
             training_settings_hash(cfg),
-            asdict(shape),
-            rollout,
+            asdict(shape),  # train.rollout is in the settings hash; the shape resolves auto
             seed,
             market.n_rows,
             list(ranges),
