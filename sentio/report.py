@@ -91,7 +91,7 @@ CAUSAL_REFERENCES: tuple[str, ...] = (
 """References a trader could have run at the time (the oracle reads the generator's truth)."""
 CI_STATISTICS: tuple[str, ...] = ("sharpe", "total_return", "max_drawdown", "sortino")
 # columns averaged across seeds for the ensemble series
-_ENSEMBLE_COLUMNS = ("returns", "position", "exposure", "costs")
+_ENSEMBLE_COLUMNS = ("returns", "position", "exposure", "costs", "entries")
 
 
 # --------------------------------------------------------------------------------------
@@ -144,6 +144,7 @@ def _metrics(frame: pl.DataFrame, ppy: float) -> dict[str, float]:
         costs=frame["costs"].to_numpy() if "costs" in frame.columns else None,
         timestamps=frame["timestamp"],
         periods_per_year=ppy,
+        entries=frame["entries"].to_numpy() if "entries" in frame.columns else None,
     )
 
 

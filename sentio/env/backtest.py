@@ -185,6 +185,9 @@ class BenchmarkResult:
         costs_cash: the same costs in currency.
         initial_equity: equity before the first bar.
         periods_per_year: bars per year of the market (annualisation).
+        entries: trades entered in the bar (0 or 1): a trade is a round trip from the
+            purchase that opens a position to the sale that closes it, forced exits
+            included, so ``entries.sum()`` is the number of rows of the trade ledger.
     """
 
     timestamps: np.ndarray
@@ -198,6 +201,7 @@ class BenchmarkResult:
     costs_cash: np.ndarray
     initial_equity: float
     periods_per_year: float
+    entries: np.ndarray
 
     @property
     def n_bars(self) -> int:
@@ -220,12 +224,13 @@ class BenchmarkResult:
             positions=self.position,
             costs=self.costs,
             timestamps=self.timestamps,
+            entries=self.entries,
             **kwargs,
         )
 
     def bars_frame(self) -> pl.DataFrame:
         """The per-bar arrays as one polars frame (``timestamp`` first)."""
-        names = ("rows", "block", "returns", "equity", "exposure", "position", "costs")
+        names = ("rows", "block", "returns", "equity", "exposure", "position", "costs", "entries")
         cols: dict[str, Any] = {"timestamp": self.timestamps}
         cols.update({name: getattr(self, name) for name in names})
         cols["costs_cash"] = self.costs_cash
@@ -724,6 +729,7 @@ def _backtest(
     costs_cash = np.zeros(n_total)
     prev_eq = np.zeros(n_total)
     actions = np.zeros(n_total, dtype=np.int64)
+    entries = np.zeros(n_total, dtype=np.int64)
     blocked_any = np.zeros(n_total, dtype=np.uint8)
     trades: list[dict[str, Any]] = []
     ran: list[tuple[int, int]] = []
@@ -805,6 +811,7 @@ def _backtest(
             if buy > 0:
                 if open_trade is None:
                     open_trade = _Trade(block, new_inst, t1)
+                    entries[i] = 1
                 open_trade.buy(buy, float(o[new_inst]), cost(buy, float(o[new_inst]), t), s1)
             step_costs = float(res.costs[0])
             eq_new = float(res.equity[0])
@@ -861,6 +868,7 @@ def _backtest(
         costs_cash=costs_cash[sl],
         initial_equity=initial,
         periods_per_year=market.periods_per_year,
+        entries=entries[sl],
         actions=actions[sl],
         mask_blocked=blocked_any[sl],
         regime=regime_argmax[decision],
@@ -909,6 +917,8 @@ def underlying_buy_and_hold(
     cu = market.close[:, 0]
     r = cu[idx] / cu[idx - 1] - 1.0
     n = idx.size
+    entries = np.zeros(n, dtype=np.int64)  # bought at the start of every episode
+    entries[np.cumsum([0] + [e - s for _, s, e in episodes[:-1]])] = 1
     return BenchmarkResult(
         timestamps=market.timestamps[idx],
         rows=idx.astype(np.int64),
@@ -921,4 +931,5 @@ def underlying_buy_and_hold(
         costs_cash=np.zeros(n),
         initial_equity=initial,
         periods_per_year=market.periods_per_year,
+        entries=entries,
     )

@@ -79,8 +79,8 @@ METRIC_KEYS: dict[str, str] = {
     "exposure_share": "share of bars with a nonzero position; NaN without positions",
     "mean_abs_exposure": "mean |position| over all bars; NaN without positions",
     "mean_net_exposure": "mean signed position over all bars; NaN without positions",
-    "n_trades": "number of trades, a trade being a maximal run of bars with same-sign nonzero positions; NaN without positions",
-    "avg_holding_bars": "mean length in bars of those trades; NaN without positions or without any trade",
+    "n_trades": "number of trades, a trade being a round trip from an entry to the exit that closes it (forced exits count): the sum of entries when given (the backtest's ledger rows), otherwise the maximal runs of bars with same-sign nonzero positions; NaN without positions",
+    "avg_holding_bars": "bars held with a nonzero position / n_trades (the mean bars_held of the ledger); NaN without positions or without any trade",
     "costs_paid": "sum of the per-bar costs in the unit given (fraction of equity in the pipeline); NaN without costs",
     "annual_costs": "costs_paid / years; NaN without costs",
 }
@@ -305,6 +305,7 @@ def compute_metrics(
     periods_per_year: float | None = None,
     rf: float | Any = 0.0,
     target: float = 0.0,
+    entries: Any = None,
 ) -> dict[str, float]:
     """All performance metrics of one strategy, keyed as in :data:`METRIC_KEYS`.
 
@@ -317,6 +318,11 @@ def compute_metrics(
             ``timestamps``.
         rf: per-bar risk-free rate of the Sharpe ratio, a scalar or one value per bar.
         target: per-bar target return of the Sortino ratio.
+        entries: trades entered in each bar (non-negative; a seed ensemble's are the
+            seeds' mean), optional; needs
+            ``positions``. A round trip that a forced sale at a close ends and a purchase at
+            the next open restarts is two trades, which same-sign runs of ``positions``
+            cannot tell apart: the backtest gives its ledger's entries here.
 
     Returns:
         A dict of floats with every key of :data:`METRIC_KEYS`, in that order; undefined
@@ -377,6 +383,8 @@ def compute_metrics(
     }
 
     nan = math.nan
+    if positions is None and entries is not None:
+        raise EvaluationError("entries need positions (the bars a trade is held over)")
     if positions is None:
         out["hit_rate"] = one(rows.hit_rate())
         out.update(
@@ -394,15 +402,21 @@ def compute_metrics(
         n_active = int(active.sum())
         out["hit_rate"] = float((r[active] > 0).sum() / n_active) if n_active else nan
         turnover = float(np.abs(np.diff(pos, prepend=0.0)).sum()) / n
-        runs = _trade_runs(pos)
+        if entries is None:
+            n_trades = float(_trade_runs(pos).size)
+        else:
+            e = _same_length(as_returns(entries, "entries"), n, "entries")
+            if (e < 0).any():
+                raise EvaluationError("entries must be non-negative (trades entered per bar)")
+            n_trades = float(e.sum())
         out.update(
             turnover_per_bar=turnover,
             annual_turnover=turnover * ppy,
             exposure_share=n_active / n,
             mean_abs_exposure=float(np.abs(pos).mean()),
             mean_net_exposure=float(pos.mean()),
-            n_trades=float(runs.size),
-            avg_holding_bars=float(runs.mean()) if runs.size else nan,
+            n_trades=float(n_trades),
+            avg_holding_bars=n_active / n_trades if n_trades else nan,
         )
     if costs is None:
         out.update(costs_paid=nan, annual_costs=nan)
