@@ -44,7 +44,7 @@ from tests.test_report import _cfg, _synthetic_runs
 PLOT_CAPTIONS = {
     "equity": "Equity vs references (regimes shaded)",
     "drawdown": "Drawdown",
-    "exposure": "Exposure",
+    "exposure": "Exposure: mean per session and distribution",
     "fold_sharpe": "Per-fold Sharpe intervals",
     "learning_curve": "Learning curve (training episodes)",
     "validation_curve": "Validation (held-out training episodes)",
@@ -459,8 +459,9 @@ def test_report_html_structure(report_html: Path) -> None:
 
 def test_equity_plot_shades_the_regimes(report_html: Path) -> None:
     plots = plot_images(report_html)
-    # two regimes in the test data: two light tints behind the lines
-    assert shaded_bands(plots["equity"]) >= 2
+    # two regimes in the test data: two light tints behind the lines (narrow bands: the
+    # date axis keeps the nights between the fixture's six minute-bar sessions unshaded)
+    assert shaded_bands(plots["equity"], min_share=0.01) >= 2
     for key in ("drawdown", "exposure", "fold_sharpe", "learning_curve", "validation_curve"):
         assert shaded_bands(plots[key]) == 0, key
 
