@@ -242,6 +242,13 @@ def ingest_summary_table(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     add("end", summary.get("end"))
     add("sessions", summary.get("sessions"))
     add("incomplete sessions", summary.get("incomplete_sessions"))
+    gaps = gap_lines(summary)
+    add(
+        "missing sessions",
+        sum(int(g.get("sessions_missing") or 0) for g in summary.get("gaps") or []),
+    )
+    for i, text in enumerate(gaps):
+        add(f"gap {i + 1}", text)
     add("gx success", summary.get("gx_success"))
     add("output", summary.get("output"))
     add("output sha256", summary.get("output_sha256"))
@@ -254,29 +261,51 @@ def ingest_summary_table(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """Lines of a markdown table, every cell escaped (``|`` and newlines)."""
+    from sentio.report import markdown_table
+
+    return markdown_table(header, rows).splitlines()
+
+
+def _code(value: Any) -> str:
+    return f"`{value}`" if value not in (None, "") else "none"
+
+
+def gap_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The data gaps of an ingest summary (``gaps``, absent = none), one line each."""
+    from sentio.report import gap_text
+
+    return [gap_text(dict(g)) for g in summary.get("gaps") or []]
+
+
 def ingest_quality_markdown(summary: Mapping[str, Any]) -> str:
-    """The data-quality markdown artifact of an ingest summary."""
+    """The data-quality markdown artifact of an ingest summary (tables escaped)."""
     gx = summary.get("gx_success")
     verdict = "passed" if gx else ("failed" if gx is not None else "not run")
+    counts = [
+        ["read", _n(summary.get("rows_read"))],
+        ["kept", _n(summary.get("rows_kept"))],
+        *([_label(c), _n(summary[c])] for c in _dropped_columns(summary)),
+        ["quarantined", _n(summary.get("rows_quarantined"))],
+    ]
     lines = [
         "# Data quality: ingest",
         "",
         f"Great Expectations suite: **{verdict}**",
         "",
-        "| rows | count |",
-        "| --- | ---: |",
-        f"| read | {_n(summary.get('rows_read'))} |",
-        f"| kept | {_n(summary.get('rows_kept'))} |",
-        *(f"| {_label(c)} | {_n(summary[c])} |" for c in _dropped_columns(summary)),
-        f"| quarantined | {_n(summary.get('rows_quarantined'))} |",
+        *_md_table(["rows", "count"], counts),
         "",
     ]
     reasons = summary.get("quarantined_by_reason") or {}
     if any(reasons.values()):
-        lines += ["## Quarantined rows by reason", "", "| reason | rows |", "| --- | ---: |"]
-        lines += [f"| {r} | {_n(n)} |" for r, n in sorted(reasons.items()) if n]
+        lines += ["## Quarantined rows by reason", ""]
+        lines += _md_table(
+            ["reason", "rows"], [[r, _n(n)] for r, n in sorted(reasons.items()) if n]
+        )
         lines.append("")
     derived = summary.get("derived_symbols") or []
+    gaps = gap_lines(summary)
     lines += [
         "## Data",
         "",
@@ -287,20 +316,40 @@ def ingest_quality_markdown(summary: Mapping[str, Any]) -> str:
         f"- range: {summary.get('start')} to {summary.get('end')}",
         f"- sessions: {summary.get('sessions')} (incomplete sessions rejected: "
         f"{summary.get('incomplete_sessions')})",
+        "- missing sessions: "
+        + (
+            f"{sum(int(g.get('sessions_missing') or 0) for g in summary['gaps'])} "
+            f"in {len(gaps)} gap(s):"
+            if gaps
+            else "none"
+        ),
+        *(f"  - {g}" for g in gaps),
         "",
         "## Files",
         "",
-        "| file | sha256 |",
-        "| --- | --- |",
-        *(f"| `{p}` | `{h}` |" for p, h in sorted((summary.get("inputs") or {}).items())),
-        f"| output `{summary.get('output')}` | `{summary.get('output_sha256')}` |",
+        *_md_table(
+            ["file", "sha256"],
+            [[_code(p), _code(h)] for p, h in sorted((summary.get("inputs") or {}).items())]
+            + [[f"output {_code(summary.get('output'))}", _code(summary.get("output_sha256"))]],
+        ),
         "",
-        f"- ingest report: `{summary.get('report')}`",
-        f"- quarantine: `{summary.get('quarantine') or 'none'}`",
-        f"- GX data docs: `{summary.get('gx_html')}`",
+        f"- ingest report: {_code(summary.get('report'))}",
+        f"- quarantine: {_code(summary.get('quarantine'))}",
+        f"- GX data docs: {_code(summary.get('gx_html'))}",
         "",
     ]
     return "\n".join(lines)
+
+
+def report_artifact_markdown(report_md: str) -> str:
+    """The report's markdown for the Prefect UI: ``report.md`` with its plot images (files
+    beside it, which the UI cannot show) replaced by a pointer to the HTML page."""
+    head, sep, _ = report_md.partition("\n## Plots\n")
+    if not sep:
+        return report_md
+    return (
+        head + "\n## Plots\n\nThe plots are embedded in report.html (the report-html artifact).\n"
+    )
 
 
 def _round(value: Any, digits: int = 6) -> Any:

@@ -24,6 +24,7 @@ from sentio.orchestration import (
     ingest_quality_markdown,
     ingest_summary_table,
     regime_summary_table,
+    report_artifact_markdown,
     train_table,
 )
 from sentio.registry import decision_markdown, versions_table
@@ -123,12 +124,14 @@ def publish_train_artifacts(train: dict[str, Any]) -> dict[str, str]:
 
 @task(name="publish-report-artifacts", cache_policy=NO_CACHE, persist_result=False)
 def publish_report_artifacts(report: dict[str, Any]) -> dict[str, str]:
-    """Publish the report: its markdown (verdict first) and a link to the HTML page."""
+    """Publish the report: its markdown (header, then the verdict once) and a link to the
+    HTML page. Publish again after :func:`tasks.report.registry_into_report_task` for the
+    header to show the registry decision (one more version under the same key)."""
     from pathlib import Path
 
-    md = Path(report["paths"]["markdown"]).read_text()
+    md = report_artifact_markdown(Path(report["paths"]["markdown"]).read_text(encoding="utf-8"))
     markdown_id = create_markdown_artifact(
-        markdown=f"**{report['verdict']}**\n\n{md}",
+        markdown=md,
         key=REPORT_KEY,
         description=report["verdict"],
     )

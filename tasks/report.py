@@ -1,4 +1,5 @@
-"""The report Prefect task: a thin wrapper around :func:`sentio.stages.report_stage`.
+"""The report Prefect tasks: thin wrappers around :func:`sentio.stages.report_stage` and
+:func:`sentio.report.add_registry_decision`.
 
 Never cached: every run's report includes that run's performance profile, so running the
 flow twice with unchanged inputs recomputes the report and nothing else.
@@ -14,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from sentio import stages
 from sentio.config import SentioConfig
+from sentio.report import add_registry_decision, registry_text
 
 
 @task(
@@ -28,10 +30,30 @@ def report_task(
     out_dir: str,
     ingest_summary: dict[str, Any] | None = None,
     profile: dict[str, Any] | None = None,
+    run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run :func:`sentio.stages.report_stage`; return its summary."""
+    """Run :func:`sentio.stages.report_stage`; return its summary.
+
+    ``run_info`` (``name``, ``started``, ``config_hash`` of the flow run) goes to the
+    report's header; it is passed on only when given.
+    """
+    extra = {"run_info": run_info} if run_info is not None else {}
     summary = stages.report_stage(
-        runs, cfg, Path(out_dir), ingest_summary=ingest_summary, profile=profile
+        runs, cfg, Path(out_dir), ingest_summary=ingest_summary, profile=profile, **extra
     )
     get_run_logger().info("report: %s; %s", summary["verdict"], summary["paths"]["html"])
     return summary
+
+
+@task(
+    name="report-registry-decision",
+    description="Write the registry decision into the report's header (never cached).",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def registry_into_report_task(report: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite the report (``report.md``, ``report.html``, ``metrics.json``) with the
+    registry stage's ``decision``; return the report summary, unchanged."""
+    add_registry_decision(Path(report["paths"]["metrics"]).parent, decision)
+    get_run_logger().info("report: model %s", registry_text(decision))
+    return report

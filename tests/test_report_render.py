@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import os
 import re
 import shutil
@@ -49,6 +50,8 @@ PLOT_CAPTIONS = {
     "learning_curve": "Learning curve (training episodes)",
     "validation_curve": "Validation (held-out training episodes)",
 }
+# the labels of the header lines, in order
+HEADER_LABELS = ("Run:", "Data:", "Out of sample:", "Model:")
 DATA_PNG = "data:image/png;base64,"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WINDOW = (1280, 4000)
@@ -237,7 +240,10 @@ def assert_report_structure(html_path: Path, *, drawn_data: bool = True) -> Page
         image = decode_data_png(img.attrs["src"])
         assert plot_problems(image, drawn_data=drawn_data) == [], alt
     assert ("h2", "Plots") in page.headings
-    assert any("Verdict:" in t for t in page.text)
+    assert sum("Verdict:" in t for t in page.text) == 1
+    for label in HEADER_LABELS:  # the header, above the verdict
+        assert label in page.text, label
+        assert page.text.index(label) < page.text.index("Verdict:"), label
     return page
 
 
@@ -410,10 +416,30 @@ def report_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
         runs,
         root / "report",
         cfg=_cfg(),
-        ingest_summary={"rows": 1234, "quarantined": 0},
+        ingest_summary=INGEST,
         profile={"train_seconds": 12.5, "steps_per_second": 800.0, "peak_rss_mb": 900.0},
+        run_info={"name": "render-run", "started": "2024-02-01T07:00:00+00:00"},
     )
     return Path(summary["paths"]["html"])
+
+
+# the ingest summary of the fixture's minute bars (two folds of three sessions each)
+INGEST: dict[str, Any] = {
+    "rows_read": 2400,
+    "rows_kept": 2340,
+    "rows_dropped_duplicates": 60,
+    "rows_quarantined": 0,
+    "symbols": ["QQQ", "SQQQ", "TQQQ"],
+    "derived_symbols": ["SQQQ", "TQQQ"],
+    "bar_seconds": 60,
+    "frequency": "1min",
+    "start": "2024-01-08T14:30:00+00:00",
+    "end": "2024-01-17T20:59:00+00:00",
+    "sessions": 6,
+    "gaps": [{"after": "2024-01-10", "before": "2024-01-16", "sessions_missing": 2}],
+    "output": "/work/.sentio/ingest/key/bars.feather",
+    "output_sha256": "0" * 64,
+}
 
 
 def _with_image(html_path: Path, key: str, new_src: str, out: Path) -> Path:
@@ -455,6 +481,50 @@ def _corrupt(src: str, how: str) -> str:
 
 def test_report_html_structure(report_html: Path) -> None:
     assert_report_structure(report_html)
+
+
+def test_report_html_header(report_html: Path) -> None:
+    """The header: run, start, data range and frequency, folds x seeds, registry, warning."""
+    page = parse_page(report_html.read_text(encoding="utf-8"))
+    text = " ".join(" ".join(page.text).split())
+    for needle in (
+        "Run: render-run, started 2024-02-01 07:00 UTC",
+        "Data: 1-minute bars, 2024-01-08 09:30 .. 2024-01-17 15:59 (New York time)",
+        "Out of sample: 2024-01-08 09:30 .. 2024-01-17 15:59: 2 folds x 1 seeds (2 trainings)",
+        "Model: registry: pending",
+        "Warning: SQQQ and TQQQ prices are derived from QQQ with the daily-reset identity, "
+        "not traded prices.",
+        "2 sessions missing: 2024-01-11 .. 2024-01-12 (between 2024-01-10 and 2024-01-16)",
+    ):
+        assert needle in text, needle
+    assert "/work/.sentio" not in text and "0" * 64 not in text  # paths stay in metrics.json
+    assert len(page.images) == len(PLOT_CAPTIONS) == 6
+
+
+def test_time_plots_of_the_page_have_date_axes(report_html: Path) -> None:
+    """The equity, drawdown and exposure figures of the fixture: date axes (ticks in
+    January 2024), dashed fold boundaries."""
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    from sentio.report import load_bars, stitch, time_figures
+
+    root = report_html.parents[1]
+    runs = [{"output": str(p)} for p in sorted((root / "runs").glob("run_0_*/backtest.feather"))]
+    head = stitch([load_bars(r) for r in runs])  # type: ignore[misc]
+    doc = json.loads((report_html.parent / "metrics.json").read_text())
+    figs = time_figures(head, {}, doc["folds"], n_regimes=3)
+    try:
+        for name, fig in figs.items():
+            ax = fig.axes[0]
+            assert isinstance(ax.xaxis.get_major_formatter(), mdates.ConciseDateFormatter), name
+            ticks = [mdates.num2date(t).strftime("%Y-%m") for t in ax.get_xticks()]
+            assert ticks and set(ticks) <= {"2024-01"}, (name, ticks)
+            assert "date (New York" in ax.get_xlabel(), name
+            assert sum(ln.get_linestyle() == "--" for ln in ax.get_lines()) == 3, name
+    finally:
+        for fig in figs.values():
+            plt.close(fig)
 
 
 def test_equity_plot_shades_the_regimes(report_html: Path) -> None:
@@ -526,7 +596,7 @@ def test_render_check_fails_on_a_broken_image(report_html: Path, tmp_path: Path,
     broken = _with_image(report_html, victim, new_src, tmp_path / "broken.html")
 
     expected = plot_images(report_html)
-    screen = screenshot(broken, tmp_path / "broken.png")
+    screen = screenshot(broken, tmp_path / "broken.png", window=window_for(report_html))
     found = {key: locate(screen, image) for key, image in expected.items()}
     assert found[victim] is None, f"damaged plot ({how}) still found at {found[victim]}"
     assert all(found[k] is not None for k in expected if k != victim), found
