@@ -40,7 +40,7 @@ import io
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -1167,11 +1167,14 @@ class _Table:
     header: list[str]
     rows: list[list[str]]
     note: str = ""
+    items: list[str] = field(default_factory=list)
 
     def markdown(self) -> str:
         parts = [f"### {self.title}", "", markdown_table(self.header, self.rows)]
         if self.note:
             parts += ["", self.note]
+        if self.items:
+            parts += ["", *(f"- {item}" for item in self.items)]
         return "\n".join(parts) + "\n"
 
     def html(self) -> str:
@@ -1180,6 +1183,12 @@ class _Table:
             "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows
         )
         note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
+        if self.items:
+            note += (
+                '<ul class="note">'
+                + "".join(f"<li>{html.escape(i)}</li>" for i in self.items)
+                + "</ul>"
+            )
         return (
             f"<h3>{html.escape(self.title)}</h3>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
@@ -1827,7 +1836,6 @@ def _results_table(doc: dict[str, Any]) -> _Table:
     labels = doc.get("labels") or REFERENCE_LABELS
     descriptions = doc.get("reference_descriptions") or {}
     refs = doc["references"]
-    items = " ".join(f"{labels.get(n, n)}: {descriptions[n]}." for n in refs if n in descriptions)
     return _Table(
         f"Out-of-sample results: the agent ({h['series']}) and the references",
         _METRIC_HEADER,
@@ -1836,7 +1844,8 @@ def _results_table(doc: dict[str, Any]) -> _Table:
             _metric_row(v.get("label") or labels.get(n, n), v["metrics"], v["ci"])
             for n, v in refs.items()
         ],
-        note=_METRIC_NOTE + (f" References: {items}" if items else ""),
+        note=_METRIC_NOTE,
+        items=[f"{labels.get(n, n)}: {descriptions[n]}." for n in refs if n in descriptions],
     )
 
 
@@ -2002,7 +2011,7 @@ _CSS = (
     "th{background:#f0f0f0}.verdict{font-size:1.1em;padding:.6em;border:2px solid #888}"
     ".header{list-style:none;padding:0;line-height:1.5}"
     ".warning{background:#fff3cd;border:1px solid #e0b000;padding:.5em}"
-    ".flags{color:#8a3b00}.note{font-size:12px;color:#555;max-width:1100px;margin-bottom:1.5em}"
+    ".flags{color:#8a3b00}.note{font-size:12px;color:#555;max-width:1100px;margin:.3em 0 1.2em}"
     "img{max-width:100%}"
 )
 
