@@ -38,7 +38,13 @@ from prefect.runtime import deployment, flow_run
 from prefect.tasks import Task
 
 from sentio import stages
-from sentio.config import SentioConfig, load_config, with_overrides, write_config
+from sentio.config import (
+    SentioConfig,
+    load_config,
+    resolve_for_bars,
+    with_overrides,
+    write_config,
+)
 from sentio.orchestration import (
     run_dir,
     task_result_storage,
@@ -150,6 +156,9 @@ def _nightly(
         record["stages"]["ingest"] = run_stage(
             _persisted(ingest_task, storage), inputs, cfg, str(root)
         )
+        # settings left 'auto' take their values for the bar length of these data
+        cfg = resolve_for_bars(cfg, int(record["stages"]["ingest"]["bar_seconds"]))
+        write_config(folder / "config.yaml", cfg)
         _save(folder, record)
         record["artifacts"].update(publish_ingest_artifacts(record["stages"]["ingest"]))
         lap("ingest")

@@ -68,3 +68,45 @@ def sessions(start: dt.date, end: dt.date, calendar: str = "XNYS") -> pl.DataFra
     hi = dt.date(end.year, 12, 31)
     table = _sessions_cached(calendar, lo, hi)
     return table.filter(pl.col("session").is_between(start, end))
+
+
+def session_gaps(present: pl.Series, calendar: str = "XNYS") -> list[dict[str, object]]:
+    """Runs of calendar sessions missing between the first and last of ``present``.
+
+    ``present`` holds the session dates that have data (any order, repeats allowed).
+    Each gap is ``{"after": last session present before it, "before": first session
+    present after it, "sessions_missing": sessions of the calendar in between}`` (dates
+    as ``YYYY-MM-DD``), in time order; no data before the first or after the last present
+    session is a gap.
+    """
+    days = present.drop_nulls().unique().sort()
+    if days.len() < 2:
+        return []
+    first, last = days[0], days[-1]
+    assert isinstance(first, dt.date) and isinstance(last, dt.date)
+    table = sessions(first, last, calendar)["session"]
+    position = table.search_sorted(days)  # index of each present day among the sessions
+    skipped = position.diff().drop_nulls() - 1
+    out: list[dict[str, object]] = []
+    for i in (skipped > 0).arg_true().to_list():
+        out.append(
+            {
+                "after": days[i].isoformat(),
+                "before": days[i + 1].isoformat(),
+                "sessions_missing": int(skipped[i]),
+            }
+        )
+    return out
+
+
+def gap_rows(days: pl.Series, calendar: str = "XNYS") -> pl.Series:
+    """Per row of ``days`` (session dates in time order), whether one or more calendar
+    sessions are missing between the previous row's session and this one (False on the
+    first row and within a session)."""
+    if days.len() == 0:
+        return pl.Series(dtype=pl.Boolean)
+    first, last = days.min(), days.max()
+    assert isinstance(first, dt.date) and isinstance(last, dt.date)
+    table = sessions(first, last, calendar)["session"]
+    position = table.search_sorted(days).cast(pl.Int64)
+    return (position.diff().fill_null(0) > 1).alias("gap_before")

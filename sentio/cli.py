@@ -252,10 +252,22 @@ def ingest(
     typer.echo(
         f"bars: {result.outputs.bars} ({r['frequency']} bars, symbols {', '.join(r['symbols'])})"
     )
+    if r.get("gaps"):
+        typer.echo(_gaps_line(r["gaps"]))
     typer.echo(f"report: {result.outputs.report}")
     if r["quarantine"]:
         typer.echo(f"quarantine: {r['quarantine']}")
     typer.echo(f"great expectations: {r['contract']['gx_html']}")
+
+
+def _gaps_line(gaps: list[dict[str, Any]]) -> str:
+    """One line on the sessions the data lacks (``gaps`` of the ingest report)."""
+    shown = ", ".join(f"{g['after']} .. {g['before']}" for g in gaps[:5])
+    return (
+        f"data gaps: {sum(int(g['sessions_missing']) for g in gaps)} session(s) missing in "
+        f"{len(gaps)} gap(s) between {shown}{', ...' if len(gaps) > 5 else ''}; no episode, "
+        "test block or benchmark step spans them"
+    )
 
 
 def _ingest_inputs(inputs: list[Path], out: Path) -> list[Path]:
@@ -365,6 +377,8 @@ def _print_run(record: dict[str, Any]) -> None:
                 else ""
             )
         )
+        if ingest.get("gaps"):
+            typer.echo(_gaps_line(ingest["gaps"]))
         typer.echo(f"bars: {ingest['output']}")
         typer.echo(f"ingest report: {ingest['report']}")
         typer.echo(f"data docs: {ingest['gx_html']}")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import math
 import zoneinfo
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -237,16 +238,21 @@ class FeaturesConfig(_Section):
     bollinger_window: int = Field(20, ge=2)
     bollinger_k: float = Field(2.0, gt=0.0)
     atr_window: int = Field(14, ge=2)
-    volume_z_window: int = Field(390, ge=2)
+    volume_z_window: int | Literal["auto"] = Field(
+        "auto",
+        description="bars of the volume z-score; 'auto': one session of intraday bars (390 "
+        "one-minute bars), 63 daily bars (a quarter)",
+    )
     coarse_minutes: list[int] = Field(default_factory=lambda: [5, 15])
     coarse_vol_window: int = Field(
         12, ge=2, description="realized-vol window of the coarse bars, in coarse bars"
     )
     normalisation: Literal["rolling", "expanding", "train_fit"] = "rolling"
-    norm_window: int = Field(
-        1950,
-        ge=10,
-        description="bars of the rolling normalisation; also the warm-up of 'expanding'",
+    norm_window: int | Literal["auto"] = Field(
+        "auto",
+        description="bars of the rolling normalisation; also the warm-up of 'expanding'; "
+        "'auto': five sessions of intraday bars (1,950 one-minute bars), 126 daily bars "
+        "(half a year)",
     )
     norm_clip: float | None = Field(
         10.0, gt=0.0, description="normalised values are clipped to +-norm_clip (None: no clip)"
@@ -305,9 +311,15 @@ class RegimesConfig(_Section):
     tol: float = Field(1e-4, gt=0.0)
     covariance_type: Literal["diag", "full"] = "diag"
     min_occupancy: float = Field(0.02, ge=0.0, lt=0.5)
-    aggregate_bars: int = Field(15, ge=1, description="bars summed into the return input")
-    vol_window: int = Field(
-        2730, ge=2, description="bars of the realized-volatility input (2730 = 7 sessions)"
+    aggregate_bars: int | Literal["auto"] = Field(
+        "auto",
+        description="bars summed into the return input; 'auto': 15 minutes of intraday bars "
+        "(15 one-minute bars), 1 daily bar",
+    )
+    vol_window: int | Literal["auto"] = Field(
+        "auto",
+        description="bars of the realized-volatility input; 'auto': seven sessions of "
+        "intraday bars (2,730 one-minute bars), 21 daily bars (a month)",
     )
     seed: int = Field(0, ge=0, description="seed of the HMM initialisations")
 
@@ -332,8 +344,10 @@ class CVConfig(_Section):
     )
     n_groups: int = Field(6, ge=2, le=50, description="cpcv: contiguous groups N")
     n_test_groups: int = Field(2, ge=1, le=49, description="cpcv: test groups k per split")
-    embargo_bars: int = Field(
-        390, ge=0, description="training samples dropped after each test block, in bars"
+    embargo_bars: int | Literal["auto"] = Field(
+        "auto",
+        description="training samples dropped after each test block, in bars; 'auto': one "
+        "session of intraday bars (390 one-minute bars), 5 daily bars (a week)",
     )
     embargo_fraction: float | None = Field(
         None,
@@ -364,7 +378,12 @@ class CostsConfig(_Section):
 
     commission_per_share: float = Field(0.005, ge=0.0)
     half_spread_bps: float = Field(1.0, ge=0.0)
-    slippage_vol_mult: float = Field(0.1, ge=0.0)
+    slippage_vol_mult: float | Literal["auto"] = Field(
+        "auto",
+        description="slippage per unit of traded notional / the ETF's per-bar volatility; "
+        "'auto': 0.1 x sqrt(one minute / bar length), i.e. 0.1 of the one-minute volatility "
+        "at any bar length (0.1 on one-minute bars, 0.1 / sqrt(390) on daily bars)",
+    )
 
 
 class MasksConfig(_Section):
@@ -418,10 +437,16 @@ class EnvConfig(_Section):
         description="feature rows per observation (4: the MLP default; 32 rows of 30 features "
         "let it fit noise, see benchmarks/README.md)",
     )
-    episode_sessions: int = Field(1, ge=1)
-    flat_at_close: bool = Field(
-        True,
-        description="sell any position at the close of each session's last bar (costs charged)",
+    episode_sessions: int | Literal["auto"] = Field(
+        "auto",
+        description="sessions per training episode; 'auto': 1 on intraday bars, 21 on daily "
+        "bars (a month: a one-session episode of daily bars is one bar)",
+    )
+    flat_at_close: bool | Literal["auto"] = Field(
+        "auto",
+        description="sell any position at the close of each session's last bar (costs "
+        "charged); 'auto': on for intraday bars, off for daily bars (positions are held "
+        "overnight and the move from close to next open is booked)",
     )
     initial_cash: float = Field(100_000.0, gt=0.0)
     drawdown_penalty: float = Field(
@@ -585,12 +610,12 @@ class RegistryConfig(_Section):
         description="the candidate's Sharpe must be strictly above the champion's, both "
         "re-evaluated on the same leakage-free window",
     )
-    min_compare_bars: int = Field(
-        1950,
-        ge=2,
+    min_compare_bars: int | Literal["auto"] = Field(
+        "auto",
         description="fewest bars of the leakage-free comparison window (candidate's test "
         "window after the champion's training end plus the embargo) for a Sharpe comparison; "
-        "fewer: not promoted. 1950 = five sessions of one-minute bars",
+        "fewer: not promoted. 'auto': five sessions of intraday bars (1,950 one-minute "
+        "bars), 63 daily bars (a quarter)",
     )
 
 
@@ -668,6 +693,7 @@ class SentioConfig(_Section):
             ("agent.n_steps", a.n_steps, 8, None),
             ("agent.batch_size", a.batch_size, 2, None),
             ("train.n_envs", self.train.n_envs, 1, 65_536),
+            *((name, _setting(self, name), low, None) for name, low in _AUTO_MINIMUM.items()),
         ):
             if value != "auto" and not (low <= value and (high is None or value <= high)):
                 bound = f"between {low} and {high}" if high else f"at least {low}"
@@ -689,6 +715,120 @@ class SentioConfig(_Section):
         if sections:
             data = {s: data[s] for s in sections}
         return hash_json(data)
+
+
+# ----------------------------------------------------------------------------- bar length
+
+SESSION_MINUTES = 390
+"""Minutes of a regular NYSE session: the length of a daily bar in trading time."""
+
+_AUTO_MINIMUM: dict[str, float] = {
+    "features.volume_z_window": 2,
+    "features.norm_window": 10,
+    "regimes.aggregate_bars": 1,
+    "regimes.vol_window": 2,
+    "cv.embargo_bars": 0,
+    "env.episode_sessions": 1,
+    "env.costs.slippage_vol_mult": 0.0,
+    "registry.min_compare_bars": 2,
+}
+"""Settings that may be ``'auto'`` (sized by the bar length of the data) and their
+smallest allowed explicit value."""
+
+_DAILY_LIMITS: dict[str, tuple[int, str]] = {
+    "features.norm_window": (504, "two years of warm-up before the first feature"),
+    "features.volume_z_window": (504, "two years in one volume z-score"),
+    "regimes.vol_window": (252, "a year in one volatility estimate"),
+    "regimes.aggregate_bars": (21, "a month summed into one HMM input"),
+    "cv.embargo_bars": (63, "a quarter dropped after each test block"),
+    "registry.min_compare_bars": (1260, "five years before any champion comparison"),
+}
+"""Explicit bar counts that make no sense on daily bars (the minute-bar defaults of the
+past read as sessions): the limit and what it would mean."""
+
+
+def _setting(cfg: SentioConfig, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def auto_values(bar_seconds: int) -> dict[str, Any]:
+    """What every ``'auto'`` setting means for bars of ``bar_seconds`` seconds.
+
+    Intraday settings are lengths of time converted to bars (a session is 390 minutes);
+    daily bars get their own, because a session-sized window of daily bars is one bar.
+    """
+    if bar_seconds <= 0:
+        raise ValueError(f"bar_seconds must be positive, got {bar_seconds}")
+    daily = bar_seconds >= 20 * 3600
+    minutes = SESSION_MINUTES if daily else bar_seconds / 60.0
+    slippage = 0.1 * math.sqrt(1.0 / minutes)
+    if daily:
+        return {
+            "features.volume_z_window": 63,
+            "features.norm_window": 126,
+            "regimes.aggregate_bars": 1,
+            "regimes.vol_window": 21,
+            "cv.embargo_bars": 5,
+            "env.episode_sessions": 21,
+            "env.flat_at_close": False,
+            "env.costs.slippage_vol_mult": slippage,
+            "registry.min_compare_bars": 63,
+        }
+
+    def bars(n_minutes: float, least: int) -> int:
+        return max(least, round(n_minutes / minutes))
+
+    return {
+        "features.volume_z_window": bars(SESSION_MINUTES, 2),
+        "features.norm_window": bars(5 * SESSION_MINUTES, 10),
+        "regimes.aggregate_bars": bars(15, 1),
+        "regimes.vol_window": bars(7 * SESSION_MINUTES, 2),
+        "cv.embargo_bars": bars(SESSION_MINUTES, 0),
+        "env.episode_sessions": 1,
+        "env.flat_at_close": True,
+        "env.costs.slippage_vol_mult": slippage,
+        "registry.min_compare_bars": bars(5 * SESSION_MINUTES, 2),
+    }
+
+
+def unresolved_settings(cfg: SentioConfig) -> list[str]:
+    """The settings of ``cfg`` still ``'auto'`` that :func:`resolve_for_bars` sizes."""
+    return [name for name in auto_values(60) if _setting(cfg, name) == "auto"]
+
+
+def resolve_for_bars(cfg: SentioConfig, bar_seconds: int) -> SentioConfig:
+    """``cfg`` with every bar-length ``'auto'`` replaced by its value for these bars.
+
+    Explicit values are kept; on daily bars an explicit count beyond the limits of
+    :data:`_DAILY_LIMITS` is refused with a message that names the setting and what the
+    count would mean (the usual cause: minute-bar values copied into a daily
+    configuration). Resolving a resolved configuration changes nothing.
+
+    Raises:
+        ConfigError: an explicit value that makes no sense for this bar length.
+    """
+    values = auto_values(bar_seconds)
+    daily = bar_seconds >= 20 * 3600
+    overrides: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, value in values.items():
+        given = _setting(cfg, name)
+        if given == "auto":
+            overrides[name] = value
+        elif daily and name in _DAILY_LIMITS and given > _DAILY_LIMITS[name][0]:
+            limit, meaning = _DAILY_LIMITS[name]
+            problems.append(
+                f"{name} = {given} daily bars is more than {meaning} (at most {limit}; "
+                f"'auto' gives {value}; minute-bar values do not carry over to daily bars)"
+            )
+    if problems:
+        raise ConfigError("configuration for daily bars: " + "; ".join(problems))
+    if not overrides:
+        return cfg
+    return with_overrides(cfg, overrides)
 
 
 def training_settings_hash(cfg: SentioConfig) -> str:

@@ -21,7 +21,7 @@ import polars as pl
 from sentio.config import SentioConfig
 from sentio.errors import DataError, SentioError
 from sentio.io import code_version, sha256_file, write_json_atomic
-from sentio.stages import TRAIN_MODULES, _utc64, index_file, load_folds
+from sentio.stages import TRAIN_MODULES, _utc64, config_for_data, index_file, load_folds
 
 if TYPE_CHECKING:
     from sentio.registry import Registry
@@ -319,6 +319,7 @@ def registry_stage(
     from sentio.cv import splitter_from_config
     from sentio.registry import Comparison, Registry, Version, default_root
 
+    cfg = config_for_data(cfg, bars_path)  # 'auto' bar counts sized by the data
     reg = registry if registry is not None else Registry(default_root(cfg).expanduser().resolve())
     out = Path(out_dir)
     folds = load_folds(folds_path)

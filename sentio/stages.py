@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from sentio.config import SentioConfig, training_settings_hash
+from sentio.calendar import session_gaps
+from sentio.config import (
+    SentioConfig,
+    resolve_for_bars,
+    training_settings_hash,
+    unresolved_settings,
+)
 from sentio.data import readers
 from sentio.data.ingest import check_contracts, ingest_files
 from sentio.data.leverage import ensure_universe
@@ -43,6 +49,25 @@ if TYPE_CHECKING:
 STAGE_SUMMARY = "summary.json"
 # Files Sentio writes beside bar files; a folder given as input skips them.
 SIDECAR_SUFFIXES = (".quarantine.csv", ".regimes.feather")
+
+
+def bar_seconds_of(path: str | Path) -> int:
+    """The bar length of a bars or features file (feather), from its timestamps."""
+    from sentio.data.timestamps import infer_bar_seconds
+
+    names = list(pl.read_ipc_schema(path))
+    frame = pl.read_ipc(path, columns=[c for c in ("symbol", "timestamp") if c in names])
+    if "symbol" not in frame.columns:
+        frame = frame.with_columns(symbol=pl.lit("_"))
+    return infer_bar_seconds(frame)
+
+
+def config_for_data(cfg: SentioConfig, path: str | Path) -> SentioConfig:
+    """``cfg`` with its ``'auto'`` settings sized by the bar length of the data at ``path``
+    (:func:`sentio.config.resolve_for_bars`; unchanged when nothing is ``'auto'``)."""
+    if not unresolved_settings(cfg):
+        return cfg
+    return resolve_for_bars(cfg, bar_seconds_of(path))
 
 
 def resolve_inputs(data_path: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -270,6 +295,8 @@ def _ingest_into(
         "end": max(s["end"] for s in report["symbols"].values()),
         "sessions": max(s["sessions"] for s in report["symbols"].values()),
         "incomplete_sessions": report["sessions_rejected_incomplete"],
+        "gaps": report["gaps"],
+        "sessions_absent": sum(g["sessions_missing"] for g in report["gaps"]),
         "sessions_with_missing_bars": sum(
             s["sessions_with_missing_bars"] for s in report["symbols"].values()
         ),
@@ -283,6 +310,7 @@ def features_key(bars_path: str | Path, cfg: SentioConfig) -> str:
     """Cache key of the features stage: bars CONTENT, features/universe settings, code."""
     from sentio.features import features_code_version
 
+    cfg = config_for_data(cfg, bars_path)
     parts = [sha256_file(bars_path), cfg.hash("features", "universe"), features_code_version()]
     if cfg.features.exogenous_path is not None:
         parts.append(sha256_file(cfg.features.exogenous_path))
@@ -301,6 +329,7 @@ def features_stage(bars_path: str | Path, cfg: SentioConfig, workdir: str | Path
     from data_contracts.features import validate_features
     from sentio.features import build_features
 
+    cfg = config_for_data(cfg, bars_path)
     key = features_key(bars_path, cfg)
     root = workdir_root(workdir)
     folder = root / "features" / key
@@ -346,7 +375,13 @@ def _features_summary(
 
 # --------------------------------------------------------------------------- folds
 
-FOLDS_MODULES = ("sentio.stages", "sentio.cv", "sentio.cv.splitters", "sentio.features.normalise")
+FOLDS_MODULES = (
+    "sentio.stages",
+    "sentio.cv",
+    "sentio.cv.splitters",
+    "sentio.features.normalise",
+    "sentio.calendar",
+)
 
 
 def folds_key(features_path: str | Path, cfg: SentioConfig) -> str:
@@ -355,7 +390,13 @@ def folds_key(features_path: str | Path, cfg: SentioConfig) -> str:
     With ``features.normalisation = "train_fit"`` the stage also fits the per-fold
     normalisers, so the feature settings are part of the key then.
     """
-    parts = [sha256_file(features_path), cfg.hash("cv"), code_version(*FOLDS_MODULES)]
+    cfg = config_for_data(cfg, features_path)
+    parts = [
+        sha256_file(features_path),
+        cfg.hash("cv"),
+        cfg.universe.calendar,  # the test blocks' data gaps
+        code_version(*FOLDS_MODULES),
+    ]
     if cfg.features.normalisation == "train_fit":
         parts.append(cfg.hash("features"))
     return combine_hashes(parts)[:32]
@@ -390,6 +431,7 @@ def folds_stage(
     from sentio.cv import CombinatorialPurgedCV, splitter_from_config
     from sentio.features import fit_normaliser
 
+    cfg = config_for_data(cfg, features_path)
     key = folds_key(features_path, cfg)
     root = workdir_root(workdir)
     folder = root / "folds" / key
@@ -421,6 +463,13 @@ def folds_stage(
                 "test_groups": [int(g) for g in np.atleast_1d(fold.test_groups)],
                 "train_ranges": _ranges(fold.train_ranges(), ts),
                 "test_blocks": _ranges(fold.test_blocks, ts),
+                # sessions the data lacks inside a test block: the backtest runs the
+                # pieces between them as separate episodes (sentio.env.backtest)
+                "test_gaps": [
+                    gap
+                    for a, b in fold.test_blocks
+                    for gap in session_gaps(pl.Series(groups[a:b]), cfg.universe.calendar)
+                ],
                 "normaliser": None,
             }
             if cfg.features.normalisation == "train_fit":
@@ -494,6 +543,7 @@ def regimes_key(bars_path: str | Path, folds_path: str | Path, cfg: SentioConfig
     """Cache key of the regime stage: bars and folds CONTENT, regimes/universe settings, code."""
     from sentio.regimes import regimes_code_version
 
+    cfg = config_for_data(cfg, bars_path)
     return combine_hashes(
         [
             sha256_file(bars_path),
@@ -551,6 +601,7 @@ def regimes_stage(
     """
     from sentio.regimes import filter_probs, fit_regimes, regime_history, regime_observations
 
+    cfg = config_for_data(cfg, bars_path)
     key = regimes_key(bars_path, folds_path, cfg)
     root = workdir_root(workdir)
     folder = root / "regimes" / key
@@ -666,6 +717,12 @@ TRAIN_MODULES = (
     "sentio.env.episodes",
     "sentio.env.backtest",
     "sentio.env.references",
+    "sentio.env.device_env",
+    "sentio.env.torch_simulator",
+    "sentio.agents.device_rollout",
+    "sentio.agents.ppo_update",
+    "sentio.evaluation.metrics",
+    "sentio.calendar",
     "sentio.data.synth",
 )
 
@@ -691,6 +748,7 @@ def train_key(
 ) -> str:
     """Cache key of one (fold, seed) training: every input's CONTENT, settings, code, fold, seed."""
     regime_file = _regime_fold_output(regimes_path, fold)
+    cfg = config_for_data(cfg, bars_path)
     return combine_hashes(
         [
             sha256_file(bars_path),
@@ -828,6 +886,7 @@ def train_stage(
     from sentio.env.backtest import backtest
     from sentio.evaluation import metrics_to_json
 
+    cfg = config_for_data(cfg, bars_path)
     key = train_key(bars_path, features_path, folds_path, regimes_path, cfg, fold, seed)
     root = workdir_root(workdir)
     folder = root / "train" / key
@@ -843,7 +902,7 @@ def train_stage(
         result = train_agent(cfg, market, train_rows, seed=seed, out_dir=tmp, progress=progress)
         shutil.rmtree(tmp / CHECKPOINTS_DIR, ignore_errors=True)  # only needed to resume
         model = algorithm_class(cfg).load(result.model_path, device="cpu")
-        params = EnvParams.from_config(cfg)
+        params = EnvParams.from_config(cfg, market)
         instruments = (cfg.universe.long, cfg.universe.short)
         bt = backtest(model, market, params, test_rows, instruments=instruments)
         files: dict[str, Path] = {

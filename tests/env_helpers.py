@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 from numpy.typing import ArrayLike
 
-from sentio.config import SentioConfig
+from sentio.config import SentioConfig, resolve_for_bars
 from sentio.env.market import MarketData, build_market, ewma_vol
 from sentio.env.simulator import EnvParams
 from tests.conftest import SHORT_WINDOWS, minute_bars
@@ -69,7 +69,7 @@ def make_params(**overrides: Any) -> EnvParams:
 
 def params_from_config(**env: Any) -> EnvParams:
     """:meth:`EnvParams.from_config` of a default configuration with ``env`` overrides."""
-    return EnvParams.from_config(SentioConfig.model_validate({"env": env}))
+    return EnvParams.from_config(resolve_for_bars(SentioConfig.model_validate({"env": env}), 60))
 
 
 def hand_market(

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sentio.config import SentioConfig, with_overrides
+from sentio.config import SentioConfig, resolve_for_bars, with_overrides
 from sentio.data.leverage import ensure_universe
 from sentio.env import LONG, SHORT, EnvParams, MarketData, SentioVecEnv, build_market
 from sentio.env.backtest import (
@@ -102,7 +102,7 @@ def hand_market(
 
 def hand_params(**changes: object) -> EnvParams:
     """Default parameters with a 3-row window, every mask off, then ``changes``."""
-    base = EnvParams.from_config(SentioConfig())
+    base = EnvParams.from_config(resolve_for_bars(SentioConfig(), 60))
     return dataclasses.replace(base, **{"window": 3, **NO_MASKS, **changes})  # type: ignore[arg-type]
 
 
@@ -132,7 +132,7 @@ def market(cfg: SentioConfig) -> MarketData:
 @pytest.fixture(scope="module")
 def params(cfg: SentioConfig) -> EnvParams:
     """The default trading model (costs, every mask layer on, flat at the close)."""
-    return EnvParams.from_config(cfg)
+    return EnvParams.from_config(resolve_for_bars(cfg, 60))
 
 
 def _equal(a: BacktestResult, b: BacktestResult) -> None:

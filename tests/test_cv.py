@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sentio.config import CVConfig
+from sentio.config import CVConfig, SentioConfig, resolve_for_bars
 from sentio.cv import (
     CombinatorialPurgedCV,
     Fold,
@@ -517,10 +517,17 @@ def test_splitter_from_config() -> None:
     kf = splitter_from_config(CVConfig(method="kfold", n_splits=6, embargo_fraction=0.01))
     assert isinstance(kf, PurgedKFold)
     assert kf.n_splits == 6 and kf.embargo_fraction == 0.01 and kf.embargo_bars(1000) == 10
-    cp = splitter_from_config(CVConfig(method="cpcv", n_groups=8, n_test_groups=3))
+    minute = resolve_for_bars(SentioConfig(), 60).cv  # 'auto' embargo: one session of minutes
+    cp = splitter_from_config(
+        minute.model_copy(update={"method": "cpcv", "n_groups": 8, "n_test_groups": 3})
+    )
     assert isinstance(cp, CombinatorialPurgedCV)
     assert (cp.n_groups, cp.n_test_groups, cp.embargo) == (8, 3, 390)
     assert cp.get_n_splits() == 56 and cp.n_paths == 21
-    folds = splitter_from_config(CVConfig()).folds(390 * 20, groups=np.repeat(np.arange(20), 390))
+    daily = resolve_for_bars(SentioConfig(), 86_400).cv
+    assert splitter_from_config(daily).embargo == 5  # a week of daily bars
+    with pytest.raises(ConfigError, match="cv.embargo_bars = 'auto'"):
+        splitter_from_config(CVConfig())  # the bar length decides 'auto'
+    folds = splitter_from_config(minute).folds(390 * 20, groups=np.repeat(np.arange(20), 390))
     assert len(folds) == 4
     assert all(a % 390 == 0 and b % 390 == 0 for f in folds for a, b in f.test_blocks)

@@ -40,7 +40,7 @@ from sentio.agents.distributional import (
 )
 from sentio.agents.ppo_update import ppo_update
 from sentio.agents.training import algorithm_class, make_model, save_model
-from sentio.config import SentioConfig, with_overrides
+from sentio.config import SentioConfig, resolve_for_bars, with_overrides
 from sentio.env import EnvParams, SentioVecEnv
 from sentio.env.device_env import DeviceVecEnv
 from sentio.env.simulator import BatchSimulator
@@ -268,7 +268,7 @@ def _setup(
     algo: str, market: Any, **more: Any
 ) -> tuple[SentioConfig, Any, DeviceVecEnv, EnvParams]:
     cfg = with_overrides(SentioConfig(), {**BASE, **ALGOS[algo], **more})
-    params = EnvParams.from_config(cfg)
+    params = EnvParams.from_config(resolve_for_bars(cfg, 60))
     ranges = [(0, market.n_rows)]
     env = SentioVecEnv(market, params, ranges, cfg.train.n_envs, seed=0)
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from data_contracts import ContractViolation, validate_features
-from sentio.config import SentioConfig
+from sentio.config import SentioConfig, resolve_for_bars
 from sentio.errors import DataError
 from sentio.features import (
     apply_normaliser,
@@ -280,8 +280,9 @@ def test_daily_bars_get_the_daily_subset() -> None:
 
 
 def test_default_output_passes_contract_and_summary(week: pl.DataFrame) -> None:
-    cfg = SentioConfig()
-    out = build_features(week, cfg)
+    out = build_features(week, SentioConfig())  # 'auto' windows sized by the bar length
+    cfg = resolve_for_bars(SentioConfig(), 60)
+    assert build_features(week, cfg).equals(out)
     validate_features(out, "default")
     # Warm-up: 390 rows (volume z-score window; also the first session, which has no gap),
     # then norm_window - 1 rows before the first full normalisation window.

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from sentio.agents.training import algorithm_class, train_agent
-from sentio.config import SentioConfig, with_overrides
+from sentio.config import SentioConfig, resolve_for_bars, with_overrides
 from sentio.env import EnvParams
 from sentio.env.backtest import backtest
 from tests.env_helpers import random_market
@@ -92,7 +92,7 @@ def test_sentio_ppo_trains_on_cuda_with_bf16_features_and_fp32_heads(
 def _one_obs(market: Any, cfg: SentioConfig) -> dict[str, np.ndarray]:
     from sentio.env.simulator import BatchSimulator
 
-    params = EnvParams.from_config(cfg)
+    params = EnvParams.from_config(resolve_for_bars(cfg, 60))
     sim = BatchSimulator(market, params, 1, backtest=True)
     start = params.window - 1
     sim.reset(np.zeros(1, dtype=np.int64), np.array([start]), np.array([market.n_rows - 1]))
@@ -109,7 +109,7 @@ def test_cuda_model_loads_on_cpu_and_acts_alike(market: Any, tmp_path: Path) -> 
 def _gpu_cpu_agreement(cfg: SentioConfig, market: Any, model_path: str) -> float:
     """Share of the second half's bars where the model loaded on the GPU and on the CPU
     take the same deterministic action."""
-    params = EnvParams.from_config(cfg)
+    params = EnvParams.from_config(resolve_for_bars(cfg, 60))
     rows = [(market.n_rows // 2, market.n_rows)]
     on_gpu = backtest(algorithm_class(cfg).load(model_path, device="cuda"), market, params, rows)
     on_cpu = backtest(algorithm_class(cfg).load(model_path, device="cpu"), market, params, rows)

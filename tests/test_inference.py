@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sentio.agents.training import make_model
+from sentio.config import resolve_for_bars
 from sentio.env import EnvParams, SentioVecEnv
 from sentio.env.backtest import _direct_actions, backtest, model_actions, one_torch_thread
 from tests.env_helpers import random_market
@@ -38,7 +39,7 @@ def _model(variant: str) -> tuple[Any, Any, EnvParams]:
     """A fresh model whose weights are scrambled (seeded) so that its actions vary."""
     cfg = small_cfg(**VARIANTS[variant])
     market = random_market(n_sessions=4, session_len=60, seed=4, bar_vol=5e-4)
-    params = EnvParams.from_config(cfg)
+    params = EnvParams.from_config(resolve_for_bars(cfg, 60))
     env = SentioVecEnv(market, params, [(0, market.n_rows)], 4, seed=0)
     model = make_model(cfg, env, seed=0, device=torch.device("cpu"))
     gen = torch.Generator().manual_seed(1)

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from sentio.agents.training import algorithm_class, train_agent
-from sentio.config import SentioConfig, with_overrides
+from sentio.config import SentioConfig, resolve_for_bars, with_overrides
 from sentio.cv import PurgedWalkForward
 from sentio.data.synth import generate
 from sentio.env import EnvParams, build_market
@@ -81,7 +81,7 @@ def _market(cfg: SentioConfig) -> tuple[Any, list[tuple[int, int]], list[tuple[i
 
 def _out_of_sample(cfg: SentioConfig, seed: int, out: Path) -> tuple[Any, float, float]:
     """The test block's Sharpe interval, mean |exposure| and total return of the agent."""
-    params = EnvParams.from_config(cfg)
+    params = EnvParams.from_config(resolve_for_bars(cfg, 60))
     assert params.half_spread > 0 and params.commission_per_share > 0  # costs on
     assert params.mask_session and params.mask_risk_budget and params.mask_drawdown
     assert params.min_hold_bars > 0

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from sentio import stages
 from sentio.cli import app
-from sentio.config import SentioConfig, config_from_dict, with_overrides
+from sentio.config import SentioConfig, config_from_dict, resolve_for_bars, with_overrides
 from sentio.env import EnvParams
 from sentio.env.backtest import backtest
 from sentio.errors import DataError
@@ -270,7 +270,7 @@ def test_bundle_backtest_equals_the_train_stage_backtest(
     want = backtest(
         t.train_model(),
         market,
-        EnvParams.from_config(t.cfg),
+        EnvParams.from_config(resolve_for_bars(t.cfg, 60)),
         test_rows,
         instruments=(t.cfg.universe.long, t.cfg.universe.short),
     )
@@ -368,7 +368,7 @@ def test_signal_json_keys_types_and_start_rule(tf: Trained, tf_bundle: ModelBund
     # a canonical frame holding the ETFs is taken as traded prices (a file says more, below)
     assert sig["derived_symbols"] == []
     assert sig["timestamp"] == "2024-01-10T20:59:00Z"  # the last bar's start
-    grid = list(EnvParams.from_config(tf.cfg).grid)
+    grid = list(EnvParams.from_config(resolve_for_bars(tf.cfg, 60)).grid)
     assert isinstance(sig["action"], int) and sig["target_exposure"] == grid[sig["action"]]
     u = tf.cfg.universe
     x = sig["target_exposure"]
@@ -412,7 +412,7 @@ def test_a_model_that_stood_aside_signals_flat(
     """A model whose validation found no edge (sentio.agents.selection) is flat in the replay."""
     from sentio.env.backtest import STAND_ASIDE
 
-    flat = EnvParams.from_config(tf.cfg).flat_action
+    flat = EnvParams.from_config(resolve_for_bars(tf.cfg, 60)).flat_action
     market = tf_bundle.market(tf.frame())
     start = tf_bundle.start_row(market)
     acting = replay(tf_bundle, market, start, market.n_rows - 1).frame
@@ -479,7 +479,7 @@ def test_replay_ruin_row_is_flat_like_the_backtest(plain: Trained) -> None:
     close[k, 1] = 1e-6  # the long ETF collapses during bar k
     open_[k + 1 :, 1] = close[k + 1 :, 1] = 1e-6
     crashed = dataclasses.replace(market, close=close, open=open_)
-    long_ = int(np.flatnonzero(EnvParams.from_config(cfg).grid == 1.0)[0])
+    long_ = int(np.flatnonzero(EnvParams.from_config(resolve_for_bars(cfg, 60)).grid == 1.0)[0])
     policy = lambda obs, mask: long_  # noqa: E731
     always_long = dataclasses.replace(bundle, cfg=cfg, model=policy)
     result = replay(always_long, crashed, s, s + 10)

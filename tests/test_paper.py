@@ -21,6 +21,7 @@ from filelock import FileLock
 from typer.testing import CliRunner
 
 from sentio.cli import app
+from sentio.config import resolve_for_bars
 from sentio.env import EnvParams
 from sentio.env.backtest import BacktestResult, backtest
 from sentio.env.market import MarketData
@@ -78,7 +79,7 @@ def test_paper_ledger_equals_the_training_backtest_on_the_test_block(
     assert ledger is not None and summary["rows"] == ledger.height == summary["appended"]
 
     market, _, test_rows = t.fold_market()
-    params = EnvParams.from_config(t.cfg)
+    params = EnvParams.from_config(resolve_for_bars(t.cfg, 60))
     inst = (t.cfg.universe.long, t.cfg.universe.short)
     model = t.train_model()  # the train stage's file, not the registry's copy
     bt = backtest(model, market, params, test_rows, instruments=inst)
@@ -452,7 +453,7 @@ def test_a_revised_last_row_takes_the_forced_exit_at_the_sessions_close(
     reg = _registry(tf, tmp_path)
     bundle = load_bundle(reg, tf.version)
     cfg = with_overrides(bundle.cfg, {"env.masks.risk_budget": False, "env.masks.regime": False})
-    grid = list(EnvParams.from_config(cfg).grid)
+    grid = list(EnvParams.from_config(resolve_for_bars(cfg, 60)).grid)
     long_, flat = grid.index(1.0), grid.index(0.0)
     always_long = dataclasses.replace(
         bundle, cfg=cfg, model=lambda obs, mask: long_ if mask[long_] else flat

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from sentio import stages
-from sentio.config import SentioConfig, config_from_dict
+from sentio.config import SentioConfig, config_from_dict, resolve_for_bars
 from sentio.io import sha256_file
 from tests.conftest import SHORT_WINDOWS, minute_bars
 
@@ -305,7 +305,7 @@ def test_two_runs_on_one_workdir_take_turns_and_register_consistent_versions(
         fresh = backtest(
             model,
             market,
-            EnvParams.from_config(cfg),
+            EnvParams.from_config(resolve_for_bars(cfg, 60)),
             test_rows,
             instruments=(cfg.universe.long, cfg.universe.short),
         ).metrics()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from sentio.agents.training import algorithm_class, reward_scale, train_agent
-from sentio.config import SentioConfig, with_overrides
+from sentio.config import SentioConfig, resolve_for_bars, with_overrides
 from sentio.env import EnvParams, SentioVecEnv
 from sentio.env.market import CLOCK_SCALE, LONG
 from sentio.errors import ConfigError
@@ -84,7 +84,7 @@ def test_reward_scale_setting_is_validated() -> None:
 
 
 def test_vec_env_scales_rewards_and_nothing_else(market: Any) -> None:
-    params = EnvParams.from_config(with_overrides(SentioConfig(), SMALL))
+    params = EnvParams.from_config(resolve_for_bars(with_overrides(SentioConfig(), SMALL), 60))
     ranges = [(0, market.n_rows)]
     envs = [SentioVecEnv(market, params, ranges, 3, seed=5, reward_scale=s) for s in (1.0, 400.0)]
     obs = [e.reset() for e in envs]
@@ -157,7 +157,7 @@ def test_flat_prior_sets_the_initial_policy(market: Any, algo: str) -> None:
         {"agent.quantile_critic": True, "agent.regime_gating": True} if algo == "sentio_ppo" else {}
     )
     cfg = with_overrides(SentioConfig(), {**SMALL, "agent.algo": algo, **gated})
-    env = SentioVecEnv(market, EnvParams.from_config(cfg), [(0, market.n_rows)], 4, seed=0)
+    env = SentioVecEnv(market, EnvParams.from_config(resolve_for_bars(cfg, 60)), [(0, market.n_rows)], 4, seed=0)
     obs = obs_as_tensor(env.reset(), torch.device("cpu"))
     flat = env.params.flat_action
     for prior, want in ((0.0, 1 / 5), (2.0, np.exp(2) / (np.exp(2) + 4))):

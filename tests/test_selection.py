@@ -22,6 +22,7 @@ from sentio.agents.selection import (
     validation_returns,
 )
 from sentio.agents.training import algorithm_class, train_agent
+from sentio.config import resolve_for_bars
 from sentio.env import EnvParams
 from sentio.env.backtest import STAND_ASIDE, backtest
 from sentio.env.episodes import candidate_episodes
@@ -82,7 +83,7 @@ class _SignModel:
 
 def test_validation_returns_equal_one_backtest_per_episode(market: Any) -> None:
     """The batched evaluation against the sequential backtest, episode by episode."""
-    params = EnvParams.from_config(small_cfg())
+    params = EnvParams.from_config(resolve_for_bars(small_cfg(), 60))
     hold = split_validation(
         market, [(0, market.n_rows)], window=4, episode_sessions=1, fraction=0.3
     )
@@ -103,7 +104,7 @@ def test_episodes_of_unequal_length_run_to_the_end_of_the_data() -> None:
     short episode's account is parked, ends again while the others run, and never steps
     past the data (a review found it did, an IndexError)."""
     market = random_market(n_sessions=31, session_len=60, seed=2, bar_vol=5e-4)
-    params = dataclasses.replace(EnvParams.from_config(small_cfg()), episode_sessions=2)
+    params = dataclasses.replace(EnvParams.from_config(resolve_for_bars(small_cfg(), 60)), episode_sessions=2)
     hold = split_validation(
         market, [(0, market.n_rows)], window=4, episode_sessions=2, fraction=0.4
     )
@@ -118,7 +119,7 @@ def test_episodes_of_unequal_length_run_to_the_end_of_the_data() -> None:
 
 
 def test_a_stand_aside_model_stays_flat(market: Any) -> None:
-    params = EnvParams.from_config(small_cfg())
+    params = EnvParams.from_config(resolve_for_bars(small_cfg(), 60))
     model = _SignModel(params)
     assert backtest(model, market, params, [(0, market.n_rows)]).trades.height > 0
     setattr(model, STAND_ASIDE, params.flat_action)
@@ -180,7 +181,7 @@ def test_training_saves_the_best_checkpoint(market: Any, tmp_path: Path) -> None
     assert getattr(model, STAND_ASIDE, None) is None
     assert model.validation == val
     # the saved model scores on the held-out episodes what the record says
-    params = EnvParams.from_config(cfg)
+    params = EnvParams.from_config(resolve_for_bars(cfg, 60))
     hold = split_validation(
         market, [(0, market.n_rows)], window=4, episode_sessions=1, fraction=0.2
     )
@@ -193,7 +194,7 @@ def test_training_stands_aside_without_validation_evidence(market: Any, tmp_path
     cfg, result = _train(market, tmp_path, min_t=1e9)
     assert result.validation["stands_aside"]
     model = algorithm_class(cfg).load(result.model_path, device="cpu")
-    params = EnvParams.from_config(cfg)
+    params = EnvParams.from_config(resolve_for_bars(cfg, 60))
     assert getattr(model, STAND_ASIDE) == params.flat_action
     bt = backtest(model, market, params, [(0, market.n_rows)])
     assert bt.trades.height == 0 and not np.any(bt.exposure)

@@ -22,7 +22,7 @@ from sentio.agents.training import (
     rollout_shape,
     train_agent,
 )
-from sentio.config import SentioConfig, with_overrides
+from sentio.config import SentioConfig, resolve_for_bars, with_overrides
 from sentio.errors import ConfigError, ResourceError
 from tests.env_helpers import random_market
 
@@ -196,7 +196,7 @@ def test_episodes_come_from_the_training_ranges_only(market: Any, tmp_path: Path
 
     cfg = small_cfg()
     ranges = [(0, 120), (240, 360)]
-    env = SentioVecEnv(market, EnvParams.from_config(cfg), ranges, 8, seed=0)
+    env = SentioVecEnv(market, EnvParams.from_config(resolve_for_bars(cfg, 60)), ranges, 8, seed=0)
     env.reset()
     rows = np.stack([env.sim.t, env.sim.end], axis=1)
     for s, e in rows:

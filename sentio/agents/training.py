@@ -51,7 +51,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from sentio.agents.device_rollout import learn_on_device
 from sentio.agents.selection import Holdout, Selection, split_validation, validation_returns
-from sentio.config import SentioConfig, training_settings_hash
+from sentio.config import SentioConfig, resolve_for_bars, training_settings_hash
 from sentio.env import EnvParams, MarketData, SentioVecEnv
 from sentio.env.backtest import STAND_ASIDE
 from sentio.env.device_env import DeviceVecEnv
@@ -588,11 +588,12 @@ def _train(
     out: Path,
     progress: ProgressFn | None,
 ) -> TrainResult:
+    cfg = resolve_for_bars(cfg, market.bar_seconds)
     device = resolve_device(cfg.train.device)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-    params = EnvParams.from_config(cfg)
+    params = EnvParams.from_config(cfg, market)
     holdout = split_validation(
         market,
         ranges,

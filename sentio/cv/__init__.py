@@ -62,6 +62,13 @@ def splitter_from_config(cv: CVConfig) -> Splitter:
     ``label_bars``.
     """
     embargo, fraction, label = cv.embargo_bars, cv.embargo_fraction, cv.label_bars
+    if embargo == "auto":
+        if fraction is None:
+            raise ConfigError(
+                "cv.embargo_bars = 'auto' depends on the bar length of the data: resolve the "
+                "configuration for it first (sentio.config.resolve_for_bars)"
+            )
+        embargo = 0  # replaced by the fraction
     if cv.method == "walk_forward":
         return PurgedWalkForward(
             cv.n_splits,

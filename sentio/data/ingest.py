@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 import polars as pl
 
 from sentio import __version__
+from sentio.calendar import session_gaps
 from sentio.calendar import sessions as calendar_sessions
 from sentio.config import SentioConfig, write_config
 from sentio.data.provenance import provenance_path, read_provenance, write_provenance
@@ -524,6 +525,9 @@ def ingest_files(
             & set(bars["symbol"].unique().to_list())
         ),
         "sessions_rejected_incomplete": incomplete.height,
+        "gaps": session_gaps(
+            coverage.filter(pl.col("present") > 0)["session"], cfg.universe.calendar
+        ),
         "missing_bars_by_session": [
             {**row, "session": row["session"].isoformat()}
             for row in coverage.filter(pl.col("missing") > 0).iter_rows(named=True)

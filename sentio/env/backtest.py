@@ -11,8 +11,13 @@ Blocks. ``rows`` are half-open market-row ranges ``[a, b)`` in increasing time o
 overlapping. Block ``[a, b)`` is one episode from row ``max(a, window - 1)`` (the first
 row with a full observation window) to row ``b - 1``: the first decision is taken at the
 close of the start row, the last fill bar is ``b - 1``, so every bar the block's returns
-cover lies inside ``[a, b)``. A block too short for one step is skipped; if no block is
-left, :class:`~sentio.errors.DataError`.
+cover lies inside ``[a, b)``. A block that holds a data gap (sessions the data lacks,
+:attr:`~sentio.env.market.MarketData.gap_before`) is run as one episode per piece between
+gaps: the step from the last bar before a gap to the first bar after it is never taken
+(by the agent, the references or :func:`underlying_buy_and_hold`), and a position open at
+the last bar before the gap is sold at its close (exit reason ``"data_gap"``). A block (or
+piece) too short for one step is skipped; if no block is left,
+:class:`~sentio.errors.DataError`.
 
 Equity is carried from block to block: the next episode starts flat with the equity the
 previous one ended with. A position still open at the end of a block (possible when
@@ -106,6 +111,8 @@ EXIT_REASONS: dict[str, str] = {
     "reached masks.drawdown_limit",
     "end_of_block": "sold at the close of the test block's last bar (the backtest carries "
     "equity, not positions, to the next block)",
+    "data_gap": "sold at the close of the last bar before sessions the data lacks (no "
+    "position is carried across a data gap)",
     "ruin": "equity reached zero; the backtest stops",
 }
 """Every ``exit_reason`` of the trade ledger and its meaning."""
@@ -602,15 +609,22 @@ def _episodes(
                 "blocks must be in time order and must not overlap"
             )
         prev_b = b
-        start, end = max(a, window - 1), b - 1
-        if end > start:
-            out.append((i, start, end))
+        for lo, hi in market.split_at_gaps(a, b):  # a data gap ends an episode
+            start, end = max(lo, window - 1), hi - 1
+            if end > start:
+                out.append((i, start, end))
     if not out:
         raise DataError(
             f"no test block holds a step: blocks {list(rows)[:5]} with an observation window "
             f"of {window} rows need b - 1 > max(a, {window - 1})"
         )
     return out
+
+
+def _before_gap(market: MarketData, row: int) -> bool:
+    """Row ``row`` is the last bar before a data gap."""
+    gaps = market.gap_before
+    return gaps is not None and row + 1 < market.n_rows and bool(gaps[row + 1])
 
 
 class _Trade:
@@ -833,7 +847,8 @@ def _backtest(
                 ruin = bool(res.terminated[0])
                 end_cost = 0.0 if ruin else cost(s_end, px, t1)
                 open_trade.sell(s_end, px, end_cost)
-                close_trade(open_trade, t1, "close", "ruin" if ruin else "end_of_block")
+                reason = "ruin" if ruin else "data_gap" if _before_gap(market, t1) else "end_of_block"
+                close_trade(open_trade, t1, "close", reason)
                 open_trade = None
                 step_costs += end_cost
                 eq_new -= end_cost

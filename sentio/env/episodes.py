@@ -7,7 +7,10 @@ session inside the range, but no earlier than ``a + window - 1``, so that the ob
 window of its first step lies inside the range too (a range that follows a test block
 never shows the agent rows of that block), and ends at the last row of its last session
 inside the range. Every row an episode reads or steps through, including the fill bar of
-its last decision, lies inside the range.
+its last decision, lies inside the range. Nor does an episode span a data gap (sessions
+the data lacks, :attr:`~sentio.env.market.MarketData.gap_before`): a range is cut there and
+the part after the gap starts its own episodes (its first observation window may look
+back across the gap: the past).
 """
 
 from __future__ import annotations
@@ -37,9 +40,13 @@ def candidate_episodes(
     starts: list[int] = []
     ends: list[int] = []
     session = market.session
+    pieces = []
     for a, b in ranges:
         a = max(int(a), 0) + window - 1  # the first observation window inside the range
         b = min(int(b), market.n_rows)
+        if b > a:
+            pieces.extend(market.split_at_gaps(a, b))  # no episode steps across a data gap
+    for a, b in pieces:
         if b - a < 2:
             continue
         seg = session[a:b]

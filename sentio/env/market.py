@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from sentio.calendar import sessions
+from sentio.calendar import gap_rows, sessions
 from sentio.config import SentioConfig
 from sentio.data.schema import session_date
 from sentio.errors import DataError
@@ -57,6 +57,9 @@ class MarketData:
             bar t (EWMA of squared close-to-close log returns, see :func:`ewma_vol`).
         periods_per_year: bars per year of this frequency (annualisation).
         feature_names: names of the feature columns.
+        gap_before: ``(T,)`` bool, row t is the first row after one or more sessions of the
+            calendar that the data lacks (a data gap); ``None``: no gap. No episode, test
+            block or benchmark step spans a gap (:func:`segment_bounds`).
     """
 
     timestamps: np.ndarray
@@ -70,6 +73,7 @@ class MarketData:
     vol: np.ndarray
     periods_per_year: float
     feature_names: tuple[str, ...]
+    gap_before: np.ndarray | None = None
 
     @property
     def n_rows(self) -> int:
@@ -85,6 +89,27 @@ class MarketData:
     def n_regimes(self) -> int:
         """``K`` (0 without regimes)."""
         return int(self.regime_probs.shape[1])
+
+    @property
+    def bar_seconds(self) -> int:
+        """The bar length in seconds, from :attr:`periods_per_year` (86,400 for daily bars)."""
+        if self.periods_per_year <= 252.0:
+            return 86_400
+        return max(1, round(390 * 60 * 252.0 / self.periods_per_year))
+
+    def gap_rows(self) -> np.ndarray:
+        """Rows that follow a data gap (ascending; see :attr:`gap_before`)."""
+        if self.gap_before is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(self.gap_before).astype(np.int64)
+
+    def split_at_gaps(self, a: int, b: int) -> list[tuple[int, int]]:
+        """The half-open row range ``[a, b)`` cut at every data gap inside it: pieces
+        ``[a, g1), [g1, g2), ..., [gk, b)`` with ``g`` the first rows after a gap, so no
+        piece holds a step from the last bar before a gap to the first bar after it."""
+        cuts = [int(g) for g in self.gap_rows() if a < g < b]
+        bounds = [a, *cuts, b]
+        return [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def high_vol_regime(self) -> np.ndarray:
         """``(T,)`` bool: the highest-volatility regime is the most likely one at t."""
@@ -182,6 +207,7 @@ def build_market(
     last[:-1] = session[1:] != session[:-1]
     last[-1] = True
     daily = periods_per_year(stamps) <= 252
+    gap_before = gap_rows(day, u.calendar).to_numpy()
     minutes = ((closes - stamps).dt.total_seconds() / 60.0).fill_null(0.0).to_numpy()
     px_open = frame.select([f"open_{i}" for i in range(3)]).to_numpy().astype(np.float64)
     px_close = frame.select([f"close_{i}" for i in range(3)]).to_numpy().astype(np.float64)
@@ -216,4 +242,5 @@ def build_market(
         vol=ewma_vol(px_close[:, UNDERLYING], cfg.env.vol_halflife_bars),
         periods_per_year=float(periods_per_year(stamps)),
         feature_names=feature_names,
+        gap_before=gap_before if gap_before.any() else None,
     )

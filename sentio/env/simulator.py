@@ -62,8 +62,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sentio.config import SentioConfig
+from sentio.config import SentioConfig, resolve_for_bars
 from sentio.env.market import MarketData
+from sentio.errors import ConfigError
 
 __all__ = [
     "LAYER_BITS",
@@ -123,9 +124,36 @@ class EnvParams:
     episode_sessions: int
 
     @classmethod
-    def from_config(cls, cfg: SentioConfig) -> EnvParams:
-        """The parameters of ``cfg.env`` (and the ETFs' leverage of ``cfg.universe``)."""
+    def from_config(cls, cfg: SentioConfig, market: MarketData | None = None) -> EnvParams:
+        """The parameters of ``cfg.env`` (and the ETFs' leverage of ``cfg.universe``).
+
+        Settings left ``'auto'`` are sized by the bar length of ``market``
+        (:func:`sentio.config.resolve_for_bars`); without a market they must be resolved
+        already.
+
+        Raises:
+            ConfigError: an ``'auto'`` setting and no market to size it by.
+        """
+        if market is not None:
+            cfg = resolve_for_bars(cfg, market.bar_seconds)
         e, m, c = cfg.env, cfg.env.masks, cfg.env.costs
+        auto = [
+            f"env.{name}"
+            for name, value in (
+                ("flat_at_close", e.flat_at_close),
+                ("episode_sessions", e.episode_sessions),
+                ("costs.slippage_vol_mult", c.slippage_vol_mult),
+            )
+            if value == "auto"
+        ]
+        if auto:
+            raise ConfigError(
+                f"{', '.join(auto)} = 'auto' depends on the bar length of the data: resolve "
+                "the configuration for it first (sentio.config.resolve_for_bars) or give the "
+                "market"
+            )
+        assert not isinstance(e.flat_at_close, str) and not isinstance(e.episode_sessions, str)
+        assert not isinstance(c.slippage_vol_mult, str)
         return cls(
             grid=np.asarray(sorted(e.action_grid), dtype=np.float64),
             window=e.window,

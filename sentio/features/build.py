@@ -56,7 +56,7 @@ from typing import Any
 import polars as pl
 
 from sentio.calendar import sessions
-from sentio.config import SentioConfig
+from sentio.config import SentioConfig, resolve_for_bars, unresolved_settings
 from sentio.errors import DataError
 from sentio.features import indicators as ind
 from sentio.features.exogenous import exogenous_join, load_exogenous
@@ -240,6 +240,15 @@ def _coarse_frame(
     return coarse, names
 
 
+def sized_for_bars(cfg: SentioConfig, bars: pl.DataFrame) -> SentioConfig:
+    """``cfg`` with its ``'auto'`` settings sized by the bar length of the underlying's
+    bars (:func:`sentio.config.resolve_for_bars`); unchanged when nothing is ``'auto'``."""
+    if not unresolved_settings(cfg):
+        return cfg
+    _, info = inspect_bars(bars, cfg.universe.underlying)
+    return resolve_for_bars(cfg, 86_400 if info.daily else round(info.bar.total_seconds()))
+
+
 def feature_plan(bars: pl.DataFrame, cfg: SentioConfig) -> tuple[pl.LazyFrame, list[str]]:
     """The lazy plan of the market features (every bar, warm-up included) and their names.
 
@@ -248,6 +257,7 @@ def feature_plan(bars: pl.DataFrame, cfg: SentioConfig) -> tuple[pl.LazyFrame, l
     warm-up on. :func:`build_features` runs it, keeps those rows, joins the exogenous
     columns and normalises.
     """
+    cfg = sized_for_bars(cfg, bars)
     frame, info = inspect_bars(bars, cfg.universe.underlying)
     f = cfg.features
     on = _enabled(cfg, info.daily)
@@ -323,6 +333,7 @@ def build_features(bars: pl.DataFrame, cfg: SentioConfig) -> pl.DataFrame:
         DataError: the underlying is absent, timestamps are not increasing, bars lie
             outside the calendar's sessions, or the exogenous file is unusable.
     """
+    cfg = sized_for_bars(cfg, bars)
     f = cfg.features
     plan, names = feature_plan(bars, cfg)
     # The in-memory engine runs this plan (whole-column kernels, as-of joins) faster than

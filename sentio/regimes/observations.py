@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from sentio.config import SentioConfig
+from sentio.config import SentioConfig, resolve_for_bars, unresolved_settings
 from sentio.data.schema import session_date, training_cutoff
+from sentio.data.timestamps import infer_bar_seconds
 from sentio.errors import DataError
 
 __all__ = [
@@ -77,15 +78,17 @@ def regime_observations(
     Raises:
         DataError: when the bars hold no row of the underlying.
     """
-    if vol_window is None:
-        vol_window = cfg.regimes.vol_window
-    if vol_window < 2:
-        raise ValueError(f"vol_window must be >= 2, got {vol_window}")
-    agg = cfg.regimes.aggregate_bars
     symbol = cfg.universe.underlying
     under = bars.filter(pl.col("symbol") == symbol).sort("timestamp")
     if under.height == 0:
         raise DataError(f"regime_observations: no bars of the underlying {symbol!r}")
+    if unresolved_settings(cfg):  # 'auto' windows: sized by the bar length of the data
+        cfg = resolve_for_bars(cfg, infer_bar_seconds(under.select("symbol", "timestamp")))
+    if vol_window is None:
+        vol_window = int(cfg.regimes.vol_window)
+    if vol_window < 2:
+        raise ValueError(f"vol_window must be >= 2, got {vol_window}")
+    agg = int(cfg.regimes.aggregate_bars)
     warmup = max(agg, vol_window) - 1
     r = (
         under.select((pl.col("close") / pl.col("open")).log())
