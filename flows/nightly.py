@@ -68,7 +68,7 @@ from tasks.folds import folds_task
 from tasks.ingest import ingest_task
 from tasks.regimes import regimes_task
 from tasks.registry import registry_task
-from tasks.report import report_task
+from tasks.report import registry_into_report_task, report_task
 from tasks.train import train_all, train_task
 
 FLOW_NAME = "nightly-retrain"
@@ -159,6 +159,7 @@ def _nightly(
         # settings left 'auto' take their values for the bar length of these data
         cfg = resolve_for_bars(cfg, int(record["stages"]["ingest"]["bar_seconds"]))
         write_config(folder / "config.yaml", cfg)
+        record["config_hash"] = cfg.hash()
         _save(folder, record)
         record["artifacts"].update(publish_ingest_artifacts(record["stages"]["ingest"]))
         lap("ingest")
@@ -214,8 +215,13 @@ def _nightly(
         lap("train")
 
         profile = stages.run_profile(timings, runs)
+        run_info = {
+            "name": str(record["flow_run_name"] or folder.name),
+            "started": record["started"],
+            "config_hash": record["config_hash"],
+        }
         record["stages"]["report"] = report_task(
-            runs, cfg, str(folder / "report"), record["stages"]["ingest"], profile
+            runs, cfg, str(folder / "report"), record["stages"]["ingest"], profile, run_info
         )
         _save(folder, record)
         record["artifacts"].update(publish_report_artifacts(record["stages"]["report"]))
@@ -245,6 +251,9 @@ def _nightly(
         )
         _save(folder, record)
         record["artifacts"].update(publish_registry_artifacts(record["stages"]["registry"]))
+        # the report's header names the model version and the registry's decision
+        registry_into_report_task(st["report"], record["stages"]["registry"])
+        record["artifacts"].update(publish_report_artifacts(st["report"]))
     except Exception as exc:
         record.update(status="failed", finished=utc_now(), error=f"{type(exc).__name__}: {exc}")
         _save(folder, record)

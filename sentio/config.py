@@ -794,6 +794,20 @@ def auto_values(bar_seconds: int) -> dict[str, Any]:
     }
 
 
+def sized(value: int | float | str, name: str) -> int:
+    """A bar-count setting known to be resolved (:func:`resolve_for_bars`), as an int.
+
+    Raises:
+        ConfigError: the setting is still ``'auto'``.
+    """
+    if isinstance(value, str):
+        raise ConfigError(
+            f"{name} = {value!r} depends on the bar length of the data: resolve the "
+            "configuration for it first (sentio.config.resolve_for_bars)"
+        )
+    return int(value)
+
+
 def unresolved_settings(cfg: SentioConfig) -> list[str]:
     """The settings of ``cfg`` still ``'auto'`` that :func:`resolve_for_bars` sizes."""
     return [name for name in auto_values(60) if _setting(cfg, name) == "auto"]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from sentio.config import SentioConfig
+from sentio.config import SentioConfig, sized
 from sentio.errors import DataError, SentioError
 from sentio.io import code_version, sha256_file, write_json_atomic
 from sentio.stages import TRAIN_MODULES, _utc64, config_for_data, index_file, load_folds
@@ -436,7 +436,7 @@ def registry_stage(
                 w["last_block"],
                 str(train_end),
                 embargo_bars=embargo,
-                min_bars=cfg.registry.min_compare_bars,
+                min_bars=sized(cfg.registry.min_compare_bars, "registry.min_compare_bars"),
             )
             if cw.reason is not None or cw.start is None or cw.end is None:
                 return Comparison(

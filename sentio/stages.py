@@ -56,7 +56,8 @@ def bar_seconds_of(path: str | Path) -> int:
     from sentio.data.timestamps import infer_bar_seconds
 
     names = list(pl.read_ipc_schema(path))
-    frame = pl.read_ipc(path, columns=[c for c in ("symbol", "timestamp") if c in names])
+    columns: list[str] = [c for c in ("symbol", "timestamp") if c in names]
+    frame = pl.read_ipc(path, columns=columns)
     if "symbol" not in frame.columns:
         frame = frame.with_columns(symbol=pl.lit("_"))
     return infer_bar_seconds(frame)
@@ -974,15 +975,24 @@ def report_stage(
     *,
     ingest_summary: dict[str, Any] | None = None,
     profile: dict[str, Any] | None = None,
+    run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the run's report (``report.md``, ``report.html``, ``metrics.json``) to ``out_dir``.
 
-    Not cached: the report of every run includes that run's performance profile.
+    ``run_info`` (``name``, ``started``, ``config_hash``) heads the report. Not cached: the
+    report of every run includes that run's performance profile.
     """
     from sentio.report import build_report
 
+    if ingest_summary is not None and ingest_summary.get("bar_seconds"):
+        cfg = resolve_for_bars(cfg, int(ingest_summary["bar_seconds"]))
     summary = build_report(
-        list(runs), out_dir, cfg=cfg, ingest_summary=ingest_summary, profile=profile
+        list(runs),
+        out_dir,
+        cfg=cfg,
+        ingest_summary=ingest_summary,
+        profile=profile,
+        run_info=run_info,
     )
     summary["output"] = summary["paths"]["html"]
     return summary

@@ -35,11 +35,10 @@ def report_task(
     """Run :func:`sentio.stages.report_stage`; return its summary.
 
     ``run_info`` (``name``, ``started``, ``config_hash`` of the flow run) goes to the
-    report's header; it is passed on only when given.
+    report's header.
     """
-    extra = {"run_info": run_info} if run_info is not None else {}
     summary = stages.report_stage(
-        runs, cfg, Path(out_dir), ingest_summary=ingest_summary, profile=profile, **extra
+        runs, cfg, Path(out_dir), ingest_summary=ingest_summary, profile=profile, run_info=run_info
     )
     get_run_logger().info("report: %s; %s", summary["verdict"], summary["paths"]["html"])
     return summary

@@ -408,7 +408,9 @@ def test_report_artifacts(nightly_run: NightlyRun) -> None:
     assert verdict and verdict.startswith("Out-of-sample edge") == report["edge"]
     md = nightly_run.artifacts["report"]
     assert md.description == verdict
-    assert md.data.startswith(f"**{verdict}**\n\n# Sentio out-of-sample report")
+    assert md.data.startswith("# Sentio out-of-sample report")
+    assert md.data.count(verdict) == 1  # said once
+    assert "registry:" in md.data  # the header names the registry's decision
     assert f"**Verdict:** {verdict}" in md.data
     for section in ("Per fold", "Per regime", "Ingest / data quality", "Performance profile"):
         assert section in md.data, section

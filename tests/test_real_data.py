@@ -50,9 +50,7 @@ def _frames(run: dict[str, Any]) -> dict[str, pl.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def nasdaq_run(
-    prefect_api: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Any]:
+def nasdaq_run(prefect_api: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The flow on the NASDAQ daily sample with the configuration ``sentio sample`` wrote."""
     from flows.nightly import nightly_flow
     from sentio.config import SentioConfig

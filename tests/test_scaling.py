@@ -157,7 +157,9 @@ def test_flat_prior_sets_the_initial_policy(market: Any, algo: str) -> None:
         {"agent.quantile_critic": True, "agent.regime_gating": True} if algo == "sentio_ppo" else {}
     )
     cfg = with_overrides(SentioConfig(), {**SMALL, "agent.algo": algo, **gated})
-    env = SentioVecEnv(market, EnvParams.from_config(resolve_for_bars(cfg, 60)), [(0, market.n_rows)], 4, seed=0)
+    env = SentioVecEnv(
+        market, EnvParams.from_config(resolve_for_bars(cfg, 60)), [(0, market.n_rows)], 4, seed=0
+    )
     obs = obs_as_tensor(env.reset(), torch.device("cpu"))
     flat = env.params.flat_action
     for prior, want in ((0.0, 1 / 5), (2.0, np.exp(2) / (np.exp(2) + 4))):

@@ -104,7 +104,9 @@ def test_episodes_of_unequal_length_run_to_the_end_of_the_data() -> None:
     short episode's account is parked, ends again while the others run, and never steps
     past the data (a review found it did, an IndexError)."""
     market = random_market(n_sessions=31, session_len=60, seed=2, bar_vol=5e-4)
-    params = dataclasses.replace(EnvParams.from_config(resolve_for_bars(small_cfg(), 60)), episode_sessions=2)
+    params = dataclasses.replace(
+        EnvParams.from_config(resolve_for_bars(small_cfg(), 60)), episode_sessions=2
+    )
     hold = split_validation(
         market, [(0, market.n_rows)], window=4, episode_sessions=2, fraction=0.4
     )

@@ -847,7 +847,9 @@ def _backtest(
                 ruin = bool(res.terminated[0])
                 end_cost = 0.0 if ruin else cost(s_end, px, t1)
                 open_trade.sell(s_end, px, end_cost)
-                reason = "ruin" if ruin else "data_gap" if _before_gap(market, t1) else "end_of_block"
+                reason = (
+                    "ruin" if ruin else "data_gap" if _before_gap(market, t1) else "end_of_block"
+                )
                 close_trade(open_trade, t1, "close", reason)
                 open_trade = None
                 step_costs += end_cost

@@ -56,7 +56,7 @@ from typing import Any
 import polars as pl
 
 from sentio.calendar import sessions
-from sentio.config import SentioConfig, resolve_for_bars, unresolved_settings
+from sentio.config import SentioConfig, resolve_for_bars, sized, unresolved_settings
 from sentio.errors import DataError
 from sentio.features import indicators as ind
 from sentio.features.exogenous import exogenous_join, load_exogenous
@@ -143,7 +143,7 @@ def warmup_rows(cfg: SentioConfig, info: BarInfo) -> int:
     if "atr" in on:
         need.append(f.atr_window)
     if "volume_z" in on:
-        need.append(f.volume_z_window)
+        need.append(sized(f.volume_z_window, "features.volume_z_window"))
     if "coarse" in on and f.coarse_minutes:
         coarse_bars = max(f.rsi_window + 1, f.coarse_vol_window + 1) + 1
         need.append(max(f.coarse_minutes) // _bar_minutes(info) * coarse_bars)
@@ -189,7 +189,8 @@ def _market_exprs(
     if "atr" in on:
         out.append(ind.atr_rel(_H, _L, _C, f.atr_window).alias(f"atr_rel_{f.atr_window}"))
     if "volume_z" in on:
-        out.append(ind.volume_z(_V, f.volume_z_window).alias(f"volume_z_{f.volume_z_window}"))
+        z = sized(f.volume_z_window, "features.volume_z_window")
+        out.append(ind.volume_z(_V, z).alias(f"volume_z_{z}"))
     first = pl.col("session") != pl.col("session").shift(1)
     if "gap" in on:
         gap = (_O / _C.shift(1)).log()
@@ -349,9 +350,10 @@ def build_features(bars: pl.DataFrame, cfg: SentioConfig) -> pl.DataFrame:
     columns = names + [c for pair in zip(exo_names, flag_names, strict=True) for c in pair]
     frame = lf.select("timestamp", *columns).collect(engine="in-memory")
     if f.normalisation in ("rolling", "expanding"):
-        window = f.norm_window if f.normalisation == "rolling" else None
+        norm = sized(f.norm_window, "features.norm_window")
+        window = norm if f.normalisation == "rolling" else None
         frame = causal_normalise(frame, normalised_columns(columns), window, f.norm_clip)
-        frame = frame.slice(f.norm_window - 1)  # the normalisation's warm-up
+        frame = frame.slice(norm - 1)  # the normalisation's warm-up
     else:  # train_fit: raw values; a missing exogenous value is 0 (its flag says so)
         frame = frame.with_columns(pl.col(exo_names).fill_null(0.0))
     return frame.select("timestamp", *(pl.col(c).cast(pl.Float32) for c in columns))
