@@ -224,7 +224,6 @@ def _nightly(
             runs, cfg, str(folder / "report"), record["stages"]["ingest"], profile, run_info
         )
         _save(folder, record)
-        record["artifacts"].update(publish_report_artifacts(record["stages"]["report"]))
 
         st = record["stages"]
         data_hashes = {  # what the models were trained on, by content
@@ -251,7 +250,8 @@ def _nightly(
         )
         _save(folder, record)
         record["artifacts"].update(publish_registry_artifacts(record["stages"]["registry"]))
-        # the report's header names the model version and the registry's decision
+        # the report's header names the model version and the registry's decision; the
+        # report's artifacts are published once, with it
         registry_into_report_task(st["report"], record["stages"]["registry"])
         record["artifacts"].update(publish_report_artifacts(st["report"]))
     except Exception as exc:

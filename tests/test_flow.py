@@ -150,7 +150,10 @@ def test_cache_hits_on_unchanged_content_and_misses_on_new_content(
         assert run["references"]["flat"]["total_return"] == 0.0
     # the report is recomputed by every run (it holds the run's profile), in the run folder
     for record in (first, second):
-        (rep,) = task_runs(record["flow_run_id"], "report")
+        reports = task_runs(record["flow_run_id"], "report", count=2)
+        (rep,) = [r for r in reports if not r.name.startswith("report-registry-decision")]
+        (decision,) = [r for r in reports if r.name.startswith("report-registry-decision")]
+        assert decision.state.name == "Completed"
         assert rep.state.name == "Completed"
         report = record["stages"]["report"]
         html = Path(report["paths"]["html"])

@@ -23,6 +23,8 @@ import polars as pl
 import pytest
 import yaml
 
+from tests.conftest import SHORT_WINDOWS
+
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("restore_environ")]
 
 # a few hundred steps of a small network: the flow's plumbing, not learning, is tested
@@ -149,13 +151,8 @@ def spy_run(
         {
             "ingest": {"symbol": "SPY", "tz": "UTC", "bar_timestamp": "end"},
             "universe": {"underlying": "SPY", "long": "SPY3L", "short": "SPY3S"},
-            "features": {
-                "return_horizons": [1, 5, 15],
-                "vol_windows": [30],
-                "volume_z_window": 60,
-                "norm_window": 60,
-            },
-            "regimes": {"vol_window": 120},
+            "features": SHORT_WINDOWS["features"],  # two months of minutes
+            "regimes": SHORT_WINDOWS["regimes"],
             # five chunks of about nine sessions: the second test block spans February
             "cv": {"method": "walk_forward", "n_splits": 4},
         },

@@ -66,7 +66,9 @@ def _fingerprint(record: dict[str, Any]) -> dict[str, Any]:
         for r in record["stages"]["train"]["runs"]
     }
     report = json.loads(Path(record["stages"]["report"]["paths"]["metrics"]).read_text())
-    numbers = {k: v for k, v in report.items() if k not in ("profile", "ingest", "folds")}
+    # the header names the run (its name, start, configuration with max_parallel)
+    skip = ("profile", "ingest", "folds", "run", "registry")
+    numbers = {k: v for k, v in report.items() if k not in skip}
     numbers["folds"] = [
         {k: f[k] for k in ("fold", "seed", "metrics", "ci")} for f in report["folds"]
     ]
