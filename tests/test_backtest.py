@@ -30,7 +30,7 @@ from sentio.env.backtest import (
     underlying_buy_and_hold,
 )
 from sentio.errors import DataError
-from sentio.evaluation import METRIC_KEYS
+from sentio.evaluation import METRIC_KEYS, compute_metrics
 from sentio.features import build_features
 from tests.conftest import SHORT_WINDOWS, minute_bars
 
@@ -516,3 +516,92 @@ def test_bars_agree_with_the_scalar_reference_env(market: MarketData, params: En
     np.testing.assert_allclose(res.equity, equity, rtol=1e-12)
     np.testing.assert_allclose(res.costs_cash, costs, rtol=1e-9, atol=1e-9)
     assert "end_of_block" not in set(res.trades["exit_reason"])
+
+
+def test_one_trade_definition_on_a_hand_worked_sequence() -> None:
+    """A trade is a round trip, forced exits included: ledger rows = entries = n_trades.
+
+    Three sessions of six bars (rows 0-5, 6-11, 12-17), window 3, flat at the close:
+
+    ======  ===========================  =================================================
+    trade   held over bars               how it ends
+    ======  ===========================  =================================================
+    1       3-5 long                     forced sale at the close of row 5 (session end)
+    2       6-8 long (re-bought at 6)    the policy goes flat: sold at the open of row 9
+    3       10 short                     switched to long: sold at the open of row 11
+    4       11 long                      forced sale at the close of row 11
+    5       16 long                      end of the block [0, 17): sold at the close of row 16
+    ======  ===========================  =================================================
+
+    Same-sign runs of the held position would count 4 (trades 1 and 2 touch).
+    """
+    market = hand_market(3, 6)
+    p = hand_params(**NO_COSTS, flat_at_close=True)
+    long_, short, flat = (int(np.flatnonzero(p.grid == x)[0]) for x in (1.0, -1.0, 0.0))
+    script = {2: long_, 3: long_, 4: long_, 5: long_, 6: long_, 7: long_, 9: short}
+    script |= {10: long_, 15: long_}
+
+    def policy(obs: dict[str, np.ndarray], mask: np.ndarray, row: int) -> int:
+        return script.get(row, flat)
+
+    policy.takes_row = True  # type: ignore[attr-defined]
+    res = backtest(policy, market, p, [(0, 17)])  # the block ends mid-session
+    tr = res.trades
+    assert tr["exit_reason"].to_list() == [
+        "flat_at_close",
+        "signal",
+        "signal",
+        "flat_at_close",
+        "end_of_block",
+    ]
+    assert tr["entry_row"].to_list() == [3, 6, 10, 11, 16]
+    assert tr["exit_row"].to_list() == [5, 9, 11, 11, 16]
+    assert tr["side"].to_list() == ["long", "long", "short", "long", "long"]
+    assert tr["bars_held"].to_list() == [3, 3, 1, 1, 1]
+    entries = res.entries
+    np.testing.assert_array_equal(res.rows[entries == 1], [3, 6, 10, 11, 16])
+    m = res.metrics()
+    assert m["n_trades"] == tr.height == int(entries.sum()) == 5
+    assert m["avg_holding_bars"] == pytest.approx(tr["bars_held"].mean())
+    runs = compute_metrics(res.returns, positions=res.position, periods_per_year=252.0 * 6)
+    assert runs["n_trades"] == 4  # what sign runs alone see
+    # the per-bar frame carries the entries: the report counts the same trades
+    assert int(res.bars_frame()["entries"].sum()) == 5
+
+
+def test_a_data_gap_splits_the_block_for_the_agent_and_the_benchmark() -> None:
+    """Sessions missing before row 6: no step from row 5 to row 6, for any series.
+
+    Held long without flat_at_close, the position is sold at the close of row 5 (the last
+    bar before the gap, exit reason data_gap), and the piece after the gap starts flat: its
+    first decision is taken at the close of row 6 and fills at row 7.
+    """
+    gap = np.zeros(18, dtype=bool)
+    gap[6] = True
+    market = dataclasses.replace(hand_market(3, 6), gap_before=gap)
+    assert market.gap_rows().tolist() == [6]
+    assert market.split_at_gaps(0, 18) == [(0, 6), (6, 18)]
+    p = hand_params(**NO_COSTS, flat_at_close=False)
+    res = backtest(long_etf_policy(p), market, p, [(0, 18)])
+    assert 6 not in res.rows.tolist()  # the step across the gap is never taken
+    assert res.rows.tolist() == [3, 4, 5, *range(7, 18)]
+    tr = res.trades
+    assert tr["exit_reason"].to_list() == ["data_gap", "end_of_block"]
+    assert tr["exit_row"].to_list() == [5, 17]
+    assert tr["entry_row"].to_list() == [3, 7]
+    assert res.exposure[res.rows.tolist().index(5)] == 0.0  # nothing carried across
+    growth = (market.close[5, 1] / market.open[3, 1]) * (market.close[17, 1] / market.open[7, 1])
+    assert res.equity[-1] == pytest.approx(p.initial_cash * growth, rel=1e-12)
+    bench = underlying_buy_and_hold(market, [(0, 18)], p)
+    np.testing.assert_array_equal(bench.rows, res.rows)
+    assert bench.entries.tolist().count(1) == 2  # bought again after the gap
+    close = market.close[:, 0]
+    assert bench.equity[-1] == pytest.approx(
+        p.initial_cash * close[5] / close[2] * close[17] / close[6], rel=1e-12
+    )
+    # training episodes: none spans the gap either
+    from sentio.env.episodes import candidate_episodes
+
+    for sessions in (1, 2, 3):
+        starts, ends = candidate_episodes(market, [(0, 18)], window=3, episode_sessions=sessions)
+        assert not ((starts < 6) & (ends >= 6)).any(), sessions

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -298,6 +300,25 @@ def test_sentio_run_reports_user_errors_without_traceback_then_succeeds(tmp_path
     assert [ln.split(":")[1] for ln in trained] == [" fold 0 seed 0", " fold 1 seed 0"]
     assert all(ln.endswith("model.zip") for ln in trained)
     assert str(tmp_path / ".sentio" / "runs") in ok.stdout  # outputs under the project, not ~
+
+    # one trade count: the CLI's line, the ledger, the report and the registry's manifest
+    report_line = next(ln for ln in ok.stdout.splitlines() if ln.startswith("report html: "))
+    report = json.loads(
+        (Path(report_line.removeprefix("report html: ")).parent / "metrics.json").read_text()
+    )
+    manifests = [
+        json.loads(p.read_text())
+        for p in (tmp_path / ".sentio" / "registry" / "versions").glob("*/manifest.json")
+    ]
+    for line in trained:
+        fold = int(line.split("fold ")[1].split()[0])
+        printed = int(re.search(r", (\d+) trades:", line).group(1))  # type: ignore[union-attr]
+        model = Path(line.rsplit(": ", 1)[1])
+        ledger = pl.read_ipc(model.parent / "trades.feather")
+        (in_report,) = [f for f in report["folds"] if f["fold"] == fold]
+        (manifest,) = [m for m in manifests if m["extra"]["fold"] == fold]
+        assert printed == ledger.height == in_report["metrics"]["n_trades"]
+        assert manifest["metrics"]["n_trades"] == ledger.height
 
 
 def test_serve_with_missing_data_fails_at_start(tmp_path: Path) -> None:

@@ -182,3 +182,58 @@ def test_hash_by_section_ignores_other_sections() -> None:
     b = with_overrides(a, {"train.total_timesteps": 7})
     assert a.hash("ingest", "universe") == b.hash("ingest", "universe")
     assert a.hash() != b.hash()
+
+
+# --------------------------------------------------------------------------- bar length
+
+
+def test_auto_settings_are_lengths_of_time_sized_by_the_bar_length() -> None:
+    from sentio.config import resolve_for_bars, unresolved_settings
+
+    cfg = SentioConfig()
+    assert "env.flat_at_close" in unresolved_settings(cfg)
+    minute = resolve_for_bars(cfg, 60)
+    assert unresolved_settings(minute) == []
+    assert (minute.features.norm_window, minute.features.volume_z_window) == (1950, 390)
+    assert (minute.regimes.aggregate_bars, minute.regimes.vol_window) == (15, 2730)
+    assert (minute.cv.embargo_bars, minute.registry.min_compare_bars) == (390, 1950)
+    assert minute.env.flat_at_close is True and minute.env.episode_sessions == 1
+    assert minute.env.costs.slippage_vol_mult == pytest.approx(0.1)
+    five = resolve_for_bars(cfg, 300)  # the same lengths of time in five-minute bars
+    assert (five.features.norm_window, five.regimes.vol_window, five.cv.embargo_bars) == (
+        390,
+        546,
+        78,
+    )
+    assert five.regimes.aggregate_bars == 3
+    assert five.env.costs.slippage_vol_mult == pytest.approx(0.1 / 5**0.5)
+    daily = resolve_for_bars(cfg, 86_400)
+    assert daily.env.flat_at_close is False and daily.env.episode_sessions == 21
+    assert (daily.features.norm_window, daily.cv.embargo_bars) == (126, 5)
+    assert daily.registry.min_compare_bars == 63 and daily.regimes.vol_window == 21
+    assert daily.env.costs.slippage_vol_mult == pytest.approx(0.1 / 390**0.5)
+    assert resolve_for_bars(daily, 86_400) is daily  # nothing left to resolve
+
+
+def test_explicit_values_are_kept_and_minute_counts_refused_on_daily_bars() -> None:
+    from sentio.config import resolve_for_bars
+
+    cfg = config_from_dict({"env": {"flat_at_close": True}, "cv": {"embargo_bars": 10}})
+    daily = resolve_for_bars(cfg, 86_400)
+    assert daily.env.flat_at_close is True and daily.cv.embargo_bars == 10
+    minute_copy = config_from_dict({"cv": {"embargo_bars": 390}, "features": {"norm_window": 1950}})
+    with pytest.raises(ConfigError) as err:
+        resolve_for_bars(minute_copy, 86_400)
+    message = str(err.value)
+    assert "cv.embargo_bars = 390 daily bars" in message and "'auto' gives 5" in message
+    assert "features.norm_window = 1950" in message
+    assert resolve_for_bars(minute_copy, 60).cv.embargo_bars == 390  # fine on minutes
+    with pytest.raises(ConfigError, match="cv.embargo_bars must be 'auto' or at least 0"):
+        config_from_dict({"cv": {"embargo_bars": -1}})
+
+
+def test_the_trading_model_needs_the_bar_length_for_auto_settings() -> None:
+    from sentio.env import EnvParams
+
+    with pytest.raises(ConfigError, match="env.flat_at_close"):
+        EnvParams.from_config(SentioConfig())
