@@ -86,7 +86,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         res = train_agent(cfg, market, fold.train_ranges(), seed=seed, out_dir=tmp)
         model = algorithm_class(cfg).load(res.model_path, device="cpu")
-    bt = backtest(model, market, EnvParams.from_config(cfg), list(fold.test_blocks))
+    bt = backtest(model, market, EnvParams.from_config(cfg, market), list(fold.test_blocks))
     ci = bootstrap_ci(
         bt.returns, "sharpe", periods_per_year=market.periods_per_year, resamples=500, seed=0
     )

@@ -40,7 +40,7 @@ def _setup(overrides: dict[str, Any], sessions: int) -> tuple[Any, Any, Any, lis
     )
     bars = generate(cfg).bars
     market = build_market(bars, build_features(bars, cfg), None, cfg)
-    params = EnvParams.from_config(cfg)
+    params = EnvParams.from_config(cfg, market)
     env = SentioVecEnv(market, params, [(0, market.n_rows)], 2, seed=0)
     model = make_model(cfg, env, seed=0, device=torch.device("cpu"))
     last = market.n_rows

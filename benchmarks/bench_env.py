@@ -70,7 +70,7 @@ def main() -> int:
         {"timestamp": feats["timestamp"]} | {f"p_regime_{k}": probs[:, k] for k in range(K)}
     )
     market = build_market(bars, feats, regimes, cfg)
-    params = EnvParams.from_config(cfg)
+    params = EnvParams.from_config(cfg, market)
     ranges = [(0, market.n_rows)]
     print(
         f"market: {market.n_rows:,} one-minute rows, {market.n_features} features, "

@@ -33,7 +33,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sentio.calendar import sessions  # noqa: E402
-from sentio.config import SentioConfig  # noqa: E402
+from sentio.config import SentioConfig, resolve_for_bars  # noqa: E402
 from sentio.features import build_features  # noqa: E402
 from tests.conftest import minute_bars  # noqa: E402
 
@@ -141,7 +141,7 @@ def pandas_features(bars: pl.DataFrame, cfg: SentioConfig) -> pd.DataFrame:
 def _worker(impl: str, rows: int) -> None:
     """One fresh process: warm up on 50,000 rows, then time ``REPEATS`` full runs."""
     bars = make_bars(rows)
-    cfg = SentioConfig()
+    cfg = resolve_for_bars(SentioConfig(), 60)  # one-minute bars
     run = build_features if impl == "sentio" else pandas_features
     run(bars.head(50_000), cfg)  # imports, compiled-kernel cache, calendar cache
     times = []

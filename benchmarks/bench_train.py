@@ -163,7 +163,7 @@ class Run:
         self.device = torch.device(device)
         self.shape = rollout_shape(cfg, self.device)
         self.path = path
-        params = EnvParams.from_config(cfg)
+        params = EnvParams.from_config(cfg, market)
         ranges = [(0, market.n_rows)]
         env = SentioVecEnv(market, params, ranges, self.shape.n_envs, seed=0)
         torch.manual_seed(0)
@@ -323,7 +323,7 @@ def gpu(args: argparse.Namespace, market: MarketData) -> bool:
     cfg = long_run_config(args, device)
     dev = torch.device(device)
     shape = rollout_shape(cfg, dev)
-    params = EnvParams.from_config(cfg)
+    params = EnvParams.from_config(cfg, market)
     ranges = [(0, market.n_rows)]
     denv = DeviceVecEnv(market, params, ranges, shape.n_envs, device=dev, seed=0)
     keep = (denv.ends - denv.starts) >= args.episode_steps

@@ -47,7 +47,7 @@ def main() -> int:
     )
     data = generate(cfg)
     market = build_market(data.bars, build_features(data.bars, cfg), None, cfg)
-    params = EnvParams.from_config(cfg)
+    params = EnvParams.from_config(cfg, market)
     rows = [(int(0.2 * market.n_rows), market.n_rows)]
     no_drift = copy.deepcopy(data.truth)
     for regime in no_drift["regimes"]:
