@@ -435,7 +435,7 @@ def test_add_registry_decision_rewrites_without_recomputing(
 ) -> None:
     import shutil
 
-    import sentio.report.build as report
+    import sentio.report.numbers as report
 
     _, _, summary = daily
     folder = tmp_path / "report"
@@ -508,7 +508,7 @@ def test_time_plots_have_date_axes_and_fold_boundaries(daily: Any) -> None:
 def test_plots_of_150k_minute_bars_are_aggregated_and_fast() -> None:
     import matplotlib.pyplot as plt
 
-    from sentio.report.build import _png
+    from sentio.report.figures import _png
 
     n_sessions, per = 385, 390
     day0 = np.datetime64("2023-01-02T14:30", "us")

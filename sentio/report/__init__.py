@@ -28,13 +28,39 @@ of stitched strategies actually run, one configuration x the seeds, and their Sh
 variance). The verdict claims an edge only when the bootstrap interval of the stitched
 Sharpe ratio lies above zero AND the DSR reaches ``cfg.registry.min_dsr``.
 
+The package, one concept a module: :mod:`~sentio.report.labels` (references, regimes and
+bar frequency in words), :mod:`~sentio.report.times` (UTC and New York timestamps),
+:mod:`~sentio.report.series` (loading and stitching per-bar frames),
+:mod:`~sentio.report.numbers` (metrics, flags, verdict, comparison),
+:mod:`~sentio.report.figures` (the plots), :mod:`~sentio.report.formatting` (cells and
+tables), :mod:`~sentio.report.pages` (the markdown and HTML pages) and
+:mod:`~sentio.report.build` (:func:`build_report`, :func:`add_registry_decision`).
+
 Library code only: no orchestration imports.
 """
 
 from __future__ import annotations
 
 from sentio.report.build import (
+    add_registry_decision,
+    build_report,
+)
+from sentio.report.figures import (
+    PLOT_MAX_POINTS,
+    time_figures,
+)
+from sentio.report.formatting import (
+    markdown_table,
+    md_cell,
+)
+from sentio.report.labels import (
     CAUSAL_REFERENCES,
+    REFERENCE_LABELS,
+    REFERENCES,
+    reference_labels,
+    regime_name,
+)
+from sentio.report.numbers import (
     CI_STATISTICS,
     NEAR_FLAT_EXPOSURE,
     NEAR_FLAT_MAX_EXPOSURE_SHARE,
@@ -42,31 +68,25 @@ from sentio.report.build import (
     OVERTRADING_ANNUAL_TURNOVER,
     OVERTRADING_MIN_COSTS,
     OVERTRADING_TURNOVER_PER_BAR,
-    PLOT_MAX_POINTS,
-    REFERENCE_LABELS,
-    REFERENCES,
-    TITLE,
     activity_flags,
-    add_registry_decision,
-    build_report,
     comparison,
+    stitched_figures,
+    stood_aside,
+    verdict,
+)
+from sentio.report.pages import (
+    TITLE,
     data_quality_rows,
     flag_lines,
     gap_text,
     header_lines,
-    load_bars,
-    markdown_table,
-    md_cell,
-    reference_labels,
-    regime_name,
     registry_text,
-    stitch,
-    stitched_figures,
-    stood_aside,
-    time_figures,
-    trade_returns,
     validation_rows,
-    verdict,
+)
+from sentio.report.series import (
+    load_bars,
+    stitch,
+    trade_returns,
 )
 
 __all__ = [
