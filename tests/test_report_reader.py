@@ -468,6 +468,17 @@ def test_add_registry_decision_rewrites_without_recomputing(
     page = (folder / "report.html").read_text()
     assert "version v0007; registry: promoted to champion" in page
     assert page.count('src="data:image/png;base64,') == 6
+    # not promoted, with and without a champion: the header says which
+    add_registry_decision(
+        folder,
+        {"candidate": "v0008", "promoted": False, "champion_after": None, "reasons": ["DSR low"]},
+    )
+    md = (folder / "report.md").read_text()
+    assert "version v0008; registry: not promoted (DSR low); there is no champion" in md
+    add_registry_decision(
+        folder, {"candidate": "v0009", "promoted": False, "champion_after": "v0007"}
+    )
+    assert "not promoted; the champion stays v0007" in (folder / "report.md").read_text()
 
 
 # --------------------------------------------------------------------------------------

@@ -223,10 +223,11 @@ def registry_text(registry: dict[str, Any] | None) -> str:
             f"(was {registry.get('champion_before') or 'none'})"
         )
     reasons = "; ".join(str(r) for r in registry.get("reasons") or [])
+    champion = registry.get("champion_after")
     return (
         f"version {cand}; registry: not promoted"
         + (f" ({reasons})" if reasons else "")
-        + f"; the champion stays {registry.get('champion_after') or 'none'}"
+        + (f"; the champion stays {champion}" if champion else "; there is no champion")
     )
 
 
