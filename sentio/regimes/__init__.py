@@ -2,7 +2,8 @@
 
 Public API: :func:`regime_observations`, :func:`fit_regimes`, :class:`RegimeModel`,
 :func:`filter_probs`, :class:`OnlineFilter`, :func:`regime_history`,
-:func:`regimes_code_version`.
+:func:`regime_training_rows` (the rows a fold's model may be fitted on),
+:func:`regimes_code_version` (of :data:`REGIME_MODULES`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from sentio.regimes.observations import (
     regime_observations,
     train_rows,
 )
+from sentio.regimes.training_rows import regime_training_rows
 
 __all__ = [
     "OBSERVATION_COLUMNS",
+    "REGIME_MODULES",
     "RETURN_COLUMN",
     "VOL_COLUMN",
     "OnlineFilter",
@@ -33,19 +36,22 @@ __all__ = [
     "log_emissions",
     "regime_history",
     "regime_observations",
+    "regime_training_rows",
     "regimes_code_version",
     "train_rows",
 ]
 
-_MODULES = (
+REGIME_MODULES: tuple[str, ...] = (
     "sentio.regimes",
     "sentio.regimes.observations",
     "sentio.regimes.model",
     "sentio.regimes.filter",
     "sentio.regimes.history",
+    "sentio.regimes.training_rows",
 )
+"""The modules whose source decides the regime models and probabilities."""
 
 
 def regimes_code_version() -> str:
     """Digest of the regime modules' source (for cache keys and model metadata)."""
-    return code_version(*_MODULES)
+    return code_version(*REGIME_MODULES)
