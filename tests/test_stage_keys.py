@@ -1,0 +1,143 @@
+"""Each stage's cache key covers its own code and the library code it uses, and no other.
+
+The inputs of every stage are built once (ingest -> features -> folds -> regimes on three
+sessions of minute bars); then an edit of one module is simulated by changing the digest
+:func:`sentio.io.code_version` reads for that module's source file, and every stage's key
+is computed again. The keys of exactly the stages that use the module change: a fix in the
+regimes stage or in the regime leakage guard cannot reuse stale cached regimes, and an edit
+of the report stage (or of another stage) invalidates no trained model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sentio.io
+from sentio import stages
+from sentio.config import SentioConfig, config_from_dict
+from tests.conftest import SHORT_WINDOWS, minute_bars
+
+STAGES = ("ingest", "features", "folds", "regimes", "train")
+
+# module edited -> the stages whose key must change (every other key must stay equal)
+USED_BY: dict[str, set[str]] = {
+    # the stage modules: each its own stage only; the shared one every cached stage
+    "sentio.stages.common": set(STAGES),
+    "sentio.stages.ingest": {"ingest"},
+    "sentio.stages.features": {"features"},
+    "sentio.stages.folds": {"folds"},
+    "sentio.stages.regimes": {"regimes"},
+    "sentio.stages.train": {"train"},
+    "sentio.stages.report": set(),  # not cached: a report edit keeps every trained model
+    "sentio.stages": set(),  # the package only re-exports
+    # the library modules of each stage
+    "sentio.data.readers": {"ingest"},
+    "data_contracts.bars": {"ingest"},
+    "sentio.features.build": {"features"},
+    "sentio.cv.splitters": {"folds"},
+    "sentio.regimes.model": {"regimes"},
+    "sentio.regimes.training_rows": {"regimes"},  # the leakage guard of the regime fits
+    "sentio.env.simulator": {"train"},
+    "sentio.agents.training": {"train"},
+    "sentio.evaluation.metrics": {"train"},  # the train summary's metrics
+    # library modules several stages use
+    "sentio.calendar": {"ingest", "features", "folds", "train"},
+    "sentio.features.normalise": {"features", "folds", "train"},
+    # code of later, uncached steps
+    "sentio.report.build": set(),
+    "sentio.promotion": set(),
+}
+
+
+class Inputs:
+    """The files every stage's key reads, built once through the real stages."""
+
+    def __init__(self, base: Path) -> None:
+        self.raw = base / "in" / "bars.feather"
+        self.raw.parent.mkdir(parents=True)
+        minute_bars("2024-01-08", "2024-01-10", seed=3, price=400.0).write_ipc(self.raw)
+        self.workdir = base / "wd"
+        self.cfg: SentioConfig = config_from_dict(
+            {**SHORT_WINDOWS, "paths": {"workdir": str(self.workdir)}}
+        )
+        self.summaries: dict[str, dict[str, Any]] = {}
+        s = self.summaries
+        s["ingest"] = stages.ingest_stage([self.raw], self.cfg, self.workdir)
+        self.bars = s["ingest"]["output"]
+        s["features"] = stages.features_stage(self.bars, self.cfg, self.workdir)
+        self.features = s["features"]["output"]
+        s["folds"] = stages.folds_stage(self.features, self.cfg, self.workdir)
+        self.folds = s["folds"]["output"]
+        s["regimes"] = stages.regimes_stage(self.bars, self.folds, self.cfg, self.workdir)
+        self.regimes = s["regimes"]["output"]
+
+    def keys(self) -> dict[str, str]:
+        """Every cached stage's key; the training's for fold 0, seed 0."""
+        cfg = self.cfg
+        return {
+            "ingest": stages.ingest_key([self.raw], cfg),
+            "features": stages.features_key(self.bars, cfg),
+            "folds": stages.folds_key(self.features, cfg),
+            "regimes": stages.regimes_key(self.bars, self.folds, cfg),
+            "train": stages.train_key(
+                self.bars, self.features, self.folds, self.regimes, cfg, fold=0, seed=0
+            ),
+        }
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
+    return Inputs(tmp_path_factory.mktemp("stage_keys"))
+
+
+def source_of(module: str) -> str:
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None, module
+    return os.path.realpath(spec.origin)
+
+
+def edit(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
+    """Make :func:`sentio.io.code_version` see ``module``'s source as edited."""
+    target = source_of(module)
+    real = sentio.io.sha256_file
+
+    def digest(path: str | os.PathLike[str]) -> str:
+        value = real(path)
+        return "edited-" + value if os.path.realpath(path) == target else value
+
+    monkeypatch.setattr(sentio.io, "sha256_file", digest)
+
+
+def test_the_keys_are_the_keys_the_stages_use(inputs: Inputs) -> None:
+    keys = inputs.keys()
+    for stage in ("ingest", "features", "folds", "regimes"):
+        assert inputs.summaries[stage]["key"] == keys[stage]
+    assert keys == inputs.keys()  # deterministic
+    assert len(set(keys.values())) == len(keys)
+
+
+@pytest.mark.parametrize("module", sorted(USED_BY))
+def test_editing_a_module_changes_the_keys_of_exactly_the_stages_using_it(
+    inputs: Inputs, module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = inputs.keys()
+    edit(monkeypatch, module)
+    after = inputs.keys()
+    changed = {stage for stage in STAGES if after[stage] != before[stage]}
+    assert changed == USED_BY[module]
+
+
+def test_the_registry_code_version_follows_the_training_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # sentio.promotion records code_version(*TRAIN_MODULES) with every registered model
+    before = sentio.io.code_version(*stages.TRAIN_MODULES)
+    edit(monkeypatch, "sentio.stages.report")
+    assert sentio.io.code_version(*stages.TRAIN_MODULES) == before
+    edit(monkeypatch, "sentio.evaluation.metrics")
+    assert sentio.io.code_version(*stages.TRAIN_MODULES) != before
