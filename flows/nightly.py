@@ -37,7 +37,6 @@ from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 from prefect.tasks import Task
 
-from sentio import stages
 from sentio.config import (
     SentioConfig,
     load_config,
@@ -65,7 +64,7 @@ from tasks.artifacts import (
 from tasks.caching import run_stage
 from tasks.features import features_task
 from tasks.folds import folds_task
-from tasks.ingest import ingest_task
+from tasks.ingest import ingest_task, input_files
 from tasks.regimes import regimes_task
 from tasks.registry import registry_task
 from tasks.report import registry_into_report_task, report_task
@@ -146,7 +145,7 @@ def _nightly(
         clock = now
 
     try:
-        inputs = [str(p.resolve()) for p in stages.resolve_inputs(data_path)]
+        inputs = input_files(data_path)
         record["inputs"] = inputs
         _save(folder, record)
         logger.info(
@@ -214,14 +213,13 @@ def _nightly(
         record["artifacts"].update(publish_train_artifacts(record["stages"]["train"]))
         lap("train")
 
-        profile = stages.run_profile(timings, runs)
         run_info = {
             "name": str(record["flow_run_name"] or folder.name),
             "started": record["started"],
             "config_hash": record["config_hash"],
         }
         record["stages"]["report"] = report_task(
-            runs, cfg, str(folder / "report"), record["stages"]["ingest"], profile, run_info
+            runs, cfg, str(folder / "report"), record["stages"]["ingest"], timings, run_info
         )
         _save(folder, record)
 

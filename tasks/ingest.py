@@ -33,6 +33,14 @@ from sentio.errors import SentioError
 from sentio.io import is_disk_full
 from tasks.caching import content_cache_policy
 
+
+def input_files(data_path: str) -> list[str]:
+    """The absolute paths of the bar files ``data_path`` names (a file, a comma-separated
+    list, a folder: :func:`sentio.stages.resolve_inputs`); a missing one is a
+    :class:`~sentio.errors.DataError`."""
+    return [str(p.resolve()) for p in stages.resolve_inputs(data_path)]
+
+
 INGEST_RETRIES = 2
 INGEST_RETRY_DELAYS: list[float] = [10.0, 60.0]
 

@@ -29,14 +29,17 @@ def report_task(
     cfg: SentioConfig,
     out_dir: str,
     ingest_summary: dict[str, Any] | None = None,
-    profile: dict[str, Any] | None = None,
+    timings: dict[str, float] | None = None,
     run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run :func:`sentio.stages.report_stage`; return its summary.
 
+    ``timings`` (seconds per stage so far) become the report's performance profile with
+    the trainings' throughput and the peak memory (:func:`sentio.stages.run_profile`);
     ``run_info`` (``name``, ``started``, ``config_hash`` of the flow run) goes to the
     report's header.
     """
+    profile = stages.run_profile(timings or {}, runs)
     summary = stages.report_stage(
         runs, cfg, Path(out_dir), ingest_summary=ingest_summary, profile=profile, run_info=run_info
     )
