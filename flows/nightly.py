@@ -21,15 +21,15 @@ registers no new version and leaves the champion as it is. Its decision is writt
 ``<run folder>/registry/decision.json`` and published as the ``registry-decision``
 artifact.
 
-To add a stage: call ``run_stage(_persisted(<its task>, storage), ...)`` with the previous
-summaries' paths, store its summary in ``record["stages"][<name>]``, ``_save`` and publish
-its artifacts; ``run.json`` is kept current after every stage, so a failed run still
-shows how far it got (and its error).
+To add a cached stage: ``summary = stage("<name>", <its task>, <previous outputs>, cfg,
+publish=<its artifact task>)``: it runs the task with the project's result storage,
+records the summary in the run record (:class:`sentio.orchestration.RunRecord`, which
+keeps ``run.json`` current after every change, so a failed run still shows how far it
+got and its error), publishes the artifacts and times the stage for the report's profile.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -45,12 +45,12 @@ from sentio.config import (
     write_config,
 )
 from sentio.orchestration import (
+    RunRecord,
     run_dir,
     task_result_storage,
     training_slots,
     utc_now,
     workdir_lock,
-    write_run_record,
 )
 from tasks.artifacts import (
     publish_features_artifacts,
@@ -73,10 +73,6 @@ from tasks.train import train_all, train_task
 FLOW_NAME = "nightly-retrain"
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def _save(folder: Path, record: dict[str, Any]) -> None:
-    write_run_record(folder, record)
 
 
 def _persisted(stage: Task[P, R], storage: Path | None) -> Task[P, R]:
@@ -113,18 +109,95 @@ def _nightly(
     cfg: SentioConfig, root: Path, data_path: str, config_path: str | None
 ) -> dict[str, Any]:
     """The body of :func:`nightly_flow`, run while it holds the working directory."""
-    logger = get_run_logger()
     storage = task_result_storage(root)
     folder = run_dir(root, flow_run.get_name())
+    name = str(flow_run.get_name() or folder.name)
     write_config(folder / "config.yaml", cfg)
-    record: dict[str, Any] = {
+    run = RunRecord(folder, _run_fields(cfg, root, folder, storage, data_path, config_path))
+
+    def stage(key: str, task: Task[..., dict[str, Any]], *args: Any, publish: Any) -> Any:
+        summary = run.stage(key, run_stage(_persisted(task, storage), *args, str(root)))
+        run.published(publish(summary))
+        run.lap(key)
+        return summary
+
+    try:
+        inputs = input_files(data_path)
+        run.update(inputs=inputs)
+        get_run_logger().info("run folder %s; %d input file(s)", folder, len(inputs))
+        ingest = stage("ingest", ingest_task, inputs, cfg, publish=publish_ingest_artifacts)
+        cfg = resolve_for_bars(cfg, int(ingest["bar_seconds"]))  # 'auto' sized for these bars
+        write_config(folder / "config.yaml", cfg)
+        run.update(config_hash=cfg.hash())
+        bars = ingest["output"]
+        features = stage("features", features_task, bars, cfg, publish=publish_features_artifacts)
+        folds = stage("folds", folds_task, features["output"], cfg, publish=publish_folds_artifacts)
+        regimes = (
+            stage(
+                "regimes",
+                regimes_task,
+                bars,
+                folds["output"],
+                cfg,
+                publish=publish_regimes_artifacts,
+            )
+            if cfg.regimes.enabled
+            else None
+        )
+        paths = (bars, features["output"], folds["output"], regimes and regimes["output"])
+        runs = train_all(
+            _persisted(train_task, storage),
+            [(f, seed) for f in range(folds["n_folds"]) for seed in cfg.train.seeds],
+            (*paths, cfg, str(root)),
+            training_slots(cfg),
+            str(root),
+        )
+        run.published(publish_train_artifacts(run.stage("train", {"runs": runs})))
+        run.lap("train")
+        info = {"name": name, "started": run.data["started"], "config_hash": cfg.hash()}
+        report = run.stage(
+            "report",
+            report_task(runs, cfg, str(folder / "report"), ingest, run.timings, info),
+        )
+        decision = run.stage(
+            "registry",
+            registry_task(
+                runs=runs,
+                report=report,
+                cfg=cfg,
+                out_dir=str(folder / "registry"),
+                bars_path=paths[0],
+                folds_path=paths[2],
+                regimes_path=paths[3],
+                feature_columns=list(features["columns"]),
+                data_hashes=_data_hashes(run.data["stages"]),
+                run_name=name,
+            ),
+        )
+        run.published(publish_registry_artifacts(decision))
+        registry_into_report_task(report, decision)  # the header names the decision
+        run.published(publish_report_artifacts(report))  # once, with the decision
+    except Exception as exc:
+        run.failed(exc)
+        raise
+    return run.completed()
+
+
+def _run_fields(
+    cfg: SentioConfig,
+    root: Path,
+    folder: Path,
+    storage: Path | None,
+    data_path: str,
+    config_path: str | None,
+) -> dict[str, Any]:
+    """The parameters a run's record starts with."""
+    return {
         "flow": FLOW_NAME,
         "flow_run_id": flow_run.get_id(),
         "flow_run_name": flow_run.get_name(),
         "deployment": deployment.get_name(),
         "started": utc_now(),
-        "finished": None,
-        "status": "running",
         "data_path": data_path,
         "config_path": config_path,
         "config_hash": cfg.hash(),
@@ -132,131 +205,18 @@ def _nightly(
         "run_dir": str(folder),
         "result_storage": None if storage is None else str(storage),
         "inputs": [],
-        "stages": {},
-        "artifacts": {},
     }
-    timings: dict[str, float] = {}  # seconds per stage, for the report's profile
-    clock = time.perf_counter()
 
-    def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[stage] = now - clock
-        clock = now
 
-    try:
-        inputs = input_files(data_path)
-        record["inputs"] = inputs
-        _save(folder, record)
-        logger.info(
-            "run folder %s; %d input file(s); task results in %s", folder, len(inputs), storage
+def _data_hashes(summaries: dict[str, Any]) -> dict[str, str]:
+    """What the models were trained on, by content: the sha256 of each stage's output."""
+    return {
+        label: str(summaries[stage]["output_sha256"])
+        for label, stage in (
+            ("bars", "ingest"),
+            ("features", "features"),
+            ("folds", "folds"),
+            ("regimes", "regimes"),
         )
-
-        record["stages"]["ingest"] = run_stage(
-            _persisted(ingest_task, storage), inputs, cfg, str(root)
-        )
-        # settings left 'auto' take their values for the bar length of these data
-        cfg = resolve_for_bars(cfg, int(record["stages"]["ingest"]["bar_seconds"]))
-        write_config(folder / "config.yaml", cfg)
-        record["config_hash"] = cfg.hash()
-        _save(folder, record)
-        record["artifacts"].update(publish_ingest_artifacts(record["stages"]["ingest"]))
-        lap("ingest")
-
-        bars = record["stages"]["ingest"]["output"]
-        record["stages"]["features"] = run_stage(
-            _persisted(features_task, storage), bars, cfg, str(root)
-        )
-        _save(folder, record)
-        record["artifacts"].update(publish_features_artifacts(record["stages"]["features"]))
-        lap("features")
-
-        features = record["stages"]["features"]["output"]
-        record["stages"]["folds"] = run_stage(
-            _persisted(folds_task, storage), features, cfg, str(root)
-        )
-        _save(folder, record)
-        record["artifacts"].update(publish_folds_artifacts(record["stages"]["folds"]))
-        lap("folds")
-
-        folds = record["stages"]["folds"]["output"]
-        if cfg.regimes.enabled:
-            record["stages"]["regimes"] = run_stage(
-                _persisted(regimes_task, storage), bars, folds, cfg, str(root)
-            )
-            _save(folder, record)
-            record["artifacts"].update(publish_regimes_artifacts(record["stages"]["regimes"]))
-            lap("regimes")
-
-        regimes = record["stages"]["regimes"]["output"] if cfg.regimes.enabled else None
-        jobs = [
-            (fold, seed)
-            for fold in range(record["stages"]["folds"]["n_folds"])
-            for seed in cfg.train.seeds
-        ]
-        slots = training_slots(cfg)
-        logger.info(
-            "training %d (fold, seed) pair(s), %d at a time, %d torch thread(s) each",
-            len(jobs),
-            slots,
-            cfg.train.torch_threads,
-        )
-        runs = train_all(
-            _persisted(train_task, storage),
-            jobs,
-            (bars, features, folds, regimes, cfg, str(root)),
-            slots,
-            str(root),
-        )
-        record["stages"]["train"] = {"runs": runs}
-        _save(folder, record)
-        record["artifacts"].update(publish_train_artifacts(record["stages"]["train"]))
-        lap("train")
-
-        run_info = {
-            "name": str(record["flow_run_name"] or folder.name),
-            "started": record["started"],
-            "config_hash": record["config_hash"],
-        }
-        record["stages"]["report"] = report_task(
-            runs, cfg, str(folder / "report"), record["stages"]["ingest"], timings, run_info
-        )
-        _save(folder, record)
-
-        st = record["stages"]
-        data_hashes = {  # what the models were trained on, by content
-            label: str(st[name]["output_sha256"])
-            for label, name in (
-                ("bars", "ingest"),
-                ("features", "features"),
-                ("folds", "folds"),
-                ("regimes", "regimes"),
-            )
-            if name in st
-        }
-        record["stages"]["registry"] = registry_task(
-            runs,
-            st["report"],
-            cfg,
-            str(folder / "registry"),
-            bars,
-            folds,
-            regimes,
-            list(st["features"]["columns"]),
-            data_hashes,
-            str(record["flow_run_name"] or folder.name),
-        )
-        _save(folder, record)
-        record["artifacts"].update(publish_registry_artifacts(record["stages"]["registry"]))
-        # the report's header names the model version and the registry's decision; the
-        # report's artifacts are published once, with it
-        registry_into_report_task(st["report"], record["stages"]["registry"])
-        record["artifacts"].update(publish_report_artifacts(st["report"]))
-    except Exception as exc:
-        record.update(status="failed", finished=utc_now(), error=f"{type(exc).__name__}: {exc}")
-        _save(folder, record)
-        raise
-
-    record.update(status="completed", finished=utc_now())
-    _save(folder, record)
-    return record
+        if stage in summaries
+    }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,65 @@ def write_run_record(folder: str | os.PathLike[str], record: Mapping[str, Any]) 
 def utc_now() -> str:
     """The current time as an ISO-8601 UTC string (seconds precision)."""
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+
+
+class RunRecord:
+    """A flow run's record, kept current in ``<run folder>/run.json`` after every change.
+
+    ``fields`` are the run's parameters (name, inputs, configuration hash ...); the record
+    adds ``status`` (running, then completed or failed with its ``error``), ``finished``,
+    ``stages`` (each stage's summary by name), ``artifacts`` (the ids of the artifacts
+    published, by key) and, in :attr:`timings`, the seconds between laps (the report's
+    profile). A failed run's record still shows how far it got.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], fields: Mapping[str, Any]) -> None:
+        self.folder = Path(folder)
+        self.data: dict[str, Any] = {
+            **fields,
+            "finished": None,
+            "status": "running",
+            "stages": {},
+            "artifacts": {},
+        }
+        self.timings: dict[str, float] = {}
+        self._clock = time.perf_counter()
+        self.save()
+
+    def save(self) -> None:
+        """Write ``run.json``."""
+        write_run_record(self.folder, self.data)
+
+    def update(self, **fields: Any) -> None:
+        """Set top-level fields and save."""
+        self.data.update(fields)
+        self.save()
+
+    def stage(self, name: str, summary: dict[str, Any]) -> dict[str, Any]:
+        """Record stage ``name``'s summary, save, return the summary."""
+        self.data["stages"][name] = summary
+        self.save()
+        return summary
+
+    def published(self, ids: Mapping[str, str]) -> None:
+        """Record the ids of published artifacts (by key) and save."""
+        self.data["artifacts"].update(ids)
+        self.save()
+
+    def lap(self, name: str) -> None:
+        """Seconds since the previous lap (or the start) as the time of stage ``name``."""
+        now = time.perf_counter()
+        self.timings[name] = now - self._clock
+        self._clock = now
+
+    def failed(self, exc: BaseException) -> None:
+        """The run failed with ``exc``: say so and save."""
+        self.update(status="failed", finished=utc_now(), error=f"{type(exc).__name__}: {exc}")
+
+    def completed(self) -> dict[str, Any]:
+        """The run completed: say so, save and return the record."""
+        self.update(status="completed", finished=utc_now())
+        return self.data
 
 
 # --------------------------------------------------------------------------- artifacts
