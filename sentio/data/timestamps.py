@@ -109,7 +109,7 @@ def _pick_format(strings: pl.Series, formats: tuple[str, ...], target: str) -> s
             return fmt
         if ok > best_ok:
             best, best_ok = fmt, ok
-    return best if best_ok * 2 > sample.len() else None
+    return best if best_ok * 2 >= sample.len() else None
 
 
 def _localize(values: pl.Series, tz: str) -> pl.Series:
