@@ -1,4 +1,14 @@
-"""Calling a content-cached stage task without ever trusting a stale or damaged cache entry.
+"""The options every stage task shares, and calling a content-cached stage task without
+ever trusting a stale or damaged cache entry.
+
+**Shared options.** :func:`stage_task_options` gives a stage task its content cache
+(:func:`content_cache_policy`), persisted JSON results and :data:`STAGE_RETRIES` retries
+on I/O failures only (:func:`retry_on_io_error`): an :class:`OSError` (a flaky network
+share) is retried; a :class:`~sentio.errors.SentioError` (unreadable data, a contract
+violation, a full disk or too little memory) fails at once, because retrying cannot change
+the data or make room.
+
+**Verified cache hits.**
 
 Prefect's cache stores a stage's *summary* (paths and hashes); the files it names live in
 the workdir and can be deleted, truncated or moved independently. Before a summary is
@@ -17,14 +27,53 @@ from typing import Any, ParamSpec
 
 from prefect import get_run_logger
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
+from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
+from prefect.states import State
 from prefect.tasks import Task
 
 from sentio.errors import SentioError
-from sentio.io import combine_hashes
+from sentio.io import combine_hashes, is_disk_full
 from sentio.stages import relocate_summary, summary_problems
 
 P = ParamSpec("P")
+
+STAGE_RETRIES = 2
+"""Retries of a stage task after an I/O failure (:func:`retry_on_io_error`)."""
+STAGE_RETRY_DELAYS: list[float] = [10.0, 60.0]
+"""Seconds before the first and the second retry."""
+
+
+def failure_exception(state: State[Any]) -> BaseException | None:
+    """The exception carried by a failed task-run state, if any."""
+    data = state.data
+    if isinstance(data, BaseException):
+        return data
+    inner = getattr(data, "result", None)
+    return inner if isinstance(inner, BaseException) else None
+
+
+def retry_on_io_error(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect ``retry_condition_fn``: retry :class:`OSError`, never a :class:`SentioError`.
+
+    Prefect calls it as ``fn(task, task_run, state)`` with the ``Failed`` state of the
+    attempt; returning ``False`` ends the task run as failed despite ``retries``.
+    """
+    exc = failure_exception(state)
+    return isinstance(exc, OSError) and not isinstance(exc, SentioError) and not is_disk_full(exc)
+
+
+def stage_task_options(cache_policy: CachePolicy) -> dict[str, Any]:
+    """The options every stage task shares: its content cache, persisted JSON results,
+    and retries on I/O failures only."""
+    return {
+        "cache_policy": cache_policy,
+        "persist_result": True,
+        "result_serializer": "json",
+        "retries": STAGE_RETRIES,
+        "retry_delay_seconds": STAGE_RETRY_DELAYS,
+        "retry_condition_fn": retry_on_io_error,
+    }
 
 
 def checked(

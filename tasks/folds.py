@@ -12,8 +12,7 @@ from prefect import get_run_logger, task
 
 from sentio import stages
 from sentio.config import SentioConfig
-from tasks.caching import content_cache_policy
-from tasks.ingest import stage_task_options
+from tasks.caching import content_cache_policy, stage_task_options
 
 
 @task(

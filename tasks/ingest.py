@@ -10,10 +10,11 @@ The task is a thin wrapper around :func:`sentio.stages.ingest_stage`. What it ad
   *path strings* and the flow-run id instead, and never hit across nightly runs.
 - **Persisted results.** The summary is stored as JSON in the project's
   ``<workdir>/prefect-results`` (see :func:`sentio.orchestration.task_result_storage`).
-- **Retries for I/O only.** An :class:`OSError` (a flaky network share) is retried; a
-  :class:`~sentio.errors.SentioError` (unreadable data, a contract violation, a full disk
-  or too little memory: :class:`~sentio.errors.ResourceError`) fails at once: retrying
-  cannot change the data or make room.
+- **Retries for I/O only** (the options every stage task shares,
+  :func:`tasks.caching.stage_task_options`): an :class:`OSError` (a flaky network share)
+  is retried; a :class:`~sentio.errors.SentioError` (unreadable data, a contract
+  violation, a full disk or too little memory: :class:`~sentio.errors.ResourceError`)
+  fails at once: retrying cannot change the data or make room.
 """
 
 from __future__ import annotations
@@ -23,15 +24,10 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import CachePolicy
-from prefect.client.schemas.objects import TaskRun
-from prefect.states import State
-from prefect.tasks import Task
 
 from sentio import stages
 from sentio.config import SentioConfig
-from sentio.errors import SentioError
-from sentio.io import is_disk_full
-from tasks.caching import content_cache_policy
+from tasks.caching import content_cache_policy, stage_task_options
 
 
 def input_files(data_path: str) -> list[str]:
@@ -41,46 +37,10 @@ def input_files(data_path: str) -> list[str]:
     return [str(p.resolve()) for p in stages.resolve_inputs(data_path)]
 
 
-INGEST_RETRIES = 2
-INGEST_RETRY_DELAYS: list[float] = [10.0, 60.0]
-
-
 INGEST_CACHE_POLICY: CachePolicy = content_cache_policy(
     "ingest", lambda p: stages.ingest_key(p["inputs"], p["cfg"])
 )
 """Content of the inputs (:func:`sentio.stages.ingest_key`), the workdir and the task source."""
-
-
-def failure_exception(state: State[Any]) -> BaseException | None:
-    """The exception carried by a failed task-run state, if any."""
-    data = state.data
-    if isinstance(data, BaseException):
-        return data
-    inner = getattr(data, "result", None)
-    return inner if isinstance(inner, BaseException) else None
-
-
-def retry_on_io_error(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Prefect ``retry_condition_fn``: retry :class:`OSError`, never a :class:`SentioError`.
-
-    Prefect calls it as ``fn(task, task_run, state)`` with the ``Failed`` state of the
-    attempt; returning ``False`` ends the task run as failed despite ``retries``.
-    """
-    exc = failure_exception(state)
-    return isinstance(exc, OSError) and not isinstance(exc, SentioError) and not is_disk_full(exc)
-
-
-def stage_task_options(cache_policy: CachePolicy) -> dict[str, Any]:
-    """The options every stage task shares: its content cache, persisted JSON results,
-    and retries on I/O failures only."""
-    return {
-        "cache_policy": cache_policy,
-        "persist_result": True,
-        "result_serializer": "json",
-        "retries": INGEST_RETRIES,
-        "retry_delay_seconds": INGEST_RETRY_DELAYS,
-        "retry_condition_fn": retry_on_io_error,
-    }
 
 
 @task(

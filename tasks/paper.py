@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from sentio.config import SentioConfig
 from sentio.paper import paper_trade
 from sentio.registry import Registry, default_root
-from tasks.ingest import retry_on_io_error
+from tasks.caching import retry_on_io_error
 
 
 @task(

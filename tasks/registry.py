@@ -17,7 +17,9 @@ from prefect.cache_policies import NO_CACHE
 
 from sentio import promotion
 from sentio.config import SentioConfig
-from tasks.ingest import INGEST_RETRIES, INGEST_RETRY_DELAYS, retry_on_io_error
+from tasks.caching import STAGE_RETRIES as INGEST_RETRIES
+from tasks.caching import STAGE_RETRY_DELAYS as INGEST_RETRY_DELAYS
+from tasks.caching import retry_on_io_error
 
 
 @task(

@@ -30,8 +30,7 @@ from sentio.errors import SentioError
 from sentio.io import is_disk_full
 from sentio.processes import call_in_process
 from sentio.progress import format_progress
-from tasks.caching import checked, content_cache_policy
-from tasks.ingest import failure_exception, stage_task_options
+from tasks.caching import checked, content_cache_policy, failure_exception, stage_task_options
 
 TRAIN_RETRIES = 2
 PROGRESS_EVERY = 0.1

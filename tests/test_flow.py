@@ -384,7 +384,8 @@ def test_io_error_is_retried(
 def test_retry_condition_separates_io_from_data_errors() -> None:
     from prefect.states import Failed
 
-    from tasks.ingest import ingest_task, retry_on_io_error
+    from tasks.caching import retry_on_io_error
+    from tasks.ingest import ingest_task
 
     def retried(exc: BaseException) -> bool:
         return retry_on_io_error(ingest_task, None, Failed(data=exc))  # type: ignore[arg-type]
