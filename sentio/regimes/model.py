@@ -328,13 +328,7 @@ def fit_regimes(
     Raises:
         DataError: for inputs that are not a finite 2-D array with at least one row.
     """
-    X = np.asarray(X_train, dtype=np.float64)
-    if X.ndim == 1:
-        X = X[:, None]
-    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
-        raise DataError(f"fit_regimes needs a non-empty (T, d) array, got shape {X.shape}")
-    if not np.all(np.isfinite(X)):
-        raise DataError(f"fit_regimes: {int((~np.isfinite(X)).sum())} non-finite input values")
+    X = _checked_inputs(X_train)
     t, d = X.shape
     k = cfg.n_states
     vol = _vol_input(X, vol_column)
@@ -346,20 +340,9 @@ def fit_regimes(
     def fallback(reason: str, details: list[dict[str, Any]] | None = None) -> RegimeModel:
         return _fallback(reason, cfg, mean, std, thresholds, vol_column, t, details or [])
 
-    n_params = _n_free_parameters(k, d, cfg.covariance_type)
-    min_rows = MIN_ROWS_PER_PARAMETER * n_params
-    if t < min_rows:
-        return fallback(
-            f"too few rows: {t} training rows < {min_rows} ({MIN_ROWS_PER_PARAMETER} per free "
-            f"parameter, {n_params} parameters for {k} states in {d} dimensions)"
-        )
-    scale = np.maximum(np.abs(mean), 1.0)
-    flat = np.flatnonzero(raw_std <= 1e-9 * scale)
-    if flat.size:
-        return fallback(
-            f"constant input: column(s) {flat.tolist()} have standard deviation "
-            f"{raw_std[flat].max():.3g} over {t} rows"
-        )
+    reason = _input_problem(X, mean, raw_std, cfg)
+    if reason is not None:
+        return fallback(reason)
     Z = (X - mean) / std
     n_distinct = min(len(np.unique(Z[:, j])) for j in range(d))
     if n_distinct <= k:
@@ -367,13 +350,65 @@ def fit_regimes(
             f"degenerate input: a column has only {n_distinct} distinct values for {k} states"
         )
 
+    tol_total = cfg.tol * t
+    details, candidates = _screen(Z, cfg, tol_total, vol_column, screen_iter)
+    best = _refine(candidates, details, Z, cfg, tol_total)
+    if best is None:
+        reasons = "; ".join(f"init {r['init']}: {r['rejected']}" for r in details)
+        return fallback(f"no HMM initialisation of {cfg.n_init} was usable ({reasons})", details)
+    log_prob, hmm = best
+    return _hmm_model(hmm, log_prob, details, cfg, mean, std, thresholds, vol_column, t)
+
+
+def _checked_inputs(X_train: np.ndarray) -> np.ndarray:
+    """``X_train`` as a finite, non-empty ``(T, d)`` float64 array (a 1-D input is one column)."""
+    X = np.asarray(X_train, dtype=np.float64)
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise DataError(f"fit_regimes needs a non-empty (T, d) array, got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise DataError(f"fit_regimes: {int((~np.isfinite(X)).sum())} non-finite input values")
+    return X
+
+
+def _input_problem(
+    X: np.ndarray, mean: np.ndarray, raw_std: np.ndarray, cfg: RegimesConfig
+) -> str | None:
+    """Why the training rows cannot carry an HMM (too few rows, a constant column), or None."""
+    t, d = X.shape
+    k = cfg.n_states
+    n_params = _n_free_parameters(k, d, cfg.covariance_type)
+    min_rows = MIN_ROWS_PER_PARAMETER * n_params
+    if t < min_rows:
+        return (
+            f"too few rows: {t} training rows < {min_rows} ({MIN_ROWS_PER_PARAMETER} per free "
+            f"parameter, {n_params} parameters for {k} states in {d} dimensions)"
+        )
+    scale = np.maximum(np.abs(mean), 1.0)
+    flat = np.flatnonzero(raw_std <= 1e-9 * scale)
+    if flat.size:
+        return (
+            f"constant input: column(s) {flat.tolist()} have standard deviation "
+            f"{raw_std[flat].max():.3g} over {t} rows"
+        )
+    return None
+
+
+def _screen(
+    Z: np.ndarray, cfg: RegimesConfig, tol_total: float, vol_column: int, screen_iter: int
+) -> tuple[list[dict[str, Any]], list[tuple[float, int, Any, list[float]]]]:
+    """Screening: every initialisation runs a few EM iterations on all training rows.
+
+    Returns one record per initialisation (``details``) and the fitted ones as
+    ``(screening log-likelihood, init, hmm, log-likelihood history)``.
+    """
     from hmmlearn.hmm import GaussianHMM
 
-    tol_total = cfg.tol * t
+    k, d = cfg.n_states, Z.shape[1]
     seeds = np.random.SeedSequence(cfg.seed).generate_state(cfg.n_init)
     screen = min(cfg.n_iter, screen_iter)
     details: list[dict[str, Any]] = []
-    # screening: every initialisation runs `screen` EM iterations on all training rows
     candidates: list[tuple[float, int, Any, list[float]]] = []
     for i, seed in enumerate(seeds):
         entry: dict[str, Any] = {"init": i, "seed": int(seed)}
@@ -403,9 +438,18 @@ def fit_regimes(
         entry["screen_log_likelihood"] = screen_ll if math.isfinite(screen_ll) else None
         entry["rejected"] = "not refined (lower screening log-likelihood)"
         candidates.append((screen_ll, i, hmm, history))
-    # refinement: best screening log-likelihood first, until EM converges; the first
-    # healthy candidate is kept
-    best: tuple[float, Any] | None = None
+    return details, candidates
+
+
+def _refine(
+    candidates: list[tuple[float, int, Any, list[float]]],
+    details: list[dict[str, Any]],
+    Z: np.ndarray,
+    cfg: RegimesConfig,
+    tol_total: float,
+) -> tuple[float, Any] | None:
+    """Refinement: best screening log-likelihood first, run on until EM converges; the
+    first healthy candidate's ``(log-likelihood, hmm)``, or None (``details`` updated)."""
     for _, i, hmm, history in sorted(candidates, key=lambda c: (-c[0], c[1])):
         entry = details[i]
         iters = len(history)
@@ -424,13 +468,23 @@ def fit_regimes(
         entry.update(info)
         entry["rejected"] = why
         if why is None:
-            best = (log_prob, hmm)
-            break
-    if best is None:
-        reasons = "; ".join(f"init {r['init']}: {r['rejected']}" for r in details)
-        return fallback(f"no HMM initialisation of {cfg.n_init} was usable ({reasons})", details)
+            return log_prob, hmm
+    return None
 
-    log_prob, hmm = best
+
+def _hmm_model(
+    hmm: Any,
+    log_prob: float,
+    details: list[dict[str, Any]],
+    cfg: RegimesConfig,
+    mean: np.ndarray,
+    std: np.ndarray,
+    thresholds: np.ndarray,
+    vol_column: int,
+    t: int,
+) -> RegimeModel:
+    """The :class:`RegimeModel` of the kept HMM, states relabelled by ascending return variance."""
+    d = mean.shape[0]
     variances = (
         hmm._covars_
         if cfg.covariance_type == "diag"
@@ -445,7 +499,7 @@ def fit_regimes(
             f"log-likelihood among the usable ones), log-likelihood {log_prob:.6g} after "
             f"{kept['iterations']} EM iterations, {t} training rows"
         ),
-        n_states=k,
+        n_states=cfg.n_states,
         covariance_type=cfg.covariance_type,
         startprob=np.asarray(hmm.startprob_)[order].copy(),
         transmat=np.asarray(hmm.transmat_)[np.ix_(order, order)].copy(),

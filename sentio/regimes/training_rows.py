@@ -6,18 +6,15 @@ whose look-back window reaches into one of the fold's test blocks.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import numpy as np
 
+from sentio.times import utc64
+
+# ``utc64`` is re-exported for the callers that still import it from here; it lives in
+# :mod:`sentio.times`.
 __all__ = ["regime_training_rows", "utc64"]
-
-
-def utc64(iso: str) -> np.datetime64:
-    """An ISO timestamp (timezone-aware) as a naive-UTC ``datetime64[us]``."""
-    t = dt.datetime.fromisoformat(iso).astimezone(dt.UTC).replace(tzinfo=None)
-    return np.datetime64(t, "us")
 
 
 def regime_training_rows(
