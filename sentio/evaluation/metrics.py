@@ -339,18 +339,37 @@ def compute_metrics(
         ts = _as_utc(timestamps)
         if ts.len() != n:
             raise EvaluationError(f"timestamps has {ts.len()} entries but returns has {n}")
+    ppy = _annualisation(ts, periods_per_year)
+    out, rows = _return_metrics(r, ts, ppy, rf, target)
+    if positions is None and entries is not None:
+        raise EvaluationError("entries need positions (the bars a trade is held over)")
+    if positions is None:
+        out["hit_rate"] = float(rows.hit_rate()[0])
+    out.update(_position_metrics(r, positions, entries, ppy))
+    out.update(_cost_metrics(costs, n, ppy))
+    return {key: out[key] for key in METRIC_KEYS}
+
+
+def _annualisation(ts: pl.Series | None, periods_per_year: float | None) -> float:
+    """Bars per year: ``periods_per_year`` when given, else detected from ``ts``."""
     if periods_per_year is None:
         if ts is None:
             raise EvaluationError(
                 "cannot annualise: give timestamps (the bar frequency is detected) "
                 "or periods_per_year"
             )
-        ppy = _detect_periods_per_year(ts)
-    else:
-        ppy = float(periods_per_year)
-        if not (ppy > 0 and math.isfinite(ppy)):
-            raise EvaluationError(f"periods_per_year must be positive, got {periods_per_year}")
+        return _detect_periods_per_year(ts)
+    ppy = float(periods_per_year)
+    if not (ppy > 0 and math.isfinite(ppy)):
+        raise EvaluationError(f"periods_per_year must be positive, got {periods_per_year}")
+    return ppy
 
+
+def _return_metrics(
+    r: np.ndarray, ts: pl.Series | None, ppy: float, rf: float | Any, target: float
+) -> tuple[dict[str, float], RowStats]:
+    """The metrics of the returns alone (size, return, risk, drawdown) and their row stats."""
+    n = r.size
     rf_arr = np.asarray(rf, dtype=np.float64)
     if rf_arr.ndim == 0:
         sharpe_rows = RowStats(r[None, :], periods_per_year=ppy, rf=float(rf_arr))
@@ -363,7 +382,7 @@ def compute_metrics(
         return float(values[0])
 
     dd_bars, dd_days, longest = _drawdown_stats(r, ts)
-    out: dict[str, float] = {
+    out = {
         "n_bars": float(n),
         "periods_per_year": ppy,
         "years": n / ppy,
@@ -381,13 +400,14 @@ def compute_metrics(
         "var_95": one(rows.var()),
         "cvar_95": one(rows.cvar()),
     }
+    return out, rows
 
+
+def _position_metrics(r: np.ndarray, positions: Any, entries: Any, ppy: float) -> dict[str, float]:
+    """Hit rate over the bars held, turnover, exposure and trades (NaN without positions)."""
     nan = math.nan
-    if positions is None and entries is not None:
-        raise EvaluationError("entries need positions (the bars a trade is held over)")
     if positions is None:
-        out["hit_rate"] = one(rows.hit_rate())
-        out.update(
+        return dict(
             turnover_per_bar=nan,
             annual_turnover=nan,
             exposure_share=nan,
@@ -396,35 +416,38 @@ def compute_metrics(
             n_trades=nan,
             avg_holding_bars=nan,
         )
+    n = r.size
+    pos = _same_length(as_returns(positions, "positions"), n, "positions")
+    active = pos != 0
+    n_active = int(active.sum())
+    hit_rate = float((r[active] > 0).sum() / n_active) if n_active else nan
+    turnover = float(np.abs(np.diff(pos, prepend=0.0)).sum()) / n
+    if entries is None:
+        n_trades = float(_trade_runs(pos).size)
     else:
-        pos = _same_length(as_returns(positions, "positions"), n, "positions")
-        active = pos != 0
-        n_active = int(active.sum())
-        out["hit_rate"] = float((r[active] > 0).sum() / n_active) if n_active else nan
-        turnover = float(np.abs(np.diff(pos, prepend=0.0)).sum()) / n
-        if entries is None:
-            n_trades = float(_trade_runs(pos).size)
-        else:
-            e = _same_length(as_returns(entries, "entries"), n, "entries")
-            if (e < 0).any():
-                raise EvaluationError("entries must be non-negative (trades entered per bar)")
-            n_trades = float(e.sum())
-        out.update(
-            turnover_per_bar=turnover,
-            annual_turnover=turnover * ppy,
-            exposure_share=n_active / n,
-            mean_abs_exposure=float(np.abs(pos).mean()),
-            mean_net_exposure=float(pos.mean()),
-            n_trades=float(n_trades),
-            avg_holding_bars=n_active / n_trades if n_trades else nan,
-        )
+        e = _same_length(as_returns(entries, "entries"), n, "entries")
+        if (e < 0).any():
+            raise EvaluationError("entries must be non-negative (trades entered per bar)")
+        n_trades = float(e.sum())
+    return dict(
+        hit_rate=hit_rate,
+        turnover_per_bar=turnover,
+        annual_turnover=turnover * ppy,
+        exposure_share=n_active / n,
+        mean_abs_exposure=float(np.abs(pos).mean()),
+        mean_net_exposure=float(pos.mean()),
+        n_trades=float(n_trades),
+        avg_holding_bars=n_active / n_trades if n_trades else nan,
+    )
+
+
+def _cost_metrics(costs: Any, n: int, ppy: float) -> dict[str, float]:
+    """Costs paid in total and per year (NaN without costs)."""
     if costs is None:
-        out.update(costs_paid=nan, annual_costs=nan)
-    else:
-        c = _same_length(as_returns(costs, "costs"), n, "costs")
-        paid = float(c.sum())
-        out.update(costs_paid=paid, annual_costs=paid / (n / ppy))
-    return {key: out[key] for key in METRIC_KEYS}
+        return dict(costs_paid=math.nan, annual_costs=math.nan)
+    c = _same_length(as_returns(costs, "costs"), n, "costs")
+    paid = float(c.sum())
+    return dict(costs_paid=paid, annual_costs=paid / (n / ppy))
 
 
 def metrics_to_json(metrics: dict[str, float]) -> dict[str, float | None]:

@@ -285,21 +285,8 @@ def probability_of_backtest_overfitting(
         EvaluationError: not a 2-D matrix, non-finite values, fewer than 2 trials, odd or
             out-of-range ``n_blocks``, or an unknown metric.
     """
-    M = np.asarray(trial_returns, dtype=np.float64)
-    if M.ndim != 2:
-        raise EvaluationError(f"trial_returns must be a (T, N) matrix, got shape {M.shape}")
+    M = _checked_trials(trial_returns, n_blocks, metric)
     n_rows, N = M.shape
-    if N < 2:
-        raise EvaluationError(f"PBO needs at least 2 trials (columns), got {N}")
-    if not np.all(np.isfinite(M)):
-        raise EvaluationError("trial_returns has non-finite values")
-    if n_blocks < 2 or n_blocks % 2:
-        raise EvaluationError(f"n_blocks must be even and >= 2, got {n_blocks}")
-    if n_rows < n_blocks:
-        raise EvaluationError(f"need at least n_blocks={n_blocks} rows, got T={n_rows}")
-    if metric not in ("sharpe", "mean"):
-        raise EvaluationError(f"metric must be 'sharpe' or 'mean', got {metric!r}")
-
     # per-block sufficient statistics: count, sum, sum of squared deviations from the
     # block mean (combined exactly across blocks below)
     bounds = np.linspace(0, n_rows, n_blocks + 1).round().astype(np.int64)
@@ -312,26 +299,8 @@ def probability_of_backtest_overfitting(
     np.put_along_axis(in_mask, splits, 1.0, axis=1)
     out_mask = 1.0 - in_mask
 
-    def score(mask: np.ndarray) -> np.ndarray:
-        n = mask @ counts
-        s = mask @ sums
-        mean = s / n[:, None]
-        if metric == "mean":
-            return mean
-        # sum of squared deviations about the set's mean, from raw sums; what is left of
-        # a constant set after cancellation is rounding noise
-        raw = mask @ sq
-        ss = raw - s * mean
-        ss = np.where(ss > 1e-12 * raw, ss, 0.0)
-        std = np.sqrt(ss / np.maximum(n - 1, 1)[:, None])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sr = mean / std
-        flat = std == 0
-        sr[flat] = np.where(mean[flat] > 0, np.inf, np.where(mean[flat] < 0, -np.inf, 0.0))
-        return sr
-
-    perf_in = score(in_mask)
-    perf_out = score(out_mask)
+    perf_in = _cscv_score(in_mask, counts, sums, sq, metric)
+    perf_out = _cscv_score(out_mask, counts, sums, sq, metric)
     best = np.argmax(perf_in, axis=1)
     chosen = perf_out[np.arange(best.size), best][:, None]
     below = (perf_out < chosen).sum(axis=1)
@@ -347,3 +316,44 @@ def probability_of_backtest_overfitting(
         n_trials=N,
         metric=metric,
     )
+
+
+def _checked_trials(trial_returns: Any, n_blocks: int, metric: str) -> np.ndarray:
+    """The ``(T, N)`` float64 matrix of :func:`probability_of_backtest_overfitting`, validated."""
+    M = np.asarray(trial_returns, dtype=np.float64)
+    if M.ndim != 2:
+        raise EvaluationError(f"trial_returns must be a (T, N) matrix, got shape {M.shape}")
+    n_rows, N = M.shape
+    if N < 2:
+        raise EvaluationError(f"PBO needs at least 2 trials (columns), got {N}")
+    if not np.all(np.isfinite(M)):
+        raise EvaluationError("trial_returns has non-finite values")
+    if n_blocks < 2 or n_blocks % 2:
+        raise EvaluationError(f"n_blocks must be even and >= 2, got {n_blocks}")
+    if n_rows < n_blocks:
+        raise EvaluationError(f"need at least n_blocks={n_blocks} rows, got T={n_rows}")
+    if metric not in ("sharpe", "mean"):
+        raise EvaluationError(f"metric must be 'sharpe' or 'mean', got {metric!r}")
+    return M
+
+
+def _cscv_score(
+    mask: np.ndarray, counts: np.ndarray, sums: np.ndarray, sq: np.ndarray, metric: str
+) -> np.ndarray:
+    """``(splits, N)`` performance of every trial on the union of the blocks each mask row picks."""
+    n = mask @ counts
+    s = mask @ sums
+    mean = s / n[:, None]
+    if metric == "mean":
+        return mean
+    # sum of squared deviations about the set's mean, from raw sums; what is left of
+    # a constant set after cancellation is rounding noise
+    raw = mask @ sq
+    ss = raw - s * mean
+    ss = np.where(ss > 1e-12 * raw, ss, 0.0)
+    std = np.sqrt(ss / np.maximum(n - 1, 1)[:, None])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sr = mean / std
+    flat = std == 0
+    sr[flat] = np.where(mean[flat] > 0, np.inf, np.where(mean[flat] < 0, -np.inf, 0.0))
+    return sr
