@@ -57,6 +57,7 @@ def main() -> int:
     import numpy as np
 
     import sentio.env.backtest as bt
+    import sentio.env.decisions as decisions
 
     variants = {
         "maskable_ppo mlp (default)": {"env.masks.regime": False},
@@ -69,7 +70,7 @@ def main() -> int:
             "env.window": 32,
         },
     }
-    direct = bt._direct_actions
+    direct = decisions._direct_actions
     ok = True
     print(f"{'policy':<28}{'bars':>8}{'predict ms/bar':>16}{'fast ms/bar':>13}{'ratio':>8}")
     for name, overrides in variants.items():
@@ -78,12 +79,12 @@ def main() -> int:
         actions: dict[str, Any] = {}
         for _ in range(args.repeats):
             for mode in ("predict", "fast"):
-                bt._direct_actions = direct if mode == "fast" else (lambda model: None)
+                decisions._direct_actions = direct if mode == "fast" else (lambda model: None)
                 start = time.perf_counter()
                 res = bt.backtest(model, market, params, rows)
                 best[mode] = min(best[mode], time.perf_counter() - start)
                 actions[mode] = res.actions
-        bt._direct_actions = direct
+        decisions._direct_actions = direct
         same = bool(np.array_equal(actions["fast"], actions["predict"]))
         n = int(actions["fast"].size)
         ratio = best["predict"] / best["fast"]

@@ -69,12 +69,21 @@ import polars as pl
 import yaml
 
 from sentio.config import SentioConfig, config_from_dict
-from sentio.env.backtest import BacktestResult, MaskedActionError, backtest, one_torch_thread
-from sentio.env.market import LONG, SHORT, MarketData
-from sentio.env.simulator import MASK_LAYERS, BatchSimulator, EnvParams, layer_names
+from sentio.env.backtest import BacktestResult, backtest
+from sentio.env.decisions import (
+    STAND_ASIDE,
+    Decision,
+    action_picker,
+    decide_and_step,
+    one_torch_thread,
+)
+from sentio.env.market import LONG, SHORT, UNDERLYING, MarketData
+from sentio.env.simulator import FLAT, MASK_LAYERS, BatchSimulator, EnvParams, layer_names
+from sentio.env.simulator import FORCED_EXITS as STEP_FORCED_EXITS
 from sentio.errors import DataError
 from sentio.regimes import RegimeModel
 from sentio.registry import Registry, RegistryError
+from sentio.times import Timestamp, as_utc, from_datetime64, iso_z, to_datetime64
 
 __all__ = [
     "NORMALISER_FILE",
@@ -93,8 +102,6 @@ NORMALISER_FILE = "normaliser.json"
 REGIME_MODEL_FILE = "regime_model.json"
 """Version file holding the fold's regime model (``regimes.enabled``)."""
 
-Timestamp = str | dt.datetime
-"""An ISO-8601 string or a datetime; naive values are read as UTC."""
 Bars = pl.DataFrame | str | os.PathLike[str]
 """Canonical bars as a frame, or bar file(s) to ingest (a path, comma-separated paths)."""
 
@@ -102,37 +109,6 @@ FILL_NOTE = (
     "decided at the close of this bar; the order fills at the OPEN of the next bar "
     "(plus costs), as in training and backtests"
 )
-
-
-def as_utc(value: Timestamp, what: str = "timestamp") -> dt.datetime:
-    """A timezone-aware UTC datetime from an ISO string or a datetime (naive means UTC)."""
-    if isinstance(value, dt.datetime):
-        t = value
-    else:
-        text = str(value).strip()
-        try:
-            t = dt.datetime.fromisoformat(text)
-        except ValueError:
-            raise DataError(
-                f"{what} {text!r} is not an ISO-8601 timestamp (e.g. 2024-01-10T14:30:00Z)"
-            ) from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    return t.astimezone(dt.UTC)
-
-
-def _iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def _np_utc(t: dt.datetime) -> np.datetime64:
-    return np.datetime64(t.astimezone(dt.UTC).replace(tzinfo=None), "us")
-
-
-def _py_utc(t: np.datetime64) -> dt.datetime:
-    value = t.astype("datetime64[us]").astype(dt.datetime)
-    assert isinstance(value, dt.datetime)
-    return value.replace(tzinfo=dt.UTC)
 
 
 # --------------------------------------------------------------------------------------
@@ -294,17 +270,17 @@ class ModelBundle:
     ) -> tuple[int, int]:
         """The half-open market rows ``[a, b)`` with timestamps in ``[start, end]``."""
         ts = market.timestamps
-        a = 0 if start is None else int(np.searchsorted(ts, _np_utc(as_utc(start)), "left"))
+        a = 0 if start is None else int(np.searchsorted(ts, to_datetime64(as_utc(start)), "left"))
         b = (
             market.n_rows
             if end is None
-            else int(np.searchsorted(ts, _np_utc(as_utc(end)), "right"))
+            else int(np.searchsorted(ts, to_datetime64(as_utc(end)), "right"))
         )
         if b - a < 2:
             raise DataError(
                 f"version {self.version}: {max(b - a, 0)} market rows in "
                 f"[{start or 'first'}, {end or 'last'}] (the bars' market rows span "
-                f"{_iso(_py_utc(ts[0]))} .. {_iso(_py_utc(ts[-1]))}); need at least 2"
+                f"{iso_z(from_datetime64(ts[0]))} .. {iso_z(from_datetime64(ts[-1]))}); need at least 2"
             )
         return a, b
 
@@ -333,29 +309,29 @@ class ModelBundle:
         """
         ts = market.timestamps
         first_full = self.params().window - 1
-        last = _iso(_py_utc(ts[-1]))
+        last = iso_z(from_datetime64(ts[-1]))
         if start is None:
             train_end = self.train_end
             if train_end is None:
                 raise RegistryError(
                     f"version {self.version}: manifest extra lacks 'train_end'; give a start"
                 )
-            row = max(int(np.searchsorted(ts, _np_utc(train_end), "right")), first_full)
+            row = max(int(np.searchsorted(ts, to_datetime64(train_end), "right")), first_full)
             if row >= market.n_rows:
                 raise DataError(
-                    f"version {self.version}: no bar after its training end {_iso(train_end)} "
+                    f"version {self.version}: no bar after its training end {iso_z(train_end)} "
                     f"(the bars end {last}); live use never runs in-sample: give newer bars "
                     "or an explicit start"
                 )
             return row
         t = as_utc(start, "start")
-        row = int(np.searchsorted(ts, _np_utc(t), "left"))
+        row = int(np.searchsorted(ts, to_datetime64(t), "left"))
         if row >= market.n_rows:
-            raise DataError(f"start {_iso(t)}: no bar at or after it (the bars end {last})")
+            raise DataError(f"start {iso_z(t)}: no bar at or after it (the bars end {last})")
         if row < first_full:
             raise DataError(
-                f"start {_iso(t)}: the first decision needs {first_full + 1} feature rows "
-                f"(env.window); the first possible start is {_iso(_py_utc(ts[first_full]))}"
+                f"start {iso_z(t)}: the first decision needs {first_full + 1} feature rows "
+                f"(env.window); the first possible start is {iso_z(from_datetime64(ts[first_full]))}"
             )
         return row
 
@@ -462,7 +438,7 @@ def with_next_bar(market: MarketData, calendar: str = "XNYS") -> MarketData:
     from sentio.calendar import sessions
 
     ts = market.timestamps
-    last = _py_utc(ts[-1])
+    last = from_datetime64(ts[-1])
     daily = not bool((market.minutes_to_close > 0).any())
     if daily:
         nxt, new_session, minutes = ts[-1] + np.timedelta64(1, "D"), True, 0.0
@@ -474,15 +450,15 @@ def with_next_bar(market: MarketData, calendar: str = "XNYS") -> MarketData:
             last.date() - dt.timedelta(days=1), last.date() + dt.timedelta(days=14), calendar
         )
         current = table.filter((pl.col("open") <= last) & (pl.col("close") > last))
-        candidate = _py_utc(ts[-1] + step)
+        candidate = from_datetime64(ts[-1] + step)
         if current.height and candidate < current["close"][0]:
             start, close, new_session = candidate, current["close"][0], False
         else:
             later = table.filter(pl.col("open") > last)
             if later.height == 0:
-                raise DataError(f"calendar {calendar}: no session after {_iso(last)}")
+                raise DataError(f"calendar {calendar}: no session after {iso_z(last)}")
             start, close, new_session = later["open"][0], later["close"][0], True
-        nxt = _np_utc(start)
+        nxt = to_datetime64(start)
         minutes = (close - start).total_seconds() / 60.0
 
     def grow(a: np.ndarray, value: Any = None) -> np.ndarray:
@@ -513,7 +489,7 @@ class Replay:
     ruined: bool
 
 
-FORCED_EXITS = ("", "flat_at_close", "circuit_breaker", "ruin")
+FORCED_EXITS = (*STEP_FORCED_EXITS, "ruin")
 """Values of the replay's ``forced_exit`` column ("" when nothing was forced)."""
 
 
@@ -592,8 +568,6 @@ def replay(bundle: ModelBundle, market: MarketData, start_row: int, end_row: int
 
 
 def _replay(bundle: ModelBundle, market: MarketData, start_row: int, end_row: int) -> Replay:
-    from sentio.env.backtest import _action_picker, _as_action
-
     p = bundle.params()
     n = market.n_rows
     if not (p.window - 1 <= start_row <= end_row < n):
@@ -606,125 +580,108 @@ def _replay(bundle: ModelBundle, market: MarketData, start_row: int, end_row: in
     sim = BatchSimulator(market, p, 1, backtest=True)
     # the episode may run to the row after end_row; the replay never steps past end_row
     sim.reset(np.zeros(1, dtype=np.int64), np.array([start_row]), np.array([end_row + 1]))
-    pick = _action_picker(bundle.model)
-    grid, A, K = p.grid, p.n_actions, market.n_regimes
-    names = bundle.instruments
-    inst_names = {0: "flat", LONG: names[0], SHORT: names[1]}
-    opens, closes, vol = market.open, market.close, market.vol
-    slip = p.slippage_vol_mult * p.leverage
-    m = end_row - start_row + 1
-    cols: dict[str, Any] = {
-        "inst": np.zeros(m, dtype=np.int64),
-        "shares": np.zeros(m),
-        "position": np.zeros(m),
-        "exposure": np.zeros(m),
-        "equity": np.zeros(m),
-        "prev_equity": np.zeros(m),
-        "costs_cash": np.zeros(m),
-        "forced": np.zeros(m, dtype=np.int64),
-        "action": np.zeros(m, dtype=np.int64),
-        "blocked": np.zeros((m, A), dtype=np.uint8),
-    }
-    eq0 = float(sim.equity[0])
-    cols["equity"][0] = cols["prev_equity"][0] = eq0
-    ruined = False
-    i = 0
-    while True:
-        t = int(sim.t[0])
-        bits = sim.blocked_layers()[0].copy()
-        cols["blocked"][i] = bits
-        a = _as_action(pick(sim.observe(), bits == 0, t), A, t)
-        if bits[a]:
-            raise MaskedActionError(
-                f"the policy of version {bundle.version} chose a masked action at "
-                f"{_iso(_py_utc(market.timestamps[t]))}: action {a} (exposure {grid[a]:+g}) "
-                f"is blocked by {layer_names(int(bits[a]))}"
-            )
-        cols["action"][i] = a
-        if t >= end_row:
-            break
-        # the state before the step, to tell what was held over bar t+1 (before any forced
-        # exit at its close), exactly as sentio.env.backtest does
-        t1 = t + 1
-        inst0, shares0, cash0, held0 = (
-            int(sim.inst[0]),
-            float(sim.shares[0]),
-            float(sim.cash[0]),
-            int(sim.held[0]),
+
+    def masked(t: int, a: int, bits: np.ndarray) -> str:
+        return (
+            f"the policy of version {bundle.version} chose a masked action at "
+            f"{iso_z(from_datetime64(market.timestamps[t]))}"
         )
-        tripped0 = bool(sim.tripped[0]) and market.session[t1] == market.session[t]
-        e_prev = float(sim.equity[0])
-        res = sim.step(np.array([a], dtype=np.int64))
-        x = float(grid[a])
-        if a != held0:
-            new_inst = LONG if x > 0 else SHORT if x < 0 else 0
-            s1 = (
-                0.0
-                if x == 0.0
-                else abs(x) * (cash0 + shares0 * opens[t1, inst0]) / opens[t1, new_inst]
-            )
-        else:
-            new_inst, s1 = inst0, shares0
-        eq_new = float(res.equity[0])
-        i += 1
-        cols["inst"][i], cols["shares"][i] = new_inst, s1
-        if s1 > 0 and int(sim.inst[0]) == 0:  # forced exit at the close of t+1
-            px = float(closes[t1, new_inst])
-            exit_cost = p.commission_per_share * s1 + (p.half_spread + slip * vol[t1]) * (s1 * px)
-            sign = -1.0 if new_inst == SHORT else 1.0
-            cols["position"][i] = sign * s1 * px / (eq_new + exit_cost)
-            trip = bool(sim.tripped[0]) and not tripped0
-            cols["forced"][i] = 2 if trip else 1
-        else:
-            cols["position"][i] = float(res.exposure[0])
-        cols["exposure"][i] = float(res.exposure[0])
-        cols["equity"][i], cols["prev_equity"][i] = eq_new, e_prev
-        cols["costs_cash"][i] = float(res.costs[0])
+
+    log = _ReplayLog(end_row - start_row + 1, p.n_actions, float(sim.equity[0]))
+    pick = action_picker(bundle.model)
+    for d in decide_and_step(sim, pick, masked=masked, stop_row=end_row):
+        log.decided(d)
+        if d.result is not None:
+            log.stepped(d, p.flat_action)
+    return log.replay(bundle, market, start_row)
+
+
+class _ReplayLog:
+    """The replay's per-bar columns: row ``i`` holds what was held over bar ``start + i``
+    (from the step into it) and the decision at its close."""
+
+    def __init__(self, m: int, n_actions: int, equity: float) -> None:
+        self.i = 0
+        self.ruined = False
+        self.inst = np.zeros(m, dtype=np.int64)
+        self.shares = np.zeros(m)
+        self.position = np.zeros(m)
+        self.exposure = np.zeros(m)
+        self.equity = np.zeros(m)
+        self.prev_equity = np.zeros(m)
+        self.costs_cash = np.zeros(m)
+        self.forced = np.zeros(m, dtype=np.int64)
+        self.action = np.zeros(m, dtype=np.int64)
+        self.blocked = np.zeros((m, n_actions), dtype=np.uint8)
+        self.equity[0] = self.prev_equity[0] = equity
+
+    def decided(self, d: Decision) -> None:
+        """The decision at the close of the current row."""
+        self.blocked[self.i] = d.blocked
+        self.action[self.i] = d.action
+
+    def stepped(self, d: Decision, flat_action: int) -> None:
+        """The step into the next bar: a new row with what was held over it."""
+        res = d.result
+        assert res is not None
+        self.i += 1
+        i = self.i
+        self.inst[i], self.shares[i] = int(res.inst[0]), float(res.shares[0])
+        self.position[i] = float(res.position[0])
+        self.forced[i] = int(res.forced_exit[0])
+        self.exposure[i] = float(res.exposure[0])
+        self.equity[i], self.prev_equity[i] = float(res.equity[0]), d.equity_before
+        self.costs_cash[i] = float(res.costs[0])
         if bool(res.terminated[0]):  # ruin: nothing more to decide
-            ruined = True
+            self.ruined = True
             # the account is closed out, as backtest() records it (the simulator's exposure
             # is scaled by a non-positive equity and means nothing)
-            cols["exposure"][i] = 0.0
-            cols["forced"][i] = 3
-            cols["action"][i] = p.flat_action
-            cols["blocked"][i] = 0
-            break
-    m = i + 1
-    rows = np.arange(start_row, start_row + m)
-    prev = cols["prev_equity"][:m]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        returns = np.where(prev > 0, cols["equity"][:m] / prev - 1.0, -1.0)
-        cost_frac = np.where(prev > 0, cols["costs_cash"][:m] / prev, 0.0)
-    actions = cols["action"][:m]
-    blocked = cols["blocked"][:m]
-    probs = market.regime_probs[rows].astype(np.float64)
-    data: dict[str, Any] = {
-        "timestamp": pl.Series(market.timestamps[rows]).cast(pl.Datetime("us", "UTC")),
-        "open_underlying": opens[rows, 0],
-        "close_underlying": closes[rows, 0],
-        "open_long": opens[rows, LONG],
-        "close_long": closes[rows, LONG],
-        "open_short": opens[rows, SHORT],
-        "close_short": closes[rows, SHORT],
-        "instrument_held": [inst_names[int(k)] for k in cols["inst"][:m]],
-        "shares_held": cols["shares"][:m],
-        "position": cols["position"][:m],
-        "exposure": cols["exposure"][:m],
-        "equity": cols["equity"][:m],
-        "returns": returns,
-        "costs": cost_frac,
-        "costs_cash": cols["costs_cash"][:m],
-        "forced_exit": [FORCED_EXITS[int(k)] for k in cols["forced"][:m]],
-        "action": actions,
-        "target_exposure": grid[actions],
-        "target_instrument": [_instrument(float(x), names) for x in grid[actions]],
-        **{f"p_regime_{k}": probs[:, k] for k in range(K)},
-        "regime": probs.argmax(axis=1).astype(np.int64) if K else np.full(m, -1, np.int64),
-        **{f"blocked_{j}": pl.Series(blocked[:, j], dtype=pl.UInt8) for j in range(A)},
-        "mask_reasons": [mask_reasons(b, grid) for b in blocked],
-    }
-    frame = pl.DataFrame(data).select(replay_columns(A, K))
-    return Replay(frame=frame, ruined=ruined)
+            self.exposure[i] = 0.0
+            self.forced[i] = FORCED_EXITS.index("ruin")
+            self.action[i] = flat_action
+            self.blocked[i] = 0
+
+    def replay(self, bundle: ModelBundle, market: MarketData, start_row: int) -> Replay:
+        """The :class:`Replay` of the rows logged (:func:`replay_columns`)."""
+        m = self.i + 1
+        rows = np.arange(start_row, start_row + m)
+        prev = self.prev_equity[:m]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            returns = np.where(prev > 0, self.equity[:m] / prev - 1.0, -1.0)
+            cost_frac = np.where(prev > 0, self.costs_cash[:m] / prev, 0.0)
+        grid, names = bundle.params().grid, bundle.instruments
+        inst_names = {FLAT: "flat", LONG: names[0], SHORT: names[1]}
+        actions, blocked = self.action[:m], self.blocked[:m]
+        K = market.n_regimes
+        probs = market.regime_probs[rows].astype(np.float64)
+        opens, closes = market.open, market.close
+        data: dict[str, Any] = {
+            "timestamp": pl.Series(market.timestamps[rows]).cast(pl.Datetime("us", "UTC")),
+            "open_underlying": opens[rows, UNDERLYING],
+            "close_underlying": closes[rows, UNDERLYING],
+            "open_long": opens[rows, LONG],
+            "close_long": closes[rows, LONG],
+            "open_short": opens[rows, SHORT],
+            "close_short": closes[rows, SHORT],
+            "instrument_held": [inst_names[int(k)] for k in self.inst[:m]],
+            "shares_held": self.shares[:m],
+            "position": self.position[:m],
+            "exposure": self.exposure[:m],
+            "equity": self.equity[:m],
+            "returns": returns,
+            "costs": cost_frac,
+            "costs_cash": self.costs_cash[:m],
+            "forced_exit": [FORCED_EXITS[int(k)] for k in self.forced[:m]],
+            "action": actions,
+            "target_exposure": grid[actions],
+            "target_instrument": [_instrument(float(x), names) for x in grid[actions]],
+            **{f"p_regime_{k}": probs[:, k] for k in range(K)},
+            "regime": probs.argmax(axis=1).astype(np.int64) if K else np.full(m, -1, np.int64),
+            **{f"blocked_{j}": pl.Series(blocked[:, j], dtype=pl.UInt8) for j in range(grid.size)},
+            "mask_reasons": [mask_reasons(b, grid) for b in blocked],
+        }
+        frame = pl.DataFrame(data).select(replay_columns(grid.size, K))
+        return Replay(frame=frame, ruined=self.ruined)
 
 
 # --------------------------------------------------------------------------------------
@@ -772,17 +729,17 @@ def signal(
     * ``stands_aside``: true when the model's training found no edge on its held-out
       episodes (:mod:`sentio.agents.selection`): its every decision is flat.
     """
-    from sentio.env.backtest import STAND_ASIDE
-
     frame, derived = bundle.canonical_bars(bars)
     market = bundle.market(frame)
     first = bundle.start_row(market, start)
     last = market.n_rows - 1
     if end is not None:
-        last = int(np.searchsorted(market.timestamps, _np_utc(as_utc(end, "end")), "right")) - 1
+        last = (
+            int(np.searchsorted(market.timestamps, to_datetime64(as_utc(end, "end")), "right")) - 1
+        )
         if last < first:
             raise DataError(
-                f"end {end}: before the replay's start {_iso(_py_utc(market.timestamps[first]))}"
+                f"end {end}: before the replay's start {iso_z(from_datetime64(market.timestamps[first]))}"
             )
     result = replay(bundle, market, first, last)
     row = result.frame.row(-1, named=True)
@@ -804,7 +761,7 @@ def signal(
     since = result.frame["timestamp"][0]
     return {
         "version": bundle.version,
-        "timestamp": _iso(row["timestamp"]),
+        "timestamp": iso_z(row["timestamp"]),
         "action": int(row["action"]),
         "target_exposure": float(row["target_exposure"]),
         "instrument": str(row["target_instrument"]),
@@ -821,7 +778,7 @@ def signal(
             "position": _finite(row["position"]),
             "forced_exit": row["forced_exit"] or None,
             "initial_equity": float(bundle.cfg.env.initial_cash),
-            "since": _iso(since),
+            "since": iso_z(since),
             "bars": int(result.frame.height),
             "ruined": result.ruined,
         },

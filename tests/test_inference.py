@@ -11,7 +11,8 @@ import torch
 from sentio.agents.training import make_model
 from sentio.config import resolve_for_bars
 from sentio.env import EnvParams, SentioVecEnv
-from sentio.env.backtest import _direct_actions, backtest, model_actions, one_torch_thread
+from sentio.env.backtest import backtest, model_actions, one_torch_thread
+from sentio.env.decisions import _direct_actions
 from tests.env_helpers import random_market
 from tests.test_training import small_cfg
 
@@ -75,7 +76,7 @@ def test_backtest_with_the_fast_path_equals_predict(variant: str, monkeypatch: A
     model, market, params = _model(variant)
     rows = [(0, market.n_rows)]
     fast = backtest(model, market, params, rows)
-    import sentio.env.backtest as bt_module
+    import sentio.env.decisions as bt_module
 
     monkeypatch.setattr(bt_module, "_direct_actions", lambda model: None)
     slow = backtest(model, market, params, rows)

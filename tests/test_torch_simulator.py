@@ -10,14 +10,19 @@ the torch simulator too (its ``Torch`` runner).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from sentio.env.market import MarketData
-from sentio.env.simulator import BatchSimulator, EnvParams
-from sentio.env.torch_simulator import TorchSimulator
+from sentio.env.simulator import BatchSimulator, EnvParams, StepResult
+from sentio.env.torch_simulator import TorchSimulator, TorchStepResult
 from tests.env_helpers import make_params, random_market
+
+STEP_FIELDS = [f.name for f in dataclasses.fields(StepResult) if f.name != "reward"]
+"""Every field of a step's result but the reward is compared bit for bit."""
 
 GRIDS = ([-1.0, -0.5, 0.0, 0.5, 1.0], [-1.0, 0.0, 1.0], [0.0, 0.3, 0.6, 1.0])
 
@@ -95,15 +100,7 @@ def _run(
         actions = _random_valid(rng, np_sim.action_masks(), np_sim.held)
         r1 = np_sim.step(actions)
         r2 = t_sim.step(torch.as_tensor(actions))
-        for k in (
-            "terminated",
-            "truncated",
-            "termination",
-            "equity",
-            "exposure",
-            "costs",
-            "traded_notional",
-        ):
+        for k in STEP_FIELDS:
             np.testing.assert_array_equal(getattr(r1, k), getattr(r2, k).cpu().numpy(), err_msg=k)
         np.testing.assert_array_max_ulp(r1.reward, r2.reward.cpu().numpy(), maxulp=2)
         _assert_same(np_sim, t_sim)
@@ -180,3 +177,10 @@ def test_out_of_range_actions_are_refused_on_the_cpu() -> None:
     sim.reset(torch.tensor([0, 0]), torch.tensor([10, 10]))
     with pytest.raises(ValueError, match=r"actions must be in \[0, 5\)"):
         sim.step(torch.tensor([0, 5]))
+
+
+def test_both_simulators_return_the_same_step_result_contract() -> None:
+    """The device simulator's step result has exactly the numpy one's fields, in order."""
+    assert [f.name for f in dataclasses.fields(TorchStepResult)] == [
+        f.name for f in dataclasses.fields(StepResult)
+    ]

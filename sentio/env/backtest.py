@@ -3,9 +3,10 @@
 :func:`backtest` runs ONE account of :class:`~sentio.env.simulator.BatchSimulator` in
 ``backtest`` mode (the drawdown breaker keeps the account flat for the rest of the session
 instead of ending the episode) over held-out test blocks, with the same fills, costs,
-forced exits and masks as training. Nothing here re-implements the trading model: every
-equity, exposure and cost figure is the simulator's; the trade ledger is read from the
-simulator's state before and after each step.
+forced exits and masks as training. Nothing here re-implements the trading model: the
+decision loop is :func:`sentio.env.decisions.decide_and_step` (shared with live replay),
+every equity, exposure and cost figure is the simulator's, and the trade ledger
+(:class:`sentio.env.ledger.TradeLedger`) is built from the legs each step reports.
 
 Blocks. ``rows`` are half-open market-row ranges ``[a, b)`` in increasing time order, not
 overlapping. Block ``[a, b)`` is one episode from row ``max(a, window - 1)`` (the first
@@ -22,8 +23,9 @@ piece) too short for one step is skipped; if no block is left,
 Equity is carried from block to block: the next episode starts flat with the equity the
 previous one ended with. A position still open at the end of a block (possible when
 ``flat_at_close`` is off or the block does not end on a session's last bar) is sold at the
-close of the block's last bar and charged the simulator's exit-cost formula
-(``commission_per_share * shares + (half_spread + slippage_vol_mult * L * vol) *
+close of the block's last bar by the simulator
+(:meth:`~sentio.env.simulator.BatchSimulator.close_out`, the exit-cost formula
+``commission_per_share * shares + (half_spread + slippage_vol_mult * L * vol) *
 notional`` with ``vol`` at that row); that cost is booked on the block's last bar (its
 ``returns``, ``equity`` and ``costs``) and the ledger records the exit as
 ``"end_of_block"``. So every block ends flat, every trade in the ledger is closed and
@@ -56,26 +58,37 @@ model is queried with ``deterministic=True``).
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from sentio.env.market import LONG, SHORT, MarketData
+from sentio.env.decisions import (
+    STAND_ASIDE,
+    Decision,
+    MaskedActionError,
+    Policy,
+    PredictModel,
+    RowPolicy,
+    action_picker,
+    decide_and_step,
+    model_actions,
+    one_torch_thread,
+)
+from sentio.env.ledger import EXIT_REASONS, TRADE_SCHEMA, TradeLedger
+from sentio.env.market import MarketData
 from sentio.env.simulator import (
     LAYER_BITS,
     MASK_LAYERS,
     STATE_FEATURES,
     BatchSimulator,
     EnvParams,
-    layer_names,
+    StepResult,
 )
-from sentio.errors import DataError, SentioError
+from sentio.errors import DataError
 
 __all__ = [
     "EXIT_REASONS",
@@ -93,82 +106,10 @@ __all__ = [
     "largest_allowed",
     "long_etf_policy",
     "model_actions",
+    "one_torch_thread",
     "trend_policy",
     "underlying_buy_and_hold",
 ]
-
-Policy = Callable[[dict[str, np.ndarray], np.ndarray], int]
-"""``policy(obs, mask) -> action index``: ``obs`` of one account, ``mask`` ``(A,)`` bool."""
-RowPolicy = Callable[[dict[str, np.ndarray], np.ndarray, int], int]
-"""``policy(obs, mask, row) -> action index``, marked by a true attribute ``takes_row``
-(references that read the market's arrays at the decision row)."""
-
-EXIT_REASONS: dict[str, str] = {
-    "signal": "the policy's action sold the position at the open of the fill bar "
-    "(flat, or a switch to the other ETF)",
-    "flat_at_close": "forced sale at the close of a session's last bar (env.flat_at_close)",
-    "circuit_breaker": "forced sale at the close of the bar on which the session drawdown "
-    "reached masks.drawdown_limit",
-    "end_of_block": "sold at the close of the test block's last bar (the backtest carries "
-    "equity, not positions, to the next block)",
-    "data_gap": "sold at the close of the last bar before sessions the data lacks (no "
-    "position is carried across a data gap)",
-    "ruin": "equity reached zero; the backtest stops",
-}
-"""Every ``exit_reason`` of the trade ledger and its meaning."""
-
-TRADE_SCHEMA: dict[str, Any] = {
-    "trade_id": pl.Int64,
-    "block": pl.Int64,
-    "instrument": pl.Utf8,
-    "side": pl.Utf8,
-    "entry_time": pl.Datetime("us"),
-    "exit_time": pl.Datetime("us"),
-    "entry_row": pl.Int64,
-    "exit_row": pl.Int64,
-    "exit_fill": pl.Utf8,
-    "shares": pl.Float64,
-    "entry_price": pl.Float64,
-    "exit_price": pl.Float64,
-    "n_fills": pl.Int64,
-    "pnl": pl.Float64,
-    "costs": pl.Float64,
-    "net_pnl": pl.Float64,
-    "bars_held": pl.Int64,
-    "exit_reason": pl.Utf8,
-}
-"""Columns of :attr:`BacktestResult.trades`.
-
-* ``entry_time`` / ``exit_time``: START of the bar of the first purchase / of the final
-  sale (naive UTC); ``entry_row`` / ``exit_row`` the market rows. Entries fill at the
-  bar's open; ``exit_fill`` says whether the final sale was at the ``"open"`` (a policy
-  action) or the ``"close"`` (forced exits, end of block, ruin) of the exit bar.
-* ``instrument``: the ETF's symbol (``instruments`` given to :func:`backtest`, e.g.
-  ``(cfg.universe.long, cfg.universe.short)``), else ``"long"`` / ``"short"``; ``side``
-  is always ``"long"`` / ``"short"``.
-* ``shares``: the largest number of shares held during the trade; a trade is one position
-  in one ETF from its first purchase to the sale of its last share, and resizing the
-  same ETF (``n_fills`` counts the fills, entry and exit included) keeps the trade open.
-* ``entry_price`` / ``exit_price``: share-weighted average purchase / sale price.
-* ``pnl``: sale proceeds minus purchase amounts (currency, before costs); ``costs`` every
-  cost charged on the trade's fills (currency); ``net_pnl = pnl - costs``.
-* ``bars_held``: bars the position was held over (entry bar included; a sale at a bar's
-  open excludes that bar, a sale at its close includes it).
-* ``exit_reason``: one of :data:`EXIT_REASONS`.
-"""
-
-
-class MaskedActionError(SentioError, ValueError):
-    """A policy chose an action the environment's masks forbid at that row."""
-
-
-@runtime_checkable
-class PredictModel(Protocol):
-    """An SB3 / sb3-contrib model: anything with ``predict(obs, ..., deterministic=...)``."""
-
-    def predict(self, observation: Any, *args: Any, **kwargs: Any) -> Any:
-        """The action(s) for batched observations."""
-
 
 # --------------------------------------------------------------------------------------
 # results
@@ -291,188 +232,6 @@ class BacktestResult(BenchmarkResult):
 
 # --------------------------------------------------------------------------------------
 # policies
-
-
-STAND_ASIDE = "stand_aside_action"
-"""Model attribute (saved in its zip): when an integer, the model's every decision is that
-action (flat): training's validation found no edge (:mod:`sentio.agents.selection`)."""
-
-
-def model_actions(
-    model: PredictModel, *, fast: bool = True
-) -> Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]:
-    """A function of (batched observations ``(n, ...)``, ``(n, A)`` masks) -> ``(n,)`` actions.
-
-    The deterministic actions of ``model.predict(obs, action_masks=masks,
-    deterministic=True)`` (without the masks when ``predict`` does not take them: plain
-    PPO). For the SB3 / sb3-contrib actor-critic policies with a categorical head, and
-    policies with an ``actor_logits(obs)`` method (Sentio PPO), ``fast`` computes the same
-    actions from the actor's logits with the same float operations as the masked
-    categorical distribution's mode (normalise, mask with -1e8, normalise, softmax,
-    argmax), without building distribution objects, converting observations through SB3
-    or switching the policy's mode on every call: the default MLP's backtest takes half
-    the time per bar (``benchmarks/bench_backtest.py``). A model whose
-    :data:`STAND_ASIDE` attribute is an action index returns that action everywhere
-    without being queried.
-    """
-    aside = getattr(model, STAND_ASIDE, None)
-    if aside is not None:
-        flat = int(aside)
-
-        def stand_aside(obs: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
-            return np.full(masks.shape[0], flat, dtype=np.int64)
-
-        return stand_aside
-    predict = model.predict
-    if fast:
-        direct = _direct_actions(model)
-        if direct is not None:
-            return direct
-    try:
-        takes_masks = "action_masks" in inspect.signature(predict).parameters
-    except (TypeError, ValueError):  # no signature: try with masks, then without
-        takes_masks = True
-
-    def act(obs: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
-        nonlocal takes_masks
-        if takes_masks:
-            try:
-                action, _ = predict(obs, action_masks=masks, deterministic=True)
-                return np.asarray(action)
-            except TypeError as err:
-                if "action_masks" not in str(err):
-                    raise
-                takes_masks = False
-        action, _ = predict(obs, deterministic=True)
-        return np.asarray(action)
-
-    return act
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run torch with one intra-op thread inside the block, then restore the setting.
-
-    A policy queried one observation at a time (the backtest, live use) computes on tiny
-    tensors that gain nothing from intra-op parallelism, and on a busy machine the extra
-    threads make each query 10x slower (they spin, waiting for cores). The setting is
-    process-wide; restored on exit.
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _direct_actions(
-    model: Any,
-) -> Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray] | None:
-    """:func:`model_actions`' fast path, or None for a policy it does not know."""
-    import torch
-    from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution
-    from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
-    from stable_baselines3.common.distributions import CategoricalDistribution
-    from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
-
-    policy: Any = getattr(model, "policy", None)
-    if not isinstance(policy, ActorCriticPolicy | MaskableActorCriticPolicy):
-        return None
-    logits_of: Callable[[Any], Any]
-    if callable(getattr(policy, "actor_logits", None)):
-        logits_of = policy.actor_logits  # type: ignore[assignment]
-    else:
-        cls = type(policy)
-        standard = (
-            cls.get_distribution
-            in (ActorCriticPolicy.get_distribution, MaskableActorCriticPolicy.get_distribution)
-            and cls._get_action_dist_from_latent
-            in (
-                ActorCriticPolicy._get_action_dist_from_latent,
-                MaskableActorCriticPolicy._get_action_dist_from_latent,
-            )
-            and isinstance(
-                policy.action_dist, CategoricalDistribution | MaskableCategoricalDistribution
-            )
-        )
-        if not standard:
-            return None
-
-        def logits_of(obs: Any) -> Any:
-            features = BaseModel.extract_features(policy, obs, policy.pi_features_extractor)
-            return policy.action_net(policy.mlp_extractor.forward_actor(features))
-
-    try:
-        takes_masks = "action_masks" in inspect.signature(model.predict).parameters
-    except (TypeError, ValueError):
-        return None
-    device = policy.device
-    huge_neg = torch.tensor(-1e8)
-
-    def act(obs: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
-        if policy.training:  # eval mode, as predict sets it (dropout off)
-            policy.set_training_mode(False)
-        with torch.no_grad():
-            t = {k: torch.as_tensor(v, device=device) for k, v in obs.items()}
-            z = logits_of(t)
-            if not bool(torch.isfinite(z).all()):  # predict's Categorical refuses them too
-                raise ValueError(
-                    "the policy's action logits are not finite (NaN or infinite weights?)"
-                )
-            z = z - z.logsumexp(dim=-1, keepdim=True)  # torch.distributions.Categorical
-            if takes_masks:  # sb3-contrib's MaskableCategorical.apply_masking
-                m = torch.as_tensor(masks, dtype=torch.bool, device=device).reshape(z.shape)
-                z = torch.where(m, z, huge_neg.to(dtype=z.dtype, device=device))
-                z = z - z.logsumexp(dim=-1, keepdim=True)
-            return torch.softmax(z, dim=-1).argmax(dim=1).cpu().numpy()
-
-    return act
-
-
-def _action_picker(
-    policy: Policy | RowPolicy | PredictModel,
-) -> Callable[[dict[str, np.ndarray], np.ndarray, int], Any]:
-    """A function of (batched observation of one account, (A,) mask, row) -> raw action.
-
-    A callable policy with a true attribute ``takes_row`` is called as
-    ``policy(obs, mask, row)`` with the decision row (references that read the market's
-    arrays by row, e.g. the oracle of :mod:`sentio.env.references`)."""
-    if isinstance(policy, PredictModel) and not isinstance(policy, type):
-        act = model_actions(policy)
-
-        def pick_model(obs: dict[str, np.ndarray], mask: np.ndarray, row: int) -> Any:
-            return act(obs, mask[None, :])
-
-        return pick_model
-    if not callable(policy):
-        raise TypeError(
-            f"policy must be a callable (obs, mask) -> action or a model with .predict, "
-            f"got {type(policy).__name__}"
-        )
-    call: Any = policy
-    takes_row = bool(getattr(policy, "takes_row", False))
-
-    def pick_callable(obs: dict[str, np.ndarray], mask: np.ndarray, row: int) -> Any:
-        one = {k: v[0] for k, v in obs.items()}
-        return call(one, mask, row) if takes_row else call(one, mask)
-
-    return pick_callable
-
-
-def _as_action(raw: Any, n_actions: int, row: int) -> int:
-    arr = np.asarray(raw)
-    if arr.size != 1 or not (
-        np.issubdtype(arr.dtype, np.integer)
-        or (np.issubdtype(arr.dtype, np.floating) and float(arr.reshape(-1)[0]).is_integer())
-    ):
-        raise ValueError(f"the policy must return one action index at row {row}, got {raw!r}")
-    a = int(arr.reshape(-1)[0])
-    if not 0 <= a < n_actions:
-        raise ValueError(f"the policy returned action {a} at row {row}; valid: 0..{n_actions - 1}")
-    return a
 
 
 def flat_policy(params: EnvParams) -> Policy:
@@ -627,42 +386,6 @@ def _before_gap(market: MarketData, row: int) -> bool:
     return gaps is not None and row + 1 < market.n_rows and bool(gaps[row + 1])
 
 
-class _Trade:
-    """A trade being built while the backtest steps."""
-
-    __slots__ = (
-        "block",
-        "buy_shares",
-        "buy_value",
-        "costs",
-        "entry_row",
-        "inst",
-        "max_shares",
-        "n_fills",
-        "sell_shares",
-        "sell_value",
-    )
-
-    def __init__(self, block: int, inst: int, row: int) -> None:
-        self.block, self.inst, self.entry_row = block, inst, row
-        self.buy_shares = self.buy_value = self.sell_shares = self.sell_value = 0.0
-        self.costs = self.max_shares = 0.0
-        self.n_fills = 0
-
-    def buy(self, shares: float, price: float, cost: float, held: float) -> None:
-        self.buy_shares += shares
-        self.buy_value += shares * price
-        self.costs += cost
-        self.max_shares = max(self.max_shares, held)
-        self.n_fills += 1
-
-    def sell(self, shares: float, price: float, cost: float) -> None:
-        self.sell_shares += shares
-        self.sell_value += shares * price
-        self.costs += cost
-        self.n_fills += 1
-
-
 def backtest(
     policy: Policy | RowPolicy | PredictModel,
     market: MarketData,
@@ -709,204 +432,135 @@ def _backtest(
     equity: float | None,
     instruments: tuple[str, str] | None,
 ) -> BacktestResult:
-    p = params
-    episodes = _episodes(market, rows, p.window)
-    names = ("long", "short") if instruments is None else (str(instruments[0]), str(instruments[1]))
-    inst_name = {LONG: names[0], SHORT: names[1]}
-    side_name = {LONG: "long", SHORT: "short"}
-    pick = _action_picker(policy)
-    sim = BatchSimulator(market, p, 1, backtest=True)
-    grid = p.grid
-    n_actions = p.n_actions
-    opens, closes, vol = market.open, market.close, market.vol
-    stamps = market.timestamps
-    K = market.n_regimes
-    regime_argmax = (
-        market.regime_probs.argmax(axis=1).astype(np.int64)
-        if K
-        else np.full(market.n_rows, -1, dtype=np.int64)
-    )
-    slip = p.slippage_vol_mult * p.leverage
-
-    def cost(shares: float, price: float, row: int) -> float:
-        """The simulator's cost formula for one leg."""
-        return p.commission_per_share * shares + (p.half_spread + slip * vol[row]) * (
-            shares * price
-        )
-
-    n_total = sum(end - start for _, start, end in episodes)
-    out_rows = np.zeros(n_total, dtype=np.int64)
-    out_block = np.zeros(n_total, dtype=np.int64)
-    eq_arr = np.zeros(n_total)
-    exposure = np.zeros(n_total)
-    position = np.zeros(n_total)
-    costs_cash = np.zeros(n_total)
-    prev_eq = np.zeros(n_total)
-    actions = np.zeros(n_total, dtype=np.int64)
-    entries = np.zeros(n_total, dtype=np.int64)
-    blocked_any = np.zeros(n_total, dtype=np.uint8)
-    trades: list[dict[str, Any]] = []
-    ran: list[tuple[int, int]] = []
-    initial = float(p.initial_cash if equity is None else equity)
+    episodes = _episodes(market, rows, params.window)
+    initial = float(params.initial_cash if equity is None else equity)
     if not (initial > 0 and math.isfinite(initial)):
         raise ValueError(f"backtest: starting equity must be positive, got {equity}")
+    names = ("long", "short") if instruments is None else (str(instruments[0]), str(instruments[1]))
+    ledger = TradeLedger(names)
+    bars = _BarLog(sum(end - start for _, start, end in episodes))
+    pick = action_picker(policy)
+    sim = BatchSimulator(market, params, 1, backtest=True)
+    stamps = market.timestamps
+    ran: list[tuple[int, int]] = []
     eq = initial
-    i = 0
     ruined = False
-    open_trade: _Trade | None = None
-
-    def close_trade(tr: _Trade, row: int, fill: str, reason: str) -> None:
-        trades.append(
-            {
-                "trade_id": len(trades),
-                "block": tr.block,
-                "instrument": inst_name[tr.inst],
-                "side": side_name[tr.inst],
-                "entry_row": tr.entry_row,
-                "exit_row": row,
-                "exit_fill": fill,
-                "shares": tr.max_shares,
-                "entry_price": tr.buy_value / tr.buy_shares,
-                "exit_price": tr.sell_value / tr.sell_shares,
-                "n_fills": tr.n_fills,
-                "pnl": tr.sell_value - tr.buy_value,
-                "costs": tr.costs,
-                "net_pnl": tr.sell_value - tr.buy_value - tr.costs,
-                "bars_held": row - tr.entry_row + (1 if fill == "close" else 0),
-                "exit_reason": reason,
-            }
-        )
-
     for block, start, end in episodes:
         sim.reset(np.zeros(1, dtype=np.int64), np.array([start]), np.array([end]), equity=eq)
         ran.append((start, end))
-        done = False
-        while not done:
-            t = int(sim.t[0])
-            t1 = t + 1
-            inst0, shares0, cash0 = int(sim.inst[0]), float(sim.shares[0]), float(sim.cash[0])
-            held0 = int(sim.held[0])
-            same_session = market.session[t1] == market.session[t]
-            tripped0 = bool(sim.tripped[0]) and same_session
-            e_prev = float(sim.equity[0])
-            bits = sim.blocked_layers()[0]
-            mask = bits == 0
-            a = _as_action(pick(sim.observe(), mask.copy(), t), n_actions, t)
-            if bits[a]:
-                raise MaskedActionError(
-                    f"the policy chose a masked action at row {t} ({stamps[t]} UTC, block "
-                    f"{block}): action {a} (exposure {grid[a]:+g}) is blocked by "
-                    f"{layer_names(int(bits[a]))}; allowed actions {np.flatnonzero(mask).tolist()}"
-                )
-            res = sim.step(np.array([a], dtype=np.int64))
 
-            # the legs of this step, read from the state before and after it
-            x = float(grid[a])
-            o, c = opens[t1], closes[t1]
-            if a != held0:
-                new_inst = LONG if x > 0 else SHORT if x < 0 else 0
-                if x == 0.0:
-                    s1 = 0.0
-                else:
-                    e_open = cash0 + shares0 * o[inst0]
-                    s1 = abs(x) * e_open / o[new_inst]
-                if new_inst == inst0:
-                    sell, buy = max(shares0 - s1, 0.0), max(s1 - shares0, 0.0)
-                else:
-                    sell, buy = shares0, s1
-            else:
-                new_inst, s1, sell, buy = inst0, shares0, 0.0, 0.0
-            exit_now = s1 > 0 and int(sim.inst[0]) == 0
-            if sell > 0 and open_trade is not None:
-                open_trade.sell(sell, float(o[inst0]), cost(sell, float(o[inst0]), t))
-                if new_inst != inst0:
-                    close_trade(open_trade, t1, "open", "signal")
-                    open_trade = None
-            if buy > 0:
-                if open_trade is None:
-                    open_trade = _Trade(block, new_inst, t1)
-                    entries[i] = 1
-                open_trade.buy(buy, float(o[new_inst]), cost(buy, float(o[new_inst]), t), s1)
-            step_costs = float(res.costs[0])
-            eq_new = float(res.equity[0])
-            if exit_now and open_trade is not None:
-                px = float(c[new_inst])
-                exit_cost = cost(s1, px, t1)
-                open_trade.sell(s1, px, exit_cost)
-                trip = bool(sim.tripped[0]) and not tripped0
-                close_trade(open_trade, t1, "close", "circuit_breaker" if trip else "flat_at_close")
-                open_trade = None
-                sign = -1.0 if new_inst == SHORT else 1.0
-                position[i] = sign * s1 * px / (eq_new + exit_cost)
-            else:
-                position[i] = float(res.exposure[0])
+        def masked(t: int, a: int, bits: np.ndarray, block: int = block) -> str:
+            return f"the policy chose a masked action at row {t} ({stamps[t]} UTC, block {block})"
+
+        for d in decide_and_step(sim, pick, masked=masked):
+            res = d.result
+            assert res is not None
+            t1 = d.row + 1
+            entered = ledger.record(res, block, t1)
             done = bool(res.terminated[0] or res.truncated[0])
-            if done and open_trade is not None:  # end of block (or ruin): sell at the close
-                inst1, s_end = int(sim.inst[0]), float(sim.shares[0])
-                px = float(c[inst1])
-                ruin = bool(res.terminated[0])
-                end_cost = 0.0 if ruin else cost(s_end, px, t1)
-                open_trade.sell(s_end, px, end_cost)
-                reason = (
-                    "ruin" if ruin else "data_gap" if _before_gap(market, t1) else "end_of_block"
-                )
-                close_trade(open_trade, t1, "close", reason)
-                open_trade = None
-                step_costs += end_cost
-                eq_new -= end_cost
-                exposure[i] = 0.0
-            else:
-                exposure[i] = float(res.exposure[0])
-            out_rows[i], out_block[i], actions[i] = t1, block, a
-            blocked_any[i] = np.bitwise_or.reduce(bits)
-            prev_eq[i], eq_arr[i], costs_cash[i] = e_prev, eq_new, step_costs
-            eq = eq_new
-            i += 1
-            if bool(res.terminated[0]):
-                ruined = True
+            end_costs = _end_episode(sim, ledger, market, t1, res) if done else None
+            bars.add(d, block, t1, entered, end_costs, float(sim.equity[0]))
+            ruined = ruined or bool(res.terminated[0])
+        eq = float(sim.equity[0])
         if ruined:
             break
-
-    sl = slice(0, i)
-    out_rows, prev_eq, eq_arr = out_rows[sl], prev_eq[sl], eq_arr[sl]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        returns = np.where(prev_eq > 0, eq_arr / prev_eq - 1.0, -1.0)
-        cost_frac = np.where(prev_eq > 0, costs_cash[sl] / prev_eq, 0.0)
-    decision = out_rows - 1
-    return BacktestResult(
-        timestamps=stamps[out_rows],
-        rows=out_rows,
-        block=out_block[sl],
-        returns=returns,
-        equity=eq_arr,
-        exposure=exposure[sl],
-        position=position[sl],
-        costs=cost_frac,
-        costs_cash=costs_cash[sl],
-        initial_equity=initial,
-        periods_per_year=market.periods_per_year,
-        entries=entries[sl],
-        actions=actions[sl],
-        mask_blocked=blocked_any[sl],
-        regime=regime_argmax[decision],
-        trades=_ledger(trades, stamps),
+    return bars.result(
+        market,
+        initial,
+        trades=ledger.frame(stamps),
         blocks=ran,
-        grid=grid.copy(),
+        grid=params.grid.copy(),
         ruined=ruined,
     )
 
 
-def _ledger(trades: list[dict[str, Any]], stamps: np.ndarray) -> pl.DataFrame:
-    """The trade records as a frame of :data:`TRADE_SCHEMA` (times from the rows)."""
-    if not trades:
-        return pl.DataFrame(schema=TRADE_SCHEMA)
-    schema = {k: v for k, v in TRADE_SCHEMA.items() if not k.endswith("_time")}
-    frame = pl.DataFrame(trades, schema=schema)
-    times = {
-        f"{kind}_time": pl.Series(stamps[frame[f"{kind}_row"].to_numpy()]).cast(pl.Datetime("us"))
-        for kind in ("entry", "exit")
-    }
-    return frame.with_columns(**times).select(list(TRADE_SCHEMA))
+def _end_episode(
+    sim: BatchSimulator, ledger: TradeLedger, market: MarketData, row: int, res: StepResult
+) -> float | None:
+    """Sell a position still open when an episode ends at the close of bar ``row``; the
+    costs charged (none on ruin: equity is gone and the backtest stops), None when no
+    position was open."""
+    if ledger.open is None:
+        return None
+    ruin = bool(res.terminated[0])
+    shares, price, costs = sim.close_out(charge=not ruin)
+    reason = "ruin" if ruin else "data_gap" if _before_gap(market, row) else "end_of_block"
+    ledger.close_out(row, float(shares[0]), float(price[0]), float(costs[0]), reason)
+    return float(costs[0])
+
+
+class _BarLog:
+    """The per-bar series of a backtest, one entry per step (see :class:`BacktestResult`)."""
+
+    def __init__(self, n: int) -> None:
+        self.i = 0
+        self.rows = np.zeros(n, dtype=np.int64)
+        self.block = np.zeros(n, dtype=np.int64)
+        self.prev_eq = np.zeros(n)
+        self.equity = np.zeros(n)
+        self.exposure = np.zeros(n)
+        self.position = np.zeros(n)
+        self.costs_cash = np.zeros(n)
+        self.actions = np.zeros(n, dtype=np.int64)
+        self.entries = np.zeros(n, dtype=np.int64)
+        self.blocked_any = np.zeros(n, dtype=np.uint8)
+
+    def add(
+        self,
+        d: Decision,
+        block: int,
+        row: int,
+        entered: bool,
+        end_costs: float | None,
+        equity: float,
+    ) -> None:
+        """One step: decision ``d`` into fill bar ``row``; ``end_costs`` of a liquidation at
+        its close (None: none; else the account ends flat: exposure 0) and the equity after
+        it."""
+        res = d.result
+        assert res is not None
+        i = self.i
+        self.rows[i], self.block[i], self.actions[i] = row, block, d.action
+        self.entries[i] = entered
+        self.blocked_any[i] = np.bitwise_or.reduce(d.blocked)
+        self.prev_eq[i], self.equity[i] = d.equity_before, equity
+        self.costs_cash[i] = float(res.costs[0]) + (end_costs or 0.0)
+        self.exposure[i] = 0.0 if end_costs is not None else float(res.exposure[0])
+        self.position[i] = float(res.position[0])
+        self.i += 1
+
+    def result(self, market: MarketData, initial: float, **extra: Any) -> BacktestResult:
+        """The :class:`BacktestResult` of the steps logged."""
+        sl = slice(0, self.i)
+        rows, prev_eq, eq = self.rows[sl], self.prev_eq[sl], self.equity[sl]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            returns = np.where(prev_eq > 0, eq / prev_eq - 1.0, -1.0)
+            cost_frac = np.where(prev_eq > 0, self.costs_cash[sl] / prev_eq, 0.0)
+        K = market.n_regimes
+        decision = rows - 1
+        regime = (
+            market.regime_probs[decision].argmax(axis=1).astype(np.int64)
+            if K
+            else np.full(rows.size, -1, dtype=np.int64)
+        )
+        return BacktestResult(
+            timestamps=market.timestamps[rows],
+            rows=rows,
+            block=self.block[sl],
+            returns=returns,
+            equity=eq,
+            exposure=self.exposure[sl],
+            position=self.position[sl],
+            costs=cost_frac,
+            costs_cash=self.costs_cash[sl],
+            initial_equity=initial,
+            periods_per_year=market.periods_per_year,
+            entries=self.entries[sl],
+            actions=self.actions[sl],
+            mask_blocked=self.blocked_any[sl],
+            regime=regime,
+            **extra,
+        )
 
 
 def underlying_buy_and_hold(

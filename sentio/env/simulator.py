@@ -63,13 +63,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from sentio.config import SentioConfig, resolve_for_bars
-from sentio.env.market import MarketData
+from sentio.env.market import LONG, SHORT, UNDERLYING, MarketData
 from sentio.errors import ConfigError
 
 __all__ = [
     "LAYER_BITS",
     "MASK_LAYERS",
     "STATE_FEATURES",
+    "FLAT",
+    "FORCED_EXITS",
     "BatchSimulator",
     "EnvParams",
     "StepResult",
@@ -88,7 +90,9 @@ STATE_FEATURES: tuple[str, ...] = (
 )
 """Portfolio-state entries at the end of every observation."""
 
-FLAT, LONG_ETF, SHORT_ETF = 0, 1, 2  # instrument held; columns of MarketData.open/close
+FLAT = UNDERLYING
+"""Instrument code of a flat account (holding 0 shares; instrument codes are the columns of
+:attr:`MarketData.open` / ``close``: :data:`~sentio.env.market.LONG`, ``SHORT``)."""
 BARS_SCALE = 390.0
 TERMINATION = {0: None, 1: "circuit_breaker", 2: "ruin"}
 
@@ -188,9 +192,29 @@ class EnvParams:
         return int(np.flatnonzero(self.grid == 0.0)[0])
 
 
+FORCED_EXITS: tuple[str, ...] = ("", "flat_at_close", "circuit_breaker")
+"""Names of :attr:`StepResult.forced_exit` codes (0: no forced exit at the close)."""
+
+
 @dataclass
 class StepResult:
-    """Per-account outcome of one :meth:`BatchSimulator.step` (arrays of length N)."""
+    """Per-account outcome of one :meth:`BatchSimulator.step` (arrays of length N).
+
+    Besides the outcome (reward, flags, equity, exposure, costs, traded notional), the
+    step's legs as the simulator computed them, so that ledgers and replays read them
+    instead of re-deriving the trading model:
+
+    * at the open of ``t + 1``: ``sold`` shares of ``sold_inst`` (the instrument held
+      before the step) at ``sold_price``, costing ``sold_costs``; ``bought`` shares of
+      ``inst`` at ``bought_price``, costing ``bought_costs`` (0 shares: no such leg);
+    * over the bar: ``shares`` of ``inst`` (0 / ``FLAT`` when flat), marked at
+      ``close_price`` (the close of ``inst`` at ``t + 1``); ``position`` its signed value
+      over the equity at that close, before any forced exit;
+    * at the close: ``forced_exit`` (code into :data:`FORCED_EXITS`: all ``shares`` sold at
+      ``close_price``, costing ``exit_costs``).
+
+    ``costs = sold_costs + bought_costs + exit_costs``.
+    """
 
     reward: np.ndarray
     terminated: np.ndarray
@@ -200,6 +224,19 @@ class StepResult:
     costs: np.ndarray
     traded_notional: np.ndarray
     termination: np.ndarray  # 0 none, 1 circuit breaker, 2 ruin (see TERMINATION)
+    sold: np.ndarray
+    sold_inst: np.ndarray
+    sold_price: np.ndarray
+    sold_costs: np.ndarray
+    bought: np.ndarray
+    bought_price: np.ndarray
+    bought_costs: np.ndarray
+    inst: np.ndarray
+    shares: np.ndarray
+    close_price: np.ndarray
+    position: np.ndarray
+    forced_exit: np.ndarray
+    exit_costs: np.ndarray
 
 
 class BatchSimulator:
@@ -278,7 +315,7 @@ class BatchSimulator:
         self._cost_rate = (
             params.half_spread + params.slippage_vol_mult * params.leverage * market.vol
         )
-        self._target_inst = np.where(g > 0, LONG_ETF, np.where(g < 0, SHORT_ETF, FLAT))
+        self._target_inst = np.where(g > 0, LONG, np.where(g < 0, SHORT, FLAT))
         self._bits = {k: np.uint8(v) for k, v in LAYER_BITS.items()}
         # risk budget as a level: actions whose |x| ranks at or above level[t] among the
         # grid's magnitudes are over the cap (|x| > cap + 1e-12)
@@ -523,7 +560,7 @@ class BatchSimulator:
         if K:
             state[:, :K] = self.market.regime_probs[t]
         value = shares * self._close_flat[t * 3 + inst]
-        state[:, K] = np.where(inst == SHORT_ETF, -value, value) / eq
+        state[:, K] = np.where(inst == SHORT, -value, value) / eq
         state[:, K + 1] = np.where(inst != FLAT, eq / entry - 1.0, 0.0)
         state[:, K + 2] = dd
         state[:, K + 3] = held / BARS_SCALE
@@ -531,6 +568,41 @@ class BatchSimulator:
         return {"window": window, "state": state}
 
     # ------------------------------------------------------------------ step
+
+    def leg_costs(self, shares: np.ndarray, notional: np.ndarray, row: np.ndarray) -> np.ndarray:
+        """Costs of legs of ``shares`` shares worth ``notional`` traded in bar ``row + 1``
+        (at its open, or at its close for exits decided at the close of ``row + 1``:
+        then pass ``row + 1``): ``commission_per_share * shares + (half_spread +
+        slippage_vol_mult * L * vol[row]) * notional``. The one cost formula of the model."""
+        return self.p.commission_per_share * shares + self._cost_rate[row] * notional
+
+    def close_out(self, *, charge: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sell every account's position at the close of its current row ``t``.
+
+        For an episode that ends with a position open (the end of a backtest block, a
+        data gap): the shares are sold at ``close[t]`` with the exit-cost formula of
+        :meth:`leg_costs` at row ``t`` (no costs when ``charge`` is false: equity already
+        wiped out). The accounts end flat; equity, peak and drawdown are updated.
+
+        Returns:
+            ``(shares, price, costs)`` per account: the shares sold (0 when flat), the
+            close they were sold at and the costs charged.
+        """
+        t = self.t
+        price = self._close_flat[t * 3 + self.inst]
+        shares = self.shares
+        value = shares * price
+        costs = self.leg_costs(shares, value, t) if charge else np.zeros(self.n)
+        costs = np.where(shares > 0, costs, 0.0)
+        self.cash = self.cash + value - costs
+        self.shares = np.zeros(self.n)
+        self.inst = np.full(self.n, FLAT, dtype=np.int64)
+        self.held = np.full(self.n, self.flat, dtype=np.int64)
+        self.bars_held = np.zeros(self.n, dtype=np.int64)
+        self.equity = self.cash.copy()
+        self.peak = np.maximum(self.peak, self.equity)
+        self.dd = 1.0 - self.equity / self.peak
+        return shares, price, costs
 
     def step(self, actions: np.ndarray) -> StepResult:
         """Apply one action per account (grid indices) and advance every account one bar."""
@@ -561,11 +633,14 @@ class BatchSimulator:
         buy_value = buy * new_open
         notional = sell_value + buy_value
         # 3. costs per leg
-        costs = p.commission_per_share * (sell + buy) + self._cost_rate[t] * notional
+        sell_costs = self.leg_costs(sell, sell_value, t)
+        buy_costs = self.leg_costs(buy, buy_value, t)
+        costs = sell_costs + buy_costs
         cash = self.cash + sell_value - buy_value - costs
         # 4. mark at the close of t+1
         close_px = self._close_flat[base + new_inst]
-        e_pre = cash + new_shares * close_px
+        value = new_shares * close_px
+        e_pre = cash + value
         new_session = self._new_session[t1]
         peak = np.where(new_session, e_prev, self.peak)
         tripped = self.tripped & ~new_session
@@ -577,18 +652,20 @@ class BatchSimulator:
             trip = np.zeros(self.n, dtype=bool)
         forced = (trip | self.market.last_bar[t1]) if p.flat_at_close else trip
         exit_now = forced & (new_shares > 0)
+        held_inst, held_shares = new_inst, new_shares
         held = a
         if exit_now.any():
-            value = new_shares * close_px
-            exit_costs = np.where(
-                exit_now, p.commission_per_share * new_shares + self._cost_rate[t1] * value, 0.0
-            )
+            exit_costs = np.where(exit_now, self.leg_costs(new_shares, value, t1), 0.0)
             cash = np.where(exit_now, cash + value - exit_costs, cash)
             notional = notional + np.where(exit_now, value, 0.0)
             costs = costs + exit_costs
             new_shares = np.where(exit_now, 0.0, new_shares)
             new_inst = np.where(exit_now, FLAT, new_inst)
             held = np.where(exit_now, self.flat, a)
+            forced_exit = np.where(exit_now, np.where(trip, 2, 1), 0)
+        else:
+            exit_costs = np.zeros(self.n)
+            forced_exit = np.zeros(self.n, dtype=np.int64)
         equity = cash + new_shares * close_px
         peak = np.maximum(peak, equity)
         dd = 1.0 - equity / peak
@@ -619,8 +696,9 @@ class BatchSimulator:
             terminated = ruin | trip
             termination = np.where(ruin, 2, np.where(trip, 1, 0))
         truncated = (t1 >= self.end) & ~terminated
-        sign = np.where(new_inst == SHORT_ETF, -1.0, 1.0)
-        exposure = sign * new_shares * close_px / np.where(equity > 0, equity, 1.0)
+        sign = np.where(held_inst == SHORT, -1.0, 1.0)
+        exposure = np.where(exit_now, 0.0, sign * value) / np.where(equity > 0, equity, 1.0)
+        position = sign * value / np.where(e_pre > 0, e_pre, 1.0)
         return StepResult(
             reward=reward,
             terminated=terminated,
@@ -630,4 +708,17 @@ class BatchSimulator:
             costs=costs,
             traded_notional=notional,
             termination=termination,
+            sold=sell,
+            sold_inst=inst,
+            sold_price=old_open,
+            sold_costs=sell_costs,
+            bought=buy,
+            bought_price=new_open,
+            bought_costs=buy_costs,
+            inst=held_inst,
+            shares=held_shares,
+            close_price=close_px,
+            position=position,
+            forced_exit=forced_exit,
+            exit_costs=exit_costs,
         )

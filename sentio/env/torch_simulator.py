@@ -26,11 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sentio.env.market import MarketData
+from sentio.env.market import SHORT, MarketData
 from sentio.env.simulator import (
     BARS_SCALE,
     FLAT,
-    SHORT_ETF,
     STATE_FEATURES,
     BatchSimulator,
     EnvParams,
@@ -41,7 +40,9 @@ __all__ = ["TorchSimulator", "TorchStepResult"]
 
 @dataclass
 class TorchStepResult:
-    """Per-account outcome of one :meth:`TorchSimulator.step` (tensors of length N, on the device)."""
+    """Per-account outcome of one :meth:`TorchSimulator.step` (tensors of length N, on the
+    device): the fields of :class:`~sentio.env.simulator.StepResult`, with the same
+    meaning (the outcome and the step's legs)."""
 
     reward: torch.Tensor
     terminated: torch.Tensor
@@ -51,6 +52,19 @@ class TorchStepResult:
     costs: torch.Tensor
     traded_notional: torch.Tensor
     termination: torch.Tensor  # 0 none, 1 circuit breaker, 2 ruin
+    sold: torch.Tensor
+    sold_inst: torch.Tensor
+    sold_price: torch.Tensor
+    sold_costs: torch.Tensor
+    bought: torch.Tensor
+    bought_price: torch.Tensor
+    bought_costs: torch.Tensor
+    inst: torch.Tensor
+    shares: torch.Tensor
+    close_price: torch.Tensor
+    position: torch.Tensor
+    forced_exit: torch.Tensor
+    exit_costs: torch.Tensor
 
 
 class TorchSimulator:
@@ -203,7 +217,7 @@ class TorchSimulator:
         value = self.shares * self._close[t * 3 + self.inst]
         eq = self.equity
         parts = [
-            torch.where(self.inst == SHORT_ETF, -value, value) / eq,
+            torch.where(self.inst == SHORT, -value, value) / eq,
             torch.where(self.inst != FLAT, eq / self.entry_equity - 1.0, self._zero),
             self.dd,
             self.bars_held.to(torch.float64) / BARS_SCALE,
@@ -243,11 +257,14 @@ class TorchSimulator:
         buy_value = buy * new_open
         notional = sell_value + buy_value
         # 3. costs per leg
-        costs = p.commission_per_share * (sell + buy) + self._cost_rate[t] * notional
+        sell_costs = self._leg_costs(sell, sell_value, t)
+        buy_costs = self._leg_costs(buy, buy_value, t)
+        costs = sell_costs + buy_costs
         cash = self.cash + sell_value - buy_value - costs
         # 4. mark at the close of t+1
         close_px = self._close[base + new_inst]
-        e_pre = cash + new_shares * close_px
+        value = new_shares * close_px
+        e_pre = cash + value
         new_session = self._new_session[t1]
         peak = torch.where(new_session, e_prev, self.peak)
         tripped = self.tripped & ~new_session
@@ -259,10 +276,8 @@ class TorchSimulator:
             trip = torch.zeros_like(tripped)
         forced = (trip | self._last_bar[t1]) if p.flat_at_close else trip
         exit_now = forced & (new_shares > 0)
-        value = new_shares * close_px
-        exit_costs = torch.where(
-            exit_now, p.commission_per_share * new_shares + self._cost_rate[t1] * value, zero
-        )
+        held_inst, held_shares = new_inst, new_shares
+        exit_costs = torch.where(exit_now, self._leg_costs(new_shares, value, t1), zero)
         cash = torch.where(exit_now, cash + value - exit_costs, cash)
         notional = notional + torch.where(exit_now, value, zero)
         costs = costs + exit_costs
@@ -302,9 +317,11 @@ class TorchSimulator:
             terminated = ruin | trip
             termination = torch.where(ruin, two, torch.where(trip, one, none))
         truncated = (t1 >= self.end) & ~terminated
-        sign = torch.where(new_inst == SHORT_ETF, -1.0, 1.0).to(torch.float64)
+        sign = torch.where(held_inst == SHORT, -1.0, 1.0).to(torch.float64)
         positive = torch.where(equity > 0, equity, torch.ones_like(equity))
-        exposure = sign * new_shares * close_px / positive
+        exposure = torch.where(exit_now, zero, sign * value) / positive
+        position = sign * value / torch.where(e_pre > 0, e_pre, torch.ones_like(e_pre))
+        forced_exit = torch.where(exit_now, torch.where(trip, two, one), none)
         return TorchStepResult(
             reward=reward,
             terminated=terminated,
@@ -314,4 +331,23 @@ class TorchSimulator:
             costs=costs,
             traded_notional=notional,
             termination=termination,
+            sold=sell,
+            sold_inst=inst,
+            sold_price=old_open,
+            sold_costs=sell_costs,
+            bought=buy,
+            bought_price=new_open,
+            bought_costs=buy_costs,
+            inst=held_inst,
+            shares=held_shares,
+            close_price=close_px,
+            position=position,
+            forced_exit=forced_exit,
+            exit_costs=exit_costs,
         )
+
+    def _leg_costs(
+        self, shares: torch.Tensor, notional: torch.Tensor, row: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`BatchSimulator.leg_costs` on the device (the same operations)."""
+        return self.p.commission_per_share * shares + self._cost_rate[row] * notional

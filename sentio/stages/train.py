@@ -38,6 +38,8 @@ TRAIN_MODULES = (
     "sentio.env.vec_env",
     "sentio.env.episodes",
     "sentio.env.backtest",
+    "sentio.env.decisions",
+    "sentio.env.ledger",
     "sentio.env.references",
     "sentio.env.device_env",
     "sentio.env.torch_simulator",

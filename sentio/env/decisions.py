@@ -1,0 +1,315 @@
+"""One account deciding bar by bar: policies, their inference, and the decision loop.
+
+The one loop of the trading model outside training (:func:`decide_and_step`): at each
+row ``t`` of an episode, observe the account (the simulator's observation), read the mask
+layers, ask the policy for an action, refuse a masked one (:class:`MaskedActionError`)
+and step the simulator (fill at the open of ``t + 1``, mark at its close). The
+backtest (:func:`sentio.env.backtest.backtest`) and live replay (:func:`sentio.live.replay`)
+both run it; what they record from each step (ledger, per-bar columns) is built on top,
+from the step's legs (:class:`~sentio.env.simulator.StepResult`).
+
+Policies. Any callable ``policy(obs, mask) -> action index`` where ``obs`` is one
+account's observation (``{"window": (L, F), "state": (S,)}`` float32) and ``mask`` the
+``(A,)`` bool allowed actions (a callable with a true attribute ``takes_row`` is called as
+``policy(obs, mask, row)``); or a stable-baselines3 / sb3-contrib model (anything with
+``predict``), queried deterministically (:func:`model_actions`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from sentio.env.simulator import BatchSimulator, StepResult, layer_names
+from sentio.errors import SentioError
+
+__all__ = [
+    "STAND_ASIDE",
+    "Decision",
+    "MaskedActionError",
+    "Policy",
+    "PredictModel",
+    "RowPolicy",
+    "action_picker",
+    "as_action",
+    "decide_and_step",
+    "model_actions",
+    "one_torch_thread",
+]
+
+Policy = Callable[[dict[str, np.ndarray], np.ndarray], int]
+"""``policy(obs, mask) -> action index``: ``obs`` of one account, ``mask`` ``(A,)`` bool."""
+RowPolicy = Callable[[dict[str, np.ndarray], np.ndarray, int], int]
+"""``policy(obs, mask, row) -> action index``, marked by a true attribute ``takes_row``
+(references that read the market's arrays at the decision row)."""
+
+
+class MaskedActionError(SentioError, ValueError):
+    """A policy chose an action the environment's masks forbid at that row."""
+
+
+@runtime_checkable
+class PredictModel(Protocol):
+    """An SB3 / sb3-contrib model: anything with ``predict(obs, ..., deterministic=...)``."""
+
+    def predict(self, observation: Any, *args: Any, **kwargs: Any) -> Any:
+        """The action(s) for batched observations."""
+
+
+STAND_ASIDE = "stand_aside_action"
+"""Model attribute (saved in its zip): when an integer, the model's every decision is that
+action (flat): training's validation found no edge (:mod:`sentio.agents.selection`)."""
+
+
+def model_actions(
+    model: PredictModel, *, fast: bool = True
+) -> Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]:
+    """A function of (batched observations ``(n, ...)``, ``(n, A)`` masks) -> ``(n,)`` actions.
+
+    The deterministic actions of ``model.predict(obs, action_masks=masks,
+    deterministic=True)`` (without the masks when ``predict`` does not take them: plain
+    PPO). For the SB3 / sb3-contrib actor-critic policies with a categorical head, and
+    policies with an ``actor_logits(obs)`` method (Sentio PPO), ``fast`` computes the same
+    actions from the actor's logits with the same float operations as the masked
+    categorical distribution's mode (normalise, mask with -1e8, normalise, softmax,
+    argmax), without building distribution objects, converting observations through SB3
+    or switching the policy's mode on every call: the default MLP's backtest takes half
+    the time per bar (``benchmarks/bench_backtest.py``). A model whose
+    :data:`STAND_ASIDE` attribute is an action index returns that action everywhere
+    without being queried.
+    """
+    aside = getattr(model, STAND_ASIDE, None)
+    if aside is not None:
+        flat = int(aside)
+
+        def stand_aside(obs: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
+            return np.full(masks.shape[0], flat, dtype=np.int64)
+
+        return stand_aside
+    predict = model.predict
+    if fast:
+        direct = _direct_actions(model)
+        if direct is not None:
+            return direct
+    try:
+        takes_masks = "action_masks" in inspect.signature(predict).parameters
+    except (TypeError, ValueError):  # no signature: try with masks, then without
+        takes_masks = True
+
+    def act(obs: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
+        nonlocal takes_masks
+        if takes_masks:
+            try:
+                action, _ = predict(obs, action_masks=masks, deterministic=True)
+                return np.asarray(action)
+            except TypeError as err:
+                if "action_masks" not in str(err):
+                    raise
+                takes_masks = False
+        action, _ = predict(obs, deterministic=True)
+        return np.asarray(action)
+
+    return act
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run torch with one intra-op thread inside the block, then restore the setting.
+
+    A policy queried one observation at a time (the backtest, live use) computes on tiny
+    tensors that gain nothing from intra-op parallelism, and on a busy machine the extra
+    threads make each query 10x slower (they spin, waiting for cores). The setting is
+    process-wide; restored on exit.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _direct_actions(
+    model: Any,
+) -> Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray] | None:
+    """:func:`model_actions`' fast path, or None for a policy it does not know."""
+    import torch
+    from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution
+    from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+    from stable_baselines3.common.distributions import CategoricalDistribution
+    from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
+
+    policy: Any = getattr(model, "policy", None)
+    if not isinstance(policy, ActorCriticPolicy | MaskableActorCriticPolicy):
+        return None
+    logits_of: Callable[[Any], Any]
+    if callable(getattr(policy, "actor_logits", None)):
+        logits_of = policy.actor_logits  # type: ignore[assignment]
+    else:
+        cls = type(policy)
+        standard = (
+            cls.get_distribution
+            in (ActorCriticPolicy.get_distribution, MaskableActorCriticPolicy.get_distribution)
+            and cls._get_action_dist_from_latent
+            in (
+                ActorCriticPolicy._get_action_dist_from_latent,
+                MaskableActorCriticPolicy._get_action_dist_from_latent,
+            )
+            and isinstance(
+                policy.action_dist, CategoricalDistribution | MaskableCategoricalDistribution
+            )
+        )
+        if not standard:
+            return None
+
+        def logits_of(obs: Any) -> Any:
+            features = BaseModel.extract_features(policy, obs, policy.pi_features_extractor)
+            return policy.action_net(policy.mlp_extractor.forward_actor(features))
+
+    try:
+        takes_masks = "action_masks" in inspect.signature(model.predict).parameters
+    except (TypeError, ValueError):
+        return None
+    device = policy.device
+    huge_neg = torch.tensor(-1e8)
+
+    def act(obs: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
+        if policy.training:  # eval mode, as predict sets it (dropout off)
+            policy.set_training_mode(False)
+        with torch.no_grad():
+            t = {k: torch.as_tensor(v, device=device) for k, v in obs.items()}
+            z = logits_of(t)
+            if not bool(torch.isfinite(z).all()):  # predict's Categorical refuses them too
+                raise ValueError(
+                    "the policy's action logits are not finite (NaN or infinite weights?)"
+                )
+            z = z - z.logsumexp(dim=-1, keepdim=True)  # torch.distributions.Categorical
+            if takes_masks:  # sb3-contrib's MaskableCategorical.apply_masking
+                m = torch.as_tensor(masks, dtype=torch.bool, device=device).reshape(z.shape)
+                z = torch.where(m, z, huge_neg.to(dtype=z.dtype, device=device))
+                z = z - z.logsumexp(dim=-1, keepdim=True)
+            return torch.softmax(z, dim=-1).argmax(dim=1).cpu().numpy()
+
+    return act
+
+
+def action_picker(
+    policy: Policy | RowPolicy | PredictModel,
+) -> Callable[[dict[str, np.ndarray], np.ndarray, int], Any]:
+    """A function of (batched observation of one account, (A,) mask, row) -> raw action.
+
+    A callable policy with a true attribute ``takes_row`` is called as
+    ``policy(obs, mask, row)`` with the decision row (references that read the market's
+    arrays by row, e.g. the oracle of :mod:`sentio.env.references`)."""
+    if isinstance(policy, PredictModel) and not isinstance(policy, type):
+        act = model_actions(policy)
+
+        def pick_model(obs: dict[str, np.ndarray], mask: np.ndarray, row: int) -> Any:
+            return act(obs, mask[None, :])
+
+        return pick_model
+    if not callable(policy):
+        raise TypeError(
+            f"policy must be a callable (obs, mask) -> action or a model with .predict, "
+            f"got {type(policy).__name__}"
+        )
+    call: Any = policy
+    takes_row = bool(getattr(policy, "takes_row", False))
+
+    def pick_callable(obs: dict[str, np.ndarray], mask: np.ndarray, row: int) -> Any:
+        one = {k: v[0] for k, v in obs.items()}
+        return call(one, mask, row) if takes_row else call(one, mask)
+
+    return pick_callable
+
+
+def as_action(raw: Any, n_actions: int, row: int) -> int:
+    arr = np.asarray(raw)
+    if arr.size != 1 or not (
+        np.issubdtype(arr.dtype, np.integer)
+        or (np.issubdtype(arr.dtype, np.floating) and float(arr.reshape(-1)[0]).is_integer())
+    ):
+        raise ValueError(f"the policy must return one action index at row {row}, got {raw!r}")
+    a = int(arr.reshape(-1)[0])
+    if not 0 <= a < n_actions:
+        raise ValueError(f"the policy returned action {a} at row {row}; valid: 0..{n_actions - 1}")
+    return a
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision of :func:`decide_and_step` and the step it caused.
+
+    Attributes:
+        row: the decision row ``t`` (the close the policy saw).
+        blocked: ``(A,)`` uint8, the bits of the mask layers blocking each action at ``t``
+            (:data:`~sentio.env.simulator.LAYER_BITS`; 0 = allowed).
+        action: the action chosen (grid index).
+        equity_before: equity at the close of ``t``, before the step.
+        result: the step to ``t + 1`` (account 0 of the simulator); None for the last
+            decision at ``stop_row``, which is not stepped.
+    """
+
+    row: int
+    blocked: np.ndarray
+    action: int
+    equity_before: float
+    result: StepResult | None
+
+
+def decide_and_step(
+    sim: BatchSimulator,
+    pick: Callable[[dict[str, np.ndarray], np.ndarray, int], Any],
+    *,
+    masked: Callable[[int, int, np.ndarray], str],
+    stop_row: int | None = None,
+) -> Iterator[Decision]:
+    """Observe -> mask -> act -> step account 0 of ``sim`` until its episode ends.
+
+    Runs from the account's current row until a step ends the episode (truncated at its
+    last row, or terminated: ruin, or the breaker in training mode) and yields each
+    :class:`Decision` with its step. With ``stop_row``, the decision at ``stop_row`` is
+    yielded without a step (``result`` None) and the loop ends there (live use: the
+    decision at the close of the last bar, whose fill bar has not happened).
+
+    Args:
+        sim: a simulator whose account 0 was :meth:`~BatchSimulator.reset`.
+        pick: ``(batched observation of one account, (A,) mask, row) -> raw action``
+            (:func:`action_picker`).
+        masked: ``(row, action, blocked bits) -> message`` for a masked action; the
+            message is completed with the layers blocking it and the allowed actions.
+        stop_row: the last decision row, not stepped (None: step until the episode ends).
+
+    Raises:
+        MaskedActionError: the policy chose a masked action.
+        ValueError: the policy returned something that is not an action index.
+    """
+    grid = sim.grid
+    n_actions = sim.p.n_actions
+    step_action = np.zeros(1, dtype=np.int64)
+    while True:
+        t = int(sim.t[0])
+        bits = sim.blocked_layers()[0].copy()
+        allowed = bits == 0
+        a = as_action(pick(sim.observe(), allowed.copy(), t), n_actions, t)
+        if bits[a]:
+            raise MaskedActionError(
+                f"{masked(t, a, bits)}: action {a} (exposure {grid[a]:+g}) is blocked by "
+                f"{layer_names(int(bits[a]))}; allowed actions {np.flatnonzero(allowed).tolist()}"
+            )
+        equity = float(sim.equity[0])
+        if stop_row is not None and t >= stop_row:
+            yield Decision(t, bits, a, equity, None)
+            return
+        step_action[0] = a
+        res = sim.step(step_action)
+        yield Decision(t, bits, a, equity, res)
+        if bool(res.terminated[0] or res.truncated[0]):
+            return
