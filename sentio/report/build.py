@@ -157,13 +157,34 @@ def _pooled(trades: Sequence[np.ndarray | None]) -> np.ndarray | None:
     return np.concatenate(parts) if parts else None
 
 
+def _seed_series(
+    loaded: list[tuple[dict[str, Any], pl.DataFrame]], ledgers: list[np.ndarray | None]
+) -> tuple[dict[int, pl.DataFrame], dict[int, np.ndarray | None]]:
+    """Per seed (ascending): its runs' bars stitched across folds, its pooled trade ledger."""
+    seeds = sorted({int(run["seed"]) for run, _ in loaded})
+    frames = {s: stitch([f for run, f in loaded if int(run["seed"]) == s]) for s in seeds}
+    pooled = {
+        s: _pooled(
+            [t for (run, _), t in zip(loaded, ledgers, strict=True) if int(run["seed"]) == s]
+        )
+        for s in seeds
+    }
+    return frames, pooled
+
+
 def _seed_entries(
     per_seed: dict[int, pl.DataFrame],
     ledgers: dict[int, np.ndarray | None],
     ppy: float,
     cfg: SentioConfig,
-) -> tuple[dict[str, Any], list[float], dict[str, Any]]:
-    """Per seed stitched results, the per-bar Sharpe of each (the trials), the stability."""
+) -> tuple[dict[str, Any], list[float]]:
+    """Per seed stitched results and the per-bar Sharpe of each (the trials).
+
+    A seed's entry: ``metrics``, ``ci``, ``per_bar`` (the moments of its stitched
+    returns) and ``psr`` / ``dsr`` of them (:func:`_sharpe_inference`, with the trials
+    and the Sharpe variance of the headline): the registry gate reads the seed's DSR
+    from here.
+    """
     results: dict[str, Any] = {}
     trial_sharpes: list[float] = []
     for s, frame in per_seed.items():
@@ -176,20 +197,24 @@ def _seed_entries(
             "ci": _intervals(r, ppy, cfg),
             "per_bar": mom,
         }
-    sh = [v["metrics"]["sharpe"] for v in results.values() if v["metrics"]["sharpe"] is not None]
-    tr = [
-        v["metrics"]["total_return"]
-        for v in results.values()
-        if v["metrics"]["total_return"] is not None
-    ]
-    stability = {
-        "n_seeds": len(per_seed),
+    n_trials, variance = _trials(trial_sharpes)
+    for entry in results.values():
+        entry.update(_sharpe_inference(entry["per_bar"], n_trials, variance))
+    return results, trial_sharpes
+
+
+def _stability(seed_results: dict[str, Any]) -> dict[str, Any]:
+    """The dispersion of the seeds' stitched Sharpe ratios and total returns."""
+    metrics = [v["metrics"] for v in seed_results.values()]
+    sh = [m["sharpe"] for m in metrics if m["sharpe"] is not None]
+    tr = [m["total_return"] for m in metrics if m["total_return"] is not None]
+    return {
+        "n_seeds": len(seed_results),
         "sharpe_mean": float(np.mean(sh)) if sh else None,
         "sharpe_std": float(np.std(sh, ddof=1)) if len(sh) > 1 else None,
         "total_return_mean": float(np.mean(tr)) if tr else None,
         "total_return_std": float(np.std(tr, ddof=1)) if len(tr) > 1 else None,
     }
-    return results, trial_sharpes, stability
 
 
 def _ensemble(per_seed: dict[int, pl.DataFrame]) -> pl.DataFrame:
@@ -209,31 +234,47 @@ def _ensemble(per_seed: dict[int, pl.DataFrame]) -> pl.DataFrame:
     return both.group_by("timestamp").agg(aggs).sort("timestamp")
 
 
+def _trials(trial_sharpes: list[float]) -> tuple[int, float | None]:
+    """The number of trials (at least one) and the variance of their per-bar Sharpe
+    ratios (``ddof = 1``; None with fewer than two)."""
+    variance = float(np.var(trial_sharpes, ddof=1)) if len(trial_sharpes) > 1 else None
+    return max(len(trial_sharpes), 1), variance
+
+
+def _sharpe_inference(
+    mom: dict[str, float] | None, n_trials: int, variance: float | None
+) -> dict[str, float | None]:
+    """``psr`` (PSR(0)) and ``dsr`` of a series from its per-bar moments, given the trials.
+
+    ``variance``: the variance of the trials' per-bar Sharpe ratios, used with more than
+    one trial. Both None when the moments are missing or the statistics undefined.
+    """
+    if mom is None:
+        return {"psr": None, "dsr": None}
+    try:
+        psr = probabilistic_sharpe_ratio(
+            mom["sharpe"], int(mom["n_obs"]), skew=mom["skew"], kurtosis=mom["kurtosis"]
+        )
+        dsr = deflated_sharpe_ratio(
+            mom["sharpe"],
+            int(mom["n_obs"]),
+            n_trials=n_trials,
+            sharpe_variance=variance if n_trials > 1 else None,
+            skew=mom["skew"],
+            kurtosis=mom["kurtosis"],
+        )
+    except EvaluationError:
+        return {"psr": None, "dsr": None}
+    return {"psr": psr, "dsr": dsr}
+
+
 def _inference(hr: np.ndarray, trial_sharpes: list[float]) -> dict[str, Any]:
     """Per-bar moments, PSR and DSR of the headline returns given the trials run."""
     mom = _moments(hr)
-    n_trials = max(len(trial_sharpes), 1)
-    psr = dsr = None
-    variance = float(np.var(trial_sharpes, ddof=1)) if len(trial_sharpes) > 1 else None
-    if mom is not None:
-        try:
-            psr = probabilistic_sharpe_ratio(
-                mom["sharpe"], int(mom["n_obs"]), skew=mom["skew"], kurtosis=mom["kurtosis"]
-            )
-            dsr = deflated_sharpe_ratio(
-                mom["sharpe"],
-                int(mom["n_obs"]),
-                n_trials=n_trials,
-                sharpe_variance=variance if n_trials > 1 else None,
-                skew=mom["skew"],
-                kurtosis=mom["kurtosis"],
-            )
-        except EvaluationError:
-            psr = dsr = None
+    n_trials, variance = _trials(trial_sharpes)
     return {
         "per_bar": mom,
-        "psr": psr,
-        "dsr": dsr,
+        **_sharpe_inference(mom, n_trials, variance),
         "n_trials": n_trials,
         "sharpe_variance": variance,
     }
@@ -269,6 +310,140 @@ def _references(
     return frames, results
 
 
+def _headline(
+    head: pl.DataFrame,
+    series: str,
+    ledgers: list[np.ndarray | None],
+    trial_sharpes: list[float],
+    folds: list[dict[str, Any]],
+    references: dict[str, Any],
+    labels: dict[str, str],
+    ppy: float,
+    cfg: SentioConfig,
+) -> dict[str, Any]:
+    """The headline: the ensemble's metrics and intervals, its inference, the verdict and
+    the comparison with the references."""
+    metrics = metrics_to_json(_metrics(head, ppy, _pooled(ledgers)))
+    ci = _intervals(head["returns"].to_numpy(), ppy, cfg)
+    inference = _inference(head["returns"].to_numpy(), trial_sharpes)
+    edge, sentence = verdict(
+        ci.get("sharpe"),
+        inference["dsr"],
+        level=cfg.report.ci_level,
+        min_dsr=cfg.registry.min_dsr,
+    )
+    compared = comparison(metrics.get("sharpe"), references, labels)
+    aside = stood_aside(folds)
+    if aside:
+        compared["sentence"] = (compared["sentence"] + " " + aside).strip()
+    return {
+        "series": series,
+        "metrics": metrics,
+        "ci": ci,
+        **inference,
+        "min_dsr": cfg.registry.min_dsr,
+        "ci_level": cfg.report.ci_level,
+        "edge": edge,
+        "verdict": sentence,
+        "comparison": compared,
+        "flags": activity_flags(metrics),
+    }
+
+
+def _write_plots(out: Path, plots: dict[str, bytes]) -> dict[str, str]:
+    """Write each plot as ``out/plots/<name>.png``; their paths by name."""
+    paths: dict[str, str] = {}
+    for name, png in plots.items():
+        path = out / "plots" / f"{name}.png"
+        path.write_bytes(png)
+        paths[name] = str(path)
+    return paths
+
+
+def _summary(
+    headline: dict[str, Any],
+    folds: list[dict[str, Any]],
+    paths: dict[str, Any],
+    *,
+    n_runs: int,
+    n_seeds: int,
+) -> dict[str, Any]:
+    """What :func:`build_report` returns (strict JSON), from the headline and the folds."""
+    ci = headline["ci"].get("sharpe") or {}
+    summary: dict[str, Any] = {
+        "paths": paths,
+        "edge": headline["edge"],
+        "verdict": headline["verdict"],
+        "comparison": headline["comparison"]["sentence"],
+        "flags": {
+            "headline": headline["flags"],
+            "folds": [
+                {"fold": f["fold"], "seed": f["seed"], "flags": f["flags"]}
+                for f in folds
+                if f["flags"]
+            ],
+        },
+        "sharpe": headline["metrics"]["sharpe"],
+        "sharpe_ci": [ci.get("lower"), ci.get("upper")],
+        "total_return": headline["metrics"]["total_return"],
+        "psr": headline["psr"],
+        "dsr": headline["dsr"],
+        "n_trials": headline["n_trials"],
+        "n_runs": n_runs,
+        "n_seeds": n_seeds,
+    }
+    cleaned: dict[str, Any] = _clean(summary)
+    return cleaned
+
+
+def _document(
+    run: dict[str, Any],
+    headline: dict[str, Any],
+    seeds: dict[str, Any],
+    folds: list[dict[str, Any]],
+    references: dict[str, Any],
+    labels: dict[str, str],
+    *,
+    regimes: list[dict[str, Any]],
+    n_regimes: int,
+    ppy: float,
+    daily: bool,
+    cfg: SentioConfig,
+    ingest_summary: dict[str, Any] | None,
+    profile: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The report's document (``metrics.json``, strict JSON): every number of the report
+    and everything its pages are rendered from; ``registry`` is None until
+    :func:`add_registry_decision`."""
+    doc: dict[str, Any] = _clean(
+        {
+            "run": run,
+            "registry": None,
+            "headline": headline,
+            "seeds": seeds,
+            "stability": _stability(seeds),
+            "folds": folds,
+            "references": references,
+            "labels": labels,
+            "reference_descriptions": _reference_descriptions(cfg, daily),
+            "regimes": regimes,
+            "n_regimes": n_regimes,
+            "bootstrap": {
+                "resamples": cfg.report.bootstrap_resamples,
+                "ci_level": cfg.report.ci_level,
+                "seed": cfg.report.seed,
+                "periods_per_year": ppy,
+            },
+            "data_quality": data_quality_rows(ingest_summary, cfg.universe.calendar)
+            if ingest_summary
+            else None,
+            "ingest": ingest_summary,
+            "profile": profile,
+        }
+    )
+    return doc
+
+
 def build_report(
     runs: list[dict[str, Any]],
     out_dir: str | Path,
@@ -279,6 +454,11 @@ def build_report(
     run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``report.html`` and ``metrics.json`` of the train stage's runs.
+
+    The steps: per fold (:func:`_fold_entries`), per seed stitched across folds with
+    each seed's PSR and DSR (:func:`_seed_entries`), the references
+    (:func:`_references`), the headline with its inference and verdict
+    (:func:`_headline`), then the outputs (plots, the document, the pages).
 
     Args:
         runs: summaries of :func:`sentio.stages.train_stage` (``fold``, ``seed``,
@@ -314,105 +494,36 @@ def build_report(
     labels = reference_labels(cfg, daily=daily)
     ledgers = [trade_returns(run, frame) for run, frame in loaded]
     folds = _fold_entries(loaded, ledgers, ppy, cfg)
-    seeds = sorted({int(run["seed"]) for run, _ in loaded})
-    per_seed = {s: stitch([f for run, f in loaded if int(run["seed"]) == s]) for s in seeds}
-    seed_ledgers = {
-        s: _pooled(
-            [t for (run, _), t in zip(loaded, ledgers, strict=True) if int(run["seed"]) == s]
-        )
-        for s in seeds
-    }
-    seed_results, trial_sharpes, stability = _seed_entries(per_seed, seed_ledgers, ppy, cfg)
+    per_seed, seed_ledgers = _seed_series(loaded, ledgers)
+    seed_results, trial_sharpes = _seed_entries(per_seed, seed_ledgers, ppy, cfg)
     head = _ensemble(per_seed)
-    head_metrics = metrics_to_json(_metrics(head, ppy, _pooled(ledgers)))
-    head_ci = _intervals(head["returns"].to_numpy(), ppy, cfg)
-    inference = _inference(head["returns"].to_numpy(), trial_sharpes)
-    edge, sentence = verdict(
-        head_ci.get("sharpe"),
-        inference["dsr"],
-        level=cfg.report.ci_level,
-        min_dsr=cfg.registry.min_dsr,
-    )
     ref_frames, ref_results = _references(loaded, ppy, cfg, labels)
+    seeds = list(per_seed)
+    series = "seed ensemble" if len(seeds) > 1 else f"seed {seeds[0]}"
+    headline = _headline(head, series, ledgers, trial_sharpes, folds, ref_results, labels, ppy, cfg)
     n_regimes = _n_regimes(cfg, head)
     gaps = (ingest_summary or {}).get("gaps") or []
     plots = _plots(head, ref_frames, folds, labels, n_regimes, gaps)
-    plot_paths: dict[str, str] = {}
-    for name, png in plots.items():
-        path = out / "plots" / f"{name}.png"
-        path.write_bytes(png)
-        plot_paths[name] = str(path)
-
-    compared = comparison(head_metrics.get("sharpe"), ref_results, labels)
-    aside = stood_aside(folds)
-    if aside:
-        compared["sentence"] = (compared["sentence"] + " " + aside).strip()
-    headline = {
-        "series": "seed ensemble" if len(seeds) > 1 else f"seed {seeds[0]}",
-        "metrics": head_metrics,
-        "ci": head_ci,
-        **inference,
-        "min_dsr": cfg.registry.min_dsr,
-        "ci_level": cfg.report.ci_level,
-        "edge": edge,
-        "verdict": sentence,
-        "comparison": compared,
-        "flags": activity_flags(head_metrics),
-    }
-    doc: dict[str, Any] = _clean(
-        {
-            "run": _run_header(run_info, ingest_summary, cfg, folds, head, ppy),
-            "registry": None,
-            "headline": headline,
-            "seeds": seed_results,
-            "stability": stability,
-            "folds": folds,
-            "references": ref_results,
-            "labels": labels,
-            "reference_descriptions": _reference_descriptions(cfg, daily),
-            "regimes": _regime_table(head, ppy, n_regimes),
-            "n_regimes": n_regimes,
-            "bootstrap": {
-                "resamples": cfg.report.bootstrap_resamples,
-                "ci_level": cfg.report.ci_level,
-                "seed": cfg.report.seed,
-                "periods_per_year": ppy,
-            },
-            "data_quality": data_quality_rows(ingest_summary, cfg.universe.calendar)
-            if ingest_summary
-            else None,
-            "ingest": ingest_summary,
-            "profile": profile,
-        }
+    plot_paths = _write_plots(out, plots)
+    doc = _document(
+        _run_header(run_info, ingest_summary, cfg, folds, head, ppy),
+        headline,
+        seed_results,
+        folds,
+        ref_results,
+        labels,
+        regimes=_regime_table(head, ppy, n_regimes),
+        n_regimes=n_regimes,
+        ppy=ppy,
+        daily=daily,
+        cfg=cfg,
+        ingest_summary=ingest_summary,
+        profile=profile,
     )
     paths = _write_pages(out, doc, plots)
-    summary: dict[str, Any] = {
-        "paths": {**paths, "plots": plot_paths},
-        "edge": edge,
-        "verdict": sentence,
-        "comparison": compared["sentence"],
-        "flags": {
-            "headline": headline["flags"],
-            "folds": [
-                {"fold": f["fold"], "seed": f["seed"], "flags": f["flags"]}
-                for f in folds
-                if f["flags"]
-            ],
-        },
-        "sharpe": head_metrics["sharpe"],
-        "sharpe_ci": [
-            (head_ci.get("sharpe") or {}).get("lower"),
-            (head_ci.get("sharpe") or {}).get("upper"),
-        ],
-        "total_return": head_metrics["total_return"],
-        "psr": inference["psr"],
-        "dsr": inference["dsr"],
-        "n_trials": inference["n_trials"],
-        "n_runs": len(loaded),
-        "n_seeds": len(seeds),
-    }
-    cleaned: dict[str, Any] = _clean(summary)
-    return cleaned
+    return _summary(
+        headline, folds, {**paths, "plots": plot_paths}, n_runs=len(loaded), n_seeds=len(seeds)
+    )
 
 
 def _write_pages(out: Path, doc: dict[str, Any], plots: dict[str, bytes]) -> dict[str, str]:
