@@ -528,10 +528,10 @@ def _shown(value: Any) -> str:
 
 
 def _fmt(value: Any) -> str:
-    try:
-        return f"{float(value):.3f}"
-    except (TypeError, ValueError):
-        return "-"
+    """A metric in ``models list``: :func:`sentio.text.format_number`, ``-`` when missing."""
+    from sentio.text import format_number
+
+    return format_number(value, missing="-")
 
 
 @models_app.command("list")

@@ -56,7 +56,7 @@ is recorded in ``history.jsonl`` (``action: "reject"``) with its reasons.
 
 **Re-evaluating the champion.** ``promote_if_passes(..., evaluate=fn)`` calls
 ``fn(champion_version_or_None)`` under that same lock and gates the :class:`Comparison`
-it returns: the nightly flow's registry stage (:func:`sentio.promotion.registry_stage`)
+it returns: the nightly flow's registry stage (:func:`sentio.stages.registry.registry_stage`)
 backtests the candidate and the champion on the candidate's out-of-sample window
 restricted to bars after the champion's training end plus the embargo, so neither Sharpe
 ratio is measured on data its model was trained on. A ``Comparison.refusal`` (too few
@@ -92,6 +92,7 @@ champion. :meth:`Registry.integrity` reports a version's state (:class:`Integrit
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import io
 import json
@@ -100,8 +101,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,8 @@ from sentio.io import (
     sha256_file,
     write_json_atomic,
 )
+from sentio.text import format_number
+from sentio.times import iso_z, now_utc
 
 __all__ = [
     "ALGOS",
@@ -206,14 +208,6 @@ def _copy_synced(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)
     with open(dst, "rb") as fh:
         os.fsync(fh.fileno())
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso(t: datetime) -> str:
-    return t.isoformat().replace("+00:00", "Z")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -449,7 +443,7 @@ class Registry:
                 raise RegistryError(f"{src_path}: file not found ({name})")
             files[src_path] = name
 
-        created = _now()
+        created = now_utc()
         try:
             self.versions_dir.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.versions_dir))
@@ -463,7 +457,7 @@ class Registry:
                 _copy_synced(src, tmp / name)
                 hashes[name] = sha256_file(tmp / name)
             meta = {
-                "created_at": _iso(created),
+                "created_at": iso_z(created),
                 "algo": algo,
                 "code_version": code_version,
                 "metrics": dict(metrics),
@@ -537,8 +531,7 @@ class Registry:
         if not key:
             raise RegistryError("register_once needs extra['train_key']")
         model_sha = sha256_file(model_path)
-        lock = self._locked()
-        try:
+        with self._locked():
             found = self.find(str(key), model_sha256=model_sha)
             if found is not None:
                 return found, False
@@ -553,8 +546,6 @@ class Registry:
                 extra_files=extra_files,
             )
             return v, True
-        finally:
-            lock.release()
 
     def list(self) -> list[Version]:
         """Every version, oldest first (ids sort by creation time)."""
@@ -660,7 +651,7 @@ class Registry:
         extra: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         current = self.champion()
-        now = _iso(_now())
+        now = iso_z(now_utc())
         pointer = {
             "version": version_id,
             "promoted_at": now,
@@ -691,7 +682,13 @@ class Registry:
             raise
         return pointer
 
-    def _locked(self) -> FileLock:
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the registry lock (``root/.lock``) for the ``with`` block.
+
+        Raises :class:`RegistryError` when another process holds it for more than
+        ``lock_timeout`` seconds.
+        """
         lock = self._lock()
         try:
             lock.acquire()
@@ -700,7 +697,10 @@ class Registry:
                 f"{self.root / LOCK}: registry locked by another process for more than "
                 f"{self.lock_timeout:g} s"
             ) from None
-        return lock
+        try:
+            yield
+        finally:
+            lock.release()
 
     def promote(self, version_id: str, reason: str, *, manual: bool = True) -> dict[str, Any]:
         """Make ``version_id`` the champion, without the gate; returns the new pointer.
@@ -709,16 +709,13 @@ class Registry:
         raises :class:`IntegrityError` and the pointer and the history stay unchanged.
         """
         self.get(version_id)
-        lock = self._locked()
-        try:
+        with self._locked():
             self.verify(version_id, purpose="promote")
             current = self.champion()
             lineage = list(current.get("lineage", [])) + [current["version"]] if current else []
             return self._write_pointer(
                 version_id, reason, manual=manual, action="promote", lineage=lineage
             )
-        finally:
-            lock.release()
 
     def rollback(self, reason: str = "rollback") -> dict[str, Any]:
         """Restore the previous champion; returns the new pointer.
@@ -726,8 +723,7 @@ class Registry:
         The previous champion's files are verified first (:meth:`verify`): when it is
         damaged, :class:`IntegrityError` is raised and nothing changes.
         """
-        lock = self._locked()
-        try:
+        with self._locked():
             current = self.champion()
             if current is None:
                 raise RegistryError(f"no champion in {self.root}: nothing to roll back")
@@ -741,8 +737,6 @@ class Registry:
             return self._write_pointer(
                 target, reason, manual=True, action="rollback", lineage=lineage
             )
-        finally:
-            lock.release()
 
     def promote_if_passes(
         self,
@@ -769,8 +763,7 @@ class Registry:
         and the window.
         """
         candidate = self.get(version_id)
-        lock = self._locked()
-        try:
+        with self._locked():
             pointer = self.champion()
             champ = self.get(str(pointer["version"])) if pointer else None
             champ_id = champ.version if champ else None
@@ -780,61 +773,85 @@ class Registry:
                 return GateDecision(
                     False, [f"{version_id} is already the champion{since}"], champion=champ_id
                 )
-            comparison: Comparison | None = None
-            damage: str | None = None
-            try:
-                self.verify(version_id, purpose="promote")  # never promote a damaged version
-            except IntegrityError as err:
-                damage = str(err)
-            if damage is not None:
-                decision = GateDecision(False, [damage])
-            elif evaluate is None:
-                decision = gate(candidate.metrics, champ.metrics if champ else None, cfg)
-            else:
-                comparison = evaluate(champ)
-                if comparison.refusal is None:
-                    decision = gate(comparison.candidate, comparison.champion, cfg)
-                else:
-                    own = gate(comparison.candidate, None, cfg)
-                    decision = GateDecision(
-                        False,
-                        [*own.reasons, comparison.refusal],
-                        [c for c in own.checks if c != "no champion yet"],
-                    )
-            decision = dataclasses.replace(decision, champion=champ_id, comparison=comparison)
-            record: dict[str, Any] = {}
-            if comparison is not None:
-                record = {
-                    "window": list(comparison.window) if comparison.window else None,
-                    "candidate_metrics": comparison.candidate,
-                    "champion_metrics": comparison.champion,
-                }
-            if decision.promote:
-                lineage = list(pointer.get("lineage", [])) + [pointer["version"]] if pointer else []
-                text = decision.summary() if reason is None else f"{reason}; {decision.summary()}"
-                self._write_pointer(
-                    version_id,
-                    text,
-                    manual=False,
-                    action="promote",
-                    lineage=lineage,
-                    extra={"checks": decision.checks, **record},
-                )
-            else:
-                self._append_history(
-                    {
-                        "action": "reject",
-                        "version": version_id,
-                        "champion": champ_id,
-                        "at": _iso(_now()),
-                        "reasons": decision.reasons,
-                        "checks": decision.checks,
-                        **record,
-                    }
-                )
+            decision = self._gate_locked(candidate, champ, cfg, evaluate)
+            decision = dataclasses.replace(decision, champion=champ_id)
+            self._record_locked(version_id, decision, pointer, reason)
             return decision
-        finally:
-            lock.release()
+
+    def _gate_locked(
+        self,
+        candidate: Version,
+        champ: Version | None,
+        cfg: RegistryConfig,
+        evaluate: Callable[[Version | None], Comparison] | None,
+    ) -> GateDecision:
+        """The gate's verdict on ``candidate`` against ``champ`` (under the lock).
+
+        A damaged candidate is refused with the mismatch; without ``evaluate`` the
+        manifests' metrics are gated; with it, the :class:`Comparison` it returns (kept in
+        the decision), a refusal failing the gate beside the candidate's own conditions.
+        """
+        try:
+            self.verify(candidate.version, purpose="promote")  # never promote a damaged version
+        except IntegrityError as err:
+            return GateDecision(False, [str(err)])
+        if evaluate is None:
+            return gate(candidate.metrics, champ.metrics if champ else None, cfg)
+        comparison = evaluate(champ)
+        if comparison.refusal is None:
+            decision = gate(comparison.candidate, comparison.champion, cfg)
+        else:
+            own = gate(comparison.candidate, None, cfg)
+            decision = GateDecision(
+                False,
+                [*own.reasons, comparison.refusal],
+                [c for c in own.checks if c != "no champion yet"],
+            )
+        return dataclasses.replace(decision, comparison=comparison)
+
+    def _record_locked(
+        self,
+        version_id: str,
+        decision: GateDecision,
+        pointer: dict[str, Any] | None,
+        reason: str | None,
+    ) -> None:
+        """Carry out a gate decision (under the lock): the new pointer, or a rejection line.
+
+        Both go to ``history.jsonl`` with the checks and, when a comparison was made, its
+        window and both sets of metrics.
+        """
+        comparison = decision.comparison
+        record: dict[str, Any] = {}
+        if comparison is not None:
+            record = {
+                "window": list(comparison.window) if comparison.window else None,
+                "candidate_metrics": comparison.candidate,
+                "champion_metrics": comparison.champion,
+            }
+        if decision.promote:
+            lineage = list(pointer.get("lineage", [])) + [pointer["version"]] if pointer else []
+            text = decision.summary() if reason is None else f"{reason}; {decision.summary()}"
+            self._write_pointer(
+                version_id,
+                text,
+                manual=False,
+                action="promote",
+                lineage=lineage,
+                extra={"checks": decision.checks, **record},
+            )
+        else:
+            self._append_history(
+                {
+                    "action": "reject",
+                    "version": version_id,
+                    "champion": decision.champion,
+                    "at": iso_z(now_utc()),
+                    "reasons": decision.reasons,
+                    "checks": decision.checks,
+                    **record,
+                }
+            )
 
     # -- loading ---------------------------------------------------------------------
 
@@ -913,13 +930,8 @@ class Registry:
 # -- presentation of a registry-stage decision ------------------------------------------
 
 
-def _fmt_metric(value: Any, digits: int = 3) -> str:
-    number = _number({"v": value}, "v")
-    return "n/a" if number is None else f"{number:.{digits}f}"
-
-
 def decision_markdown(decision: Mapping[str, Any]) -> str:
-    """The markdown of a registry-stage decision (:func:`sentio.promotion.registry_stage`)."""
+    """The markdown of a registry-stage decision (:func:`sentio.stages.registry.registry_stage`)."""
     cand = decision.get("candidate")
     before, after = decision.get("champion_before"), decision.get("champion_after")
     if cand is None:
@@ -963,8 +975,8 @@ def decision_markdown(decision: Mapping[str, Any]) -> str:
                 continue  # e.g. total_return: only the window backtests carry it
             digits = 0 if key == "n_bars" else 3
             lines.append(
-                f"| {key} | {_fmt_metric(cm.get(key), digits)} | "
-                f"{_fmt_metric(hm.get(key), digits)} |"
+                f"| {key} | {format_number(cm.get(key), digits)} | "
+                f"{format_number(hm.get(key), digits)} |"
             )
         lines.append(
             f"| window | {cm.get('window_start')} .. {cm.get('window_end')} | "

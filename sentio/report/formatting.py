@@ -1,6 +1,7 @@
-"""Cells and tables: numbers as text (``n/a`` when missing), strict-JSON cleaning,
-markdown tables (:func:`markdown_table`, :func:`md_cell`) and the report's table
-rendered as markdown or HTML.
+"""Cells and tables: percentages, multiples and counts as text (``n/a`` when missing;
+plain numbers are :func:`sentio.text.format_number`'s), strict-JSON cleaning, markdown
+tables (:func:`markdown_table`, :func:`md_cell`) and the report's table rendered as
+markdown or HTML.
 
 Library code only: no orchestration imports.
 """
@@ -33,16 +34,6 @@ def _num(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) else None
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "n/a"
-        return f"{value:.{digits}f}"
-    return str(value)
 
 
 def _pct(value: Any, digits: int = 2, *, sign: bool = False) -> str:

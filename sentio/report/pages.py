@@ -20,13 +20,13 @@ from sentio.report.formatting import (
     _ci_txt,
     _clean,
     _count,
-    _fmt,
     _pct,
     _Table,
     _times,
 )
 from sentio.report.labels import REFERENCE_LABELS, _frequency_text
 from sentio.report.times import _ny_stamp
+from sentio.text import format_number
 
 _METRIC_HEADER = [
     "series",
@@ -53,14 +53,14 @@ _METRIC_NOTE = (
 def _metric_row(label: str, m: dict[str, Any], ci: dict[str, Any]) -> list[str]:
     return [
         label,
-        _fmt(m.get("sharpe"), 2),
+        format_number(m.get("sharpe"), 2),
         _ci_txt(ci.get("sharpe")),
         _pct(m.get("total_return"), sign=True),
         _pct(m.get("cagr"), 1, sign=True),
         _pct(m.get("max_drawdown")),
         _pct(m.get("costs_paid")),
         _times(m.get("annual_turnover")),
-        _fmt(m.get("mean_abs_exposure")),
+        format_number(m.get("mean_abs_exposure")),
         _pct(m.get("hit_rate"), 1),
         _count(m.get("n_trades")),
         _pct(m.get("avg_trade_return"), 3, sign=True),
@@ -75,7 +75,10 @@ def _flag_words(flags: Sequence[str]) -> str:
 def _kv_table(title: str, data: dict[str, Any]) -> _Table:
     rows = []
     for k, v in data.items():
-        text = json.dumps(_clean(v), default=str) if isinstance(v, dict | list) else _fmt(v)
+        if isinstance(v, dict | list):
+            text = json.dumps(_clean(v), default=str)
+        else:
+            text = v if isinstance(v, str) else format_number(v)
         rows.append([str(k), text])
     return _Table(title, ["key", "value"], rows)
 
@@ -192,7 +195,7 @@ def validation_rows(folds: Sequence[dict[str, Any]]) -> list[list[str]]:
             (h for h in val.get("history", []) if h["steps"] == val.get("best_steps")), {}
         )
         decision = (
-            f"stands aside (t {_fmt(best.get('t'), 2)} < {_fmt(val.get('min_t'), 2)}): flat"
+            f"stands aside (t {format_number(best.get('t'), 2)} < {format_number(val.get('min_t'), 2)}): flat"
             if val.get("stands_aside")
             else "trades"
         )
@@ -202,8 +205,8 @@ def validation_rows(folds: Sequence[dict[str, Any]]) -> list[list[str]]:
                 str(f["seed"]),
                 str(val.get("episodes")),
                 f"{int(val.get('best_steps', 0)):,}",
-                _fmt(best.get("sharpe"), 2),
-                _fmt(best.get("mean_abs_exposure")),
+                format_number(best.get("sharpe"), 2),
+                format_number(best.get("mean_abs_exposure")),
                 decision,
             ]
         )
@@ -336,9 +339,9 @@ def _regime_rows(doc: dict[str, Any]) -> list[list[str]]:
             str(r["n_bars"]),
             _pct(r["share"], 1),
             _pct(r["mean_return"], 4, sign=True),
-            _fmt(r["sharpe"], 2),
+            format_number(r["sharpe"], 2),
             _pct(r["total_return"], sign=True),
-            _fmt(r["mean_abs_exposure"]),
+            format_number(r["mean_abs_exposure"]),
             _pct(r["hit_rate"], 1),
         ]
         for r in doc["regimes"]
@@ -352,14 +355,14 @@ def _inference_table(h: dict[str, Any]) -> _Table:
         ["per-bar Sharpe", "bars", "skew", "raw kurtosis", "PSR(0)", "DSR", "trials", "var(SR)"],
         [
             [
-                _fmt(pb.get("sharpe"), 5),
-                _fmt(pb.get("n_obs"), 0),
-                _fmt(pb.get("skew")),
-                _fmt(pb.get("kurtosis")),
-                _fmt(h["psr"]),
-                _fmt(h["dsr"]),
+                format_number(pb.get("sharpe"), 5),
+                format_number(pb.get("n_obs"), 0),
+                format_number(pb.get("skew")),
+                format_number(pb.get("kurtosis")),
+                format_number(h["psr"]),
+                format_number(h["dsr"]),
                 str(h["n_trials"]),
-                _fmt(h["sharpe_variance"], 8),
+                format_number(h["sharpe_variance"], 8),
             ]
         ],
     )
@@ -396,8 +399,8 @@ def _tables(doc: dict[str, Any]) -> list[_Table]:
             [
                 [
                     str(st["n_seeds"]),
-                    _fmt(st["sharpe_mean"], 2),
-                    _fmt(st["sharpe_std"], 2),
+                    format_number(st["sharpe_mean"], 2),
+                    format_number(st["sharpe_std"], 2),
                     _pct(st["total_return_mean"], sign=True),
                     _pct(st["total_return_std"]),
                 ]

@@ -1,0 +1,37 @@
+"""Numbers as text for people, said once: the report's cells, the registry decision and
+the CLI's tables all use :func:`format_number`.
+
+The lowest layer of the library on purpose (standard library only): the registry, the
+report and the CLI import it, it imports none of them.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+__all__ = ["MISSING", "format_number"]
+
+MISSING = "n/a"
+"""The text of a missing number in the report and the registry decision."""
+
+
+def format_number(value: Any, digits: int = 3, *, missing: str = MISSING) -> str:
+    """A number as text: a real number with ``digits`` decimals, an integer as it is.
+
+    ``missing`` stands for what is not a finite number: None, NaN, an infinity or
+    anything that is not a number (a string is not parsed). Integers (and booleans) are
+    written without decimals, so counts stay counts; numpy scalars are numbers too.
+
+    >>> format_number(1.23456), format_number(0.5, 1), format_number(1170.0, 0)
+    ('1.235', '0.5', '1170')
+    >>> format_number(42), format_number(None), format_number(float("nan"), missing="-")
+    ('42', 'n/a', '-')
+    """
+    if isinstance(value, numbers.Integral):
+        return str(value)
+    if not isinstance(value, numbers.Real):
+        return missing
+    number = float(value)
+    return f"{number:.{digits}f}" if math.isfinite(number) else missing
