@@ -1,4 +1,4 @@
-"""The registry Prefect task: a thin wrapper around :func:`sentio.promotion.registry_stage`.
+"""The registry Prefect task: a thin wrapper around :func:`sentio.stages.registry_stage`.
 
 Not content-cached: the stage reads the registry's mutable state (the versions, the
 champion pointer), so a cached result could name a champion that has since changed. It
@@ -15,7 +15,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from sentio import promotion
+from sentio import stages
 from sentio.config import SentioConfig
 from tasks.caching import STAGE_RETRIES as INGEST_RETRIES
 from tasks.caching import STAGE_RETRY_DELAYS as INGEST_RETRY_DELAYS
@@ -44,8 +44,8 @@ def registry_task(
     data_hashes: dict[str, str],
     run_name: str,
 ) -> dict[str, Any]:
-    """Run :func:`sentio.promotion.registry_stage`; return its summary."""
-    summary = promotion.registry_stage(
+    """Run :func:`sentio.stages.registry_stage`; return its summary."""
+    summary = stages.registry_stage(
         runs,
         report,
         cfg,

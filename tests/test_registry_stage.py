@@ -4,7 +4,7 @@ idempotence, the candidate choice, the leakage-free comparison window and the ga
 The world here is hand-made (five NYSE sessions of minute bars, two walk-forward-like
 folds, two seeds, fake model files and a hand-written report ``metrics.json``), so that
 every expected number can be worked out by hand; the champion's re-evaluation goes
-through a recording fake :data:`sentio.promotion.Backtester` (the real one rebuilds markets
+through a recording fake :data:`sentio.stages.registry.Backtester` (the real one rebuilds markets
 with :mod:`sentio.live`).
 """
 
@@ -20,12 +20,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sentio import promotion, stages
+from sentio import stages
 from sentio.config import SentioConfig, config_from_dict, write_config
 from sentio.errors import DataError
-from sentio.evaluation import deflated_sharpe_ratio, sharpe_moments
+from sentio.evaluation import deflated_sharpe_ratio, probabilistic_sharpe_ratio, sharpe_moments
 from sentio.io import sha256_file, write_json_atomic
 from sentio.registry import Comparison, Registry, RegistryError, Version
+from sentio.stages import registry as gate_stage
 from tests.conftest import minute_bars
 
 # Mon 8 .. Fri 12 January 2024: regular hours 14:30-21:00 UTC, last bar 20:59
@@ -76,7 +77,7 @@ class World:
 
     def stage(self, run_name: str = "run-1", **kwargs: Any) -> dict[str, Any]:
         kwargs.setdefault("backtester", FakeBacktester({}))
-        return promotion.registry_stage(
+        return gate_stage.registry_stage(
             self.runs,
             self.report,
             kwargs.pop("cfg", self.cfg),
@@ -174,6 +175,9 @@ def build_world(tmp_path: Path, cfg: SentioConfig | None = None) -> World:
                 "per_bar": dict(
                     zip(("sharpe", "n_obs", "skew", "kurtosis"), PER_BAR[s], strict=True)
                 ),
+                # the seed's PSR and DSR, computed once by the report (the gate reads them)
+                "psr": expected_psr(s),
+                "dsr": expected_dsr(s),
             }
             for s in (0, 1)
         },
@@ -197,6 +201,11 @@ def expected_dsr(seed: int) -> float:
     return deflated_sharpe_ratio(
         sharpe, n, n_trials=2, sharpe_variance=variance, skew=skew, kurtosis=kurt
     )
+
+
+def expected_psr(seed: int) -> float:
+    sharpe, n, skew, kurt = PER_BAR[seed]
+    return probabilistic_sharpe_ratio(sharpe, n, skew=skew, kurtosis=kurt)
 
 
 def champion_with_train_end(world: World, train_end: str, tag: str = "champ") -> Version:
@@ -280,7 +289,7 @@ def test_versions_carry_no_normaliser_or_regime_model_when_not_used(tmp_path: Pa
         }
     )
     w = build_world(tmp_path, cfg)
-    out = promotion.registry_stage(
+    out = gate_stage.registry_stage(
         w.runs,
         w.report,
         cfg,
@@ -392,15 +401,15 @@ def test_candidate_is_the_best_seed_of_the_fold_tested_last() -> None:
         }
     )
     # the best seed by the stitched Sharpe across all folds, not by fold 1's own Sharpe
-    pick = promotion.choose_candidate(runs, {0: 0.4, 1: 1.1, 2: 0.9}, windows)
+    pick = gate_stage.choose_candidate(runs, {0: 0.4, 1: 1.1, 2: 0.9}, windows)
     assert pick is not None and (pick["fold"], pick["seed"]) == (1, 1)
     # a missing or NaN Sharpe ranks last; ties go to the lowest seed
-    pick = promotion.choose_candidate(runs, {0: None, 1: float("nan"), 2: -3.0}, windows)
+    pick = gate_stage.choose_candidate(runs, {0: None, 1: float("nan"), 2: -3.0}, windows)
     assert pick is not None and (pick["fold"], pick["seed"]) == (1, 2)
-    pick = promotion.choose_candidate(runs, {0: 0.5, 1: 0.5, 2: 0.5}, windows)
+    pick = gate_stage.choose_candidate(runs, {0: 0.5, 1: 0.5, 2: 0.5}, windows)
     assert pick is not None and (pick["fold"], pick["seed"]) == (1, 0)
-    assert promotion.choose_candidate(runs, {}, windows)["seed"] == 0  # type: ignore[index]
-    assert promotion.choose_candidate([], {}, windows) is None
+    assert gate_stage.choose_candidate(runs, {}, windows)["seed"] == 0  # type: ignore[index]
+    assert gate_stage.choose_candidate([], {}, windows) is None
 
 
 def test_candidate_fold_ties_go_to_the_latest_training_end() -> None:
@@ -408,14 +417,14 @@ def test_candidate_fold_ties_go_to_the_latest_training_end() -> None:
     runs = [{"fold": f, "seed": 0} for f in (0, 1, 2)]
     end = utc(S[4], "20:59")
     windows = _windows({0: (end, utc(S[1], "20:59")), 1: (end, utc(S[2], "20:59")), 2: (end, None)})
-    assert promotion.choose_candidate(runs, {0: 1.0}, windows)["fold"] == 1  # type: ignore[index]
+    assert gate_stage.choose_candidate(runs, {0: 1.0}, windows)["fold"] == 1  # type: ignore[index]
     windows[0]["train_end"] = windows[1]["train_end"]
-    assert promotion.choose_candidate(runs, {0: 1.0}, windows)["fold"] == 0  # type: ignore[index]
+    assert gate_stage.choose_candidate(runs, {0: 1.0}, windows)["fold"] == 0  # type: ignore[index]
 
 
 def test_fold_windows_of_a_folds_file(tmp_path: Path) -> None:
     w = build_world(tmp_path)
-    windows = promotion.fold_windows(stages.load_folds(w.folds))
+    windows = gate_stage.fold_windows(stages.load_folds(w.folds))
     assert windows[1] == {
         "train_start": utc(S[0], "14:30"),
         "train_end": utc(S[2], "20:59"),
@@ -461,7 +470,7 @@ def test_seed_gate_metrics_use_the_reports_numbers_and_formula(tmp_path: Path) -
     moments = {s: sharpe_moments(np.concatenate(stitched[s])) for s in (0, 1)}
     variance = float(np.var([moments[0].sharpe, moments[1].sharpe], ddof=1))
     for seed in (0, 1):
-        got = promotion.seed_gate_metrics(doc, seed)
+        got = gate_stage.seed_gate_metrics(doc, seed)
         m = moments[seed]
         want = deflated_sharpe_ratio(
             m.sharpe,
@@ -473,13 +482,62 @@ def test_seed_gate_metrics_use_the_reports_numbers_and_formula(tmp_path: Path) -
         )
         assert got["dsr"] == pytest.approx(want, rel=1e-9)
         assert got["n_trials"] == 2
-        assert got["max_drawdown"] == doc["seeds"][str(seed)]["metrics"]["max_drawdown"]
-        assert got["sharpe_stitched"] == doc["seeds"][str(seed)]["metrics"]["sharpe"]
+        entry = doc["seeds"][str(seed)]
+        assert got["max_drawdown"] == entry["metrics"]["max_drawdown"]
+        assert got["sharpe_stitched"] == entry["metrics"]["sharpe"]
+        # the report stores the seed's PSR and DSR; the gate takes the stored DSR, which
+        # is exactly what the formula gives on the stored per-bar figures
+        pb, head = entry["per_bar"], doc["headline"]
+        assert got["dsr"] == entry["dsr"]
+        assert entry["dsr"] == deflated_sharpe_ratio(
+            pb["sharpe"],
+            int(pb["n_obs"]),
+            n_trials=head["n_trials"],
+            sharpe_variance=head["sharpe_variance"],
+            skew=pb["skew"],
+            kurtosis=pb["kurtosis"],
+        )
+        assert entry["psr"] == probabilistic_sharpe_ratio(
+            pb["sharpe"], int(pb["n_obs"]), skew=pb["skew"], kurtosis=pb["kurtosis"]
+        )
 
     # one seed: its stitched series is the headline, so its DSR is the report's DSR
     single = build_report([r for r in runs if r["seed"] == 1], tmp_path / "rep1", cfg=cfg)
     doc1 = json.loads(Path(single["paths"]["metrics"]).read_text())
-    assert promotion.seed_gate_metrics(doc1, 1)["dsr"] == pytest.approx(single["dsr"], rel=1e-12)
+    assert gate_stage.seed_gate_metrics(doc1, 1)["dsr"] == pytest.approx(single["dsr"], rel=1e-12)
+    assert doc1["seeds"]["1"]["psr"] == doc1["headline"]["psr"]
+
+
+def test_the_gate_uses_the_dsr_the_report_stored_not_a_recomputation(tmp_path: Path) -> None:
+    """The report computes each seed's DSR once; the registry reads it from metrics.json.
+
+    Here the stored DSR of the candidate's seed differs from what the formula gives on
+    the stored per-bar figures: the versions, the gate and its reasons carry the stored
+    one. A stored DSR that is missing fails the gate, per-bar figures or not.
+    """
+    w = build_world(tmp_path)
+    path = Path(w.report["paths"]["metrics"])
+    doc = json.loads(path.read_text())
+    assert expected_dsr(1) > 0.5  # recomputed, seed 1 would pass min_dsr = 0.5
+    doc["seeds"]["1"]["dsr"] = 0.42
+    write_json_atomic(path, doc)
+    out = w.stage("night-1")
+    assert out["candidate_seed"] == 1 and not out["promoted"]
+    assert out["reasons"] == ["DSR 0.42 < min_dsr 0.5"]
+    assert out["candidate_metrics"]["dsr"] == 0.42
+    for v in out["versions"]:
+        dsr = w.registry.get(v["version"]).metrics["dsr"]
+        assert dsr == (0.42 if v["seed"] == 1 else doc["seeds"]["0"]["dsr"])
+
+    w2 = build_world(tmp_path / "missing")
+    path = Path(w2.report["paths"]["metrics"])
+    doc = json.loads(path.read_text())
+    del doc["seeds"]["1"]["dsr"]
+    write_json_atomic(path, doc)
+    out = w2.stage("night-1")
+    assert not out["promoted"] and out["candidate_metrics"]["dsr"] is None
+    assert out["reasons"] == ["DSR missing or not finite (needs >= 0.5)"]
+    assert "dsr" not in w2.registry.get(out["candidate"]).metrics
 
 
 # --------------------------------------------------------------------------- the window
@@ -496,7 +554,7 @@ def test_comparison_window_arithmetic(tmp_path: Path) -> None:
 
     # champion trained through the close of S3: 30 bars of embargo, counted in BARS across
     # the overnight gap: clean from 15:00 on S4 -> 360 + 390 bars
-    cw = promotion.comparison_window(
+    cw = gate_stage.comparison_window(
         stamps, window, utc(S[2], "20:59"), embargo_bars=30, min_bars=750
     )
     assert (cw.start, cw.end, cw.n_bars, cw.reason) == (
@@ -507,12 +565,16 @@ def test_comparison_window_arithmetic(tmp_path: Path) -> None:
     )
     assert cw.clean_from == utc(S[3], "15:00")
     # no embargo: every bar strictly after the training end; the training end itself is out
-    cw = promotion.comparison_window(stamps, window, utc(S[2], "20:59"), embargo_bars=0, min_bars=1)
+    cw = gate_stage.comparison_window(
+        stamps, window, utc(S[2], "20:59"), embargo_bars=0, min_bars=1
+    )
     assert (cw.start, cw.n_bars) == (utc(S[3], "14:30"), 780)
-    cw = promotion.comparison_window(stamps, window, utc(S[3], "14:30"), embargo_bars=0, min_bars=1)
+    cw = gate_stage.comparison_window(
+        stamps, window, utc(S[3], "14:30"), embargo_bars=0, min_bars=1
+    )
     assert (cw.start, cw.n_bars) == (utc(S[3], "14:31"), 779)
     # champion trained up to 20:00 on the last day: 59 bars after, 30 embargoed, 29 clean
-    cw = promotion.comparison_window(
+    cw = gate_stage.comparison_window(
         stamps, window, utc(S[4], "20:00"), embargo_bars=30, min_bars=29
     )
     assert (cw.start, cw.end, cw.n_bars, cw.reason) == (
@@ -522,7 +584,7 @@ def test_comparison_window_arithmetic(tmp_path: Path) -> None:
         None,
     )
     # one bar short: refused, with the numbers
-    cw = promotion.comparison_window(
+    cw = gate_stage.comparison_window(
         stamps, window, utc(S[4], "20:00"), embargo_bars=30, min_bars=30
     )
     assert cw.reason == (
@@ -531,16 +593,18 @@ def test_comparison_window_arithmetic(tmp_path: Path) -> None:
         f"(clean from {utc(S[4], '20:31')}); registry.min_compare_bars = 30"
     )
     # champion trained on everything (k-fold): nothing left; a window before the embargo ends
-    cw = promotion.comparison_window(stamps, window, utc(S[4], "20:59"), embargo_bars=0, min_bars=2)
+    cw = gate_stage.comparison_window(
+        stamps, window, utc(S[4], "20:59"), embargo_bars=0, min_bars=2
+    )
     assert (cw.n_bars, cw.start, cw.clean_from) == (0, None, None)
     assert "only 0 leakage-free bars" in str(cw.reason) and "beyond the data" in str(cw.reason)
     early = (utc(S[1], "14:30"), utc(S[1], "20:59"))
-    cw = promotion.comparison_window(
+    cw = gate_stage.comparison_window(
         stamps, early, utc(S[0], "20:59"), embargo_bars=390, min_bars=1
     )
     assert cw.n_bars == 0 and cw.clean_from == utc(S[2], "14:30")
     # other ISO spellings of the same instants give the same window
-    cw = promotion.comparison_window(
+    cw = gate_stage.comparison_window(
         stamps,
         ("2024-01-11T09:30:00-05:00", "2024-01-12T15:59:00-05:00"),
         "2024-01-10T15:59:00-05:00",

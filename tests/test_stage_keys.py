@@ -34,6 +34,7 @@ USED_BY: dict[str, set[str]] = {
     "sentio.stages.regimes": {"regimes"},
     "sentio.stages.train": {"train"},
     "sentio.stages.report": set(),  # not cached: a report edit keeps every trained model
+    "sentio.stages.registry": set(),  # not cached either: promotion rules keep the models
     "sentio.stages": set(),  # the package only re-exports
     # the library modules of each stage
     "sentio.data.readers": {"ingest"},
@@ -50,7 +51,7 @@ USED_BY: dict[str, set[str]] = {
     "sentio.features.normalise": {"features", "folds", "train"},
     # code of later, uncached steps
     "sentio.report.build": set(),
-    "sentio.promotion": set(),
+    "sentio.registry": set(),
 }
 
 
@@ -135,9 +136,13 @@ def test_editing_a_module_changes_the_keys_of_exactly_the_stages_using_it(
 def test_the_registry_code_version_follows_the_training_code(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # sentio.promotion records code_version(*TRAIN_MODULES) with every registered model
+    # the registry stage records code_version(*TRAIN_MODULES) with every registered model:
+    # the code that made the model, not the stage's own (a promotion-rule edit or a report
+    # edit does not change the code version of a model)
     before = sentio.io.code_version(*stages.TRAIN_MODULES)
     edit(monkeypatch, "sentio.stages.report")
+    assert sentio.io.code_version(*stages.TRAIN_MODULES) == before
+    edit(monkeypatch, "sentio.stages.registry")
     assert sentio.io.code_version(*stages.TRAIN_MODULES) == before
     edit(monkeypatch, "sentio.evaluation.metrics")
     assert sentio.io.code_version(*stages.TRAIN_MODULES) != before

@@ -3,7 +3,8 @@
 One module per stage, in the order of the pipeline: :mod:`~sentio.stages.ingest`,
 :mod:`~sentio.stages.features`, :mod:`~sentio.stages.folds`,
 :mod:`~sentio.stages.regimes`, :mod:`~sentio.stages.train` (training and backtest with
-the references) and :mod:`~sentio.stages.report`; what they share (input files, stage
+the references), :mod:`~sentio.stages.report` and :mod:`~sentio.stages.registry`
+(registration and the promotion gate); what they share (input files, stage
 folders and their verified summaries, :func:`cached_stage`) is in
 :mod:`~sentio.stages.common`.
 
@@ -13,13 +14,12 @@ the version of the code that does the work: the stage's own module,
 :mod:`~sentio.stages.common` and the library modules it calls, never another stage's
 module. The Prefect tasks in ``tasks/`` call these functions and use the same keys as
 their cache keys; without Prefect, a stage whose outputs already exist and verify is not
-recomputed either.
+recomputed either. The report and registry stages are never cached and have no key.
 """
 
 from __future__ import annotations
 
 from sentio.regimes.training_rows import regime_training_rows
-from sentio.regimes.training_rows import utc64 as _utc64
 from sentio.stages.common import (
     SIDECAR_SUFFIXES,
     STAGE_SUMMARY,
@@ -37,6 +37,7 @@ from sentio.stages.features import features_key, features_stage
 from sentio.stages.folds import FOLDS_MODULES, folds_key, folds_stage
 from sentio.stages.ingest import INGEST_MODULES, ingest_code_version, ingest_key, ingest_stage
 from sentio.stages.regimes import regimes_key, regimes_stage
+from sentio.stages.registry import registry_stage
 from sentio.stages.report import report_stage, run_profile
 from sentio.stages.train import (
     TRAIN_MODULES,
@@ -53,7 +54,6 @@ __all__ = [
     "SIDECAR_SUFFIXES",
     "STAGE_SUMMARY",
     "TRAIN_MODULES",
-    "_utc64",
     "bar_seconds_of",
     "cached_stage",
     "config_for_data",
@@ -71,6 +71,7 @@ __all__ = [
     "regime_training_rows",
     "regimes_key",
     "regimes_stage",
+    "registry_stage",
     "relocate_summary",
     "report_stage",
     "resolve_inputs",
