@@ -144,20 +144,7 @@ def _prepare(raw: RawFile, index: int, cfg: SentioConfig) -> tuple[pl.DataFrame,
     if raw.delimiter is not None:
         info["delimiter"] = raw.delimiter
         info["header"] = raw.header
-    if "symbol" in frame.columns:
-        # Tickers are case-insensitive: ' qqq' and 'QQQ' are one series (counted in the report).
-        given = pl.col("symbol").cast(pl.String)
-        symbol = given.str.strip_chars().str.to_uppercase()
-        info["symbols_normalised"] = int(
-            frame.select((given != given.str.strip_chars().str.to_uppercase()).sum()).item() or 0
-        )
-        if icfg.symbol is not None:
-            info["symbol_option_ignored"] = "the file has its own symbol column"
-    elif icfg.symbol is not None:
-        symbol = pl.lit(icfg.symbol, pl.String)
-    else:
-        raise DataError(f"{file}: no symbol column; pass --symbol (for example --symbol SPY)")
-
+    symbol = _symbol(frame, icfg.symbol, file, info)
     exprs = [
         pl.lit(index, pl.Int32).alias("__file"),
         pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("__row"),
@@ -176,23 +163,7 @@ def _prepare(raw: RawFile, index: int, cfg: SentioConfig) -> tuple[pl.DataFrame,
         *[v.alias(f"__{c}") for c, v in values.items()],
         __non_numeric=pl.any_horizontal(non_numeric),
     )
-    v = {c: pl.col(f"__{c}") for c in _VALUES}
-    checks: list[tuple[str, pl.Expr]] = [
-        ("bad_timestamp", pl.col("__ts").is_null() & ~pl.col("__dst_gap")),
-        ("missing_symbol", pl.col("symbol").is_null() | (pl.col("symbol") == "")),
-        ("non_numeric_value", pl.col("__non_numeric")),
-        ("missing_value", pl.any_horizontal([x.is_null() for x in v.values()])),
-        ("non_finite_value", pl.any_horizontal([~x.is_finite() for x in v.values()])),
-        ("non_positive_price", pl.any_horizontal([v[c] <= 0 for c in PRICE_COLUMNS])),
-        ("negative_volume", v["volume"] < 0),
-        ("high_below_low", v["high"] < v["low"]),
-        (
-            "ohlc_inconsistent",
-            (v["high"] < pl.max_horizontal(v["open"], v["close"]))
-            | (v["low"] > pl.min_horizontal(v["open"], v["close"])),
-        ),
-    ]
-    work = work.with_columns(__reason=_first_reason(checks))
+    work = work.with_columns(__reason=_first_reason(_row_checks()))
     if parsed.kind == "date":
         work = work.with_columns(__date=pl.col("__ts"))
     else:
@@ -213,6 +184,43 @@ def _prepare(raw: RawFile, index: int, cfg: SentioConfig) -> tuple[pl.DataFrame,
         .alias("__drop"),
     )
     return out, info
+
+
+def _symbol(frame: pl.DataFrame, option: str | None, file: str, info: dict[str, Any]) -> pl.Expr:
+    """The symbol of each row: the file's column (normalised) or ``--symbol``; noted in ``info``."""
+    if "symbol" in frame.columns:
+        # Tickers are case-insensitive: ' qqq' and 'QQQ' are one series (counted in the report).
+        given = pl.col("symbol").cast(pl.String)
+        symbol = given.str.strip_chars().str.to_uppercase()
+        info["symbols_normalised"] = int(
+            frame.select((given != given.str.strip_chars().str.to_uppercase()).sum()).item() or 0
+        )
+        if option is not None:
+            info["symbol_option_ignored"] = "the file has its own symbol column"
+        return symbol
+    if option is not None:
+        return pl.lit(option, pl.String)
+    raise DataError(f"{file}: no symbol column; pass --symbol (for example --symbol SPY)")
+
+
+def _row_checks() -> list[tuple[str, pl.Expr]]:
+    """The parse and value checks of a working row, in check order (see :data:`REASONS`)."""
+    v = {c: pl.col(f"__{c}") for c in _VALUES}
+    return [
+        ("bad_timestamp", pl.col("__ts").is_null() & ~pl.col("__dst_gap")),
+        ("missing_symbol", pl.col("symbol").is_null() | (pl.col("symbol") == "")),
+        ("non_numeric_value", pl.col("__non_numeric")),
+        ("missing_value", pl.any_horizontal([x.is_null() for x in v.values()])),
+        ("non_finite_value", pl.any_horizontal([~x.is_finite() for x in v.values()])),
+        ("non_positive_price", pl.any_horizontal([v[c] <= 0 for c in PRICE_COLUMNS])),
+        ("negative_volume", v["volume"] < 0),
+        ("high_below_low", v["high"] < v["low"]),
+        (
+            "ohlc_inconsistent",
+            (v["high"] < pl.max_horizontal(v["open"], v["close"]))
+            | (v["low"] > pl.min_horizontal(v["open"], v["close"])),
+        ),
+    ]
 
 
 def _first_reason(checks: list[tuple[str, pl.Expr]], current: pl.Expr | None = None) -> pl.Expr:
@@ -397,6 +405,59 @@ def ingest_files(
         if p.exists() and p.resolve() in ours:
             raise DataError(f"{p}: ingest would overwrite this input file; choose another --out")
     raws = [read_file(p, cfg.ingest.columns) for p in resolved]
+    frames, input_info = _prepare_inputs(raws, cfg, input_sha256)
+    work = pl.concat(frames, how="vertical_relaxed")
+    rows_read = work.height
+    valid_ts = work.filter(_clean())
+    if valid_ts.height < 2:
+        _fail_too_few(work, outputs, input_info, raws)
+    if any(info["timestamp_kind"] == "date" for info in input_info):
+        bar_seconds = DAY_SECONDS
+    else:
+        bar_seconds = infer_bar_seconds(
+            valid_ts.select("symbol", pl.col("__ts").alias("timestamp"))
+        )
+    if cfg.ingest.bar_timestamp == "end" and bar_seconds < DAY_SECONDS:
+        work = work.with_columns(
+            __ts=pl.col("__ts") - pl.duration(seconds=bar_seconds),
+        ).with_columns(__date=pl.col("__ts").dt.convert_time_zone(NY_TZ).dt.date())
+
+    work, table = _place_in_sessions(work, bar_seconds, cfg)
+    work = _resolve_duplicates(work)
+    work, coverage, incomplete = _reject_incomplete_sessions(work, table, bar_seconds, cfg)
+
+    quarantined = work.filter(pl.col("__reason").is_not_null())
+    kept = work.filter(_clean())
+    bars = kept.select(
+        pl.col("timestamp").cast(TIMESTAMP_DTYPE), "symbol", *[pl.col(c) for c in _VALUES]
+    ).sort("symbol", "timestamp")
+    report = _report(
+        cfg,
+        outputs,
+        input_info,
+        rows_read=rows_read,
+        work=work,
+        quarantined=quarantined,
+        kept=kept,
+        bars=bars,
+        bar_seconds=bar_seconds,
+        coverage=coverage,
+        incomplete=incomplete,
+    )
+    problem = _problem(report, quarantined, bars, raws, cfg)
+    if problem is not None:
+        _fail(outputs, report, problem, quarantined, raws)
+    _write_outputs(outputs, report, bars, quarantined, raws, input_info, cfg)
+    return IngestResult(outputs, report)
+
+
+def _prepare_inputs(
+    raws: list[RawFile], cfg: SentioConfig, input_sha256: Mapping[Path, str] | None
+) -> tuple[list[pl.DataFrame], list[dict[str, Any]]]:
+    """The working frame and the report entry of every input (hash, size, provenance).
+
+    Raises :class:`DataError` when daily and intraday files are mixed.
+    """
     input_info = []
     frames = []
     for i, raw in enumerate(raws):
@@ -416,43 +477,45 @@ def ingest_files(
             f"{dates[0]}: daily bars (dates only) mixed with intraday files in one ingest; "
             "ingest each frequency on its own"
         )
-    work = pl.concat(frames, how="vertical_relaxed")
+    return frames, input_info
+
+
+def _fail_too_few(
+    work: pl.DataFrame,
+    outputs: IngestOutputs,
+    input_info: list[dict[str, Any]],
+    raws: list[RawFile],
+) -> NoReturn:
+    """Fail an ingest that has fewer than two valid bars to infer the frequency from."""
     rows_read = work.height
     files = [str(r.path) for r in raws]
+    bad = work.filter(pl.col("__reason").is_not_null())
+    reasons = dict(bad.group_by("__reason").len().iter_rows())
+    too_few = QuarantineLimitError(
+        f"{', '.join(files)}: {bad.height} of {rows_read} rows rejected, too few valid bars "
+        f"left to read: {_fmt_reasons(reasons)}; e.g. {_example(bad, files)}"
+        if bad.height
+        else f"{', '.join(files)}: need at least two bars, got {rows_read}"
+    )
+    failed: dict[str, Any] = {
+        "sentio_version": __version__,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "inputs": input_info,
+        "rows_read": rows_read,
+        "rows_quarantined": bad.height,
+        "quarantined_by_reason": reasons,
+        "quarantine": str(outputs.quarantine) if bad.height else None,
+    }
+    _fail(outputs, failed, too_few, bad, raws)
 
-    valid_ts = work.filter(_clean())
-    if valid_ts.height < 2:
-        bad = work.filter(pl.col("__reason").is_not_null())
-        reasons = dict(bad.group_by("__reason").len().iter_rows())
-        too_few = QuarantineLimitError(
-            f"{', '.join(files)}: {bad.height} of {rows_read} rows rejected, too few valid bars "
-            f"left to read: {_fmt_reasons(reasons)}; e.g. {_example(bad, files)}"
-            if bad.height
-            else f"{', '.join(files)}: need at least two bars, got {rows_read}"
-        )
-        failed: dict[str, Any] = {
-            "sentio_version": __version__,
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "inputs": input_info,
-            "rows_read": rows_read,
-            "rows_quarantined": bad.height,
-            "quarantined_by_reason": reasons,
-            "quarantine": str(outputs.quarantine) if bad.height else None,
-        }
-        _fail(outputs, failed, too_few, bad, raws)
-    if "date" in kinds:
-        bar_seconds = DAY_SECONDS
-    else:
-        bar_seconds = infer_bar_seconds(
-            valid_ts.select("symbol", pl.col("__ts").alias("timestamp"))
-        )
-    if cfg.ingest.bar_timestamp == "end" and bar_seconds < DAY_SECONDS:
-        work = work.with_columns(
-            __ts=pl.col("__ts") - pl.duration(seconds=bar_seconds),
-        ).with_columns(__date=pl.col("__ts").dt.convert_time_zone(NY_TZ).dt.date())
 
-    work, table = _place_in_sessions(work, bar_seconds, cfg)
-    work = _resolve_duplicates(work)
+def _reject_incomplete_sessions(
+    work: pl.DataFrame, table: pl.DataFrame, bar_seconds: int, cfg: SentioConfig
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Quarantine intraday sessions below ``ingest.min_session_coverage``.
+
+    Returns the frame, the coverage of the bars left and the rejected (symbol, session)s.
+    """
     coverage = _coverage(work, table, bar_seconds)
     incomplete = pl.DataFrame(schema={"symbol": pl.String, "session": pl.Date})
     if bar_seconds < DAY_SECONDS and coverage.height:
@@ -469,9 +532,24 @@ def ingest_files(
             )
             work = _mark(work, "incomplete_session", pl.col("__inc")).drop("__inc")
             coverage = _coverage(work, table, bar_seconds)
+    return work, coverage, incomplete
 
-    quarantined = work.filter(pl.col("__reason").is_not_null())
-    kept = work.filter(_clean())
+
+def _report(
+    cfg: SentioConfig,
+    outputs: IngestOutputs,
+    input_info: list[dict[str, Any]],
+    *,
+    rows_read: int,
+    work: pl.DataFrame,
+    quarantined: pl.DataFrame,
+    kept: pl.DataFrame,
+    bars: pl.DataFrame,
+    bar_seconds: int,
+    coverage: pl.DataFrame,
+    incomplete: pl.DataFrame,
+) -> dict[str, Any]:
+    """The ingest report (see the module docstring for the accounting it checks)."""
     by_reason = {
         r: n for r, n in quarantined.group_by("__reason").len().sort("__reason").iter_rows()
     }
@@ -479,23 +557,6 @@ def ingest_files(
         r: n
         for r, n in work.filter(pl.col("__drop").is_not_null()).group_by("__drop").len().iter_rows()
     }
-    out_of_order = (
-        int(
-            kept.select(
-                (
-                    (pl.col("timestamp").diff().over("symbol", order_by=["__file", "__row"]))
-                    < pl.duration()
-                ).sum()
-            ).item()
-        )
-        if kept.height
-        else 0
-    )
-
-    bars = kept.select(
-        pl.col("timestamp").cast(TIMESTAMP_DTYPE), "symbol", *[pl.col(c) for c in _VALUES]
-    ).sort("symbol", "timestamp")
-
     report: dict[str, Any] = {
         "sentio_version": __version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -510,7 +571,7 @@ def ingest_files(
         "rows_quarantined": quarantined.height,
         "quarantined_by_reason": by_reason,
         "quarantine": str(outputs.quarantine) if quarantined.height else None,
-        "rows_out_of_order": out_of_order,
+        "rows_out_of_order": _out_of_order(kept),
         "bar_seconds": bar_seconds,
         "frequency": frequency_label(bar_seconds),
         "bar_timestamp": cfg.ingest.bar_timestamp,
@@ -541,23 +602,61 @@ def ingest_files(
     )
     if accounted != rows_read:  # pragma: no cover - an internal invariant
         raise AssertionError(f"ingest accounting broken: {accounted} != {rows_read}")
+    return report
 
-    problem: DataError | None = None
+
+def _out_of_order(kept: pl.DataFrame) -> int:
+    """Kept bars whose timestamp is earlier than the previous row of their symbol in the input."""
+    if not kept.height:
+        return 0
+    return int(
+        kept.select(
+            (
+                (pl.col("timestamp").diff().over("symbol", order_by=["__file", "__row"]))
+                < pl.duration()
+            ).sum()
+        ).item()
+    )
+
+
+def _problem(
+    report: dict[str, Any],
+    quarantined: pl.DataFrame,
+    bars: pl.DataFrame,
+    raws: list[RawFile],
+    cfg: SentioConfig,
+) -> DataError | None:
+    """Why the ingest fails (bad rows refused, too many quarantined, no bars), or None."""
+    files = [str(r.path) for r in raws]
+    rows_read = report["rows_read"]
+    by_reason = report["quarantined_by_reason"]
     if quarantined.height and cfg.ingest.on_bad_rows == "error":
-        problem = DataError(
+        return DataError(
             f"{_example(quarantined, files)} ({quarantined.height} bad rows: "
             f"{_fmt_reasons(by_reason)}); set ingest.on_bad_rows=quarantine to set them aside"
         )
-    elif quarantined.height > math.floor(cfg.ingest.max_quarantine_fraction * rows_read):
+    if quarantined.height > math.floor(cfg.ingest.max_quarantine_fraction * rows_read):
         frac = quarantined.height / rows_read
-        problem = QuarantineLimitError(
+        return QuarantineLimitError(
             f"{', '.join(files)}: {quarantined.height} of {rows_read} rows rejected ({frac:.2%}, limit "
             f"{cfg.ingest.max_quarantine_fraction:.2%}): {_fmt_reasons(by_reason)}; e.g. {_example(quarantined, files)}"
         )
-    elif bars.height == 0:
-        problem = DataError(f"{', '.join(files)}: no regular-hours bars left after ingest")
-    if problem is not None:
-        _fail(outputs, report, problem, quarantined, raws)
+    if bars.height == 0:
+        return DataError(f"{', '.join(files)}: no regular-hours bars left after ingest")
+    return None
+
+
+def _write_outputs(
+    outputs: IngestOutputs,
+    report: dict[str, Any],
+    bars: pl.DataFrame,
+    quarantined: pl.DataFrame,
+    raws: list[RawFile],
+    input_info: list[dict[str, Any]],
+    cfg: SentioConfig,
+) -> None:
+    """Check the contracts, then write the quarantine, bars, configuration, provenance and
+    report (the report last, with the contract result and the output's hash)."""
     if quarantined.height:
         _write_quarantine(outputs.quarantine, quarantined, raws)
     else:
@@ -569,7 +668,6 @@ def ingest_files(
     write_config(outputs.config, cfg)
     _carry_provenance(outputs, input_info, report["derived_symbols"])
     write_json_atomic(outputs.report, report)
-    return IngestResult(outputs, report)
 
 
 def _fail(

@@ -123,9 +123,31 @@ def derive_leveraged(
     bars = bars.with_columns(session_date(pl.col("timestamp")).alias("_session"))
     first_open = bars["open"][0]
     base0 = float(first_open if start_price is None else start_price)
+    per_session = _session_bases(bars, lev, fee_rate, first_open, base0)
 
-    # One row per session, in time order: its last close and the reset reference.
-    per_session = (
+    def level(col: str) -> pl.Expr:
+        return pl.col("_base") * (1.0 + lev * (pl.col(col) / pl.col("_ref") - 1.0))
+
+    hi_src, lo_src = ("high", "low") if lev > 0 else ("low", "high")
+    out = bars.join(per_session, on="_session", how="left", maintain_order="left").select(
+        "timestamp",
+        pl.lit(symbol, dtype=pl.String).alias("symbol"),
+        level("open").alias("open"),
+        level(hi_src).alias("high"),
+        level(lo_src).alias("low"),
+        level("close").alias("close"),
+        (pl.col("volume") * volume_ratio).alias("volume"),
+    )
+    _check_derived(out, symbol, lev)
+    # one symbol, already in time order: canonical without another sort
+    return to_canonical(out, sort=False)
+
+
+def _session_bases(
+    bars: pl.DataFrame, lev: float, fee_rate: float, first_open: Any, base0: float
+) -> pl.DataFrame:
+    """One row per session, in time order: its reset reference ``_ref`` and base ``_base``."""
+    return (
         bars.group_by("_session", maintain_order=True)
         .agg(pl.col("close").last().alias("_close_u"))
         .with_columns(
@@ -150,20 +172,9 @@ def derive_leveraged(
         .select("_session", "_ref", "_base")
     )
 
-    def level(col: str) -> pl.Expr:
-        return pl.col("_base") * (1.0 + lev * (pl.col(col) / pl.col("_ref") - 1.0))
 
-    hi_src, lo_src = ("high", "low") if lev > 0 else ("low", "high")
-    out = bars.join(per_session, on="_session", how="left", maintain_order="left").select(
-        "timestamp",
-        pl.lit(symbol, dtype=pl.String).alias("symbol"),
-        level("open").alias("open"),
-        level(hi_src).alias("high"),
-        level(lo_src).alias("low"),
-        level("close").alias("close"),
-        (pl.col("volume") * volume_ratio).alias("volume"),
-    )
-
+def _check_derived(out: pl.DataFrame, symbol: str, lev: float) -> None:
+    """Raise :class:`DataError` at the first derived bar with a price <= 0 (or NaN)."""
     bad = out.filter(~(pl.min_horizontal(*PRICE_COLUMNS) > 0))  # also catches NaN
     if bad.height:
         row = bad.row(0, named=True)
@@ -173,8 +184,6 @@ def derive_leveraged(
             f"low {row['low']:.6g}, close {row['close']:.6g}): the underlying moved more "
             f"than 1/{abs(lev):g} against it since the previous close"
         )
-    # one symbol, already in time order: canonical without another sort
-    return to_canonical(out, sort=False)
 
 
 def derived_provenance(

@@ -219,22 +219,7 @@ def _simulate_underlying(
     ratio = synth.overnight_vol_ratio
     s_k = (vol / np.sqrt(bars_per_year * (1.0 + ratio**2)))[reg]
     mu_k = (drift / bars_per_year)[reg]
-
-    if synth.random_walk:
-        u = np.ones(n)
-        mult = np.ones(n)
-    else:
-        # U-shape over the session, unit mean square within each session
-        x = (minute + 0.5) / minutes[sess]
-        u = 1.0 + synth.intraday_u_shape * (2.0 * x - 1.0) ** 2
-        ms = np.bincount(sess, weights=u**2, minlength=n_sess) / minutes
-        u /= np.sqrt(ms)[sess]
-        # AR(1) log-volatility, started from its stationary law
-        phi, vov = synth.vol_persistence, synth.vol_of_vol
-        var_h = vov**2 / (1.0 - phi**2)
-        h0 = rng_h.standard_normal() * np.sqrt(var_h)
-        h = _ar1(rng_h.standard_normal(n), phi, vov, h0)
-        mult = np.exp(h - var_h)
+    u, mult = _vol_shape(synth, minute, minutes, sess, rng_h)
 
     eps = _standard_t(rng_z, synth.tail_df, n + 1)
     rho = synth.edge_strength
@@ -250,6 +235,47 @@ def _simulate_underlying(
 
     log_close = np.log(synth.start_price) + np.cumsum(gap + r)
     log_open = log_close - r
+    log_high, log_low = _high_low(log_open, log_close, sigma, rng_hl)
+    arrays = {
+        "timestamp": open_us[sess] + minute * _MINUTE_US,
+        "open": np.exp(log_open),
+        "high": np.exp(log_high),
+        "low": np.exp(log_low),
+        "close": np.exp(log_close),
+        "volume": _volume(synth, r, minute, minutes, sess, rng_vol),
+    }
+    return arrays, reg, names
+
+
+def _vol_shape(
+    synth: SynthConfig,
+    minute: np.ndarray,
+    minutes: np.ndarray,
+    sess: np.ndarray,
+    rng_h: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-bar volatility multipliers: the intraday U-shape and the stochastic volatility."""
+    n, n_sess = minute.size, minutes.size
+    if synth.random_walk:
+        return np.ones(n), np.ones(n)
+    # U-shape over the session, unit mean square within each session
+    x = (minute + 0.5) / minutes[sess]
+    u = 1.0 + synth.intraday_u_shape * (2.0 * x - 1.0) ** 2
+    ms = np.bincount(sess, weights=u**2, minlength=n_sess) / minutes
+    u /= np.sqrt(ms)[sess]
+    # AR(1) log-volatility, started from its stationary law
+    phi, vov = synth.vol_persistence, synth.vol_of_vol
+    var_h = vov**2 / (1.0 - phi**2)
+    h0 = rng_h.standard_normal() * np.sqrt(var_h)
+    h = _ar1(rng_h.standard_normal(n), phi, vov, h0)
+    return u, np.exp(h - var_h)
+
+
+def _high_low(
+    log_open: np.ndarray, log_close: np.ndarray, sigma: np.ndarray, rng_hl: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Log high and low of each bar: extremes of a Brownian bridge from open to close."""
+    n = log_open.size
     # extremes of a Brownian bridge from log_open to log_close with variance sigma^2
     span = (log_close - log_open) ** 2
     u_hi = 1.0 - rng_hl.random(n)
@@ -260,24 +286,24 @@ def _simulate_underlying(
     # exact in real arithmetic; guard the last ulp of floating point
     log_high = np.maximum(log_high, np.maximum(log_open, log_close))
     log_low = np.minimum(log_low, np.minimum(log_open, log_close))
+    return log_high, log_low
 
-    # volume: U-shaped, grows with |r|, log-normal noise; mean base_volume
+
+def _volume(
+    synth: SynthConfig,
+    r: np.ndarray,
+    minute: np.ndarray,
+    minutes: np.ndarray,
+    sess: np.ndarray,
+    rng_vol: np.random.Generator,
+) -> np.ndarray:
+    """Volume: U-shaped, grows with ``|r|``, log-normal noise; mean ``base_volume``."""
     abs_r = np.abs(r)
     w = 1.0 + synth.intraday_u_shape * (2.0 * (minute + 0.5) / minutes[sess] - 1.0) ** 2
     activity = (1.0 - _VOLUME_ABS_R_WEIGHT) + _VOLUME_ABS_R_WEIGHT * abs_r / abs_r.mean()
-    noise = np.exp(_VOLUME_NOISE_SD * rng_vol.standard_normal(n) - 0.5 * _VOLUME_NOISE_SD**2)
+    noise = np.exp(_VOLUME_NOISE_SD * rng_vol.standard_normal(r.size) - 0.5 * _VOLUME_NOISE_SD**2)
     raw = w * activity * noise
-    volume = np.maximum(np.round(synth.base_volume * raw / raw.mean()), 1.0)
-
-    arrays = {
-        "timestamp": open_us[sess] + minute * _MINUTE_US,
-        "open": np.exp(log_open),
-        "high": np.exp(log_high),
-        "low": np.exp(log_low),
-        "close": np.exp(log_close),
-        "volume": volume,
-    }
-    return arrays, reg, names
+    return np.maximum(np.round(synth.base_volume * raw / raw.mean()), 1.0)
 
 
 def generate(cfg: SentioConfig) -> SynthData:
