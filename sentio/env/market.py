@@ -168,47 +168,10 @@ def build_market(
     from sentio.evaluation import periods_per_year
 
     u = cfg.universe
-    symbols = [u.underlying, u.long, u.short]
-    present = set(bars["symbol"].unique().to_list())
-    missing = [s for s in symbols if s not in present]
-    if missing:
-        raise DataError(f"market: the bars lack {missing} (universe {symbols})")
-    frame = features.sort("timestamp")
-    feature_names = tuple(c for c in frame.columns if c != "timestamp")
-    for i, sym in enumerate(symbols):
-        px = bars.filter(pl.col("symbol") == sym).select(
-            "timestamp", pl.col("open").alias(f"open_{i}"), pl.col("close").alias(f"close_{i}")
-        )
-        frame = frame.join(px, on="timestamp", how="inner")
-    regime_cols: list[str] = []
-    if regimes is not None:
-        regime_cols = sorted(
-            (c for c in regimes.columns if c.startswith("p_regime_")),
-            key=lambda c: int(c.rsplit("_", 1)[1]),
-        )
-        frame = frame.join(regimes.select("timestamp", *regime_cols), on="timestamp", how="inner")
-    frame = frame.sort("timestamp")
-    if frame.height < 2:
-        raise DataError(
-            f"market: {frame.height} rows have features, prices of {symbols}"
-            + (" and regime probabilities" if regimes is not None else "")
-            + "; need at least 2"
-        )
+    frame, feature_names, regime_cols = _aligned_frame(bars, features, regimes, cfg)
     stamps = frame["timestamp"]
-    day = stamps.to_frame("t").select(session_date(pl.col("t")).alias("d"))["d"]
-    first_day, last_day = day.min(), day.max()
-    assert isinstance(first_day, dt.date) and isinstance(last_day, dt.date)
-    table = sessions(
-        first_day - dt.timedelta(days=1), last_day + dt.timedelta(days=1), u.calendar
-    ).select("session", "close")
-    closes = day.to_frame("session").join(table, on="session", how="left")["close"]
-    session = (day != day.shift(1)).fill_null(True).cum_sum().to_numpy().astype(np.int64) - 1
-    last = np.empty(session.size, dtype=bool)
-    last[:-1] = session[1:] != session[:-1]
-    last[-1] = True
+    session, last, gap_before, minutes = _session_arrays(stamps, u.calendar)
     daily = periods_per_year(stamps) <= 252
-    gap_before = gap_rows(day, u.calendar).to_numpy()
-    minutes = ((closes - stamps).dt.total_seconds() / 60.0).fill_null(0.0).to_numpy()
     px_open = frame.select([f"open_{i}" for i in range(3)]).to_numpy().astype(np.float64)
     px_close = frame.select([f"close_{i}" for i in range(3)]).to_numpy().astype(np.float64)
     if not (np.isfinite(px_open).all() and np.isfinite(px_close).all()):
@@ -244,3 +207,63 @@ def build_market(
         feature_names=feature_names,
         gap_before=gap_before if gap_before.any() else None,
     )
+
+
+def _aligned_frame(
+    bars: pl.DataFrame,
+    features: pl.DataFrame,
+    regimes: pl.DataFrame | None,
+    cfg: SentioConfig,
+) -> tuple[pl.DataFrame, tuple[str, ...], list[str]]:
+    """The feature rows that have every instrument's open and close (``open_i``,
+    ``close_i``) and the regime probabilities, in time order; the feature and regime
+    column names."""
+    u = cfg.universe
+    symbols = [u.underlying, u.long, u.short]
+    present = set(bars["symbol"].unique().to_list())
+    missing = [s for s in symbols if s not in present]
+    if missing:
+        raise DataError(f"market: the bars lack {missing} (universe {symbols})")
+    frame = features.sort("timestamp")
+    feature_names = tuple(c for c in frame.columns if c != "timestamp")
+    for i, sym in enumerate(symbols):
+        px = bars.filter(pl.col("symbol") == sym).select(
+            "timestamp", pl.col("open").alias(f"open_{i}"), pl.col("close").alias(f"close_{i}")
+        )
+        frame = frame.join(px, on="timestamp", how="inner")
+    regime_cols: list[str] = []
+    if regimes is not None:
+        regime_cols = sorted(
+            (c for c in regimes.columns if c.startswith("p_regime_")),
+            key=lambda c: int(c.rsplit("_", 1)[1]),
+        )
+        frame = frame.join(regimes.select("timestamp", *regime_cols), on="timestamp", how="inner")
+    frame = frame.sort("timestamp")
+    if frame.height < 2:
+        raise DataError(
+            f"market: {frame.height} rows have features, prices of {symbols}"
+            + (" and regime probabilities" if regimes is not None else "")
+            + "; need at least 2"
+        )
+    return frame, feature_names, regime_cols
+
+
+def _session_arrays(
+    stamps: pl.Series, calendar: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: session index, last bar of its session, calendar gap before it and
+    minutes to its session's close (0 where the calendar has no close)."""
+    day = stamps.to_frame("t").select(session_date(pl.col("t")).alias("d"))["d"]
+    first_day, last_day = day.min(), day.max()
+    assert isinstance(first_day, dt.date) and isinstance(last_day, dt.date)
+    table = sessions(
+        first_day - dt.timedelta(days=1), last_day + dt.timedelta(days=1), calendar
+    ).select("session", "close")
+    closes = day.to_frame("session").join(table, on="session", how="left")["close"]
+    session = (day != day.shift(1)).fill_null(True).cum_sum().to_numpy().astype(np.int64) - 1
+    last = np.empty(session.size, dtype=bool)
+    last[:-1] = session[1:] != session[:-1]
+    last[-1] = True
+    gap_before = gap_rows(day, calendar).to_numpy()
+    minutes = ((closes - stamps).dt.total_seconds() / 60.0).fill_null(0.0).to_numpy()
+    return session, last, gap_before, minutes

@@ -288,35 +288,23 @@ class TradingEnv(gym.Env[dict[str, Any], np.int64]):
         rate = p.half_spread + p.slippage_vol_mult * p.leverage * vol
         return p.commission_per_share * shares + rate * shares * price
 
-    def step(self, action: Any) -> tuple[Obs, SupportsFloat, bool, bool, dict[str, Any]]:
-        """Decide at the close of bar t, fill at the open of t+1, end at the close of t+1."""
-        acct = self._acct()
-        if self._done:
-            raise RuntimeError("the episode has ended; call reset()")
-        a = int(np.asarray(action).item())
-        if not 0 <= a < len(self.grid):
-            raise ValueError(f"action must be in [0, {len(self.grid)}), got {action!r}")
-        m, p = self.market, self.params
-        t = acct.t
-        t1 = t + 1
-        e_prev = acct.equity
-        vol_t, vol_t1 = float(m.vol[t]), float(m.vol[t1])
+    def _fill_at_open(self, acct: Account, a: int) -> tuple[float, float, float, int, float, float]:
+        """Steps 1-2: mark at the open of bar t+1 and, when the action changes, trade there.
+
+        Returns the equity at the open, then cash, shares and instrument after the fill,
+        and the costs and traded notional of its legs (every leg pays costs).
+        """
+        m, t1 = self.market, acct.t + 1
+        vol_t = float(m.vol[acct.t])
 
         def open_px(inst: int) -> float:
             return float(m.open[t1, inst])
 
-        def close_px(inst: int) -> float:
-            return float(m.close[t1, inst])
-
-        # 1. mark at the open of bar t+1
         cash, shares, inst = acct.cash, acct.shares, acct.instrument
         e_open = cash + (shares * open_px(inst) if inst != FLAT else 0.0)
-
-        # 2.-3. trade only when the action changes; every leg pays costs
         costs = 0.0
         notional = 0.0
-        changed = a != acct.action
-        if changed:
+        if a != acct.action:
             x = self.grid[a]
             new_inst = LONG if x > 0 else SHORT if x < 0 else FLAT
             new_shares = abs(x) * e_open / open_px(new_inst) if new_inst != FLAT else 0.0
@@ -337,10 +325,85 @@ class TradingEnv(gym.Env[dict[str, Any], np.int64]):
                 costs += cost
                 notional += abs(qty) * px
             shares, inst = new_shares, new_inst
-        fill_value = shares * open_px(inst) if inst != FLAT else 0.0
+        return e_open, cash, shares, inst, costs, notional
+
+    def _forced_exit(
+        self, t1: int, shares: float, equity: float, peak: float, tripped: bool
+    ) -> tuple[bool, str | None]:
+        """Step 4: whether the circuit breaker trips at the close of ``t1`` and the reason
+        of a forced exit there (breaker, flat at the session's close), if any."""
+        p = self.params
+        trip = False
+        if p.mask_drawdown and not tripped:
+            trip = 1.0 - equity / max(peak, equity) >= p.drawdown_limit
+        if shares > 0 and trip:
+            return trip, "circuit_breaker"
+        if shares > 0 and p.flat_at_close and bool(self.market.last_bar[t1]):
+            return trip, "close"
+        return trip, None
+
+    def _termination(self, equity: float, trip: bool) -> str | None:
+        """Why the episode terminates after this step (ruin, circuit breaker), if it does."""
+        if equity <= 0.0:
+            return "ruin"
+        if trip and not self.backtest:
+            return "circuit_breaker"
+        return None
+
+    def _step_info(
+        self,
+        new: Account,
+        costs: float,
+        notional: float,
+        termination: str | None,
+        forced_exit: str | None,
+        action: int,
+        fill_exposure: float,
+    ) -> dict[str, Any]:
+        """The ``info`` of a step that ended in account ``new`` (see the class docstring)."""
+        inst, shares, equity = new.instrument, new.shares, new.equity
+        exposure = 0.0
+        if inst != FLAT and equity > 0:
+            price = float(self.market.close[new.t, inst])
+            exposure = (-1.0 if inst == SHORT else 1.0) * shares * price / equity
+        return {
+            "equity": equity,
+            "exposure": exposure,
+            "costs": costs,
+            "traded_notional": notional,
+            "termination": termination,
+            "forced_exit": forced_exit,
+            "action": action,
+            "fill_exposure": fill_exposure,
+            "cash": new.cash,
+            "shares": shares,
+            "instrument": inst,
+            "row": new.t,
+        }
+
+    def step(self, action: Any) -> tuple[Obs, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Decide at the close of bar t, fill at the open of t+1, end at the close of t+1."""
+        acct = self._acct()
+        if self._done:
+            raise RuntimeError("the episode has ended; call reset()")
+        a = int(np.asarray(action).item())
+        if not 0 <= a < len(self.grid):
+            raise ValueError(f"action must be in [0, {len(self.grid)}), got {action!r}")
+        m, p = self.market, self.params
+        t = acct.t
+        t1 = t + 1
+        e_prev = acct.equity
+
+        def close_px(inst: int) -> float:
+            return float(m.close[t1, inst])
+
+        # 1.-2. mark at the open of bar t+1; trade only when the action changes
+        changed = a != acct.action
+        e_open, cash, shares, inst, costs, notional = self._fill_at_open(acct, a)
+        fill_value = shares * float(m.open[t1, inst]) if inst != FLAT else 0.0
         fill_exposure = (-1.0 if inst == SHORT else 1.0) * fill_value / e_open
 
-        # 4. mark at the close of bar t+1
+        # 3. mark at the close of bar t+1
         equity = cash + (shares * close_px(inst) if inst != FLAT else 0.0)
 
         # session bookkeeping: a new session restarts the peak from the previous close
@@ -349,19 +412,12 @@ class TradingEnv(gym.Env[dict[str, Any], np.int64]):
         else:
             peak, tripped, dd_prev = acct.peak, acct.tripped, acct.drawdown
 
-        # 5. forced exits at the close: circuit breaker, flat at the session's close
-        trip = False
-        if p.mask_drawdown and not tripped:
-            trip = 1.0 - equity / max(peak, equity) >= p.drawdown_limit
-        forced_exit: str | None = None
-        if shares > 0 and trip:
-            forced_exit = "circuit_breaker"
-        elif shares > 0 and p.flat_at_close and bool(m.last_bar[t1]):
-            forced_exit = "close"
+        # 4. forced exits at the close: circuit breaker, flat at the session's close
+        trip, forced_exit = self._forced_exit(t1, shares, equity, peak, tripped)
         held = a
         if forced_exit is not None:
             px = close_px(inst)
-            cost = self._leg_cost(shares, px, vol_t1)
+            cost = self._leg_cost(shares, px, float(m.vol[t1]))
             cash += shares * px - cost
             costs += cost
             notional += shares * px
@@ -370,7 +426,7 @@ class TradingEnv(gym.Env[dict[str, Any], np.int64]):
         peak = max(peak, equity)
         drawdown = 1.0 - equity / peak
 
-        # 6. reward: log return of equity net of costs, minus the drawdown penalty
+        # 5. reward: log return of equity net of costs, minus the drawdown penalty
         reward = math.log(max(equity, 1e-300) / e_prev)
         if p.drawdown_penalty > 0:
             reward -= p.drawdown_penalty * max(drawdown - dd_prev, 0.0)
@@ -396,30 +452,12 @@ class TradingEnv(gym.Env[dict[str, Any], np.int64]):
             tripped=tripped or trip,
         )
 
-        # 7. flags
-        termination: str | None = None
-        if equity <= 0.0:
-            termination = "ruin"
-        elif trip and not self.backtest:
-            termination = "circuit_breaker"
+        # 6. flags
+        termination = self._termination(equity, trip)
         terminated = termination is not None
         truncated = t1 >= acct.end and not terminated
         self._done = terminated or truncated
-        exposure = 0.0
-        if inst != FLAT and equity > 0:
-            exposure = (-1.0 if inst == SHORT else 1.0) * shares * close_px(inst) / equity
-        info: dict[str, Any] = {
-            "equity": equity,
-            "exposure": exposure,
-            "costs": costs,
-            "traded_notional": notional,
-            "termination": termination,
-            "forced_exit": forced_exit,
-            "action": a,
-            "fill_exposure": fill_exposure,
-            "cash": cash,
-            "shares": shares,
-            "instrument": inst,
-            "row": t1,
-        }
+        info = self._step_info(
+            self.account, costs, notional, termination, forced_exit, a, fill_exposure
+        )
         return self.observe(), reward, terminated, truncated, info
