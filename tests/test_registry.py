@@ -571,3 +571,29 @@ def test_cli_refuses_damaged_versions_and_reports_integrity(tmp_path: Path) -> N
     assert r.exit_code == 6
     _one_line_error(r, r"model\.zip: sha256 mismatch.*refusing to roll back to it")
     assert _pointer_and_history(reg) == before
+
+
+def test_one_number_formatter_for_the_report_the_registry_and_the_cli() -> None:
+    """``sentio.text.format_number``: the report's cells, the decision table, ``models list``."""
+    import numpy as np
+
+    from sentio.cli import _fmt
+    from sentio.registry import decision_markdown
+    from sentio.text import format_number
+
+    assert format_number(1.23456) == "1.235" and format_number(0.5, 1) == "0.5"
+    assert format_number(np.float32(0.25)) == "0.250" and format_number(np.int64(7)) == "7"
+    assert format_number(1170.0, 0) == "1170" and format_number(42) == "42"
+    for missing in (None, float("nan"), float("inf"), "1.5"):
+        assert format_number(missing) == "n/a" and format_number(missing, missing="-") == "-"
+    # the CLI writes '-' where the report and the registry decision write 'n/a'
+    assert (_fmt(2.5), _fmt(None), _fmt(float("nan"))) == ("2.500", "-", "-")
+    md = decision_markdown(
+        {
+            "candidate": "v1",
+            "candidate_metrics": {"sharpe": 1.5, "dsr": None, "n_bars": 120},
+            "champion_metrics": {"sharpe": float("nan"), "n_bars": 120},
+        }
+    )
+    assert "| sharpe | 1.500 | n/a |" in md and "| dsr | n/a | n/a |" in md
+    assert "| n_bars | 120 | 120 |" in md

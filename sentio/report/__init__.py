@@ -25,8 +25,10 @@ stationary-bootstrap confidence intervals; the dispersion across seeds; the head
 series (the seed ensemble: per bar, the mean return of the seeds over the bars they
 share) with PSR and DSR on the per-bar Sharpe ratio (the number of trials is the number
 of stitched strategies actually run, one configuration x the seeds, and their Sharpe
-variance). The verdict claims an edge only when the bootstrap interval of the stitched
-Sharpe ratio lies above zero AND the DSR reaches ``cfg.registry.min_dsr``.
+variance). Each seed's stitched series gets its own PSR and DSR with the same trials
+(``seeds.<seed>.psr`` / ``dsr`` in ``metrics.json``): the registry's gate reads a
+seed's DSR from there. The verdict claims an edge only when the bootstrap interval of
+the stitched Sharpe ratio lies above zero AND the DSR reaches ``cfg.registry.min_dsr``.
 
 The package, one concept a module: :mod:`~sentio.report.labels` (references, regimes and
 bar frequency in words), :mod:`~sentio.report.times` (UTC and New York timestamps),
