@@ -743,21 +743,7 @@ def signal(
             )
     result = replay(bundle, market, first, last)
     row = result.frame.row(-1, named=True)
-    grid = bundle.params().grid
     K = market.n_regimes
-    probs = {f"regime_{k}": float(row[f"p_regime_{k}"]) for k in range(K)}
-    mask = []
-    for i, x in enumerate(grid):
-        bits = int(row[f"blocked_{i}"])
-        mask.append(
-            {
-                "action": i,
-                "target_exposure": float(x),
-                "instrument": _instrument(float(x), bundle.instruments),
-                "allowed": bits == 0,
-                "blocked_by": layer_names(bits),
-            }
-        )
     since = result.frame["timestamp"][0]
     return {
         "version": bundle.version,
@@ -765,25 +751,49 @@ def signal(
         "action": int(row["action"]),
         "target_exposure": float(row["target_exposure"]),
         "instrument": str(row["target_instrument"]),
-        "regime_probabilities": probs,
+        "regime_probabilities": {f"regime_{k}": float(row[f"p_regime_{k}"]) for k in range(K)},
         "regime": int(row["regime"]) if K else None,
         "mask_layers": list(MASK_LAYERS),
-        "mask": mask,
+        "mask": _mask_entries(row, bundle.params().grid, bundle.instruments),
         "derived_symbols": derived,
-        "account": {
-            "equity": _finite(row["equity"]),
-            "exposure": _finite(row["exposure"]),
-            "instrument_held": str(row["instrument_held"]),
-            "shares_held": _finite(row["shares_held"]),
-            "position": _finite(row["position"]),
-            "forced_exit": row["forced_exit"] or None,
-            "initial_equity": float(bundle.cfg.env.initial_cash),
-            "since": iso_z(since),
-            "bars": int(result.frame.height),
-            "ruined": result.ruined,
-        },
+        "account": _account(row, result, float(bundle.cfg.env.initial_cash)),
         "fills": "open of the next bar",
         "note": FILL_NOTE,
         "in_sample": bundle.in_sample(since),
         "stands_aside": getattr(bundle.model, STAND_ASIDE, None) is not None,
+    }
+
+
+def _mask_entries(
+    row: dict[str, Any], grid: np.ndarray, instruments: tuple[str, str]
+) -> list[dict[str, Any]]:
+    """Per action of a replay row: its exposure, instrument, and the layers blocking it."""
+    out = []
+    for i, x in enumerate(grid):
+        bits = int(row[f"blocked_{i}"])
+        out.append(
+            {
+                "action": i,
+                "target_exposure": float(x),
+                "instrument": _instrument(float(x), instruments),
+                "allowed": bits == 0,
+                "blocked_by": layer_names(bits),
+            }
+        )
+    return out
+
+
+def _account(row: dict[str, Any], result: Replay, initial: float) -> dict[str, Any]:
+    """The account at the close of a replay row (the signal's ``account``)."""
+    return {
+        "equity": _finite(row["equity"]),
+        "exposure": _finite(row["exposure"]),
+        "instrument_held": str(row["instrument_held"]),
+        "shares_held": _finite(row["shares_held"]),
+        "position": _finite(row["position"]),
+        "forced_exit": row["forced_exit"] or None,
+        "initial_equity": initial,
+        "since": iso_z(result.frame["timestamp"][0]),
+        "bars": int(result.frame.height),
+        "ruined": result.ruined,
     }

@@ -69,6 +69,8 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +78,12 @@ import numpy as np
 import polars as pl
 from filelock import FileLock, Timeout
 
+from sentio.env.market import MarketData
 from sentio.errors import SentioError
 from sentio.io import write_feather_atomic
-from sentio.live import Bars, Timestamp, as_utc, load_bundle, replay
+from sentio.live import Bars, ModelBundle, load_bundle, replay
 from sentio.registry import Registry
+from sentio.times import Timestamp, as_utc, from_datetime64, iso_z, now_utc, to_datetime64
 
 __all__ = [
     "LEDGER",
@@ -144,16 +148,6 @@ def read_ledger(path: str | os.PathLike[str]) -> pl.DataFrame | None:
         raise PaperError(f"{p}: cannot read the ledger ({err})") from None
 
 
-def _iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def _utc(t: np.datetime64) -> dt.datetime:
-    value = t.astype("datetime64[us]").astype(dt.datetime)
-    assert isinstance(value, dt.datetime)
-    return value.replace(tzinfo=dt.UTC)
-
-
 def _provisional(col: str) -> bool:
     """Whether ``col`` of the last row depends on the bar after it (:data:`PROVISIONAL`)."""
     return col.startswith("blocked_") or col in PROVISIONAL
@@ -193,7 +187,7 @@ def _first_difference(
 def _json(value: Any) -> Any:
     """A ledger cell as a JSON-able value."""
     if isinstance(value, dt.datetime):
-        return _iso(value)
+        return iso_z(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -211,12 +205,12 @@ def _revision(old: pl.DataFrame, new: pl.DataFrame, row: int) -> dict[str, Any] 
             changed[col] = [_json(a[0]), _json(b[0])]
     if not changed:
         return None
-    return {"timestamp": _iso(new["timestamp"][row]), "columns": changed}
+    return {"timestamp": iso_z(new["timestamp"][row]), "columns": changed}
 
 
 def _rewritten(path: Path, col: str, when: dt.datetime, old: Any, new: Any) -> PaperError:
     return PaperError(
-        f"{path}: recomputed {col!r} at {_iso(when)} is {new!r} but the ledger has "
+        f"{path}: recomputed {col!r} at {iso_z(when)} is {new!r} but the ledger has "
         f"{old!r}: the bar history was rewritten; the ledger is left unchanged "
         "(move it away to start a new one)"
     )
@@ -269,86 +263,22 @@ def paper_trade(
     frame, derived = bundle.canonical_bars(bars)
     market = bundle.market(frame)  # the slow part, outside the lock
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path.parent / LOCK), timeout=lock_timeout)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise PaperError(
-            f"{path}: locked by another paper-trading run for more than {lock_timeout:g} s"
-        ) from None
-    try:
+    with _ledger_lock(path, lock_timeout):
         existing = read_ledger(path)
-        ts = market.timestamps
-        if existing is not None and existing.height:
-            first: dt.datetime = existing["timestamp"][0]
-            row = int(np.searchsorted(ts, np.datetime64(first.replace(tzinfo=None), "us")))
-            if row >= market.n_rows or ts[row] != np.datetime64(first.replace(tzinfo=None), "us"):
-                raise PaperError(
-                    f"{path}: the bars have no bar at the ledger's start {_iso(first)}; paper "
-                    "trading recomputes the path from its start: give the whole bar history"
-                )
-            if start is not None:  # compare the bar it resolves to, not the raw argument
-                asked = ts[bundle.start_row(market, start)]
-                if asked != ts[row]:
-                    raise PaperError(
-                        f"{path}: the ledger starts at {_iso(first)}, not at "
-                        f"{_iso(_utc(asked))} (the first bar at or after start {start}); omit "
-                        "--start to continue it, or move the ledger away to start a new one"
-                    )
-            start_row = bundle.start_row(market, first)
-        else:
-            start_row = bundle.start_row(market, start)
-        end_row = market.n_rows - 1
-        if end is not None:
-            t_end = np.datetime64(as_utc(end, "end").replace(tzinfo=None), "us")
-            end_row = int(np.searchsorted(ts, t_end, "right")) - 1
-            if end_row < start_row:
-                raise PaperError(f"end {end}: before the ledger's start row")
+        start_row, end_row = _replay_rows(bundle, market, existing, path, start, end)
         frame = replay(bundle, market, start_row, end_row).frame
-        n_old = 0 if existing is None else existing.height
-        revised: dict[str, Any] | None = None
-        if existing is not None and n_old:
-            # rows both have; the last of them is provisional in one of the two (the
-            # ledger's last row, or the recomputation's when the bars are behind): its own
-            # bar is compared, its provisional columns are not (module docstring)
-            n = min(n_old, frame.height)
-            bar_cols = [c for c in frame.columns if not _provisional(c)]
-            diff = _first_difference(existing, frame, n - 1)
-            if diff is None:
-                own = _first_difference(existing.slice(n - 1), frame.slice(n - 1), 1, bar_cols)
-                diff = None if own is None else (n - 1, *own[1:])
-            if diff is not None:
-                i, col, old, new = diff
-                when = existing["timestamp"][i] if col == "timestamp" else frame["timestamp"][i]
-                raise _rewritten(path, col, when, old, new)
-            if frame.height >= n_old:
-                revised = _revision(existing, frame, n_old - 1)
-        keep = n_old - 1 if revised is not None else n_old
-        fresh = frame.slice(n_old)
-        written = frame.slice(keep)
-        if written.height:
-            now = dt.datetime.now(dt.UTC)
-            written = written.with_columns(appended_at=pl.lit(now, dtype=pl.Datetime("us", "UTC")))
-            if existing is not None and keep:
-                ledger = pl.concat([existing.head(keep), written])
-            else:
-                ledger = written
-            write_feather_atomic(path, ledger)
-        else:
-            ledger = existing if existing is not None else frame
-    finally:
-        lock.release()
-
+        ledger, revised = _extend(path, existing, frame)
+    n_old = 0 if existing is None else existing.height
     last = ledger.row(-1, named=True)
     initial = float(bundle.cfg.env.initial_cash)
     equity = float(last["equity"])
     return {
         "version": bundle.version,
         "ledger": str(path),
-        "start": _iso(ledger["timestamp"][0]),
-        "last": _iso(last["timestamp"]),
+        "start": iso_z(ledger["timestamp"][0]),
+        "last": iso_z(last["timestamp"]),
         "rows": int(ledger.height),
-        "appended": int(fresh.height),
+        "appended": max(frame.height - n_old, 0),
         "initial_equity": initial,
         "equity": equity,
         "total_return": equity / initial - 1.0 if math.isfinite(equity) else None,
@@ -363,3 +293,95 @@ def paper_trade(
         "derived_symbols": derived,
         "revised": revised,
     }
+
+
+@contextmanager
+def _ledger_lock(path: Path, timeout: float) -> Iterator[None]:
+    """Hold the lock of the ledger folder (one paper-trading run at a time)."""
+    lock = FileLock(str(path.parent / LOCK), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise PaperError(
+            f"{path}: locked by another paper-trading run for more than {timeout:g} s"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _replay_rows(
+    bundle: ModelBundle,
+    market: MarketData,
+    existing: pl.DataFrame | None,
+    path: Path,
+    start: Timestamp | None,
+    end: Timestamp | None,
+) -> tuple[int, int]:
+    """The market rows the replay runs: from the ledger's first bar (or the start rule for
+    a new ledger) to the last bar at or before ``end``."""
+    ts = market.timestamps
+    if existing is not None and existing.height:
+        first: dt.datetime = existing["timestamp"][0]
+        row = int(np.searchsorted(ts, to_datetime64(first)))
+        if row >= market.n_rows or ts[row] != to_datetime64(first):
+            raise PaperError(
+                f"{path}: the bars have no bar at the ledger's start {iso_z(first)}; paper "
+                "trading recomputes the path from its start: give the whole bar history"
+            )
+        if start is not None:  # compare the bar it resolves to, not the raw argument
+            asked = ts[bundle.start_row(market, start)]
+            if asked != ts[row]:
+                raise PaperError(
+                    f"{path}: the ledger starts at {iso_z(first)}, not at "
+                    f"{iso_z(from_datetime64(asked))} (the first bar at or after start "
+                    f"{start}); omit --start to continue it, or move the ledger away to "
+                    "start a new one"
+                )
+        start_row = bundle.start_row(market, first)
+    else:
+        start_row = bundle.start_row(market, start)
+    end_row = market.n_rows - 1
+    if end is not None:
+        end_row = int(np.searchsorted(ts, to_datetime64(as_utc(end, "end")), "right")) - 1
+        if end_row < start_row:
+            raise PaperError(f"end {end}: before the ledger's start row")
+    return start_row, end_row
+
+
+def _extend(
+    path: Path, existing: pl.DataFrame | None, frame: pl.DataFrame
+) -> tuple[pl.DataFrame, dict[str, Any] | None]:
+    """Check the recomputed rows against the ledger and write what is new.
+
+    Returns the ledger after the run and the revision of its last row (None when it was
+    not replaced).
+    """
+    n_old = 0 if existing is None else existing.height
+    revised: dict[str, Any] | None = None
+    if existing is not None and n_old:
+        # rows both have; the last of them is provisional in one of the two (the
+        # ledger's last row, or the recomputation's when the bars are behind): its own
+        # bar is compared, its provisional columns are not (module docstring)
+        n = min(n_old, frame.height)
+        bar_cols = [c for c in frame.columns if not _provisional(c)]
+        diff = _first_difference(existing, frame, n - 1)
+        if diff is None:
+            own = _first_difference(existing.slice(n - 1), frame.slice(n - 1), 1, bar_cols)
+            diff = None if own is None else (n - 1, *own[1:])
+        if diff is not None:
+            i, col, old, new = diff
+            when = existing["timestamp"][i] if col == "timestamp" else frame["timestamp"][i]
+            raise _rewritten(path, col, when, old, new)
+        if frame.height >= n_old:
+            revised = _revision(existing, frame, n_old - 1)
+    keep = n_old - 1 if revised is not None else n_old
+    written = frame.slice(keep)
+    if not written.height:
+        return (existing if existing is not None else frame), revised
+    now = pl.lit(now_utc(), dtype=pl.Datetime("us", "UTC"))
+    written = written.with_columns(appended_at=now)
+    ledger = pl.concat([existing.head(keep), written]) if existing is not None and keep else written
+    write_feather_atomic(path, ledger)
+    return ledger, revised
