@@ -18,7 +18,7 @@ import typer
 import typer.core
 
 from sentio import __version__
-from sentio.config import SentioConfig, dump_config, load_config, with_overrides
+from sentio.config import SentioConfig, dump_config, load_config, option_help, with_overrides
 from sentio.errors import ResourceError, SentioError
 
 
@@ -139,19 +139,14 @@ def synth(
         "data/demo/bars.feather"
     ),
     config: ConfigOpt = None,
-    years: Annotated[float | None, typer.Option(help="Length in years (synth.years).")] = None,
-    start: Annotated[str | None, typer.Option(help="First day, YYYY-MM-DD (synth.start).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed (synth.seed).")] = None,
+    years: Annotated[float | None, typer.Option(help=option_help("synth.years"))] = None,
+    start: Annotated[str | None, typer.Option(help=option_help("synth.start"))] = None,
+    seed: Annotated[int | None, typer.Option(help=option_help("synth.seed"))] = None,
     random_walk: Annotated[
         bool | None,
-        typer.Option(
-            "--random-walk/--regimes", help="Pure random walk (no edge) or regime-switching market."
-        ),
+        typer.Option("--random-walk/--regimes", help=option_help("synth.random_walk")),
     ] = None,
-    edge: Annotated[
-        float | None,
-        typer.Option(help="Planted lag-1 autocorrelation of standardised returns, 0-0.5."),
-    ] = None,
+    edge: Annotated[float | None, typer.Option(help=option_help("synth.edge_strength"))] = None,
 ) -> None:
     """Generate synthetic one-minute QQQ/TQQQ/SQQQ bars on the NYSE calendar, with true regimes."""
     from sentio.data.synth import write_synth
@@ -203,24 +198,21 @@ def ingest(
         Path, typer.Option("--out", "-o", help="Canonical bars file to write (.feather).")
     ],
     config: ConfigOpt = None,
-    symbol: Annotated[
-        str | None, typer.Option(help="Symbol for files without a symbol column.")
-    ] = None,
-    tz: Annotated[
-        str | None, typer.Option(help="Time zone of naive timestamps, e.g. America/New_York.")
-    ] = None,
+    symbol: Annotated[str | None, typer.Option(help=option_help("ingest.symbol"))] = None,
+    tz: Annotated[str | None, typer.Option(help=option_help("ingest.tz"))] = None,
     bar_timestamp: Annotated[
-        str | None, typer.Option(help="Whether the source stamps bars at their 'start' or 'end'.")
+        str | None, typer.Option(help=option_help("ingest.bar_timestamp"))
     ] = None,
     columns: Annotated[
         str | None,
-        typer.Option(help="Comma-separated names for the columns of a CSV without header."),
+        typer.Option(help=option_help("ingest.columns") + " Comma-separated."),
     ] = None,
     on_bad_rows: Annotated[
-        str | None, typer.Option(help="'quarantine' bad rows (default) or fail with an 'error'.")
+        str | None,
+        typer.Option(help=option_help("ingest.on_bad_rows")),
     ] = None,
     max_quarantine_fraction: Annotated[
-        float | None, typer.Option(help="Fail when more than this fraction of rows is quarantined.")
+        float | None, typer.Option(help=option_help("ingest.max_quarantine_fraction"))
     ] = None,
 ) -> None:
     """Validate vendor bars into canonical, regular-hours, UTC bar-start bars with a data-quality report."""

@@ -55,21 +55,50 @@ class _Section(BaseModel):
 class UniverseConfig(_Section):
     """The traded universe: one underlying and its +L / -L leveraged ETFs."""
 
-    underlying: str = Field("QQQ", min_length=1, description="underlying symbol")
-    long: str = Field("TQQQ", min_length=1, description="+L leveraged ETF symbol")
-    short: str = Field("SQQQ", min_length=1, description="-L leveraged ETF symbol")
-    leverage: float = Field(3.0, gt=1.0, le=5.0, description="daily leverage L of the ETFs")
-    expense_ratio_annual: float = Field(0.0095, ge=0.0, le=0.05)
+    underlying: str = Field(
+        "QQQ", min_length=1, description="ticker of the underlying fund the ETFs lever (symbol)"
+    )
+    long: str = Field(
+        "TQQQ",
+        min_length=1,
+        description="ticker of the +L leveraged ETF, held for a positive exposure (symbol)",
+    )
+    short: str = Field(
+        "SQQQ",
+        min_length=1,
+        description="ticker of the -L leveraged ETF, held for a negative exposure (symbol)",
+    )
+    leverage: float = Field(
+        3.0,
+        gt=1.0,
+        le=5.0,
+        description="daily leverage L of the ETFs, a multiple of the underlying's daily "
+        "return (3: +3x and -3x)",
+    )
+    expense_ratio_annual: float = Field(
+        0.0095,
+        ge=0.0,
+        le=0.05,
+        description="expense ratio of each leveraged ETF, a fraction of its value per year "
+        "(0.0095: 0.95 %), accrued daily in derived prices",
+    )
     financing_rate_annual: float = Field(
         0.02,
         ge=0.0,
         le=0.25,
-        description="cash rate r_f; a fund with leverage L earns (1 - L) r_f per year: "
-        "+3x pays 2 r_f, -3x earns 4 r_f",
+        description="cash rate r_f, a fraction per year; a fund with leverage L earns "
+        "(1 - L) r_f per year (+3x pays 2 r_f, -3x earns 4 r_f), accrued daily in derived prices",
     )
-    calendar: str = Field("XNYS", description="exchange_calendars code")
+    calendar: str = Field(
+        "XNYS",
+        description="exchange_calendars code of the exchange whose sessions, holidays and "
+        "early closes apply (XNYS: New York Stock Exchange)",
+    )
     derived_volume_ratio: float = Field(
-        0.5, gt=0.0, description="volume of a derived leveraged series / underlying volume"
+        0.5,
+        gt=0.0,
+        description="volume of a derived leveraged series as a fraction of the underlying's "
+        "volume in the same bar",
     )
 
     @field_validator("underlying", "long", "short")
@@ -100,16 +129,45 @@ class UniverseConfig(_Section):
 class IngestConfig(_Section):
     """How vendor files become canonical bars."""
 
-    symbol: str | None = Field(None, description="symbol for files without a symbol column")
-    tz: str | None = Field(None, description="IANA time zone of naive timestamps")
-    bar_timestamp: Literal["start", "end"] = "start"
-    columns: list[str] | None = Field(
-        None, description="column names for a CSV without header, e.g. [timestamp, open, ...]"
+    symbol: str | None = Field(
+        None,
+        description="ticker of the bars in files without a symbol column (unset: such a file "
+        "is refused)",
     )
-    on_bad_rows: Literal["quarantine", "error"] = "quarantine"
-    max_quarantine_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    tz: str | None = Field(
+        None,
+        description="IANA time zone of timestamps written without one, e.g. America/New_York "
+        "(unset: such timestamps are refused; timestamps with a zone or offset are converted "
+        "to UTC either way)",
+    )
+    bar_timestamp: Literal["start", "end"] = Field(
+        "start",
+        description="whether the source stamps an intraday bar at its start or its end; "
+        "end stamps are moved back one bar length (a bar is identified by its start)",
+    )
+    columns: list[str] | None = Field(
+        None,
+        description="column names of a CSV without a header row, in file order, e.g. "
+        "timestamp, open, high, low, close, volume (unset: the file has a header)",
+    )
+    on_bad_rows: Literal["quarantine", "error"] = Field(
+        "quarantine",
+        description="rows that break the data contract: set aside in a quarantine file "
+        "with their reason, or fail the ingest at the first",
+    )
+    max_quarantine_fraction: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="the ingest fails when more than this fraction of the rows read is "
+        "quarantined (0.01: 1 %)",
+    )
     min_session_coverage: float = Field(
-        0.5, ge=0.0, le=1.0, description="intraday sessions with fewer bars are rejected"
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="intraday sessions holding fewer than this fraction of their expected "
+        "bars are rejected (quarantined as incomplete)",
     )
 
     @field_validator("symbol")
@@ -133,10 +191,19 @@ class IngestConfig(_Section):
 class RegimeSpec(_Section):
     """One regime of the synthetic market."""
 
-    name: str
-    drift_annual: float = Field(ge=-2.0, le=2.0)
-    vol_annual: float = Field(gt=0.0, le=3.0)
-    mean_sessions: float = Field(gt=0.0, le=2520.0, description="expected duration in sessions")
+    name: str = Field(description="name of the regime, unique among synth.regimes")
+    drift_annual: float = Field(
+        ge=-2.0, le=2.0, description="arithmetic drift of the underlying, a fraction per year"
+    )
+    vol_annual: float = Field(
+        gt=0.0,
+        le=3.0,
+        description="volatility of the underlying's close-to-close daily returns, annualised "
+        "(a fraction per square-root year)",
+    )
+    mean_sessions: float = Field(
+        gt=0.0, le=2520.0, description="expected duration of a stay in the regime, in sessions"
+    )
 
 
 def _default_regimes() -> list[RegimeSpec]:
@@ -151,26 +218,71 @@ class SynthConfig(_Section):
     """The seeded synthetic market of ``sentio synth``."""
 
     start: dt.date = Field(
-        dt.date(2021, 1, 4), ge=dt.date(1990, 1, 1), le=dt.date(2100, 1, 1), description="first day"
+        dt.date(2021, 1, 4),
+        ge=dt.date(1990, 1, 1),
+        le=dt.date(2100, 1, 1),
+        description="first day of the synthetic market (a date, YYYY-MM-DD; the first session "
+        "on or after it)",
     )
-    years: float = Field(2.0, gt=0.0, le=30.0)
-    seed: int = Field(7, ge=0)
-    random_walk: bool = Field(False, description="i.i.d. zero-drift returns: no edge exists")
+    years: float = Field(
+        2.0, gt=0.0, le=30.0, description="length of the synthetic market, in years of 365.25 days"
+    )
+    seed: int = Field(7, ge=0, description="seed of the generator's random numbers")
+    random_walk: bool = Field(
+        False,
+        description="i.i.d. zero-drift returns, no edge exists (false: the regime-switching "
+        "market of synth.regimes)",
+    )
     edge_strength: float = Field(
-        0.0, ge=0.0, le=0.5, description="lag-1 autocorrelation of standardised returns"
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="planted lag-1 autocorrelation of the standardised one-minute returns "
+        "(0: none)",
     )
-    start_price: float = Field(300.0, gt=0.0)
-    regimes: list[RegimeSpec] = Field(default_factory=_default_regimes, min_length=1)
-    tail_df: float = Field(4.0, gt=2.0, le=1000.0, description="Student-t degrees of freedom")
+    start_price: float = Field(
+        300.0, gt=0.0, description="the underlying's price at the first open, in currency"
+    )
+    regimes: list[RegimeSpec] = Field(
+        default_factory=_default_regimes,
+        min_length=1,
+        description="the market's regimes (each: name, drift_annual, vol_annual, "
+        "mean_sessions); they switch at session boundaries",
+    )
+    tail_df: float = Field(
+        4.0,
+        gt=2.0,
+        le=1000.0,
+        description="Student-t degrees of freedom of the return shocks (smaller: fatter tails)",
+    )
     vol_persistence: float = Field(
-        0.995, ge=0.0, lt=1.0, description="AR(1) of log-volatility per bar"
+        0.995,
+        ge=0.0,
+        lt=1.0,
+        description="AR(1) coefficient of the log-volatility, per one-minute bar",
     )
-    vol_of_vol: float = Field(0.05, ge=0.0, le=1.0)
-    intraday_u_shape: float = Field(1.5, ge=0.0, le=10.0, description="extra vol at open/close")
+    vol_of_vol: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="standard deviation of the log-volatility shocks, per one-minute bar",
+    )
+    intraday_u_shape: float = Field(
+        1.5,
+        ge=0.0,
+        le=10.0,
+        description="extra volatility at the open and the close: the U-shape's amplitude "
+        "(multiplier 1 + a (2x - 1)^2 over the session's fraction x; 0: flat)",
+    )
     overnight_vol_ratio: float = Field(
-        0.5, ge=0.0, le=5.0, description="overnight gap sd as a fraction of a session's sd"
+        0.5,
+        ge=0.0,
+        le=5.0,
+        description="standard deviation of the overnight gap as a fraction of a session's",
     )
-    base_volume: float = Field(50_000.0, gt=0.0, description="mean shares per minute bar")
+    base_volume: float = Field(
+        50_000.0, gt=0.0, description="mean volume of the underlying, in shares per minute bar"
+    )
 
     @model_validator(mode="after")
     def _modes(self) -> SynthConfig:
@@ -226,28 +338,52 @@ class FeaturesConfig(_Section):
         min_length=1,
         description="indicator groups to compute; daily bars skip the intraday-only ones",
     )
-    return_horizons: list[int] = Field(default_factory=lambda: [1, 5, 15, 60], min_length=1)
-    vol_windows: list[int] = Field(default_factory=lambda: [30, 120], min_length=1)
+    return_horizons: list[int] = Field(
+        default_factory=lambda: [1, 5, 15, 60],
+        min_length=1,
+        description="horizons of the past log returns, in bars",
+    )
+    vol_windows: list[int] = Field(
+        default_factory=lambda: [30, 120],
+        min_length=1,
+        description="windows of the realized volatility (and the range estimators), in bars",
+    )
     range_vol: list[Literal["parkinson", "garman_klass"]] = Field(
         default_factory=_range_estimators,
         min_length=1,
         description="range-based volatility estimators (computed over vol_windows)",
     )
-    rsi_window: int = Field(14, ge=2)
-    macd: tuple[int, int, int] = (12, 26, 9)
-    bollinger_window: int = Field(20, ge=2)
-    bollinger_k: float = Field(2.0, gt=0.0)
-    atr_window: int = Field(14, ge=2)
+    rsi_window: int = Field(14, ge=2, description="window of the RSI, in bars")
+    macd: tuple[int, int, int] = Field(
+        (12, 26, 9),
+        description="MACD spans (fast, slow, signal) of its exponential averages, in bars",
+    )
+    bollinger_window: int = Field(
+        20, ge=2, description="window of the Bollinger bands' mean and sd, in bars"
+    )
+    bollinger_k: float = Field(
+        2.0, gt=0.0, description="half-width of the Bollinger bands, in standard deviations"
+    )
+    atr_window: int = Field(14, ge=2, description="window of the average true range, in bars")
     volume_z_window: int | Literal["auto"] = Field(
         "auto",
         description="bars of the volume z-score; 'auto': one session of intraday bars (390 "
         "one-minute bars), 63 daily bars (a quarter)",
     )
-    coarse_minutes: list[int] = Field(default_factory=lambda: [5, 15])
+    coarse_minutes: list[int] = Field(
+        default_factory=lambda: [5, 15],
+        description="lengths of the coarse bars built from intraday bars, in minutes (each "
+        "divides an hour or is a multiple of one)",
+    )
     coarse_vol_window: int = Field(
         12, ge=2, description="realized-vol window of the coarse bars, in coarse bars"
     )
-    normalisation: Literal["rolling", "expanding", "train_fit"] = "rolling"
+    normalisation: Literal["rolling", "expanding", "train_fit"] = Field(
+        "rolling",
+        description="causal z-scoring of the features: rolling (mean and sd of the last "
+        "norm_window bars), expanding (of all bars so far), train_fit (of each fold's "
+        "training rows)",
+    )
     norm_window: int | Literal["auto"] = Field(
         "auto",
         description="bars of the rolling normalisation; also the warm-up of 'expanding'; "
@@ -255,10 +391,22 @@ class FeaturesConfig(_Section):
         "(half a year)",
     )
     norm_clip: float | None = Field(
-        10.0, gt=0.0, description="normalised values are clipped to +-norm_clip (None: no clip)"
+        10.0,
+        gt=0.0,
+        description="normalised values are clipped to +-norm_clip, in standard deviations "
+        "(null: no clip)",
     )
-    exogenous_path: Path | None = None
-    exogenous_max_staleness_minutes: int = Field(1440, ge=1)
+    exogenous_path: Path | None = Field(
+        None,
+        description="file of exogenous columns with a timezone-aware timestamp column, each "
+        "numeric column a feature exo_<name> (null: none)",
+    )
+    exogenous_max_staleness_minutes: int = Field(
+        1440,
+        ge=1,
+        description="an exogenous value older than this at a bar's close counts as missing, "
+        "in minutes",
+    )
 
     @field_validator("return_horizons", "vol_windows")
     @classmethod
@@ -304,13 +452,31 @@ class FeaturesConfig(_Section):
 class RegimesConfig(_Section):
     """HMM regime model (regimes stage)."""
 
-    enabled: bool = True
-    n_states: int = Field(3, ge=2, le=8)
-    n_init: int = Field(5, ge=1, le=100)
-    n_iter: int = Field(200, ge=10)
-    tol: float = Field(1e-4, gt=0.0)
-    covariance_type: Literal["diag", "full"] = "diag"
-    min_occupancy: float = Field(0.02, ge=0.0, lt=0.5)
+    enabled: bool = Field(
+        True,
+        description="fit a regime model per fold and feed its filtered probabilities to the "
+        "agent (false: no regimes stage)",
+    )
+    n_states: int = Field(3, ge=2, le=8, description="hidden states (regimes) of the HMM")
+    n_init: int = Field(
+        5, ge=1, le=100, description="initialisations tried; the best log-likelihood is kept"
+    )
+    n_iter: int = Field(200, ge=10, description="most EM iterations of one fit")
+    tol: float = Field(
+        1e-4,
+        gt=0.0,
+        description="EM convergence tolerance: log-likelihood improvement per training row",
+    )
+    covariance_type: Literal["diag", "full"] = Field(
+        "diag", description="covariance of each state's inputs: diagonal or full"
+    )
+    min_occupancy: float = Field(
+        0.02,
+        ge=0.0,
+        lt=0.5,
+        description="least mean posterior share of the training rows per state; a fit with "
+        "a smaller state falls back to volatility-quantile regimes",
+    )
     aggregate_bars: int | Literal["auto"] = Field(
         "auto",
         description="bars summed into the return input; 'auto': 15 minutes of intraday bars "
@@ -336,14 +502,19 @@ class CVConfig(_Section):
         4,
         ge=1,
         le=100,
-        description="walk_forward: test blocks (data cut into n_splits + 1); kfold: folds",
+        description="walk_forward: test blocks (the data cut into n_splits + 1 blocks); "
+        "kfold: folds (a count)",
     )
     anchored: bool = Field(
         True,
-        description="walk_forward: training from the first block (False: the previous block only)",
+        description="walk_forward: training from the first block (false: the previous block only)",
     )
-    n_groups: int = Field(6, ge=2, le=50, description="cpcv: contiguous groups N")
-    n_test_groups: int = Field(2, ge=1, le=49, description="cpcv: test groups k per split")
+    n_groups: int = Field(
+        6, ge=2, le=50, description="cpcv: contiguous groups N the data is cut into"
+    )
+    n_test_groups: int = Field(
+        2, ge=1, le=49, description="cpcv: test groups k per split (C(N, k) splits)"
+    )
     embargo_bars: int | Literal["auto"] = Field(
         "auto",
         description="training samples dropped after each test block, in bars; 'auto': one "
@@ -353,7 +524,8 @@ class CVConfig(_Section):
         None,
         ge=0.0,
         lt=1.0,
-        description="embargo as a share of all samples (ceil); replaces embargo_bars when set",
+        description="embargo as a fraction of all samples (rounded up to bars); replaces "
+        "embargo_bars when set (null: embargo_bars)",
     )
     label_bars: int = Field(
         1,
@@ -376,11 +548,18 @@ class CVConfig(_Section):
 class CostsConfig(_Section):
     """Execution costs charged on traded notional at the fill."""
 
-    commission_per_share: float = Field(0.005, ge=0.0)
-    half_spread_bps: float = Field(1.0, ge=0.0)
+    commission_per_share: float = Field(
+        0.005, ge=0.0, description="commission per share traded, in currency"
+    )
+    half_spread_bps: float = Field(
+        1.0,
+        ge=0.0,
+        description="half the bid-ask spread, paid on the traded notional, in basis points",
+    )
     slippage_vol_mult: float | Literal["auto"] = Field(
         "auto",
-        description="slippage per unit of traded notional / the ETF's per-bar volatility; "
+        description="slippage as a fraction of the traded notional per unit of the ETF's "
+        "per-bar volatility (a multiplier); "
         "'auto': 0.1 x sqrt(one minute / bar length), i.e. 0.1 of the one-minute volatility "
         "at any bar length (0.1 on one-minute bars, 0.1 / sqrt(390) on daily bars)",
     )
@@ -389,7 +568,11 @@ class CostsConfig(_Section):
 class MasksConfig(_Section):
     """Risk action-mask layers; each can be switched off."""
 
-    session: bool = True
+    session: bool = Field(
+        True,
+        description="session layer: no new exposure near the close or just after the open "
+        "(intraday bars)",
+    )
     no_new_exposure_minutes: int = Field(
         15,
         ge=0,
@@ -405,13 +588,46 @@ class MasksConfig(_Section):
         "many minutes after its session's first bar (features that look back across the "
         "overnight gap are outliers there; 0: off)",
     )
-    risk_budget: bool = True
-    target_vol_annual: float = Field(0.6, gt=0.0)
-    regime: bool = True
-    high_vol_regime_cap: float = Field(0.5, ge=0.0, le=1.0)
-    drawdown: bool = True
-    drawdown_limit: float = Field(0.1, gt=0.0, lt=1.0)
-    min_hold_bars: int = Field(5, ge=0)
+    risk_budget: bool = Field(
+        True,
+        description="risk-budget layer: exposure capped so that the position's volatility "
+        "stays within target_vol_annual",
+    )
+    target_vol_annual: float = Field(
+        0.6,
+        gt=0.0,
+        description="risk-budget layer: the position's volatility target, annualised (a "
+        "fraction per square-root year; 0.6: 60 %)",
+    )
+    regime: bool = Field(
+        True,
+        description="regime layer: exposure capped while the highest-volatility regime is "
+        "the most likely one (needs regimes.enabled)",
+    )
+    high_vol_regime_cap: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="regime layer: the largest exposure in that regime, a fraction of equity",
+    )
+    drawdown: bool = Field(
+        True,
+        description="drawdown layer: no new exposure from half the limit on, and the circuit "
+        "breaker sells everything at the limit (flat for the rest of the session)",
+    )
+    drawdown_limit: float = Field(
+        0.1,
+        gt=0.0,
+        lt=1.0,
+        description="drawdown layer: the circuit breaker's session drawdown (1 - equity / "
+        "the session's peak equity), a fraction of equity",
+    )
+    min_hold_bars: int = Field(
+        5,
+        ge=0,
+        description="a position held fewer bars than this may only be kept or closed, not "
+        "switched to another exposure, in bars (0: off)",
+    )
 
     @property
     def any_enabled(self) -> bool:
@@ -428,7 +644,10 @@ class EnvConfig(_Section):
     """Trading simulator (train and backtest stages)."""
 
     action_grid: list[float] = Field(
-        default_factory=lambda: [-1.0, -0.5, 0.0, 0.5, 1.0], min_length=2
+        default_factory=lambda: [-1.0, -0.5, 0.0, 0.5, 1.0],
+        min_length=2,
+        description="target exposures the agent chooses from, fractions of equity in [-1, 1] "
+        "(+x: x in the long ETF, -x: x in the short ETF; must include 0, flat)",
     )
     window: int = Field(
         4,
@@ -448,17 +667,27 @@ class EnvConfig(_Section):
         "charged); 'auto': on for intraday bars, off for daily bars (positions are held "
         "overnight and the move from close to next open is booked)",
     )
-    initial_cash: float = Field(100_000.0, gt=0.0)
+    initial_cash: float = Field(
+        100_000.0, gt=0.0, description="equity at the start of an episode, in currency"
+    )
     drawdown_penalty: float = Field(
-        0.0, ge=0.0, description="reward minus this x the increase of the session drawdown"
+        0.0,
+        ge=0.0,
+        description="reward minus this x the increase of the session drawdown (a fraction of "
+        "equity) over the step; a multiplier (0: off)",
     )
     vol_halflife_bars: int = Field(
         60,
         ge=1,
-        description="half-life of the EWMA volatility of the underlying (slippage, risk budget)",
+        description="half-life of the EWMA volatility of the underlying (slippage, risk "
+        "budget), in bars",
     )
-    costs: CostsConfig = Field(default_factory=CostsConfig)
-    masks: MasksConfig = Field(default_factory=MasksConfig)
+    costs: CostsConfig = Field(
+        default_factory=CostsConfig, description="execution costs (section env.costs)"
+    )
+    masks: MasksConfig = Field(
+        default_factory=MasksConfig, description="risk action-mask layers (section env.masks)"
+    )
 
     @field_validator("action_grid")
     @classmethod
@@ -473,14 +702,38 @@ class EnvConfig(_Section):
 class AgentConfig(_Section):
     """PPO variant and its networks (train stage)."""
 
-    algo: Literal["ppo", "maskable_ppo", "sentio_ppo"] = "maskable_ppo"
-    extractor: Literal["mlp", "transformer"] = "mlp"
-    d_model: int = Field(32, ge=4, le=1024)
-    n_heads: int = Field(4, ge=1, le=32)
-    n_layers: int = Field(2, ge=1, le=12)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    quantile_critic: bool = False
-    n_quantiles: int = Field(32, ge=2, le=256)
+    algo: Literal["ppo", "maskable_ppo", "sentio_ppo"] = Field(
+        "maskable_ppo",
+        description="ppo: SB3's PPO, no action masks; maskable_ppo: sb3-contrib's "
+        "MaskablePPO; sentio_ppo: MaskablePPO with the quantile critic, CVaR and regime "
+        "gating available",
+    )
+    extractor: Literal["mlp", "transformer"] = Field(
+        "mlp",
+        description="feature extractor of the observation window: mlp (the rows flattened) "
+        "or transformer (one token per bar)",
+    )
+    d_model: int = Field(
+        32,
+        ge=4,
+        le=1024,
+        description="transformer: width of a token embedding (features per token)",
+    )
+    n_heads: int = Field(
+        4, ge=1, le=32, description="transformer: attention heads (must divide d_model)"
+    )
+    n_layers: int = Field(2, ge=1, le=12, description="transformer: encoder layers")
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="transformer: dropout probability while training"
+    )
+    quantile_critic: bool = Field(
+        False,
+        description="sentio_ppo: the critic predicts n_quantiles quantiles of the return "
+        "instead of its mean",
+    )
+    n_quantiles: int = Field(
+        32, ge=2, le=256, description="quantile critic: quantiles N, at (i + 0.5) / N"
+    )
     huber_kappa: float = Field(
         1.0,
         gt=0.0,
@@ -493,10 +746,31 @@ class AgentConfig(_Section):
         "rows (about 400 for TQQQ minutes), so rewards and value targets are of order one. "
         "Saved with the model; reports always speak in raw returns",
     )
-    value_clip: float | None = Field(None, gt=0.0)
-    cvar_alpha: float = Field(0.1, gt=0.0, le=1.0)
-    cvar_beta: float = Field(0.0, ge=0.0, le=1.0)
-    regime_gating: bool = False
+    value_clip: float | None = Field(
+        None,
+        gt=0.0,
+        description="value predictions (each quantile) are kept within +-value_clip of the "
+        "rollout's, in units of the scaled reward (null: no clipping)",
+    )
+    cvar_alpha: float = Field(
+        0.1,
+        gt=0.0,
+        le=1.0,
+        description="quantile critic: CVaR level, the fraction of the return distribution's "
+        "lower tail averaged",
+    )
+    cvar_beta: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="risk aversion: the advantages use (1 - beta) mean + beta CVaR_alpha of "
+        "the quantiles (0: risk-neutral; needs quantile_critic)",
+    )
+    regime_gating: bool = Field(
+        False,
+        description="sentio_ppo: the actor is a mixture of one expert per regime weighted by "
+        "the filtered regime probabilities (needs regimes.enabled)",
+    )
     flat_prior: float = Field(
         2.0,
         ge=0.0,
@@ -504,7 +778,7 @@ class AgentConfig(_Section):
         description="initial logit advantage of the flat action over every other (0: a "
         "uniform initial policy); an agent then has to earn its way into positions",
     )
-    learning_rate: float = Field(3e-4, gt=0.0, lt=1.0)
+    learning_rate: float = Field(3e-4, gt=0.0, lt=1.0, description="Adam step size")
     n_steps: int | Literal["auto"] = Field(
         "auto",
         description="steps per environment in one rollout; 'auto': 2,048 env steps per "
@@ -513,16 +787,23 @@ class AgentConfig(_Section):
     )
     batch_size: int | Literal["auto"] = Field(
         "auto",
-        description="minibatch size of the update; 'auto': 256 on the CPU, a quarter of "
-        "the rollout on a GPU (4 minibatches per epoch)",
+        description="minibatch size of the update, in transitions (environment steps); "
+        "'auto': 256 on the CPU, a quarter of the rollout on a GPU (4 minibatches per epoch)",
     )
-    n_epochs: int = Field(4, ge=1)
-    gamma: float = Field(0.5, gt=0.0, le=1.0)
-    gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
-    clip_range: float = Field(0.2, gt=0.0, lt=1.0)
-    ent_coef: float = Field(0.0, ge=0.0)
-    vf_coef: float = Field(0.5, ge=0.0)
-    max_grad_norm: float = Field(0.5, gt=0.0)
+    n_epochs: int = Field(4, ge=1, description="passes over each rollout per update")
+    gamma: float = Field(0.5, gt=0.0, le=1.0, description="discount factor per step (one bar)")
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="GAE lambda, per step (one bar)")
+    clip_range: float = Field(
+        0.2,
+        gt=0.0,
+        lt=1.0,
+        description="PPO clip range eps: the probability ratio is clipped to [1 - eps, 1 + eps]",
+    )
+    ent_coef: float = Field(0.0, ge=0.0, description="weight of the entropy bonus in the loss")
+    vf_coef: float = Field(0.5, ge=0.0, description="weight of the value loss in the loss")
+    max_grad_norm: float = Field(
+        0.5, gt=0.0, description="gradients are clipped to this global L2 norm"
+    )
 
     @field_validator("reward_scale")
     @classmethod
@@ -535,7 +816,12 @@ class AgentConfig(_Section):
 class TrainConfig(_Section):
     """Training budget, seeds, device and checkpoints (train stage)."""
 
-    total_timesteps: int = Field(200_000, ge=1)
+    total_timesteps: int = Field(
+        200_000,
+        ge=1,
+        description="training budget of one (fold, seed) training, in environment steps "
+        "(bars) summed over all environments",
+    )
     n_envs: int | Literal["auto"] = Field(
         "auto",
         description="training environments stepped at once; 'auto': 64 on the CPU, 4,096 on a GPU",
@@ -546,9 +832,21 @@ class TrainConfig(_Section):
         "training device (sentio.agents.device_rollout); 'sb3': SB3's own loop over the "
         "numpy environment (on the CPU 0-10 % faster, benchmarks/README.md)",
     )
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    checkpoint_every: int = Field(10_000, ge=1)
+    seeds: list[int] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        description="one training per fold and seed; the seeds of the trainings",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="where the networks train; 'auto': cuda when a CUDA GPU is available, else cpu",
+    )
+    checkpoint_every: int = Field(
+        10_000,
+        ge=1,
+        description="environment steps between checkpoints (a retried training resumes from "
+        "the last)",
+    )
     validation_fraction: float = Field(
         0.2,
         ge=0.0,
@@ -562,10 +860,12 @@ class TrainConfig(_Section):
     )
     validation_min_t: float = Field(
         2.0,
-        description="the chosen checkpoint's t statistic of per-episode validation returns "
-        "below this: the agent stands aside (stays flat)",
+        description="least t statistic of the chosen checkpoint's per-episode validation "
+        "returns for the agent to trade; below it the agent stands aside (stays flat)",
     )
-    tensorboard: bool = False
+    tensorboard: bool = Field(
+        False, description="write TensorBoard logs beside each model (tensorboard/)"
+    )
     max_parallel: int = Field(
         0,
         ge=0,
@@ -585,9 +885,13 @@ class TrainConfig(_Section):
 class ReportConfig(_Section):
     """Bootstrap confidence intervals of the report stage."""
 
-    bootstrap_resamples: int = Field(2000, ge=100)
-    ci_level: float = Field(0.95, gt=0.5, lt=1.0)
-    seed: int = Field(0, ge=0)
+    bootstrap_resamples: int = Field(
+        2000, ge=100, description="stationary-bootstrap resamples per confidence interval"
+    )
+    ci_level: float = Field(
+        0.95, gt=0.5, lt=1.0, description="confidence level of the intervals (0.95: 95 %)"
+    )
+    seed: int = Field(0, ge=0, description="seed of the bootstrap's random numbers")
 
 
 class RegistryConfig(_Section):
@@ -597,13 +901,15 @@ class RegistryConfig(_Section):
         0.95,
         ge=0.0,
         le=1.0,
-        description="the candidate's deflated Sharpe ratio (stitched out of sample) must reach it",
+        description="the candidate's deflated Sharpe ratio (stitched out of sample, a "
+        "probability) must reach it",
     )
     max_drawdown: float = Field(
         0.25,
         gt=0.0,
         le=1.0,
-        description="the candidate's stitched out-of-sample maximum drawdown must not exceed it",
+        description="the candidate's stitched out-of-sample maximum drawdown, a fraction of "
+        "equity, must not exceed it",
     )
     must_beat_champion: bool = Field(
         True,
@@ -622,7 +928,11 @@ class RegistryConfig(_Section):
 class PathsConfig(_Section):
     """Where outputs go. Relative paths are relative to the working directory."""
 
-    workdir: Path = Field(Path(".sentio"), description="stage outputs, caches, Prefect results")
+    workdir: Path = Field(
+        Path(".sentio"),
+        description="working directory of stage outputs, caches, run folders, the model "
+        "registry and Prefect results (a folder)",
+    )
     on_busy: Literal["wait", "refuse"] = Field(
         "wait",
         description="when another run holds the working directory: wait for it (saying so) "
@@ -638,18 +948,51 @@ class PathsConfig(_Section):
 class SentioConfig(_Section):
     """The whole configuration."""
 
-    universe: UniverseConfig = Field(default_factory=UniverseConfig)
-    ingest: IngestConfig = Field(default_factory=IngestConfig)
-    synth: SynthConfig = Field(default_factory=SynthConfig)
-    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
-    regimes: RegimesConfig = Field(default_factory=RegimesConfig)
-    cv: CVConfig = Field(default_factory=CVConfig)
-    env: EnvConfig = Field(default_factory=EnvConfig)
-    agent: AgentConfig = Field(default_factory=AgentConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    report: ReportConfig = Field(default_factory=ReportConfig)
-    registry: RegistryConfig = Field(default_factory=RegistryConfig)
-    paths: PathsConfig = Field(default_factory=PathsConfig)
+    universe: UniverseConfig = Field(
+        default_factory=UniverseConfig,
+        description="symbols, leverage and the costs of the derived leveraged series",
+    )
+    ingest: IngestConfig = Field(
+        default_factory=IngestConfig,
+        description="vendor-file parsing, quarantine policy, session completeness",
+    )
+    synth: SynthConfig = Field(
+        default_factory=SynthConfig, description="the synthetic market generator (sentio synth)"
+    )
+    features: FeaturesConfig = Field(
+        default_factory=FeaturesConfig,
+        description="causal indicator set and normalisation (features stage)",
+    )
+    regimes: RegimesConfig = Field(
+        default_factory=RegimesConfig,
+        description="HMM regime model and its fallback (regimes stage)",
+    )
+    cv: CVConfig = Field(
+        default_factory=CVConfig, description="purged, embargoed folds (folds stage)"
+    )
+    env: EnvConfig = Field(
+        default_factory=EnvConfig,
+        description="trading simulator: actions, costs, risk masks (train and backtest)",
+    )
+    agent: AgentConfig = Field(
+        default_factory=AgentConfig, description="PPO variant and its networks (train stage)"
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig,
+        description="training budget, seeds, device, checkpoints (train stage)",
+    )
+    report: ReportConfig = Field(
+        default_factory=ReportConfig,
+        description="bootstrap confidence intervals (report stage)",
+    )
+    registry: RegistryConfig = Field(
+        default_factory=RegistryConfig,
+        description="champion / challenger promotion gate (registry stage)",
+    )
+    paths: PathsConfig = Field(
+        default_factory=PathsConfig,
+        description="where outputs, caches and Prefect results are written",
+    )
 
     @model_validator(mode="after")
     def _check_combinations(self) -> SentioConfig:
@@ -689,12 +1032,8 @@ class SentioConfig(_Section):
                 raise ValueError(
                     f"agent.d_model ({a.d_model}) must be divisible by agent.n_heads ({a.n_heads})"
                 )
-        for name, value, low, high in (
-            ("agent.n_steps", a.n_steps, 8, None),
-            ("agent.batch_size", a.batch_size, 2, None),
-            ("train.n_envs", self.train.n_envs, 1, 65_536),
-            *((name, _setting(self, name), low, None) for name, low in _AUTO_MINIMUM.items()),
-        ):
+        for name, (low, high) in _AUTO_RANGE.items():
+            value = _setting(self, name)
             if value != "auto" and not (low <= value and (high is None or value <= high)):
                 bound = f"between {low} and {high}" if high else f"at least {low}"
                 raise ValueError(f"{name} must be 'auto' or {bound}, got {value}")
@@ -734,6 +1073,16 @@ _AUTO_MINIMUM: dict[str, float] = {
 }
 """Settings that may be ``'auto'`` (sized by the bar length of the data) and their
 smallest allowed explicit value."""
+
+_AUTO_RANGE: dict[str, tuple[float, float | None]] = {
+    "agent.n_steps": (8, None),
+    "agent.batch_size": (2, None),
+    "train.n_envs": (1, 65_536),
+    **{name: (low, None) for name, low in _AUTO_MINIMUM.items()},
+}
+"""Every setting that may be ``'auto'``: the smallest and largest (``None``: no limit)
+explicit value allowed. The first three are sized by the device
+(:func:`sentio.agents.training.rollout_shape`), the others by the bar length."""
 
 _DAILY_LIMITS: dict[str, tuple[int, str]] = {
     "features.norm_window": (504, "two years of warm-up before the first feature"),
@@ -967,3 +1316,175 @@ def write_config(path: str | Path, cfg: SentioConfig) -> Path:
     return write_text_atomic(
         path, "# Sentio configuration that produced the outputs beside it\n" + dump_config(cfg)
     )
+
+
+# ----------------------------------------------------------------------------- reference
+
+REFERENCE_START = (
+    "<!-- config-reference:start (generated by sentio.config.config_reference_markdown) -->"
+)
+REFERENCE_END = "<!-- config-reference:end -->"
+"""The markers around the generated configuration reference in README.md."""
+
+
+def _field(dotted: str) -> Any:
+    """The pydantic field of the setting ``dotted`` (``"synth.years"``); ``KeyError`` if none."""
+    model: Any = SentioConfig
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        model = _nested_model(model.model_fields[part].annotation)
+        if model is None:
+            raise KeyError(dotted)
+    return model.model_fields[leaf]
+
+
+def describe(dotted: str) -> str:
+    """The description of the setting ``dotted`` (``"synth.years"``), units included.
+
+    Raises:
+        KeyError: no such setting, or it has no description.
+    """
+    description = _field(dotted).description
+    if not description:
+        raise KeyError(dotted)
+    return str(description)
+
+
+def option_help(dotted: str) -> str:
+    """Help text of a command-line option that sets ``dotted``: its description,
+    capitalised, the setting's name and its choices or range, e.g. ``"Planted lag-1
+    autocorrelation ... (synth.edge_strength: >= 0, <= 0.5)."``."""
+    field = _field(dotted)
+    text = describe(dotted)
+    allowed = _bounds_text(field, dotted)
+    if getattr(field.annotation, "__origin__", None) is Literal:
+        allowed = ", ".join(str(a) for a in get_args(field.annotation))
+    return f"{text[0].upper()}{text[1:]} ({dotted}{': ' + allowed if allowed else ''})."
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The model type of a section field or of the entries of a list of models."""
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _type_text(annotation: Any) -> str:
+    """A reader's name for the values a field's annotation allows."""
+    origin, args = getattr(annotation, "__origin__", None), get_args(annotation)
+    if origin is Literal:
+        return ", ".join(f"`{a}`" for a in args)
+    if origin in (list, tuple):
+        inner = _type_text(args[0])
+        return f"{len(args)} x {inner}" if origin is tuple else f"list of {inner}"
+    if args:  # a union: int | Literal["auto"], str | None ...
+        return " or ".join("`null`" if a is type(None) else _type_text(a) for a in args)
+    names = {bool: "true / false", int: "integer", float: "number", str: "text", Path: "path"}
+    return names.get(annotation, "date" if annotation is dt.date else str(annotation))
+
+
+def _bounds_text(field: Any, dotted: str) -> str:
+    """The numeric range of a field (its constraints, or the range of an ``'auto'`` setting)."""
+    low: tuple[str, Any] | None = None
+    high: tuple[str, Any] | None = None
+    for item in field.metadata:
+        for attr, sign in (("ge", ">="), ("gt", ">")):
+            if getattr(item, attr, None) is not None:
+                low = (sign, getattr(item, attr))
+        for attr, sign in (("le", "<="), ("lt", "<")):
+            if getattr(item, attr, None) is not None:
+                high = (sign, getattr(item, attr))
+    if dotted in _AUTO_RANGE:
+        least, most = _AUTO_RANGE[dotted]
+        low, high = (">=", least), None if most is None else ("<=", most)
+    return ", ".join(
+        f"{sign} {value:g}" if isinstance(value, int | float) else f"{sign} {value}"
+        for sign, value in filter(None, (low, high))
+    )
+
+
+def _value_text(value: Any) -> str:
+    """A default value as YAML writes it (``null``, ``true``, ``[5, 15]``; text unquoted),
+    as code."""
+    if isinstance(value, str):
+        return f"`{value}`"
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return f"`{text.removesuffix('...').strip()}`"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _docstring_text(model: type[BaseModel]) -> str:
+    """A model's docstring as one markdown paragraph per paragraph (reST roles dropped)."""
+    import inspect
+    import re
+
+    doc = inspect.cleandoc(model.__doc__ or "")
+    text = "\n\n".join(" ".join(p.split()) for p in doc.split("\n\n"))
+    return re.sub(r":\w+:`~?([^`]+)`", r"`\1`", text.replace("``", "`"))
+
+
+def _section_markdown(model: type[BaseModel], prefix: str, defaults: Any) -> list[str]:
+    """The reference of one section (and after it, its nested sections), as markdown lines.
+
+    ``defaults`` is the section's default as JSON; for the entries of a list of models
+    (``prefix`` ends in ``[]``) it is the default list, and the default column shows
+    each entry's value.
+    """
+    lines = [f"#### `{prefix}`", "", _docstring_text(model), ""]
+    lines += ["| setting | default | allowed | description |", "| --- | --- | --- | --- |"]
+    nested: list[list[str]] = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}.{name}"
+        if isinstance(defaults, list):
+            default = ", ".join(_value_text(entry[name]) for entry in defaults)
+        else:
+            default = _value_text(defaults[name])
+        allowed = _type_text(field.annotation)
+        inner = _nested_model(field.annotation)
+        if inner is not None and not isinstance(defaults[name], list):
+            nested.append(_section_markdown(inner, dotted, defaults[name]))
+            continue  # a nested section: a table of its own
+        if inner is not None:  # a list of models: names here, the entries' fields below
+            nested.append(_section_markdown(inner, f"{dotted}[]", defaults[name]))
+            default = ", ".join(f"`{e.get('name', i)}`" for i, e in enumerate(defaults[name]))
+            allowed = f"list of `{dotted}[]`"
+        bounds = _bounds_text(field, dotted)
+        row = [f"`{dotted}`", default, f"{allowed} ({bounds})" if bounds else allowed]
+        lines.append("| " + " | ".join(_cell(c) for c in [*row, field.description or ""]) + " |")
+    return [*lines, "", *(line for block in nested for line in block)]
+
+
+def config_reference_markdown() -> str:
+    """The configuration reference of README.md, generated from the settings' descriptions.
+
+    One table per section (nested sections and list entries after their section): every
+    setting with its default, the values it allows (type, range, choices) and its
+    description with units and what ``'auto'`` gives. README.md holds this text between
+    :data:`REFERENCE_START` and :data:`REFERENCE_END`; a test keeps the two in step
+    (:func:`readme_with_config_reference` rewrites it).
+    """
+    defaults = SentioConfig().model_dump(mode="json")
+    lines: list[str] = []
+    for name, field in SentioConfig.model_fields.items():
+        section = _nested_model(field.annotation)
+        assert section is not None, name
+        lines += _section_markdown(section, name, defaults[name])
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def readme_with_config_reference(readme: str) -> str:
+    """``readme`` with the text between the reference markers replaced by
+    :func:`config_reference_markdown`.
+
+    Raises:
+        ValueError: the markers are missing.
+    """
+    head, start, rest = readme.partition(REFERENCE_START)
+    _, end, tail = rest.partition(REFERENCE_END)
+    if not start or not end:
+        raise ValueError(f"README has no {REFERENCE_START!r} ... {REFERENCE_END!r} block")
+    return f"{head}{start}\n\n{config_reference_markdown()}\n{end}{tail}"
