@@ -71,13 +71,18 @@ Scalar critic
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
 from gymnasium import spaces
 from sb3_contrib import MaskablePPO
-from sb3_contrib.common.maskable.buffers import MaskableDictRolloutBuffer, MaskableRolloutBuffer
+from sb3_contrib.common.maskable.buffers import (
+    MaskableDictRolloutBuffer,
+    MaskableRolloutBuffer,
+    MaskableRolloutBufferSamples,
+)
 from sb3_contrib.common.maskable.utils import get_action_masks, is_masking_supported
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
@@ -160,6 +165,18 @@ def quantile_huber_loss_per_sample(
     huber = torch.where(abs_u <= kappa, 0.5 * u.pow(2), kappa * (abs_u - 0.5 * kappa))
     weight = (taus.to(pred).unsqueeze(-1) - (u.detach() < 0).to(pred)).abs()
     return (weight * huber / kappa).sum(dim=-2).mean(dim=-1)
+
+
+@dataclass
+class _UpdateStats:
+    """Per-minibatch statistics of one update, kept as device tensors until it is logged."""
+
+    entropy_losses: list[torch.Tensor] = field(default_factory=list)
+    pg_losses: list[torch.Tensor] = field(default_factory=list)
+    critic_losses: list[torch.Tensor] = field(default_factory=list)
+    clip_fractions: list[torch.Tensor] = field(default_factory=list)
+    value_clip_fractions: list[torch.Tensor] = field(default_factory=list)
+    approx_kl_divs: list[torch.Tensor] = field(default_factory=list)  # of the last epoch
 
 
 class SentioPPO(MaskablePPO):
@@ -332,6 +349,95 @@ class SentioPPO(MaskablePPO):
             critic = self.policy.predict_critic(obs_tensor)
         return critic, self.policy.values_from_critic(critic)
 
+    def _start_rollout(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: RolloutBuffer,
+        use_masking: bool,
+    ) -> None:
+        """Check the buffer's critic and the environment's masks, reset the buffer, start
+        the callback."""
+        if self.policy.quantile_critic != isinstance(rollout_buffer, _QuantileStorage):
+            raise TypeError("the rollout buffer does not match the policy's critic")
+        self.policy.set_training_mode(False)
+        rollout_buffer.reset()
+        if use_masking and not is_masking_supported(env):
+            raise ValueError(
+                "Environment does not support action masking. Consider using ActionMasker wrapper"
+            )
+        callback.on_rollout_start()
+
+    def _store_step(
+        self,
+        rollout_buffer: MaskableRolloutBuffer | MaskableDictRolloutBuffer,
+        last_obs: np.ndarray | dict[str, np.ndarray],
+        episode_starts: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        dones: np.ndarray,
+        infos: list[dict[str, Any]],
+        values: torch.Tensor,
+        log_probs: torch.Tensor,
+        critic: torch.Tensor,
+        action_masks: np.ndarray | None,
+    ) -> np.ndarray:
+        """Add the step from ``last_obs`` of every environment to the buffer, time-limit
+        ends flagged as truncated with their terminal critic (see the module docstring).
+
+        Returns ``dones`` as bools.
+        """
+        # SB3's rule (GitHub issue #633): bootstrap a time-limit end from its last observation.
+        dones = np.asarray(dones, dtype=bool)
+        n_envs, n_q = dones.shape[0], self.policy.n_quantiles
+        truncated = np.array(
+            [
+                bool(done)
+                and infos[i].get("terminal_observation") is not None
+                and bool(infos[i].get("TimeLimit.truncated", False))
+                for i, done in enumerate(dones)
+            ],
+            dtype=bool,
+        )
+        terminated = dones & ~truncated
+        terminal_q = np.zeros((n_envs, n_q), dtype=np.float32)
+        terminal_v = np.zeros(n_envs, dtype=np.float32)
+        if truncated.any():
+            which = np.flatnonzero(truncated)
+            t_critic, t_values = self._terminal_critic(infos, which)
+            terminal_q[which] = t_critic.cpu().numpy().reshape(which.size, n_q)
+            terminal_v[which] = t_values.cpu().numpy().reshape(which.size)
+
+        if isinstance(rollout_buffer, _QuantileStorage):
+            rollout_buffer.add(
+                last_obs,
+                actions,
+                rewards,
+                episode_starts,
+                values,
+                log_probs,
+                action_masks=action_masks,
+                quantiles=critic,
+                terminated=terminated,
+                truncated=truncated,
+                terminal_quantiles=terminal_q,
+                terminal_values=terminal_v,
+            )
+        else:
+            rewards = rewards + np.where(truncated, self.gamma * terminal_v, 0.0).astype(
+                rewards.dtype
+            )
+            rollout_buffer.add(
+                last_obs,
+                actions,
+                rewards,
+                episode_starts,
+                values,
+                log_probs,
+                action_masks=action_masks,
+            )
+        return dones
+
     def collect_rollouts(
         self,
         env: VecEnv,
@@ -348,20 +454,9 @@ class SentioPPO(MaskablePPO):
             "RolloutBuffer doesn't support action masking"
         )
         assert self._last_obs is not None, "No previous observation was provided"
-        quantile = self.policy.quantile_critic
-        if quantile != isinstance(rollout_buffer, _QuantileStorage):
-            raise TypeError("the rollout buffer does not match the policy's critic")
-        self.policy.set_training_mode(False)
+        self._start_rollout(env, callback, rollout_buffer, use_masking)
         n_steps = 0
         action_masks = None
-        rollout_buffer.reset()
-        if use_masking and not is_masking_supported(env):
-            raise ValueError(
-                "Environment does not support action masking. Consider using ActionMasker wrapper"
-            )
-        callback.on_rollout_start()
-        n_envs, n_q = env.num_envs, self.policy.n_quantiles
-
         while n_steps < n_rollout_steps:
             with torch.no_grad(), self._autocast():
                 obs_tensor: PyTorchObs = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
@@ -381,55 +476,19 @@ class SentioPPO(MaskablePPO):
             n_steps += 1
             if isinstance(self.action_space, spaces.Discrete):
                 actions = actions.reshape(-1, 1)
-
-            # SB3's rule (GitHub issue #633): bootstrap a time-limit end from its last observation.
-            dones = np.asarray(dones, dtype=bool)
-            truncated = np.array(
-                [
-                    bool(done)
-                    and infos[i].get("terminal_observation") is not None
-                    and bool(infos[i].get("TimeLimit.truncated", False))
-                    for i, done in enumerate(dones)
-                ],
-                dtype=bool,
+            dones = self._store_step(
+                rollout_buffer,
+                self._last_obs,  # type: ignore[arg-type]  # set by SB3's learn / reset
+                self._last_episode_starts,  # type: ignore[arg-type]
+                actions,
+                rewards,
+                dones,
+                infos,
+                values,
+                log_probs,
+                critic,
+                action_masks,
             )
-            terminated = dones & ~truncated
-            terminal_q = np.zeros((n_envs, n_q), dtype=np.float32)
-            terminal_v = np.zeros(n_envs, dtype=np.float32)
-            if truncated.any():
-                which = np.flatnonzero(truncated)
-                t_critic, t_values = self._terminal_critic(infos, which)
-                terminal_q[which] = t_critic.cpu().numpy().reshape(which.size, n_q)
-                terminal_v[which] = t_values.cpu().numpy().reshape(which.size)
-
-            if isinstance(rollout_buffer, _QuantileStorage):
-                rollout_buffer.add(
-                    self._last_obs,
-                    actions,
-                    rewards,
-                    self._last_episode_starts,
-                    values,
-                    log_probs,
-                    action_masks=action_masks,
-                    quantiles=critic,
-                    terminated=terminated,
-                    truncated=truncated,
-                    terminal_quantiles=terminal_q,
-                    terminal_values=terminal_v,
-                )
-            else:
-                rewards = rewards + np.where(truncated, self.gamma * terminal_v, 0.0).astype(
-                    rewards.dtype
-                )
-                rollout_buffer.add(
-                    self._last_obs,
-                    actions,
-                    rewards,
-                    self._last_episode_starts,
-                    values,
-                    log_probs,
-                    action_masks=action_masks,
-                )
             self._last_obs = new_obs  # type: ignore[assignment]
             self._last_episode_starts = dones
 
@@ -521,67 +580,17 @@ class SentioPPO(MaskablePPO):
         if quantile:
             self._log_rollout_distribution()
 
-        # per-minibatch statistics stay tensors on the device: read once, after the update
-        entropy_losses: list[torch.Tensor] = []
-        pg_losses: list[torch.Tensor] = []
-        critic_losses: list[torch.Tensor] = []
-        clip_fractions: list[torch.Tensor] = []
-        value_clip_fractions: list[torch.Tensor] = []
-        approx_kl_divs: list[torch.Tensor] = []
+        stats = _UpdateStats()
         self.first_minibatch_ratio = None
         continue_training = True
         loss = torch.zeros(())
 
         for epoch in range(self.n_epochs):
-            approx_kl_divs = []
+            stats.approx_kl_divs = []
             for rollout_data in self.rollout_buffer.get(self.batch_size):
-                actions = rollout_data.actions
-                if isinstance(self.action_space, spaces.Discrete):
-                    actions = rollout_data.actions.long().flatten()
-
-                critic, log_prob, entropy = self._evaluate_minibatch(
-                    rollout_data.observations, actions, rollout_data.action_masks
+                loss, approx_kl_div = self._minibatch_loss(
+                    rollout_data, clip_range, quantile, taus, stats
                 )
-
-                advantages = rollout_data.advantages
-                if self.normalize_advantage and len(advantages) > 1:
-                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-
-                # ratio between the optimised and the behaviour policy: 1 on the first minibatch
-                ratio = torch.exp(log_prob - rollout_data.old_log_prob)
-                if self.first_minibatch_ratio is None:
-                    self.first_minibatch_ratio = ratio.detach().clone()
-
-                policy_loss_1 = advantages * ratio
-                policy_loss_2 = advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
-                policy_loss = -torch.min(policy_loss_1, policy_loss_2).mean()
-                pg_losses.append(policy_loss.detach())
-                clip_fractions.append(torch.mean((torch.abs(ratio - 1) > clip_range).float()))
-
-                if quantile:
-                    assert isinstance(rollout_data, QuantileRolloutBufferSamples)
-                    critic_loss, vf_fraction = self._quantile_critic_loss(
-                        critic, rollout_data, taus
-                    )
-                else:
-                    critic_loss, vf_fraction = self._scalar_critic_loss(
-                        critic.flatten(), rollout_data.old_values, rollout_data.returns
-                    )
-                critic_losses.append(critic_loss.detach())
-                value_clip_fractions.append(vf_fraction)
-
-                # entropy bonus (SB3's approximation when there is no closed form)
-                entropy_loss = -torch.mean(-log_prob) if entropy is None else -torch.mean(entropy)
-                entropy_losses.append(entropy_loss.detach())
-
-                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * critic_loss
-
-                # approximate reverse KL for early stopping (SB3 issue #417, Schulman's blog)
-                with torch.no_grad():
-                    log_ratio = log_prob - rollout_data.old_log_prob
-                    approx_kl_div = torch.mean((torch.exp(log_ratio) - 1) - log_ratio)
-                    approx_kl_divs.append(approx_kl_div)
-
                 # the early stop reads the KL back per minibatch, only when it is enabled
                 if self.target_kl is not None and approx_kl_div.item() > 1.5 * self.target_kl:
                     continue_training = False
@@ -601,20 +610,81 @@ class SentioPPO(MaskablePPO):
                 break
 
         self.policy.set_training_mode(False)
+        self._record_update(stats, loss, clip_range, quantile)
+
+    def _minibatch_loss(
+        self,
+        rollout_data: MaskableRolloutBufferSamples,
+        clip_range: float,
+        quantile: bool,
+        taus: torch.Tensor,
+        stats: _UpdateStats,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The PPO loss of one minibatch and its approximate KL; statistics into ``stats``."""
+        actions = rollout_data.actions
+        if isinstance(self.action_space, spaces.Discrete):
+            actions = rollout_data.actions.long().flatten()
+
+        critic, log_prob, entropy = self._evaluate_minibatch(
+            rollout_data.observations, actions, rollout_data.action_masks
+        )
+
+        advantages = rollout_data.advantages
+        if self.normalize_advantage and len(advantages) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+        # ratio between the optimised and the behaviour policy: 1 on the first minibatch
+        ratio = torch.exp(log_prob - rollout_data.old_log_prob)
+        if self.first_minibatch_ratio is None:
+            self.first_minibatch_ratio = ratio.detach().clone()
+
+        policy_loss_1 = advantages * ratio
+        policy_loss_2 = advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+        policy_loss = -torch.min(policy_loss_1, policy_loss_2).mean()
+        stats.pg_losses.append(policy_loss.detach())
+        stats.clip_fractions.append(torch.mean((torch.abs(ratio - 1) > clip_range).float()))
+
+        if quantile:
+            assert isinstance(rollout_data, QuantileRolloutBufferSamples)
+            critic_loss, vf_fraction = self._quantile_critic_loss(critic, rollout_data, taus)
+        else:
+            critic_loss, vf_fraction = self._scalar_critic_loss(
+                critic.flatten(), rollout_data.old_values, rollout_data.returns
+            )
+        stats.critic_losses.append(critic_loss.detach())
+        stats.value_clip_fractions.append(vf_fraction)
+
+        # entropy bonus (SB3's approximation when there is no closed form)
+        entropy_loss = -torch.mean(-log_prob) if entropy is None else -torch.mean(entropy)
+        stats.entropy_losses.append(entropy_loss.detach())
+
+        loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * critic_loss
+
+        # approximate reverse KL for early stopping (SB3 issue #417, Schulman's blog)
+        with torch.no_grad():
+            log_ratio = log_prob - rollout_data.old_log_prob
+            approx_kl_div = torch.mean((torch.exp(log_ratio) - 1) - log_ratio)
+            stats.approx_kl_divs.append(approx_kl_div)
+        return loss, approx_kl_div
+
+    def _record_update(
+        self, stats: _UpdateStats, loss: torch.Tensor, clip_range: float, quantile: bool
+    ) -> None:
+        """Log the update's statistics (read back from the device once, here)."""
         explained_var = explained_variance(
             self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()
         )
 
         mean = stacked_mean
-        self.logger.record("train/entropy_loss", mean(entropy_losses))
-        self.logger.record("train/policy_gradient_loss", mean(pg_losses))
+        self.logger.record("train/entropy_loss", mean(stats.entropy_losses))
+        self.logger.record("train/policy_gradient_loss", mean(stats.pg_losses))
         self.logger.record(
-            "train/quantile_loss" if quantile else "train/value_loss", mean(critic_losses)
+            "train/quantile_loss" if quantile else "train/value_loss", mean(stats.critic_losses)
         )
         if self.value_clip is not None:
-            self.logger.record("train/value_clip_fraction", mean(value_clip_fractions))
-        self.logger.record("train/approx_kl", mean(approx_kl_divs))
-        self.logger.record("train/clip_fraction", mean(clip_fractions))
+            self.logger.record("train/value_clip_fraction", mean(stats.value_clip_fractions))
+        self.logger.record("train/approx_kl", mean(stats.approx_kl_divs))
+        self.logger.record("train/clip_fraction", mean(stats.clip_fractions))
         self.logger.record("train/loss", loss.item())
         self.logger.record("train/explained_variance", explained_var)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")

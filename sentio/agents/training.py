@@ -588,6 +588,7 @@ def _train(
     out: Path,
     progress: ProgressFn | None,
 ) -> TrainResult:
+    """:func:`train_agent` inside its lock: seed, build, resume or start, learn, select, save."""
     cfg = resolve_for_bars(cfg, market.bar_seconds)
     device = resolve_device(cfg.train.device)
     torch.manual_seed(seed)
@@ -604,36 +605,13 @@ def _train(
     train_ranges = holdout.train_ranges if isinstance(holdout, Holdout) else list(ranges)
     scale = reward_scale(cfg, market, train_ranges)
     shape = rollout_shape(cfg, device)
-    # the SB3 environment gives the model its spaces and size (and steps it on the sb3 path)
-    env = SentioVecEnv(market, params, train_ranges, shape.n_envs, seed=seed, reward_scale=scale)
-    rollout = cfg.train.rollout
-    device_env = None
-    if rollout == "device":
-        device_env = DeviceVecEnv(
-            market, params, train_ranges, shape.n_envs, device=device, seed=seed, reward_scale=scale
-        )
+    env, device_env = _training_envs(cfg, market, params, train_ranges, shape, device, seed, scale)
     state_env: TrainingEnv = env if device_env is None else device_env
-    fingerprint = json.dumps(
-        [
-            CHECKPOINT_FORMAT,
-            training_settings_hash(cfg),
-            asdict(shape),  # train.rollout is in the settings hash; the shape resolves auto
-            seed,
-            market.n_rows,
-            list(ranges),
-        ]
-    )
+    fingerprint = _fingerprint(cfg, shape, seed, market, ranges)
     ckpt_dir = out / CHECKPOINTS_DIR
-    tb = str(out / "tensorboard") if cfg.train.tensorboard else None
-    loaded = _load_checkpoint(ckpt_dir, cfg, env, state_env, fingerprint, device)
-    resumed_from = 0
-    selection: Selection | None = None
-    if loaded is None:
-        model = make_model(cfg, env, seed=seed, device=device, tensorboard_log=tb)
-    else:
-        model, selection = loaded
-        resumed_from = int(model.num_timesteps)
-        model.tensorboard_log = tb
+    model, selection, resumed_from = _start_or_resume(
+        cfg, env, state_env, fingerprint, device, seed, out
+    )
     validator = None
     if isinstance(holdout, Holdout):
         if selection is None:
@@ -651,6 +629,103 @@ def _train(
         ckpt_dir, state_env, cfg.train.checkpoint_every, total, fingerprint, progress, validator
     )
     start = time.perf_counter()
+    _learn(model, device_env, remaining, callback, resumed_from)
+    done = int(model.num_timesteps)
+    model, validation = _select(model, validator, holdout, cfg, params, device, done)
+    seconds = time.perf_counter() - start
+    model.reward_scale = scale  # type: ignore[attr-defined]  # saved in the zip's data
+    model.validation = validation  # type: ignore[attr-defined]
+    path = save_model(model, out / "model.zip")
+    if progress is not None:
+        progress(done, total, None)
+    return TrainResult(
+        model_path=str(path),
+        algo=cfg.agent.algo,
+        seed=seed,
+        device=str(device),
+        rollout=cfg.train.rollout,
+        n_envs=shape.n_envs,
+        n_steps=shape.n_steps,
+        batch_size=shape.batch_size,
+        total_timesteps=total,
+        num_timesteps=done,
+        resumed_from=resumed_from,
+        seconds=seconds,
+        steps_per_second=(done - resumed_from) / seconds if seconds > 0 else 0.0,
+        reward_scale=scale,
+        curve=callback.curve,
+        validation=validation,
+    )
+
+
+def _training_envs(
+    cfg: SentioConfig,
+    market: MarketData,
+    params: EnvParams,
+    train_ranges: list[tuple[int, int]],
+    shape: RolloutShape,
+    device: torch.device,
+    seed: int,
+    scale: float,
+) -> tuple[SentioVecEnv, DeviceVecEnv | None]:
+    """The SB3 environment and, with ``train.rollout = device``, the device's one."""
+    # the SB3 environment gives the model its spaces and size (and steps it on the sb3 path)
+    env = SentioVecEnv(market, params, train_ranges, shape.n_envs, seed=seed, reward_scale=scale)
+    device_env = None
+    if cfg.train.rollout == "device":
+        device_env = DeviceVecEnv(
+            market, params, train_ranges, shape.n_envs, device=device, seed=seed, reward_scale=scale
+        )
+    return env, device_env
+
+
+def _fingerprint(
+    cfg: SentioConfig,
+    shape: RolloutShape,
+    seed: int,
+    market: MarketData,
+    ranges: Sequence[tuple[int, int]],
+) -> str:
+    """What a checkpoint must match to be resumed: settings, shape, seed and data."""
+    return json.dumps(
+        [
+            CHECKPOINT_FORMAT,
+            training_settings_hash(cfg),
+            asdict(shape),  # train.rollout is in the settings hash; the shape resolves auto
+            seed,
+            market.n_rows,
+            list(ranges),
+        ]
+    )
+
+
+def _start_or_resume(
+    cfg: SentioConfig,
+    env: SentioVecEnv,
+    state_env: TrainingEnv,
+    fingerprint: str,
+    device: torch.device,
+    seed: int,
+    out: Path,
+) -> tuple[BaseAlgorithm, Selection | None, int]:
+    """The checkpointed model, its validation record and its step count, or a new model."""
+    tb = str(out / "tensorboard") if cfg.train.tensorboard else None
+    loaded = _load_checkpoint(out / CHECKPOINTS_DIR, cfg, env, state_env, fingerprint, device)
+    if loaded is None:
+        return make_model(cfg, env, seed=seed, device=device, tensorboard_log=tb), None, 0
+    model, selection = loaded
+    model.tensorboard_log = tb
+    return model, selection, int(model.num_timesteps)
+
+
+def _learn(
+    model: BaseAlgorithm,
+    device_env: DeviceVecEnv | None,
+    remaining: int,
+    callback: _Checkpoints,
+    resumed_from: int,
+) -> None:
+    """Run the ``remaining`` steps: on the device's rollout loop, or SB3's ``learn``."""
     if remaining > 0 and device_env is not None:
         learn_on_device(
             model,
@@ -668,40 +743,26 @@ def _train(
             reset_num_timesteps=resumed_from == 0,
             progress_bar=False,
         )
-    done = int(model.num_timesteps)
-    validation: dict[str, Any]
+
+
+def _select(
+    model: BaseAlgorithm,
+    validator: _Validator | None,
+    holdout: Holdout | str,
+    cfg: SentioConfig,
+    params: EnvParams,
+    device: torch.device,
+    done: int,
+) -> tuple[BaseAlgorithm, dict[str, Any]]:
+    """The model to save (the final policy or the validation's best) and the validation record."""
     if validator is None:
-        validation = {"skipped": holdout if isinstance(holdout, str) else "no holdout"}
-    else:
-        validator.run(model)  # the final policy
-        chosen = validator.selection
-        if chosen.best_steps != done:
-            best = ckpt_dir / BEST_NAME.format(steps=chosen.best_steps)
-            model = algorithm_class(cfg).load(best, device=device)
-        validation = {"skipped": None, **chosen.to_dict()}
-        if chosen.stands_aside:
-            setattr(model, STAND_ASIDE, params.flat_action)  # saved in the zip's data
-    seconds = time.perf_counter() - start
-    model.reward_scale = scale  # type: ignore[attr-defined]  # saved in the zip's data
-    model.validation = validation  # type: ignore[attr-defined]
-    path = save_model(model, out / "model.zip")
-    if progress is not None:
-        progress(done, total, None)
-    return TrainResult(
-        model_path=str(path),
-        algo=cfg.agent.algo,
-        seed=seed,
-        device=str(device),
-        rollout=rollout,
-        n_envs=shape.n_envs,
-        n_steps=shape.n_steps,
-        batch_size=shape.batch_size,
-        total_timesteps=total,
-        num_timesteps=done,
-        resumed_from=resumed_from,
-        seconds=seconds,
-        steps_per_second=(done - resumed_from) / seconds if seconds > 0 else 0.0,
-        reward_scale=scale,
-        curve=callback.curve,
-        validation=validation,
-    )
+        return model, {"skipped": holdout if isinstance(holdout, str) else "no holdout"}
+    validator.run(model)  # the final policy
+    chosen = validator.selection
+    if chosen.best_steps != done:
+        best = validator.folder / BEST_NAME.format(steps=chosen.best_steps)
+        model = algorithm_class(cfg).load(best, device=device)
+    validation = {"skipped": None, **chosen.to_dict()}
+    if chosen.stands_aside:
+        setattr(model, STAND_ASIDE, params.flat_action)  # saved in the zip's data
+    return model, validation
