@@ -267,7 +267,13 @@ class BatchSimulator:
         self.abs_grid = np.abs(params.grid)
         self.sign_grid = np.sign(params.grid)
         self.flat = params.flat_action
-        L = params.window
+        self._observation_tables(market, params.window)
+        self._price_tables(market, params)
+        self._mask_tables(market, params)
+        self._accounts(n)
+
+    def _observation_tables(self, market: MarketData, L: int) -> None:
+        """The zero-copy feature windows the observations gather."""
         F = market.n_features
         self.state_dim = market.n_regimes + len(STATE_FEATURES)
         # windows of features as a zero-copy view: row r = features[r .. r+L-1] flattened
@@ -280,6 +286,18 @@ class BatchSimulator:
             strides=(F * feats.itemsize, feats.itemsize),
             writeable=False,
         )
+
+    def _price_tables(self, market: MarketData, params: EnvParams) -> None:
+        """Flattened prices and the per-row cost rate the steps gather."""
+        self._open_flat = np.ascontiguousarray(market.open).ravel()
+        self._close_flat = np.ascontiguousarray(market.close).ravel()
+        self._cost_rate = (
+            params.half_spread + params.slippage_vol_mult * params.leverage * market.vol
+        )
+
+    def _mask_tables(self, market: MarketData, params: EnvParams) -> None:
+        """Per-row mask inputs, per-(held, action) tables and the layers' lookup table."""
+        T = market.n_rows
         self._high_vol = market.high_vol_regime()
         # volatility cap of the risk budget per row (inf where vol is 0)
         with np.errstate(divide="ignore"):
@@ -294,8 +312,8 @@ class BatchSimulator:
         else:
             self._session_minutes = market.minutes_to_close
             since_open = market.minutes_since_open()
-        # per-(held action, action) tables and per-row arrays the masks and steps gather
         g, ag = self.grid, self.abs_grid
+        # per-(held action, action) tables and per-row arrays the masks and steps gather
         self._new_exposure = (ag[None, :] > 0) & (
             (self.sign_grid[None, :] != np.sign(g)[:, None]) | (ag[None, :] > ag[:, None] + 1e-12)
         )
@@ -310,11 +328,6 @@ class BatchSimulator:
         self._new_session = np.zeros(T, dtype=bool)
         self._new_session[1:] = market.session[1:] != market.session[:-1]
         self._fresh_fill = self._new_session[nxt]  # the fill bar of row t opens a session
-        self._open_flat = np.ascontiguousarray(market.open).ravel()
-        self._close_flat = np.ascontiguousarray(market.close).ravel()
-        self._cost_rate = (
-            params.half_spread + params.slippage_vol_mult * params.leverage * market.vol
-        )
         self._target_inst = np.where(g > 0, LONG, np.where(g < 0, SHORT, FLAT))
         self._bits = {k: np.uint8(v) for k, v in LAYER_BITS.items()}
         # risk budget as a level: actions whose |x| ranks at or above level[t] among the
@@ -332,6 +345,9 @@ class BatchSimulator:
         self._lut: np.ndarray | None = None
         if n_rows * n_acct * params.n_actions <= 4_000_000:
             self._lut = self.mask_table()
+
+    def _accounts(self, n: int) -> None:
+        """The per-account state arrays (:data:`ACCOUNT_STATE`), all accounts flat."""
         self.t = np.zeros(n, dtype=np.int64)
         self.end = np.zeros(n, dtype=np.int64)
         self.cash = np.zeros(n)
@@ -606,6 +622,9 @@ class BatchSimulator:
 
     def step(self, actions: np.ndarray) -> StepResult:
         """Apply one action per account (grid indices) and advance every account one bar."""
+        # One function on purpose (over 80 lines): it is the model's specification, steps
+        # 1-7 of the module docstring in order, repeated operation for operation by the
+        # other simulator; split up, the two could no longer be read side by side.
         p = self.p
         # a copy: the held actions become simulator state, never an alias of the caller's
         a = np.array(actions, dtype=np.int64).reshape(self.n)

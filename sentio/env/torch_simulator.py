@@ -232,6 +232,9 @@ class TorchSimulator:
 
     def step(self, actions: torch.Tensor) -> TorchStepResult:
         """Apply one action per account (grid indices, ``(N,)``) and advance every account."""
+        # One function on purpose (over 80 lines): it is the model's specification, steps
+        # 1-7 of the module docstring in order, repeated operation for operation by the
+        # other simulator; split up, the two could no longer be read side by side.
         p = self.p
         a = actions.to(device=self.device, dtype=torch.int64).reshape(self.n)
         if self.device.type == "cpu" and a.numel() and (a.min() < 0 or a.max() >= p.n_actions):

@@ -45,7 +45,7 @@ TRAIN_MODULES = (
     "sentio.env.torch_simulator",
     "sentio.agents.device_rollout",
     "sentio.agents.ppo_update",
-    # the numbers of the summary's metrics (and the registry's, via sentio.promotion)
+    # the numbers of the summary's metrics (and the registry's, via sentio.stages.registry)
     "sentio.evaluation",
     "sentio.evaluation.metrics",
     "sentio.evaluation.rowstats",
