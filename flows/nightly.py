@@ -21,15 +21,18 @@ registers no new version and leaves the champion as it is. Its decision is writt
 ``<run folder>/registry/decision.json`` and published as the ``registry-decision``
 artifact.
 
-To add a cached stage: ``summary = stage("<name>", <its task>, <previous outputs>, cfg,
-publish=<its artifact task>)``: it runs the task with the project's result storage,
-records the summary in the run record (:class:`sentio.orchestration.RunRecord`, which
-keeps ``run.json`` current after every change, so a failed run still shows how far it
-got and its error), publishes the artifacts and times the stage for the report's profile.
+To add a cached stage: ``summary = run.stage("<name>", <its task>, <its inputs as
+keywords>, cfg=cfg, publish=<its artifact task>)`` (:meth:`_Run.stage`): it runs the task
+with the project's result storage, records the summary in the run record
+(:class:`sentio.orchestration.RunRecord`, which keeps ``run.json`` current after every
+change, so a failed run still shows how far it got and its error), publishes the
+artifacts and times the stage for the report's profile.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -49,7 +52,6 @@ from sentio.orchestration import (
     run_dir,
     task_result_storage,
     training_slots,
-    utc_now,
     workdir_lock,
 )
 from tasks.artifacts import (
@@ -73,11 +75,17 @@ from tasks.train import train_all, train_task
 FLOW_NAME = "nightly-retrain"
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def _persisted(stage: Task[P, R], storage: Path | None) -> Task[P, R]:
-    """``stage`` persisting its results (its cache) to ``storage``; ``None``: Prefect's default."""
-    return stage if storage is None else stage.with_options(result_storage=storage)
+Publish = Callable[[dict[str, Any]], Mapping[str, str]]
+"""An artifact task: publishes a stage summary's artifacts, returns their ids by key."""
+ARTIFACTS: dict[str, Publish] = {
+    "ingest": publish_ingest_artifacts,
+    "features": publish_features_artifacts,
+    "folds": publish_folds_artifacts,
+    "regimes": publish_regimes_artifacts,
+    "train": publish_train_artifacts,
+    "registry": publish_registry_artifacts,
+}
+"""The artifact task of each stage (the report's is published once the registry decided)."""
 
 
 @flow(name=FLOW_NAME, description="Ingest the bars and (re)train the agents; one run per night.")
@@ -109,78 +117,134 @@ def _nightly(
     cfg: SentioConfig, root: Path, data_path: str, config_path: str | None
 ) -> dict[str, Any]:
     """The body of :func:`nightly_flow`, run while it holds the working directory."""
-    storage = task_result_storage(root)
-    folder = run_dir(root, flow_run.get_name())
-    name = str(flow_run.get_name() or folder.name)
-    write_config(folder / "config.yaml", cfg)
-    run = RunRecord(folder, _run_fields(cfg, root, folder, storage, data_path, config_path))
-
-    def stage(key: str, task: Task[..., dict[str, Any]], *args: Any, publish: Any) -> Any:
-        summary = run.stage(key, run_stage(_persisted(task, storage), *args, str(root)))
-        run.published(publish(summary))
-        run.lap(key)
-        return summary
-
-    try:
-        inputs = input_files(data_path)
-        run.update(inputs=inputs)
-        get_run_logger().info("run folder %s; %d input file(s)", folder, len(inputs))
-        ingest = stage("ingest", ingest_task, inputs, cfg, publish=publish_ingest_artifacts)
-        cfg = resolve_for_bars(cfg, int(ingest["bar_seconds"]))  # 'auto' sized for these bars
-        write_config(folder / "config.yaml", cfg)
-        run.update(config_hash=cfg.hash())
+    run = _Run.start(cfg, root, data_path, config_path)
+    with run.record:  # an error is recorded in run.json (status, error) and raised
+        inputs = run.inputs(data_path)
+        ingest = run.stage("ingest", ingest_task, inputs=inputs, cfg=cfg)
+        cfg = run.sized_for_bars(cfg, int(ingest["bar_seconds"]))  # 'auto' for these bars
         bars = ingest["output"]
-        features = stage("features", features_task, bars, cfg, publish=publish_features_artifacts)
-        folds = stage("folds", folds_task, features["output"], cfg, publish=publish_folds_artifacts)
+        features = run.stage("features", features_task, bars_path=bars, cfg=cfg)
+        folds = run.stage("folds", folds_task, features_path=features["output"], cfg=cfg)
         regimes = (
-            stage(
-                "regimes",
-                regimes_task,
-                bars,
-                folds["output"],
-                cfg,
-                publish=publish_regimes_artifacts,
-            )
+            run.stage("regimes", regimes_task, bars_path=bars, folds_path=folds["output"], cfg=cfg)
             if cfg.regimes.enabled
             else None
         )
-        paths = (bars, features["output"], folds["output"], regimes and regimes["output"])
-        runs = train_all(
-            _persisted(train_task, storage),
-            [(f, seed) for f in range(folds["n_folds"]) for seed in cfg.train.seeds],
-            (*paths, cfg, str(root)),
-            training_slots(cfg),
-            str(root),
-        )
-        run.published(publish_train_artifacts(run.stage("train", {"runs": runs})))
-        run.lap("train")
-        info = {"name": name, "started": run.data["started"], "config_hash": cfg.hash()}
-        report = run.stage(
+        data = {
+            "bars_path": bars,
+            "features_path": features["output"],
+            "folds_path": folds["output"],
+            "regimes_path": regimes and regimes["output"],
+        }
+        runs = run.train(cfg, n_folds=folds["n_folds"], data=data)
+        report = run.record.stage(
             "report",
-            report_task(runs, cfg, str(folder / "report"), ingest, run.timings, info),
+            report_task(
+                runs=runs,
+                cfg=cfg,
+                out_dir=str(run.folder / "report"),
+                ingest_summary=ingest,
+                timings=run.record.timings,
+                run_info=run.info(cfg),
+            ),
         )
-        decision = run.stage(
+        decision = run.record.stage(
             "registry",
             registry_task(
                 runs=runs,
                 report=report,
                 cfg=cfg,
-                out_dir=str(folder / "registry"),
-                bars_path=paths[0],
-                folds_path=paths[2],
-                regimes_path=paths[3],
+                out_dir=str(run.folder / "registry"),
+                bars_path=bars,
+                folds_path=data["folds_path"],
+                regimes_path=data["regimes_path"],
                 feature_columns=list(features["columns"]),
-                data_hashes=_data_hashes(run.data["stages"]),
-                run_name=name,
+                data_hashes=_data_hashes(run.record.data["stages"]),
+                run_name=run.name,
             ),
+            publish=ARTIFACTS["registry"],
         )
-        run.published(publish_registry_artifacts(decision))
         registry_into_report_task(report, decision)  # the header names the decision
-        run.published(publish_report_artifacts(report))  # once, with the decision
-    except Exception as exc:
-        run.failed(exc)
-        raise
-    return run.completed()
+        run.record.published(publish_report_artifacts(report))  # once, with the decision
+    return run.record.completed()
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One flow run's bookkeeping: its record, folder, working directory and result storage."""
+
+    record: RunRecord
+    folder: Path
+    root: Path
+    storage: Path | None
+
+    @classmethod
+    def start(cls, cfg: SentioConfig, root: Path, data_path: str, config_path: str | None) -> _Run:
+        """A new run folder with the run's ``config.yaml`` and its record (``run.json``)."""
+        storage = task_result_storage(root)
+        folder = run_dir(root, flow_run.get_name())
+        write_config(folder / "config.yaml", cfg)
+        fields = _run_fields(cfg, root, folder, storage, data_path, config_path)
+        return cls(RunRecord(folder, fields), folder, root, storage)
+
+    @property
+    def name(self) -> str:
+        """The flow run's name (the run folder's name when it has none)."""
+        return str(flow_run.get_name() or self.folder.name)
+
+    def info(self, cfg: SentioConfig) -> dict[str, Any]:
+        """What the report's header says about the run."""
+        return {
+            "name": self.name,
+            "started": self.record.data["started"],
+            "config_hash": cfg.hash(),
+        }
+
+    def inputs(self, data_path: str) -> list[str]:
+        """The bar files ``data_path`` names, recorded and logged."""
+        inputs = input_files(data_path)
+        self.record.update(inputs=inputs)
+        get_run_logger().info("run folder %s; %d input file(s)", self.folder, len(inputs))
+        return inputs
+
+    def stage(self, name: str, task: Task[..., dict[str, Any]], **params: Any) -> dict[str, Any]:
+        """Run the cached stage task ``task`` on ``params`` (its output verified, recomputed
+        when it does not verify), record its summary as stage ``name``, publish its
+        artifacts (``ARTIFACTS[name]``) and time it."""
+        summary = run_stage(_persisted(task, self.storage), **params, workdir=str(self.root))
+        return self.record.stage(name, summary, publish=ARTIFACTS[name], lap=True)
+
+    def sized_for_bars(self, cfg: SentioConfig, bar_seconds: int) -> SentioConfig:
+        """``cfg`` with every ``'auto'`` sized for these bars, saved as the run's
+        ``config.yaml`` and hash."""
+        cfg = resolve_for_bars(cfg, bar_seconds)
+        write_config(self.folder / "config.yaml", cfg)
+        self.record.update(config_hash=cfg.hash())
+        return cfg
+
+    def train(
+        self, cfg: SentioConfig, n_folds: int, data: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """The fan-out: one training task per fold and seed, at most
+        :func:`~sentio.orchestration.training_slots` at once; their summaries in order."""
+        jobs = [(fold, seed) for fold in range(n_folds) for seed in cfg.train.seeds]
+        params = {**data, "cfg": cfg, "workdir": str(self.root)}
+        runs = train_all(
+            _persisted(train_task, self.storage),
+            jobs,
+            (),
+            training_slots(cfg),
+            str(self.root),
+            params,
+        )
+        return self.record.stage("train", {"runs": runs}, publish=ARTIFACTS["train"], lap=True)[
+            "runs"
+        ]
+
+
+def _persisted(stage: Task[P, R], storage: Path | None) -> Task[P, R]:
+    """``stage`` persisting its results (its cache) to ``storage``; ``None``: Prefect's default."""
+    return stage if storage is None else stage.with_options(result_storage=storage)
 
 
 def _run_fields(
@@ -191,13 +255,12 @@ def _run_fields(
     data_path: str,
     config_path: str | None,
 ) -> dict[str, Any]:
-    """The parameters a run's record starts with."""
+    """The parameters a run's record starts with (:class:`RunRecord` adds ``started``)."""
     return {
         "flow": FLOW_NAME,
         "flow_run_id": flow_run.get_id(),
         "flow_run_name": flow_run.get_name(),
         "deployment": deployment.get_name(),
-        "started": utc_now(),
         "data_path": data_path,
         "config_path": config_path,
         "config_hash": cfg.hash(),

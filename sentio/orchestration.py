@@ -14,17 +14,18 @@ data-quality artifacts, so that ``tasks/`` and ``flows/`` stay a few lines long.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from sentio.config import PathsConfig, SentioConfig
 from sentio.io import write_json_atomic
 from sentio.processes import parallel_slots
+from sentio.times import now_utc, now_utc_text
 from sentio.workdir import WorkdirLock
 
 RESULTS_DIRNAME = "prefect-results"
@@ -166,7 +167,7 @@ def run_dir(workdir: str | os.PathLike[str], run_name: str | None = None) -> Pat
     """
     name = _UNSAFE_NAME.sub("-", run_name or "").strip("-.")
     if not name:
-        name = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        name = now_utc().strftime("%Y%m%dT%H%M%S.%fZ")
     base = Path(workdir).expanduser().resolve() / RUNS_DIRNAME
     base.mkdir(parents=True, exist_ok=True)
     for n in range(1, 10_000):
@@ -184,33 +185,45 @@ def write_run_record(folder: str | os.PathLike[str], record: Mapping[str, Any]) 
     return write_json_atomic(Path(folder) / "run.json", dict(record))
 
 
-def utc_now() -> str:
-    """The current time as an ISO-8601 UTC string (seconds precision)."""
-    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
-
-
 class RunRecord:
     """A flow run's record, kept current in ``<run folder>/run.json`` after every change.
 
     ``fields`` are the run's parameters (name, inputs, configuration hash ...); the record
-    adds ``status`` (running, then completed or failed with its ``error``), ``finished``,
-    ``stages`` (each stage's summary by name), ``artifacts`` (the ids of the artifacts
-    published, by key) and, in :attr:`timings`, the seconds between laps (the report's
-    profile). A failed run's record still shows how far it got.
+    adds ``started`` (now, unless ``fields`` has it), ``status`` (running, then completed
+    or failed with its ``error``), ``finished``, ``stages`` (each stage's summary by
+    name), ``artifacts`` (the ids of the artifacts published, by key) and, in
+    :attr:`timings`, the seconds between laps (the report's profile). A failed run's
+    record still shows how far it got.
+
+    Used as a context manager, an exception raised inside the block marks the run failed
+    (:meth:`failed`) and propagates::
+
+        with RunRecord(folder, fields) as run:
+            run.stage("ingest", ingest(...), publish=publish_ingest, lap=True)
+        record = run.completed()
     """
 
     def __init__(self, folder: str | os.PathLike[str], fields: Mapping[str, Any]) -> None:
         self.folder = Path(folder)
-        self.data: dict[str, Any] = {
-            **fields,
-            "finished": None,
-            "status": "running",
-            "stages": {},
-            "artifacts": {},
-        }
+        self.data: dict[str, Any] = dict(fields)
+        self.data.setdefault("started", now_utc_text())
+        self.data.update(finished=None, status="running", stages={}, artifacts={})
         self.timings: dict[str, float] = {}
         self._clock = time.perf_counter()
         self.save()
+
+    def __enter__(self) -> RunRecord:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Record an :class:`Exception` that ends the block as the run's failure; it propagates."""
+        if isinstance(exc, Exception):
+            self.failed(exc)
 
     def save(self) -> None:
         """Write ``run.json``."""
@@ -221,10 +234,25 @@ class RunRecord:
         self.data.update(fields)
         self.save()
 
-    def stage(self, name: str, summary: dict[str, Any]) -> dict[str, Any]:
-        """Record stage ``name``'s summary, save, return the summary."""
+    def stage(
+        self,
+        name: str,
+        summary: dict[str, Any],
+        *,
+        publish: Callable[[dict[str, Any]], Mapping[str, str]] | None = None,
+        lap: bool = False,
+    ) -> dict[str, Any]:
+        """Record stage ``name``'s summary, save, return the summary.
+
+        ``publish(summary)``, when given, publishes the stage's artifacts and returns their
+        ids (:meth:`published`); ``lap`` closes the stage's time (:meth:`lap`).
+        """
         self.data["stages"][name] = summary
         self.save()
+        if publish is not None:
+            self.published(publish(summary))
+        if lap:
+            self.lap(name)
         return summary
 
     def published(self, ids: Mapping[str, str]) -> None:
@@ -240,11 +268,11 @@ class RunRecord:
 
     def failed(self, exc: BaseException) -> None:
         """The run failed with ``exc``: say so and save."""
-        self.update(status="failed", finished=utc_now(), error=f"{type(exc).__name__}: {exc}")
+        self.update(status="failed", finished=now_utc_text(), error=f"{type(exc).__name__}: {exc}")
 
     def completed(self) -> dict[str, Any]:
         """The run completed: say so, save and return the record."""
-        self.update(status="completed", finished=utc_now())
+        self.update(status="completed", finished=now_utc_text())
         return self.data
 
 

@@ -14,6 +14,7 @@ user error, a full disk or too little memory would fail the same way again).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
@@ -147,26 +148,29 @@ def train_all(
     args: tuple[Any, ...],
     limit: int,
     workdir: str,
+    params: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``train`` for every ``(fold, seed)`` of ``jobs``, at most ``limit`` at a time.
 
-    A task is submitted as soon as a slot frees up; the summaries come back in the order
-    of ``jobs``, rebased onto ``workdir`` and verified: a cached summary whose files are
-    missing or damaged is recomputed (one warning line names the file).
+    Each call gets ``args`` and ``params`` (keyword arguments) besides its ``fold`` and
+    ``seed``. A task is submitted as soon as a slot frees up; the summaries come back in
+    the order of ``jobs``, rebased onto ``workdir`` and verified: a cached summary whose
+    files are missing or damaged is recomputed (one warning line names the file).
     """
+    kwargs = dict(params or {})
     futures: dict[PrefectFuture[dict[str, Any]], int] = {}
     done: dict[int, PrefectFuture[dict[str, Any]]] = {}
     queue = list(enumerate(jobs))
     while queue or futures:
         while queue and len(futures) < max(1, limit):
             i, (fold, seed) = queue.pop(0)
-            futures[train.submit(*args, fold=fold, seed=seed)] = i
+            futures[train.submit(*args, **kwargs, fold=fold, seed=seed)] = i
         finished = next(iter(as_completed(list(futures))))
         done[futures.pop(finished)] = finished
     runs = []
     for i, (fold, seed) in enumerate(jobs):
         summary, ok = checked(train, done[i].result(), workdir)
         if not ok:
-            summary = train.with_options(refresh_cache=True)(*args, fold=fold, seed=seed)
+            summary = train.with_options(refresh_cache=True)(*args, **kwargs, fold=fold, seed=seed)
         runs.append(summary)
     return runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -53,3 +54,41 @@ def test_a_failed_run_keeps_how_far_it_got_and_its_error(tmp_path: Path) -> None
     on_disk = read(tmp_path)
     assert on_disk["status"] == "failed" and on_disk["error"] == "ValueError: bad bars"
     assert on_disk["stages"] == {"ingest": {"output": "x"}} and on_disk["finished"]
+
+
+def test_started_is_stamped_unless_given(tmp_path: Path) -> None:
+    run = RunRecord(tmp_path, {"flow": "f"})
+    started = dt.datetime.fromisoformat(read(tmp_path)["started"])
+    assert started.tzinfo is not None and started.utcoffset() == dt.timedelta(0)
+    assert run.data["started"] == read(tmp_path)["started"]
+
+
+def test_a_stage_can_publish_its_artifacts_and_close_its_lap(tmp_path: Path) -> None:
+    run = RunRecord(tmp_path, {"flow": "f"})
+    seen: list[dict] = []
+
+    def publish(summary: dict) -> dict[str, str]:
+        seen.append(summary)
+        # the summary is on disk before its artifacts are published
+        assert read(tmp_path)["stages"]["folds"] == summary
+        return {"folds": "id-3"}
+
+    summary = {"n_folds": 2}
+    assert run.stage("folds", summary, publish=publish, lap=True) is summary
+    assert seen == [summary] and read(tmp_path)["artifacts"] == {"folds": "id-3"}
+    assert list(run.timings) == ["folds"]
+    run.stage("report", {"verdict": "x"})
+    assert list(run.timings) == ["folds"]  # no lap unless asked
+
+
+def test_the_record_as_a_context_records_a_failure_and_lets_it_through(tmp_path: Path) -> None:
+    with pytest.raises(KeyError), RunRecord(tmp_path, {"flow": "f"}) as run:
+        run.stage("ingest", {"output": "x"})
+        raise KeyError("bars")
+    on_disk = read(tmp_path)
+    assert on_disk["status"] == "failed" and on_disk["error"] == "KeyError: 'bars'"
+    assert on_disk["stages"] == {"ingest": {"output": "x"}}
+    (tmp_path / "ok").mkdir()
+    with RunRecord(tmp_path / "ok", {"flow": "f"}) as run:
+        run.stage("ingest", {"output": "y"})
+    assert read(tmp_path / "ok")["status"] == "running"  # completed() is the caller's word
