@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -70,6 +72,91 @@ def code_version(*modules: str) -> str:
             raise ValueError(f"code_version: cannot find the source of module {name!r}")
         parts.append(sha256_file(spec.origin))
     return combine_hashes(parts)[:16]
+
+
+CODE_PACKAGES: tuple[str, ...] = ("sentio", "data_contracts")
+"""The project's own top-level packages: the code :func:`imported_modules` follows."""
+
+
+@functools.cache
+def _module_file(name: str) -> Path | None:
+    """The source file of module ``name`` of :data:`CODE_PACKAGES` (without importing it)."""
+    import importlib.util
+
+    top, _, rest = name.partition(".")
+    if top not in CODE_PACKAGES:
+        return None
+    spec = importlib.util.find_spec(top)  # a top-level lookup imports nothing
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    base = Path(next(iter(spec.submodule_search_locations)))
+    path = base.joinpath(*rest.split(".")) if rest else base
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+_IMPORT = re.compile(
+    r"^[ \t]*(from[ \t]+\.*[\w.]*[ \t]+import[ \t]+(?:\([^)]*\)|[^\n]*)|import[ \t]+[^\n]*)",
+    re.MULTILINE,
+)
+"""An import statement at the start of a line (module level or indented in a function)."""
+
+
+@functools.cache
+def _imports_in(name: str) -> frozenset[str]:
+    """The project modules module ``name`` imports anywhere in its source (module level
+    and inside functions): ``import a.b``, ``from a import b`` (``a.b`` when it is a
+    module, else ``a``), relative imports resolved. Each statement is parsed with
+    ``ast``; a line that only looks like one (in a docstring) is skipped."""
+    import ast
+
+    path = _module_file(name)
+    assert path is not None
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for match in _IMPORT.finditer(path.read_text(encoding="utf-8")):
+        try:
+            node = ast.parse(match.group(1).strip()).body[0]
+        except (SyntaxError, IndexError):
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return frozenset(m for m in found if _module_file(m) is not None)
+
+
+@functools.cache
+def imported_modules(root: str, stop: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Every project module (:data:`CODE_PACKAGES`) ``root`` runs: ``root`` and what it
+    imports, directly or through other modules, at module level or inside functions.
+
+    Found by reading the sources (``ast``), without importing anything, so a cache key
+    built from them (:func:`code_version`) covers the code a stage uses by construction:
+    a helper moved to another module cannot fall out of the key. Modules in ``stop`` are
+    neither included nor followed (a package that only re-exports). Sorted.
+
+    Raises:
+        ValueError: ``root`` is not a project module.
+    """
+    if _module_file(root) is None:
+        raise ValueError(f"imported_modules: {root!r} is not a module of {CODE_PACKAGES}")
+    seen: set[str] = set()
+    todo = [root]
+    while todo:
+        name = todo.pop()
+        if name in seen or name in stop:
+            continue
+        seen.add(name)
+        todo.extend(_imports_in(name) - seen)
+    return tuple(sorted(seen))
 
 
 def _umask() -> int:

@@ -37,8 +37,8 @@ USED_BY: dict[str, set[str]] = {
     "sentio.stages.registry": set(),  # not cached either: promotion rules keep the models
     "sentio.stages": set(),  # the package only re-exports
     # the library modules of each stage
-    "sentio.data.readers": {"ingest"},
-    "data_contracts.bars": {"ingest"},
+    "sentio.data.readers": set(STAGES),  # every stage reads its inputs through it
+    "data_contracts.bars": set(STAGES),  # the reader validates bars on reading
     "sentio.features.build": {"features"},
     "sentio.cv.splitters": {"folds"},
     "sentio.regimes.model": {"regimes"},
@@ -46,6 +46,10 @@ USED_BY: dict[str, set[str]] = {
     "sentio.env.simulator": {"train"},
     "sentio.agents.training": {"train"},
     "sentio.evaluation.metrics": {"train"},  # the train summary's metrics
+    "sentio.agents.buffers": {"train"},  # rollout buffers (missed by the hand-kept lists)
+    "sentio.env.ledger": {"train"},  # reached through the backtest only
+    "sentio.times": {"regimes"},  # the fold windows of the regime fits' leakage guard
+    "sentio.config": set(STAGES),  # the resolution of 'auto' settings
     # library modules several stages use
     "sentio.calendar": {"ingest", "features", "folds", "train"},
     "sentio.features.normalise": {"features", "folds", "train"},
@@ -136,13 +140,32 @@ def test_editing_a_module_changes_the_keys_of_exactly_the_stages_using_it(
 def test_the_registry_code_version_follows_the_training_code(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # the registry stage records code_version(*TRAIN_MODULES) with every registered model:
+    # the registry stage records the training code's version with every registered model:
     # the code that made the model, not the stage's own (a promotion-rule edit or a report
     # edit does not change the code version of a model)
-    before = sentio.io.code_version(*stages.TRAIN_MODULES)
+    before = sentio.io.code_version(*stages.stage_modules("train"))
     edit(monkeypatch, "sentio.stages.report")
-    assert sentio.io.code_version(*stages.TRAIN_MODULES) == before
+    assert sentio.io.code_version(*stages.stage_modules("train")) == before
     edit(monkeypatch, "sentio.stages.registry")
-    assert sentio.io.code_version(*stages.TRAIN_MODULES) == before
+    assert sentio.io.code_version(*stages.stage_modules("train")) == before
     edit(monkeypatch, "sentio.evaluation.metrics")
-    assert sentio.io.code_version(*stages.TRAIN_MODULES) != before
+    assert sentio.io.code_version(*stages.stage_modules("train")) != before
+
+
+def test_a_stage_key_covers_every_project_module_the_stage_imports() -> None:
+    """By construction (the imports are read, not listed): lazy imports inside functions
+    and modules reached only through other modules count; re-export packages and the
+    uncached stages' code do not."""
+    train = stages.stage_modules("train")
+    assert "sentio.env.backtest" in train  # imported inside a function of the stage
+    assert "sentio.env.ledger" in train  # through sentio.env.backtest
+    assert "sentio.stages.common" in train
+    assert not {"sentio.stages", "sentio.stages.report", "sentio.stages.registry"} & set(train)
+    assert not any(m.startswith(("sentio.report", "sentio.registry")) for m in train)
+    regimes = stages.stage_modules("regimes")
+    assert {"sentio.regimes.training_rows", "sentio.times"} <= set(regimes)
+    assert not any(m.startswith("sentio.agents") for m in regimes)
+    for stage in STAGES:
+        assert stages.stage_modules(stage) == tuple(sorted(set(stages.stage_modules(stage))))
+    with pytest.raises(ValueError, match="not a module"):
+        sentio.io.imported_modules("numpy")

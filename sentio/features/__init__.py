@@ -17,10 +17,9 @@ from sentio.features.normalise import (
     fit_normaliser,
     normalised_columns,
 )
-from sentio.io import code_version
+from sentio.io import code_version, imported_modules
 
 __all__ = [
-    "FEATURE_MODULES",
     "UNNORMALISED_COLUMNS",
     "apply_normaliser",
     "build_features",
@@ -32,18 +31,7 @@ __all__ = [
     "warmup_rows",
 ]
 
-FEATURE_MODULES: tuple[str, ...] = (
-    "sentio.features",
-    "sentio.features.build",
-    "sentio.features.indicators",
-    "sentio.features.normalise",
-    "sentio.features.kernels",
-    "sentio.features.exogenous",
-    "sentio.calendar",
-)
-"""The modules whose source decides the feature values."""
-
 
 def features_code_version() -> str:
-    """A digest of the feature code (:data:`FEATURE_MODULES`), part of the stage's cache key."""
-    return code_version(*FEATURE_MODULES)
+    """A digest of the feature code (this package and every module it imports: :func:`sentio.io.imported_modules`), part of the stage's cache key."""
+    return code_version(*imported_modules("sentio.features"))

@@ -3,12 +3,12 @@
 Public API: :func:`regime_observations`, :func:`fit_regimes`, :class:`RegimeModel`,
 :func:`filter_probs`, :class:`OnlineFilter`, :func:`regime_history`,
 :func:`regime_training_rows` (the rows a fold's model may be fitted on),
-:func:`regimes_code_version` (of :data:`REGIME_MODULES`).
+:func:`regimes_code_version` (of this package and every module it imports).
 """
 
 from __future__ import annotations
 
-from sentio.io import code_version
+from sentio.io import code_version, imported_modules
 from sentio.regimes.filter import OnlineFilter, filter_labels, filter_probs, log_emissions
 from sentio.regimes.history import regime_history
 from sentio.regimes.model import RegimeModel, fit_regimes
@@ -24,7 +24,6 @@ from sentio.regimes.training_rows import regime_training_rows
 
 __all__ = [
     "OBSERVATION_COLUMNS",
-    "REGIME_MODULES",
     "RETURN_COLUMN",
     "VOL_COLUMN",
     "OnlineFilter",
@@ -41,17 +40,7 @@ __all__ = [
     "train_rows",
 ]
 
-REGIME_MODULES: tuple[str, ...] = (
-    "sentio.regimes",
-    "sentio.regimes.observations",
-    "sentio.regimes.model",
-    "sentio.regimes.filter",
-    "sentio.regimes.history",
-    "sentio.regimes.training_rows",
-)
-"""The modules whose source decides the regime models and probabilities."""
-
 
 def regimes_code_version() -> str:
     """Digest of the regime modules' source (for cache keys and model metadata)."""
-    return code_version(*REGIME_MODULES)
+    return code_version(*imported_modules("sentio.regimes"))

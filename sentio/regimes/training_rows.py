@@ -12,9 +12,7 @@ import numpy as np
 
 from sentio.times import utc64
 
-# ``utc64`` is re-exported for the callers that still import it from here; it lives in
-# :mod:`sentio.times`.
-__all__ = ["regime_training_rows", "utc64"]
+__all__ = ["regime_training_rows"]
 
 
 def regime_training_rows(

@@ -30,17 +30,17 @@ from sentio.stages.common import (
     load_folds,
     relocate_summary,
     resolve_inputs,
+    stage_modules,
     summary_problems,
     workdir_root,
 )
 from sentio.stages.features import features_key, features_stage
-from sentio.stages.folds import FOLDS_MODULES, folds_key, folds_stage
-from sentio.stages.ingest import INGEST_MODULES, ingest_code_version, ingest_key, ingest_stage
+from sentio.stages.folds import folds_key, folds_stage
+from sentio.stages.ingest import ingest_code_version, ingest_key, ingest_stage
 from sentio.stages.regimes import regimes_key, regimes_stage
 from sentio.stages.registry import registry_stage
 from sentio.stages.report import report_stage, run_profile
 from sentio.stages.train import (
-    TRAIN_MODULES,
     fold_market,
     reference_backtests,
     train_key,
@@ -49,11 +49,8 @@ from sentio.stages.train import (
 )
 
 __all__ = [
-    "FOLDS_MODULES",
-    "INGEST_MODULES",
     "SIDECAR_SUFFIXES",
     "STAGE_SUMMARY",
-    "TRAIN_MODULES",
     "bar_seconds_of",
     "cached_stage",
     "config_for_data",
@@ -76,6 +73,7 @@ __all__ = [
     "report_stage",
     "resolve_inputs",
     "run_profile",
+    "stage_modules",
     "summary_problems",
     "train_key",
     "train_stage",

@@ -21,6 +21,7 @@ from sentio.config import SentioConfig, resolve_for_bars, unresolved_settings
 from sentio.data import readers
 from sentio.errors import DataError
 from sentio.io import (
+    imported_modules,
     rebase_paths,
     sha256_file,
     staged_folder,
@@ -28,7 +29,18 @@ from sentio.io import (
     write_text_atomic,
 )
 
-COMMON_MODULE = "sentio.stages.common"
+
+def stage_modules(stage: str) -> tuple[str, ...]:
+    """The project modules stage ``stage`` runs (its module and everything it imports,
+    :func:`sentio.io.imported_modules`): the code its cache key covers. The package
+    ``sentio.stages`` (it only re-exports) is not followed.
+
+    >>> "sentio.regimes.training_rows" in stage_modules("regimes")
+    True
+    """
+    return imported_modules(f"sentio.stages.{stage}", stop=("sentio.stages",))
+
+
 """This module: part of every stage's code version."""
 STAGE_SUMMARY = "summary.json"
 # Files Sentio writes beside bar files; a folder given as input skips them.

@@ -10,19 +10,14 @@ import polars as pl
 from sentio.config import SentioConfig
 from sentio.errors import ContractError, DataError
 from sentio.io import code_version, combine_hashes, sha256_file, write_feather_atomic
-from sentio.stages.common import COMMON_MODULE, cached_stage, config_for_data
-
-FEATURES_STAGE_MODULES = ("sentio.stages.features", COMMON_MODULE)
-"""The stage's own code; the feature library's is :data:`sentio.features.FEATURE_MODULES`."""
+from sentio.stages.common import cached_stage, config_for_data, stage_modules
 
 
 def features_key(bars_path: str | Path, cfg: SentioConfig) -> str:
     """Cache key of the features stage: bars CONTENT, features/universe settings, code
-    (this stage and :data:`sentio.features.FEATURE_MODULES`)."""
-    from sentio.features import FEATURE_MODULES
-
+    (:func:`~sentio.stages.common.stage_modules`: this stage and the modules it runs)."""
     cfg = config_for_data(cfg, bars_path)
-    code = code_version(*FEATURES_STAGE_MODULES, *FEATURE_MODULES)
+    code = code_version(*stage_modules("features"))
     parts = [sha256_file(bars_path), cfg.hash("features", "universe"), code]
     if cfg.features.exogenous_path is not None:
         parts.append(sha256_file(cfg.features.exogenous_path))

@@ -15,20 +15,10 @@ from sentio.config import SentioConfig
 from sentio.data.schema import session_date
 from sentio.errors import SentioError
 from sentio.io import code_version, combine_hashes, sha256_file, write_json_atomic
-from sentio.stages.common import COMMON_MODULE, cached_stage, config_for_data, index_file
+from sentio.stages.common import cached_stage, config_for_data, index_file, stage_modules
 
 if TYPE_CHECKING:
     from sentio.cv.splitters import Fold
-
-FOLDS_MODULES = (
-    "sentio.stages.folds",
-    COMMON_MODULE,
-    "sentio.cv",
-    "sentio.cv.splitters",
-    "sentio.features.normalise",
-    "sentio.calendar",
-    "sentio.data.schema",  # session_date: the groups fold edges fall between
-)
 
 
 def folds_key(features_path: str | Path, cfg: SentioConfig) -> str:
@@ -42,7 +32,7 @@ def folds_key(features_path: str | Path, cfg: SentioConfig) -> str:
         sha256_file(features_path),
         cfg.hash("cv"),
         cfg.universe.calendar,  # the test blocks' data gaps
-        code_version(*FOLDS_MODULES),
+        code_version(*stage_modules("folds")),
     ]
     if cfg.features.normalisation == "train_fit":
         parts.append(cfg.hash("features"))
@@ -109,7 +99,7 @@ def folds_stage(
 def _folds_into(tmp: Path, features_path: str | Path, cfg: SentioConfig) -> dict[str, Any]:
     """Cut the folds and write ``folds.json`` into the staging folder ``tmp``; the summary."""
     from sentio.cv import CombinatorialPurgedCV, splitter_from_config
-    from sentio.features import fit_normaliser
+    from sentio.features.normalise import fit_normaliser
 
     frame = pl.read_ipc(features_path)
     stamps = frame["timestamp"]

@@ -14,26 +14,12 @@ from sentio.data.leverage import ensure_universe
 from sentio.data.provenance import provenance_digest
 from sentio.errors import DataError
 from sentio.io import code_version, combine_hashes, sha256_file, write_feather_atomic
-from sentio.stages.common import COMMON_MODULE, _seal, cached_stage, resolve_inputs
-
-INGEST_MODULES = (
-    "sentio.stages.ingest",
-    COMMON_MODULE,
-    "sentio.data.ingest",
-    "sentio.data.readers",
-    "sentio.data.timestamps",
-    "sentio.data.schema",
-    "sentio.data.leverage",
-    "sentio.data.provenance",
-    "sentio.calendar",
-    "data_contracts.bars",
-    "data_contracts.gx_bars",
-)
+from sentio.stages.common import _seal, cached_stage, resolve_inputs, stage_modules
 
 
 def ingest_code_version() -> str:
     """Version of every module whose change would change an ingest output."""
-    return code_version(*INGEST_MODULES)
+    return code_version(*stage_modules("ingest"))
 
 
 def ingest_key(inputs: Sequence[str | Path], cfg: SentioConfig) -> str:

@@ -18,27 +18,22 @@ from sentio.io import (
     write_feather_atomic,
     write_json_atomic,
 )
-from sentio.stages.common import COMMON_MODULE, cached_stage, config_for_data, load_folds
+from sentio.stages.common import cached_stage, config_for_data, load_folds, stage_modules
 
 if TYPE_CHECKING:
     from sentio.regimes import RegimeInputs
 
-REGIMES_STAGE_MODULES = ("sentio.stages.regimes", COMMON_MODULE)
-"""The stage's own code; the regime library's is :data:`sentio.regimes.REGIME_MODULES`."""
-
 
 def regimes_key(bars_path: str | Path, folds_path: str | Path, cfg: SentioConfig) -> str:
     """Cache key of the regime stage: bars and folds CONTENT, regimes/universe settings, code
-    (this stage and :data:`sentio.regimes.REGIME_MODULES`)."""
-    from sentio.regimes import REGIME_MODULES
-
+    (:func:`~sentio.stages.common.stage_modules`: this stage and the modules it runs)."""
     cfg = config_for_data(cfg, bars_path)
     return combine_hashes(
         [
             sha256_file(bars_path),
             sha256_file(folds_path),
             cfg.hash("regimes", "universe"),
-            code_version(*REGIMES_STAGE_MODULES, *REGIME_MODULES),
+            code_version(*stage_modules("regimes")),
         ]
     )[:32]
 
@@ -133,7 +128,8 @@ def _fold_regimes(
     Returns the fold's ``regimes.json`` entry: its files relative to ``tmp``.
     """
     from sentio.regimes import filter_probs, fit_regimes, regime_history
-    from sentio.regimes.training_rows import regime_training_rows, utc64
+    from sentio.regimes.training_rows import regime_training_rows
+    from sentio.times import utc64
 
     obs, stamps, k = data.obs, data.stamps, cfg.regimes.n_states
     j = int(fold["fold"])

@@ -16,7 +16,7 @@ bar of the fold's training ranges), ``window_start`` / ``window_end`` (the fold'
 out-of-sample window) and ``feature_columns``. Metrics: the run's out-of-sample metrics,
 ``window_start`` / ``window_end`` and ``dsr`` (the DSR of the seed's stitched returns,
 as the report stored it: :func:`seed_gate_metrics`). The recorded ``code_version`` is
-the training's (:data:`sentio.stages.train.TRAIN_MODULES`): the code that made the model.
+the training's (``stage_modules("train")``): the code that made the model.
 
 **The candidate** (:func:`choose_candidate`): the fold whose test window ends last, the
 seed with the best stitched Sharpe. Its gate metrics (:func:`candidate_metrics`): ``dsr``
@@ -60,8 +60,7 @@ from sentio.config import SentioConfig, sized, write_config
 from sentio.errors import DataError, SentioError
 from sentio.io import code_version, sha256_file, write_json_atomic
 from sentio.registry import Comparison, Registry, default_root
-from sentio.stages.common import config_for_data, index_file, load_folds
-from sentio.stages.train import TRAIN_MODULES
+from sentio.stages.common import config_for_data, index_file, load_folds, stage_modules
 from sentio.times import iso_offset, utc64
 
 if TYPE_CHECKING:
@@ -225,7 +224,7 @@ def register_runs(
     """
     for run in runs:
         _check_model_file(run)
-    code = code_version(*TRAIN_MODULES)
+    code = code_version(*stage_modules("train"))
     versions: list[dict[str, Any]] = []
     for run in sorted(runs, key=lambda r: (int(r["fold"]), int(r["seed"]))):
         fold, seed = int(run["fold"]), int(run["seed"])

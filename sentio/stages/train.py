@@ -15,49 +15,12 @@ from sentio.data.provenance import provenance_digest
 from sentio.errors import DataError
 from sentio.io import code_version, combine_hashes, sha256_file, write_feather_atomic
 from sentio.stages.common import (
-    COMMON_MODULE,
     cached_stage,
     config_for_data,
     index_file,
     load_folds,
+    stage_modules,
 )
-
-TRAIN_MODULES = (
-    "sentio.stages.train",
-    COMMON_MODULE,
-    "sentio.agents",
-    "sentio.agents.training",
-    "sentio.agents.selection",
-    "sentio.agents.extractors",
-    "sentio.agents.policies",
-    "sentio.agents.sentio_ppo",
-    "sentio.agents.distributional",
-    "sentio.env",
-    "sentio.env.market",
-    "sentio.env.simulator",
-    "sentio.env.vec_env",
-    "sentio.env.episodes",
-    "sentio.env.backtest",
-    "sentio.env.decisions",
-    "sentio.env.ledger",
-    "sentio.env.references",
-    "sentio.env.device_env",
-    "sentio.env.torch_simulator",
-    "sentio.agents.device_rollout",
-    "sentio.agents.ppo_update",
-    # the numbers of the summary's metrics (and the registry's, via sentio.stages.registry)
-    "sentio.evaluation",
-    "sentio.evaluation.metrics",
-    "sentio.evaluation.rowstats",
-    "sentio.evaluation.errors",
-    "sentio.features.normalise",  # a fold's train_fit normaliser (fold_market)
-    "sentio.calendar",
-    "sentio.data.schema",
-    "sentio.data.provenance",  # the generator's truth (the oracle)
-    "sentio.data.synth",
-)
-"""The modules whose source decides a training's outputs: its cache key and the code
-version the registry records."""
 
 
 def _regime_fold_output(regimes_path: str | Path | None, fold: int) -> str | None:
@@ -91,7 +54,7 @@ def train_key(
             sha256_file(regime_file) if regime_file else "no-regimes",
             cfg.hash("features", "cv"),
             training_settings_hash(cfg),  # the seed is explicit; other seeds change nothing
-            code_version(*TRAIN_MODULES),
+            code_version(*stage_modules("train")),
             f"fold={fold}",
             f"seed={seed}",
         ]
@@ -113,7 +76,7 @@ def fold_market(
     fold's own model's.
     """
     from sentio.env import build_market, rows_from_ranges
-    from sentio.features import apply_normaliser
+    from sentio.features.normalise import apply_normaliser
 
     folds = load_folds(folds_path)
     entry = next((f for f in folds["folds"] if int(f["fold"]) == fold), None)
