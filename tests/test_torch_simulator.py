@@ -21,8 +21,18 @@ from sentio.env.simulator import BatchSimulator, EnvParams, StepResult
 from sentio.env.torch_simulator import TorchSimulator, TorchStepResult
 from tests.env_helpers import make_params, random_market
 
-STEP_FIELDS = [f.name for f in dataclasses.fields(StepResult) if f.name != "reward"]
-"""Every field of a step's result but the reward is compared bit for bit."""
+STEP_FIELDS = [
+    *(
+        f.name
+        for f in dataclasses.fields(StepResult)
+        if f.name not in ("reward", "commission_per_share")
+    ),
+    "sold_costs",
+    "bought_costs",
+    "position",
+]
+"""Every array of a step's result but the reward, and the legs derived from them, are
+compared bit for bit."""
 
 GRIDS = ([-1.0, -0.5, 0.0, 0.5, 1.0], [-1.0, 0.0, 1.0], [0.0, 0.3, 0.6, 1.0])
 

@@ -59,6 +59,7 @@ bar t (1 on daily bars).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -74,8 +75,10 @@ __all__ = [
     "FORCED_EXITS",
     "BatchSimulator",
     "EnvParams",
+    "StepLegs",
     "StepResult",
     "layer_names",
+    "leg_costs",
 ]
 
 MASK_LAYERS: tuple[str, ...] = ("session", "risk_budget", "regime", "drawdown", "min_hold")
@@ -196,8 +199,55 @@ FORCED_EXITS: tuple[str, ...] = ("", "flat_at_close", "circuit_breaker")
 """Names of :attr:`StepResult.forced_exit` codes (0: no forced exit at the close)."""
 
 
+def leg_costs(commission_per_share: float, shares: Any, notional: Any, rate: Any) -> Any:
+    """Costs of trading ``shares`` shares worth ``notional``: ``commission_per_share *
+    shares + rate * notional``, where ``rate = half_spread + slippage_vol_mult * L *
+    vol[row]`` (``row`` = t for fills at the open of t+1, t+1 for exits at its close).
+    The one cost formula of the model, for numpy arrays and torch tensors alike."""
+    return commission_per_share * shares + rate * notional
+
+
+class StepLegs:
+    """The legs of a step derived on demand from what the step stored (numpy or torch):
+    :attr:`sold_costs` / :attr:`bought_costs` (:func:`leg_costs` of each leg at the open)
+    and :attr:`position` (the signed value of the position over the bar at its close over
+    the equity there, before any forced exit: ``compute_metrics``' ``positions``). Derived
+    rather than stored, so training's steps do not pay for them."""
+
+    sold: Any
+    sold_price: Any
+    bought: Any
+    bought_price: Any
+    inst: Any
+    shares: Any
+    close_price: Any
+    equity_pre_exit: Any
+    cost_rate: Any
+    commission_per_share: float
+
+    @property
+    def sold_costs(self) -> Any:
+        """Costs of the sale at the open."""
+        notional = self.sold * self.sold_price
+        return leg_costs(self.commission_per_share, self.sold, notional, self.cost_rate)
+
+    @property
+    def bought_costs(self) -> Any:
+        """Costs of the purchase at the open."""
+        notional = self.bought * self.bought_price
+        return leg_costs(self.commission_per_share, self.bought, notional, self.cost_rate)
+
+    @property
+    def position(self) -> Any:
+        """Signed value of the position over the bar / equity at its close, before exits
+        (0 where that equity is not positive)."""
+        signed = self.shares * self.close_price * (1 - 2 * (self.inst == SHORT))
+        positive = self.equity_pre_exit > 0
+        return signed * positive / (self.equity_pre_exit * positive + ~positive)
+
+
 @dataclass
-class StepResult:
+class StepResult(StepLegs):
     """Per-account outcome of one :meth:`BatchSimulator.step` (arrays of length N).
 
     Besides the outcome (reward, flags, equity, exposure, costs, traded notional), the
@@ -205,15 +255,17 @@ class StepResult:
     instead of re-deriving the trading model:
 
     * at the open of ``t + 1``: ``sold`` shares of ``sold_inst`` (the instrument held
-      before the step) at ``sold_price``, costing ``sold_costs``; ``bought`` shares of
-      ``inst`` at ``bought_price``, costing ``bought_costs`` (0 shares: no such leg);
+      before the step) at ``sold_price``; ``bought`` shares of ``inst`` at
+      ``bought_price`` (0 shares: no such leg); their costs :attr:`sold_costs` and
+      :attr:`bought_costs` (:func:`leg_costs` at ``cost_rate``, the rate of row t);
     * over the bar: ``shares`` of ``inst`` (0 / ``FLAT`` when flat), marked at
-      ``close_price`` (the close of ``inst`` at ``t + 1``); ``position`` its signed value
-      over the equity at that close, before any forced exit;
+      ``close_price`` (the close of ``inst`` at ``t + 1``), where equity is
+      ``equity_pre_exit``; :attr:`position` its signed value over that equity;
     * at the close: ``forced_exit`` (code into :data:`FORCED_EXITS`: all ``shares`` sold at
       ``close_price``, costing ``exit_costs``).
 
-    ``costs = sold_costs + bought_costs + exit_costs``.
+    ``costs = sold_costs + bought_costs + exit_costs`` up to rounding (the step charges
+    the two legs at the open in one :func:`leg_costs`).
     """
 
     reward: np.ndarray
@@ -227,16 +279,16 @@ class StepResult:
     sold: np.ndarray
     sold_inst: np.ndarray
     sold_price: np.ndarray
-    sold_costs: np.ndarray
     bought: np.ndarray
     bought_price: np.ndarray
-    bought_costs: np.ndarray
     inst: np.ndarray
     shares: np.ndarray
     close_price: np.ndarray
-    position: np.ndarray
+    equity_pre_exit: np.ndarray
+    cost_rate: np.ndarray
     forced_exit: np.ndarray
     exit_costs: np.ndarray
+    commission_per_share: float
 
 
 class BatchSimulator:
@@ -361,6 +413,10 @@ class BatchSimulator:
         self.bars_held = np.zeros(n, dtype=np.int64)
         self.tripped = np.zeros(n, dtype=bool)
         self._idx = np.arange(n)
+        self._no_exit_costs = np.zeros(n)
+        self._no_exit_costs.flags.writeable = False
+        self._no_forced_exit = np.zeros(n, dtype=np.int64)
+        self._no_forced_exit.flags.writeable = False
 
     # ------------------------------------------------------------------ state
 
@@ -585,13 +641,6 @@ class BatchSimulator:
 
     # ------------------------------------------------------------------ step
 
-    def leg_costs(self, shares: np.ndarray, notional: np.ndarray, row: np.ndarray) -> np.ndarray:
-        """Costs of legs of ``shares`` shares worth ``notional`` traded in bar ``row + 1``
-        (at its open, or at its close for exits decided at the close of ``row + 1``:
-        then pass ``row + 1``): ``commission_per_share * shares + (half_spread +
-        slippage_vol_mult * L * vol[row]) * notional``. The one cost formula of the model."""
-        return self.p.commission_per_share * shares + self._cost_rate[row] * notional
-
     def close_out(self, *, charge: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sell every account's position at the close of its current row ``t``.
 
@@ -608,7 +657,8 @@ class BatchSimulator:
         price = self._close_flat[t * 3 + self.inst]
         shares = self.shares
         value = shares * price
-        costs = self.leg_costs(shares, value, t) if charge else np.zeros(self.n)
+        rate = self._cost_rate[t]
+        costs = leg_costs(self.p.commission_per_share, shares, value, rate) if charge else 0.0
         costs = np.where(shares > 0, costs, 0.0)
         self.cash = self.cash + value - costs
         self.shares = np.zeros(self.n)
@@ -651,10 +701,9 @@ class BatchSimulator:
         sell_value = sell * old_open
         buy_value = buy * new_open
         notional = sell_value + buy_value
-        # 3. costs per leg
-        sell_costs = self.leg_costs(sell, sell_value, t)
-        buy_costs = self.leg_costs(buy, buy_value, t)
-        costs = sell_costs + buy_costs
+        # 3. costs per leg (both legs at the open in one formula)
+        rate = self._cost_rate[t]
+        costs = leg_costs(p.commission_per_share, sell + buy, notional, rate)
         cash = self.cash + sell_value - buy_value - costs
         # 4. mark at the close of t+1
         close_px = self._close_flat[base + new_inst]
@@ -674,17 +723,19 @@ class BatchSimulator:
         held_inst, held_shares = new_inst, new_shares
         held = a
         if exit_now.any():
-            exit_costs = np.where(exit_now, self.leg_costs(new_shares, value, t1), 0.0)
+            exit_rate = self._cost_rate[t1]
+            exit_costs = np.where(
+                exit_now, leg_costs(p.commission_per_share, new_shares, value, exit_rate), 0.0
+            )
             cash = np.where(exit_now, cash + value - exit_costs, cash)
             notional = notional + np.where(exit_now, value, 0.0)
             costs = costs + exit_costs
             new_shares = np.where(exit_now, 0.0, new_shares)
             new_inst = np.where(exit_now, FLAT, new_inst)
             held = np.where(exit_now, self.flat, a)
-            forced_exit = np.where(exit_now, np.where(trip, 2, 1), 0)
-        else:
-            exit_costs = np.zeros(self.n)
-            forced_exit = np.zeros(self.n, dtype=np.int64)
+            forced_exit = exit_now * (1 + trip)  # 1 flat at the close, 2 the breaker
+        else:  # read-only zeros, shared by the steps without exits
+            exit_costs, forced_exit = self._no_exit_costs, self._no_forced_exit
         equity = cash + new_shares * close_px
         peak = np.maximum(peak, equity)
         dd = 1.0 - equity / peak
@@ -715,9 +766,8 @@ class BatchSimulator:
             terminated = ruin | trip
             termination = np.where(ruin, 2, np.where(trip, 1, 0))
         truncated = (t1 >= self.end) & ~terminated
-        sign = np.where(held_inst == SHORT, -1.0, 1.0)
-        exposure = np.where(exit_now, 0.0, sign * value) / np.where(equity > 0, equity, 1.0)
-        position = sign * value / np.where(e_pre > 0, e_pre, 1.0)
+        sign = np.where(new_inst == SHORT, -1.0, 1.0)
+        exposure = sign * new_shares * close_px / np.where(equity > 0, equity, 1.0)
         return StepResult(
             reward=reward,
             terminated=terminated,
@@ -730,14 +780,14 @@ class BatchSimulator:
             sold=sell,
             sold_inst=inst,
             sold_price=old_open,
-            sold_costs=sell_costs,
             bought=buy,
             bought_price=new_open,
-            bought_costs=buy_costs,
             inst=held_inst,
             shares=held_shares,
             close_price=close_px,
-            position=position,
+            equity_pre_exit=e_pre,
+            cost_rate=rate,
             forced_exit=forced_exit,
             exit_costs=exit_costs,
+            commission_per_share=p.commission_per_share,
         )

@@ -33,13 +33,15 @@ from sentio.env.simulator import (
     STATE_FEATURES,
     BatchSimulator,
     EnvParams,
+    StepLegs,
+    leg_costs,
 )
 
 __all__ = ["TorchSimulator", "TorchStepResult"]
 
 
 @dataclass
-class TorchStepResult:
+class TorchStepResult(StepLegs):
     """Per-account outcome of one :meth:`TorchSimulator.step` (tensors of length N, on the
     device): the fields of :class:`~sentio.env.simulator.StepResult`, with the same
     meaning (the outcome and the step's legs)."""
@@ -55,16 +57,16 @@ class TorchStepResult:
     sold: torch.Tensor
     sold_inst: torch.Tensor
     sold_price: torch.Tensor
-    sold_costs: torch.Tensor
     bought: torch.Tensor
     bought_price: torch.Tensor
-    bought_costs: torch.Tensor
     inst: torch.Tensor
     shares: torch.Tensor
     close_price: torch.Tensor
-    position: torch.Tensor
+    equity_pre_exit: torch.Tensor
+    cost_rate: torch.Tensor
     forced_exit: torch.Tensor
     exit_costs: torch.Tensor
+    commission_per_share: float
 
 
 class TorchSimulator:
@@ -260,9 +262,9 @@ class TorchSimulator:
         buy_value = buy * new_open
         notional = sell_value + buy_value
         # 3. costs per leg
-        sell_costs = self._leg_costs(sell, sell_value, t)
-        buy_costs = self._leg_costs(buy, buy_value, t)
-        costs = sell_costs + buy_costs
+        # 3. costs per leg (both legs at the open in one formula)
+        rate = self._cost_rate[t]
+        costs = leg_costs(p.commission_per_share, sell + buy, notional, rate)
         cash = self.cash + sell_value - buy_value - costs
         # 4. mark at the close of t+1
         close_px = self._close[base + new_inst]
@@ -280,7 +282,11 @@ class TorchSimulator:
         forced = (trip | self._last_bar[t1]) if p.flat_at_close else trip
         exit_now = forced & (new_shares > 0)
         held_inst, held_shares = new_inst, new_shares
-        exit_costs = torch.where(exit_now, self._leg_costs(new_shares, value, t1), zero)
+        exit_costs = torch.where(
+            exit_now,
+            leg_costs(p.commission_per_share, new_shares, value, self._cost_rate[t1]),
+            zero,
+        )
         cash = torch.where(exit_now, cash + value - exit_costs, cash)
         notional = notional + torch.where(exit_now, value, zero)
         costs = costs + exit_costs
@@ -320,10 +326,9 @@ class TorchSimulator:
             terminated = ruin | trip
             termination = torch.where(ruin, two, torch.where(trip, one, none))
         truncated = (t1 >= self.end) & ~terminated
-        sign = torch.where(held_inst == SHORT, -1.0, 1.0).to(torch.float64)
+        sign = torch.where(new_inst == SHORT, -1.0, 1.0).to(torch.float64)
         positive = torch.where(equity > 0, equity, torch.ones_like(equity))
-        exposure = torch.where(exit_now, zero, sign * value) / positive
-        position = sign * value / torch.where(e_pre > 0, e_pre, torch.ones_like(e_pre))
+        exposure = sign * new_shares * close_px / positive
         forced_exit = torch.where(exit_now, torch.where(trip, two, one), none)
         return TorchStepResult(
             reward=reward,
@@ -337,20 +342,14 @@ class TorchSimulator:
             sold=sell,
             sold_inst=inst,
             sold_price=old_open,
-            sold_costs=sell_costs,
             bought=buy,
             bought_price=new_open,
-            bought_costs=buy_costs,
             inst=held_inst,
             shares=held_shares,
             close_price=close_px,
-            position=position,
+            equity_pre_exit=e_pre,
+            cost_rate=rate,
             forced_exit=forced_exit,
             exit_costs=exit_costs,
+            commission_per_share=p.commission_per_share,
         )
-
-    def _leg_costs(
-        self, shares: torch.Tensor, notional: torch.Tensor, row: torch.Tensor
-    ) -> torch.Tensor:
-        """:meth:`BatchSimulator.leg_costs` on the device (the same operations)."""
-        return self.p.commission_per_share * shares + self._cost_rate[row] * notional
