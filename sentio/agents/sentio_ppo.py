@@ -408,34 +408,29 @@ class SentioPPO(MaskablePPO):
             terminal_q[which] = t_critic.cpu().numpy().reshape(which.size, n_q)
             terminal_v[which] = t_values.cpu().numpy().reshape(which.size)
 
+        extra: dict[str, Any] = {}
         if isinstance(rollout_buffer, _QuantileStorage):
-            rollout_buffer.add(
-                last_obs,
-                actions,
-                rewards,
-                episode_starts,
-                values,
-                log_probs,
-                action_masks=action_masks,
-                quantiles=critic,
-                terminated=terminated,
-                truncated=truncated,
-                terminal_quantiles=terminal_q,
-                terminal_values=terminal_v,
-            )
-        else:
+            extra = {
+                "quantiles": critic,
+                "terminated": terminated,
+                "truncated": truncated,
+                "terminal_quantiles": terminal_q,
+                "terminal_values": terminal_v,
+            }
+        else:  # a scalar critic: bootstrap a time limit into the reward, as SB3 does
             rewards = rewards + np.where(truncated, self.gamma * terminal_v, 0.0).astype(
                 rewards.dtype
             )
-            rollout_buffer.add(
-                last_obs,
-                actions,
-                rewards,
-                episode_starts,
-                values,
-                log_probs,
-                action_masks=action_masks,
-            )
+        rollout_buffer.add(
+            last_obs,
+            actions,
+            rewards,
+            episode_starts,
+            values,
+            log_probs,
+            action_masks=action_masks,
+            **extra,
+        )
         return dones
 
     def collect_rollouts(
