@@ -17,9 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from sentio import stages
 from sentio.config import SentioConfig
-from tasks.caching import STAGE_RETRIES as INGEST_RETRIES
-from tasks.caching import STAGE_RETRY_DELAYS as INGEST_RETRY_DELAYS
-from tasks.caching import retry_on_io_error
+from tasks.caching import STAGE_RETRIES, STAGE_RETRY_DELAYS, retry_on_io_error
 
 
 @task(
@@ -28,8 +26,8 @@ from tasks.caching import retry_on_io_error
     "re-evaluated on a leakage-free window, promote or record why not (never cached).",
     cache_policy=NO_CACHE,
     persist_result=False,
-    retries=INGEST_RETRIES,
-    retry_delay_seconds=INGEST_RETRY_DELAYS,
+    retries=STAGE_RETRIES,
+    retry_delay_seconds=STAGE_RETRY_DELAYS,
     retry_condition_fn=retry_on_io_error,
 )
 def registry_task(
