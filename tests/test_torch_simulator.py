@@ -30,6 +30,7 @@ STEP_FIELDS = [
     "sold_costs",
     "bought_costs",
     "position",
+    "forced_exit",
 ]
 """Every array of a step's result but the reward, and the legs derived from them, are
 compared bit for bit."""

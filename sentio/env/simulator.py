@@ -223,7 +223,15 @@ class StepLegs:
     close_price: Any
     equity_pre_exit: Any
     cost_rate: Any
+    exit_at_close: Any
+    breaker_tripped: Any
     commission_per_share: float
+
+    @property
+    def forced_exit(self) -> Any:
+        """Code into :data:`FORCED_EXITS` of the sale at the close: 0 none, 1 the
+        session's last bar (``flat_at_close``), 2 the drawdown breaker."""
+        return self.exit_at_close * (1 + self.breaker_tripped)
 
     @property
     def sold_costs(self) -> Any:
@@ -261,8 +269,9 @@ class StepResult(StepLegs):
     * over the bar: ``shares`` of ``inst`` (0 / ``FLAT`` when flat), marked at
       ``close_price`` (the close of ``inst`` at ``t + 1``), where equity is
       ``equity_pre_exit``; :attr:`position` its signed value over that equity;
-    * at the close: ``forced_exit`` (code into :data:`FORCED_EXITS`: all ``shares`` sold at
-      ``close_price``, costing ``exit_costs``).
+    * at the close: ``exit_at_close`` (all ``shares`` sold at ``close_price``, costing
+      ``exit_costs``; ``breaker_tripped``: the drawdown breaker tripped at that close),
+      :attr:`forced_exit` the reason's code into :data:`FORCED_EXITS`.
 
     ``costs = sold_costs + bought_costs + exit_costs`` up to rounding (the step charges
     the two legs at the open in one :func:`leg_costs`).
@@ -286,7 +295,8 @@ class StepResult(StepLegs):
     close_price: np.ndarray
     equity_pre_exit: np.ndarray
     cost_rate: np.ndarray
-    forced_exit: np.ndarray
+    exit_at_close: np.ndarray
+    breaker_tripped: np.ndarray
     exit_costs: np.ndarray
     commission_per_share: float
 
@@ -415,8 +425,6 @@ class BatchSimulator:
         self._idx = np.arange(n)
         self._no_exit_costs = np.zeros(n)
         self._no_exit_costs.flags.writeable = False
-        self._no_forced_exit = np.zeros(n, dtype=np.int64)
-        self._no_forced_exit.flags.writeable = False
 
     # ------------------------------------------------------------------ state
 
@@ -733,9 +741,8 @@ class BatchSimulator:
             new_shares = np.where(exit_now, 0.0, new_shares)
             new_inst = np.where(exit_now, FLAT, new_inst)
             held = np.where(exit_now, self.flat, a)
-            forced_exit = exit_now * (1 + trip)  # 1 flat at the close, 2 the breaker
         else:  # read-only zeros, shared by the steps without exits
-            exit_costs, forced_exit = self._no_exit_costs, self._no_forced_exit
+            exit_costs = self._no_exit_costs
         equity = cash + new_shares * close_px
         peak = np.maximum(peak, equity)
         dd = 1.0 - equity / peak
@@ -787,7 +794,8 @@ class BatchSimulator:
             close_price=close_px,
             equity_pre_exit=e_pre,
             cost_rate=rate,
-            forced_exit=forced_exit,
+            exit_at_close=exit_now,
+            breaker_tripped=trip,
             exit_costs=exit_costs,
             commission_per_share=p.commission_per_share,
         )

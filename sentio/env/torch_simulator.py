@@ -64,7 +64,8 @@ class TorchStepResult(StepLegs):
     close_price: torch.Tensor
     equity_pre_exit: torch.Tensor
     cost_rate: torch.Tensor
-    forced_exit: torch.Tensor
+    exit_at_close: torch.Tensor
+    breaker_tripped: torch.Tensor
     exit_costs: torch.Tensor
     commission_per_share: float
 
@@ -329,7 +330,6 @@ class TorchSimulator:
         sign = torch.where(new_inst == SHORT, -1.0, 1.0).to(torch.float64)
         positive = torch.where(equity > 0, equity, torch.ones_like(equity))
         exposure = sign * new_shares * close_px / positive
-        forced_exit = torch.where(exit_now, torch.where(trip, two, one), none)
         return TorchStepResult(
             reward=reward,
             terminated=terminated,
@@ -349,7 +349,8 @@ class TorchSimulator:
             close_price=close_px,
             equity_pre_exit=e_pre,
             cost_rate=rate,
-            forced_exit=forced_exit,
+            exit_at_close=exit_now,
+            breaker_tripped=trip,
             exit_costs=exit_costs,
             commission_per_share=p.commission_per_share,
         )
