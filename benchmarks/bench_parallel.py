@@ -67,7 +67,12 @@ def build_inputs(root: Path, years: float) -> dict[str, Any]:
     folds = stages.folds_stage(features["output"], cfg, wd)
     regimes = stages.regimes_stage(ingest["output"], folds["output"], cfg, wd)
     return {
-        "args": (ingest["output"], features["output"], folds["output"], regimes["output"]),
+        "paths": {
+            "bars_path": ingest["output"],
+            "features_path": features["output"],
+            "folds_path": folds["output"],
+            "regimes_path": regimes["output"],
+        },
         "n_folds": folds["n_folds"],
     }
 
@@ -89,7 +94,8 @@ def fan_out(inputs: dict[str, Any], workdir: Path, overrides: dict[str, Any]) ->
         task = train_task.with_options(
             result_storage=workdir / "prefect-results", refresh_cache=True
         )
-        return train_all(task, jobs, (*inputs["args"], cfg, str(workdir)), slots, str(workdir))
+        params = {**inputs["paths"], "cfg": cfg, "workdir": str(workdir)}
+        return train_all(task, jobs, limit=slots, workdir=str(workdir), params=params)
 
     busy0, total0 = cpu_times()
     start = time.perf_counter()

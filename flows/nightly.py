@@ -21,9 +21,10 @@ registers no new version and leaves the champion as it is. Its decision is writt
 ``<run folder>/registry/decision.json`` and published as the ``registry-decision``
 artifact.
 
-To add a cached stage: ``summary = run.stage("<name>", <its task>, <its inputs as
-keywords>, cfg=cfg, publish=<its artifact task>)`` (:meth:`_Run.stage`): it runs the task
-with the project's result storage, records the summary in the run record
+To add a cached stage: give its artifact task an entry in ``ARTIFACTS`` and call
+``summary = run.stage("<name>", <its task>, <its inputs as keywords>, cfg=cfg)``
+(:meth:`_Run.stage`): it runs the task with the project's result storage, records the
+summary in the run record
 (:class:`sentio.orchestration.RunRecord`, which keeps ``run.json`` current after every
 change, so a failed run still shows how far it got and its error), publishes the
 artifacts and times the stage for the report's profile.
@@ -232,10 +233,9 @@ class _Run:
         runs = train_all(
             _persisted(train_task, self.storage),
             jobs,
-            (),
-            training_slots(cfg),
-            str(self.root),
-            params,
+            limit=training_slots(cfg),
+            workdir=str(self.root),
+            params=params,
         )
         return self.record.stage("train", {"runs": runs}, publish=ARTIFACTS["train"], lap=True)[
             "runs"

@@ -628,7 +628,9 @@ StartOpt = Annotated[
 
 def _warn_in_sample(first: str, train_end: Any) -> None:
     """One line on stderr: the replay starts inside the version's training range."""
-    end = str(train_end).replace("+00:00", "Z")
+    from sentio.times import as_utc, iso_z
+
+    end = iso_z(as_utc(train_end))
     typer.echo(
         f"warning: the replay starts at {first}, at or before the version's training end "
         f"{end}: in-sample, the account replays bars the model was trained on",

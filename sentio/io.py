@@ -7,7 +7,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -97,30 +96,22 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-_IMPORT = re.compile(
-    r"^[ \t]*(from[ \t]+\.*[\w.]*[ \t]+import[ \t]+(?:\([^)]*\)|[^\n]*)|import[ \t]+[^\n]*)",
-    re.MULTILINE,
-)
-"""An import statement at the start of a line (module level or indented in a function)."""
-
-
 @functools.cache
 def _imports_in(name: str) -> frozenset[str]:
     """The project modules module ``name`` imports anywhere in its source (module level
-    and inside functions): ``import a.b``, ``from a import b`` (``a.b`` when it is a
-    module, else ``a``), relative imports resolved. Each statement is parsed with
-    ``ast``; a line that only looks like one (in a docstring) is skipped."""
+    and inside functions, classes, ``if`` / ``try`` blocks): ``import a.b``, ``from a
+    import b`` (``a.b`` when it is a module, else ``a``), relative imports resolved. The
+    source is parsed whole; only statements are visited (imports are statements), so
+    expressions cost nothing."""
     import ast
 
     path = _module_file(name)
     assert path is not None
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for match in _IMPORT.finditer(path.read_text(encoding="utf-8")):
-        try:
-            node = ast.parse(match.group(1).strip()).body[0]
-        except (SyntaxError, IndexError):
-            continue
+    todo: list[ast.AST] = [ast.parse(path.read_text(encoding="utf-8"), str(path))]
+    while todo:
+        node = todo.pop()
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -130,6 +121,8 @@ def _imports_in(name: str) -> frozenset[str]:
                 base = ".".join(parts + ([node.module] if node.module else []))
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            todo.extend(getattr(node, field, ()))
     return frozenset(m for m in found if _module_file(m) is not None)
 
 

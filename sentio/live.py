@@ -198,7 +198,8 @@ class ModelBundle:
         ETFs carries no provenance: its prices count as traded.
         """
         from sentio.data.leverage import ensure_universe
-        from sentio.stages import ingest_stage, resolve_inputs
+        from sentio.stages.common import resolve_inputs
+        from sentio.stages.ingest import ingest_stage
 
         if isinstance(bars, pl.DataFrame):
             need = {"timestamp", "symbol", "open", "close"}

@@ -21,8 +21,9 @@ def format_number(value: Any, digits: int = 3, *, missing: str = MISSING) -> str
     """A number as text: a real number with ``digits`` decimals, an integer as it is.
 
     ``missing`` stands for what is not a finite number: None, NaN, an infinity or
-    anything that is not a number (a string is not parsed). Integers (and booleans) are
-    written without decimals, so counts stay counts; numpy scalars are numbers too.
+    anything that is not a number (a string is not parsed). Integers are written
+    without decimals, so counts stay counts (a boolean as ``True`` / ``False``); numpy
+    scalars are numbers too.
 
     >>> format_number(1.23456), format_number(0.5, 1), format_number(1170.0, 0)
     ('1.235', '0.5', '1170')

@@ -16,7 +16,6 @@ must honour ``flock`` (local disks do; NFSv4 does).
 
 from __future__ import annotations
 
-import datetime as dt
 import fcntl
 import json
 import os
@@ -28,6 +27,7 @@ from types import TracebackType
 from typing import IO, Any, Literal
 
 from sentio.errors import WorkdirBusyError
+from sentio.times import now_utc_text
 
 __all__ = ["LOCK_NAME", "WorkdirLock"]
 
@@ -133,7 +133,7 @@ class WorkdirLock:
                     "run": self.owner,
                     "pid": os.getpid(),
                     "host": socket.gethostname(),
-                    "since": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+                    "since": now_utc_text(),
                 }
             )
         )

@@ -145,32 +145,31 @@ def train_task(
 def train_all(
     train: Task[..., dict[str, Any]],
     jobs: list[tuple[int, int]],
-    args: tuple[Any, ...],
+    *,
     limit: int,
     workdir: str,
-    params: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
     """Run ``train`` for every ``(fold, seed)`` of ``jobs``, at most ``limit`` at a time.
 
-    Each call gets ``args`` and ``params`` (keyword arguments) besides its ``fold`` and
-    ``seed``. A task is submitted as soon as a slot frees up; the summaries come back in
+    Each call gets the keyword arguments ``params`` besides its ``fold`` and ``seed``. A task is submitted as soon as a slot frees up; the summaries come back in
     the order of ``jobs``, rebased onto ``workdir`` and verified: a cached summary whose
     files are missing or damaged is recomputed (one warning line names the file).
     """
-    kwargs = dict(params or {})
+    kwargs = dict(params)
     futures: dict[PrefectFuture[dict[str, Any]], int] = {}
     done: dict[int, PrefectFuture[dict[str, Any]]] = {}
     queue = list(enumerate(jobs))
     while queue or futures:
         while queue and len(futures) < max(1, limit):
             i, (fold, seed) = queue.pop(0)
-            futures[train.submit(*args, **kwargs, fold=fold, seed=seed)] = i
+            futures[train.submit(**kwargs, fold=fold, seed=seed)] = i
         finished = next(iter(as_completed(list(futures))))
         done[futures.pop(finished)] = finished
     runs = []
     for i, (fold, seed) in enumerate(jobs):
         summary, ok = checked(train, done[i].result(), workdir)
         if not ok:
-            summary = train.with_options(refresh_cache=True)(*args, **kwargs, fold=fold, seed=seed)
+            summary = train.with_options(refresh_cache=True)(**kwargs, fold=fold, seed=seed)
         runs.append(summary)
     return runs

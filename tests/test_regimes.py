@@ -18,7 +18,6 @@ from sentio.regimes import (
     fit_regimes,
     regime_history,
     regime_observations,
-    regimes_code_version,
     train_rows,
 )
 
@@ -214,10 +213,6 @@ def test_regime_history() -> None:
     assert hist["transition_counts"] == [[1, 1, 1], [1, 2, 0], [0, 0, 1]]
     assert hist["transition_matrix"][1] == [1 / 3, 2 / 3, 0.0]
     assert hist["start"] == "0" and hist["end"] == "7"
-
-
-def test_code_version() -> None:
-    assert len(regimes_code_version()) == 16
 
 
 def test_filter_structural_zeros_and_extreme_emissions() -> None:

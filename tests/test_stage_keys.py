@@ -48,8 +48,9 @@ USED_BY: dict[str, set[str]] = {
     "sentio.evaluation.metrics": {"train"},  # the train summary's metrics
     "sentio.agents.buffers": {"train"},  # rollout buffers (missed by the hand-kept lists)
     "sentio.env.ledger": {"train"},  # reached through the backtest only
-    "sentio.times": {"regimes"},  # the fold windows of the regime fits' leakage guard
-    "sentio.config": set(STAGES),  # the resolution of 'auto' settings
+    "sentio.times": {"ingest", "regimes", "train"},  # fold windows; the ingest report stamp
+    "sentio.config": set(),  # settings enter the keys by value, not by code
+    "sentio.errors": set(),  # messages only
     # library modules several stages use
     "sentio.calendar": {"ingest", "features", "folds", "train"},
     "sentio.features.normalise": {"features", "folds", "train"},
@@ -169,3 +170,18 @@ def test_a_stage_key_covers_every_project_module_the_stage_imports() -> None:
         assert stages.stage_modules(stage) == tuple(sorted(set(stages.stage_modules(stage))))
     with pytest.raises(ValueError, match="not a module"):
         sentio.io.imported_modules("numpy")
+
+
+def test_stage_modules_import_what_they_use_from_its_own_module() -> None:
+    """A name imported from the re-exporting package ``sentio.stages`` would hide its
+    defining module from the code version (the package is not followed)."""
+    import ast
+
+    for path in sorted(Path(stages.__file__).parent.glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level == 0 and node.module != "sentio.stages", (
+                    f"{path.name}:{node.lineno} imports from the sentio.stages package"
+                )

@@ -44,6 +44,7 @@ from sentio.io import (
     write_feather_atomic,
     write_json_atomic,
 )
+from sentio.times import now_utc_text
 
 # Every quarantine reason. A row gets one reason: the first failing check, in the order of
 # the steps (parse and value checks, sessions, grid, duplicates, session completeness).
@@ -499,7 +500,7 @@ def _fail_too_few(
     )
     failed: dict[str, Any] = {
         "sentio_version": __version__,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "created_at": now_utc_text(),
         "inputs": input_info,
         "rows_read": rows_read,
         "rows_quarantined": bad.height,
@@ -559,7 +560,7 @@ def _report(
     }
     report: dict[str, Any] = {
         "sentio_version": __version__,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "created_at": now_utc_text(),
         "status": "ok",
         "config_hash": cfg.hash("ingest", "universe"),
         "inputs": input_info,

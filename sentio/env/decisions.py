@@ -231,6 +231,11 @@ def action_picker(
 
 
 def as_action(raw: Any, n_actions: int, row: int) -> int:
+    """``raw`` (what a policy returned at ``row``) as one action index in ``[0, n_actions)``.
+
+    Raises:
+        ValueError: not exactly one integral value, or out of range (names the row).
+    """
     arr = np.asarray(raw)
     if arr.size != 1 or not (
         np.issubdtype(arr.dtype, np.integer)

@@ -80,17 +80,12 @@ def rows_from_ranges(market: MarketData, ranges: Sequence[dict[str, str]]) -> li
     ``folds.json`` gives ranges of the feature frame; the market may lack some of those
     rows (no price or regime probability), so the mapping goes by time.
     """
-    import datetime as dt
+    from sentio.times import utc64
 
     out: list[tuple[int, int]] = []
     ts = market.timestamps
     for r in ranges:
-        lo, hi = (
-            np.datetime64(
-                dt.datetime.fromisoformat(r[k]).astimezone(dt.UTC).replace(tzinfo=None), "us"
-            )
-            for k in ("start", "end")
-        )
+        lo, hi = utc64(r["start"]), utc64(r["end"])
         a = int(np.searchsorted(ts, lo, side="left"))
         b = int(np.searchsorted(ts, hi, side="right"))
         if b > a:

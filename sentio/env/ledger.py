@@ -55,13 +55,13 @@ TRADE_SCHEMA: dict[str, Any] = {
     "bars_held": pl.Int64,
     "exit_reason": pl.Utf8,
 }
-"""Columns of :attr:`BacktestResult.trades`.
+"""Columns of :attr:`sentio.env.backtest.BacktestResult.trades`.
 
 * ``entry_time`` / ``exit_time``: START of the bar of the first purchase / of the final
   sale (naive UTC); ``entry_row`` / ``exit_row`` the market rows. Entries fill at the
   bar's open; ``exit_fill`` says whether the final sale was at the ``"open"`` (a policy
   action) or the ``"close"`` (forced exits, end of block, ruin) of the exit bar.
-* ``instrument``: the ETF's symbol (``instruments`` given to :func:`backtest`, e.g.
+* ``instrument``: the ETF's symbol (``instruments`` given to :func:`sentio.env.backtest.backtest`, e.g.
   ``(cfg.universe.long, cfg.universe.short)``), else ``"long"`` / ``"short"``; ``side``
   is always ``"long"`` / ``"short"``.
 * ``shares``: the largest number of shares held during the trade; a trade is one position

@@ -275,6 +275,10 @@ class StepResult(StepLegs):
 
     ``costs = sold_costs + bought_costs + exit_costs`` up to rounding (the step charges
     the two legs at the open in one :func:`leg_costs`).
+
+    Some arrays are the simulator's own state (``equity``, ``shares``, ``inst`` where no
+    account exited): read them, and the legs derived from them, before the next
+    :meth:`~BatchSimulator.reset` or :meth:`~BatchSimulator.step`, or copy them.
     """
 
     reward: np.ndarray

@@ -27,13 +27,13 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 
 from sentio.env.episodes import candidate_episodes, sample_episodes
-from sentio.env.market import LONG, SHORT, MarketData
+from sentio.env.market import LONG, SHORT, UNDERLYING, MarketData
 from sentio.env.simulator import EnvParams
 from sentio.env.vec_env import observation_space
 
 __all__ = ["Account", "TradingEnv"]
 
-FLAT = 0
+FLAT = UNDERLYING
 """Instrument code of "no position" (the underlying column is never traded)."""
 BARS_SCALE = 390.0
 """Bars in a regular session: scale of ``bars_in_position`` and ``time_to_close``."""

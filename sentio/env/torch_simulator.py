@@ -262,7 +262,6 @@ class TorchSimulator:
         sell_value = sell * old_open
         buy_value = buy * new_open
         notional = sell_value + buy_value
-        # 3. costs per leg
         # 3. costs per leg (both legs at the open in one formula)
         rate = self._cost_rate[t]
         costs = leg_costs(p.commission_per_share, sell + buy, notional, rate)

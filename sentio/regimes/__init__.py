@@ -2,13 +2,11 @@
 
 Public API: :func:`regime_observations`, :func:`fit_regimes`, :class:`RegimeModel`,
 :func:`filter_probs`, :class:`OnlineFilter`, :func:`regime_history`,
-:func:`regime_training_rows` (the rows a fold's model may be fitted on),
-:func:`regimes_code_version` (of this package and every module it imports).
+:func:`regime_training_rows` (the rows a fold's model may be fitted on).
 """
 
 from __future__ import annotations
 
-from sentio.io import code_version, imported_modules
 from sentio.regimes.filter import OnlineFilter, filter_labels, filter_probs, log_emissions
 from sentio.regimes.history import regime_history
 from sentio.regimes.model import RegimeModel, fit_regimes
@@ -36,11 +34,5 @@ __all__ = [
     "regime_history",
     "regime_observations",
     "regime_training_rows",
-    "regimes_code_version",
     "train_rows",
 ]
-
-
-def regimes_code_version() -> str:
-    """Digest of the regime modules' source (for cache keys and model metadata)."""
-    return code_version(*imported_modules("sentio.regimes"))

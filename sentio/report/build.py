@@ -7,7 +7,6 @@ Library code only: no orchestration imports.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +46,7 @@ from sentio.report.numbers import (
 from sentio.report.pages import _html, _markdown, _tables, data_quality_rows
 from sentio.report.series import _first_stamp, _ppy, load_bars, stitch, trade_returns
 from sentio.report.times import _naive_utc
+from sentio.times import now_utc_text
 
 # columns averaged across seeds for the ensemble series
 _ENSEMBLE_COLUMNS = ("returns", "position", "exposure", "costs", "entries")
@@ -93,7 +93,7 @@ def _run_header(
         "name": info.get("name"),
         "started": info.get("started"),
         "config_hash": info.get("config_hash") or cfg.hash(),
-        "written": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        "written": now_utc_text(),
         "frequency": _frequency_text(ing.get("bar_seconds"), ppy),
         "daily": _is_daily(ing, ppy),
         "data_start": ing.get("start") or stamps.min().isoformat(),  # type: ignore[union-attr]

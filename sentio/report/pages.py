@@ -15,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from sentio.errors import DataError
 from sentio.report.figures import _PLOT_TITLES
 from sentio.report.formatting import (
     _ci_txt,
@@ -174,7 +175,7 @@ def _when(text: str | None, *, daily: bool) -> str:
         return "n/a"
     try:
         local = _ny_stamp(text)
-    except ValueError:
+    except DataError:  # not ISO-8601: shown as it is
         return str(text)
     return str(local)[:10] if daily else str(local)[:16].replace("T", " ")
 

@@ -6,8 +6,6 @@ Library code only: no orchestration imports.
 
 from __future__ import annotations
 
-import datetime as dt
-
 import numpy as np
 import polars as pl
 
@@ -32,10 +30,14 @@ def _new_york(ts: pl.Series) -> pl.Series:
 
 
 def _ny_stamp(text: str) -> np.datetime64:
-    """An ISO time (naive = UTC) as a naive New York ``datetime64``."""
+    """An ISO time (naive = UTC) as a naive New York ``datetime64``.
+
+    Raises:
+        DataError: ``text`` is not ISO-8601.
+    """
     import zoneinfo
 
-    t = dt.datetime.fromisoformat(text)
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
+    from sentio.times import as_utc
+
+    t = as_utc(text)
     return np.datetime64(t.astimezone(zoneinfo.ZoneInfo(NY_TZ)).replace(tzinfo=None), "us")

@@ -29,19 +29,28 @@ from sentio.io import (
     write_text_atomic,
 )
 
+NOT_CODE_VERSIONED: tuple[str, ...] = (
+    "sentio",  # the package: its version string is part of every code version already
+    "sentio.stages",  # re-exports only; stage modules import what they use directly (tested)
+    "sentio.config",  # settings enter the keys by value, resolved for the data
+    "sentio.errors",  # exception classes and their messages
+)
+"""Modules a stage's code version leaves out (neither included nor followed): their
+edits cannot change a stage's outputs, and including them would recompute every stage
+and retrain every model for a help text or an error message."""
+
 
 def stage_modules(stage: str) -> tuple[str, ...]:
     """The project modules stage ``stage`` runs (its module and everything it imports,
-    :func:`sentio.io.imported_modules`): the code its cache key covers. The package
-    ``sentio.stages`` (it only re-exports) is not followed.
+    :func:`sentio.io.imported_modules`), less :data:`NOT_CODE_VERSIONED`: the code its
+    cache key covers.
 
     >>> "sentio.regimes.training_rows" in stage_modules("regimes")
     True
     """
-    return imported_modules(f"sentio.stages.{stage}", stop=("sentio.stages",))
+    return imported_modules(f"sentio.stages.{stage}", stop=NOT_CODE_VERSIONED)
 
 
-"""This module: part of every stage's code version."""
 STAGE_SUMMARY = "summary.json"
 # Files Sentio writes beside bar files; a folder given as input skips them.
 SIDECAR_SUFFIXES = (".quarantine.csv", ".regimes.feather")
