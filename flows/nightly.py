@@ -11,8 +11,9 @@ a small summary, collected in ``workdir/runs/<flow-run name>/run.json`` beside t
 
 The run holds the working directory's lock (:func:`sentio.orchestration.workdir_lock`) from
 start to end: a second run on the same workdir waits or refuses (``paths.on_busy``). The
-(fold, seed) trainings run at most ``train.max_parallel`` at a time, each in a process of
-its own (:func:`tasks.train.train_all`).
+(fold, seed) trainings run on ``train.executor`` (:mod:`flows.trainings`): on this machine,
+at most ``train.max_parallel`` at a time, or on a Dask cluster; each in a process of its
+own.
 
 Every stage but the report and the registry is cached on the content of its inputs; the
 report is rewritten by every run (it holds the run's profile) and the registry stage reads
@@ -41,6 +42,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 from prefect.tasks import Task
 
+from flows.trainings import run_trainings
 from sentio.config import (
     SentioConfig,
     load_config,
@@ -52,7 +54,6 @@ from sentio.orchestration import (
     RunRecord,
     run_dir,
     task_result_storage,
-    training_slots,
     workdir_lock,
 )
 from tasks.artifacts import (
@@ -71,7 +72,6 @@ from tasks.ingest import ingest_task, input_files
 from tasks.regimes import regimes_task
 from tasks.registry import registry_task
 from tasks.report import registry_into_report_task, report_task
-from tasks.train import train_all, train_task
 
 FLOW_NAME = "nightly-retrain"
 P = ParamSpec("P")
@@ -226,17 +226,12 @@ class _Run:
     def train(
         self, cfg: SentioConfig, n_folds: int, data: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
-        """The fan-out: one training task per fold and seed, at most
-        :func:`~sentio.orchestration.training_slots` at once; their summaries in order."""
+        """The fan-out: one training task per fold and seed on ``train.executor``
+        (:func:`flows.trainings.run_trainings`); their summaries in order."""
         jobs = [(fold, seed) for fold in range(n_folds) for seed in cfg.train.seeds]
         params = {**data, "cfg": cfg, "workdir": str(self.root)}
-        runs = train_all(
-            _persisted(train_task, self.storage),
-            jobs,
-            limit=training_slots(cfg),
-            workdir=str(self.root),
-            params=params,
-        )
+        storage = None if self.storage is None else str(self.storage)
+        runs = run_trainings(jobs, cfg=cfg, workdir=str(self.root), params=params, storage=storage)
         return self.record.stage("train", {"runs": runs}, publish=ARTIFACTS["train"], lap=True)[
             "runs"
         ]

@@ -880,6 +880,25 @@ class TrainConfig(_Section):
         description="torch intra-op threads of one training; part of what makes a training "
         "repeatable (a different count may round differently)",
     )
+    executor: Literal["local", "dask"] = Field(
+        "local",
+        description="where the (fold, seed) trainings run: 'local', worker processes on this "
+        "machine (train.max_parallel at once); 'dask', Prefect's DaskTaskRunner on the Dask "
+        "scheduler at train.dask_address, or on a LocalCluster of train.max_parallel worker "
+        "processes started for the run when none is given. The models are the same either "
+        "way, and a training done by one executor is a cache hit for the other",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="address of a running Dask scheduler for executor 'dask' (e.g. "
+        "tcp://10.0.0.5:8786); its workers must reach the working directory at the same "
+        "path and run with DASK_DISTRIBUTED__WORKER__DAEMON=False; null: a LocalCluster",
+    )
+    dask_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Dask worker resources one training holds while it runs, e.g. {GPU: 1} "
+        "for workers started with --resources GPU=1 (one training per GPU); empty: none",
+    )
 
 
 class ReportConfig(_Section):
@@ -1194,15 +1213,25 @@ def resolve_for_bars(cfg: SentioConfig, bar_seconds: int) -> SentioConfig:
     return with_overrides(cfg, overrides)
 
 
+PLACEMENT_SETTINGS: tuple[str, ...] = (
+    "seeds",
+    "max_parallel",
+    "executor",
+    "dask_address",
+    "dask_resources",
+)
+"""``train`` settings that place trainings, not shape them (outside the training key)."""
+
+
 def training_settings_hash(cfg: SentioConfig) -> str:
     """Hash of every setting that changes what one training computes.
 
-    ``agent``, ``env``, ``universe`` and ``train`` less the seed list and
-    ``train.max_parallel``: those decide which trainings run and how many at once, not
-    what one of them computes.
+    ``agent``, ``env``, ``universe`` and ``train`` less :data:`PLACEMENT_SETTINGS`: those
+    decide which trainings run, how many at once and where, not what one of them computes
+    (so a training done by one executor is a cache hit for another).
     """
     dump = cfg.model_dump(mode="json")
-    train = {k: v for k, v in dump["train"].items() if k not in ("seeds", "max_parallel")}
+    train = {k: v for k, v in dump["train"].items() if k not in PLACEMENT_SETTINGS}
     return hash_json([{k: dump[k] for k in ("agent", "env", "universe")}, train])
 
 
@@ -1378,6 +1407,8 @@ def _type_text(annotation: Any) -> str:
     if origin in (list, tuple):
         inner = _type_text(args[0])
         return f"{len(args)} x {inner}" if origin is tuple else f"list of {inner}"
+    if origin is dict:
+        return f"mapping of {_type_text(args[0])} to {_type_text(args[1])}"
     if args:  # a union: int | Literal["auto"], str | None ...
         return " or ".join("`null`" if a is type(None) else _type_text(a) for a in args)
     names = {bool: "true / false", int: "integer", float: "number", str: "text", Path: "path"}

@@ -13,6 +13,7 @@ user error, a full disk or too little memory would fail the same way again).
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +28,7 @@ from prefect.tasks import Task
 
 from sentio import stages
 from sentio.config import SentioConfig
-from sentio.errors import SentioError
+from sentio.errors import ConfigError, SentioError
 from sentio.io import is_disk_full
 from sentio.processes import call_in_process
 from sentio.progress import format_progress
@@ -108,6 +109,11 @@ def train_task(
                 )
             shown[:] = [now, share]
 
+    if multiprocessing.current_process().daemon:  # e.g. a Dask worker started by default
+        raise ConfigError(
+            "train: this worker is a daemonic process, which cannot start the training's "
+            "own process; start Dask workers with DASK_DISTRIBUTED__WORKER__DAEMON=False"
+        )
     summary: dict[str, Any] = call_in_process(
         stages.train_stage,
         bars_path,

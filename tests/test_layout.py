@@ -23,8 +23,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY_FOR_FLOWS = {"sentio.config", "sentio.orchestration", "sentio.errors"}
 """The parts of the library a flow may use: settings, Prefect environment, errors."""
-THIRD_PARTY_FOR_FLOWS = {"prefect", "httpx"}
-"""httpx: the local server helper polls the Prefect API's health endpoint."""
+THIRD_PARTY_FOR_FLOWS = {"prefect", "prefect_dask", "dask", "httpx"}
+"""prefect_dask / dask: the training fan-out on a Dask cluster (its task runner, worker
+resources); httpx: the local server helper polls the Prefect API's health endpoint."""
+ORCHESTRATION = ("prefect", "prefect_dask", "dask", "distributed", "tasks")
+"""What the library never imports."""
 
 
 def imports(path: Path) -> Iterator[tuple[str, int, bool]]:
@@ -62,7 +65,7 @@ def test_the_rules_see_every_package() -> None:
 def test_the_library_never_imports_prefect_tasks_or_flows(path: Path) -> None:
     for module, line, top in imports(path):
         where = f"{path.relative_to(REPO)}:{line} imports {module}"
-        assert root(module) not in ("prefect", "tasks"), where
+        assert root(module) not in ORCHESTRATION, where
         if root(module) == "flows":
             # the stated exception: the CLI's commands import the flows they run, lazily
             assert path.name == "cli.py" and path.parent.name == "sentio" and not top, where
