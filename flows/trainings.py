@@ -12,7 +12,7 @@
   ``distributed.LocalCluster`` of :func:`training_slots` single-threaded worker processes
   for the run and stops it afterwards. ``train.dask_resources`` (e.g. ``{GPU: 1}``) are
   held by each training (Dask worker resources), so a worker started with ``--resources
-  GPU=1`` runs one training at a time.
+  GPU=1`` runs one training at a time (each LocalCluster worker is given them).
 
 Dask workers run Prefect tasks that start processes of their own, so they must not be
 daemonic processes: the LocalCluster is started with ``distributed.worker.daemon`` off;
@@ -109,6 +109,8 @@ def _dask_runner(cfg: SentioConfig) -> Any:
             "threads_per_worker": 1,
             "processes": True,
             "dashboard_address": None,
+            # each local worker holds what one training asks for (it runs one at a time)
+            "resources": dict(cfg.train.dask_resources) or None,
         }
     )
 

@@ -168,3 +168,22 @@ def test_a_daemonic_dask_worker_fails_the_training_with_how_to_start_it(
     with pytest.raises(Exception, match="DASK_DISTRIBUTED__WORKER__DAEMON=False"):
         fan_out(inputs, tmp_path / "c", "dask")
     assert stray_processes() == []
+
+
+def test_the_runner_connects_to_the_scheduler_given_or_sizes_a_local_cluster() -> None:
+    from flows.trainings import _dask_runner
+
+    cfg = config("dask")
+    local = _dask_runner(cfg)
+    assert local.address is None
+    kwargs = local.cluster_kwargs
+    assert (kwargs["n_workers"], kwargs["threads_per_worker"], kwargs["processes"]) == (2, 1, True)
+    assert kwargs["resources"] is None
+    gpu = cfg.model_copy(
+        update={"train": cfg.train.model_copy(update={"dask_resources": {"GPU": 1.0}})}
+    )
+    assert _dask_runner(gpu).cluster_kwargs["resources"] == {"GPU": 1.0}  # each worker one
+    remote = cfg.model_copy(
+        update={"train": cfg.train.model_copy(update={"dask_address": "tcp://10.0.0.5:8786"})}
+    )
+    assert _dask_runner(remote).address == "tcp://10.0.0.5:8786"
