@@ -13,6 +13,12 @@
   for the run and stops it afterwards. ``train.dask_resources`` (e.g. ``{GPU: 1}``) are
   held by each training (Dask worker resources), so a worker started with ``--resources
   GPU=1`` runs one training at a time (each LocalCluster worker is given them).
+* ``deployment``: each training is a flow run of the deployment ``train.deployment``
+  (:func:`train_fold_flow`; ``deployments/prefect.yaml`` defines ``train-fold`` on the
+  ``sentio-process`` pool), started with ``run_deployment`` as a nested run of the
+  nightly run, so workers of that pool (on GPU machines, say) pick them up; the run waits
+  for all of them and reads each training's summary from the shared working directory
+  (:func:`tasks.train.summary_from_storage`), verified against its recorded hashes.
 
 Dask workers run Prefect tasks that start processes of their own, so they must not be
 daemonic processes: the LocalCluster is started with ``distributed.worker.daemon`` off;
@@ -29,19 +35,28 @@ did is a cache hit for the other.
 from __future__ import annotations
 
 import contextlib
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow
 
-from sentio.config import SentioConfig
+from sentio.config import SentioConfig, config_from_dict
+from sentio.errors import ConfigError
 from sentio.orchestration import training_slots
-from tasks.train import train_all, train_task
+from tasks.train import summary_from_storage, train_all, train_task
 
-__all__ = ["run_trainings", "trainings_flow"]
+__all__ = ["run_trainings", "train_fold_flow", "trainings_flow"]
 
 TRAININGS_FLOW = "sentio-trainings"
+TRAIN_FOLD_FLOW = "sentio-train-fold"
+INPUTS = ("bars_path", "features_path", "folds_path", "regimes_path")
+"""The training task's input files (parameters of :func:`train_fold_flow`)."""
+POLL_SECONDS = 2.0
+"""How often the run looks at the state of the training flow runs it started."""
+TERMINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 
 
 def run_trainings(
@@ -59,6 +74,8 @@ def run_trainings(
     ``storage`` is where the task persists its results (its cache), None for Prefect's
     default.
     """
+    if cfg.train.executor == "deployment":
+        return _on_deployments(jobs, cfg=cfg, params=params, storage=storage)
     if cfg.train.executor == "dask":
         runner = _dask_runner(cfg)
         with _non_daemonic_workers():
@@ -122,3 +139,97 @@ def _non_daemonic_workers() -> Iterator[None]:
 
     with dask.config.set({"distributed.worker.daemon": False}):
         yield
+
+
+@flow(
+    name=TRAIN_FOLD_FLOW,
+    description="One (fold, seed) training of a nightly run (train.executor: deployment).",
+)
+def train_fold_flow(
+    fold: int,
+    seed: int,
+    inputs: dict[str, str | None],
+    config: dict[str, Any],
+    workdir: str,
+    storage: str | None = None,
+) -> dict[str, Any]:
+    """Train fold ``fold`` with seed ``seed`` on the run's ``inputs`` (:data:`INPUTS`, paths
+    on the shared working directory ``workdir``) with the run's resolved ``config``, as
+    the nightly run would have done itself: the same task, cache and outputs.
+
+    Raises:
+        ConfigError: an input is not reachable from this worker.
+    """
+    for name, path in inputs.items():
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(
+                f"train fold {fold} seed {seed}: {name} {path} is not reachable from this "
+                f"worker ({socket.gethostname()}): paths.workdir must be on storage every "
+                "worker reaches at the same path"
+            )
+    cfg = config_from_dict(config)
+    params = {**inputs, "cfg": cfg, "workdir": workdir}
+    (summary,) = train_all(
+        _persisted(storage), [(fold, seed)], limit=1, workdir=workdir, params=params
+    )
+    return summary
+
+
+def _on_deployments(
+    jobs: list[tuple[int, int]],
+    *,
+    cfg: SentioConfig,
+    params: dict[str, Any],
+    storage: str | None,
+) -> list[dict[str, Any]]:
+    """Start one flow run of ``train.deployment`` per job, wait for all, then read their
+    summaries from the shared working directory (in the order of ``jobs``).
+
+    Raises:
+        RuntimeError: a training flow run did not complete (names them and their states).
+    """
+    from prefect.deployments import run_deployment
+
+    config = cfg.model_dump(mode="json")
+    inputs = {name: params[name] for name in INPUTS}
+    started = [
+        run_deployment(
+            cfg.train.deployment,
+            parameters={
+                "fold": fold,
+                "seed": seed,
+                "inputs": inputs,
+                "config": config,
+                "workdir": params["workdir"],
+                "storage": storage,
+            },
+            timeout=0,  # start them all, then wait
+        )
+        for fold, seed in jobs
+    ]
+    finished = _wait_for_flow_runs([cast(Any, run).id for run in started])
+    failed = [run for run in finished if run.state is None or not run.state.is_completed()]
+    if failed:
+        names = ", ".join(
+            f"{run.name} ({run.state.name if run.state else 'no state'})" for run in failed
+        )
+        raise RuntimeError(
+            f"train: {len(failed)} of {len(jobs)} training flow runs of "
+            f"{cfg.train.deployment} did not complete: {names}"
+        )
+    return [
+        summary_from_storage(params, fold, seed, where=f"flow run {run.name}")
+        for (fold, seed), run in zip(jobs, finished, strict=True)
+    ]
+
+
+def _wait_for_flow_runs(ids: list[Any]) -> list[Any]:
+    """The flow runs ``ids`` once every one of them is in a final state."""
+    from prefect.client.orchestration import get_client
+
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = [client.read_flow_run(run_id) for run_id in ids]
+        if all(run.state is not None and run.state.type.value in TERMINAL for run in runs):
+            return runs
+        time.sleep(POLL_SECONDS)

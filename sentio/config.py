@@ -880,13 +880,21 @@ class TrainConfig(_Section):
         description="torch intra-op threads of one training; part of what makes a training "
         "repeatable (a different count may round differently)",
     )
-    executor: Literal["local", "dask"] = Field(
+    executor: Literal["local", "dask", "deployment"] = Field(
         "local",
         description="where the (fold, seed) trainings run: 'local', worker processes on this "
         "machine (train.max_parallel at once); 'dask', Prefect's DaskTaskRunner on the Dask "
         "scheduler at train.dask_address, or on a LocalCluster of train.max_parallel worker "
-        "processes started for the run when none is given. The models are the same either "
-        "way, and a training done by one executor is a cache hit for the other",
+        "processes started for the run when none is given; 'deployment', each training a "
+        "flow run of the deployment train.deployment, picked up by the workers of its work "
+        "pool. The models are the same either way, and a training done by one executor is a "
+        "cache hit for another",
+    )
+    deployment: str = Field(
+        "sentio-train-fold/train-fold",
+        description="the deployment ('<flow name>/<deployment name>') each training runs as "
+        "with executor 'deployment' (deployments/prefect.yaml defines 'train-fold' on the "
+        "sentio-process pool)",
     )
     dask_address: str | None = Field(
         None,
@@ -1219,6 +1227,7 @@ PLACEMENT_SETTINGS: tuple[str, ...] = (
     "executor",
     "dask_address",
     "dask_resources",
+    "deployment",
 )
 """``train`` settings that place trainings, not shape them (outside the training key)."""
 

@@ -179,3 +179,33 @@ def train_all(
             summary = train.with_options(refresh_cache=True)(**kwargs, fold=fold, seed=seed)
         runs.append(summary)
     return runs
+
+
+def summary_from_storage(
+    params: Mapping[str, Any], fold: int, seed: int, *, where: str
+) -> dict[str, Any]:
+    """The summary a training that ran elsewhere (``where``: its flow run) left in the
+    shared working directory ``params["workdir"]``, verified, nothing recomputed.
+
+    Raises:
+        ConfigError: the training's folder is not there or does not verify on this
+            machine: the working directory is not storage every worker shares.
+    """
+    key = stages.train_key(
+        params["bars_path"],
+        params["features_path"],
+        params["folds_path"],
+        params["regimes_path"],
+        params["cfg"],
+        fold,
+        seed,
+    )
+    summary = stages.stage_summary("train", key, params["workdir"])
+    if summary is None:
+        folder = stages.workdir_root(params["workdir"]) / "train" / key
+        raise ConfigError(
+            f"train fold {fold} seed {seed}: {where} completed, but its outputs are not in "
+            f"{folder} on this machine (missing or not matching their hashes): "
+            "paths.workdir must be on storage every worker reaches at the same path"
+        )
+    return summary

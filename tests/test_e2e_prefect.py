@@ -33,7 +33,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 from uuid import UUID
@@ -510,3 +510,114 @@ def test_prefect_yaml_deploys_to_a_process_pool(server: Server) -> None:
     )
     assert paper.work_pool_name == "sentio-process"
     assert paper.entrypoint == "flows/paper.py:paper_flow"
+
+
+def _fan_out(
+    server: Server,
+    inputs: dict[str, Any],
+    jobs: list[tuple[int, int]],
+    workdir: Path,
+    executor: str,
+) -> tuple[str, list[dict[str, Any]]]:
+    """The run's training fan-out on ``executor`` inside a flow of this process, against
+    the server: the flow run's id and the training summaries."""
+    from prefect import flow
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.trainings import run_trainings
+    from sentio.config import config_from_dict
+
+    train: dict[str, Any] = {**cast(dict[str, Any], SHORT_WINDOWS["train"])}
+    train["executor"] = executor
+    cfg = config_from_dict({**SHORT_WINDOWS, "train": train})
+
+    @flow(name=f"fan-out-{executor}")
+    def parent() -> tuple[str, list[dict[str, Any]]]:
+        params = {**inputs, "cfg": cfg, "workdir": str(workdir)}
+        storage = str(workdir / "prefect-results")
+        runs = run_trainings(jobs, cfg=cfg, workdir=str(workdir), params=params, storage=storage)
+        return str(flow_run.get_id()), runs
+
+    from prefect.logging.handlers import APILogHandler
+
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        try:
+            return parent()
+        finally:
+            APILogHandler().flush()  # the run's logs reach this server, not a later one
+
+
+def test_deployment_executor_runs_every_training_as_a_flow_run_on_a_pool_worker(
+    server: Server, tmp_path: Path
+) -> None:
+    """``train.executor: deployment``: the ``train-fold`` deployment of
+    deployments/prefect.yaml on a process pool, one worker started here; every training
+    is a flow run of its own (nested under the run, with its progress artifact), and the
+    models are the local executor's, bit for bit."""
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    from sentio import stages
+    from sentio.config import config_from_dict
+    from sentio.io import sha256_file
+
+    cfg = config_from_dict(SHORT_WINDOWS)
+    wd = tmp_path / "shared"
+    ingest = stages.ingest_stage([write_bars(tmp_path / "bars.feather")], cfg, wd)
+    features = stages.features_stage(ingest["output"], cfg, wd)
+    folds = stages.folds_stage(features["output"], cfg, wd)
+    regimes = stages.regimes_stage(ingest["output"], folds["output"], cfg, wd)
+    inputs = {
+        "bars_path": ingest["output"],
+        "features_path": features["output"],
+        "folds_path": folds["output"],
+        "regimes_path": regimes["output"],
+    }
+    jobs = [(fold, 0) for fold in range(folds["n_folds"])]
+
+    _cli(server, "work-pool", "create", "sentio-process", "--type", "process", "--overwrite")
+    _cli(server, "deploy", "--prefect-file", "deployments/prefect.yaml", "--name", "train-fold")
+    log = tmp_path / "worker.log"
+    env = {
+        **server.env,
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+    }
+    worker = _spawn([PREFECT, "worker", "start", "--pool", "sentio-process"], env, log)
+    try:
+        parent_id, runs = _fan_out(server, inputs, jobs, wd, "deployment")
+    except Exception:
+        print(_tail(log))
+        raise
+    finally:
+        _stop(worker)
+
+    children = _client_call(
+        server,
+        lambda c: c.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[UUID(parent_id)])
+            )
+        ),
+    )
+    assert len(children) == len(jobs)
+    for child in children:
+        assert child.state.is_completed(), (child.name, child.state)
+        assert child.work_pool_name == "sentio-process"
+        artifacts = _client_call(
+            server,
+            lambda c, i=child.id: c.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[i]))
+            ),
+        )
+        assert any(a.type == "progress" for a in artifacts), [a.type for a in artifacts]
+    assert sorted(c.parameters["fold"] for c in children) == [f for f, _ in jobs]
+    # the models are those the local executor trains, and the summaries came from storage
+    _, local = _fan_out(server, inputs, jobs, tmp_path / "local", "local")
+    assert [sha256_file(r["model"]) for r in runs] == [sha256_file(r["model"]) for r in local]
+    assert all(Path(r["model"]).is_relative_to(wd) for r in runs)

@@ -493,7 +493,7 @@ def test_served_deployments_and_prefect_yaml_agree() -> None:
 
     spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in spec["deployments"]}
-    assert set(deps) == {NIGHTLY_DEPLOYMENT, MANUAL_DEPLOYMENT, PAPER_DEPLOYMENT}
+    assert set(deps) == {NIGHTLY_DEPLOYMENT, MANUAL_DEPLOYMENT, PAPER_DEPLOYMENT, "train-fold"}
     (yschedule,) = deps[NIGHTLY_DEPLOYMENT]["schedules"]
     assert (yschedule["cron"], yschedule["timezone"]) == (NIGHTLY_CRON, NIGHTLY_TIMEZONE)
     assert not deps[MANUAL_DEPLOYMENT].get("schedules")
@@ -503,11 +503,18 @@ def test_served_deployments_and_prefect_yaml_agree() -> None:
         NIGHTLY_DEPLOYMENT: "flows/nightly.py:nightly_flow",
         MANUAL_DEPLOYMENT: "flows/nightly.py:nightly_flow",
         PAPER_DEPLOYMENT: "flows/paper.py:paper_flow",
+        "train-fold": "flows/trainings.py:train_fold_flow",
     }
     for name, dep in deps.items():
         assert dep["entrypoint"] == entry[name]
         assert dep["work_pool"]["name"] == "sentio-process"
-        assert set(dep["parameters"]) == {"data_path", "config_path"}
+        if name != "train-fold":  # started by a run with its own parameters
+            assert set(dep["parameters"]) == {"data_path", "config_path"}
+    # the deployment executor's default names this deployment
+    from flows.trainings import TRAIN_FOLD_FLOW
+    from sentio.config import SentioConfig
+
+    assert SentioConfig().train.deployment == f"{TRAIN_FOLD_FLOW}/train-fold"
     (pull,) = spec["pull"]
     assert "prefect.deployments.steps.set_working_directory" in pull
 

@@ -187,3 +187,21 @@ def test_the_runner_connects_to_the_scheduler_given_or_sizes_a_local_cluster() -
         update={"train": cfg.train.model_copy(update={"dask_address": "tcp://10.0.0.5:8786"})}
     )
     assert _dask_runner(remote).address == "tcp://10.0.0.5:8786"
+
+
+def test_storage_the_machines_do_not_share_is_a_clear_error(
+    inputs: dict[str, Any], tmp_path: Path
+) -> None:
+    """Executor 'deployment': a worker that cannot see an input, and a run that cannot see
+    what a worker trained, each fail with one message naming the path and the fix."""
+    from flows.trainings import train_fold_flow
+    from sentio.errors import ConfigError
+    from tasks.train import summary_from_storage
+
+    cfg = config("deployment")
+    missing = {**inputs["paths"], "bars_path": str(tmp_path / "elsewhere" / "bars.feather")}
+    with pytest.raises(ConfigError, match=r"bars_path .*elsewhere.* not reachable from this"):
+        train_fold_flow.fn(0, 0, missing, cfg.model_dump(mode="json"), str(tmp_path))
+    params = {**inputs["paths"], "cfg": cfg, "workdir": str(tmp_path / "empty")}
+    with pytest.raises(ConfigError, match=r"flow run x completed, but its outputs are not in"):
+        summary_from_storage(params, 0, 0, where="flow run x")

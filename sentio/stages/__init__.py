@@ -31,6 +31,7 @@ from sentio.stages.common import (
     relocate_summary,
     resolve_inputs,
     stage_modules,
+    stage_summary,
     summary_problems,
     workdir_root,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "resolve_inputs",
     "run_profile",
     "stage_modules",
+    "stage_summary",
     "summary_problems",
     "train_key",
     "train_stage",

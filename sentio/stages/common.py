@@ -153,6 +153,14 @@ def summary_problems(summary: dict[str, Any]) -> list[str]:
     return problems
 
 
+def stage_summary(stage: str, key: str, workdir: str | Path) -> dict[str, Any] | None:
+    """The summary of the complete stage folder ``workdir/<stage>/<key>/`` whose files
+    verify, or None (absent, incomplete or damaged): an output another machine wrote to
+    shared storage, read without recomputing anything."""
+    root = workdir_root(workdir)
+    return _cached_summary(root / stage / key, root)
+
+
 def _cached_summary(folder: Path, workdir: str | Path) -> dict[str, Any] | None:
     """The summary of a complete, verified stage folder, or None (absent or damaged)."""
     path = folder / STAGE_SUMMARY
