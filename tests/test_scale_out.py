@@ -11,6 +11,7 @@ says how to start it.
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
@@ -205,3 +206,66 @@ def test_storage_the_machines_do_not_share_is_a_clear_error(
     params = {**inputs["paths"], "cfg": cfg, "workdir": str(tmp_path / "empty")}
     with pytest.raises(ConfigError, match=r"flow run x completed, but its outputs are not in"):
         summary_from_storage(params, 0, 0, where="flow run x")
+
+
+def test_a_worker_killed_mid_training_is_replaced_and_the_training_resumes(
+    prefect_api: Path, inputs: dict[str, Any], tmp_path: Path
+) -> None:
+    """SIGKILL the Dask worker holding a training once it has checkpointed: Dask runs the
+    task again on a worker, the training resumes from its checkpoint in the working
+    directory, and the model is the one an uninterrupted training makes."""
+    import os
+    import signal
+    import threading
+
+    import psutil
+
+    from flows.trainings import run_trainings
+
+    def settings(executor: str) -> SentioConfig:
+        train: dict[str, Any] = {**cast(dict[str, Any], SHORT_WINDOWS["train"])}
+        train.update(total_timesteps=4096, checkpoint_every=256, max_parallel=2)
+        train["executor"] = executor
+        return config_from_dict({**SHORT_WINDOWS, "train": train})
+
+    workdir = tmp_path / "killed"
+    killed: list[int] = []
+
+    def kill_the_worker_after_a_checkpoint() -> None:
+        deadline = time.monotonic() + 120.0
+        while time.monotonic() < deadline and not killed:
+            staging = list((workdir / "train").glob(".*")) if (workdir / "train").is_dir() else []
+            if any(p.name == "checkpoint.json" for d in staging for p in d.rglob("*")):
+                for proc in psutil.Process().children():
+                    with contextlib.suppress(psutil.Error):
+                        training = [
+                            c for c in proc.children() if "spawn_main" in " ".join(c.cmdline())
+                        ]
+                        if "spawn_main" in " ".join(proc.cmdline()) and training:
+                            os.kill(
+                                proc.pid, signal.SIGKILL
+                            )  # the worker; its training dies with it
+                            killed.append(proc.pid)
+                            return
+            time.sleep(0.05)
+
+    from prefect import flow
+
+    @flow(name="scale-out-kill")
+    def run(cfg: SentioConfig, where: Path) -> list[dict[str, Any]]:
+        params = {**inputs["paths"], "cfg": cfg, "workdir": str(where)}
+        return run_trainings(
+            [(0, 0)], cfg=cfg, workdir=str(where), params=params, storage=str(where / "results")
+        )
+
+    killer = threading.Thread(target=kill_the_worker_after_a_checkpoint, daemon=True)
+    killer.start()
+    (resumed,) = run(settings("dask"), workdir)
+    killer.join(timeout=1.0)
+    assert killed, "no worker was killed: the training ended before its first checkpoint"
+    assert resumed["train"]["resumed_from"] >= 256
+    assert resumed["train"]["num_timesteps"] == 4096
+    assert stray_processes() == []
+    (whole,) = run(settings("local"), tmp_path / "whole")
+    assert whole["train"]["resumed_from"] == 0
+    assert sha256_file(resumed["model"]) == sha256_file(whole["model"])
