@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
@@ -65,7 +65,7 @@ from tasks.artifacts import (
     publish_report_artifacts,
     publish_train_artifacts,
 )
-from tasks.caching import run_stage
+from tasks.caching import persisted, run_stage
 from tasks.features import features_task
 from tasks.folds import folds_task
 from tasks.ingest import ingest_task, input_files
@@ -74,8 +74,6 @@ from tasks.registry import registry_task
 from tasks.report import registry_into_report_task, report_task
 
 FLOW_NAME = "nightly-retrain"
-P = ParamSpec("P")
-R = TypeVar("R")
 Publish = Callable[[dict[str, Any]], Mapping[str, str]]
 """An artifact task: publishes a stage summary's artifacts, returns their ids by key."""
 ARTIFACTS: dict[str, Publish] = {
@@ -212,7 +210,7 @@ class _Run:
         """Run the cached stage task ``task`` on ``params`` (its output verified, recomputed
         when it does not verify), record its summary as stage ``name``, publish its
         artifacts (``ARTIFACTS[name]``) and time it."""
-        summary = run_stage(_persisted(task, self.storage), **params, workdir=str(self.root))
+        summary = run_stage(persisted(task, self.storage), **params, workdir=str(self.root))
         return self.record.stage(name, summary, publish=ARTIFACTS[name], lap=True)
 
     def sized_for_bars(self, cfg: SentioConfig, bar_seconds: int) -> SentioConfig:
@@ -235,11 +233,6 @@ class _Run:
         return self.record.stage("train", {"runs": runs}, publish=ARTIFACTS["train"], lap=True)[
             "runs"
         ]
-
-
-def _persisted(stage: Task[P, R], storage: Path | None) -> Task[P, R]:
-    """``stage`` persisting its results (its cache) to ``storage``; ``None``: Prefect's default."""
-    return stage if storage is None else stage.with_options(result_storage=storage)
 
 
 def _run_fields(

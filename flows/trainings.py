@@ -46,6 +46,7 @@ from prefect import flow
 from sentio.config import SentioConfig, config_from_dict
 from sentio.errors import ConfigError
 from sentio.orchestration import training_slots
+from tasks.caching import persisted
 from tasks.train import summary_from_storage, train_all, train_task
 
 __all__ = ["run_trainings", "train_fold_flow", "trainings_flow"]
@@ -81,7 +82,7 @@ def run_trainings(
         with _non_daemonic_workers():
             nested = trainings_flow.with_options(task_runner=runner)
             return nested(jobs, workdir=workdir, params=params, storage=storage, cfg=cfg)
-    task = _persisted(storage)
+    task = persisted(train_task, storage)
     return train_all(task, jobs, limit=training_slots(cfg), workdir=workdir, params=params)
 
 
@@ -105,12 +106,9 @@ def trainings_flow(
     resources = dict(cfg.train.dask_resources)
     annotate = dask.annotate(resources=resources) if resources else contextlib.nullcontext()
     with annotate:
-        return train_all(_persisted(storage), jobs, limit=len(jobs), workdir=workdir, params=params)
-
-
-def _persisted(storage: str | None) -> Any:
-    """The training task persisting its results to ``storage`` (None: Prefect's default)."""
-    return train_task if storage is None else train_task.with_options(result_storage=Path(storage))
+        return train_all(
+            persisted(train_task, storage), jobs, limit=len(jobs), workdir=workdir, params=params
+        )
 
 
 def _dask_runner(cfg: SentioConfig) -> Any:
@@ -170,7 +168,7 @@ def train_fold_flow(
     cfg = config_from_dict(config)
     params = {**inputs, "cfg": cfg, "workdir": workdir}
     (summary,) = train_all(
-        _persisted(storage), [(fold, seed)], limit=1, workdir=workdir, params=params
+        persisted(train_task, storage), [(fold, seed)], limit=1, workdir=workdir, params=params
     )
     return summary
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any, ParamSpec
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 from prefect import get_run_logger
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
@@ -90,6 +91,14 @@ def checked(
             f" (and {len(problems) - 1} more)" if len(problems) > 1 else "",
         )
     return summary, not problems
+
+
+R = TypeVar("R")
+
+
+def persisted(stage: Task[P, R], storage: str | Path | None) -> Task[P, R]:
+    """``stage`` persisting its results (its cache) to ``storage``; None: Prefect's default."""
+    return stage if storage is None else stage.with_options(result_storage=Path(storage))
 
 
 def run_stage(stage: Task[P, dict[str, Any]], *args: P.args, **kwargs: P.kwargs) -> dict[str, Any]:
