@@ -22,7 +22,8 @@ directories (no cache hits):
 * ``one at a time, all cores``: ``max_parallel = 1`` and ``torch_threads`` = the cores
   (a different floating-point reduction order, so other models: printed for reference);
 * ``dask, 2 workers``: ``train.executor = dask``, ``max_parallel = 2`` (a LocalCluster of
-  two single-threaded worker processes), the same models as the serial run.
+  two single-threaded worker processes, each training in the worker's own process), the
+  same models as the serial run.
 
 Figures: aggregate env steps/s (total steps of the four trainings over the fan-out's
 wall time, process start-up and backtests included) and the machine's CPU busy share

@@ -6,8 +6,10 @@
   :func:`~sentio.orchestration.training_slots` trainings at once, each in a child process
   of its own (repeatable whatever else runs).
 * ``dask``: the nested flow :func:`trainings_flow` with Prefect's ``DaskTaskRunner``
-  (prefect-dask): every training is a task run on a Dask worker, each still in a child
-  process of its own, so a model does not depend on the executor. With
+  (prefect-dask): every training is a task run on a Dask worker. A worker of one thread
+  (as Sentio starts them) trains in its own process, one training at a time, its math
+  libraries capped at ``train.torch_threads``; a worker of several threads starts a child
+  process per training. Either way a model does not depend on the executor. With
   ``train.dask_address`` the runner connects to that scheduler; without, it starts a
   ``distributed.LocalCluster`` of :func:`training_slots` single-threaded worker processes
   for the run and stops it afterwards. ``train.dask_resources`` (e.g. ``{GPU: 1}``) are
@@ -20,10 +22,10 @@
   for all of them and reads each training's summary from the shared working directory
   (:func:`tasks.train.summary_from_storage`), verified against its recorded hashes.
 
-Dask workers run Prefect tasks that start processes of their own, so they must not be
-daemonic processes: the LocalCluster is started with ``distributed.worker.daemon`` off;
+Workers of several threads start processes of their own, so they must not be daemonic
+processes: the LocalCluster is started with ``distributed.worker.daemon`` off; such
 workers of an existing cluster need ``DASK_DISTRIBUTED__WORKER__DAEMON=False`` (a daemonic
-worker fails the training with a message saying so). The working directory (inputs,
+one fails the training with a message saying so). The working directory (inputs,
 checkpoints, models, Prefect results) must be reachable at the same path from every
 worker.
 
@@ -46,6 +48,7 @@ from prefect import flow
 from sentio.config import SentioConfig, config_from_dict
 from sentio.errors import ConfigError
 from sentio.orchestration import training_slots
+from sentio.processes import thread_caps
 from tasks.caching import persisted
 from tasks.train import summary_from_storage, train_all, train_task
 
@@ -126,6 +129,8 @@ def _dask_runner(cfg: SentioConfig) -> Any:
             "dashboard_address": None,
             # each local worker holds what one training asks for (it runs one at a time)
             "resources": dict(cfg.train.dask_resources) or None,
+            # and trains in its own process with the threads a training child would have
+            "env": thread_caps(cfg.train.torch_threads),
         }
     )
 

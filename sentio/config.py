@@ -900,7 +900,8 @@ class TrainConfig(_Section):
         None,
         description="address of a running Dask scheduler for executor 'dask' (e.g. "
         "tcp://10.0.0.5:8786); its workers must reach the working directory at the same "
-        "path and run with DASK_DISTRIBUTED__WORKER__DAEMON=False; null: a LocalCluster",
+        "path and run with --nthreads 1 (or DASK_DISTRIBUTED__WORKER__DAEMON=False); null: "
+        "a LocalCluster",
     )
     dask_resources: dict[str, float] = Field(
         default_factory=dict,

@@ -36,7 +36,14 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-__all__ = ["ChildProcessFailed", "available_cores", "call_in_process", "parallel_slots"]
+__all__ = [
+    "ChildProcessFailed",
+    "available_cores",
+    "call_in_process",
+    "call_in_this_process",
+    "parallel_slots",
+    "thread_caps",
+]
 
 _THREAD_ENV = (
     "OMP_NUM_THREADS",
@@ -74,6 +81,40 @@ def parallel_slots(max_parallel: int, threads: int) -> int:
     if max_parallel > 0:
         return max_parallel
     return max(1, available_cores() // max(1, threads))
+
+
+def thread_caps(threads: int) -> dict[str, str]:
+    """The environment that caps a process's math libraries at ``threads`` threads (set
+    before they are imported: OpenMP, MKL, OpenBLAS, polars, numba)."""
+    return {name: str(int(threads)) for name in _THREAD_ENV}
+
+
+def call_in_this_process(
+    fn: Callable[..., Any],
+    *args: Any,
+    threads: int = 1,
+    progress: Callable[..., None] | None = None,
+    progress_arg: str | None = "progress",
+    **kwargs: Any,
+) -> Any:
+    """Call ``fn(*args, **kwargs)`` here, as :func:`call_in_process` would in a child.
+
+    For a process that runs nothing else meanwhile (a single-threaded Dask worker started
+    with :func:`thread_caps` in its environment): torch's thread count is set to
+    ``threads`` for the call, and the caller saves the start of a fresh interpreter and
+    its imports. ``fn`` must not rely on the process's random state (a training seeds it
+    under its own lock).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        if progress_arg is not None and progress is not None:
+            kwargs = {**kwargs, progress_arg: progress}
+        return fn(*args, **kwargs)
+    finally:
+        torch.set_num_threads(before)
 
 
 def call_in_process(
@@ -191,8 +232,7 @@ def _die_with_parent(parent_pid: int) -> None:
 def _child_main(conn: Connection, parent_pid: int, threads: int, payload: bytes) -> None:
     """Entry point of the child: cap threads, guard against orphaning, run, send back."""
     _die_with_parent(parent_pid)
-    for name in _THREAD_ENV:
-        os.environ[name] = str(threads)
+    os.environ.update(thread_caps(threads))
     try:
         fn, args, kwargs, progress_arg = pickle.loads(payload)
         try:

@@ -4,7 +4,9 @@ Cached on the CONTENT of every input (bars, features, folds, the fold's regime m
 the settings and the code version, plus the fold and the seed. The training runs in a
 child process of its own (:func:`sentio.processes.call_in_process`): its random state
 and thread count are its own, so its result does not depend on what else runs, and it
-dies with the flow. :func:`train_all` runs the (fold, seed) trainings of a run at most
+dies with the flow. On a single-threaded Dask worker, which runs one task at a time, it
+runs in the worker itself (:func:`sentio.processes.call_in_this_process`): the same
+model, without a fresh interpreter per training. :func:`train_all` runs the (fold, seed) trainings of a run at most
 ``train.max_parallel`` at a time. Training reports its progress to a Prefect progress
 artifact. A retry resumes from the training's last checkpoint instead of starting over,
 so the task retries any failure that is not a :class:`~sentio.errors.SentioError` (a
@@ -30,7 +32,7 @@ from sentio import stages
 from sentio.config import SentioConfig
 from sentio.errors import ConfigError, SentioError
 from sentio.io import is_disk_full
-from sentio.processes import call_in_process
+from sentio.processes import call_in_process, call_in_this_process
 from sentio.progress import format_progress
 from tasks.caching import checked, content_cache_policy, failure_exception, stage_task_options
 
@@ -109,12 +111,19 @@ def train_task(
                 )
             shown[:] = [now, share]
 
-    if multiprocessing.current_process().daemon:  # e.g. a Dask worker started by default
+    if sole_task_of_dask_worker():
+        # a single-threaded Dask worker runs nothing else meanwhile: train right here and
+        # save the fresh interpreter (the training seeds the process under its own lock)
+        run = call_in_this_process
+    elif multiprocessing.current_process().daemon:  # e.g. a Dask worker started by default
         raise ConfigError(
-            "train: this worker is a daemonic process, which cannot start the training's "
-            "own process; start Dask workers with DASK_DISTRIBUTED__WORKER__DAEMON=False"
+            "train: this worker is a daemonic process with several threads, which cannot "
+            "start the training's own process; start Dask workers with --nthreads 1 or "
+            "with DASK_DISTRIBUTED__WORKER__DAEMON=False"
         )
-    summary: dict[str, Any] = call_in_process(
+    else:
+        run = call_in_process
+    summary: dict[str, Any] = run(
         stages.train_stage,
         bars_path,
         features_path,
@@ -146,6 +155,18 @@ def train_task(
         summary["n_trades"],
     )
     return summary
+
+
+def sole_task_of_dask_worker() -> bool:
+    """Whether this task runs on a Dask worker of one thread (it runs one task at a time)."""
+    try:
+        from distributed import get_worker
+    except ImportError:  # pragma: no cover - prefect-dask brings distributed
+        return False
+    try:
+        return int(get_worker().state.nthreads) == 1
+    except ValueError:  # not on a worker
+        return False
 
 
 def train_all(

@@ -438,3 +438,31 @@ def test_parallel_slots_fill_the_cores_without_oversubscribing() -> None:
     assert parallel_slots(0, cores + 5) == 1
     assert parallel_slots(3, 1) == 3
     assert np.all([parallel_slots(0, t) * t <= max(cores, t) for t in range(1, 9)])
+
+
+def _threads_seen(progress: Any) -> int:
+    import torch
+
+    progress(1, 2, "half")
+    return int(torch.get_num_threads())
+
+
+def test_a_call_in_this_process_has_the_child_threads_and_restores_them() -> None:
+    """What a single-threaded Dask worker runs a training with: torch's thread count is the
+    call's for the call only, the progress callback is handed through, and the thread
+    caps a worker is started with name every math library a training child caps."""
+    import torch
+
+    from sentio.processes import _THREAD_ENV, call_in_this_process, thread_caps
+
+    before = torch.get_num_threads()
+    wanted = 2 if before != 2 else 1
+    seen: list[tuple[Any, ...]] = []
+    assert (
+        call_in_this_process(_threads_seen, threads=wanted, progress=lambda *a: seen.append(a))
+        == wanted
+    )
+    assert seen == [(1, 2, "half")]
+    assert torch.get_num_threads() == before
+    assert thread_caps(3) == dict.fromkeys(_THREAD_ENV, "3")
+    assert {"OMP_NUM_THREADS", "POLARS_MAX_THREADS", "NUMBA_NUM_THREADS"} <= set(thread_caps(1))

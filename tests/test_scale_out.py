@@ -2,9 +2,11 @@
 
 A ``distributed.LocalCluster`` of two worker processes, started and stopped by Prefect's
 ``DaskTaskRunner`` around the nested trainings flow, runs the (fold, seed) trainings of a
-small run: the models are bit-identical to the local executor's, and a training either
-executor did is a cache hit for the other (the key never names the executor). A worker
-started as a daemonic process (Dask's default) fails the training with a message that
+small run: the models are bit-identical to the local executor's (the local executor
+trains each in a child process; a single-threaded Dask worker trains in its own process,
+one after another), and a training either executor did is a cache hit for the other (the
+key never names the executor). A daemonic worker of several threads (Dask's default
+worker, which cannot start a training's process) fails the training with a message that
 says how to start it.
 """
 
@@ -47,7 +49,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "folds_path": folds["output"],
             "regimes_path": regimes["output"],
         },
-        "jobs": [(fold, 0) for fold in range(folds["n_folds"])],
+        # two seeds: with two workers, at least one of them trains twice in a row
+        "jobs": [(fold, seed) for fold in range(folds["n_folds"]) for seed in (0, 1)],
     }
 
 
@@ -158,15 +161,23 @@ def test_dask_trainings_equal_the_local_ones_and_share_their_cache(
     assert stray_processes() == []  # the LocalCluster's workers are gone with the fan-out
 
 
-def test_a_daemonic_dask_worker_fails_the_training_with_how_to_start_it(
+def test_a_daemonic_dask_worker_of_several_threads_says_how_to_start_it(
     prefect_api: Path, inputs: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Dask's default workers are daemonic: the training says what to change (and the
-    failure shows that the trainings ran in the Dask workers, not in the flow)."""
+    """Dask's default workers are daemonic, and a worker of two threads must start a
+    process per training: the training says what to change (and the failure shows that
+    the trainings ran in the Dask workers, not in the flow)."""
+    from prefect_dask import DaskTaskRunner
+
     import flows.trainings
 
+    def two_threads(cfg: SentioConfig) -> DaskTaskRunner:
+        kwargs = {"n_workers": 1, "threads_per_worker": 2, "dashboard_address": None}
+        return DaskTaskRunner(cluster_kwargs=kwargs)
+
     monkeypatch.setattr(flows.trainings, "_non_daemonic_workers", contextlib.nullcontext)
-    with pytest.raises(Exception, match="DASK_DISTRIBUTED__WORKER__DAEMON=False"):
+    monkeypatch.setattr(flows.trainings, "_dask_runner", two_threads)
+    with pytest.raises(Exception, match="--nthreads 1 or with DASK_DISTRIBUTED__WORKER__DAEMON"):
         fan_out(inputs, tmp_path / "c", "dask")
     assert stray_processes() == []
 
@@ -236,17 +247,16 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_training_resumes(
         while time.monotonic() < deadline and not killed:
             staging = list((workdir / "train").glob(".*")) if (workdir / "train").is_dir() else []
             if any(p.name == "checkpoint.json" for d in staging for p in d.rglob("*")):
+                workers = []
                 for proc in psutil.Process().children():
                     with contextlib.suppress(psutil.Error):
-                        training = [
-                            c for c in proc.children() if "spawn_main" in " ".join(c.cmdline())
-                        ]
-                        if "spawn_main" in " ".join(proc.cmdline()) and training:
-                            os.kill(
-                                proc.pid, signal.SIGKILL
-                            )  # the worker; its training dies with it
-                            killed.append(proc.pid)
-                            return
+                        if "spawn_main" in " ".join(proc.cmdline()):
+                            workers.append((sum(proc.cpu_times()[:2]), proc.pid))
+                if workers:
+                    # the busy one trains (in its own process); the other one waits
+                    os.kill(max(workers)[1], signal.SIGKILL)
+                    killed.append(max(workers)[1])
+                    return
             time.sleep(0.05)
 
     from prefect import flow
