@@ -48,16 +48,21 @@ from prefect import flow
 from sentio.config import SentioConfig, config_from_dict
 from sentio.errors import ConfigError
 from sentio.orchestration import training_slots
-from sentio.processes import thread_caps
 from tasks.caching import persisted
-from tasks.train import summary_from_storage, train_all, train_task
+from tasks.shared import INPUTS, gather_from_storage, publish_inputs, result_storage, storage_plan
+from tasks.train import (
+    submit_all,
+    summary_from_storage,
+    train_all,
+    train_shared_task,
+    train_task,
+    training_worker_env,
+)
 
 __all__ = ["run_trainings", "train_fold_flow", "trainings_flow"]
 
 TRAININGS_FLOW = "sentio-trainings"
 TRAIN_FOLD_FLOW = "sentio-train-fold"
-INPUTS = ("bars_path", "features_path", "folds_path", "regimes_path")
-"""The training task's input files (parameters of :func:`train_fold_flow`)."""
 POLL_SECONDS = 2.0
 """How often the run looks at the state of the training flow runs it started."""
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
@@ -78,6 +83,8 @@ def run_trainings(
     ``storage`` is where the task persists its results (its cache), None for Prefect's
     default.
     """
+    if cfg.paths.storage is not None:
+        return _through_storage(jobs, cfg=cfg, workdir=workdir, params=params, storage=storage)
     if cfg.train.executor == "deployment":
         return _on_deployments(jobs, cfg=cfg, params=params, storage=storage)
     if cfg.train.executor == "dask":
@@ -99,16 +106,36 @@ def trainings_flow(
     *,
     workdir: str,
     params: dict[str, Any],
-    storage: str | None,
+    storage: Any,
     cfg: SentioConfig,
+    shared: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Submit every training to the flow's task runner at once (the Dask scheduler places
-    them on workers as they free up) holding ``train.dask_resources``; gather, verify."""
+    them on workers as they free up) holding ``train.dask_resources``; gather, verify.
+
+    With ``shared`` (``{"keys": {(fold, seed): key}, "inputs": ...}``), each training goes
+    through the shared storage (:func:`tasks.train.train_shared_task`) and the raw
+    summaries come back (the caller copies the trainings' folders from the storage).
+    """
     import dask
 
     resources = dict(cfg.train.dask_resources)
     annotate = dask.annotate(resources=resources) if resources else contextlib.nullcontext()
     with annotate:
+        if shared is not None:
+            keys, inputs = shared["keys"], shared["inputs"]
+            return submit_all(
+                persisted(train_shared_task, storage),
+                jobs,
+                limit=len(jobs),
+                kwargs_of=lambda fold, seed: {
+                    "key": keys[(fold, seed)],
+                    "inputs": inputs,
+                    "cfg": cfg,
+                    "fold": fold,
+                    "seed": seed,
+                },
+            )
         return train_all(
             persisted(train_task, storage), jobs, limit=len(jobs), workdir=workdir, params=params
         )
@@ -130,7 +157,7 @@ def _dask_runner(cfg: SentioConfig) -> Any:
             # each local worker holds what one training asks for (it runs one at a time)
             "resources": dict(cfg.train.dask_resources) or None,
             # and trains in its own process with the threads a training child would have
-            "env": thread_caps(cfg.train.torch_threads),
+            "env": training_worker_env(cfg),
         }
     )
 
@@ -155,14 +182,23 @@ def train_fold_flow(
     config: dict[str, Any],
     workdir: str,
     storage: str | None = None,
+    key: str | None = None,
 ) -> dict[str, Any]:
     """Train fold ``fold`` with seed ``seed`` on the run's ``inputs`` (:data:`INPUTS`, paths
     on the shared working directory ``workdir``) with the run's resolved ``config``, as
     the nightly run would have done itself: the same task, cache and outputs.
 
+    With ``paths.storage`` in ``config``, ``inputs`` name the published stage files and
+    ``key`` is the training key the run computed: the training goes through the storage
+    (:func:`tasks.train.train_shared_task`) and ``workdir`` is not used.
+
     Raises:
         ConfigError: an input is not reachable from this worker.
     """
+    cfg = config_from_dict(config)
+    if cfg.paths.storage is not None and key is not None:
+        task = persisted(train_shared_task, result_storage(cfg.paths.storage))
+        return task(key=key, inputs=inputs, cfg=cfg, fold=fold, seed=seed)
     for name, path in inputs.items():
         if path is not None and not Path(path).is_file():
             raise ConfigError(
@@ -170,7 +206,6 @@ def train_fold_flow(
                 f"worker ({socket.gethostname()}): paths.workdir must be on storage every "
                 "worker reaches at the same path"
             )
-    cfg = config_from_dict(config)
     params = {**inputs, "cfg": cfg, "workdir": workdir}
     (summary,) = train_all(
         persisted(train_task, storage), [(fold, seed)], limit=1, workdir=workdir, params=params
@@ -186,7 +221,28 @@ def _on_deployments(
     storage: str | None,
 ) -> list[dict[str, Any]]:
     """Start one flow run of ``train.deployment`` per job, wait for all, then read their
-    summaries from the shared working directory (in the order of ``jobs``).
+    summaries from the shared working directory (in the order of ``jobs``)."""
+    inputs = {name: params[name] for name in INPUTS}
+    finished = _deployment_runs(
+        jobs, cfg=cfg, inputs=inputs, workdir=params["workdir"], storage=storage
+    )
+    return [
+        summary_from_storage(params, fold, seed, where=f"flow run {run.name}")
+        for (fold, seed), run in zip(jobs, finished, strict=True)
+    ]
+
+
+def _deployment_runs(
+    jobs: list[tuple[int, int]],
+    *,
+    cfg: SentioConfig,
+    inputs: dict[str, str | None],
+    workdir: str,
+    storage: str | None,
+    keys: dict[tuple[int, int], str] | None = None,
+) -> list[Any]:
+    """Start one flow run of ``train.deployment`` per job and wait for all; the finished
+    flow runs (in the order of ``jobs``).
 
     Raises:
         RuntimeError: a training flow run did not complete (names them and their states).
@@ -194,7 +250,6 @@ def _on_deployments(
     from prefect.deployments import run_deployment
 
     config = cfg.model_dump(mode="json")
-    inputs = {name: params[name] for name in INPUTS}
     started = [
         run_deployment(
             cfg.train.deployment,
@@ -203,8 +258,9 @@ def _on_deployments(
                 "seed": seed,
                 "inputs": inputs,
                 "config": config,
-                "workdir": params["workdir"],
+                "workdir": workdir,
                 "storage": storage,
+                "key": None if keys is None else keys[(fold, seed)],
             },
             timeout=0,  # start them all, then wait
         )
@@ -220,10 +276,53 @@ def _on_deployments(
             f"train: {len(failed)} of {len(jobs)} training flow runs of "
             f"{cfg.train.deployment} did not complete: {names}"
         )
-    return [
-        summary_from_storage(params, fold, seed, where=f"flow run {run.name}")
-        for (fold, seed), run in zip(jobs, finished, strict=True)
-    ]
+    return finished
+
+
+def _through_storage(
+    jobs: list[tuple[int, int]],
+    *,
+    cfg: SentioConfig,
+    workdir: str,
+    params: dict[str, Any],
+    storage: str | None,
+) -> list[dict[str, Any]]:
+    """The fan-out through ``paths.storage``; summaries in the order of ``jobs``.
+
+    A training already in the working directory, or published in the storage (by any
+    run, any executor: it is copied here, every file checked), is not run again. The
+    others run on ``train.executor``: ``local`` here as without storage, then published;
+    ``dask`` and ``deployment`` through :func:`tasks.train.train_shared_task` on the
+    stage folders this run publishes, then copied here from the storage
+    (:mod:`tasks.shared`).
+    """
+    plan = storage_plan(jobs, cfg=cfg, workdir=workdir, params=params)
+    if plan.pending and cfg.train.executor == "local":
+        train_all(
+            persisted(train_task, storage),
+            plan.pending,
+            limit=training_slots(cfg),
+            workdir=workdir,
+            params=params,
+        )
+    elif plan.pending:
+        inputs = publish_inputs(plan, params)
+        if cfg.train.executor == "dask":
+            with _non_daemonic_workers():
+                nested = trainings_flow.with_options(task_runner=_dask_runner(cfg))
+                nested(
+                    plan.pending,
+                    workdir=workdir,
+                    params=params,
+                    storage=result_storage(plan.store.url),
+                    cfg=cfg,
+                    shared={"keys": plan.keys, "inputs": inputs},
+                )
+        else:
+            _deployment_runs(
+                plan.pending, cfg=cfg, inputs=inputs, workdir=workdir, storage=None, keys=plan.keys
+            )
+    return gather_from_storage(plan, jobs, workdir=workdir)
 
 
 def _wait_for_flow_runs(ids: list[Any]) -> list[Any]:

@@ -961,6 +961,21 @@ class PathsConfig(_Section):
         description="working directory of stage outputs, caches, run folders, the model "
         "registry and Prefect results (a folder)",
     )
+    storage: str | None = Field(
+        None,
+        description="URL of storage every training machine reaches (fsspec: "
+        "s3://bucket/prefix with s3fs installed, gs://..., file:///mnt/shared/sentio), "
+        "through which trainings on other machines (train.executor dask or deployment) get "
+        "their inputs and return checkpoints, models and backtests, every file checked "
+        "against its sha256 on both sides; it also holds their Prefect results, and any "
+        "training published there is a cache hit for every run; null: paths.workdir itself "
+        "must be on storage every machine sees at the same path",
+    )
+    storage_cache: Path = Field(
+        Path("~/.cache/sentio"),
+        description="with paths.storage: where a machine that trains keeps its copies of the "
+        "inputs and its own outputs and checkpoints before they are published (a folder)",
+    )
     on_busy: Literal["wait", "refuse"] = Field(
         "wait",
         description="when another run holds the working directory: wait for it (saying so) "

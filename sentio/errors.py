@@ -49,3 +49,11 @@ class WorkdirBusyError(SentioError):
     ``paths.busy_timeout`` ran out while waiting)."""
 
     exit_code = 9
+
+
+class StorageError(SentioError):
+    """The shared storage (``paths.storage``) cannot be reached, or a file in it does not
+    match the hash its writer recorded: one line naming the URL and what failed. Never
+    retried by the task (a machine that cannot reach the storage fails the same way)."""
+
+    exit_code = 10

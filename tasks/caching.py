@@ -96,9 +96,14 @@ def checked(
 R = TypeVar("R")
 
 
-def persisted(stage: Task[P, R], storage: str | Path | None) -> Task[P, R]:
-    """``stage`` persisting its results (its cache) to ``storage``; None: Prefect's default."""
-    return stage if storage is None else stage.with_options(result_storage=Path(storage))
+def persisted(stage: Task[P, R], storage: Any) -> Task[P, R]:
+    """``stage`` persisting its results (its cache) to ``storage`` (a folder, or a Prefect
+    file-system block); None: Prefect's default."""
+    if storage is None:
+        return stage
+    if isinstance(storage, str | Path):
+        storage = Path(storage)
+    return stage.with_options(result_storage=storage)
 
 
 def run_stage(stage: Task[P, dict[str, Any]], *args: P.args, **kwargs: P.kwargs) -> dict[str, Any]:

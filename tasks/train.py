@@ -16,8 +16,9 @@ user error, a full disk or too little memory would fail the same way again).
 from __future__ import annotations
 
 import multiprocessing
+import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
@@ -30,10 +31,11 @@ from prefect.tasks import Task
 
 from sentio import stages
 from sentio.config import SentioConfig
-from sentio.errors import ConfigError, SentioError
+from sentio.errors import ConfigError, SentioError, StorageError
 from sentio.io import is_disk_full
-from sentio.processes import call_in_process, call_in_this_process
+from sentio.processes import call_in_process, call_in_this_process, thread_caps
 from sentio.progress import format_progress
+from sentio.storage import SharedStorage, checkpoint_steps
 from tasks.caching import checked, content_cache_policy, failure_exception, stage_task_options
 
 TRAIN_RETRIES = 2
@@ -86,6 +88,98 @@ def train_task(
     seed: int,
 ) -> dict[str, Any]:
     """Run :func:`sentio.stages.train_stage` for one fold and seed; return its summary."""
+    paths = (bars_path, features_path, folds_path, regimes_path)
+    return _run_training(paths, cfg, Path(workdir), fold, seed)
+
+
+def _shared_options() -> dict[str, Any]:
+    options = stage_task_options(content_cache_policy("train", lambda p: p["key"]))
+    options.update(retries=TRAIN_RETRIES, retry_condition_fn=retry_unless_user_error)
+    return options
+
+
+@task(
+    name="train",
+    description="Train one agent through the shared storage (paths.storage): copy the inputs "
+    "in, resume from the storage's last checkpoint, push checkpoints, publish the result.",
+    **_shared_options(),
+)
+def train_shared_task(
+    key: str,
+    inputs: dict[str, str | None],
+    cfg: SentioConfig,
+    fold: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Train ``(fold, seed)`` (whose training key on the flow's machine is ``key``) on the
+    inputs published in ``paths.storage`` (``inputs``: the training task's input names to
+    ``<stage>/<key>/<file>`` under the storage's ``stages/``; see
+    :func:`flows.trainings.run_trainings`), in this machine's ``paths.storage_cache``.
+
+    The training's folder is published to the storage; the summary returned names this
+    machine's files (the flow copies the folder and reads its own copy).
+
+    Raises:
+        StorageError: the storage cannot be reached, or an input is missing or damaged.
+        ConfigError: this machine computes another key (its code or packages differ).
+    """
+    store = SharedStorage(str(cfg.paths.storage))
+    cache = stages.workdir_root(cfg.paths.storage_cache)
+    paths: list[str | None] = []
+    for name in ("bars_path", "features_path", "folds_path", "regimes_path"):
+        rel = inputs.get(name)
+        if rel is not None:
+            stage, stage_key, _ = rel.split("/", 2)
+            if not store.get_stage(stage, stage_key, cache):
+                raise StorageError(
+                    f"train fold {fold} seed {seed}: {name} is not in the storage "
+                    f"({store.where('stages', stage, stage_key)} has no manifest)"
+                )
+        paths.append(None if rel is None else str(cache / rel))
+    bars, features, folds, regimes = paths
+    assert bars is not None and features is not None and folds is not None
+    here = stages.train_key(bars, features, folds, regimes, cfg, fold, seed)
+    if here != key:
+        raise ConfigError(
+            f"train fold {fold} seed {seed}: this worker ({socket.gethostname()}) computes "
+            f"the training key {here} where the flow computed {key}: its Sentio code or "
+            "packages differ from the flow's; install the same version on every machine"
+        )
+    if store.get_stage("train", key, cache):  # trained elsewhere meanwhile
+        done = stages.stage_summary("train", key, cache)
+        if done is not None:
+            return done
+    from sentio.agents.training import CHECKPOINTS_DIR
+
+    checkpoints = cache / "train" / stages.training_staging(key) / CHECKPOINTS_DIR
+    store.get_checkpoint(key, checkpoints)
+    pushed = [checkpoint_steps(checkpoints)]
+
+    def push_checkpoint() -> None:
+        steps = checkpoint_steps(checkpoints)
+        fresh = steps is not None and steps != pushed[0]
+        if fresh and store.put_checkpoint(key, checkpoints) is not None:
+            pushed[0] = steps
+
+    summary = _run_training(
+        (bars, features, folds, regimes), cfg, cache, fold, seed, on_progress=push_checkpoint
+    )
+    store.put_stage(cache / "train" / key, "train", key)
+    store.drop_checkpoints(key)
+    return summary
+
+
+def _run_training(
+    paths: tuple[str, str, str, str | None],
+    cfg: SentioConfig,
+    workdir: Path,
+    fold: int,
+    seed: int,
+    on_progress: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """:func:`sentio.stages.train_stage` in this process or a child (see the module), its
+    progress in a Prefect progress artifact and log lines (``on_progress`` called after
+    each report), and one line of results."""
     logger = get_run_logger()
     artifact = cast(
         UUID,
@@ -110,6 +204,8 @@ def train_task(
                     )
                 )
             shown[:] = [now, share]
+        if on_progress is not None:
+            on_progress()
 
     if sole_task_of_dask_worker():
         # a single-threaded Dask worker runs nothing else meanwhile: train right here and
@@ -125,12 +221,9 @@ def train_task(
         run = call_in_process
     summary: dict[str, Any] = run(
         stages.train_stage,
-        bars_path,
-        features_path,
-        folds_path,
-        regimes_path,
+        *paths,
         cfg,
-        Path(workdir),
+        workdir,
         fold=fold,
         seed=seed,
         threads=cfg.train.torch_threads,
@@ -157,6 +250,12 @@ def train_task(
     return summary
 
 
+def training_worker_env(cfg: SentioConfig) -> dict[str, str]:
+    """The environment of a single-threaded Dask worker that trains in its own process:
+    the thread caps of a training's child process (:func:`sentio.processes.thread_caps`)."""
+    return thread_caps(cfg.train.torch_threads)
+
+
 def sole_task_of_dask_worker() -> bool:
     """Whether this task runs on a Dask worker of one thread (it runs one task at a time)."""
     try:
@@ -169,6 +268,28 @@ def sole_task_of_dask_worker() -> bool:
         return False
 
 
+def submit_all(
+    train: Task[..., dict[str, Any]],
+    jobs: list[tuple[int, int]],
+    *,
+    limit: int,
+    kwargs_of: Callable[[int, int], Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """Run ``train(**kwargs_of(fold, seed))`` for every ``(fold, seed)`` of ``jobs``, at
+    most ``limit`` at a time (a task is submitted as soon as a slot frees up); the
+    results in the order of ``jobs``."""
+    futures: dict[PrefectFuture[dict[str, Any]], int] = {}
+    done: dict[int, PrefectFuture[dict[str, Any]]] = {}
+    queue = list(enumerate(jobs))
+    while queue or futures:
+        while queue and len(futures) < max(1, limit):
+            i, (fold, seed) = queue.pop(0)
+            futures[train.submit(**kwargs_of(fold, seed))] = i
+        finished = next(iter(as_completed(list(futures))))
+        done[futures.pop(finished)] = finished
+    return [done[i].result() for i in range(len(jobs))]
+
+
 def train_all(
     train: Task[..., dict[str, Any]],
     jobs: list[tuple[int, int]],
@@ -179,23 +300,21 @@ def train_all(
 ) -> list[dict[str, Any]]:
     """Run ``train`` for every ``(fold, seed)`` of ``jobs``, at most ``limit`` at a time.
 
-    Each call gets the keyword arguments ``params`` besides its ``fold`` and ``seed``. A task is submitted as soon as a slot frees up; the summaries come back in
-    the order of ``jobs``, rebased onto ``workdir`` and verified: a cached summary whose
-    files are missing or damaged is recomputed (one warning line names the file).
+    Each call gets the keyword arguments ``params`` besides its ``fold`` and ``seed``. The
+    summaries come back in the order of ``jobs``, rebased onto ``workdir`` and verified: a
+    cached summary whose files are missing or damaged is recomputed (one warning line
+    names the file).
     """
     kwargs = dict(params)
-    futures: dict[PrefectFuture[dict[str, Any]], int] = {}
-    done: dict[int, PrefectFuture[dict[str, Any]]] = {}
-    queue = list(enumerate(jobs))
-    while queue or futures:
-        while queue and len(futures) < max(1, limit):
-            i, (fold, seed) = queue.pop(0)
-            futures[train.submit(**kwargs, fold=fold, seed=seed)] = i
-        finished = next(iter(as_completed(list(futures))))
-        done[futures.pop(finished)] = finished
+    results = submit_all(
+        train,
+        jobs,
+        limit=limit,
+        kwargs_of=lambda fold, seed: {**kwargs, "fold": fold, "seed": seed},
+    )
     runs = []
-    for i, (fold, seed) in enumerate(jobs):
-        summary, ok = checked(train, done[i].result(), workdir)
+    for (fold, seed), result in zip(jobs, results, strict=True):
+        summary, ok = checked(train, result, workdir)
         if not ok:
             summary = train.with_options(refresh_cache=True)(**kwargs, fold=fold, seed=seed)
         runs.append(summary)

@@ -155,3 +155,43 @@ def restore_environ() -> Iterator[None]:
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+
+
+@contextlib.contextmanager
+def s3_server(bucket: str) -> Iterator[str]:
+    """A real S3 API on 127.0.0.1 (moto's server, in a thread) holding an empty
+    ``bucket``; the environment points boto (and processes started meanwhile: Dask
+    workers) at it. Yields ``s3://<bucket>``; the server and the environment are gone after."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    saved = {name: os.environ.get(name) for name in S3_ENV}
+    try:
+        host, port = server.get_host_and_port()
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="sentio-test",
+            AWS_SECRET_ACCESS_KEY="sentio-test",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_ENDPOINT_URL=f"http://{host}:{port}",
+        )
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        yield f"s3://{bucket}"
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_bucket() -> Iterator[str]:
+    """``s3://<bucket>`` on a local S3 server for the module (see :func:`s3_server`)."""
+    with s3_server("sentio-test") as url:
+        yield url

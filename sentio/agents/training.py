@@ -56,7 +56,7 @@ from sentio.env import EnvParams, MarketData, SentioVecEnv
 from sentio.env.backtest import STAND_ASIDE
 from sentio.env.device_env import DeviceVecEnv
 from sentio.errors import ConfigError, ResourceError
-from sentio.io import atomic_path, write_json_atomic
+from sentio.io import atomic_path, sha256_file, write_json_atomic
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -372,12 +372,19 @@ def _save_checkpoint(
     save_model(model, folder / f"{CHECKPOINT_NAME}.zip")
     with atomic_path(folder / f"{CHECKPOINT_NAME}.rng") as tmp:
         tmp.write_bytes(pickle.dumps(_rng_state(env)))
+    meta = folder / f"{CHECKPOINT_NAME}.json"
     write_json_atomic(
-        folder / f"{CHECKPOINT_NAME}.json",
+        meta,
         {
             "num_timesteps": int(model.num_timesteps),
             "fingerprint": fingerprint,
             "selection": None if selection is None else selection.to_dict(),
+            # what belongs to this checkpoint (a copy elsewhere is checked against it)
+            "files": {
+                p.name: sha256_file(p)
+                for p in sorted(folder.iterdir())
+                if p.is_file() and p != meta and not p.name.startswith(".")
+            },
         },
     )
 

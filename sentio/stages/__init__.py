@@ -46,6 +46,7 @@ from sentio.stages.train import (
     reference_backtests,
     train_key,
     train_stage,
+    training_staging,
     truth_of,
 )
 
@@ -79,6 +80,7 @@ __all__ = [
     "summary_problems",
     "train_key",
     "train_stage",
+    "training_staging",
     "truth_of",
     "workdir_root",
 ]

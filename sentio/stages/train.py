@@ -185,8 +185,14 @@ def train_stage(
         key,
         workdir,
         lambda tmp, _folder: _train_into(tmp, paths, cfg, fold, seed, progress),
-        staging=f".{key}.partial",
+        staging=training_staging(key),
     )
+
+
+def training_staging(key: str) -> str:
+    """The name of training ``key``'s staging folder under ``workdir/train/`` (fixed, so a
+    killed training's checkpoints, in its ``checkpoints/``, are found by the next attempt)."""
+    return f".{key}.partial"
 
 
 def _train_into(

@@ -1,0 +1,237 @@
+"""Storage every training machine reaches, addressed by a URL: ``paths.storage``.
+
+With ``paths.storage`` set (``s3://bucket/prefix`` with ``s3fs`` installed, ``gs://...``
+with ``gcsfs``, ``file:///mnt/shared/sentio``: any fsspec URL), a training that runs on
+another machine needs nothing of the flow's working directory: the flow publishes the
+stage folders the trainings read, a worker copies them into its own cache
+(``paths.storage_cache``), trains there, pushes every checkpoint and finally the training's
+folder, and the flow copies that folder into its working directory.
+
+Layout under the root::
+
+    stages/<stage>/<key>/...            a stage folder, MANIFEST written last
+    checkpoints/<key>/<steps>/...       a training's last checkpoint, checkpoint.json last
+    prefect-results/                    the training task's Prefect results
+
+Hashes are checked on both sides: the writer records every file's sha256 in the folder's
+manifest (a checkpoint's ``checkpoint.json`` lists its own files) after checking its local
+copy, and the reader checks every file it copies against it. A folder without its manifest
+is incomplete (its writer died) and is not there for a reader. Every failure to reach the
+storage is a :class:`~sentio.errors.StorageError` naming the URL and the operation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sentio.errors import SentioError, StorageError
+from sentio.io import sha256_bytes, sha256_file, staged_folder
+
+__all__ = ["CHECKPOINT_META", "MANIFEST", "SharedStorage", "checkpoint_steps"]
+
+MANIFEST = ".sentio-manifest.json"
+"""Written last into a published stage folder: ``{relative path: sha256}`` of its files."""
+CHECKPOINT_META = "checkpoint.json"
+"""A checkpoint's record (written last); its ``files`` are the checkpoint's other files."""
+
+
+class SharedStorage:
+    """The storage root at ``url`` (fsspec)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        try:
+            import fsspec
+
+            # a fresh instance: credentials and endpoints are read now, not reused
+            self.fs, root = fsspec.core.url_to_fs(self.url, skip_instance_cache=True)
+        except ImportError as exc:
+            raise StorageError(
+                f"paths.storage {self.url}: {exc} (install the package of the URL's "
+                "filesystem, e.g. pip install s3fs for s3://)"
+            ) from None
+        except ValueError as exc:
+            raise StorageError(
+                f"paths.storage {self.url}: not a storage URL fsspec knows: {exc}"
+            ) from None
+        self.root = str(root).rstrip("/")
+
+    # ------------------------------------------------------------------ basics
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def where(self, *parts: str) -> str:
+        """The URL of ``parts`` under the root (for messages)."""
+        return "/".join([self.url, *parts])
+
+    @contextlib.contextmanager
+    def _reaching(self, what: str) -> Iterator[None]:
+        """Turn any failure of the filesystem inside the block into one StorageError."""
+        try:
+            yield
+        except SentioError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every backend raises its own kinds
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            raise StorageError(
+                f"storage {self.url}: cannot {what}: {type(exc).__name__}: {text}"
+            ) from exc
+
+    def _put(self, local: Path, remote: str) -> None:
+        self.fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)  # object stores: no-op
+        self.fs.put_file(str(local), remote)
+
+    def _pipe(self, remote: str, data: bytes) -> None:
+        self.fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.pipe_file(remote, data)
+
+    def _read_json(self, remote: str, what: str) -> dict[str, Any] | None:
+        with self._reaching(f"read {what}"):
+            if not self.fs.exists(remote):
+                return None
+            data = self.fs.cat_file(remote)
+        try:
+            value = json.loads(data)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def _get_checked(self, remote: str, local: Path, sha256: str, what: str) -> None:
+        """Copy ``remote`` to ``local`` and check it against ``sha256``."""
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with self._reaching(f"copy {what}"):
+            self.fs.get_file(remote, str(local))
+        got = sha256_file(local)
+        if got != sha256:
+            local.unlink(missing_ok=True)
+            raise StorageError(
+                f"storage {what}: sha256 {got[:12]} does not match the {sha256[:12]} its "
+                "writer recorded (damaged or overwritten in the storage); delete that folder "
+                "there and run again"
+            )
+
+    # ------------------------------------------------------------- stage folders
+    def has_stage(self, stage: str, key: str) -> bool:
+        """Whether the stage folder is published (its manifest is there)."""
+        with self._reaching(f"look for {self.where('stages', stage, key)}"):
+            return bool(self.fs.exists(self._path("stages", stage, key, MANIFEST)))
+
+    def put_stage(self, folder: Path, stage: str, key: str) -> bool:
+        """Publish the local stage folder ``folder`` as ``stages/<stage>/<key>`` unless it is
+        there already; whether anything was copied. The manifest goes last."""
+        if self.has_stage(stage, key):
+            return False
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        manifest = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
+        where = self.where("stages", stage, key)
+        with self._reaching(f"write {where}"):
+            for rel in manifest:
+                self._put(folder / rel, self._path("stages", stage, key, rel))
+            data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+            self._pipe(self._path("stages", stage, key, MANIFEST), data)
+        return True
+
+    def get_stage(self, stage: str, key: str, root: Path) -> bool:
+        """Copy ``stages/<stage>/<key>`` to ``root/<stage>/<key>`` (every file checked
+        against the manifest; files already there and matching are kept); False when it
+        is not published."""
+        manifest = self._read_json(
+            self._path("stages", stage, key, MANIFEST), self.where("stages", stage, key)
+        )
+        if manifest is None:
+            return False
+        final = root / stage / key
+        if final.is_dir() and all(
+            (final / rel).is_file() and sha256_file(final / rel) == sha
+            for rel, sha in manifest.items()
+        ):
+            return True
+        with staged_folder(final) as tmp:
+            for rel, sha in manifest.items():
+                remote = self._path("stages", stage, key, rel)
+                self._get_checked(
+                    remote, tmp / rel, str(sha), self.where("stages", stage, key, rel)
+                )
+        return True
+
+    # ---------------------------------------------------------------- checkpoints
+    def put_checkpoint(self, key: str, folder: Path) -> int | None:
+        """Publish the checkpoint in ``folder`` (a training's ``checkpoints/``) when it is
+        complete and consistent (its files match its ``checkpoint.json``), and drop the
+        older ones; its step count, or None (nothing to publish yet)."""
+        meta_path = folder / CHECKPOINT_META
+        try:
+            data = meta_path.read_bytes()
+            meta = json.loads(data)
+            steps, files = int(meta["num_timesteps"]), dict(meta["files"])
+            if any(sha256_file(folder / name) != sha for name, sha in files.items()):
+                return None  # the training is writing its next checkpoint
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if sha256_bytes(data) != sha256_bytes(meta_path.read_bytes()):
+            return None
+        base = self._path("checkpoints", key)
+        target = f"{base}/{steps:012d}"
+        with self._reaching(f"write {self.where('checkpoints', key)}"):
+            if not self.fs.exists(f"{target}/{CHECKPOINT_META}"):
+                for name in files:
+                    self._put(folder / name, f"{target}/{name}")
+                self._pipe(f"{target}/{CHECKPOINT_META}", data)
+            for older in self._checkpoint_steps(key):
+                if older < steps:
+                    self.fs.rm(f"{base}/{older:012d}", recursive=True)
+        return steps
+
+    def _checkpoint_steps(self, key: str) -> list[int]:
+        base = self._path("checkpoints", key)
+        with self._reaching(f"list {self.where('checkpoints', key)}"):
+            if not self.fs.exists(base):
+                return []
+            names = [str(p).rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False)]
+        return sorted(int(n) for n in names if n.isdigit())
+
+    def get_checkpoint(self, key: str, folder: Path) -> int | None:
+        """Copy the latest published checkpoint of training ``key`` into ``folder`` unless
+        ``folder`` holds one at least as far along; its step count, or None."""
+        here = checkpoint_steps(folder)
+        for steps in reversed(self._checkpoint_steps(key)):
+            if here is not None and here >= steps:
+                return None
+            remote = self._path("checkpoints", key, f"{steps:012d}")
+            where = self.where("checkpoints", key, f"{steps:012d}")
+            meta = self._read_json(f"{remote}/{CHECKPOINT_META}", where)
+            if meta is None:
+                continue  # its writer died before finishing it
+            tmp = folder.parent / f".{folder.name}.{uuid.uuid4().hex}.incoming"
+            try:
+                for name, sha in dict(meta["files"]).items():
+                    self._get_checked(f"{remote}/{name}", tmp / name, str(sha), f"{where}/{name}")
+                (tmp / CHECKPOINT_META).write_text(json.dumps(meta))
+                shutil.rmtree(folder, ignore_errors=True)
+                os.replace(tmp, folder)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            return steps
+        return None
+
+    def drop_checkpoints(self, key: str) -> None:
+        """Remove training ``key``'s checkpoints (it is published whole)."""
+        base = self._path("checkpoints", key)
+        with self._reaching(f"remove {self.where('checkpoints', key)}"):
+            if self.fs.exists(base):
+                self.fs.rm(base, recursive=True)
+
+
+def checkpoint_steps(folder: Path) -> int | None:
+    """The step count of the checkpoint in ``folder`` (a training's ``checkpoints/``), or None."""
+    try:
+        return int(json.loads((folder / CHECKPOINT_META).read_text())["num_timesteps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,134 @@
+"""The training fan-out's side of the shared storage (``paths.storage``, :mod:`sentio.storage`).
+
+The flow asks :func:`storage_plan` which trainings must run (a training already in its
+working directory, or published in the storage by any run on any machine, is copied here
+instead), publishes the stage folders the remote trainings read (:func:`publish_inputs`),
+and after the trainings gathers every folder from the storage, each file checked against
+the hash its writer recorded, publishing what only it has (:func:`gather_from_storage`).
+The training tasks persist their Prefect results under the same root
+(:func:`result_storage`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sentio import stages
+from sentio.config import SentioConfig
+from sentio.errors import ConfigError
+from sentio.storage import SharedStorage
+
+__all__ = ["StoragePlan", "gather_from_storage", "publish_inputs", "result_storage", "storage_plan"]
+
+INPUTS = ("bars_path", "features_path", "folds_path", "regimes_path")
+"""The training task's input files."""
+
+
+@dataclass(frozen=True)
+class StoragePlan:
+    """The trainings of a run against the shared storage."""
+
+    store: SharedStorage
+    root: Path
+    """The run's working directory (absolute)."""
+    keys: dict[tuple[int, int], str]
+    """The training key of every ``(fold, seed)``, computed on this machine."""
+    pending: list[tuple[int, int]]
+    """The trainings neither in the working directory nor in the storage."""
+
+
+def storage_plan(
+    jobs: list[tuple[int, int]], *, cfg: SentioConfig, workdir: str, params: dict[str, Any]
+) -> StoragePlan:
+    """Which of ``jobs`` must run; the others are in ``workdir`` now (copied from the
+    storage where they were only there).
+
+    Raises:
+        StorageError: the storage cannot be reached, or a file in it is damaged.
+    """
+    store = SharedStorage(str(cfg.paths.storage))
+    root = stages.workdir_root(workdir)
+    keys = {
+        (fold, seed): stages.train_key(
+            params["bars_path"],
+            params["features_path"],
+            params["folds_path"],
+            params["regimes_path"],
+            params["cfg"],
+            fold,
+            seed,
+        )
+        for fold, seed in jobs
+    }
+    pending = [
+        job
+        for job in jobs
+        if stages.stage_summary("train", keys[job], workdir) is None
+        and not store.get_stage("train", keys[job], root)
+    ]
+    return StoragePlan(store, root, keys, pending)
+
+
+def publish_inputs(plan: StoragePlan, params: dict[str, Any]) -> dict[str, str | None]:
+    """Publish the stage folders holding the trainings' inputs; each input's name in the
+    storage (``<stage>/<key>/<file>`` under its ``stages/``).
+
+    Raises:
+        ConfigError: an input is not a stage output of the run's working directory.
+        StorageError: the storage cannot be reached.
+    """
+    inputs: dict[str, str | None] = {}
+    for name in INPUTS:
+        path = params[name]
+        if path is None:
+            inputs[name] = None
+            continue
+        folder = Path(path).parent
+        try:
+            rel = folder.relative_to(plan.root)
+        except ValueError:
+            rel = Path()
+        if len(rel.parts) != 2:
+            raise ConfigError(
+                f"train: {name} {path} is not a stage output of the working directory "
+                f"{plan.root}, so it cannot be published to {plan.store.url}"
+            )
+        plan.store.put_stage(folder, *rel.parts)
+        inputs[name] = f"{rel.as_posix()}/{Path(path).name}"
+    return inputs
+
+
+def gather_from_storage(
+    plan: StoragePlan, jobs: list[tuple[int, int]], *, workdir: str
+) -> list[dict[str, Any]]:
+    """The summaries of ``jobs`` in the working directory (in their order), copying from
+    the storage what is only there and publishing what is only here.
+
+    Raises:
+        RuntimeError: a training that ran is neither here nor complete in the storage.
+        StorageError: the storage cannot be reached, or a file in it is damaged.
+    """
+    summaries = []
+    for fold, seed in jobs:
+        key = plan.keys[(fold, seed)]
+        summary = stages.stage_summary("train", key, workdir)
+        if summary is None and plan.store.get_stage("train", key, plan.root):
+            summary = stages.stage_summary("train", key, workdir)
+        if summary is None:
+            raise RuntimeError(
+                f"train fold {fold} seed {seed}: the training completed, but its folder "
+                f"{plan.store.where('stages', 'train', key)} is not complete in the storage"
+            )
+        plan.store.put_stage(plan.root / "train" / key, "train", key)
+        summaries.append(summary)
+    return summaries
+
+
+def result_storage(url: str) -> Any:
+    """Prefect result storage under the storage's root (``prefect-results``): a
+    file-system block every worker can write (not saved on the server)."""
+    from prefect.filesystems import RemoteFileSystem
+
+    return RemoteFileSystem(basepath=SharedStorage(url).where("prefect-results"))
