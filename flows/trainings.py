@@ -166,6 +166,8 @@ def _dask_runner(cfg: SentioConfig) -> Any:
 def _non_daemonic_workers() -> Iterator[None]:
     """Worker processes a LocalCluster starts inside the block may start processes."""
     import dask
+    import distributed  # noqa: F401 - its defaults must be in dask's config before the
+    # block: leaving a dask.config.set removes the keys that were not there on entering
 
     with dask.config.set({"distributed.worker.daemon": False}):
         yield
@@ -308,8 +310,9 @@ def _through_storage(
     elif plan.pending:
         inputs = publish_inputs(plan, params)
         if cfg.train.executor == "dask":
+            runner = _dask_runner(cfg)
             with _non_daemonic_workers():
-                nested = trainings_flow.with_options(task_runner=_dask_runner(cfg))
+                nested = trainings_flow.with_options(task_runner=runner)
                 nested(
                     plan.pending,
                     workdir=workdir,

@@ -197,6 +197,15 @@ class SharedStorage:
             names = [str(p).rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False)]
         return sorted(int(n) for n in names if n.isdigit())
 
+    def latest_checkpoint(self, key: str) -> int | None:
+        """The step count of training ``key``'s latest complete checkpoint in the storage."""
+        for steps in reversed(self._checkpoint_steps(key)):
+            remote = self._path("checkpoints", key, f"{steps:012d}", CHECKPOINT_META)
+            with self._reaching(f"look for {self.where('checkpoints', key)}"):
+                if self.fs.exists(remote):
+                    return steps
+        return None
+
     def get_checkpoint(self, key: str, folder: Path) -> int | None:
         """Copy the latest published checkpoint of training ``key`` into ``folder`` unless
         ``folder`` holds one at least as far along; its step count, or None."""

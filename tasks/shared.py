@@ -18,6 +18,7 @@ from typing import Any
 from sentio import stages
 from sentio.config import SentioConfig
 from sentio.errors import ConfigError
+from sentio.io import sha256_bytes
 from sentio.storage import SharedStorage
 
 __all__ = ["StoragePlan", "gather_from_storage", "publish_inputs", "result_storage", "storage_plan"]
@@ -76,7 +77,7 @@ def publish_inputs(plan: StoragePlan, params: dict[str, Any]) -> dict[str, str |
     storage (``<stage>/<key>/<file>`` under its ``stages/``).
 
     Raises:
-        ConfigError: an input is not a stage output of the run's working directory.
+        ConfigError: an input is not a stage output (a file of a stage folder).
         StorageError: the storage cannot be reached.
     """
     inputs: dict[str, str | None] = {}
@@ -85,16 +86,14 @@ def publish_inputs(plan: StoragePlan, params: dict[str, Any]) -> dict[str, str |
         if path is None:
             inputs[name] = None
             continue
-        folder = Path(path).parent
-        try:
-            rel = folder.relative_to(plan.root)
-        except ValueError:
-            rel = Path()
-        if len(rel.parts) != 2:
+        folder = Path(path).parent  # <workdir>/<stage>/<key>/
+        if not (folder / stages.STAGE_SUMMARY).is_file():
             raise ConfigError(
-                f"train: {name} {path} is not a stage output of the working directory "
-                f"{plan.root}, so it cannot be published to {plan.store.url}"
+                f"train: {name} {path} is not in a stage folder (no "
+                f"{stages.STAGE_SUMMARY} beside it), so it cannot be published to "
+                f"{plan.store.url}"
             )
+        rel = Path(folder.parent.name, folder.name)
         plan.store.put_stage(folder, *rel.parts)
         inputs[name] = f"{rel.as_posix()}/{Path(path).name}"
     return inputs
@@ -127,8 +126,12 @@ def gather_from_storage(
 
 
 def result_storage(url: str) -> Any:
-    """Prefect result storage under the storage's root (``prefect-results``): a
-    file-system block every worker can write (not saved on the server)."""
+    """Prefect result storage under the storage's root (``prefect-results``): a remote
+    file-system block, saved on the Prefect server under a name derived from the URL
+    (Prefect requires a saved block for task results; saving again changes nothing)."""
     from prefect.filesystems import RemoteFileSystem
 
-    return RemoteFileSystem(basepath=SharedStorage(url).where("prefect-results"))
+    where = SharedStorage(url).where("prefect-results")
+    block = RemoteFileSystem(basepath=where)
+    block.save(f"sentio-results-{sha256_bytes(where.encode())[:16]}", overwrite=True)
+    return block

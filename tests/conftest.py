@@ -165,9 +165,12 @@ def s3_server(bucket: str) -> Iterator[str]:
     """A real S3 API on 127.0.0.1 (moto's server, in a thread) holding an empty
     ``bucket``; the environment points boto (and processes started meanwhile: Dask
     workers) at it. Yields ``s3://<bucket>``; the server and the environment are gone after."""
+    import logging
+
     import boto3
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     saved = {name: os.environ.get(name) for name in S3_ENV}

@@ -23,9 +23,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY_FOR_FLOWS = {"sentio.config", "sentio.orchestration", "sentio.errors"}
 """The parts of the library a flow may use: settings, Prefect environment, errors."""
-THIRD_PARTY_FOR_FLOWS = {"prefect", "prefect_dask", "dask", "httpx"}
-"""prefect_dask / dask: the training fan-out on a Dask cluster (its task runner, worker
-resources); httpx: the local server helper polls the Prefect API's health endpoint."""
+THIRD_PARTY_FOR_FLOWS = {"prefect", "prefect_dask", "dask", "distributed", "httpx"}
+"""prefect_dask / dask / distributed: the training fan-out on a Dask cluster (its task
+runner, worker resources, the cluster's configuration); httpx: the local server helper polls the Prefect API's health endpoint."""
 ORCHESTRATION = ("prefect", "prefect_dask", "dask", "distributed", "tasks")
 """What the library never imports."""
 

@@ -54,14 +54,21 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
-def config(executor: str) -> SentioConfig:
-    """The small trainings' settings on ``executor``: two at a time either way."""
+def config(executor: str, storage: tuple[str, Path] | None = None) -> SentioConfig:
+    """The small trainings' settings on ``executor``: two at a time either way; with
+    ``storage`` = (URL, cache folder), through that shared storage."""
     train: dict[str, Any] = {**cast(dict[str, Any], SHORT_WINDOWS["train"])}
     train.update(max_parallel=2, executor=executor)
-    return config_from_dict({**SHORT_WINDOWS, "train": train})
+    paths = {} if storage is None else {"storage": storage[0], "storage_cache": str(storage[1])}
+    return config_from_dict({**SHORT_WINDOWS, "train": train, "paths": paths})
 
 
-def fan_out(inputs: dict[str, Any], workdir: Path, executor: str) -> tuple[str, list[dict]]:
+def fan_out(
+    inputs: dict[str, Any],
+    workdir: Path,
+    executor: str,
+    storage: tuple[str, Path] | None = None,
+) -> tuple[str, list[dict]]:
     """The run's fan-out inside a flow of its own (as the nightly flow calls it): its
     flow run id and the training summaries."""
     from prefect import flow
@@ -69,7 +76,7 @@ def fan_out(inputs: dict[str, Any], workdir: Path, executor: str) -> tuple[str, 
 
     from flows.trainings import run_trainings
 
-    cfg = config(executor)
+    cfg = config(executor, storage)
 
     @flow(name="scale-out-test")
     def run() -> tuple[str, list[dict[str, Any]]]:
@@ -277,5 +284,148 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_training_resumes(
     assert resumed["train"]["num_timesteps"] == 4096
     assert stray_processes() == []
     (whole,) = run(settings("local"), tmp_path / "whole")
+    assert whole["train"]["resumed_from"] == 0
+    assert sha256_file(resumed["model"]) == sha256_file(whole["model"])
+
+
+def keys_of(inputs: dict[str, Any], cfg: SentioConfig) -> list[str]:
+    from sentio import stages
+
+    paths = inputs["paths"]
+    return [
+        stages.train_key(
+            paths["bars_path"],
+            paths["features_path"],
+            paths["folds_path"],
+            paths["regimes_path"],
+            cfg,
+            fold,
+            seed,
+        )
+        for fold, seed in inputs["jobs"]
+    ]
+
+
+def test_trainings_through_s3_equal_the_local_ones_and_any_run_reuses_them(
+    prefect_api: Path,
+    inputs: dict[str, Any],
+    tmp_path: Path,
+    s3_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``paths.storage`` on a real S3 API: the Dask workers train in their own cache from
+    the inputs the run published, the run copies the trainings back from S3, the models
+    equal the local executor's, and a training published there (by a run on Dask, or a
+    local run's) is taken from the storage by the next run, whatever its executor."""
+    import uuid
+
+    import flows.trainings
+    from sentio.storage import SharedStorage
+
+    n = len(inputs["jobs"])
+    url, cache = f"{s3_bucket}/{uuid.uuid4().hex}", tmp_path / "worker-cache"
+    on_dask, dask_runs = fan_out(inputs, tmp_path / "a", "dask", storage=(url, cache))
+    assert train_states(on_dask, n) == ["Completed"] * n
+    store = SharedStorage(url)
+    keys = keys_of(inputs, config("dask"))
+    assert [r["key"] for r in dask_runs] == keys
+    for run in dask_runs:  # trained in the workers' cache, copied here through S3
+        assert (cache / "train" / run["key"] / "model.zip").is_file()
+        assert Path(run["model"]).is_relative_to((tmp_path / "a").resolve())
+        assert store.has_stage("train", run["key"])
+    for name in ("bars_path", "features_path", "folds_path", "regimes_path"):
+        folder = Path(inputs["paths"][name]).parent
+        assert store.has_stage(folder.parent.name, folder.name), name
+    assert store.fs.find(f"{store.root}/prefect-results"), "no Prefect results in the storage"
+    assert store.fs.find(f"{store.root}/checkpoints") == []  # dropped once published
+    on_local, local_runs = fan_out(inputs, tmp_path / "b", "local")
+    assert train_states(on_local, n) == ["Completed"] * n
+    assert models(dask_runs) == models(local_runs)
+
+    def no_training(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a training ran although the storage or the workdir has it")
+
+    monkeypatch.setattr(flows.trainings, "train_all", no_training)
+    monkeypatch.setattr(flows.trainings, "trainings_flow", no_training)
+    # a local run elsewhere takes every training from the storage
+    _, reused = fan_out(inputs, tmp_path / "c", "local", storage=(url, tmp_path / "unused"))
+    assert models(reused) == models(dask_runs)
+    assert all(Path(r["model"]).is_relative_to((tmp_path / "c").resolve()) for r in reused)
+    # a local run's trainings (workdir b) are published by its next run with storage...
+    other = f"{s3_bucket}/{uuid.uuid4().hex}"
+    fan_out(inputs, tmp_path / "b", "dask", storage=(other, tmp_path / "cache-2"))
+    assert all(SharedStorage(other).has_stage("train", key) for key in keys)
+    # ...and a Dask run on another workdir takes them from there
+    _, reused = fan_out(inputs, tmp_path / "d", "dask", storage=(other, tmp_path / "cache-3"))
+    assert models(reused) == models(local_runs)
+    assert stray_processes() == []
+
+
+def test_a_killed_worker_s_training_resumes_elsewhere_from_the_storage_checkpoint(
+    prefect_api: Path, inputs: dict[str, Any], tmp_path: Path, s3_bucket: str
+) -> None:
+    """SIGKILL the Dask worker training through S3 once a checkpoint is in the storage and
+    delete what it had locally (as if the retry ran on another machine): the training
+    resumes from the storage's checkpoint, and the model is an uninterrupted training's."""
+    import os
+    import shutil
+    import signal
+    import threading
+    import uuid
+
+    import psutil
+    from prefect import flow
+
+    from flows.trainings import run_trainings
+    from sentio import stages
+    from sentio.storage import SharedStorage
+
+    url, cache = f"{s3_bucket}/{uuid.uuid4().hex}", tmp_path / "worker-cache"
+
+    def settings(executor: str, storage: bool) -> SentioConfig:
+        train: dict[str, Any] = {**cast(dict[str, Any], SHORT_WINDOWS["train"])}
+        train.update(total_timesteps=4096, checkpoint_every=256, max_parallel=2)
+        train["executor"] = executor
+        paths = {"storage": url, "storage_cache": str(cache)} if storage else {}
+        return config_from_dict({**SHORT_WINDOWS, "train": train, "paths": paths})
+
+    (key,) = keys_of({**inputs, "jobs": [(0, 0)]}, settings("dask", True))
+    killed: list[int] = []
+
+    def kill_once_the_storage_has_a_checkpoint() -> None:
+        store = SharedStorage(url)
+        deadline = time.monotonic() + 180.0
+        while time.monotonic() < deadline and not killed:
+            if store.latest_checkpoint(key) is not None:
+                workers = []
+                for proc in psutil.Process().children():
+                    with contextlib.suppress(psutil.Error):
+                        if "spawn_main" in " ".join(proc.cmdline()):
+                            workers.append((sum(proc.cpu_times()[:2]), proc.pid))
+                if workers:
+                    os.kill(max(workers)[1], signal.SIGKILL)
+                    killed.append(max(workers)[1])
+                    # the machine is gone: nothing of its own checkpoints is left
+                    shutil.rmtree(cache / "train" / stages.training_staging(key))
+                    return
+            time.sleep(0.05)
+
+    @flow(name="scale-out-storage-kill")
+    def run(cfg: SentioConfig, where: Path) -> list[dict[str, Any]]:
+        params = {**inputs["paths"], "cfg": cfg, "workdir": str(where)}
+        return run_trainings(
+            [(0, 0)], cfg=cfg, workdir=str(where), params=params, storage=str(where / "results")
+        )
+
+    killer = threading.Thread(target=kill_once_the_storage_has_a_checkpoint, daemon=True)
+    killer.start()
+    (resumed,) = run(settings("dask", True), tmp_path / "killed")
+    killer.join(timeout=1.0)
+    assert killed, "no worker was killed: the training ended before a checkpoint was stored"
+    assert resumed["train"]["resumed_from"] >= 256
+    assert resumed["train"]["num_timesteps"] == 4096
+    assert SharedStorage(url)._checkpoint_steps(key) == []
+    assert stray_processes() == []
+    (whole,) = run(settings("local", False), tmp_path / "whole")
     assert whole["train"]["resumed_from"] == 0
     assert sha256_file(resumed["model"]) == sha256_file(whole["model"])

@@ -111,6 +111,7 @@ def test_the_latest_checkpoint_goes_up_and_replaces_the_older(
     checkpoint(here, 512)
     assert storage.put_checkpoint("key", here) == 512
     assert storage._checkpoint_steps("key") == [512]  # the older one is gone
+    assert storage.latest_checkpoint("key") == 512
     assert storage.get_checkpoint("key", there) == 512
     assert checkpoint_steps(there) == 512
     assert files_of(there) == files_of(here)
@@ -129,6 +130,7 @@ def test_a_checkpoint_caught_mid_write_is_not_published(
     (here / "checkpoint.zip").write_bytes(os.urandom(2048))  # the next one, half written
     assert storage.put_checkpoint("key", here) is None
     assert storage._checkpoint_steps("key") == []
+    assert storage.latest_checkpoint("key") is None
 
 
 def test_a_damaged_checkpoint_in_the_storage_is_refused(
