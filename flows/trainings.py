@@ -29,6 +29,13 @@ one fails the training with a message saying so). The working directory (inputs,
 checkpoints, models, Prefect results) must be reachable at the same path from every
 worker.
 
+With ``paths.storage`` (a URL every machine reaches), the trainings go through that
+storage instead of a shared working directory (:mod:`tasks.shared`, :mod:`sentio.storage`):
+a training already here or published there is copied, not trained; the others run on the
+executor (``dask`` and ``deployment`` workers copy the published inputs into their own
+``paths.storage_cache``, train there, push checkpoints and publish the result, which the
+run copies back, every file checked against its hash).
+
 The training task's cache key is the content of its inputs, its settings and its code,
 never the executor (:data:`sentio.config.PLACEMENT_SETTINGS`), so a training one executor
 did is a cache hit for the other.

@@ -20,6 +20,7 @@ from sentio.config import SentioConfig
 from sentio.errors import ConfigError
 from sentio.io import sha256_bytes
 from sentio.storage import SharedStorage
+from tasks.train import training_key
 
 __all__ = ["StoragePlan", "gather_from_storage", "publish_inputs", "result_storage", "storage_plan"]
 
@@ -51,18 +52,7 @@ def storage_plan(
     """
     store = SharedStorage(str(cfg.paths.storage))
     root = stages.workdir_root(workdir)
-    keys = {
-        (fold, seed): stages.train_key(
-            params["bars_path"],
-            params["features_path"],
-            params["folds_path"],
-            params["regimes_path"],
-            params["cfg"],
-            fold,
-            seed,
-        )
-        for fold, seed in jobs
-    }
+    keys = {(fold, seed): training_key(params, fold, seed) for fold, seed in jobs}
     pending = [
         job
         for job in jobs
@@ -129,9 +119,15 @@ def result_storage(url: str) -> Any:
     """Prefect result storage under the storage's root (``prefect-results``): a remote
     file-system block, saved on the Prefect server under a name derived from the URL
     (Prefect requires a saved block for task results; saving again changes nothing)."""
-    from prefect.filesystems import RemoteFileSystem
+    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 
-    where = SharedStorage(url).where("prefect-results")
-    block = RemoteFileSystem(basepath=where)
+    store = SharedStorage(url)
+    where = store.where("prefect-results")
+    protocols = store.fs.protocol if isinstance(store.fs.protocol, tuple) else (store.fs.protocol,)
+    block: Any
+    if "file" in protocols:  # a shared folder by file:// URL (a mount every machine has)
+        block = LocalFileSystem(basepath=f"{store.root}/prefect-results")
+    else:
+        block = RemoteFileSystem(basepath=where)
     block.save(f"sentio-results-{sha256_bytes(where.encode())[:16]}", overwrite=True)
     return block

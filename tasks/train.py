@@ -52,19 +52,25 @@ def retry_unless_user_error(task: Task[..., Any], task_run: TaskRun, state: Stat
     return not isinstance(exc, SentioError) and not (exc is not None and is_disk_full(exc))
 
 
+def training_key(params: Mapping[str, Any], fold: int, seed: int) -> str:
+    """The training key of ``(fold, seed)`` on the training task's inputs and settings
+    ``params`` (:func:`sentio.stages.train_key`)."""
+    return stages.train_key(
+        params["bars_path"],
+        params["features_path"],
+        params["folds_path"],
+        params["regimes_path"],
+        params["cfg"],
+        fold,
+        seed,
+    )
+
+
 def _options() -> dict[str, Any]:
     options = stage_task_options(
         content_cache_policy(
             "train",
-            lambda p: stages.train_key(
-                p["bars_path"],
-                p["features_path"],
-                p["folds_path"],
-                p["regimes_path"],
-                p["cfg"],
-                p["fold"],
-                p["seed"],
-            ),
+            lambda p: training_key(p, p["fold"], p["seed"]),
         )
     )
     options.update(retries=TRAIN_RETRIES, retry_condition_fn=retry_unless_user_error)
@@ -331,15 +337,7 @@ def summary_from_storage(
         ConfigError: the training's folder is not there or does not verify on this
             machine: the working directory is not storage every worker shares.
     """
-    key = stages.train_key(
-        params["bars_path"],
-        params["features_path"],
-        params["folds_path"],
-        params["regimes_path"],
-        params["cfg"],
-        fold,
-        seed,
-    )
+    key = training_key(params, fold, seed)
     summary = stages.stage_summary("train", key, params["workdir"])
     if summary is None:
         folder = stages.workdir_root(params["workdir"]) / "train" / key

@@ -518,9 +518,11 @@ def _fan_out(
     jobs: list[tuple[int, int]],
     workdir: Path,
     executor: str,
+    paths: dict[str, str] | None = None,
 ) -> tuple[str, list[dict[str, Any]]]:
-    """The run's training fan-out on ``executor`` inside a flow of this process, against
-    the server: the flow run's id and the training summaries."""
+    """The run's training fan-out on ``executor`` (with the ``paths`` settings) inside a
+    flow of this process, against the server: the flow run's id and the training
+    summaries."""
     from prefect import flow
     from prefect.runtime import flow_run
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -530,7 +532,7 @@ def _fan_out(
 
     train: dict[str, Any] = {**cast(dict[str, Any], SHORT_WINDOWS["train"])}
     train["executor"] = executor
-    cfg = config_from_dict({**SHORT_WINDOWS, "train": train})
+    cfg = config_from_dict({**SHORT_WINDOWS, "train": train, "paths": paths or {}})
 
     @flow(name=f"fan-out-{executor}")
     def parent() -> tuple[str, list[dict[str, Any]]]:
@@ -589,8 +591,11 @@ def test_deployment_executor_runs_every_training_as_a_flow_run_on_a_pool_worker(
         "PREFECT_WORKER_PREFETCH_SECONDS": "1",
     }
     worker = _spawn([PREFECT, "worker", "start", "--pool", "sentio-process"], env, log)
+    shared = {"storage": (tmp_path / "bucket").as_uri(), "storage_cache": str(tmp_path / "w")}
     try:
         parent_id, runs = _fan_out(server, inputs, jobs, wd, "deployment")
+        # through storage by URL: the worker trains in its own cache, the run copies back
+        _, via_url = _fan_out(server, inputs, jobs, tmp_path / "by-url", "deployment", shared)
     except Exception:
         print(_tail(log))
         raise
@@ -621,3 +626,9 @@ def test_deployment_executor_runs_every_training_as_a_flow_run_on_a_pool_worker(
     _, local = _fan_out(server, inputs, jobs, tmp_path / "local", "local")
     assert [sha256_file(r["model"]) for r in runs] == [sha256_file(r["model"]) for r in local]
     assert all(Path(r["model"]).is_relative_to(wd) for r in runs)
+    assert [sha256_file(r["model"]) for r in via_url] == [sha256_file(r["model"]) for r in local]
+    for run in via_url:
+        assert Path(run["model"]).is_relative_to((tmp_path / "by-url").resolve())
+        assert (tmp_path / "w" / "train" / run["key"] / "model.zip").is_file()
+        assert (tmp_path / "bucket" / "stages" / "train" / run["key"]).is_dir()
+    assert any((tmp_path / "bucket" / "prefect-results").iterdir())  # results follow the root

@@ -142,6 +142,25 @@ def stray_processes() -> list[str]:
     return _wait_for(alive, lambda found: not found, timeout=15.0)
 
 
+def kill_the_busy_worker() -> list[int]:
+    """SIGKILL the busiest of this process's Dask workers (the one training, in its own
+    process; the other one waits): its pid, or nothing when there is no worker yet."""
+    import os
+    import signal
+
+    import psutil
+
+    workers = []
+    for proc in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if "spawn_main" in " ".join(proc.cmdline()):
+                workers.append((sum(proc.cpu_times()[:2]), proc.pid))
+    if not workers:
+        return []
+    os.kill(max(workers)[1], signal.SIGKILL)
+    return [max(workers)[1]]
+
+
 def models(runs: list[dict[str, Any]]) -> list[tuple[int, int, str]]:
     return [(r["fold"], r["seed"], sha256_file(r["model"])) for r in runs]
 
@@ -232,11 +251,7 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_training_resumes(
     """SIGKILL the Dask worker holding a training once it has checkpointed: Dask runs the
     task again on a worker, the training resumes from its checkpoint in the working
     directory, and the model is the one an uninterrupted training makes."""
-    import os
-    import signal
     import threading
-
-    import psutil
 
     from flows.trainings import run_trainings
 
@@ -254,15 +269,8 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_training_resumes(
         while time.monotonic() < deadline and not killed:
             staging = list((workdir / "train").glob(".*")) if (workdir / "train").is_dir() else []
             if any(p.name == "checkpoint.json" for d in staging for p in d.rglob("*")):
-                workers = []
-                for proc in psutil.Process().children():
-                    with contextlib.suppress(psutil.Error):
-                        if "spawn_main" in " ".join(proc.cmdline()):
-                            workers.append((sum(proc.cpu_times()[:2]), proc.pid))
-                if workers:
-                    # the busy one trains (in its own process); the other one waits
-                    os.kill(max(workers)[1], signal.SIGKILL)
-                    killed.append(max(workers)[1])
+                killed.extend(kill_the_busy_worker())
+                if killed:
                     return
             time.sleep(0.05)
 
@@ -367,13 +375,10 @@ def test_a_killed_worker_s_training_resumes_elsewhere_from_the_storage_checkpoin
     """SIGKILL the Dask worker training through S3 once a checkpoint is in the storage and
     delete what it had locally (as if the retry ran on another machine): the training
     resumes from the storage's checkpoint, and the model is an uninterrupted training's."""
-    import os
     import shutil
-    import signal
     import threading
     import uuid
 
-    import psutil
     from prefect import flow
 
     from flows.trainings import run_trainings
@@ -397,14 +402,8 @@ def test_a_killed_worker_s_training_resumes_elsewhere_from_the_storage_checkpoin
         deadline = time.monotonic() + 180.0
         while time.monotonic() < deadline and not killed:
             if store.latest_checkpoint(key) is not None:
-                workers = []
-                for proc in psutil.Process().children():
-                    with contextlib.suppress(psutil.Error):
-                        if "spawn_main" in " ".join(proc.cmdline()):
-                            workers.append((sum(proc.cpu_times()[:2]), proc.pid))
-                if workers:
-                    os.kill(max(workers)[1], signal.SIGKILL)
-                    killed.append(max(workers)[1])
+                killed.extend(kill_the_busy_worker())
+                if killed:
                     # the machine is gone: nothing of its own checkpoints is left
                     shutil.rmtree(cache / "train" / stages.training_staging(key))
                     return
