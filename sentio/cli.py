@@ -19,7 +19,7 @@ import typer.core
 
 from sentio import __version__
 from sentio.config import SentioConfig, dump_config, load_config, option_help, with_overrides
-from sentio.errors import ResourceError, SentioError
+from sentio.errors import ConfigError, ResourceError, SentioError
 
 
 def _flags_take_no_value() -> None:
@@ -475,6 +475,45 @@ def serve(
         paper=paper,
         workdir=str(wd) if workdir else None,
     )
+
+
+@app.command("gc")
+@user_errors
+def gc(
+    config: ConfigOpt = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="The working directory to clean (paths.workdir).", show_default=False),
+    ] = None,
+    keep_runs: Annotated[
+        int, typer.Option("--keep-runs", help="Keep what the last N runs reference.")
+    ] = 7,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would go and its size; remove nothing.")
+    ] = False,
+) -> None:
+    """Remove stage outputs, run folders and Prefect results that no run among the last N
+    and no registered model version references (never the registry or the paper ledgers)."""
+    from sentio.gc import apply_gc, describe, plan_gc
+    from sentio.registry import default_root
+    from sentio.workdir import WorkdirLock
+
+    cfg = _config(config, {"paths.workdir": str(workdir) if workdir else None})
+    wd = Path(cfg.paths.workdir).expanduser()
+    if not wd.is_dir():
+        raise ConfigError(f"gc: {wd} is not a working directory (no such folder)")
+    with WorkdirLock(
+        wd,
+        owner="sentio gc",
+        on_busy=cfg.paths.on_busy,
+        timeout=cfg.paths.busy_timeout,
+        notify=lambda line: typer.echo(line, err=True),
+    ):
+        plan = plan_gc(wd, keep_runs=keep_runs, registry=default_root(cfg))
+        if not dry_run:
+            apply_gc(plan)
+    for line in describe(plan, dry_run=dry_run):
+        typer.echo(line)
 
 
 @app.command("config")

@@ -11,7 +11,7 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["MISSING", "format_number"]
+__all__ = ["MISSING", "format_bytes", "format_number"]
 
 MISSING = "n/a"
 """The text of a missing number in the report and the registry decision."""
@@ -36,3 +36,13 @@ def format_number(value: Any, digits: int = 3, *, missing: str = MISSING) -> str
         return missing
     number = float(value)
     return f"{number:.{digits}f}" if math.isfinite(number) else missing
+
+
+def format_bytes(size: int) -> str:
+    """A size in bytes as people read it: ``812 B``, ``4.2 kB``, ``1.3 GB`` (powers of 1000)."""
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,221 @@
+"""What a working directory no longer needs, and removing it (``sentio gc``).
+
+Every nightly run adds content-addressed stage folders (``<workdir>/<stage>/<key>/``), a
+run folder (``runs/<name>/``: its record and report) and Prefect results
+(``prefect-results/``, the tasks' cache records). :func:`plan_gc` keeps
+
+* the run folders of the last ``keep_runs`` runs (by their start time) and of every run a
+  registered model version came from;
+* every stage folder one of those run records names, or a registered version names
+  (its training's folder, by key);
+* every Prefect result that names only kept folders; a result naming no folder at all
+  (a failure, a non-stage task) only while it is younger than the oldest kept run;
+
+and marks the rest for removal, with the unfinished staging folders of removed keys (a
+killed training's checkpoints). It never touches the model registry, the paper-trading
+ledgers, the lock file or anything it does not recognise. :func:`apply_gc` removes what a
+plan lists; :class:`~sentio.workdir.WorkdirLock` keeps runs out meanwhile (the CLI takes it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sentio.errors import ConfigError, SentioError
+
+__all__ = ["CACHED_STAGES", "GcPlan", "Removal", "apply_gc", "describe", "plan_gc"]
+
+CACHED_STAGES = ("ingest", "features", "folds", "regimes", "train")
+"""The stages whose outputs are content-addressed folders ``<workdir>/<stage>/<key>/``."""
+RUNS = "runs"
+RESULTS = "prefect-results"
+_REFERENCE = re.compile(
+    r"[/\\](" + "|".join(CACHED_STAGES) + r")[/\\]([0-9a-f]{16,64})(?![0-9a-f])"
+)
+_RUN_REFERENCE = re.compile(r"[/\\]" + RUNS + r"[/\\]([^/\\\"']+)")
+_STAGING = re.compile(r"^\.([0-9a-f]{16,64})(?:\.partial|\..+\.tmp)$")
+
+
+@dataclass(frozen=True)
+class Removal:
+    """One thing a plan removes."""
+
+    path: Path
+    kind: str
+    """``stage folder``, ``staging folder``, ``run folder`` or ``Prefect result``."""
+    size: int
+    """Bytes on disk (the files' sizes)."""
+
+
+@dataclass
+class GcPlan:
+    """What :func:`plan_gc` keeps and removes."""
+
+    workdir: Path
+    kept_runs: list[str]
+    versions: int
+    """Registered model versions whose references were kept."""
+    removals: list[Removal] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(r.size for r in self.removals)
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """``{kind: (count, bytes)}`` of the removals."""
+        out: dict[str, tuple[int, int]] = {}
+        for r in self.removals:
+            n, b = out.get(r.kind, (0, 0))
+            out[r.kind] = (n + 1, b + r.size)
+        return out
+
+
+def plan_gc(workdir: str | os.PathLike[str], *, keep_runs: int, registry: Path) -> GcPlan:
+    """What to remove from ``workdir`` keeping the last ``keep_runs`` runs and whatever the
+    registered versions under ``registry`` reference.
+
+    Raises:
+        ConfigError: ``keep_runs`` below 1, or ``workdir`` is not a folder.
+    """
+    if keep_runs < 1:
+        raise ConfigError(f"gc: --keep-runs must be at least 1 (got {keep_runs})")
+    root = Path(workdir).expanduser().resolve()
+    if not root.is_dir():
+        raise ConfigError(f"gc: {root} is not a working directory (no such folder)")
+    runs = _runs_newest_first(root / RUNS)
+    kept = runs[:keep_runs]
+    stages: set[tuple[str, str]] = set()
+    run_names = {name for name, _, _ in kept}
+    for _, _, record in kept:
+        stages |= _stage_references(record)
+    versions = 0
+    for manifest in sorted((Path(registry) / "versions").glob("*/manifest.json")):
+        text = _read(manifest)
+        versions += 1
+        stages |= _stage_references(text)
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = {}
+        extra = data.get("extra") if isinstance(data, dict) else None
+        if isinstance(extra, dict):
+            if isinstance(extra.get("train_key"), str):
+                stages.add(("train", extra["train_key"]))
+            if isinstance(extra.get("run"), str):
+                run_names.add(extra["run"])
+    oldest = min((started for _, started, _ in kept), default=None)
+    plan = GcPlan(root, [name for name, _, _ in kept], versions)
+    plan.removals += _stage_removals(root, stages)
+    plan.removals += [
+        Removal(root / RUNS / name, "run folder", _size(root / RUNS / name))
+        for name, _, _ in runs
+        if name not in run_names
+    ]
+    plan.removals += _result_removals(root / RESULTS, stages, run_names, oldest)
+    return plan
+
+
+def apply_gc(plan: GcPlan) -> None:
+    """Remove everything ``plan`` lists (already gone: nothing to do)."""
+    for removal in plan.removals:
+        if removal.path.is_dir():
+            shutil.rmtree(removal.path)
+        else:
+            removal.path.unlink(missing_ok=True)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _runs_newest_first(folder: Path) -> list[tuple[str, float, str]]:
+    """``(name, start time, record text)`` of every run folder, newest first (its record's
+    ``started``, else the folder's modification time)."""
+    from sentio.times import as_utc
+
+    runs = []
+    for run in folder.iterdir() if folder.is_dir() else []:
+        if not run.is_dir():
+            continue
+        text = _read(run / "run.json")
+        started = run.stat().st_mtime
+        try:
+            stamp = json.loads(text).get("started")
+            started = as_utc(stamp, "started").timestamp() if stamp else started
+        except (ValueError, AttributeError, TypeError, SentioError):
+            pass  # no readable start time: the folder's
+        runs.append((run.name, started, text))
+    return sorted(runs, key=lambda r: (r[1], r[0]), reverse=True)
+
+
+def _stage_references(text: str) -> set[tuple[str, str]]:
+    return {(m.group(1), m.group(2)) for m in _REFERENCE.finditer(text)}
+
+
+def _stage_removals(root: Path, kept: set[tuple[str, str]]) -> list[Removal]:
+    out = []
+    for stage in CACHED_STAGES:
+        folder = root / stage
+        for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if not entry.is_dir():
+                continue
+            staging = _STAGING.match(entry.name)
+            key = staging.group(1) if staging else entry.name
+            if (stage, key) in kept:
+                continue
+            kind = "staging folder" if staging else "stage folder"
+            out.append(Removal(entry, kind, _size(entry)))
+    return out
+
+
+def _result_removals(
+    folder: Path, kept: set[tuple[str, str]], runs: set[str], oldest: float | None
+) -> list[Removal]:
+    """The Prefect results naming a folder that is not kept, and those naming none that
+    are older than the oldest kept run."""
+    out = []
+    for result in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if not result.is_file():
+            continue
+        text = _read(result)
+        stages = _stage_references(text)
+        named_runs = set(_RUN_REFERENCE.findall(text))
+        if stages or named_runs:
+            if stages <= kept and named_runs <= runs:
+                continue
+        elif oldest is not None and result.stat().st_mtime >= oldest:
+            continue
+        out.append(Removal(result, "Prefect result", result.stat().st_size))
+    return out
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def describe(plan: GcPlan, *, dry_run: bool) -> list[str]:
+    """The lines ``sentio gc`` prints about ``plan``."""
+    from sentio.text import format_bytes
+
+    verb = "would remove" if dry_run else "removed"
+    lines = [
+        f"{plan.workdir}: keeping the last {len(plan.kept_runs)} runs and what "
+        f"{plan.versions} registered versions reference"
+    ]
+    if not plan.removals:
+        return [*lines, "nothing to remove"]
+    parts = [f"{n} {kind}s ({format_bytes(b)})" for kind, (n, b) in sorted(plan.counts().items())]
+    lines.append(f"{verb} {', '.join(parts)}: {format_bytes(plan.size)} in all")
+    if dry_run:
+        lines += [f"  {r.kind:<15} {format_bytes(r.size):>10}  {r.path}" for r in plan.removals]
+    return lines
