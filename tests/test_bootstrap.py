@@ -260,3 +260,52 @@ def test_input_errors_are_clear():
         bootstrap_ci(np.array([0.1, np.inf]), "mean")
     with pytest.raises(EvaluationError, match="one-dimensional"):
         bootstrap_ci(np.zeros((3, 3)), "mean")
+
+
+@pytest.mark.parametrize(
+    ("block", "series"),
+    [
+        (1.0, "returns"),  # every position starts a block
+        (3.0, "returns"),  # block starts drawn as uniforms
+        (40.0, "returns"),  # block starts drawn as geometric gaps
+        (3.0, "sparse"),  # mostly flat: many constant resamples
+        (3.0, "flat"),  # never trades: every resample identically 0
+    ],
+)
+def test_the_one_pass_kernel_equals_the_matrix_statistics_on_the_same_resamples(
+    block: float, series: str
+) -> None:
+    """The report's statistics come from a kernel that walks each resample once; on the
+    same resamples they equal the row statistics of the materialised (rows, n) matrix
+    (summation order aside), undefined values included."""
+    import sentio.evaluation.bootstrap as bootstrap_module
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    x = rng.normal(2e-4, 1e-2, n)
+    if series == "sparse":
+        x = x * (rng.random(n) < 0.02)
+    elif series == "flat":
+        x = np.zeros(n)
+    stats = ("sharpe", "sortino", "total_return", "max_drawdown", "mean", "std", "cagr", "calmar")
+    assert set(stats) <= bootstrap_module.FUSED_STATISTICS
+    kwargs = {"resamples": 300, "block_length": block, "periods_per_year": 252.0, "seed": 5}
+    _, fused, _ = bootstrap_distribution(x, stats, **kwargs)
+    _, matrix, _ = bootstrap_distribution(x, (*stats, "hit_rate"), **kwargs)  # not fusable
+    for name in stats:
+        a, b = fused[name], matrix[name]
+        assert np.array_equal(np.isnan(a), np.isnan(b)), name
+        ok = ~np.isnan(a)
+        assert np.allclose(a[ok], b[ok], rtol=1e-9, atol=1e-15), name
+    if series == "flat":
+        assert np.all(fused["sharpe"] == 0.0) and np.all(fused["max_drawdown"] == 0.0)
+
+
+def test_row_stats_from_aggregates_refuse_what_needs_the_returns() -> None:
+    from sentio.evaluation.rowstats import RowStats
+
+    one = np.ones(1)
+    stats = RowStats.from_aggregates(10, one, one, one, one + 1.0, one * 0.1, one < 0, one < 0)
+    assert stats.total_return()[0] == 1.0 and stats.max_drawdown()[0] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="needs the returns"):
+        stats.hit_rate()

@@ -20,7 +20,11 @@ jump at every block start (with ``block_length = 1`` every position starts a blo
 indices are simply iid uniform). They are left unwrapped in ``[0, 2n)`` and read from the
 series written twice end to end, which is the wrap-around. The statistics
 (:mod:`sentio.evaluation.rowstats`) are then evaluated on the ``(chunk, n)`` matrix, all
-of them on the same resamples. Each chunk draws from its own random stream spawned from
+of them on the same resamples; when every statistic asked for needs only sums, the
+standard deviation, the downside deviation, the final equity and the drawdown
+(:data:`FUSED_STATISTICS`, the report's), a numba kernel walks each resample's blocks
+once instead and nothing is materialised (the same resamples; equal to the matrix path
+up to summation order). Each chunk draws from its own random stream spawned from
 the seed, and chunks run on a few threads (numpy releases the GIL in its loops); the
 result does not depend on the number of threads.
 
@@ -42,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numba
 import numpy as np
 
 from sentio.evaluation.errors import EvaluationError
@@ -139,15 +144,15 @@ def _check_block_length(block_length: float, n: int) -> float:
     return min(b, float(n)) if n > 0 else b
 
 
-def _unwrapped_chunk(n: int, rows: int, p: float, rng: np.random.Generator) -> np.ndarray:
-    """Stationary-bootstrap indices of ``rows`` resamples, unwrapped: values in ``[0, 2n)``.
-
-    ``index mod n`` has the stationary bootstrap's law (see the module docstring).
-    """
-    dtype = np.int32 if 2 * n < 2**31 else np.int64
-    if p >= 1.0:  # every position starts a block: iid uniform indices
-        return rng.integers(0, n, size=(rows, n), dtype=dtype)
+def _chunk_blocks(
+    n: int, rows: int, p: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The blocks of ``rows`` resamples: ``(positions, starts)``, the flattened position in
+    the chunk where each block begins (every resample begins one) and its first index in
+    ``[0, n)``; position ``t`` of a block reads index ``start + (t - position)``, unwrapped."""
     total = rows * n
+    if p >= 1.0:  # every position starts a block: iid uniform indices
+        return np.arange(total, dtype=np.int64), rng.integers(0, n, size=total, dtype=np.int64)
     if p >= _UNIFORM_DRAW_MIN_P:
         starts_flag = rng.random(total) < p
     else:
@@ -161,14 +166,122 @@ def _unwrapped_chunk(n: int, rows: int, p: float, rng: np.random.Generator) -> n
         starts_flag[pos[pos < total]] = True
     starts_flag[::n] = True  # every resample starts a block
     block_pos = np.flatnonzero(starts_flag)
+    return block_pos, rng.integers(0, n, size=block_pos.size, dtype=np.int64)
+
+
+def _unwrapped_chunk(n: int, rows: int, p: float, rng: np.random.Generator) -> np.ndarray:
+    """Stationary-bootstrap indices of ``rows`` resamples, unwrapped: values in ``[0, 2n)``.
+
+    ``index mod n`` has the stationary bootstrap's law (see the module docstring).
+    """
+    return _indices(n, rows, *_chunk_blocks(n, rows, p, rng))
+
+
+def _indices(n: int, rows: int, block_pos: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The ``(rows, n)`` unwrapped indices of a chunk's blocks (:func:`_chunk_blocks`)."""
+    dtype = np.int32 if 2 * n < 2**31 else np.int64
+    if block_pos.size == rows * n:  # every position starts a block
+        return starts.astype(dtype).reshape(rows, n)
     # block k covers flattened positions block_pos[k]... with indices start_k + (t - block_pos[k]);
     # its offset o_k = start_k - block_pos[k] is constant along the block, and the index is
     # t + o_k: a cumulative sum of unit steps plus the change of offset at each block start
-    offset = rng.integers(0, n, size=block_pos.size, dtype=np.int64)
-    offset -= block_pos
-    steps = np.ones(total, dtype=dtype)
+    offset = starts - block_pos
+    steps = np.ones(rows * n, dtype=dtype)
     steps[block_pos] = np.diff(offset, prepend=1) + 1  # first block: o_0 (block_pos[0] = 0)
     return np.cumsum(steps, dtype=dtype).reshape(rows, n)
+
+
+FUSED_STATISTICS = frozenset(
+    {
+        "mean",
+        "std",
+        "volatility",
+        "sharpe",
+        "sortino",
+        "total_return",
+        "cagr",
+        "max_drawdown",
+        "calmar",
+    }
+)
+"""The statistics computed in one pass over each resample (:func:`_resample_aggregates`):
+the others (quantiles, hit rate) and functions need the ``(rows, n)`` matrix."""
+
+
+@numba.njit(nogil=True, cache=True)
+def _resample_aggregates(
+    doubled: np.ndarray,
+    n: int,
+    rows: int,
+    block_pos: np.ndarray,
+    starts: np.ndarray,
+    rf: float,
+    target: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per resample of a chunk, walking its blocks over ``doubled`` (the series twice):
+    the sum, the sample standard deviation (as :attr:`RowStats.std`: one pass, two where
+    the variance is small beside the squared mean), the downside deviation below
+    ``target``, the final equity, the maximum drawdown, and whether every return equals
+    ``rf`` / ``target``."""
+    sums = np.empty(rows)
+    stds = np.empty(rows)
+    downs = np.empty(rows)
+    finals = np.empty(rows)
+    drawdowns = np.empty(rows)
+    flat_rf = np.empty(rows, dtype=np.bool_)
+    flat_target = np.empty(rows, dtype=np.bool_)
+    k = 0
+    for row in range(rows):
+        first_block = k
+        total = 0.0
+        squares = 0.0
+        down = 0.0
+        equity = 1.0
+        peak = 1.0
+        lowest = 1.0
+        all_rf = True
+        all_target = True
+        idx = 0
+        for t in range(n):
+            if k < block_pos.size and block_pos[k] == row * n + t:
+                idx = starts[k]
+                k += 1
+            else:
+                idx += 1
+            r = doubled[idx]
+            total += r
+            squares += r * r
+            below = min(r - target, 0.0)
+            down += below * below
+            equity *= 1.0 + r
+            peak = max(peak, equity)
+            lowest = min(lowest, equity / peak)
+            all_rf = all_rf and r == rf
+            all_target = all_target and r == target
+        sums[row] = total
+        downs[row] = math.sqrt(down / n)
+        finals[row] = equity
+        drawdowns[row] = max(1.0 - lowest, 0.0)
+        flat_rf[row] = all_rf
+        flat_target[row] = all_target
+        if n < 2:
+            stds[row] = np.nan
+            continue
+        ss = squares - total * total / n
+        if ss <= 1e-6 * squares:  # cancellation: the two-pass formula over the same resample
+            mean = total / n
+            ss = 0.0
+            j = first_block
+            for t in range(n):
+                if j < block_pos.size and block_pos[j] == row * n + t:
+                    idx = starts[j]
+                    j += 1
+                else:
+                    idx += 1
+                dev = doubled[idx] - mean
+                ss += dev * dev
+        stds[row] = math.sqrt(max(ss, 0.0) / (n - 1))
+    return sums, stds, downs, finals, drawdowns, flat_rf, flat_target
 
 
 def _chunk_plan(n: int, resamples: int) -> list[tuple[int, int]]:
@@ -203,13 +316,14 @@ def _run_chunks(
     resamples: int,
     block_length: float,
     seed: int | np.random.Generator | None,
-    work: Callable[[int, np.ndarray], None],
+    work: Callable[[int, int, np.ndarray, np.ndarray], None],
     workers: int | None,
 ) -> None:
-    """Generate every chunk's unwrapped indices and pass them to ``work(first, indices)``.
+    """Draw every chunk's blocks and pass them to ``work(first, rows, positions, starts)``
+    (:func:`_chunk_blocks`; :func:`_indices` makes them the indices).
 
-    numpy releases the GIL in its array loops and its bulk random draws, so chunks run in
-    parallel threads.
+    numpy releases the GIL in its array loops and its bulk random draws, and the fused
+    kernel releases it too, so chunks run in parallel threads.
     """
     plan = _chunk_plan(n, resamples)
     gens = _chunk_generators(seed, len(plan))
@@ -217,7 +331,7 @@ def _run_chunks(
 
     def one(i: int) -> None:
         first, rows = plan[i]
-        work(first, _unwrapped_chunk(n, rows, p, gens[i]))
+        work(first, rows, *_chunk_blocks(n, rows, p, gens[i]))
 
     threads = min(_default_workers() if workers is None else max(1, workers), len(plan))
     if threads == 1:
@@ -246,8 +360,8 @@ def stationary_bootstrap_indices(
     b = _check_block_length(block_length, n)
     out = np.empty((resamples, n), dtype=np.int64)
 
-    def store(first: int, idx: np.ndarray) -> None:
-        out[first : first + idx.shape[0]] = idx
+    def store(first: int, rows: int, block_pos: np.ndarray, starts: np.ndarray) -> None:
+        out[first : first + rows] = _indices(n, rows, block_pos, starts)
 
     _run_chunks(n, resamples, b, seed, store, workers=1)
     out[out >= n] -= n
@@ -339,12 +453,22 @@ def bootstrap_distribution(
     dists = {name: np.empty(resamples) for name, _ in resolved}
     doubled = np.concatenate([x, x])  # unwrapped indices in [0, 2n) read it: the wrap-around
 
-    def evaluate(first: int, idx: np.ndarray) -> None:
-        rows = RowStats(doubled[idx], **kwargs)
-        last = first + idx.shape[0]
+    fused = all(isinstance(st, str) and st in FUSED_STATISTICS for st in statistics)
+
+    def evaluate(first: int, rows: int, block_pos: np.ndarray, starts: np.ndarray) -> None:
+        if fused:  # one pass over each resample, nothing materialised
+            stats = RowStats.from_aggregates(
+                x.size,
+                *_resample_aggregates(doubled, x.size, rows, block_pos, starts, rf, target),
+                periods_per_year=ppy,
+                rf=rf,
+                target=target,
+            )
+        else:
+            stats = RowStats(doubled[_indices(x.size, rows, block_pos, starts)], **kwargs)
         with np.errstate(all="ignore"):
             for name, fn in resolved:
-                dists[name][first:last] = fn(rows)
+                dists[name][first : first + rows] = fn(stats)
 
     _run_chunks(x.size, resamples, b, seed, evaluate, workers)
     return estimates, dists, b

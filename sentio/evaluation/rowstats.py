@@ -71,13 +71,49 @@ class RowStats:
         self.rf = float(rf)
         self.target = float(target)
         self._cache: dict[str, np.ndarray] = {}
+        self._flat: dict[float, np.ndarray] = {}
+
+    @classmethod
+    def from_aggregates(
+        cls,
+        n: int,
+        sums: np.ndarray,
+        stds: np.ndarray,
+        downside: np.ndarray,
+        final_equity: np.ndarray,
+        max_drawdown: np.ndarray,
+        flat_rf: np.ndarray,
+        flat_target: np.ndarray,
+        *,
+        periods_per_year: float = 1.0,
+        rf: float = 0.0,
+        target: float = 0.0,
+    ) -> RowStats:
+        """Row statistics of series of ``n`` bars known only by their aggregates (the
+        bootstrap's one-pass kernel): the sums, sample standard deviations, downside
+        deviations, final equities, maximum drawdowns, and whether every return equals
+        ``rf`` / ``target``. The statistics that need the returns themselves (quantiles,
+        hit rate, the equity curve) raise ``ValueError``."""
+        self = cls(
+            np.empty((sums.shape[0], 0)), periods_per_year=periods_per_year, rf=rf, target=target
+        )
+        self.data = None  # type: ignore[assignment]
+        self.n = int(n)
+        self._cache.update(sum=sums, std=stds, dd=downside, final=final_equity, mdd=max_drawdown)
+        self._flat = {float(target): flat_target, float(rf): flat_rf}
+        return self
+
+    def _returns(self) -> np.ndarray:
+        if self.data is None:
+            raise ValueError("this statistic needs the returns; RowStats has aggregates only")
+        return self.data
 
     # --- shared intermediates -------------------------------------------------------
     @property
     def sum(self) -> np.ndarray:
         """Row sums."""
         if "sum" not in self._cache:
-            self._cache["sum"] = self.data.sum(axis=1)
+            self._cache["sum"] = self._returns().sum(axis=1)
         return self._cache["sum"]
 
     @property
@@ -112,7 +148,7 @@ class RowStats:
     def equity(self) -> np.ndarray:
         """Compounded equity after each bar, ``E_t = prod_{s <= t} (1 + r_s)`` (E_0 = 1 omitted)."""
         if "equity" not in self._cache:
-            eq = np.add(self.data, 1.0)
+            eq = np.add(self._returns(), 1.0)
             np.cumprod(eq, axis=1, out=eq)
             self._cache["equity"] = eq
         return self._cache["equity"]
@@ -120,9 +156,11 @@ class RowStats:
     # --- statistics -----------------------------------------------------------------
     def total_return(self) -> np.ndarray:
         """``prod(1 + r) - 1``."""
+        if "final" in self._cache:
+            return self._cache["final"] - 1.0
         if "equity" in self._cache:
             return self._cache["equity"][:, -1] - 1.0
-        return np.prod(np.add(self.data, 1.0), axis=1) - 1.0
+        return np.prod(np.add(self._returns(), 1.0), axis=1) - 1.0
 
     def cagr(self) -> np.ndarray:
         """Compound annual growth rate over ``years = bars / periods_per_year``."""
@@ -140,7 +178,9 @@ class RowStats:
 
     def _constant_rows(self, value: float) -> np.ndarray:
         """Rows identically equal to ``value``."""
-        return np.all(self.data == value, axis=1)
+        if value in self._flat:
+            return self._flat[value]
+        return np.all(self._returns() == value, axis=1)
 
     def sharpe(self) -> np.ndarray:
         """Annualised Sharpe ratio of the excess return over ``rf`` (see module docstring)."""
@@ -159,7 +199,7 @@ class RowStats:
     def downside_deviation(self) -> np.ndarray:
         """``sqrt(mean(min(r - target, 0)^2))`` per bar, over all bars."""
         if "dd" not in self._cache:
-            below = np.minimum(self.data - self.target, 0.0)
+            below = np.minimum(self._returns() - self.target, 0.0)
             self._cache["dd"] = np.sqrt(np.einsum("ij,ij->i", below, below) / self.n)
         return self._cache["dd"]
 
@@ -177,6 +217,8 @@ class RowStats:
 
     def max_drawdown(self) -> np.ndarray:
         """Maximum drawdown of the compounded equity curve, a positive fraction."""
+        if "mdd" in self._cache:
+            return self._cache["mdd"]
         eq = self.equity
         peak = np.maximum.accumulate(eq, axis=1)
         np.maximum(peak, 1.0, out=peak)  # the starting equity E_0 = 1 is a peak
@@ -192,7 +234,7 @@ class RowStats:
 
     def _quantile(self) -> np.ndarray:
         if "q" not in self._cache:
-            self._cache["q"] = np.quantile(self.data, VAR_LEVEL, axis=1)
+            self._cache["q"] = np.quantile(self._returns(), VAR_LEVEL, axis=1)
         return self._cache["q"]
 
     def var(self) -> np.ndarray:
@@ -202,13 +244,15 @@ class RowStats:
     def cvar(self) -> np.ndarray:
         """Historical expected shortfall at 5%: minus the mean of returns at or below the 5% quantile."""
         q = self._quantile()[:, None]
-        tail = self.data <= q
-        return 0.0 - np.where(tail, self.data, 0.0).sum(axis=1) / tail.sum(axis=1)
+        data = self._returns()
+        tail = data <= q
+        return 0.0 - np.where(tail, data, 0.0).sum(axis=1) / tail.sum(axis=1)
 
     def hit_rate(self) -> np.ndarray:
         """Share of positive bars among nonzero bars; NaN when every bar is zero."""
-        wins = (self.data > 0).sum(axis=1)
-        active = (self.data != 0).sum(axis=1)
+        data = self._returns()
+        wins = (data > 0).sum(axis=1)
+        active = (data != 0).sum(axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(active > 0, wins / np.maximum(active, 1), np.nan)
 
