@@ -486,7 +486,11 @@ def gc(
         typer.Option(help="The working directory to clean (paths.workdir).", show_default=False),
     ] = None,
     keep_runs: Annotated[
-        int, typer.Option("--keep-runs", help="Keep what the last N runs reference.")
+        int,
+        typer.Option(
+            "--keep-runs",
+            help="Keep what the newest runs down to the N-th completed one reference.",
+        ),
     ] = 7,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List what would go and its size; remove nothing.")
@@ -509,7 +513,7 @@ def gc(
         timeout=cfg.paths.busy_timeout,
         notify=lambda line: typer.echo(line, err=True),
     ):
-        plan = plan_gc(wd, keep_runs=keep_runs, registry=default_root(cfg))
+        plan = plan_gc(wd, keep_runs=keep_runs, registry=default_root(cfg).expanduser())
         if not dry_run:
             apply_gc(plan)
     for line in describe(plan, dry_run=dry_run):

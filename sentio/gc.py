@@ -4,8 +4,9 @@ Every nightly run adds content-addressed stage folders (``<workdir>/<stage>/<key
 run folder (``runs/<name>/``: its record and report) and Prefect results
 (``prefect-results/``, the tasks' cache records). :func:`plan_gc` keeps
 
-* the run folders of the last ``keep_runs`` runs (by their start time) and of every run a
-  registered model version came from;
+* the run folders of the newest runs down to the ``keep_runs``-th completed one (by their
+  start time; the failed ones between them too) and of every run a registered model
+  version came from;
 * every stage folder one of those run records names, or a registered version names
   (its training's folder, by key);
 * every Prefect result that names only kept folders; a result naming no folder at all
@@ -19,6 +20,7 @@ plan lists; :class:`~sentio.workdir.WorkdirLock` keeps runs out meanwhile (the C
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -88,7 +90,7 @@ def plan_gc(workdir: str | os.PathLike[str], *, keep_runs: int, registry: Path) 
     if not root.is_dir():
         raise ConfigError(f"gc: {root} is not a working directory (no such folder)")
     runs = _runs_newest_first(root / RUNS)
-    kept = runs[:keep_runs]
+    kept = _last_completed(runs, keep_runs)
     stages: set[tuple[str, str]] = set()
     run_names = {name for name, _, _ in kept}
     for _, _, record in kept:
@@ -116,7 +118,8 @@ def plan_gc(workdir: str | os.PathLike[str], *, keep_runs: int, registry: Path) 
         for name, _, _ in runs
         if name not in run_names
     ]
-    plan.removals += _result_removals(root / RESULTS, stages, run_names, oldest)
+    every_run = {name for name, _, _ in runs}
+    plan.removals += _result_removals(root / RESULTS, stages, run_names, every_run, oldest)
     return plan
 
 
@@ -156,6 +159,19 @@ def _runs_newest_first(folder: Path) -> list[tuple[str, float, str]]:
     return sorted(runs, key=lambda r: (r[1], r[0]), reverse=True)
 
 
+def _last_completed(runs: list[tuple[str, float, str]], keep: int) -> list[tuple[str, float, str]]:
+    """The newest runs down to the ``keep``-th completed one (the failed ones between
+    included): a week of failed nights does not push out the last good run."""
+    kept, completed = [], 0
+    for run in runs:
+        if completed >= keep:
+            break
+        kept.append(run)
+        with contextlib.suppress(ValueError, AttributeError):
+            completed += json.loads(run[2]).get("status") == "completed"
+    return kept
+
+
 def _stage_references(text: str) -> set[tuple[str, str]]:
     return {(m.group(1), m.group(2)) for m in _REFERENCE.finditer(text)}
 
@@ -177,17 +193,22 @@ def _stage_removals(root: Path, kept: set[tuple[str, str]]) -> list[Removal]:
 
 
 def _result_removals(
-    folder: Path, kept: set[tuple[str, str]], runs: set[str], oldest: float | None
+    folder: Path,
+    kept: set[tuple[str, str]],
+    runs: set[str],
+    every_run: set[str],
+    oldest: float | None,
 ) -> list[Removal]:
-    """The Prefect results naming a folder that is not kept, and those naming none that
-    are older than the oldest kept run."""
+    """The Prefect results naming a folder that is not kept (a run folder: one of
+    ``every_run``, this working directory's), and those naming none that are older than
+    the oldest kept run."""
     out = []
     for result in sorted(folder.iterdir()) if folder.is_dir() else []:
         if not result.is_file():
             continue
         text = _read(result)
         stages = _stage_references(text)
-        named_runs = set(_RUN_REFERENCE.findall(text))
+        named_runs = set(_RUN_REFERENCE.findall(text)) & every_run
         if stages or named_runs:
             if stages <= kept and named_runs <= runs:
                 continue

@@ -9,7 +9,8 @@ folder, and the flow copies that folder into its working directory.
 
 Layout under the root::
 
-    stages/<stage>/<key>/...            a stage folder, MANIFEST written last
+    stages/<stage>/<key>/MANIFEST       a stage folder's record (prefix, sha256 of its files)
+    stages/<stage>/<key>/<prefix>/...   the folder's files, one prefix per writer
     checkpoints/<key>/<steps>/...       a training's last checkpoint, checkpoint.json last
     prefect-results/                    the training task's Prefect results
 
@@ -32,9 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from sentio.errors import SentioError, StorageError
-from sentio.io import sha256_bytes, sha256_file, staged_folder
+from sentio.io import sha256_file, staged_folder
 
-__all__ = ["CHECKPOINT_META", "MANIFEST", "SharedStorage", "checkpoint_steps"]
+__all__ = ["CHECKPOINT_META", "MANIFEST", "DamagedCopyError", "SharedStorage", "checkpoint_steps"]
+
+
+class DamagedCopyError(StorageError):
+    """A file in the storage does not match the sha256 its writer recorded."""
+
 
 MANIFEST = ".sentio-manifest.json"
 """Written last into a published stage folder: ``{relative path: sha256}`` of its files."""
@@ -111,7 +117,7 @@ class SharedStorage:
         got = sha256_file(local)
         if got != sha256:
             local.unlink(missing_ok=True)
-            raise StorageError(
+            raise DamagedCopyError(
                 f"storage {what}: sha256 {got[:12]} does not match the {sha256[:12]} its "
                 "writer recorded (damaged or overwritten in the storage); delete that folder "
                 "there and run again"
@@ -125,69 +131,87 @@ class SharedStorage:
 
     def put_stage(self, folder: Path, stage: str, key: str) -> bool:
         """Publish the local stage folder ``folder`` as ``stages/<stage>/<key>`` unless it is
-        there already; whether anything was copied. The manifest goes last."""
+        there already; whether anything was copied.
+
+        The files go under a prefix of this writer's own (``<token>/``) and the manifest,
+        naming the prefix and every file's hash, goes last: two machines publishing the
+        same key at once each write a consistent copy, and the last manifest wins.
+        """
         if self.has_stage(stage, key):
             return False
         files = sorted(p for p in folder.rglob("*") if p.is_file())
-        manifest = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
+        hashes = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
+        token = uuid.uuid4().hex
         where = self.where("stages", stage, key)
         with self._reaching(f"write {where}"):
-            for rel in manifest:
-                self._put(folder / rel, self._path("stages", stage, key, rel))
-            data = json.dumps(manifest, indent=1, sort_keys=True).encode()
-            self._pipe(self._path("stages", stage, key, MANIFEST), data)
+            for rel in hashes:
+                self._put(folder / rel, self._path("stages", stage, key, token, rel))
+            data = json.dumps({"prefix": token, "files": hashes}, indent=1, sort_keys=True)
+            self._pipe(self._path("stages", stage, key, MANIFEST), data.encode())
         return True
 
     def get_stage(self, stage: str, key: str, root: Path) -> bool:
-        """Copy ``stages/<stage>/<key>`` to ``root/<stage>/<key>`` (every file checked
-        against the manifest; files already there and matching are kept); False when it
-        is not published."""
+        """Copy ``stages/<stage>/<key>`` to ``root/<stage>/<key>``, every file checked
+        against the manifest (a local copy whose files all match is kept as it is); False
+        when it is not published."""
         manifest = self._read_json(
             self._path("stages", stage, key, MANIFEST), self.where("stages", stage, key)
         )
         if manifest is None:
             return False
+        prefix, files = str(manifest.get("prefix", "")), dict(manifest.get("files") or {})
         final = root / stage / key
         if final.is_dir() and all(
             (final / rel).is_file() and sha256_file(final / rel) == sha
-            for rel, sha in manifest.items()
+            for rel, sha in files.items()
         ):
             return True
         with staged_folder(final) as tmp:
-            for rel, sha in manifest.items():
-                remote = self._path("stages", stage, key, rel)
+            for rel, sha in files.items():
                 self._get_checked(
-                    remote, tmp / rel, str(sha), self.where("stages", stage, key, rel)
+                    self._path("stages", stage, key, prefix, rel),
+                    tmp / rel,
+                    str(sha),
+                    self.where("stages", stage, key, prefix, rel),
                 )
         return True
 
     # ---------------------------------------------------------------- checkpoints
     def put_checkpoint(self, key: str, folder: Path) -> int | None:
         """Publish the checkpoint in ``folder`` (a training's ``checkpoints/``) when it is
-        complete and consistent (its files match its ``checkpoint.json``), and drop the
-        older ones; its step count, or None (nothing to publish yet)."""
-        meta_path = folder / CHECKPOINT_META
+        complete and consistent, and drop the older ones; its step count, or None (nothing
+        to publish yet, or the training was writing its next checkpoint).
+
+        The files are first copied aside and checked against their ``checkpoint.json``, and
+        the copies are uploaded: a training that goes on writing meanwhile (in a child
+        process) cannot mix two checkpoints in the storage.
+        """
+        snapshot = folder.parent / f".{folder.name}.{uuid.uuid4().hex}.outgoing"
         try:
-            data = meta_path.read_bytes()
-            meta = json.loads(data)
-            steps, files = int(meta["num_timesteps"]), dict(meta["files"])
-            if any(sha256_file(folder / name) != sha for name, sha in files.items()):
-                return None  # the training is writing its next checkpoint
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if sha256_bytes(data) != sha256_bytes(meta_path.read_bytes()):
-            return None
-        base = self._path("checkpoints", key)
-        target = f"{base}/{steps:012d}"
-        with self._reaching(f"write {self.where('checkpoints', key)}"):
-            if not self.fs.exists(f"{target}/{CHECKPOINT_META}"):
-                for name in files:
-                    self._put(folder / name, f"{target}/{name}")
-                self._pipe(f"{target}/{CHECKPOINT_META}", data)
-            for older in self._checkpoint_steps(key):
-                if older < steps:
-                    self.fs.rm(f"{base}/{older:012d}", recursive=True)
-        return steps
+            try:
+                snapshot.mkdir(parents=True)
+                data = (folder / CHECKPOINT_META).read_bytes()
+                meta = json.loads(data)
+                steps, files = int(meta["num_timesteps"]), dict(meta["files"])
+                for name, sha in files.items():
+                    shutil.copyfile(folder / name, snapshot / name)
+                    if sha256_file(snapshot / name) != sha:
+                        return None  # the training is writing its next checkpoint
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+            base = self._path("checkpoints", key)
+            target = f"{base}/{steps:012d}"
+            with self._reaching(f"write {self.where('checkpoints', key)}"):
+                if not self.fs.exists(f"{target}/{CHECKPOINT_META}"):
+                    for name in files:
+                        self._put(snapshot / name, f"{target}/{name}")
+                    self._pipe(f"{target}/{CHECKPOINT_META}", data)
+                for older in self._checkpoint_steps(key):
+                    if older < steps:
+                        self.fs.rm(f"{base}/{older:012d}", recursive=True)
+            return steps
+        finally:
+            shutil.rmtree(snapshot, ignore_errors=True)
 
     def _checkpoint_steps(self, key: str) -> list[int]:
         base = self._path("checkpoints", key)
@@ -207,8 +231,11 @@ class SharedStorage:
         return None
 
     def get_checkpoint(self, key: str, folder: Path) -> int | None:
-        """Copy the latest published checkpoint of training ``key`` into ``folder`` unless
-        ``folder`` holds one at least as far along; its step count, or None."""
+        """Copy the latest usable checkpoint of training ``key`` in the storage into
+        ``folder`` unless ``folder`` holds one at least as far along; its step count, or
+        None. A checkpoint whose files do not match its record (damaged in the storage) is
+        passed over for an older one: the training resumes from less, or starts over,
+        rather than from a damaged state."""
         here = checkpoint_steps(folder)
         for steps in reversed(self._checkpoint_steps(key)):
             if here is not None and here >= steps:
@@ -225,6 +252,8 @@ class SharedStorage:
                 (tmp / CHECKPOINT_META).write_text(json.dumps(meta))
                 shutil.rmtree(folder, ignore_errors=True)
                 os.replace(tmp, folder)
+            except DamagedCopyError:
+                continue
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             return steps

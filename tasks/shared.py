@@ -17,7 +17,7 @@ from typing import Any
 
 from sentio import stages
 from sentio.config import SentioConfig
-from sentio.errors import ConfigError
+from sentio.errors import ConfigError, StorageError
 from sentio.io import sha256_bytes
 from sentio.storage import SharedStorage
 from tasks.train import training_key
@@ -96,8 +96,8 @@ def gather_from_storage(
     the storage what is only there and publishing what is only here.
 
     Raises:
-        RuntimeError: a training that ran is neither here nor complete in the storage.
-        StorageError: the storage cannot be reached, or a file in it is damaged.
+        StorageError: a training that ran is neither here nor complete in the storage,
+            the storage cannot be reached, or a file in it is damaged.
     """
     summaries = []
     for fold, seed in jobs:
@@ -106,7 +106,7 @@ def gather_from_storage(
         if summary is None and plan.store.get_stage("train", key, plan.root):
             summary = stages.stage_summary("train", key, workdir)
         if summary is None:
-            raise RuntimeError(
+            raise StorageError(
                 f"train fold {fold} seed {seed}: the training completed, but its folder "
                 f"{plan.store.where('stages', 'train', key)} is not complete in the storage"
             )

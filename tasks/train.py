@@ -100,7 +100,11 @@ def train_task(
 
 def _shared_options() -> dict[str, Any]:
     options = stage_task_options(content_cache_policy("train", lambda p: p["key"]))
-    options.update(retries=TRAIN_RETRIES, retry_condition_fn=retry_unless_user_error)
+    # the storage is this task's cache (a published training returns at once); a Prefect
+    # cache hit would return a summary whose folder may be gone from the storage
+    options.update(
+        retries=TRAIN_RETRIES, retry_condition_fn=retry_unless_user_error, refresh_cache=True
+    )
     return options
 
 
@@ -163,9 +167,15 @@ def train_shared_task(
 
     def push_checkpoint() -> None:
         steps = checkpoint_steps(checkpoints)
-        fresh = steps is not None and steps != pushed[0]
-        if fresh and store.put_checkpoint(key, checkpoints) is not None:
-            pushed[0] = steps
+        if steps is None or steps == pushed[0]:
+            return
+        try:
+            if store.put_checkpoint(key, checkpoints) is not None:
+                pushed[0] = steps
+        except StorageError as exc:  # the training goes on; the next checkpoint tries again
+            get_run_logger().warning(
+                "train fold %d seed %d: checkpoint not stored: %s", fold, seed, exc
+            )
 
     summary = _run_training(
         (bars, features, folds, regimes), cfg, cache, fold, seed, on_progress=push_checkpoint

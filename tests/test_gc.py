@@ -129,3 +129,39 @@ def test_gc_refuses_what_it_cannot_collect(tmp_path: Path) -> None:
     assert "--keep-runs must be at least 1" in zero.output
     empty = cli.invoke(app, ["gc", "--workdir", str(tmp_path / "wd")])
     assert empty.exit_code == 0 and "nothing to remove" in empty.output
+
+
+def test_gc_keeps_runs_down_to_the_last_completed_ones_and_reads_only_its_run_names(
+    tmp_path: Path,
+) -> None:
+    """Failed nights do not push out the last good run; a working directory that itself
+    lives under a folder named ``runs`` does not make every Prefect result look stale."""
+    from sentio.gc import apply_gc, plan_gc
+
+    workdir = tmp_path / "runs" / "wd"  # its path holds '/runs/wd/'
+    key = {name: f"{i:032x}" for i, name in enumerate(["good", "older", "failed1", "failed2"])}
+    for name, started, status in (
+        ("older", "2026-01-05T07:00:00Z", "completed"),
+        ("good", "2026-01-06T07:00:00Z", "completed"),
+        ("failed1", "2026-01-07T07:00:00Z", "failed"),
+        ("failed2", "2026-01-08T07:00:00Z", "failed"),
+    ):
+        (workdir / "ingest" / key[name]).mkdir(parents=True)
+        run = workdir / "runs" / name
+        run.mkdir(parents=True)
+        record = {
+            "started": started,
+            "status": status,
+            "stages": {"ingest": {"output": str(workdir / "ingest" / key[name] / "bars.feather")}},
+        }
+        (run / "run.json").write_text(json.dumps(record))
+    results = workdir / "prefect-results"
+    results.mkdir()
+    (results / "a").write_text(json.dumps({"output": str(workdir / "ingest" / key["good"] / "x")}))
+    (results / "b").write_text(json.dumps({"output": str(workdir / "ingest" / key["older"] / "x")}))
+    plan = plan_gc(workdir, keep_runs=1, registry=workdir / "registry")
+    assert plan.kept_runs == ["failed2", "failed1", "good"]
+    assert {r.path.name for r in plan.removals} == {"older", key["older"], "b"}
+    apply_gc(plan)
+    assert (results / "a").is_file() and not (results / "b").exists()
+    assert (workdir / "ingest" / key["good"]).is_dir()

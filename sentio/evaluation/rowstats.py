@@ -191,9 +191,8 @@ class RowStats:
             out = excess / std * np.sqrt(self.periods_per_year)
         if np.any(degenerate):
             out[degenerate] = np.nan
-            if self.n >= 1:
-                flat = degenerate & self._constant_rows(self.rf)
-                out[flat] = 0.0
+        if self.n >= 1:  # identically rf: no variation whatever rounding says (both paths)
+            out[self._constant_rows(self.rf)] = 0.0
         return out
 
     def downside_deviation(self) -> np.ndarray:
