@@ -154,7 +154,7 @@ def _runs_newest_first(folder: Path) -> list[tuple[str, float, str]]:
             stamp = json.loads(text).get("started")
             started = as_utc(stamp, "started").timestamp() if stamp else started
         except (ValueError, AttributeError, TypeError, SentioError):
-            pass  # no readable start time: the folder's
+            pass  # no readable start time: the folder's modification time stands
         runs.append((run.name, started, text))
     return sorted(runs, key=lambda r: (r[1], r[0]), reverse=True)
 

@@ -39,6 +39,8 @@ class StoragePlan:
     """The training key of every ``(fold, seed)``, computed on this machine."""
     pending: list[tuple[int, int]]
     """The trainings neither in the working directory nor in the storage."""
+    found: dict[tuple[int, int], dict[str, Any]]
+    """The verified summaries of the others (in the working directory now)."""
 
 
 def storage_plan(
@@ -53,13 +55,17 @@ def storage_plan(
     store = SharedStorage(str(cfg.paths.storage))
     root = stages.workdir_root(workdir)
     keys = {(fold, seed): training_key(params, fold, seed) for fold, seed in jobs}
-    pending = [
-        job
-        for job in jobs
-        if stages.stage_summary("train", keys[job], workdir) is None
-        and not store.get_stage("train", keys[job], root)
-    ]
-    return StoragePlan(store, root, keys, pending)
+    found: dict[tuple[int, int], dict[str, Any]] = {}
+    pending = []
+    for job in jobs:
+        summary = stages.stage_summary("train", keys[job], workdir)
+        if summary is None and store.get_stage("train", keys[job], root):
+            summary = stages.stage_summary("train", keys[job], workdir)
+        if summary is None:
+            pending.append(job)
+        else:
+            found[job] = summary
+    return StoragePlan(store, root, keys, pending, found)
 
 
 def publish_inputs(plan: StoragePlan, params: dict[str, Any]) -> dict[str, str | None]:
@@ -102,7 +108,9 @@ def gather_from_storage(
     summaries = []
     for fold, seed in jobs:
         key = plan.keys[(fold, seed)]
-        summary = stages.stage_summary("train", key, workdir)
+        summary = plan.found.get((fold, seed))  # verified by the plan already
+        if summary is None:
+            summary = stages.stage_summary("train", key, workdir)
         if summary is None and plan.store.get_stage("train", key, plan.root):
             summary = stages.stage_summary("train", key, workdir)
         if summary is None:
