@@ -56,6 +56,7 @@ from sentio.orchestration import (
     task_result_storage,
     workdir_lock,
 )
+from tasks.alerts import alert_on_failure
 from tasks.artifacts import (
     publish_features_artifacts,
     publish_folds_artifacts,
@@ -87,7 +88,12 @@ ARTIFACTS: dict[str, Publish] = {
 """The artifact task of each stage (the report's is published once the registry decided)."""
 
 
-@flow(name=FLOW_NAME, description="Ingest the bars and (re)train the agents; one run per night.")
+@flow(
+    name=FLOW_NAME,
+    description="Ingest the bars and (re)train the agents; one run per night.",
+    on_failure=[alert_on_failure],
+    on_crashed=[alert_on_failure],
+)
 def nightly_flow(
     data_path: str, config_path: str | None = None, workdir: str | None = None
 ) -> dict[str, Any]:

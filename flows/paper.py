@@ -13,13 +13,17 @@ from typing import Any
 from prefect import flow
 
 from sentio.config import load_config, with_overrides
+from tasks.alerts import alert_on_failure
 from tasks.paper import paper_task
 
 FLOW_NAME = "paper-trading"
 
 
 @flow(
-    name=FLOW_NAME, description="Paper-trade the champion on the latest bars (idempotent ledger)."
+    name=FLOW_NAME,
+    description="Paper-trade the champion on the latest bars (idempotent ledger).",
+    on_failure=[alert_on_failure],
+    on_crashed=[alert_on_failure],
 )
 def paper_flow(
     data_path: str,

@@ -527,6 +527,28 @@ def show_config(config: ConfigOpt = None) -> None:
     typer.echo(dump_config(_config(config)), nl=False)
 
 
+automations_app = typer.Typer(
+    help="Prefect automations that send Sentio's alerts (failed, missing and drifting runs).",
+    no_args_is_help=True,
+)
+app.add_typer(automations_app, name="automations")
+
+
+@automations_app.command("apply")
+@user_errors
+def automations_apply(config: ConfigOpt = None) -> None:
+    """Create or update the alert automations on the Prefect server of PREFECT_API_URL
+    (idempotent): a failed or crashed nightly or paper run, no completed nightly run within
+    alerts.stale_after_hours, a drift event; each sends to alerts.block or alerts.webhook_url."""
+    cfg = _config(config)
+    from flows.automations import apply_automations
+
+    summary = apply_automations(cfg.alerts)
+    typer.echo(f"automations on {summary['api']} (notification block {summary['block_id']}):")
+    for name, what in summary["automations"].items():
+        typer.echo(f"  {what:8s} {name}")
+
+
 models_app = typer.Typer(
     help="The model registry: list, show, promote and roll back model versions.",
     no_args_is_help=True,

@@ -953,6 +953,59 @@ class RegistryConfig(_Section):
     )
 
 
+class AlertsConfig(_Section):
+    """Where alerts go: failed or missing nightly runs, failed paper runs, drift
+    (``sentio automations apply``; see the README's operations section)."""
+
+    block: str | None = Field(
+        None,
+        description="a saved Prefect notification block, '<block type slug>/<block name>' "
+        "(e.g. 'slack-webhook/sentio', 'email/ops'), that every alert is sent to; null: "
+        "alerts.webhook_url",
+    )
+    webhook_url: str | None = Field(
+        None,
+        description="a URL that receives every alert as a JSON POST {subject, body, name}; "
+        "sentio automations apply saves it as the Custom Webhook block 'sentio-alerts'; used "
+        "when alerts.block is null (null too: no alerts are sent)",
+    )
+    stale_after_hours: float = Field(
+        26.0,
+        ge=1.0,
+        description="alert when no nightly-retrain run has completed for this long (a "
+        "proactive automation: it fires on the absence of runs, including a server or "
+        "deployment that stopped)",
+    )
+
+    @field_validator("block")
+    @classmethod
+    def _block_name(cls, value: str | None) -> str | None:
+        if value is not None and (value.count("/") != 1 or not all(value.split("/"))):
+            raise ValueError(
+                f"alerts.block must be '<block type slug>/<block name>', got {value!r}"
+            )
+        return value
+
+
+class DriftConfig(_Section):
+    """Live drift checks after each paper-trading run (:mod:`sentio.drift`)."""
+
+    window_sessions: int = Field(
+        5,
+        ge=1,
+        description="the paper ledger's last sessions compared with the champion's "
+        "out-of-sample backtest",
+    )
+    level: float = Field(
+        0.99,
+        gt=0.5,
+        lt=1.0,
+        description="two-sided level of the bootstrap bands of return, costs and turnover "
+        "over the same number of bars; a ledger outside any band is drift",
+    )
+    resamples: int = Field(2000, ge=200, description="stationary-bootstrap resamples of the band")
+
+
 class PathsConfig(_Section):
     """Where outputs go. Relative paths are relative to the working directory."""
 
@@ -1035,6 +1088,14 @@ class SentioConfig(_Section):
     paths: PathsConfig = Field(
         default_factory=PathsConfig,
         description="where outputs, caches and Prefect results are written",
+    )
+    alerts: AlertsConfig = Field(
+        default_factory=AlertsConfig,
+        description="where alerts go (sentio automations apply, flow failure hooks)",
+    )
+    drift: DriftConfig = Field(
+        default_factory=DriftConfig,
+        description="live drift checks after each paper-trading run",
     )
 
     @model_validator(mode="after")

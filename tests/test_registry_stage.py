@@ -10,6 +10,7 @@ with :mod:`sentio.live`).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from dataclasses import dataclass
@@ -133,7 +134,14 @@ def build_world(tmp_path: Path, cfg: SentioConfig | None = None) -> World:
                 "normaliser": str(norm),
             }
         )
-        regime_entries.append({"fold": j, "model": str(model)})
+        probs = tmp_path / "regimes" / f"fold_{j}" / "regimes.feather"
+        stamps = pl.read_ipc(bars).filter(pl.col("symbol") == "QQQ")["timestamp"].unique().sort()
+        label = (pl.int_range(pl.len(), dtype=pl.Int64) + j) % 3
+        pl.DataFrame({"timestamp": stamps}).with_columns(
+            *[(label == k).cast(pl.Float32).alias(f"p_regime_{k}") for k in range(3)],
+            regime=label.cast(pl.Int8),
+        ).write_ipc(probs)
+        regime_entries.append({"fold": j, "model": str(model), "output": str(probs)})
     folds = write_json_atomic(
         tmp_path / "folds" / "folds.json", {"samples": 1950, "folds": entries}
     )
@@ -144,7 +152,7 @@ def build_world(tmp_path: Path, cfg: SentioConfig | None = None) -> World:
             folder = tmp_path / "train" / f"f{j}s{seed}"
             folder.mkdir(parents=True)
             (folder / "model.zip").write_bytes(f"model fold {j} seed {seed}".encode())
-            (folder / "backtest.feather").write_bytes(b"")
+            (folder / "backtest.feather").write_bytes(f"backtest {j} {seed}".encode())
             write_config(folder / "config.yaml", cfg)
             runs.append(
                 {
@@ -244,8 +252,25 @@ def test_every_run_is_registered_with_the_version_contract(tmp_path: Path) -> No
             "config.yaml",
             "normaliser.json",
             "regime_model.json",
+            "backtest.feather",
+            "training_regimes.feather",
         }
         folder = Path(run["output"]).parent
+        # the drift reference: the run's own backtest, and the regimes of its training range
+        assert (v.path / "backtest.feather").read_bytes() == Path(run["output"]).read_bytes()
+        counts = pl.read_ipc(v.path / "training_regimes.feather")
+        train = FOLDS[fold]["train"][0]
+        probs = pl.read_ipc(Path(w.root) / "regimes" / f"fold_{fold}" / "regimes.feather")
+        lo, hi = (dt.datetime.fromisoformat(train[k]) for k in ("start", "end"))
+        expected: dict[dt.date, list[int]] = {}
+        for t, r in zip(probs["timestamp"], probs["regime"], strict=True):
+            if lo <= t <= hi:
+                expected.setdefault(t.date(), [0, 0, 0])[r] += 1
+        assert counts["session"].to_list() == sorted(expected)
+        assert counts.select("regime_0", "regime_1", "regime_2").rows() == [
+            tuple(expected[d]) for d in sorted(expected)
+        ]
+        assert counts["bars"].to_list() == [sum(expected[d]) for d in sorted(expected)]
         assert (v.path / "model.zip").read_bytes() == Path(run["model"]).read_bytes()
         assert (v.path / "config.yaml").read_text() == (folder / "config.yaml").read_text()
         assert json.loads((v.path / "normaliser.json").read_text()) == {"j": fold}
@@ -304,7 +329,11 @@ def test_versions_carry_no_normaliser_or_regime_model_when_not_used(tmp_path: Pa
         backtester=FakeBacktester({}),
     )
     for vid in out["registered"]:
-        assert set(w.registry.get(vid).manifest["files"]) == {"model.zip", "config.yaml"}
+        assert set(w.registry.get(vid).manifest["files"]) == {
+            "model.zip",
+            "config.yaml",
+            "backtest.feather",
+        }
 
 
 def test_second_run_with_unchanged_inputs_creates_nothing_and_keeps_the_champion(

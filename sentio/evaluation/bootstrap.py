@@ -145,12 +145,14 @@ def _check_block_length(block_length: float, n: int) -> float:
 
 
 def _chunk_blocks(
-    n: int, rows: int, p: float, rng: np.random.Generator
+    n: int, rows: int, p: float, rng: np.random.Generator, length: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The blocks of ``rows`` resamples: ``(positions, starts)``, the flattened position in
     the chunk where each block begins (every resample begins one) and its first index in
-    ``[0, n)``; position ``t`` of a block reads index ``start + (t - position)``, unwrapped."""
-    total = rows * n
+    ``[0, n)``; position ``t`` of a block reads index ``start + (t - position)``, unwrapped.
+    Each resample has ``length`` positions (default ``n``)."""
+    step = n if length is None else length
+    total = rows * step
     if p >= 1.0:  # every position starts a block: iid uniform indices
         return np.arange(total, dtype=np.int64), rng.integers(0, n, size=total, dtype=np.int64)
     if p >= _UNIFORM_DRAW_MIN_P:
@@ -164,7 +166,7 @@ def _chunk_blocks(
         while pos[-1] < total - 1:  # rarely: not enough gaps drawn
             pos = np.concatenate([pos, pos[-1] + np.cumsum(rng.geometric(p, size=k))])
         starts_flag[pos[pos < total]] = True
-    starts_flag[::n] = True  # every resample starts a block
+    starts_flag[::step] = True  # every resample starts a block
     block_pos = np.flatnonzero(starts_flag)
     return block_pos, rng.integers(0, n, size=block_pos.size, dtype=np.int64)
 
@@ -177,18 +179,22 @@ def _unwrapped_chunk(n: int, rows: int, p: float, rng: np.random.Generator) -> n
     return _indices(n, rows, *_chunk_blocks(n, rows, p, rng))
 
 
-def _indices(n: int, rows: int, block_pos: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """The ``(rows, n)`` unwrapped indices of a chunk's blocks (:func:`_chunk_blocks`)."""
-    dtype = np.int32 if 2 * n < 2**31 else np.int64
-    if block_pos.size == rows * n:  # every position starts a block
-        return starts.astype(dtype).reshape(rows, n)
+def _indices(
+    n: int, rows: int, block_pos: np.ndarray, starts: np.ndarray, length: int | None = None
+) -> np.ndarray:
+    """The ``(rows, length)`` unwrapped indices of a chunk's blocks (:func:`_chunk_blocks`;
+    ``length`` defaults to ``n``); values below ``n + length``."""
+    step = n if length is None else length
+    dtype = np.int32 if n + step < 2**31 else np.int64
+    if block_pos.size == rows * step:  # every position starts a block
+        return starts.astype(dtype).reshape(rows, step)
     # block k covers flattened positions block_pos[k]... with indices start_k + (t - block_pos[k]);
     # its offset o_k = start_k - block_pos[k] is constant along the block, and the index is
     # t + o_k: a cumulative sum of unit steps plus the change of offset at each block start
     offset = starts - block_pos
-    steps = np.ones(rows * n, dtype=dtype)
+    steps = np.ones(rows * step, dtype=dtype)
     steps[block_pos] = np.diff(offset, prepend=1) + 1  # first block: o_0 (block_pos[0] = 0)
-    return np.cumsum(steps, dtype=dtype).reshape(rows, n)
+    return np.cumsum(steps, dtype=dtype).reshape(rows, step)
 
 
 FUSED_STATISTICS = frozenset(
@@ -320,20 +326,22 @@ def _run_chunks(
     seed: int | np.random.Generator | None,
     work: Callable[[int, int, np.ndarray, np.ndarray], None],
     workers: int | None,
+    length: int | None = None,
 ) -> None:
     """Draw every chunk's blocks and pass them to ``work(first, rows, positions, starts)``
-    (:func:`_chunk_blocks`; :func:`_indices` makes them the indices).
+    (:func:`_chunk_blocks`; :func:`_indices` makes them the indices); resamples of
+    ``length`` positions (default ``n``).
 
     numpy releases the GIL in its array loops and its bulk random draws, and the fused
     kernel releases it too, so chunks run in parallel threads.
     """
-    plan = _chunk_plan(n, resamples)
+    plan = _chunk_plan(n if length is None else length, resamples)
     gens = _chunk_generators(seed, len(plan))
     p = 1.0 / block_length
 
     def one(i: int) -> None:
         first, rows = plan[i]
-        work(first, rows, *_chunk_blocks(n, rows, p, gens[i]))
+        work(first, rows, *_chunk_blocks(n, rows, p, gens[i], length))
 
     threads = min(_default_workers() if workers is None else max(1, workers), len(plan))
     if threads == 1:
@@ -350,24 +358,33 @@ def stationary_bootstrap_indices(
     resamples: int,
     block_length: float,
     seed: int | np.random.Generator | None = 0,
+    *,
+    length: int | None = None,
 ) -> np.ndarray:
-    """A ``(resamples, n)`` matrix of stationary-bootstrap indices into a series of length ``n``.
+    """A ``(resamples, length)`` matrix of stationary-bootstrap indices into a series of
+    length ``n`` (``length`` defaults to ``n``).
 
     The same law as ``arch.bootstrap.StationaryBootstrap(block_length, x).bootstrap(...)``'s
     indices (not the same stream of random numbers), and exactly the resamples that
     :func:`bootstrap_ci` draws for a series of length ``n`` with the same seed and block length.
+    With another ``length``, each row has the law of a stationary-bootstrap resample's
+    first ``length`` positions (resamples of another length than the series, e.g. a band
+    for a statistic over ``length`` live bars from a longer reference series).
     """
-    if n < 1 or resamples < 1:
-        raise EvaluationError(f"need n >= 1 and resamples >= 1, got n={n}, resamples={resamples}")
+    step = n if length is None else length
+    if n < 1 or resamples < 1 or step < 1:
+        raise EvaluationError(
+            f"need n >= 1, length >= 1 and resamples >= 1, got n={n}, length={step}, "
+            f"resamples={resamples}"
+        )
     b = _check_block_length(block_length, n)
-    out = np.empty((resamples, n), dtype=np.int64)
+    out = np.empty((resamples, step), dtype=np.int64)
 
     def store(first: int, rows: int, block_pos: np.ndarray, starts: np.ndarray) -> None:
-        out[first : first + rows] = _indices(n, rows, block_pos, starts)
+        out[first : first + rows] = _indices(n, rows, block_pos, starts, length)
 
-    _run_chunks(n, resamples, b, seed, store, workers=1)
-    out[out >= n] -= n
-    return out
+    _run_chunks(n, resamples, b, seed, store, workers=1, length=length)
+    return np.remainder(out, n, out=out)
 
 
 # --------------------------------------------------------------------------------------

@@ -57,8 +57,9 @@ import numpy as np
 import polars as pl
 
 from sentio.config import SentioConfig, sized, write_config
+from sentio.drift import REFERENCE_BACKTEST, TRAINING_REGIMES, session_regime_counts
 from sentio.errors import DataError, SentioError
-from sentio.io import code_version, sha256_file, write_json_atomic
+from sentio.io import code_version, sha256_file, write_feather_atomic, write_json_atomic
 from sentio.registry import Comparison, Registry, default_root
 from sentio.stages.common import config_for_data, index_file, load_folds, stage_modules
 from sentio.times import iso_offset, utc64
@@ -157,8 +158,9 @@ class VersionFiles:
     """Where the files of a run's version come from, besides its model.
 
     ``folds`` is the ``folds.json`` at ``folds_path`` (its entries name the normalisers);
-    ``regime_models``: fold -> the regime model file. A run whose train folder holds no
-    ``config.yaml`` gets ``out/config.yaml``, written once from ``cfg``.
+    ``regime_models``: fold -> the regime model file; ``regime_probs``: fold -> its filtered
+    probabilities (the regimes stage's ``regimes.feather``). A run whose train folder holds
+    no ``config.yaml`` gets ``out/config.yaml``, written once from ``cfg``.
     """
 
     cfg: SentioConfig
@@ -166,6 +168,7 @@ class VersionFiles:
     folds_path: Path
     folds: dict[str, Any]
     regime_models: dict[int, str]
+    regime_probs: dict[int, str] = field(default_factory=dict)
     _fallback: Path | None = field(default=None, init=False)
 
     @classmethod
@@ -179,10 +182,13 @@ class VersionFiles:
     ) -> VersionFiles:
         """The files of a run's folds and regimes (``regimes_path`` None: no regime models)."""
         regime_models: dict[int, str] = {}
+        regime_probs: dict[int, str] = {}
         if regimes_path is not None:
             for e in json.loads(Path(regimes_path).read_text())["folds"]:
                 regime_models[int(e["fold"])] = str(index_file(regimes_path, e["model"]))
-        return cls(cfg, out, Path(folds_path), folds, regime_models)
+                if e.get("output"):
+                    regime_probs[int(e["fold"])] = str(index_file(regimes_path, e["output"]))
+        return cls(cfg, out, Path(folds_path), folds, regime_models, regime_probs)
 
     def config(self, run: dict[str, Any]) -> Path:
         """The configuration the run was trained with (its train folder's ``config.yaml``)."""
@@ -202,6 +208,24 @@ class VersionFiles:
             files["normaliser.json"] = str(normaliser)
         if self.cfg.regimes.enabled and fold in self.regime_models:
             files["regime_model.json"] = self.regime_models[fold]
+        return files
+
+    def drift_reference(self, run: dict[str, Any], window: dict[str, Any]) -> dict[str, str]:
+        """The files live drift checks compare with (:mod:`sentio.drift`): the run's
+        out-of-sample backtest and, with regimes, the per-session regime counts of the
+        fold's training range (written under ``out``)."""
+        fold = int(run["fold"])
+        files = {REFERENCE_BACKTEST: str(run["output"])}
+        probs = self.regime_probs.get(fold) if self.cfg.regimes.enabled else None
+        if probs is not None:
+            frame = pl.read_ipc(probs, columns=["timestamp", "regime"])
+            lo, hi = utc64(window["train_start"]), utc64(window["train_end"])
+            ts = frame["timestamp"].dt.replace_time_zone(None).to_numpy()
+            inside = frame.filter(pl.Series((ts >= lo) & (ts <= hi)))
+            k = sum(1 for c in pl.read_ipc_schema(probs) if c.startswith("p_regime_"))
+            counts = session_regime_counts(inside["timestamp"], inside["regime"], k)
+            path = self.out / f"fold_{fold}_{TRAINING_REGIMES}"
+            files[TRAINING_REGIMES] = str(write_feather_atomic(path, counts))
         return files
 
 
@@ -252,7 +276,7 @@ def register_runs(
                 **span,
                 "feature_columns": list(feature_columns),
             },
-            extra_files=files.extra(fold),
+            extra_files={**files.extra(fold), **files.drift_reference(run, w)},
         )
         versions.append({"fold": fold, "seed": seed, "version": version.version, "new": created})
     return versions
