@@ -225,3 +225,18 @@ def test_rollout_shape_sizes_auto_to_the_device() -> None:
     assert rollout_shape(small_cfg(), cpu) == RolloutShape(n_envs=4, n_steps=32, batch_size=64)
     with pytest.raises(ConfigError, match=r"batch_size \(4096\) exceeds the rollout size"):
         rollout_shape(small_cfg(**{**auto, "agent.batch_size": 4096}), cpu)
+
+
+def test_a_training_leaves_nothing_in_the_temporary_folder(
+    market: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SB3's default logger creates /tmp/SB3-<time> for every training; nightly runs would
+    pile them up (hundreds a week)."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    cfg = small_cfg(**{"train.total_timesteps": 256})
+    train_agent(cfg, market, [(0, market.n_rows)], seed=0, out_dir=tmp_path / "out")
+    assert list(scratch.iterdir()) == []

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 
 from sentio.agents.device_rollout import learn_on_device
 from sentio.agents.selection import Holdout, Selection, split_validation, validation_returns
@@ -733,6 +734,10 @@ def _learn(
     resumed_from: int,
 ) -> None:
     """Run the ``remaining`` steps: on the device's rollout loop, or SB3's ``learn``."""
+    if model.tensorboard_log is None:
+        # without it SB3 configures a logger whose folder, /tmp/SB3-<time>, every training
+        # creates and leaves behind; this one keeps the values (callbacks read them) only
+        model.set_logger(Logger(folder=None, output_formats=[]))
     if remaining > 0 and device_env is not None:
         learn_on_device(
             model,
