@@ -73,6 +73,7 @@ from tasks.ingest import ingest_task, input_files
 from tasks.regimes import regimes_task
 from tasks.registry import registry_task
 from tasks.report import registry_into_report_task, report_task
+from tasks.warm import warm_task
 
 FLOW_NAME = "nightly-retrain"
 Publish = Callable[[dict[str, Any]], Mapping[str, str]]
@@ -140,7 +141,12 @@ def _nightly(
             "features_path": features["output"],
             "folds_path": folds["output"],
             "regimes_path": regimes and regimes["output"],
+            "warm_path": None,
         }
+        if cfg.train.warm_start == "champion":
+            warm = warm_task(cfg=cfg, workdir=str(run.root))
+            if warm is not None:
+                data["warm_path"] = run.record.stage("warm", warm, lap=True)["output"]
         runs = run.train(cfg, n_folds=folds["n_folds"], data=data)
         report = run.record.stage(
             "report",

@@ -231,7 +231,7 @@ def _on_deployments(
 ) -> list[dict[str, Any]]:
     """Start one flow run of ``train.deployment`` per job, wait for all, then read their
     summaries from the shared working directory (in the order of ``jobs``)."""
-    inputs = {name: params[name] for name in INPUTS}
+    inputs = {name: params.get(name) for name in INPUTS}
     finished = _deployment_runs(
         jobs, cfg=cfg, inputs=inputs, workdir=params["workdir"], storage=storage
     )

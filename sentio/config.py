@@ -837,6 +837,20 @@ class TrainConfig(_Section):
         min_length=1,
         description="one training per fold and seed; the seeds of the trainings",
     )
+    warm_start: Literal["none", "champion"] = Field(
+        "none",
+        description="champion: a fold whose test blocks all begin after the champion's last "
+        "bar (its test window's end, so its weights saw nothing of them) starts from the "
+        "champion's weights and feature normaliser, when its architecture and features "
+        "match (else a cold start, saying why), and trains train.warm_start_fraction of the "
+        "steps; none: every training starts from scratch (benchmarks/README.md: warm start)",
+    )
+    warm_start_fraction: float = Field(
+        0.25,
+        gt=0.0,
+        le=1.0,
+        description="share of train.total_timesteps a warm-started training runs",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",
         description="where the networks train; 'auto': cuda when a CUDA GPU is available, else cpu",
@@ -1308,16 +1322,23 @@ PLACEMENT_SETTINGS: tuple[str, ...] = (
 )
 """``train`` settings that place trainings, not shape them (outside the training key)."""
 
+WARM_START_SETTINGS: tuple[str, ...] = ("warm_start", "warm_start_fraction")
+"""``train`` settings that shape only the trainings they warm-start: the training key
+holds them for those (:func:`sentio.stages.train.train_key`), so a fold that starts cold
+keeps its key whatever they are."""
+
 
 def training_settings_hash(cfg: SentioConfig) -> str:
     """Hash of every setting that changes what one training computes.
 
     ``agent``, ``env``, ``universe`` and ``train`` less :data:`PLACEMENT_SETTINGS`: those
     decide which trainings run, how many at once and where, not what one of them computes
-    (so a training done by one executor is a cache hit for another).
+    (so a training done by one executor is a cache hit for another); and less
+    :data:`WARM_START_SETTINGS`, which the key of a warm-started training adds itself.
     """
     dump = cfg.model_dump(mode="json")
-    train = {k: v for k, v in dump["train"].items() if k not in PLACEMENT_SETTINGS}
+    skip = (*PLACEMENT_SETTINGS, *WARM_START_SETTINGS)
+    train = {k: v for k, v in dump["train"].items() if k not in skip}
     return hash_json([{k: dump[k] for k in ("agent", "env", "universe")}, train])
 
 

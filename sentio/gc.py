@@ -32,7 +32,7 @@ from sentio.errors import ConfigError, SentioError
 
 __all__ = ["CACHED_STAGES", "GcPlan", "Removal", "apply_gc", "describe", "plan_gc"]
 
-CACHED_STAGES = ("ingest", "features", "folds", "regimes", "train")
+CACHED_STAGES = ("ingest", "features", "folds", "regimes", "warm", "train")
 """The stages whose outputs are content-addressed folders ``<workdir>/<stage>/<key>/``."""
 RUNS = "runs"
 RESULTS = "prefect-results"

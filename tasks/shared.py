@@ -24,8 +24,8 @@ from tasks.train import training_key
 
 __all__ = ["StoragePlan", "gather_from_storage", "publish_inputs", "result_storage", "storage_plan"]
 
-INPUTS = ("bars_path", "features_path", "folds_path", "regimes_path")
-"""The training task's input files."""
+INPUTS = ("bars_path", "features_path", "folds_path", "regimes_path", "warm_path")
+"""The training task's input files (the last two optional)."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def publish_inputs(plan: StoragePlan, params: dict[str, Any]) -> dict[str, str |
     """
     inputs: dict[str, str | None] = {}
     for name in INPUTS:
-        path = params[name]
+        path = params.get(name)
         if path is None:
             inputs[name] = None
             continue

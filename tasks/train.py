@@ -63,6 +63,7 @@ def training_key(params: Mapping[str, Any], fold: int, seed: int) -> str:
         params["cfg"],
         fold,
         seed,
+        warm_path=params.get("warm_path"),
     )
 
 
@@ -92,10 +93,12 @@ def train_task(
     workdir: str,
     fold: int,
     seed: int,
+    warm_path: str | None = None,
 ) -> dict[str, Any]:
-    """Run :func:`sentio.stages.train_stage` for one fold and seed; return its summary."""
+    """Run :func:`sentio.stages.train_stage` for one fold and seed; return its summary
+    (``warm_path``: the warm-start stage's file, :mod:`sentio.stages.warm`)."""
     paths = (bars_path, features_path, folds_path, regimes_path)
-    return _run_training(paths, cfg, Path(workdir), fold, seed)
+    return _run_training(paths, cfg, Path(workdir), fold, seed, warm_path=warm_path)
 
 
 def _shared_options() -> dict[str, Any]:
@@ -136,7 +139,7 @@ def train_shared_task(
     store = SharedStorage(str(cfg.paths.storage))
     cache = stages.workdir_root(cfg.paths.storage_cache)
     paths: list[str | None] = []
-    for name in ("bars_path", "features_path", "folds_path", "regimes_path"):
+    for name in ("bars_path", "features_path", "folds_path", "regimes_path", "warm_path"):
         rel = inputs.get(name)
         if rel is not None:
             stage, stage_key, _ = rel.split("/", 2)
@@ -146,9 +149,9 @@ def train_shared_task(
                     f"({store.where('stages', stage, stage_key)} has no manifest)"
                 )
         paths.append(None if rel is None else str(cache / rel))
-    bars, features, folds, regimes = paths
+    bars, features, folds, regimes, warm = paths
     assert bars is not None and features is not None and folds is not None
-    here = stages.train_key(bars, features, folds, regimes, cfg, fold, seed)
+    here = stages.train_key(bars, features, folds, regimes, cfg, fold, seed, warm_path=warm)
     if here != key:
         raise ConfigError(
             f"train fold {fold} seed {seed}: this worker ({socket.gethostname()}) computes "
@@ -178,7 +181,13 @@ def train_shared_task(
             )
 
     summary = _run_training(
-        (bars, features, folds, regimes), cfg, cache, fold, seed, on_progress=push_checkpoint
+        (bars, features, folds, regimes),
+        cfg,
+        cache,
+        fold,
+        seed,
+        on_progress=push_checkpoint,
+        warm_path=warm,
     )
     store.put_stage(cache / "train" / key, "train", key)
     store.drop_checkpoints(key)
@@ -192,6 +201,7 @@ def _run_training(
     fold: int,
     seed: int,
     on_progress: Callable[[], None] | None = None,
+    warm_path: str | None = None,
 ) -> dict[str, Any]:
     """:func:`sentio.stages.train_stage` in this process or a child (see the module), its
     progress in a Prefect progress artifact and log lines (``on_progress`` called after
@@ -244,6 +254,7 @@ def _run_training(
         seed=seed,
         threads=cfg.train.torch_threads,
         progress=progress,
+        warm_path=warm_path,
     )
     update_progress_artifact(artifact, 100.0)
     m = summary["metrics"]

@@ -45,6 +45,7 @@ USED_BY: dict[str, set[str]] = {
     "sentio.regimes.training_rows": {"regimes"},  # the leakage guard of the regime fits
     "sentio.env.simulator": {"train"},
     "sentio.agents.training": {"train"},
+    "sentio.warm": {"train"},  # which folds start from the champion (not the registry)
     "sentio.evaluation.metrics": {"train"},  # the train summary's metrics
     "sentio.agents.buffers": {"train"},  # rollout buffers (missed by the hand-kept lists)
     "sentio.env.ledger": {"train"},  # reached through the backtest only

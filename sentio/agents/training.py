@@ -552,6 +552,7 @@ def train_agent(
     seed: int,
     out_dir: str | Path,
     progress: ProgressFn | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Train ``agent.algo`` on the fold's training ranges; resume from a checkpoint if any.
 
@@ -559,9 +560,13 @@ def train_agent(
     ``load``) and keeps ``out_dir/checkpoints/`` while training. The training holds the
     process's random state and torch's thread count (``train.torch_threads``) until it
     returns (see the module docstring); concurrent callers in one process wait.
+    ``init_from``: a model of the same class and architecture (a warm start,
+    :mod:`sentio.stages.warm`) whose policy weights the new model starts from; a resumed
+    checkpoint already holds them.
 
     Raises:
-        ConfigError: ``train.device = cuda`` without a GPU.
+        ConfigError: ``train.device = cuda`` without a GPU, or an ``init_from`` model whose
+            network does not fit this configuration's.
         ResourceError: out of memory (names the settings to lower) or a full disk.
     """
     with _TRAINING_LOCK:
@@ -572,7 +577,15 @@ def train_agent(
         validate = torch.distributions.Distribution._validate_args
         torch.distributions.Distribution.set_default_validate_args(False)
         try:
-            return _train(cfg, market, ranges, seed=seed, out=Path(out_dir), progress=progress)
+            return _train(
+                cfg,
+                market,
+                ranges,
+                seed=seed,
+                out=Path(out_dir),
+                progress=progress,
+                init_from=None if init_from is None else Path(init_from),
+            )
         except (torch.OutOfMemoryError, MemoryError) as exc:
             where = "the GPU" if isinstance(exc, torch.OutOfMemoryError) else "the machine"
             raise ResourceError(
@@ -595,6 +608,7 @@ def _train(
     seed: int,
     out: Path,
     progress: ProgressFn | None,
+    init_from: Path | None = None,
 ) -> TrainResult:
     """:func:`train_agent` inside its lock: seed, build, resume or start, learn, select, save."""
     cfg = resolve_for_bars(cfg, market.bar_seconds)
@@ -615,10 +629,10 @@ def _train(
     shape = rollout_shape(cfg, device)
     env, device_env = _training_envs(cfg, market, params, train_ranges, shape, device, seed, scale)
     state_env: TrainingEnv = env if device_env is None else device_env
-    fingerprint = _fingerprint(cfg, shape, seed, market, ranges)
+    fingerprint = _fingerprint(cfg, shape, seed, market, ranges, init_from)
     ckpt_dir = out / CHECKPOINTS_DIR
     model, selection, resumed_from = _start_or_resume(
-        cfg, env, state_env, fingerprint, device, seed, out
+        cfg, env, state_env, fingerprint, device, seed, out, init_from
     )
     validator = None
     if isinstance(holdout, Holdout):
@@ -693,8 +707,10 @@ def _fingerprint(
     seed: int,
     market: MarketData,
     ranges: Sequence[tuple[int, int]],
+    init_from: Path | None = None,
 ) -> str:
-    """What a checkpoint must match to be resumed: settings, shape, seed and data."""
+    """What a checkpoint must match to be resumed: settings, shape, seed, data and the
+    warm start's initial weights."""
     return json.dumps(
         [
             CHECKPOINT_FORMAT,
@@ -703,6 +719,7 @@ def _fingerprint(
             seed,
             market.n_rows,
             list(ranges),
+            None if init_from is None else sha256_file(init_from),
         ]
     )
 
@@ -715,15 +732,40 @@ def _start_or_resume(
     device: torch.device,
     seed: int,
     out: Path,
+    init_from: Path | None = None,
 ) -> tuple[BaseAlgorithm, Selection | None, int]:
-    """The checkpointed model, its validation record and its step count, or a new model."""
+    """The checkpointed model, its validation record and its step count, or a new model
+    (with ``init_from``'s policy weights)."""
     tb = str(out / "tensorboard") if cfg.train.tensorboard else None
     loaded = _load_checkpoint(out / CHECKPOINTS_DIR, cfg, env, state_env, fingerprint, device)
     if loaded is None:
-        return make_model(cfg, env, seed=seed, device=device, tensorboard_log=tb), None, 0
+        model = make_model(cfg, env, seed=seed, device=device, tensorboard_log=tb)
+        if init_from is not None:
+            _initialise_from(model, init_from, cfg, device)
+        return model, None, 0
     model, selection = loaded
     model.tensorboard_log = tb
     return model, selection, int(model.num_timesteps)
+
+
+def _initialise_from(
+    model: BaseAlgorithm, path: Path, cfg: SentioConfig, device: torch.device
+) -> None:
+    """Copy the policy weights of the model at ``path`` into ``model`` (same shapes)."""
+    source = algorithm_class(cfg).load(path, device=device)
+    theirs, ours = source.policy.state_dict(), model.policy.state_dict()
+    for name, tensor in ours.items():
+        other = theirs.get(name)
+        if other is None or other.shape != tensor.shape:
+            found = "absent" if other is None else tuple(other.shape)
+            raise ConfigError(
+                f"{path}: cannot warm-start from it: its policy's {name} is {found}, this "
+                f"configuration's is {tuple(tensor.shape)}"
+            )
+    extra = sorted(set(theirs) - set(ours))
+    if extra:
+        raise ConfigError(f"{path}: cannot warm-start from it: its policy has {extra[0]} too")
+    model.policy.load_state_dict(theirs)
 
 
 def _learn(

@@ -199,11 +199,17 @@ class VersionFiles:
             self._fallback = write_config(self.out / "config.yaml", self.cfg)
         return self._fallback
 
-    def extra(self, fold: int) -> dict[str, str]:
-        """``normaliser.json`` and ``regime_model.json`` of the fold, where they are used."""
+    def extra(self, fold: int, run: dict[str, Any] | None = None) -> dict[str, str]:
+        """``normaliser.json`` and ``regime_model.json`` of the fold, where they are used
+        (the normaliser of ``run``'s training folder when it has one: a warm start's)."""
         entry = {int(f["fold"]): f for f in self.folds["folds"]}[fold]
         files: dict[str, str] = {}
-        normaliser = index_file(self.folds_path, entry.get("normaliser"))
+        own = None if run is None else Path(run["output"]).parent / "normaliser.json"
+        normaliser = (
+            str(own)
+            if own is not None and own.is_file()
+            else index_file(self.folds_path, entry.get("normaliser"))
+        )
         if self.cfg.features.normalisation == "train_fit" and normaliser:
             files["normaliser.json"] = str(normaliser)
         if self.cfg.regimes.enabled and fold in self.regime_models:
@@ -276,7 +282,7 @@ def register_runs(
                 **span,
                 "feature_columns": list(feature_columns),
             },
-            extra_files={**files.extra(fold), **files.drift_reference(run, w)},
+            extra_files={**files.extra(fold, run), **files.drift_reference(run, w)},
         )
         versions.append({"fold": fold, "seed": seed, "version": version.version, "new": created})
     return versions

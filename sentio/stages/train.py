@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import polars as pl
 
-from sentio.config import SentioConfig, training_settings_hash
+from sentio.config import SentioConfig, training_settings_hash, with_overrides
 from sentio.data.provenance import provenance_digest
 from sentio.errors import DataError
 from sentio.io import code_version, combine_hashes, sha256_file, write_feather_atomic
@@ -21,6 +22,7 @@ from sentio.stages.common import (
     load_folds,
     stage_modules,
 )
+from sentio.warm import WarmPlan, warm_plan
 
 
 def _regime_fold_output(regimes_path: str | Path | None, fold: int) -> str | None:
@@ -41,10 +43,20 @@ def train_key(
     cfg: SentioConfig,
     fold: int,
     seed: int,
+    *,
+    warm_path: str | Path | None = None,
 ) -> str:
-    """Cache key of one (fold, seed) training: every input's CONTENT, settings, code, fold, seed."""
+    """Cache key of one (fold, seed) training: every input's CONTENT, settings, code, fold,
+    seed, and for a warm-started fold (:func:`sentio.warm.warm_plan`) the champion
+    it starts from and the warm-start settings (a fold that starts cold keeps its key)."""
     regime_file = _regime_fold_output(regimes_path, fold)
     cfg = config_for_data(cfg, bars_path)
+    plan = warm_plan(warm_path, cfg, folds_path=folds_path, features_path=features_path, fold=fold)
+    warm = (
+        [f"warm={plan.digest}", f"warm_fraction={cfg.train.warm_start_fraction!r}"]
+        if plan is not None and plan.applies
+        else []
+    )
     return combine_hashes(
         [
             sha256_file(bars_path),
@@ -57,6 +69,7 @@ def train_key(
             code_version(*stage_modules("train")),
             f"fold={fold}",
             f"seed={seed}",
+            *warm,
         ]
     )[:32]
 
@@ -68,12 +81,14 @@ def fold_market(
     regimes_path: str | Path | None,
     cfg: SentioConfig,
     fold: int,
+    *,
+    normaliser: str | Path | None = None,
 ) -> tuple[Any, list[tuple[int, int]], list[tuple[int, int]]]:
     """The market arrays of one fold, with its training ranges and test blocks as market rows.
 
     With ``features.normalisation = "train_fit"`` the fold's normaliser (fitted on its
-    training rows by the folds stage) is applied first; regime probabilities are the
-    fold's own model's.
+    training rows by the folds stage), or ``normaliser`` when given (a warm start's), is
+    applied first; regime probabilities are the fold's own model's.
     """
     from sentio.env import build_market, rows_from_ranges
     from sentio.features.normalise import apply_normaliser
@@ -83,9 +98,10 @@ def fold_market(
     if entry is None:
         raise DataError(f"{folds_path}: no fold {fold} (folds: {len(folds['folds'])})")
     features = pl.read_ipc(features_path)
-    normaliser = index_file(folds_path, entry.get("normaliser"))
-    if normaliser is not None:
-        features = apply_normaliser(features, json.loads(Path(normaliser).read_text()))
+    own = index_file(folds_path, entry.get("normaliser"))
+    chosen = normaliser if normaliser is not None and own is not None else own
+    if chosen is not None:
+        features = apply_normaliser(features, json.loads(Path(chosen).read_text()))
     regime_file = _regime_fold_output(regimes_path, fold)
     regimes = pl.read_ipc(regime_file) if regime_file else None
     market = build_market(pl.read_ipc(bars_path), features, regimes, cfg)
@@ -166,6 +182,7 @@ def train_stage(
     fold: int,
     seed: int,
     progress: Any = None,
+    warm_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train one agent on a fold's training ranges and backtest it on the fold's test blocks.
 
@@ -175,16 +192,24 @@ def train_stage(
     the same bars of the reference policies (``reference_<name>.feather``: flat,
     buy-and-hold TQQQ, the trend rule, the underlying's buy-and-hold). A killed training
     resumes from its checkpoint when the stage is run again.
+
+    ``warm_path``: the warm-start stage's ``warm.json`` (:mod:`sentio.stages.warm`); a fold
+    it applies to starts from the champion's weights and normaliser (then also in the
+    folder, ``normaliser.json``) and trains ``train.warm_start_fraction`` of the steps.
+    The summary's ``warm_start`` says whether and why (None when warm starts are off).
     """
     cfg = config_for_data(cfg, bars_path)
-    key = train_key(bars_path, features_path, folds_path, regimes_path, cfg, fold, seed)
+    key = train_key(
+        bars_path, features_path, folds_path, regimes_path, cfg, fold, seed, warm_path=warm_path
+    )
     paths = (bars_path, features_path, folds_path, regimes_path)
+    plan = warm_plan(warm_path, cfg, folds_path=folds_path, features_path=features_path, fold=fold)
     # A fixed staging name: a killed training's checkpoints are found by the next attempt.
     return cached_stage(
         "train",
         key,
         workdir,
-        lambda tmp, _folder: _train_into(tmp, paths, cfg, fold, seed, progress),
+        lambda tmp, _folder: _train_into(tmp, paths, cfg, fold, seed, progress, plan),
         staging=training_staging(key),
     )
 
@@ -202,10 +227,12 @@ def _train_into(
     fold: int,
     seed: int,
     progress: Any,
+    plan: WarmPlan | None = None,
 ) -> dict[str, Any]:
     """Train, backtest and write one (fold, seed) into the staging folder ``tmp``; the summary.
 
-    ``paths``: the bars, features, folds and regimes (or ``None``) files.
+    ``paths``: the bars, features, folds and regimes (or ``None``) files; ``plan``: the
+    fold's warm start (:func:`sentio.warm.warm_plan`).
     """
     from sentio.agents.training import CHECKPOINTS_DIR, algorithm_class, train_agent
     from sentio.config import write_config
@@ -213,9 +240,26 @@ def _train_into(
     from sentio.env.backtest import backtest
     from sentio.evaluation import metrics_to_json
 
-    market, train_rows, test_rows = fold_market(*paths, cfg, fold)
+    warm = plan is not None and plan.applies
+    normaliser = plan.normaliser if plan is not None and warm else None
+    market, train_rows, test_rows = fold_market(*paths, cfg, fold, normaliser=normaliser)
+    hashed_extra: list[Path] = []
+    if warm:
+        assert plan is not None
+        steps = max(1, math.ceil(cfg.train.total_timesteps * cfg.train.warm_start_fraction))
+        cfg = with_overrides(cfg, {"train.total_timesteps": steps})
+        if normaliser is not None:  # the version in the registry carries the one used
+            hashed_extra.append(Path(shutil.copyfile(normaliser, tmp / "normaliser.json")))
     config = write_config(tmp / "config.yaml", cfg)
-    result = train_agent(cfg, market, train_rows, seed=seed, out_dir=tmp, progress=progress)
+    result = train_agent(
+        cfg,
+        market,
+        train_rows,
+        seed=seed,
+        out_dir=tmp,
+        progress=progress,
+        init_from=plan.model if plan is not None and warm else None,
+    )
     shutil.rmtree(tmp / CHECKPOINTS_DIR, ignore_errors=True)  # only needed to resume
     model = algorithm_class(cfg).load(result.model_path, device="cpu")
     params = EnvParams.from_config(cfg, market)
@@ -228,7 +272,7 @@ def _train_into(
     references = reference_backtests(market, params, test_rows, truth_of(paths[0]))
     for name, ref in references.items():
         files[f"reference_{name}"] = _bars_file(ref, tmp / f"reference_{name}.feather")
-    hashed = [Path(result.model_path), Path(config), *files.values()]
+    hashed = [Path(result.model_path), Path(config), *files.values(), *hashed_extra]
     return {
         "output": str(files["backtest"]),
         "output_sha256": sha256_file(files["backtest"]),
@@ -241,4 +285,5 @@ def _train_into(
         "metrics": metrics_to_json(bt.metrics()),
         "references": {name: metrics_to_json(ref.metrics()) for name, ref in references.items()},
         "n_trades": int(bt.trades.height),
+        "warm_start": None if plan is None else plan.to_dict(),
     }
