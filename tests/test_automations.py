@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -189,6 +190,15 @@ def test_3_a_failed_run_is_alerted_once_by_the_server(
     found = receiver.matching("Sentio alert: nightly-retrain run ")
     assert len(found) == before + 1
     assert found[-1]["subject"].endswith(" Failed") and "missing.feather" in found[-1]["body"]
+    # the same message as the hook's (test 1): one template, rendered by either side
+    pattern = re.compile(
+        r"The nightly-retrain flow run (\S+) \(([0-9a-f-]{36})\) ended Failed: .*missing\.feather"
+    )
+    hook, server_sent = found[0], found[-1]
+    for message in (hook, server_sent):
+        m = pattern.match(message["body"])
+        assert m is not None, message
+        assert message["subject"] == f"Sentio alert: nightly-retrain run {m.group(1)} Failed"
     # it was the server's automation that sent it, not the hook
     failed = next(
         a for a in _automations(server) if a.name == "sentio: nightly or paper run failed"
