@@ -35,6 +35,7 @@ def paper_flow(
     version: str | None = None,
     start: str | None = None,
     workdir: str | None = None,
+    verify: bool = False,
 ) -> dict[str, Any]:
     """Paper-trade ``version`` (default: the champion) on the bars at ``data_path``.
 
@@ -48,6 +49,8 @@ def paper_flow(
         start: first bar of a new ledger (ISO-8601); default: the first bar after the
             version's training range.
         workdir: overrides ``paths.workdir``.
+        verify: recompute the ledger from its start (and compare) instead of continuing
+            from its state.
 
     Returns:
         The summary of :func:`sentio.paper.paper_trade`, with ``drift``: the drift check
@@ -56,5 +59,5 @@ def paper_flow(
     """
     cfg = with_overrides(load_config(config_path), {"paths.workdir": workdir})
     cfg = with_overrides(cfg, {"paths.workdir": str(cfg.paths.workdir.expanduser().resolve())})
-    summary = paper_task(data_path, cfg, version, start)
+    summary = paper_task(data_path, cfg, version, start, verify)
     return {**summary, "drift": drift_task(summary, cfg)}

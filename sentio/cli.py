@@ -691,6 +691,16 @@ StartOpt = Annotated[
 ]
 
 
+VerifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verify",
+        help="Recompute the whole replay from its first bar and compare it with the kept "
+        "ledger, instead of continuing from the state (which is then rewritten).",
+    ),
+]
+
+
 def _warn_in_sample(first: str, train_end: Any) -> None:
     """One line on stderr: the replay starts inside the version's training range."""
     from sentio.times import as_utc, iso_z
@@ -714,16 +724,18 @@ def signal_cmd(
         Path | None, typer.Option("--out", "-o", help="Also write the JSON to this file.")
     ] = None,
     start: StartOpt = None,
+    verify: VerifyOpt = False,
 ) -> None:
     """Print (as JSON) the model's decision at the close of the last bar; it fills at the next open."""
     import json
 
     from sentio.io import write_json_atomic
-    from sentio.live import load_bundle, signal
+    from sentio.live import load_bundle
+    from sentio.paper import signal
 
     reg = _registry(config, workdir)
     bundle = load_bundle(reg, version)
-    result = _rounded(signal(bundle, bars, start=start))
+    result = _rounded(signal(bundle, bars, start=start, verify=verify))
     if result["in_sample"]:
         _warn_in_sample(result["account"]["since"], bundle.extra.get("train_end"))
     if out is not None:
@@ -739,12 +751,13 @@ def paper_cmd(
     start: StartOpt = None,
     config: ConfigOpt = None,
     workdir: WorkdirOpt = None,
+    verify: VerifyOpt = False,
 ) -> None:
-    """Paper-trade a model on the bar history; append the new bars to its ledger (idempotent)."""
+    """Paper-trade a model on new bars (or the whole history); append them to its ledger (idempotent)."""
     from sentio.paper import paper_trade
 
     reg = _registry(config, workdir)
-    s = paper_trade(reg, bars, version=version, start=start)
+    s = paper_trade(reg, bars, version=version, start=start, verify=verify)
     if s["in_sample"]:
         _warn_in_sample(
             s["start"], reg.get(s["version"]).manifest.get("extra", {}).get("train_end")
@@ -754,6 +767,7 @@ def paper_cmd(
         f"bars: {s['rows']} from {s['start']} to {s['last']}, {s['appended']} appended"
         + (" (the bars end before the ledger's last row)" if s["behind"] else "")
     )
+    typer.echo(_mode_line(s))
     if s["revised"] is not None:
         rev = s["revised"]
         changes = ", ".join(
@@ -777,6 +791,18 @@ def paper_cmd(
             f"prices of {', '.join(s['derived_symbols'])} are derived from the underlying "
             "(daily reset), not traded prices"
         )
+
+
+def _mode_line(s: dict[str, Any]) -> str:
+    """How the run computed: continued from the state, or recomputed from the start (why)."""
+    work = (
+        f"{s['replayed']} bars replayed over a market of {s['market_rows']} rows"
+        if s["replayed"]
+        else "no new bar"
+    )
+    if s["mode"] == "incremental":
+        return f"mode: incremental ({work})"
+    return f"mode: {s['mode']}, recomputed from the start ({s['reason']}; {work})"
 
 
 def main() -> None:

@@ -20,7 +20,11 @@ causally *filtered* probabilities (from the first bar given), then
 :func:`~sentio.env.build_market`. Everything is causal, so the values at a bar do not
 change when later bars are appended. (Rolling indicators and the regime filter do depend on
 where the bar history starts: feed the same history the model was trained and evaluated on,
-extended by newer bars.)
+extended by newer bars. The dependence dies out with distance: paper trading and the
+CLI's signal build the market of a run from a tail of the history that starts far enough
+back, on the features' exact-recomputation period, and check it against the previous
+run's rows, :mod:`sentio.live_state`.) :meth:`ModelBundle.ingest` also says which series
+were derived from the underlying of the bars given (:class:`CanonicalBars`).
 
 **The start rule.** A replay of the policy (:func:`replay`; what :func:`signal` and paper
 trading run) starts flat, with ``env.initial_cash``, at the first bar after the version's
@@ -32,7 +36,10 @@ so (``in_sample``: true when the replay's first bar is at or before ``extra.trai
 and the CLI warns on stderr. From there the policy acts deterministically at the close of
 every bar with the training simulator (fills at the next bar's open, costs, masks, forced
 exits at the close); the account is path dependent, which is why the replay starts at a
-fixed bar.
+fixed bar. A replay can also resume from the simulator's account state that an earlier
+replay captured at a bar's close (``resume`` / ``capture_row`` of :func:`replay`; the same
+loop, the same steps): what lets paper trading and the CLI's signal continue a path
+instead of replaying it from its start (:mod:`sentio.paper`).
 
 **Replay rows.** One row per bar ``t`` from the start to the last bar: the position held
 over bar ``t`` (filled at its open), the equity at its close, the costs paid in it, and the
@@ -52,6 +59,10 @@ turns out to be the session's last), ``exposure`` / ``equity`` / ``position`` / 
 after it, and the decision and masks at its close may change. Every earlier bar is final
 (its next bar is in the data). Paper trading therefore treats the ledger's last row as
 provisional (:mod:`sentio.paper`).
+
+:func:`signal` here is stateless (it replays from the start on every call);
+``sentio signal`` runs :func:`sentio.paper.signal`, which keeps the replay as a ledger with
+a state and gives the same JSON (:func:`signal_of_row` builds it from the last row).
 """
 
 from __future__ import annotations
@@ -87,6 +98,7 @@ from sentio.times import Timestamp, as_utc, from_datetime64, iso_z, to_datetime6
 
 __all__ = [
     "NORMALISER_FILE",
+    "CanonicalBars",
     "REGIME_MODEL_FILE",
     "ModelBundle",
     "Replay",
@@ -95,6 +107,7 @@ __all__ = [
     "load_bundle",
     "replay",
     "signal",
+    "signal_of_row",
 ]
 
 NORMALISER_FILE = "normaliser.json"
@@ -102,8 +115,6 @@ NORMALISER_FILE = "normaliser.json"
 REGIME_MODEL_FILE = "regime_model.json"
 """Version file holding the fold's regime model (``regimes.enabled``)."""
 
-Bars = pl.DataFrame | str | os.PathLike[str]
-"""Canonical bars as a frame, or bar file(s) to ingest (a path, comma-separated paths)."""
 
 FILL_NOTE = (
     "decided at the close of this bar; the order fills at the OPEN of the next bar "
@@ -113,6 +124,29 @@ FILL_NOTE = (
 
 # --------------------------------------------------------------------------------------
 # the bundle
+
+
+@dataclasses.dataclass(frozen=True)
+class CanonicalBars:
+    """Canonical, universe-complete bars (:meth:`ModelBundle.ingest`).
+
+    Attributes:
+        frame: the bars.
+        derived: the symbols whose prices are derived from the underlying (here, by
+            ingest, or upstream per a provenance sidecar), not traded prices.
+        derived_here: those of ``derived`` that were derived from the underlying of these
+            bars (missing from the input; a daily-reset series depends on every session
+            since the first one given).
+    """
+
+    frame: pl.DataFrame
+    derived: list[str]
+    derived_here: list[str]
+
+
+Bars = pl.DataFrame | CanonicalBars | str | os.PathLike[str]
+"""Canonical bars as a frame, or bar file(s) to ingest (a path, comma-separated paths), or
+the :class:`CanonicalBars` of an earlier :meth:`ModelBundle.ingest`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,19 +231,32 @@ class ModelBundle:
         paper trading report them, as the report does. A frame that already holds both
         ETFs carries no provenance: its prices count as traded.
         """
+        got = self.ingest(bars)
+        return got.frame, got.derived
+
+    def ingest(self, bars: Bars) -> CanonicalBars:
+        """:meth:`canonical_bars`, also naming the symbols derived from these very bars."""
         from sentio.data.leverage import ensure_universe
         from sentio.stages.common import resolve_inputs
         from sentio.stages.ingest import ingest_stage
 
+        if isinstance(bars, CanonicalBars):
+            return bars
         if isinstance(bars, pl.DataFrame):
             need = {"timestamp", "symbol", "open", "close"}
             missing = sorted(need - set(bars.columns))
             if missing:
                 raise DataError(f"bars frame lacks columns {missing} (canonical bars expected)")
             complete, derived = ensure_universe(bars, self.cfg.universe)
-            return complete, sorted(derived)
+            return CanonicalBars(complete, sorted(derived), sorted(derived))
         summary = ingest_stage(resolve_inputs(str(bars)), self.cfg, self.workdir)
-        return pl.read_ipc(summary["output"]), sorted(summary.get("derived_symbols") or [])
+        derived = sorted(summary.get("derived_symbols") or [])
+        upstream: set[str] = set()
+        report = summary.get("report")
+        if report and Path(report).is_file():  # what ingest found marked derived upstream
+            upstream = set(json.loads(Path(report).read_text()).get("derived_symbols") or [])
+        here = sorted(set(derived) - upstream)
+        return CanonicalBars(pl.read_ipc(summary["output"]), derived, here)
 
     def market(self, bars: Bars) -> MarketData:
         """The market arrays the training pipeline builds for these bars (module docstring).
@@ -484,10 +531,17 @@ def with_next_bar(market: MarketData, calendar: str = "XNYS") -> MarketData:
 
 @dataclasses.dataclass(frozen=True)
 class Replay:
-    """The outcome of :func:`replay`: one row per bar, and whether equity was wiped out."""
+    """The outcome of :func:`replay`: one row per bar, and whether equity was wiped out.
+
+    ``captured``: the simulator's account state (:attr:`BatchSimulator.ACCOUNT_STATE
+    <sentio.env.simulator.BatchSimulator.ACCOUNT_STATE>`, one account) at the close of the
+    replay's ``capture_row``, before the decision there; None when not asked for or not
+    reached (a ruin before it).
+    """
 
     frame: pl.DataFrame
     ruined: bool
+    captured: dict[str, np.ndarray] | None = None
 
 
 FORCED_EXITS = (*STEP_FORCED_EXITS, "ruin")
@@ -534,10 +588,22 @@ def mask_reasons(bits: np.ndarray, grid: np.ndarray) -> str:
     )
 
 
-def replay(bundle: ModelBundle, market: MarketData, start_row: int, end_row: int) -> Replay:
+def replay(
+    bundle: ModelBundle,
+    market: MarketData,
+    start_row: int,
+    end_row: int,
+    *,
+    resume: dict[str, np.ndarray] | None = None,
+    capture_row: int | None = None,
+) -> Replay:
     """Run the deterministic policy causally from ``start_row`` to ``end_row`` (inclusive).
 
-    The account starts flat with ``env.initial_cash`` at ``start_row``; each step is the
+    The account starts flat with ``env.initial_cash`` at ``start_row`` or, with ``resume``,
+    in that simulator account state (:meth:`BatchSimulator.get_state
+    <sentio.env.simulator.BatchSimulator.get_state>` of one account taken at the close of
+    the bar now at ``start_row``, before its decision: what ``capture_row`` returns; its
+    ``t`` / ``end`` row indices are replaced by this market's); each step is the
     training simulator's (:class:`~sentio.env.simulator.BatchSimulator` in backtest mode,
     the same as :func:`sentio.env.backtest.backtest`), and nothing at row ``t`` reads a
     later row. Columns (:func:`replay_columns`), per bar ``t``:
@@ -556,19 +622,34 @@ def replay(bundle: ModelBundle, market: MarketData, start_row: int, end_row: int
       :data:`~sentio.env.simulator.LAYER_BITS` blocking action ``i``; 0 = allowed) and
       ``mask_reasons`` (:func:`mask_reasons`).
 
-    The first row (the start bar) holds nothing (flat, initial equity, no costs). If equity
-    is wiped out the replay stops at that bar (``forced_exit = "ruin"``, ``exposure`` 0 as
-    in :func:`sentio.env.backtest.backtest`, action flat). When ``end_row`` is the market's
-    last row, the last row is provisional (module docstring, :func:`with_next_bar`).
+    The first row (the start bar) holds nothing (flat, initial equity, no costs); with
+    ``resume`` its held-over-the-bar columns (``instrument_held`` .. ``forced_exit``) are
+    not known here (they belong to the step into it, which an earlier replay made) and
+    the row is the caller's to drop. If equity is wiped out the replay stops at that bar
+    (``forced_exit = "ruin"``, ``exposure`` 0 as in :func:`sentio.env.backtest.backtest`,
+    action flat). When ``end_row`` is the market's last row, the last row is provisional
+    (module docstring, :func:`with_next_bar`).
+
+    ``capture_row`` (in ``[start_row, end_row]``): return the account state at the close
+    of that row, before its decision, as :attr:`Replay.captured` (what a later replay
+    resumes from). One loop either way: a resumed replay steps exactly as the replay from
+    the start does from that row on.
 
     Raises:
         MaskedActionError: the policy chose a masked action (a bug in the policy).
     """
     with one_torch_thread():
-        return _replay(bundle, market, start_row, end_row)
+        return _replay(bundle, market, start_row, end_row, resume, capture_row)
 
 
-def _replay(bundle: ModelBundle, market: MarketData, start_row: int, end_row: int) -> Replay:
+def _replay(
+    bundle: ModelBundle,
+    market: MarketData,
+    start_row: int,
+    end_row: int,
+    resume: dict[str, np.ndarray] | None,
+    capture_row: int | None,
+) -> Replay:
     p = bundle.params()
     n = market.n_rows
     if not (p.window - 1 <= start_row <= end_row < n):
@@ -576,11 +657,17 @@ def _replay(bundle: ModelBundle, market: MarketData, start_row: int, end_row: in
             f"replay rows must satisfy window-1 = {p.window - 1} <= start {start_row} <= "
             f"end {end_row} < {n}"
         )
+    if capture_row is not None and not start_row <= capture_row <= end_row:
+        raise DataError(f"capture row {capture_row} outside the replay's [{start_row}, {end_row}]")
     if end_row == n - 1:  # the calendar's facts about the bar after the last one
         market = with_next_bar(market, bundle.cfg.universe.calendar)
     sim = BatchSimulator(market, p, 1, backtest=True)
     # the episode may run to the row after end_row; the replay never steps past end_row
     sim.reset(np.zeros(1, dtype=np.int64), np.array([start_row]), np.array([end_row + 1]))
+    if resume is not None:
+        state = {k: np.asarray(v) for k, v in resume.items()}
+        state["t"], state["end"] = sim.t.copy(), sim.end.copy()  # this market's rows
+        sim.set_state(state)
 
     def masked(t: int, a: int, bits: np.ndarray) -> str:
         return (
@@ -590,11 +677,14 @@ def _replay(bundle: ModelBundle, market: MarketData, start_row: int, end_row: in
 
     log = _ReplayLog(end_row - start_row + 1, p.n_actions, float(sim.equity[0]))
     pick = action_picker(bundle.model)
+    captured = sim.get_state() if capture_row == start_row else None
     for d in decide_and_step(sim, pick, masked=masked, stop_row=end_row):
         log.decided(d)
         if d.result is not None:
             log.stepped(d, p.flat_action)
-    return log.replay(bundle, market, start_row)
+            if capture_row is not None and int(sim.t[0]) == capture_row and not log.ruined:
+                captured = sim.get_state()  # at the close of capture_row, before deciding
+    return log.replay(bundle, market, start_row, captured)
 
 
 class _ReplayLog:
@@ -642,7 +732,13 @@ class _ReplayLog:
             self.action[i] = flat_action
             self.blocked[i] = 0
 
-    def replay(self, bundle: ModelBundle, market: MarketData, start_row: int) -> Replay:
+    def replay(
+        self,
+        bundle: ModelBundle,
+        market: MarketData,
+        start_row: int,
+        captured: dict[str, np.ndarray] | None = None,
+    ) -> Replay:
         """The :class:`Replay` of the rows logged (:func:`replay_columns`)."""
         m = self.i + 1
         rows = np.arange(start_row, start_row + m)
@@ -682,7 +778,7 @@ class _ReplayLog:
             "mask_reasons": [mask_reasons(b, grid) for b in blocked],
         }
         frame = pl.DataFrame(data).select(replay_columns(grid.size, K))
-        return Replay(frame=frame, ruined=self.ruined)
+        return Replay(frame=frame, ruined=self.ruined, captured=captured)
 
 
 # --------------------------------------------------------------------------------------
@@ -743,9 +839,29 @@ def signal(
                 f"end {end}: before the replay's start {iso_z(from_datetime64(market.timestamps[first]))}"
             )
     result = replay(bundle, market, first, last)
-    row = result.frame.row(-1, named=True)
-    K = market.n_regimes
-    since = result.frame["timestamp"][0]
+    return signal_of_row(
+        bundle,
+        result.frame.row(-1, named=True),
+        since=result.frame["timestamp"][0],
+        bars=result.frame.height,
+        ruined=result.ruined,
+        derived=derived,
+    )
+
+
+def signal_of_row(
+    bundle: ModelBundle,
+    row: dict[str, Any],
+    *,
+    since: dt.datetime,
+    bars: int,
+    ruined: bool,
+    derived: list[str],
+) -> dict[str, Any]:
+    """The JSON of :func:`signal` from the last row of a replay (or of a ledger, which has
+    the replay's columns): ``since`` is the replay's first bar, ``bars`` its number of
+    rows, ``ruined`` whether equity was wiped out, ``derived`` the derived symbols."""
+    K = sum(1 for c in row if c.startswith("p_regime_"))
     return {
         "version": bundle.version,
         "timestamp": iso_z(row["timestamp"]),
@@ -756,8 +872,8 @@ def signal(
         "regime": int(row["regime"]) if K else None,
         "mask_layers": list(MASK_LAYERS),
         "mask": _mask_entries(row, bundle.params().grid, bundle.instruments),
-        "derived_symbols": derived,
-        "account": _account(row, result, float(bundle.cfg.env.initial_cash)),
+        "derived_symbols": list(derived),
+        "account": _account(row, since, bars, ruined, float(bundle.cfg.env.initial_cash)),
         "fills": "open of the next bar",
         "note": FILL_NOTE,
         "in_sample": bundle.in_sample(since),
@@ -784,7 +900,9 @@ def _mask_entries(
     return out
 
 
-def _account(row: dict[str, Any], result: Replay, initial: float) -> dict[str, Any]:
+def _account(
+    row: dict[str, Any], since: dt.datetime, bars: int, ruined: bool, initial: float
+) -> dict[str, Any]:
     """The account at the close of a replay row (the signal's ``account``)."""
     return {
         "equity": _finite(row["equity"]),
@@ -794,7 +912,7 @@ def _account(row: dict[str, Any], result: Replay, initial: float) -> dict[str, A
         "position": _finite(row["position"]),
         "forced_exit": row["forced_exit"] or None,
         "initial_equity": initial,
-        "since": iso_z(result.frame["timestamp"][0]),
-        "bars": int(result.frame.height),
-        "ruined": result.ruined,
+        "since": iso_z(since),
+        "bars": int(bars),
+        "ruined": bool(ruined),
     }

@@ -1,10 +1,12 @@
 """Paper trading: a registered model acts on bars as they arrive; an idempotent per-version ledger.
 
 :func:`paper_trade` loads a version (the champion by default, hash-verified, see
-:func:`sentio.live.load_bundle`), builds the version's market from the bars given (the
-whole bar history, extended as new bars land) and replays the deterministic policy
-causally from the ledger's start (:func:`sentio.live.replay`: the training simulator,
-fills at the next bar's open, costs, masks, forced exits). The ledger is
+:func:`sentio.live.load_bundle`) and replays the deterministic policy causally from the
+ledger's start (:func:`sentio.live.replay`: the training simulator, fills at the next
+bar's open, costs, masks, forced exits) over the version's market. It does not redo that
+replay on every run: a state kept beside the ledger lets a run process only the bars that
+arrived since the last one (**Incremental runs** below); the full recomputation from the
+start stays, as the fallback and on request (``verify``). The ledger is
 ``<root>/<version>/ledger.feather`` (``root`` defaults to ``<paths.workdir>/paper``), one
 row per bar, with the columns of :func:`sentio.live.replay_columns` plus ``appended_at``
 (the UTC wall-clock time the row was written):
@@ -24,13 +26,52 @@ is given (resolved to the first bar at or after it). An existing ledger keeps it
 whose first bar is at or before ``train_end`` replays bars the model was trained on: the
 summary's ``in_sample`` is true and ``sentio paper`` warns on stderr.
 
-**Idempotence.** The path is recomputed from the start on every run (it is path
-dependent: equity, the position and the masks depend on every earlier bar) and compared
-with the rows already in the ledger: re-running over the same bars appends nothing and
-leaves the file untouched; with more bars only the new rows are appended; bars that end
-before the ledger's last row append nothing. If a recomputed row other than the ledger's
-last disagrees with the ledger (the bar history was rewritten), :class:`PaperError` names
-the timestamp and the column and the ledger is left as it was.
+**Idempotence.** The path is path dependent (equity, the position and the masks depend on
+every earlier bar); a run recomputes rows and compares them with the rows already in the
+ledger: re-running over the same bars appends nothing and leaves the file untouched; with
+more bars only the new rows are appended; bars that end before the ledger's last row
+append nothing. If a recomputed row other than the ledger's last disagrees with the
+ledger, or a bar given differs from the one processed before (the bar history was
+rewritten), :class:`LedgerMismatch` (a :class:`PaperError`) names the timestamp and the
+column and the ledger is left as it was.
+
+**Incremental runs.** Beside the ledger, ``<root>/<version>/state/``
+(:mod:`sentio.live_state`) keeps the canonical bars processed so far, the simulator's
+account state at the close of the ledger's row ``n - 3`` (before its decision), the last
+market rows computed and a guard of the ledger file. A run with a usable state:
+
+* takes from the bars given only those after the last stored bar (the bars given may be
+  the whole history, as before, or only the new bars); the bars given that the stored
+  tail also has must agree with it (else :class:`LedgerMismatch`); series the ingest
+  derived from the underlying (a daily-reset ETF depends on every session since the
+  first) are derived over the stored sessions' closes plus the new bars, as over the
+  whole history;
+* builds the market over a bounded tail of the stored bars plus the new ones
+  (:func:`sentio.live_state.tail_start`: a fixed number of bars before the rows it reads,
+  on the features' exact-recomputation period; ``tail_rows`` overrides the length), so
+  its cost does not grow with the ledger;
+* checks that tail against the market rows the previous run kept (the *convergence
+  guard*: features, prices and calendar facts bit for bit, volatility and regime
+  probabilities within the tolerances below); on a difference it logs a warning and
+  recomputes from the start (from the stored bars plus the new ones);
+* resumes the replay from the stored account state at the ledger's row ``n - 3``: the
+  rows ``n - 2`` (final) and ``n - 1`` (provisional) are produced again and compared with
+  the ledger exactly as a full recomputation's rows are, then the new rows follow;
+* writes the ledger, then the state (its ``state.json`` last): a crash between the two
+  leaves a state whose ledger guard (row count, size, modification time, first and last
+  timestamp) no longer matches, which the next run treats as stale.
+
+The full recomputation runs instead -- and rewrites the state -- for a new ledger, with
+``verify`` (recompute from the ledger's start from the bars given, preceded by the stored
+bars when the bars given start later, compare, and on agreement rewrite the state), with
+``end`` (a replay of history; the state is left alone), with a ``start`` that is not the
+ledger's first bar verbatim, for a ledger of fewer than :data:`MIN_STATE_ROWS` rows or a
+ruined one, when there is no state, when it is stale (the ledger was edited, replaced or
+written without it) or of another model configuration, when the symbols derived from the
+underlying changed, and when the convergence guard fails. The summary says which path ran
+(``mode``: ``"incremental"``, ``"full"`` or ``"verify"``; ``reason``) and how much it did
+(``replayed``, ``market_rows``). Without a usable state the bars given must hold the
+ledger's start. Delete ``state/`` (or pass ``verify``) to force a full recomputation.
 
 **The last row is provisional.** The ledger's last row was computed with the exchange
 calendar's facts about the bar after it (:func:`sentio.live.with_next_bar`: does it open a
@@ -60,13 +101,21 @@ same bars a backtest's per-bar ``position``, ``exposure``, ``equity`` and costs 
 ledger's rows one for one, except on the block's last bar when the backtest had to sell
 an open position there (``end_of_block``: exposure 0, equity less the exit cost).
 
+**Signals.** :func:`signal` is :func:`sentio.live.signal` through the same machinery: its
+replay is kept as a ledger with a state under ``<paths.workdir>/signal/<version>/`` (a
+cache: rebuilt from the bars given when they disagree with it), so a signal over a history
+that grew by a day replays that day; its JSON is the stateless signal's.
+
 Writes are atomic (temporary file + rename) and a ``filelock`` on
-``<root>/<version>/.lock`` serialises concurrent runs for one version.
+``<root>/<version>/.lock`` serialises concurrent runs for one version (the state is read
+and written under it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -81,21 +130,52 @@ from filelock import FileLock, Timeout
 from sentio.env.market import MarketData
 from sentio.errors import SentioError
 from sentio.io import write_feather_atomic
-from sentio.live import Bars, ModelBundle, load_bundle, replay
+from sentio.live import (
+    Bars,
+    CanonicalBars,
+    ModelBundle,
+    Replay,
+    load_bundle,
+    replay,
+    signal_of_row,
+)
+from sentio.live import signal as stateless_signal
+from sentio.live_state import (
+    GUARD_ROWS,
+    State,
+    default_tail_rows,
+    guard_mismatch,
+    ledger_guard,
+    market_rows,
+    resync_period,
+    tail_start,
+)
 from sentio.registry import Registry
 from sentio.times import Timestamp, as_utc, from_datetime64, iso_z, now_utc, to_datetime64
 
 __all__ = [
     "LEDGER",
+    "MIN_STATE_ROWS",
+    "LedgerMismatch",
     "PaperError",
     "default_root",
     "ledger_path",
     "paper_trade",
     "read_ledger",
+    "signal",
+    "signal_root",
+    "trade",
 ]
+
+log = logging.getLogger(__name__)
 
 LEDGER = "ledger.feather"
 LOCK = ".lock"
+SIGNAL_DIR = "signal"
+"""Folder of :func:`signal`'s ledgers under ``paths.workdir`` (beside ``paper``)."""
+MIN_STATE_ROWS = 4
+"""A ledger continues from its state once it has this many rows (the resume point is its
+row ``n - 3``; the row after it is compared as a final row)."""
 RTOL, ATOL = 1e-9, 1e-12
 """Tolerances of float64 columns (relative, absolute)."""
 RTOL32, ATOL32 = 1e-6, 1e-7
@@ -145,7 +225,7 @@ def read_ledger(path: str | os.PathLike[str]) -> pl.DataFrame | None:
     try:
         return pl.read_ipc(p)
     except Exception as err:  # noqa: BLE001 - any read failure is a corrupt ledger
-        raise PaperError(f"{p}: cannot read the ledger ({err})") from None
+        raise LedgerMismatch(f"{p}: cannot read the ledger ({err})") from None
 
 
 def _provisional(col: str) -> bool:
@@ -209,11 +289,355 @@ def _revision(old: pl.DataFrame, new: pl.DataFrame, row: int) -> dict[str, Any] 
 
 
 def _rewritten(path: Path, col: str, when: dt.datetime, old: Any, new: Any) -> PaperError:
-    return PaperError(
+    return LedgerMismatch(
         f"{path}: recomputed {col!r} at {iso_z(when)} is {new!r} but the ledger has "
         f"{old!r}: the bar history was rewritten; the ledger is left unchanged "
         "(move it away to start a new one)"
     )
+
+
+class LedgerMismatch(PaperError):
+    """The ledger disagrees with the bars or the request: a rewritten bar history, another
+    start, an unreadable ledger. (A signal's ledger is a cache: :func:`signal` rebuilds it.)"""
+
+
+def _utc_stamp(frame: pl.DataFrame, which: str) -> dt.datetime:
+    value = frame["timestamp"].min() if which == "first" else frame["timestamp"].max()
+    assert isinstance(value, dt.datetime)
+    return value
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    """What a run did to the ledger."""
+
+    ledger: pl.DataFrame
+    revised: dict[str, Any] | None
+    appended: int
+    behind: bool
+    replayed: int
+    market_rows: int
+    derived: list[str]
+
+
+class _Run:
+    """One run on one ledger, under its lock: the mode, the incremental and the full path."""
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        path: Path,
+        got: CanonicalBars,
+        start: Timestamp | None,
+        end: Timestamp | None,
+        tail_rows: int | None,
+    ) -> None:
+        self.bundle = bundle
+        self.path = path
+        self.got = got
+        self.start = start
+        self.end = end
+        self.tail_rows = tail_rows
+        self.existing = read_ledger(path)
+        self.state, self.no_state = State.load(path.parent)
+        self.config_hash = bundle.cfg.hash()
+        self.universe = bundle.cfg.universe
+        self.window = bundle.params().window
+
+    # ------------------------------------------------------------------ the mode
+
+    def incremental_refused(self, verify: bool) -> str | None:
+        """Why this run must recompute from the ledger's start (None: it may continue)."""
+        ex, st = self.existing, self.state
+        if verify:
+            return "verification requested"
+        if ex is None or ex.height == 0:
+            return "a new ledger"
+        if self.end is not None:
+            return "end given (a replay of history)"
+        if self.start is not None and as_utc(self.start, "start") != ex["timestamp"][0]:
+            return "start given (checked against the ledger's start)"
+        if ex.height < MIN_STATE_ROWS:
+            return f"a ledger of fewer than {MIN_STATE_ROWS} rows"
+        if ex["forced_exit"][-1] == "ruin":
+            return "a ruined ledger"
+        if st is None:
+            return self.no_state
+        stale = st.stale(self.bundle.version, self.config_hash, ledger_guard(self.path, ex))
+        if stale is not None:
+            return stale
+        if st.resume_at != ex["timestamp"][ex.height - 3]:
+            return "the state's resume point is not the ledger's third row from the end"
+        if sorted(self.got.derived_here) != st.derived_here:
+            return (
+                f"the symbols derived from the underlying changed ({st.derived_here} -> "
+                f"{sorted(self.got.derived_here)})"
+            )
+        return None
+
+    # ------------------------------------------------------------------ incremental
+
+    def incremental(self) -> _Outcome | str:
+        """Continue from the state: only the bars after the stored ones; the market over a
+        tail of the stored bars; the replay from the ledger's row ``n - 3``. A string says
+        why the full path must run instead (the convergence guard, a state that does not fit
+        the ledger)."""
+        b, st, ex = self.bundle, self.state, self.existing
+        assert st is not None and ex is not None
+        n = ex.height
+        symbol = self.universe.underlying
+        given = self.got.frame
+        derived = sorted(set(st.derived) | set(self.got.derived))
+        try:
+            u_resume = st.underlying_row(st.resume_at, symbol)
+        except KeyError as err:
+            return f"the state's bars lack its resume point ({err})"
+        rows = self.tail_rows if self.tail_rows is not None else st.tail_rows
+        # the rows a resumed replay reads and the market rows the previous run kept (the
+        # guard compares them) must lie past the tail's convergence
+        first_read = u_resume - (self.window - 1) - GUARD_ROWS
+        tail = st.read_from(tail_start(first_read, rows, st.period), symbol)
+        lo = max(_utc_stamp(tail, "first"), _utc_stamp(given, "first"))
+        hi = min(st.last, _utc_stamp(given, "last"))
+        _check_bars(self.path, tail, given, set(st.derived_here), lo, hi, self.bundle)
+        if _utc_stamp(given, "last") < ex["timestamp"][-1]:
+            return _Outcome(ex, None, 0, True, 0, 0, derived)
+        new = given.filter(pl.col("timestamp") > st.last)
+        if new.height == 0:
+            return _Outcome(ex, None, 0, False, 0, 0, derived)
+        new = self.complete_new(new)
+        frame = pl.concat([tail, new.select(tail.columns)])  # the market sorts it
+        market = b.market(frame)
+        kept = st.market()
+        stamps = kept["timestamp"].to_numpy().astype("datetime64[us]")
+        hit = np.flatnonzero(stamps == to_datetime64(st.resume_at))
+        if not hit.size or hit[0] < self.window - 1:
+            return "the state lacks the market rows of the resume point's window"
+        must = from_datetime64(stamps[hit[0] - (self.window - 1)])
+        why = guard_mismatch(
+            market, kept, must, tolerance=(RTOL, ATOL), tolerance32=(RTOL32, ATOL32)
+        )
+        if why is not None:
+            log.warning(
+                "%s: the market of the last %d bars disagrees with the previous run's (%s); "
+                "recomputing from the ledger's start",
+                self.path,
+                market.n_rows,
+                why,
+            )
+            return f"convergence guard: {why}"
+        r0 = int(np.searchsorted(market.timestamps, to_datetime64(st.resume_at)))
+        end_row = market.n_rows - 1
+        rep = replay(b, market, r0, end_row, resume=st.account, capture_row=end_row - 2)
+        produced = rep.frame.slice(1)  # the resume row's own step was the previous run's
+        ledger, revised = _extend(self.path, ex, produced, offset=n - 2)
+        self.save(ledger, market, rep, end_row, new, replace=False, derived=derived)
+        appended = max(n - 2 + produced.height - n, 0)
+        behind = n - 2 + produced.height < n
+        return _Outcome(ledger, revised, appended, behind, rep.frame.height, market.n_rows, derived)
+
+    def complete_new(self, new: pl.DataFrame) -> pl.DataFrame:
+        """``new`` with the series derived from the underlying continued from the stored
+        history (a daily-reset series depends on every session since the first): derived
+        over the stored sessions' closes plus the new bars, exactly as over the whole
+        history. Bars given from the history's first bar on already are."""
+        st = self.state
+        assert st is not None
+        here = st.derived_here
+        if not here or _utc_stamp(self.got.frame, "first") <= st.first:
+            return new
+        from sentio.data.leverage import ensure_universe
+
+        sk = st.sessions()
+        symbol = self.universe.underlying
+        base = pl.concat([sk, new.filter(pl.col("symbol") == symbol).select(sk.columns)])
+        complete, _ = ensure_universe(base, self.universe)
+        rows = complete.filter(pl.col("symbol").is_in(here) & (pl.col("timestamp") > st.last))
+        return pl.concat([new.filter(~pl.col("symbol").is_in(here)), rows.select(new.columns)])
+
+    # ------------------------------------------------------------------ full
+
+    def full_bars(self) -> tuple[pl.DataFrame, list[str], list[str]]:
+        """The bars a full run recomputes from: the bars given or, when they start after
+        the stored history's first bar, the stored bars before them plus the bars given
+        (series derived from the underlying re-derived over the whole); the derived symbols
+        and those derived from the underlying."""
+        got, st = self.got, self.state
+        usable = (
+            st is not None
+            and st.data.get("version") == self.bundle.version
+            and st.data.get("config") == self.config_hash
+        )
+        first = _utc_stamp(got.frame, "first")
+        if st is None or not usable or first <= st.first:
+            return got.frame, got.derived, got.derived_here
+        from sentio.data.leverage import ensure_universe
+        from sentio.data.schema import to_canonical
+
+        old = st.read_all().filter(pl.col("timestamp") < first)
+        combined = pl.concat([old, got.frame.select(old.columns)])
+        here = sorted(set(st.derived_here) | set(got.derived_here))
+        if here:
+            combined, _ = ensure_universe(
+                combined.filter(~pl.col("symbol").is_in(here)), self.universe
+            )
+        else:
+            combined = to_canonical(combined)
+        return combined, sorted(set(st.derived) | set(got.derived)), here
+
+    def full(self) -> _Outcome:
+        """Recompute the path from the ledger's start (or the start rule) and compare."""
+        b, ex = self.bundle, self.existing
+        frame, derived, here = self.full_bars()
+        if ex is not None and ex.height and _utc_stamp(frame, "first") > ex["timestamp"][0]:
+            raise _no_start(self.path, ex["timestamp"][0])
+        market = b.market(frame)
+        start_row, end_row = _replay_rows(b, market, ex, self.path, self.start, self.end)
+        capture = end_row - 2 if end_row - 2 >= start_row else None
+        rep = replay(b, market, start_row, end_row, capture_row=capture)
+        ledger, revised = _extend(self.path, ex, rep.frame)
+        n_old = 0 if ex is None else ex.height
+        behind = rep.frame.height < n_old
+        if not behind:
+            self.save(ledger, market, rep, end_row, frame, replace=True, derived=derived, here=here)
+        appended = max(rep.frame.height - n_old, 0)
+        return _Outcome(ledger, revised, appended, behind, rep.frame.height, market.n_rows, derived)
+
+    # ------------------------------------------------------------------ the state
+
+    def save(
+        self,
+        ledger: pl.DataFrame,
+        market: MarketData,
+        rep: Replay,
+        end_row: int,
+        bars: pl.DataFrame,
+        *,
+        replace: bool,
+        derived: list[str],
+        here: list[str] | None = None,
+    ) -> None:
+        """Write the state for ``ledger`` (the ledger is on disk already), or forget a
+        state the run made stale when the run cannot continue later (a ruin, an ``end``
+        before the last bar, a ledger shorter than :data:`MIN_STATE_ROWS` rows)."""
+        folder = self.path.parent
+        guard = ledger_guard(self.path, ledger)
+        ok = (
+            not rep.ruined
+            and rep.captured is not None
+            and end_row == market.n_rows - 1
+            and ledger.height >= MIN_STATE_ROWS
+            and ledger["timestamp"][-1] == from_datetime64(market.timestamps[end_row])
+        )
+        if not ok:
+            st = self.state
+            if st is not None and st.stale(self.bundle.version, self.config_hash, guard):
+                State.remove(folder)
+            return
+        assert rep.captured is not None
+        st = self.state
+        if replace or st is None:
+            period = resync_period(self.bundle.cfg, bars)
+            rows = default_tail_rows(self.bundle.cfg, bars)
+        else:
+            period, rows = st.period, st.tail_rows
+        if self.tail_rows is not None:
+            rows = self.tail_rows
+        capture = end_row - 2
+        State.write(
+            folder,
+            previous=None if replace else st,
+            new_bars=bars,
+            replace_bars=replace,
+            symbol=self.universe.underlying,
+            version=self.bundle.version,
+            config_hash=self.config_hash,
+            guard=guard,
+            resume_at=from_datetime64(market.timestamps[capture]),
+            account=rep.captured,
+            market=market_rows(market, capture - (self.window - 1) - GUARD_ROWS),
+            derived=derived,
+            derived_here=here if here is not None else (st.derived_here if st else []),
+            period=period,
+            tail_rows=rows,
+        )
+
+
+def _check_bars(
+    path: Path,
+    stored: pl.DataFrame,
+    given: pl.DataFrame,
+    skip: set[str],
+    lo: dt.datetime,
+    hi: dt.datetime,
+    bundle: ModelBundle,
+) -> None:
+    """Raise :class:`LedgerMismatch` at the earliest bar in ``[lo, hi]`` where the bars given
+    and the bars processed before differ (a bar missing, added or changed beyond the
+    ledger's float tolerance), except the symbols ``skip`` (derived from the underlying)."""
+    if lo > hi:
+        return
+    from sentio.data.schema import CANONICAL_COLUMNS
+
+    def part(frame: pl.DataFrame) -> pl.DataFrame:
+        inside = pl.col("timestamp").is_between(lo, hi) & ~pl.col("symbol").is_in(sorted(skip))
+        return frame.filter(inside).select(CANONICAL_COLUMNS).sort(["symbol", "timestamp"])
+
+    a, b = part(stored), part(given)
+    if a.height == b.height and a.equals(b):
+        return
+    fields = [c for c in ("open", "close", "high", "low", "volume") if c in CANONICAL_COLUMNS]
+    j = a.with_columns(_old=pl.lit(True)).join(
+        b.with_columns(_new=pl.lit(True)), on=["symbol", "timestamp"], how="full", coalesce=True
+    )
+    u = bundle.cfg.universe
+    roles = {u.underlying: "underlying", u.long: "long", u.short: "short"}
+    order = {s: i for i, s in enumerate(roles)}
+    worst: tuple[dt.datetime, int, int, int] | None = None
+    old_here, new_here = j["_old"].fill_null(False), j["_new"].fill_null(False)
+    for k, f in enumerate([None, *fields]):
+        if f is None:
+            bad = (old_here != new_here).to_numpy()
+        else:
+            x = j[f].cast(pl.Float64).to_numpy()
+            y = j[f"{f}_right"].cast(pl.Float64).to_numpy()
+            bad = (old_here & new_here).to_numpy() & ~np.isclose(
+                x, y, rtol=RTOL, atol=ATOL, equal_nan=True
+            )
+        for hit in np.flatnonzero(bad).tolist():
+            when, sym = j["timestamp"][hit], str(j["symbol"][hit])
+            key = (when, order.get(sym, len(order)), k, hit)
+            if worst is None or key < worst:
+                worst = key
+    assert worst is not None
+    i = worst[3]
+    when, sym = j["timestamp"][i], str(j["symbol"][i])
+    tail = (
+        "the bar history was rewritten; the ledger is left unchanged (move it away to start "
+        "a new one)"
+    )
+    if not bool(old_here[i]):
+        raise LedgerMismatch(
+            f"{path}: the bars given hold a bar of {sym} at {iso_z(when)} that was absent when "
+            f"this ledger's bars were processed: {tail}"
+        )
+    if not bool(new_here[i]):
+        raise LedgerMismatch(
+            f"{path}: the bar of {sym} at {iso_z(when)} processed before is missing from the "
+            f"bars given: {tail}"
+        )
+    f = fields[worst[2] - 1]
+    name = f"{f}_{roles[sym]}" if sym in roles else f"{f} of {sym}"
+    raise LedgerMismatch(
+        f"{path}: {name!r} at {iso_z(when)} is {j[f'{f}_right'][i]!r} in the bars given but "
+        f"was {j[f][i]!r} when processed before: {tail}"
+    )
+
+
+# --------------------------------------------------------------------------- entry points
 
 
 def paper_trade(
@@ -225,19 +649,28 @@ def paper_trade(
     end: Timestamp | None = None,
     root: str | os.PathLike[str] | None = None,
     lock_timeout: float = 60.0,
+    verify: bool = False,
+    tail_rows: int | None = None,
 ) -> dict[str, Any]:
     """Feed ``bars`` through ``version`` (None: the champion) and extend its ledger.
 
     Args:
         registry: where the version lives (its files are hash-verified before use).
-        bars: canonical bars (a frame) or bar file(s), ingested like ``sentio run``; the
-            whole history (the ledger's start and everything since), not just new bars.
+        bars: canonical bars (a frame) or bar file(s), ingested like ``sentio run``: the
+            whole history (the ledger's start and everything since) or, once the ledger
+            has a state, only the bars since the last run (module docstring).
         version: version id; None uses the champion.
         start: first bar of a new ledger (default: the first bar after the version's
             ``train_end``); must match an existing ledger's start.
-        end: ignore bars after this time (replays of history).
+        end: ignore bars after this time (replays of history; always a full run).
         root: the paper-trading root (default ``<paths.workdir>/paper``).
         lock_timeout: seconds to wait for another run on the same ledger.
+        verify: recompute the whole path from the ledger's start (from the bars given,
+            preceded by the stored bars when they start later) and compare it with the
+            ledger, instead of continuing from the state; the state is rewritten.
+        tail_rows: bars of the underlying the market tail holds before the first bar the
+            resumed replay reads (default: the state's rule, :func:`sentio.live_state.
+            default_tail_rows`); stored with the state.
 
     Returns:
         A JSON-able summary: ``version``, ``ledger``, ``start``, ``last`` (timestamps),
@@ -246,39 +679,88 @@ def paper_trade(
         ``instrument``), ``ruined``, ``behind`` (true when the bars end before the
         ledger's last row), ``in_sample`` (true when the ledger's first bar is at or
         before the version's ``train_end``), ``derived_symbols`` (symbols whose prices are
-        derived from the underlying, not traded prices) and ``revised``: None, or the ledger's
+        derived from the underlying, not traded prices), ``revised``: None, or the ledger's
         previous last row when this run replaced it (module docstring: the last row is
-        provisional) as ``{"timestamp": ..., "columns": {column: [old, new], ...}}``.
+        provisional) as ``{"timestamp": ..., "columns": {column: [old, new], ...}}``;
+        ``mode`` (``"incremental"``, ``"full"`` or ``"verify"``), ``reason`` (why not
+        incremental; None when it was), ``replayed`` (bars the replay decided on: the new
+        ones plus the three it resumes with, or every bar since the start) and
+        ``market_rows`` (rows of the market built; 0 when nothing was new).
 
     Raises:
         PaperError: a recomputed row other than the ledger's last, or the last row's own
-            bar, differs from the ledger (names the timestamp and column; the ledger is
-            untouched), the start resolves to another bar than the ledger's first, or the
-            ledger is locked for longer than ``lock_timeout``.
+            bar, differs from the ledger, or a bar given differs from the one processed
+            before (names the timestamp and column; the ledger is untouched)
+            (:class:`LedgerMismatch`); the start resolves to another bar than the ledger's
+            first; the ledger is locked for longer than ``lock_timeout``.
         RegistryError, DataError: no champion, a tampered version, bad bars.
     """
     bundle = load_bundle(registry, version)
     folder = Path(root) if root is not None else default_root(registry)
+    summary, _ = trade(
+        bundle,
+        bars,
+        folder=folder,
+        start=start,
+        end=end,
+        lock_timeout=lock_timeout,
+        verify=verify,
+        tail_rows=tail_rows,
+    )
+    return summary
+
+
+def trade(
+    bundle: ModelBundle,
+    bars: Bars,
+    *,
+    folder: Path,
+    start: Timestamp | None = None,
+    end: Timestamp | None = None,
+    lock_timeout: float = 60.0,
+    verify: bool = False,
+    tail_rows: int | None = None,
+    reset: bool = False,
+) -> tuple[dict[str, Any], pl.DataFrame]:
+    """:func:`paper_trade` with a loaded bundle and a root folder; also returns the ledger.
+
+    ``reset``: remove the ledger and its state first (under the lock): a cache's rebuild
+    (:func:`signal`), never a paper ledger's.
+    """
+    if tail_rows is not None and tail_rows < 0:
+        raise PaperError(f"tail_rows must be >= 0, got {tail_rows}")
     path = ledger_path(folder, bundle.version)
-    frame, derived = bundle.canonical_bars(bars)
-    market = bundle.market(frame)  # the slow part, outside the lock
+    got = bundle.ingest(bars)  # content cached; outside the lock
+    if got.frame.height == 0:
+        raise PaperError("no bars given")
     path.parent.mkdir(parents=True, exist_ok=True)
     with _ledger_lock(path, lock_timeout):
-        existing = read_ledger(path)
-        start_row, end_row = _replay_rows(bundle, market, existing, path, start, end)
-        frame = replay(bundle, market, start_row, end_row).frame
-        ledger, revised = _extend(path, existing, frame)
-    n_old = 0 if existing is None else existing.height
+        if reset:
+            path.unlink(missing_ok=True)
+            State.remove(path.parent)
+        run = _Run(bundle, path, got, start, end, tail_rows)
+        reason = run.incremental_refused(verify)
+        mode = "verify" if verify else "full"
+        outcome: _Outcome | None = None
+        if reason is None:
+            tried = run.incremental()
+            if isinstance(tried, str):
+                reason = tried
+            else:
+                outcome, mode = tried, "incremental"
+        if outcome is None:
+            outcome = run.full()
+    ledger = outcome.ledger
     last = ledger.row(-1, named=True)
     initial = float(bundle.cfg.env.initial_cash)
     equity = float(last["equity"])
-    return {
+    summary = {
         "version": bundle.version,
         "ledger": str(path),
         "start": iso_z(ledger["timestamp"][0]),
         "last": iso_z(last["timestamp"]),
         "rows": int(ledger.height),
-        "appended": max(frame.height - n_old, 0),
+        "appended": outcome.appended,
         "initial_equity": initial,
         "equity": equity,
         "total_return": equity / initial - 1.0 if math.isfinite(equity) else None,
@@ -288,11 +770,77 @@ def paper_trade(
         "target_exposure": float(last["target_exposure"]),
         "instrument": str(last["target_instrument"]),
         "ruined": last["forced_exit"] == "ruin",
-        "behind": frame.height < n_old,
+        "behind": outcome.behind,
         "in_sample": bundle.in_sample(ledger["timestamp"][0]),
-        "derived_symbols": derived,
-        "revised": revised,
+        "derived_symbols": outcome.derived,
+        "revised": outcome.revised,
+        "mode": mode,
+        "reason": reason,
+        "replayed": outcome.replayed,
+        "market_rows": outcome.market_rows,
     }
+    return summary, ledger
+
+
+def signal_root(bundle: ModelBundle) -> Path:
+    """Where :func:`signal` keeps its ledgers: ``<paths.workdir>/signal``."""
+    return bundle.workdir / SIGNAL_DIR
+
+
+def signal(
+    bundle: ModelBundle,
+    bars: Bars,
+    *,
+    start: Timestamp | None = None,
+    end: Timestamp | None = None,
+    root: str | os.PathLike[str] | None = None,
+    verify: bool = False,
+    lock_timeout: float = 60.0,
+    tail_rows: int | None = None,
+) -> dict[str, Any]:
+    """:func:`sentio.live.signal`, continued from a state instead of replayed from the start.
+
+    The replay the signal reads its last row from is kept as a ledger under
+    ``<root>/<version>/`` (default root: :func:`signal_root`) with its state, exactly as
+    paper trading keeps one (module docstring), so a signal over a history that grew by a
+    day replays that day only. The JSON is :func:`sentio.live.signal`'s, key for key.
+
+    Stateless (:func:`sentio.live.signal`, the ledger untouched): with ``end``, with a
+    ``start`` other than the kept ledger's first bar, and for bars that end before the
+    kept ledger's last row. The kept ledger is a cache: when it disagrees with the bars
+    (a rewritten history) it is rebuilt from the bars given. ``verify`` recomputes it from
+    the start and compares.
+    """
+    got = bundle.ingest(bars)
+    if end is not None:
+        return stateless_signal(bundle, got, start=start, end=end)
+    folder = Path(root) if root is not None else signal_root(bundle)
+    if start is not None:
+        kept = read_ledger(ledger_path(folder, bundle.version))
+        if kept is None or kept.height == 0 or kept["timestamp"][0] != as_utc(start, "start"):
+            return stateless_signal(bundle, got, start=start)
+    kwargs: dict[str, Any] = {
+        "folder": folder,
+        "start": start,
+        "lock_timeout": lock_timeout,
+        "verify": verify,
+        "tail_rows": tail_rows,
+    }
+    try:
+        summary, ledger = trade(bundle, got, **kwargs)
+    except LedgerMismatch as err:
+        log.info("%s: rebuilding the signal's ledger (%s)", folder, err)
+        summary, ledger = trade(bundle, got, reset=True, **kwargs)
+    if summary["behind"]:
+        return stateless_signal(bundle, got, start=start)
+    return signal_of_row(
+        bundle,
+        ledger.row(-1, named=True),
+        since=ledger["timestamp"][0],
+        bars=ledger.height,
+        ruined=ledger["forced_exit"][-1] == "ruin",
+        derived=got.derived,
+    )
 
 
 @contextmanager
@@ -311,6 +859,14 @@ def _ledger_lock(path: Path, timeout: float) -> Iterator[None]:
         lock.release()
 
 
+def _no_start(path: Path, first: dt.datetime) -> PaperError:
+    return PaperError(
+        f"{path}: the bars have no bar at the ledger's start {iso_z(first)}; this run "
+        "recomputes the path from its start (verification, or no usable state beside the "
+        "ledger): give the whole bar history"
+    )
+
+
 def _replay_rows(
     bundle: ModelBundle,
     market: MarketData,
@@ -326,14 +882,11 @@ def _replay_rows(
         first: dt.datetime = existing["timestamp"][0]
         row = int(np.searchsorted(ts, to_datetime64(first)))
         if row >= market.n_rows or ts[row] != to_datetime64(first):
-            raise PaperError(
-                f"{path}: the bars have no bar at the ledger's start {iso_z(first)}; paper "
-                "trading recomputes the path from its start: give the whole bar history"
-            )
+            raise _no_start(path, first)
         if start is not None:  # compare the bar it resolves to, not the raw argument
             asked = ts[bundle.start_row(market, start)]
             if asked != ts[row]:
-                raise PaperError(
+                raise LedgerMismatch(
                     f"{path}: the ledger starts at {iso_z(first)}, not at "
                     f"{iso_z(from_datetime64(asked))} (the first bar at or after start "
                     f"{start}); omit --start to continue it, or move the ledger away to "
@@ -351,33 +904,35 @@ def _replay_rows(
 
 
 def _extend(
-    path: Path, existing: pl.DataFrame | None, frame: pl.DataFrame
+    path: Path, existing: pl.DataFrame | None, frame: pl.DataFrame, offset: int = 0
 ) -> tuple[pl.DataFrame, dict[str, Any] | None]:
     """Check the recomputed rows against the ledger and write what is new.
 
-    Returns the ledger after the run and the revision of its last row (None when it was
-    not replaced).
+    ``frame``'s row ``i`` is the ledger's row ``offset + i`` (a resumed replay re-produces
+    the ledger's last two rows, then the new ones). Returns the ledger after the run and
+    the revision of its last row (None when it was not replaced).
     """
     n_old = 0 if existing is None else existing.height
     revised: dict[str, Any] | None = None
     if existing is not None and n_old:
+        old = existing.slice(offset)
         # rows both have; the last of them is provisional in one of the two (the
         # ledger's last row, or the recomputation's when the bars are behind): its own
         # bar is compared, its provisional columns are not (module docstring)
-        n = min(n_old, frame.height)
+        n = min(old.height, frame.height)
         bar_cols = [c for c in frame.columns if not _provisional(c)]
-        diff = _first_difference(existing, frame, n - 1)
+        diff = _first_difference(old, frame, n - 1)
         if diff is None:
-            own = _first_difference(existing.slice(n - 1), frame.slice(n - 1), 1, bar_cols)
+            own = _first_difference(old.slice(n - 1), frame.slice(n - 1), 1, bar_cols)
             diff = None if own is None else (n - 1, *own[1:])
         if diff is not None:
-            i, col, old, new = diff
-            when = existing["timestamp"][i] if col == "timestamp" else frame["timestamp"][i]
-            raise _rewritten(path, col, when, old, new)
-        if frame.height >= n_old:
-            revised = _revision(existing, frame, n_old - 1)
+            i, col, was, new = diff
+            when = old["timestamp"][i] if col == "timestamp" else frame["timestamp"][i]
+            raise _rewritten(path, col, when, was, new)
+        if frame.height >= old.height:
+            revised = _revision(old, frame, old.height - 1)
     keep = n_old - 1 if revised is not None else n_old
-    written = frame.slice(keep)
+    written = frame.slice(keep - offset)
     if not written.height:
         return (existing if existing is not None else frame), revised
     now = pl.lit(now_utc(), dtype=pl.Datetime("us", "UTC"))

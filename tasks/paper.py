@@ -32,9 +32,15 @@ def paper_task(
     cfg: SentioConfig,
     version: str | None = None,
     start: str | None = None,
+    verify: bool = False,
 ) -> dict[str, Any]:
-    """Run :func:`sentio.paper.paper_trade` on the registry of ``cfg``; return its summary."""
-    summary = paper_trade(Registry(default_root(cfg)), data_path, version=version, start=start)
+    """Run :func:`sentio.paper.paper_trade` on the registry of ``cfg``; return its summary.
+
+    ``verify``: recompute the ledger from its start instead of continuing from its state.
+    """
+    summary = paper_trade(
+        Registry(default_root(cfg)), data_path, version=version, start=start, verify=verify
+    )
     get_run_logger().info(
         "paper %s: %d rows (%d appended) to %s; equity %.2f; decision %+g (%s)",
         summary["version"],
@@ -44,6 +50,14 @@ def paper_task(
         summary["equity"],
         summary["target_exposure"],
         summary["instrument"],
+    )
+    get_run_logger().info(
+        "paper %s: %s (%s); %d bars replayed over a market of %d rows",
+        summary["version"],
+        summary["mode"],
+        summary["reason"] or "continued from the kept state",
+        summary["replayed"],
+        summary["market_rows"],
     )
     if summary.get("revised"):
         rev = summary["revised"]
