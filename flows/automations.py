@@ -4,8 +4,9 @@
 each sending its alert's message (:data:`tasks.alerts.MESSAGES`) to one notification
 block:
 
-* ``failed`` (reactive): a ``prefect.flow-run.Failed`` or ``prefect.flow-run.Crashed``
-  event of a ``nightly-retrain`` or ``paper-trading`` flow run;
+* ``failed`` (reactive): a ``prefect.flow-run.Failed``, ``prefect.flow-run.Crashed`` or
+  ``prefect.flow-run.Late`` (a scheduled run that did not start on time: no serving
+  process or worker) event of a ``nightly-retrain`` or ``paper-trading`` flow run;
 * ``stale`` (proactive): fewer than one ``prefect.flow-run.Completed`` event of a
   ``nightly-retrain`` flow run within ``alerts.stale_after_hours`` (it also fires when the
   serving process, the worker or the schedule stopped: nothing runs at all);
@@ -29,6 +30,7 @@ from prefect.automations import AutomationCore
 from prefect.client.orchestration import get_client
 from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
 from sentio.config import AlertsConfig
@@ -55,7 +57,7 @@ def _block_id(cfg: AlertsConfig) -> UUID:
         with get_client(sync_client=True) as client:
             try:
                 doc = client.read_block_document_by_name(name, slug)
-            except Exception:  # noqa: BLE001 - ObjectNotFound or an HTTP error
+            except ObjectNotFound:
                 raise ConfigError(
                     f"alerts.block: no block {cfg.block!r} on {PREFECT_API_URL.value()}; create "
                     "it in the UI (Blocks) or with its Python class's .save(), or set "
@@ -91,7 +93,7 @@ def automations(
     triggers = {
         "failed": EventTrigger(
             posture=Posture.Reactive,
-            expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+            expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.Late"},
             match_related={
                 "prefect.resource.role": "flow",
                 "prefect.resource.name": list(WATCHED_FLOWS),
@@ -114,7 +116,7 @@ def automations(
         ),
     }
     descriptions = {
-        "failed": "A nightly-retrain or paper-trading flow run failed or crashed.",
+        "failed": "A nightly-retrain or paper-trading flow run failed, crashed or is late.",
         "stale": f"No nightly-retrain flow run completed within {hours} hours.",
         "drift": "Paper trading left the champion's out-of-sample bands (sentio.drift).",
     }
@@ -161,6 +163,7 @@ def apply_automations(
                 else:
                     client.create_automation(automation)
                     done[automation.name] = "created"
-    except httpx.HTTPError as err:
-        raise SentioError(f"{url}: the Prefect API did not answer ({err})") from None
+    except httpx.HTTPError as err:  # Prefect's own HTTP errors derive from it
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SentioError(f"{url}: the Prefect API refused or did not answer ({first})") from None
     return {"api": url, "block_id": str(block_id), "automations": done}

@@ -838,12 +838,14 @@ class TrainConfig(_Section):
         description="one training per fold and seed; the seeds of the trainings",
     )
     warm_start: Literal["none", "champion"] = Field(
-        "none",
+        "champion",
         description="champion: a fold whose test blocks all begin after the champion's last "
-        "bar (its test window's end, so its weights saw nothing of them) starts from the "
-        "champion's weights and feature normaliser, when its architecture and features "
-        "match (else a cold start, saying why), and trains train.warm_start_fraction of the "
-        "steps; none: every training starts from scratch (benchmarks/README.md: warm start)",
+        "bar (the end of its test window, or of its training if later: its weights and its "
+        "selection saw nothing of them) starts from the champion's weights and feature "
+        "normaliser, when its architecture and features match (else a cold start, saying "
+        "why), and trains train.warm_start_fraction of the steps (the default: as good "
+        "out of sample with a quarter of the steps, benchmarks/README.md); none: every "
+        "training starts from scratch",
     )
     warm_start_fraction: float = Field(
         0.25,
@@ -984,11 +986,13 @@ class AlertsConfig(_Section):
         "when alerts.block is null (null too: no alerts are sent)",
     )
     stale_after_hours: float = Field(
-        26.0,
+        76.0,
         ge=1.0,
         description="alert when no nightly-retrain run has completed for this long (a "
         "proactive automation: it fires on the absence of runs, including a server or "
-        "deployment that stopped)",
+        "deployment that stopped); the default spans the weekend of the weekday schedule "
+        "(Friday 02:00 to Monday 02:00 New York, plus the run), 26 suits a daily schedule; "
+        "a scheduled run that does not start on time is alerted at once (failed alert, Late)",
     )
 
     @field_validator("block")

@@ -4,8 +4,8 @@ After each paper-trading run, the ledger's last ``drift.window_sessions`` sessio
 bars) are compared with what the version's own out-of-sample backtest makes plausible
 over ``N`` bars: the stationary bootstrap of the backtest's per-bar ``(return, costs,
 turnover)`` triplets, resampled jointly (one index law for the three, so their dependence
-is kept) with the Politis-White block length of the backtest's returns, gives a two-sided
-band at ``drift.level`` for each statistic over ``N`` bars:
+is kept) with the longest of the three series' Politis-White block lengths (costs and
+turnover persist while positions are held), gives a two-sided band at ``drift.level`` for each statistic over ``N`` bars:
 
 * ``return``: the compounded return ``prod(1 + r_t) - 1``;
 * ``costs``: the sum of the per-bar costs (fractions of the equity before the bar);
@@ -311,7 +311,12 @@ def check_drift(ledger: pl.DataFrame, reference: DriftReference, cfg: DriftConfi
         ).items()
     }
     end = iso_z(window["timestamp"][-1])
-    block = optimal_block_length(reference.returns)
+    # one index law for the three series: the longest of their block lengths, so the
+    # persistent ones (costs and turnover follow positions held for a while) keep theirs
+    block = max(
+        optimal_block_length(series)
+        for series in (reference.returns, reference.costs, reference.turnover)
+    )
     idx = stationary_bootstrap_indices(
         m, cfg.resamples, block, _seed(reference.version, end), length=n
     )

@@ -5,11 +5,17 @@ with ``warm.json``: its version, training range and test window, feature columns
 :func:`architecture`. :func:`warm_plan` decides, per fold, whether the fold's trainings
 start from it:
 
-* **leakage**: every test block of the fold must begin after the champion's last bar, the
-  end of the test window it was evaluated (and promoted) on: its weights then carry
-  nothing of the fold's test data or of anything later. Walk-forward folds whose test
-  block is newer than the champion qualify; every older fold, and any fold of
-  ``kfold``/``cpcv`` with a test block before the champion's data, starts cold;
+* **leakage**: every test block of the fold must begin after the champion's last bar: the
+  end of the test window it was evaluated (and promoted) on, or of its training range when
+  that is later (a ``kfold``/``cpcv`` version): its weights then carry nothing of the
+  fold's test data or of anything later, and neither did its selection. Walk-forward
+  folds whose test block is newer than the champion qualify; every older fold, and any
+  fold of ``kfold``/``cpcv`` with a test block before the champion's data, starts cold.
+  In the nightly cycle that is the newest fold once the champion's test window ended
+  before the newest test block begins: when the champion is older than one test block
+  (the gate kept it while candidates failed), not the night after it was promoted (its
+  test window then overlaps tonight's newest test block, and a warm start from a model
+  chosen on that window would flatter the fold's out-of-sample figures);
 * **architecture**: the settings that shape the networks and their inputs
   (:data:`ARCHITECTURE`, those that apply) and the feature columns must equal the
   champion's; otherwise the fold starts cold and the reason names the first difference.
@@ -145,9 +151,13 @@ def warm_plan(
     columns = [c for c in pl.read_ipc_schema(features_path) if c != "timestamp"]
     if columns != list(info.get("feature_columns") or []):
         return cold(f"the features differ from the champion {version}'s feature_columns")
-    if not info.get("window_end"):
-        return cold(f"the champion {version} records no test window end")
-    last = utc64(str(info["window_end"]))
+    ends = [info.get("train_end"), info.get("window_end")]
+    if not all(ends):
+        return cold(f"the champion {version} records no training end or test window end")
+    # its last bar: the end of its test window, or of its training when that came later
+    # (a k-fold or CPCV version trains after its test block)
+    last = max(utc64(str(e)) for e in ends)
+    last_text = max(ends, key=lambda e: utc64(str(e)))
     entry = next((f for f in load_folds(folds_path)["folds"] if int(f["fold"]) == fold), None)
     if entry is None:
         raise DataError(f"{folds_path}: no fold {fold}")
@@ -155,14 +165,14 @@ def warm_plan(
     if early:
         return cold(
             f"leakage: test block from {early[0]['start']} begins before the champion "
-            f"{version}'s data ends ({info['window_end']})"
+            f"{version}'s data ends ({last_text})"
         )
     folder = Path(warm_path).parent
     normaliser = info.get("normaliser")
     return WarmPlan(
         version,
         True,
-        f"starts from the champion {version} (its data ends {info['window_end']})",
+        f"starts from the champion {version} (its data ends {last_text})",
         model=str(folder / str(info["model"])),
         normaliser=None if normaliser is None else str(folder / str(normaliser)),
         digest=sha256_file(warm_path),

@@ -3,7 +3,8 @@
 Three alerts, each with a subject and a body written as Jinja templates over Prefect's
 automation context (:data:`MESSAGES`):
 
-* ``failed``: a nightly-retrain or paper-trading flow run ended Failed or Crashed;
+* ``failed``: a nightly-retrain or paper-trading flow run ended Failed or Crashed, or (on
+  a server with the automations) a scheduled one is Late: it did not start on time;
 * ``stale``: no nightly-retrain run has completed for ``alerts.stale_after_hours``;
 * ``drift``: a paper-trading run's drift check found the ledger outside the champion's
   bands (the ``sentio.drift.detected`` event, :mod:`sentio.drift`).
@@ -25,6 +26,7 @@ from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any, cast
 
+from jinja2 import ChainableUndefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from prefect.blocks.core import Block
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
@@ -61,7 +63,7 @@ AUTOMATION_NAMES = {
 MESSAGES: dict[str, tuple[str, str]] = {
     "failed": (
         "Sentio alert: {{ flow.name }} run {{ flow_run.name }} {{ flow_run.state.name }}",
-        "The {{ flow.name }} flow run {{ flow_run.name }} ({{ flow_run.id }}) ended "
+        "The {{ flow.name }} flow run {{ flow_run.name }} ({{ flow_run.id }}) is "
         "{{ flow_run.state.name }}: {{ flow_run.state.message }}",
     ),
     "stale": (
@@ -81,7 +83,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
 """Subject and body of each alert (Jinja; the automation's context, or the same names
 given by :func:`render`)."""
 
-_JINJA = ImmutableSandboxedEnvironment()
+_JINJA = ImmutableSandboxedEnvironment(undefined=ChainableUndefined)
+"""As Prefect renders automation templates: a missing attribute renders empty."""
 
 
 def render(kind: str, **context: Any) -> tuple[str, str]:
@@ -153,10 +156,10 @@ def alert_on_failure(flow: Any, flow_run: Any, state: Any) -> None:
     unless the server's automation sends it."""
     try:
         cfg = _alerts_config(flow_run.parameters or {})
+        run = SimpleNamespace(name=flow_run.name, id=flow_run.id, state=state)
+        subject, body = render("failed", flow=flow, flow_run=run)
     except Exception as err:  # noqa: BLE001 - a bad configuration may be why it failed
         log.error("no alert for the failed run %s: %s", flow_run.name, err)
         return
-    run = SimpleNamespace(name=flow_run.name, id=flow_run.id, state=state)
-    subject, body = render("failed", flow=flow, flow_run=run)
     outcome = send_unless_automated(cfg, "failed", subject, body)
     log.info("failure alert for %s: %s", flow_run.name, outcome)

@@ -5,7 +5,10 @@ It compares the version's ledger with the version's own out-of-sample backtest
 (``drift-<version>``), and on drift emits the ``sentio.drift.detected`` event (the numbers
 in its payload) and sends the ``drift`` alert unless the server's automation does
 (:func:`tasks.alerts.send_unless_automated`). A version registered before drift checks
-existed is not checked (a warning says so); the paper run's outcome never depends on it.
+existed is not checked (a warning says so); nor is a check that fails for any other
+reason (logged as an error): the paper run's outcome never depends on it. A run that
+appended nothing (a rerun over the same bars) publishes the check but does not emit the
+event or alert again.
 """
 
 from __future__ import annotations
@@ -41,14 +44,17 @@ def drift_task(summary: dict[str, Any], cfg: SentioConfig) -> dict[str, Any]:
     """
     log = get_run_logger()
     version = str(summary["version"])
-    ledger = read_ledger(summary["ledger"])
-    if ledger is None:
-        return {"checked": False, "reason": f"{summary['ledger']}: no ledger"}
     try:
+        ledger = read_ledger(summary["ledger"])
+        if ledger is None:
+            return {"checked": False, "reason": f"{summary['ledger']}: no ledger"}
         check = check_version(Registry(default_root(cfg)), version, ledger, cfg.drift)
     except DriftUnavailable as err:
         log.warning("drift: %s", err)
         return {"checked": False, "reason": str(err)}
+    except Exception as err:  # noqa: BLE001 - the paper run stands whatever happens here
+        log.error("drift: the check of version %s failed: %s", version, err)
+        return {"checked": False, "reason": f"the check failed: {err}"}
     result = check.to_dict()
     create_markdown_artifact(
         key=check_artifact_key(f"drift-{version.lower()}"),
@@ -58,6 +64,9 @@ def drift_task(summary: dict[str, Any], cfg: SentioConfig) -> dict[str, Any]:
     if not check.drifted:
         log.info("drift: version %s inside its bands over %d bars", version, check.bars)
         return {**result, "checked": True, "alert": "none"}
+    if not summary.get("appended") and not summary.get("revised"):
+        log.warning("drift (no new bars, not alerted again): %s", "; ".join(check.reasons()))
+        return {**result, "checked": True, "alert": "repeat"}
     emit_event(
         event=EVENT,
         resource={

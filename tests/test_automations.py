@@ -192,7 +192,7 @@ def test_3_a_failed_run_is_alerted_once_by_the_server(
     assert found[-1]["subject"].endswith(" Failed") and "missing.feather" in found[-1]["body"]
     # the same message as the hook's (test 1): one template, rendered by either side
     pattern = re.compile(
-        r"The nightly-retrain flow run (\S+) \(([0-9a-f-]{36})\) ended Failed: .*missing\.feather"
+        r"The nightly-retrain flow run (\S+) \(([0-9a-f-]{36})\) is Failed: .*missing\.feather"
     )
     hook, server_sent = found[0], found[-1]
     for message in (hook, server_sent):
@@ -255,22 +255,26 @@ def test_4_a_drift_event_fires_the_alert_and_a_ledger_inside_the_bands_does_not(
     rng = np.random.default_rng(12)
     _, version = _register_version(server, rng)
     cfg = load_config(config)
+
+    @flow(name="drift-check")
+    def check(summary: dict[str, Any]) -> dict[str, Any]:
+        return drift_task(summary, cfg)
+
     results = {}
     for name, shift in (("inside", 0.0), ("outside", -2e-3)):
         path = server.root / f"{name}.feather"
         _ledger(rng, 6, shift=shift).write_ipc(path)
-
-        @flow(name=f"drift-{name}")
-        def check(summary: dict[str, Any]) -> dict[str, Any]:
-            return drift_task(summary, cfg)
-
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            results[name] = check({"version": version, "ledger": str(path)})
+            results[name] = check({"version": version, "ledger": str(path), "appended": 1950})
     assert results["inside"]["checked"] and not results["inside"]["drifted"]
     assert results["inside"]["alert"] == "none"
     assert results["outside"]["drifted"] and "return" in results["outside"]["outside"]
     assert results["outside"]["alert"] == "automation"
     found = receiver.wait_for("Sentio alert: paper-trading drift of version")
+    # a rerun over the same bars (nothing appended) does not alert again
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        again = check({"version": version, "ledger": str(path), "appended": 0})
+    assert again["drifted"] and again["alert"] == "repeat"
     time.sleep(3.0)
     found = receiver.matching("Sentio alert: paper-trading drift of version")
     assert len(found) == 1

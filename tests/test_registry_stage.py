@@ -875,3 +875,40 @@ def test_a_damaged_candidate_is_never_promoted_by_the_gate(tmp_path: Path) -> No
     assert out["candidate"] == cand and not out["promoted"]
     assert out["champion_after"] == champ.version
     assert any("model.zip: sha256 mismatch" in r for r in out["reasons"])
+
+
+def test_training_regime_counts_leave_out_the_test_block_between_training_ranges(
+    tmp_path: Path,
+) -> None:
+    """k-fold: the training ranges surround the test block; its bars are not training's."""
+    stamps = pl.read_ipc(_bars_file(tmp_path))["timestamp"].unique().sort()
+    probs = tmp_path / "regimes.feather"
+    pl.DataFrame({"timestamp": stamps}).with_columns(
+        *[pl.lit(1.0 / 3, dtype=pl.Float32).alias(f"p_regime_{k}") for k in range(3)],
+        regime=(pl.int_range(pl.len()) % 3).cast(pl.Int8),
+    ).write_ipc(probs)
+    folds = {
+        "folds": [
+            {
+                "fold": 0,
+                "train_ranges": [
+                    _rng(S[0], "14:30", S[0], "20:59"),
+                    _rng(S[2], "14:30", S[2], "20:59"),
+                ],
+                "test_blocks": [_rng(S[1], "14:30", S[1], "20:59")],
+            }
+        ]
+    }
+    files = gate_stage.VersionFiles(
+        make_cfg(), tmp_path, tmp_path / "folds.json", folds, {}, {0: str(probs)}
+    )
+    out = files.drift_reference({"fold": 0, "output": str(tmp_path / "backtest.feather")})
+    counts = pl.read_ipc(out["training_regimes.feather"])
+    assert [str(d) for d in counts["session"]] == [S[0], S[2]]
+    assert counts["bars"].to_list() == [390, 390]
+
+
+def _bars_file(tmp_path: Path) -> Path:
+    path = tmp_path / "bars.feather"
+    minute_bars(S[0], S[2], price=400.0).write_ipc(path)
+    return path

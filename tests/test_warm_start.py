@@ -243,3 +243,32 @@ def test_the_nightly_flow_warm_starts_the_folds_after_the_champion(
         after = all(b["start"] > window_end for b in entry["test_blocks"])
         assert plan["version"] == champion["version"] and plan["applies"] == after
     assert {r["warm_start"]["applies"] for r in runs.values()} == {True, False}
+
+
+def test_a_champion_trained_after_its_test_window_counts_its_training_end(
+    world: World, tmp_path: Path
+) -> None:
+    """A k-fold champion trains after its test block: its data ends with its training."""
+    info = json.loads(Path(world.warm["output"]).read_text())
+    block = stages.load_folds(world.folds)["folds"][1]["test_blocks"][0]
+    folder = tmp_path / "warm"
+    folder.mkdir()
+    for name in ("model.zip", "normaliser.json"):
+        (folder / name).write_bytes((Path(world.warm["output"]).parent / name).read_bytes())
+    later = {**info, "train_end": block["end"]}  # trained through fold 1's test block
+    (folder / WARM_FILE).write_text(json.dumps(later))
+    plan = warm_plan(
+        folder / WARM_FILE,
+        world.cfg,
+        folds_path=world.folds,
+        features_path=world.features,
+        fold=1,
+    )
+    assert plan is not None and not plan.applies
+    assert plan.reason.startswith("leakage: ") and block["end"] in plan.reason
+    missing = {**info, "train_end": None}
+    (folder / WARM_FILE).write_text(json.dumps(missing))
+    plan = warm_plan(
+        folder / WARM_FILE, world.cfg, folds_path=world.folds, features_path=world.features, fold=1
+    )
+    assert plan is not None and not plan.applies and "records no training end" in plan.reason

@@ -216,18 +216,21 @@ class VersionFiles:
             files["regime_model.json"] = self.regime_models[fold]
         return files
 
-    def drift_reference(self, run: dict[str, Any], window: dict[str, Any]) -> dict[str, str]:
+    def drift_reference(self, run: dict[str, Any]) -> dict[str, str]:
         """The files live drift checks compare with (:mod:`sentio.drift`): the run's
         out-of-sample backtest and, with regimes, the per-session regime counts of the
-        fold's training range (written under ``out``)."""
+        fold's training ranges (written under ``out``)."""
         fold = int(run["fold"])
         files = {REFERENCE_BACKTEST: str(run["output"])}
         probs = self.regime_probs.get(fold) if self.cfg.regimes.enabled else None
         if probs is not None:
             frame = pl.read_ipc(probs, columns=["timestamp", "regime"])
-            lo, hi = utc64(window["train_start"]), utc64(window["train_end"])
+            entry = {int(f["fold"]): f for f in self.folds["folds"]}[fold]
             ts = frame["timestamp"].dt.replace_time_zone(None).to_numpy()
-            inside = frame.filter(pl.Series((ts >= lo) & (ts <= hi)))
+            keep = np.zeros(ts.shape[0], dtype=bool)
+            for r in entry["train_ranges"]:  # not the test blocks between them (k-fold)
+                keep |= (ts >= utc64(r["start"])) & (ts <= utc64(r["end"]))
+            inside = frame.filter(pl.Series(keep))
             k = sum(1 for c in pl.read_ipc_schema(probs) if c.startswith("p_regime_"))
             counts = session_regime_counts(inside["timestamp"], inside["regime"], k)
             path = self.out / f"fold_{fold}_{TRAINING_REGIMES}"
@@ -282,7 +285,7 @@ def register_runs(
                 **span,
                 "feature_columns": list(feature_columns),
             },
-            extra_files={**files.extra(fold, run), **files.drift_reference(run, w)},
+            extra_files={**files.extra(fold, run), **files.drift_reference(run)},
         )
         versions.append({"fold": fold, "seed": seed, "version": version.version, "new": created})
     return versions
