@@ -69,7 +69,7 @@ def test_empty_file_means_defaults(tmp_path: Path) -> None:
             {"universe": {"long": "QQQ"}},
             r"universe: underlying, long and short must be three different symbols",
         ),
-        ({"foo": 1}, r"foo: unknown setting \(allowed: agent, cv, env"),
+        ({"foo": 1}, r"foo: unknown setting \(allowed: agent, alerts, cv, drift, env"),
     ],
 )
 def test_messages_name_the_field_and_allowed_values(data: dict, pattern: str) -> None:
