@@ -4,25 +4,34 @@ A paper-trading ledger (:mod:`sentio.paper`) is a causal replay from a fixed bar
 could always recompute it from the whole bar history; this module holds what a run needs
 to continue instead, in ``<ledger folder>/state/``:
 
-* ``state.json``, the commit point, written last: schema, model version, a hash of the
-  version's configuration, a guard of the ledger file (row count, size, modification time,
-  first and last timestamp: a ledger edited, replaced or written by a run that did not
-  update the state makes the state stale), the resume point (the timestamp of the ledger's
-  row ``n - 3`` and the simulator's account state at its close, before its decision), the
-  bar store's chunks, the tail rule and the names of the files below;
+* ``state.json``: schema, model version, a hash of the version's configuration, a guard of
+  the ledger file (row count, size, sha256, first and last timestamp: a ledger edited,
+  replaced or written by a run that did not update the state makes the state stale), the
+  resume point (the timestamp of the ledger's row ``n - 3`` and the simulator's account
+  state at its close, before its decision), the bar store's chunks, the tail rule and the
+  names of the files below;
 * ``bars-<id>.feather``: the canonical bars processed so far (every symbol), in chunks of
-  consecutive time ranges of at most :data:`CHUNK_ROWS` bars of the underlying; files are
-  never modified: a run writes its new bars into a new file that replaces the last chunk
-  while that is not full (so a write is bounded, whatever the history's length), or
-  starts a new chunk;
+  consecutive time ranges of at most :data:`CHUNK_ROWS` bars of the underlying, each with a
+  content digest of its bars (:func:`bars_digest`, without the series derived from the
+  underlying here) that lets a run compare the bars it is given with the whole stored
+  history without reading it; files are never modified: a run writes its new bars into a
+  new file that replaces the last chunk while that is not full (so a write is bounded,
+  whatever the history's length), or starts a new chunk;
 * ``sessions-<id>.feather``: the underlying's first bar and every session's last bar (what a
   daily-reset leveraged series derived from the underlying depends on, see
-  :func:`complete_new_bars`);
+  :func:`session_skeleton`);
 * ``market-<id>.feather``: the last market rows the run computed (:func:`market_rows`),
   which the next run compares with its own (:func:`guard_mismatch`).
 
-Files of an older generation are removed after ``state.json`` names the new ones; a crash
-leaves either the old state or the new one (plus unreferenced files, removed next time).
+**Writing.** A run writes the new generation's files first (:meth:`State.stage`), then the
+new ledger to a temporary file, then ``next.json`` (the new state, its guard that of the
+temporary ledger: :meth:`Staged.prepare`), then renames the ledger into place (the commit
+point: from then on ``next.json`` describes the ledger), then renames ``next.json`` onto
+``state.json`` and removes the files of the older generation (:meth:`Staged.commit`). Every
+bar a ledger row was computed from is on disk before that row is. A crash before the
+ledger's rename leaves the old ledger and its state (plus files no state names, removed
+next time); a crash after it leaves a ``next.json`` whose guard matches the ledger, which
+the next run adopts (:meth:`State.recover`) and continues from.
 
 **The tail.** The market arrays at a bar depend on where the bar history starts (EMAs,
 Wilder averages, the rolling statistics' periodic exact recomputation at fixed row indices,
@@ -49,9 +58,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import math
+import os
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +71,7 @@ import numpy as np
 import polars as pl
 
 from sentio.config import SentioConfig
-from sentio.data.schema import session_date
+from sentio.data.schema import CANONICAL_COLUMNS, session_date
 from sentio.env.market import MarketData
 from sentio.io import write_feather_atomic, write_json_atomic
 from sentio.times import as_utc, iso_z, to_datetime64
@@ -70,8 +82,11 @@ __all__ = [
     "SCHEMA",
     "STATE_DIR",
     "LedgerGuard",
+    "Staged",
     "State",
+    "bars_digest",
     "default_tail_rows",
+    "file_sha256",
     "guard_mismatch",
     "ledger_guard",
     "market_rows",
@@ -81,7 +96,9 @@ __all__ = [
 
 STATE_DIR = "state"
 STATE_FILE = "state.json"
-SCHEMA = 1
+NEXT_FILE = "next.json"
+"""The state a run wrote before renaming its ledger into place (module docstring)."""
+SCHEMA = 2
 """Version of the state's layout; a state of another schema is rebuilt by a full run."""
 CHUNK_ROWS = 20_000
 """Bars of the underlying per chunk of the bar store (about 51 sessions of minute bars): a
@@ -250,11 +267,13 @@ def guard_mismatch(
 
 @dataclasses.dataclass(frozen=True)
 class LedgerGuard:
-    """What identifies the ledger file a state was written with."""
+    """What identifies the ledger file a state was written with: its rows, size and
+    content (sha256; an edit that keeps the size and the modification time, ``cp -p``, is
+    caught too, and a copy of the folder with new modification times is not stale)."""
 
     rows: int
     size: int
-    mtime_ns: int
+    sha256: str
     first: str
     last: str
 
@@ -263,16 +282,43 @@ class LedgerGuard:
         return dataclasses.asdict(self)
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (read in 4 MiB blocks)."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
 def ledger_guard(path: Path, ledger: pl.DataFrame) -> LedgerGuard:
     """The guard of the ledger ``ledger`` just read from (or written to) ``path``."""
-    st = path.stat()
     return LedgerGuard(
         rows=int(ledger.height),
-        size=int(st.st_size),
-        mtime_ns=int(st.st_mtime_ns),
+        size=int(path.stat().st_size),
+        sha256=file_sha256(path),
         first=iso_z(ledger["timestamp"][0]),
         last=iso_z(ledger["timestamp"][-1]),
     )
+
+
+def bars_digest(frame: pl.DataFrame, skip: Iterable[str] = ()) -> str:
+    """A content digest of canonical bars, whatever their row order: sha256 over the
+    canonical columns' values sorted by symbol and time, without the symbols ``skip``.
+    Two frames with the same digest hold the same bars bit for bit (a chunk's digest is
+    stored with it: comparing bars with a chunk needs no read of the chunk)."""
+    part = frame.filter(~pl.col("symbol").is_in(sorted(skip))).select(CANONICAL_COLUMNS)
+    part = part.sort(["symbol", "timestamp"])
+    h = hashlib.sha256()
+    runs = part.group_by("symbol", maintain_order=True).len()
+    h.update(json.dumps([runs["symbol"].to_list(), runs["len"].to_list()]).encode())
+    for col in CANONICAL_COLUMNS:
+        if col == "symbol":
+            continue
+        s = part[col]
+        h.update(f"|{col}:{s.dtype}:{s.null_count()}|".encode())
+        h.update(np.ascontiguousarray(s.to_physical().to_numpy()).tobytes())
+    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------ the state
@@ -309,6 +355,8 @@ class Chunk:
     u_first: int
     u_rows: int
     rows: int
+    digest: str
+    """:func:`bars_digest` of the chunk's bars without the symbols derived here."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,6 +393,27 @@ class State:
         if missing:
             return None, f"state files missing ({', '.join(missing)})"
         return state, ""
+
+    @staticmethod
+    def recover(ledger_folder: Path, guard: Callable[[], LedgerGuard]) -> bool:
+        """Adopt the ``next.json`` a run left when it stopped between renaming its ledger
+        into place and committing its state, when its guard is that of the ledger now
+        (``guard``); remove it otherwise (a run that stopped before its ledger's rename).
+        True when adopted. Call it under the ledger's lock."""
+        folder = ledger_folder / STATE_DIR
+        pending = folder / NEXT_FILE
+        if not pending.is_file():
+            return False
+        try:
+            data = json.loads(pending.read_text())
+            ok = isinstance(data, dict) and data.get("ledger") == guard().as_json()
+        except (OSError, ValueError):
+            ok = False
+        if ok:
+            os.replace(pending, folder / STATE_FILE)
+        else:
+            pending.unlink(missing_ok=True)
+        return ok
 
     def stale(self, version: str, config_hash: str, guard: LedgerGuard | None) -> str | None:
         """Why this state does not describe the ledger with ``guard`` (None: it does)."""
@@ -432,6 +501,18 @@ class State:
                 return c.u_first + i
         raise KeyError(f"no stored bar of {symbol} at {iso_z(when)}")
 
+    def underlying_before(self, when: dt.datetime, symbol: str) -> dt.datetime | None:
+        """The timestamp of the last stored bar of the underlying before ``when`` (None: none)."""
+        for c in reversed(self.chunks):
+            if _utc(c.first) < when:
+                ts = _underlying(self.read_chunk(c), symbol)["timestamp"]
+                before = ts.filter(ts < when)
+                if before.len():
+                    value = before[-1]
+                    assert isinstance(value, dt.datetime)
+                    return value
+        return None
+
     def read_from(self, row: int, symbol: str) -> pl.DataFrame:
         """Every stored bar from the underlying's bar at index ``row`` on (all symbols)."""
         chunks = self.chunks
@@ -454,7 +535,7 @@ class State:
     # ---------------------------------------------------------------- writing
 
     @staticmethod
-    def write(
+    def stage(
         ledger_folder: Path,
         *,
         previous: State | None,
@@ -463,7 +544,6 @@ class State:
         symbol: str,
         version: str,
         config_hash: str,
-        guard: LedgerGuard,
         resume_at: dt.datetime,
         account: dict[str, np.ndarray],
         market: pl.DataFrame,
@@ -471,8 +551,10 @@ class State:
         derived_here: list[str],
         period: int | None,
         tail_rows: int,
-    ) -> None:
-        """Write the state after a run (the JSON last; see the module docstring).
+    ) -> Staged:
+        """Write the files of the state after a run, all but the JSON (module docstring,
+        **Writing**): the ledger is written next, then :meth:`Staged.prepare` and
+        :meth:`Staged.commit`.
 
         ``new_bars``: with ``replace_bars`` every bar processed (a full run: the store is
         rewritten), else the bars after ``previous``'s last one (appended).
@@ -485,8 +567,7 @@ class State:
         if new_bars.height:
             under = _underlying(new_bars, symbol)
             sessions = session_skeleton(pl.concat([sessions, under]) if sessions.height else under)
-            chunks = _store(folder, previous, chunks, new_bars, under, tag)
-        files = {c.file for c in chunks}
+            chunks = _store(folder, previous, chunks, new_bars, under, tag, derived_here)
         sessions_file = f"sessions-{tag}.feather"
         market_file = f"market-{tag}.feather"
         write_feather_atomic(folder / sessions_file, sessions)
@@ -495,7 +576,7 @@ class State:
             "schema": SCHEMA,
             "version": version,
             "config": config_hash,
-            "ledger": guard.as_json(),
+            "ledger": None,
             "resume": {
                 "timestamp": iso_z(resume_at),
                 "account": {k: np.asarray(v).tolist() for k, v in account.items()},
@@ -510,26 +591,54 @@ class State:
             "sessions": sessions_file,
             "market": market_file,
             "tail": {"period": period, "rows": int(tail_rows)},
-            "written_at": iso_z(dt.datetime.now(dt.UTC)),
         }
-        write_json_atomic(folder / STATE_FILE, data)
-        keep = files | {sessions_file, market_file, STATE_FILE}
-        for p in folder.iterdir():  # the previous generation and leftovers of a crash
-            if p.is_file() and p.name not in keep and not p.name.startswith(".lock"):
-                p.unlink(missing_ok=True)
+        keep = {c.file for c in chunks} | {sessions_file, market_file}
+        return Staged(folder, data, frozenset(keep))
 
     @staticmethod
     def remove(ledger_folder: Path) -> None:
         """Forget the state (the next run recomputes from the start)."""
         (ledger_folder / STATE_DIR / STATE_FILE).unlink(missing_ok=True)
+        (ledger_folder / STATE_DIR / NEXT_FILE).unlink(missing_ok=True)
 
 
-def _chunk(folder: Path, frame: pl.DataFrame, u_first: int, u_rows: int, tag: str) -> Chunk:
+@dataclasses.dataclass(frozen=True)
+class Staged:
+    """A state whose files are written (:meth:`State.stage`), its JSON not yet."""
+
+    folder: Path
+    data: dict[str, Any]
+    files: frozenset[str]
+
+    def prepare(self, guard: LedgerGuard) -> None:
+        """Write ``next.json``: the state of the ledger with ``guard`` (the ledger written to
+        its temporary file, not yet renamed into place)."""
+        data = {
+            **self.data,
+            "ledger": guard.as_json(),
+            "written_at": iso_z(dt.datetime.now(dt.UTC)),
+        }
+        write_json_atomic(self.folder / NEXT_FILE, data)
+
+    def commit(self) -> None:
+        """``next.json`` becomes ``state.json`` (the ledger is in place); the files of the
+        older generation and the leftovers of a crash are removed."""
+        os.replace(self.folder / NEXT_FILE, self.folder / STATE_FILE)
+        keep = self.files | {STATE_FILE}
+        for p in self.folder.iterdir():
+            if p.is_file() and p.name not in keep and not p.name.startswith(".lock"):
+                p.unlink(missing_ok=True)
+
+
+def _chunk(
+    folder: Path, frame: pl.DataFrame, u_first: int, u_rows: int, tag: str, skip: list[str]
+) -> Chunk:
     name = f"bars-{tag}-{u_first}.feather"
     write_feather_atomic(folder / name, frame)  # each symbol's bars in time order
     first, last = frame["timestamp"].min(), frame["timestamp"].max()
     assert isinstance(first, dt.datetime) and isinstance(last, dt.datetime)
-    return Chunk(name, iso_z(first), iso_z(last), u_first, u_rows, frame.height)
+    digest = bars_digest(frame, skip)
+    return Chunk(name, iso_z(first), iso_z(last), u_first, u_rows, frame.height, digest)
 
 
 def _store(
@@ -539,6 +648,7 @@ def _store(
     new: pl.DataFrame,
     under: pl.DataFrame,
     tag: str,
+    skip: list[str],
 ) -> list[Chunk]:
     """``chunks`` with the bars ``new`` (all later than theirs) stored: the last chunk is
     replaced by itself plus new bars while it holds fewer than :data:`CHUNK_ROWS` bars of
@@ -553,7 +663,7 @@ def _store(
         hi = stamps[take] if take < n_u else None
         part = new if hi is None else new.filter(ts < hi)
         merged = pl.concat([previous.read_chunk(last), part])
-        chunks.append(_chunk(folder, merged, last.u_first, last.u_rows + take, tag))
+        chunks.append(_chunk(folder, merged, last.u_first, last.u_rows + take, tag, skip))
         if hi is None:
             return chunks
         new, pos = new.filter(ts >= hi), take
@@ -562,7 +672,7 @@ def _store(
         take = min(CHUNK_ROWS, n_u - pos)
         hi = stamps[pos + take] if pos + take < n_u else None
         part = new if hi is None else new.filter(ts < hi)
-        chunks.append(_chunk(folder, part, u_first, take, tag))
+        chunks.append(_chunk(folder, part, u_first, take, tag, skip))
         if hi is None:
             return chunks
         new, pos, u_first = new.filter(ts >= hi), pos + take, u_first + take

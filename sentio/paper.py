@@ -41,11 +41,20 @@ account state at the close of the ledger's row ``n - 3`` (before its decision), 
 market rows computed and a guard of the ledger file. A run with a usable state:
 
 * takes from the bars given only those after the last stored bar (the bars given may be
-  the whole history, as before, or only the new bars); the bars given that the stored
-  tail also has must agree with it (else :class:`LedgerMismatch`); series the ingest
-  derived from the underlying (a daily-reset ETF depends on every session since the
-  first) are derived over the stored sessions' closes plus the new bars, as over the
-  whole history;
+  the whole history, as before, or only the new bars); every bar given that the stored
+  bars also have must agree with it (else :class:`LedgerMismatch`): the stored chunks the
+  bars given cover entirely are compared by a content digest kept with each chunk, the
+  others and those whose digests differ row by row; bars given before the first stored
+  bar are not used (the ledger's bar history starts there); series the ingest derived
+  from the underlying (a daily-reset ETF depends on every session since the first) are
+  derived over the stored sessions' closes plus the new bars, as over the stored history
+  extended by them, whatever the bars given start with;
+* refuses new bars that start after one or more exchange sessions (the version's
+  ``universe.calendar``) the stored bars lack, when the bars given do not reach back to
+  the stored last bar (a run missed, the data file overwritten since): a
+  :class:`PaperError` names the sessions and asks for the bars from the ledger's last
+  session on, and nothing is written; with bars that reach back, a session missing from
+  the data itself is accepted, as the full path accepts it;
 * builds the market over a bounded tail of the stored bars plus the new ones
   (:func:`sentio.live_state.tail_start`: a fixed number of bars before the rows it reads,
   on the features' exact-recomputation period; ``tail_rows`` overrides the length), so
@@ -57,21 +66,34 @@ market rows computed and a guard of the ledger file. A run with a usable state:
 * resumes the replay from the stored account state at the ledger's row ``n - 3``: the
   rows ``n - 2`` (final) and ``n - 1`` (provisional) are produced again and compared with
   the ledger exactly as a full recomputation's rows are, then the new rows follow;
-* writes the ledger, then the state (its ``state.json`` last): a crash between the two
-  leaves a state whose ledger guard (row count, size, modification time, first and last
-  timestamp) no longer matches, which the next run treats as stale.
+* writes the state's files (the bars it processed among them), then the ledger to a
+  temporary file, then the new state as ``next.json`` with the guard of that file (row
+  count, size, sha256, first and last timestamp), then renames the ledger into place,
+  then ``next.json`` onto ``state.json`` (:mod:`sentio.live_state`, "Writing"). A run
+  stopped before the ledger's rename leaves the old ledger and its state; one stopped
+  after it leaves a ``next.json`` that the next run adopts, since its guard matches the
+  ledger, and continues from. A ledger whose guard does not match (edited, even with its
+  size and modification time kept; replaced) makes the state stale.
 
 The full recomputation runs instead -- and rewrites the state -- for a new ledger, with
-``verify`` (recompute from the ledger's start from the bars given, preceded by the stored
-bars when the bars given start later, compare, and on agreement rewrite the state), with
-``end`` (a replay of history; the state is left alone), with a ``start`` that is not the
-ledger's first bar verbatim, for a ledger of fewer than :data:`MIN_STATE_ROWS` rows or a
-ruined one, when there is no state, when it is stale (the ledger was edited, replaced or
+``verify`` (recompute from the ledger's start and compare, and on agreement rewrite the
+state), with ``end`` (a replay of history; the state is left alone), with a ``start``
+that does not resolve to the ledger's first bar (the first bar at or after it in the
+ledger's bar history: a date such as ``2024-03-01`` that resolves to the ledger's first
+bar continues it), for a ledger of fewer than :data:`MIN_STATE_ROWS` rows or a ruined
+one, when there is no state, when it is stale (the ledger was edited, replaced or
 written without it) or of another model configuration, when the symbols derived from the
 underlying changed, and when the convergence guard fails. The summary says which path ran
 (``mode``: ``"incremental"``, ``"full"`` or ``"verify"``; ``reason``) and how much it did
-(``replayed``, ``market_rows``). Without a usable state the bars given must hold the
-ledger's start. Delete ``state/`` (or pass ``verify``) to force a full recomputation.
+(``replayed``, ``market_rows``). With a state of the version and configuration beside the
+ledger (stale or not) the full path recomputes over the ledger's bar history: the bars
+given from the first stored bar on, preceded by the stored bars when the bars given
+start later (then ledger rows that are in neither -- a run stopped between its ledger and
+its state, ``next.json`` lost -- are a :class:`PaperError` naming the rows and the
+sessions to give, and new bars that skip a session are refused as above), with the series
+derived from the underlying derived over the whole. Without a usable state the bars given
+must hold the ledger's start. Delete ``state/`` (or pass ``verify``) to force a full
+recomputation.
 
 **The last row is provisional.** The ledger's last row was computed with the exchange
 calendar's facts about the bar after it (:func:`sentio.live.with_next_bar`: does it open a
@@ -104,17 +126,20 @@ an open position there (``end_of_block``: exposure 0, equity less the exit cost)
 **Signals.** :func:`signal` is :func:`sentio.live.signal` through the same machinery: its
 replay is kept as a ledger with a state under ``<paths.workdir>/signal/<version>/`` (a
 cache: rebuilt from the bars given when they disagree with it), so a signal over a history
-that grew by a day replays that day; its JSON is the stateless signal's.
+that grew by a day replays that day; its JSON is the stateless signal's. When that folder
+cannot be written (a read-only working directory), the signal is the stateless one.
 
 Writes are atomic (temporary file + rename) and a ``filelock`` on
 ``<root>/<version>/.lock`` serialises concurrent runs for one version (the state is read
-and written under it).
+and written under it); a run that waits longer than its timeout is a :class:`PaperError`
+("locked by another paper-trading run", or "another signal").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import logging
 import math
 import os
@@ -129,7 +154,7 @@ from filelock import FileLock, Timeout
 
 from sentio.env.market import MarketData
 from sentio.errors import SentioError
-from sentio.io import write_feather_atomic
+from sentio.io import atomic_path
 from sentio.live import (
     Bars,
     CanonicalBars,
@@ -142,7 +167,10 @@ from sentio.live import (
 from sentio.live import signal as stateless_signal
 from sentio.live_state import (
     GUARD_ROWS,
+    LedgerGuard,
+    Staged,
     State,
+    bars_digest,
     default_tail_rows,
     guard_mismatch,
     ledger_guard,
@@ -342,10 +370,22 @@ class _Run:
         self.end = end
         self.tail_rows = tail_rows
         self.existing = read_ledger(path)
+        self._guard: LedgerGuard | None = None
+        if self.existing is not None and self.existing.height:
+            # a run that stopped after renaming its ledger into place left its state as
+            # next.json (sentio.live_state, "Writing"): adopt it when it is this ledger's
+            State.recover(path.parent, self.guard)
         self.state, self.no_state = State.load(path.parent)
         self.config_hash = bundle.cfg.hash()
         self.universe = bundle.cfg.universe
         self.window = bundle.params().window
+
+    def guard(self) -> LedgerGuard:
+        """The guard of the ledger as read at the start of the run (computed once)."""
+        if self._guard is None:
+            assert self.existing is not None
+            self._guard = ledger_guard(self.path, self.existing)
+        return self._guard
 
     # ------------------------------------------------------------------ the mode
 
@@ -358,15 +398,13 @@ class _Run:
             return "a new ledger"
         if self.end is not None:
             return "end given (a replay of history)"
-        if self.start is not None and as_utc(self.start, "start") != ex["timestamp"][0]:
-            return "start given (checked against the ledger's start)"
         if ex.height < MIN_STATE_ROWS:
             return f"a ledger of fewer than {MIN_STATE_ROWS} rows"
         if ex["forced_exit"][-1] == "ruin":
             return "a ruined ledger"
         if st is None:
             return self.no_state
-        stale = st.stale(self.bundle.version, self.config_hash, ledger_guard(self.path, ex))
+        stale = st.stale(self.bundle.version, self.config_hash, self.guard())
         if stale is not None:
             return stale
         if st.resume_at != ex["timestamp"][ex.height - 3]:
@@ -376,6 +414,10 @@ class _Run:
                 f"the symbols derived from the underlying changed ({st.derived_here} -> "
                 f"{sorted(self.got.derived_here)})"
             )
+        if self.start is not None and not _start_is_first(
+            self.start, ex["timestamp"][0], st, self.got.frame, self.universe.underlying
+        ):
+            return "start given that is not the ledger's first bar (checked by the full path)"
         return None
 
     # ------------------------------------------------------------------ incremental
@@ -395,20 +437,19 @@ class _Run:
             u_resume = st.underlying_row(st.resume_at, symbol)
         except KeyError as err:
             return f"the state's bars lack its resume point ({err})"
-        rows = self.tail_rows if self.tail_rows is not None else st.tail_rows
-        # the rows a resumed replay reads and the market rows the previous run kept (the
-        # guard compares them) must lie past the tail's convergence
-        first_read = u_resume - (self.window - 1) - GUARD_ROWS
-        tail = st.read_from(tail_start(first_read, rows, st.period), symbol)
-        lo = max(_utc_stamp(tail, "first"), _utc_stamp(given, "first"))
-        hi = min(st.last, _utc_stamp(given, "last"))
-        _check_bars(self.path, tail, given, set(st.derived_here), lo, hi, self.bundle)
+        _check_overlap(self.path, st, given, self.bundle)
         if _utc_stamp(given, "last") < ex["timestamp"][-1]:
             return _Outcome(ex, None, 0, True, 0, 0, derived)
         new = given.filter(pl.col("timestamp") > st.last)
         if new.height == 0:
             return _Outcome(ex, None, 0, False, 0, 0, derived)
+        self.check_sessions(st.last, _utc_stamp(given, "first"), _utc_stamp(new, "first"))
         new = self.complete_new(new)
+        rows = self.tail_rows if self.tail_rows is not None else st.tail_rows
+        # the rows a resumed replay reads and the market rows the previous run kept (the
+        # guard compares them) must lie past the tail's convergence
+        first_read = u_resume - (self.window - 1) - GUARD_ROWS
+        tail = st.read_from(tail_start(first_read, rows, st.period), symbol)
         frame = pl.concat([tail, new.select(tail.columns)])  # the market sorts it
         market = b.market(frame)
         kept = st.market()
@@ -433,8 +474,8 @@ class _Run:
         end_row = market.n_rows - 1
         rep = replay(b, market, r0, end_row, resume=st.account, capture_row=end_row - 2)
         produced = rep.frame.slice(1)  # the resume row's own step was the previous run's
-        ledger, revised = _extend(self.path, ex, produced, offset=n - 2)
-        self.save(ledger, market, rep, end_row, new, replace=False, derived=derived)
+        ledger, revised, changed = _extend(self.path, ex, produced, offset=n - 2)
+        self.write(ledger, changed, market, rep, end_row, new, replace=False, derived=derived)
         appended = max(n - 2 + produced.height - n, 0)
         behind = n - 2 + produced.height < n
         return _Outcome(ledger, revised, appended, behind, rep.frame.height, market.n_rows, derived)
@@ -442,12 +483,13 @@ class _Run:
     def complete_new(self, new: pl.DataFrame) -> pl.DataFrame:
         """``new`` with the series derived from the underlying continued from the stored
         history (a daily-reset series depends on every session since the first): derived
-        over the stored sessions' closes plus the new bars, exactly as over the whole
-        history. Bars given from the history's first bar on already are."""
+        over the stored sessions' closes plus the new bars, exactly as over the stored
+        history extended by the new bars -- also when the bars given start earlier than the
+        stored history (their derivation starts elsewhere: another base)."""
         st = self.state
         assert st is not None
         here = st.derived_here
-        if not here or _utc_stamp(self.got.frame, "first") <= st.first:
+        if not here:
             return new
         from sentio.data.leverage import ensure_universe
 
@@ -458,35 +500,85 @@ class _Run:
         rows = complete.filter(pl.col("symbol").is_in(here) & (pl.col("timestamp") > st.last))
         return pl.concat([new.filter(~pl.col("symbol").is_in(here)), rows.select(new.columns)])
 
+    def check_sessions(
+        self, stored_last: dt.datetime, given_first: dt.datetime, new_first: dt.datetime
+    ) -> None:
+        """Refuse new bars that start after one or more exchange sessions the stored bars
+        lack, unless the bars given reach back to the stored last bar (then the data itself
+        lacks those sessions, which the full path accepts too)."""
+        if given_first <= stored_last:
+            return
+        a, b = _ny_date(stored_last), _ny_date(new_first)
+        if (b - a).days < 2:
+            return
+        from sentio.calendar import sessions
+
+        days = [d for d in sessions(a, b, self.universe.calendar)["session"] if a < d < b]
+        if not days:
+            return
+        names = ", ".join(d.isoformat() for d in days[:5])
+        if len(days) > 5:
+            names += f", ... ({len(days)} sessions)"
+        raise PaperError(
+            f"{self.path}: the bars given start at {iso_z(given_first)}, but the ledger's bars "
+            f"end at {iso_z(stored_last)} and the exchange calendar has sessions in between "
+            f"that the bars given lack ({names}): give the bars from the ledger's last "
+            f"session ({a}) on, or the whole history (a session the data itself lacks is "
+            "then accepted); nothing was written"
+        )
+
     # ------------------------------------------------------------------ full
 
     def full_bars(self) -> tuple[pl.DataFrame, list[str], list[str]]:
-        """The bars a full run recomputes from: the bars given or, when they start after
-        the stored history's first bar, the stored bars before them plus the bars given
-        (series derived from the underlying re-derived over the whole); the derived symbols
-        and those derived from the underlying."""
-        got, st = self.got, self.state
+        """The bars a full run recomputes from, the derived symbols and those derived from
+        the underlying. With a state of this version and configuration beside an existing
+        ledger, the ledger's bar history starts at the first stored bar: bars given before
+        it are left out, and when the bars given start after it, the stored bars before
+        them come first (series derived from the underlying re-derived over the whole);
+        otherwise the bars given."""
+        got, st, ex = self.got, self.state, self.existing
         usable = (
             st is not None
+            and ex is not None
+            and ex.height > 0
             and st.data.get("version") == self.bundle.version
             and st.data.get("config") == self.config_hash
         )
-        first = _utc_stamp(got.frame, "first")
-        if st is None or not usable or first <= st.first:
+        if st is None or ex is None or not usable:
             return got.frame, got.derived, got.derived_here
         from sentio.data.leverage import ensure_universe
         from sentio.data.schema import to_canonical
 
-        old = st.read_all().filter(pl.col("timestamp") < first)
-        combined = pl.concat([old, got.frame.select(old.columns)])
+        first = _utc_stamp(got.frame, "first")
         here = sorted(set(st.derived_here) | set(got.derived_here))
+        derived = sorted(set(st.derived) | set(got.derived))
+        ts = pl.col("timestamp")
+        if first < st.first:  # the stored history starts later: so does the ledger's
+            combined = got.frame.filter(ts >= st.first)
+            if combined.height == 0:
+                return got.frame, got.derived, got.derived_here
+        elif first == st.first:
+            return got.frame, got.derived, got.derived_here
+        else:
+            hole = ex.filter((ts > st.last) & (ts < first))["timestamp"]
+            if hole.len():
+                raise PaperError(
+                    f"{self.path}: the ledger's rows from {iso_z(hole[0])} to {iso_z(hole[-1])} "
+                    f"are neither in the bars kept beside it (they end at {iso_z(st.last)}: a "
+                    "run stopped between writing the ledger and its state?) nor in the bars "
+                    f"given (they start at {iso_z(first)}): give the bars from the session "
+                    f"{_ny_date(hole[0])} on, or the whole history; nothing was written"
+                )
+            self.check_sessions(st.last, first, first)
+            old = st.read_all().filter(ts < first)
+            combined = pl.concat([old, got.frame.select(old.columns)])
         if here:
             combined, _ = ensure_universe(
                 combined.filter(~pl.col("symbol").is_in(here)), self.universe
             )
         else:
             combined = to_canonical(combined)
-        return combined, sorted(set(st.derived) | set(got.derived)), here
+        return combined, derived, here
 
     def full(self) -> _Outcome:
         """Recompute the path from the ledger's start (or the start rule) and compare."""
@@ -498,19 +590,30 @@ class _Run:
         start_row, end_row = _replay_rows(b, market, ex, self.path, self.start, self.end)
         capture = end_row - 2 if end_row - 2 >= start_row else None
         rep = replay(b, market, start_row, end_row, capture_row=capture)
-        ledger, revised = _extend(self.path, ex, rep.frame)
+        ledger, revised, changed = _extend(self.path, ex, rep.frame)
         n_old = 0 if ex is None else ex.height
         behind = rep.frame.height < n_old
         if not behind:
-            self.save(ledger, market, rep, end_row, frame, replace=True, derived=derived, here=here)
+            self.write(
+                ledger,
+                changed,
+                market,
+                rep,
+                end_row,
+                frame,
+                replace=True,
+                derived=derived,
+                here=here,
+            )
         appended = max(rep.frame.height - n_old, 0)
         return _Outcome(ledger, revised, appended, behind, rep.frame.height, market.n_rows, derived)
 
-    # ------------------------------------------------------------------ the state
+    # ------------------------------------------------------------------ writing
 
-    def save(
+    def write(
         self,
         ledger: pl.DataFrame,
+        changed: bool,
         market: MarketData,
         rep: Replay,
         end_row: int,
@@ -520,11 +623,12 @@ class _Run:
         derived: list[str],
         here: list[str] | None = None,
     ) -> None:
-        """Write the state for ``ledger`` (the ledger is on disk already), or forget a
-        state the run made stale when the run cannot continue later (a ruin, an ``end``
-        before the last bar, a ledger shorter than :data:`MIN_STATE_ROWS` rows)."""
+        """Write the ledger (when ``changed``) and its state, in the order of
+        :mod:`sentio.live_state` ("Writing": the state's files, the ledger to a temporary
+        file, ``next.json``, the ledger's rename, ``state.json``); or, when the run cannot
+        continue later (a ruin, an ``end`` before the last bar, a ledger shorter than
+        :data:`MIN_STATE_ROWS` rows), write the ledger and forget a state it made stale."""
         folder = self.path.parent
-        guard = ledger_guard(self.path, ledger)
         ok = (
             not rep.ruined
             and rep.captured is not None
@@ -532,58 +636,124 @@ class _Run:
             and ledger.height >= MIN_STATE_ROWS
             and ledger["timestamp"][-1] == from_datetime64(market.timestamps[end_row])
         )
-        if not ok:
+        staged: Staged | None = None
+        if ok:
+            assert rep.captured is not None
             st = self.state
-            if st is not None and st.stale(self.bundle.version, self.config_hash, guard):
-                State.remove(folder)
+            if replace or st is None:
+                period = resync_period(self.bundle.cfg, bars)
+                rows = default_tail_rows(self.bundle.cfg, bars)
+            else:
+                period, rows = st.period, st.tail_rows
+            if self.tail_rows is not None:
+                rows = self.tail_rows
+            capture = end_row - 2
+            staged = State.stage(
+                folder,
+                previous=None if replace else st,
+                new_bars=bars,
+                replace_bars=replace,
+                symbol=self.universe.underlying,
+                version=self.bundle.version,
+                config_hash=self.config_hash,
+                resume_at=from_datetime64(market.timestamps[capture]),
+                account=rep.captured,
+                market=market_rows(market, capture - (self.window - 1) - GUARD_ROWS),
+                derived=derived,
+                derived_here=here if here is not None else (st.derived_here if st else []),
+                period=period,
+                tail_rows=rows,
+            )
+        if changed:
+            with atomic_path(self.path) as tmp:
+                ledger.write_ipc(tmp, compression="zstd")
+                if staged is not None:
+                    staged.prepare(ledger_guard(tmp, ledger))
+        elif staged is not None:
+            staged.prepare(ledger_guard(self.path, ledger))
+        if staged is not None:
+            staged.commit()
             return
-        assert rep.captured is not None
         st = self.state
-        if replace or st is None:
-            period = resync_period(self.bundle.cfg, bars)
-            rows = default_tail_rows(self.bundle.cfg, bars)
-        else:
-            period, rows = st.period, st.tail_rows
-        if self.tail_rows is not None:
-            rows = self.tail_rows
-        capture = end_row - 2
-        State.write(
-            folder,
-            previous=None if replace else st,
-            new_bars=bars,
-            replace_bars=replace,
-            symbol=self.universe.underlying,
-            version=self.bundle.version,
-            config_hash=self.config_hash,
-            guard=guard,
-            resume_at=from_datetime64(market.timestamps[capture]),
-            account=rep.captured,
-            market=market_rows(market, capture - (self.window - 1) - GUARD_ROWS),
-            derived=derived,
-            derived_here=here if here is not None else (st.derived_here if st else []),
-            period=period,
-            tail_rows=rows,
-        )
+        if st is not None and st.stale(
+            self.bundle.version, self.config_hash, ledger_guard(self.path, ledger)
+        ):
+            State.remove(folder)
+
+
+def _ny_date(when: dt.datetime) -> dt.date:
+    """The New York date of a UTC timestamp (the session of a regular-hours bar)."""
+    from zoneinfo import ZoneInfo
+
+    from sentio.data.schema import NY_TZ
+
+    return when.astimezone(ZoneInfo(NY_TZ)).date()
+
+
+def _start_is_first(
+    start: Timestamp, first: dt.datetime, state: State | None, given: pl.DataFrame, symbol: str
+) -> bool:
+    """Whether ``start`` resolves to ``first`` (a ledger's first bar): the first bar at or
+    after it, in the ledger's bar history (the stored bars, the bars given)."""
+    s = as_utc(start, "start")
+    if s > first:
+        return False
+    if s == first:
+        return True
+    before: list[dt.datetime] = []
+    if state is not None:
+        stored = state.underlying_before(first, symbol)
+        if stored is None:
+            return False
+        before.append(stored)
+    ts = pl.col("timestamp")
+    g = given.filter((pl.col("symbol") == symbol) & (ts < first))["timestamp"].max()
+    if isinstance(g, dt.datetime):
+        before.append(g)
+    return bool(before) and max(before) < s
+
+
+def _check_overlap(path: Path, st: State, given: pl.DataFrame, bundle: ModelBundle) -> None:
+    """Raise :class:`LedgerMismatch` at the earliest bar where the bars given and the stored
+    bars differ, over the whole time range both cover (not the series derived from the
+    underlying here). A stored chunk whose range the bars given cover entirely is compared
+    by its digest (:func:`sentio.live_state.bars_digest`, no read of the chunk), row by row
+    only when the digests differ; a chunk the bars given cover in part is read and compared
+    on that part."""
+    skip = st.derived_here
+    lo = max(st.first, _utc_stamp(given, "first"))
+    hi = min(st.last, _utc_stamp(given, "last"))
+    if lo > hi:
+        return
+    chunks = st.chunks
+    ts = pl.col("timestamp")
+    for k, c in enumerate(chunks):
+        # chunk k holds every stored bar from its first one to the next chunk's first
+        c_first = as_utc(c.first)
+        nxt = as_utc(chunks[k + 1].first) if k + 1 < len(chunks) else None
+        if (nxt is not None and nxt <= lo) or c_first > hi:
+            continue
+        inside = (ts >= max(lo, c_first)) & (ts <= hi)
+        if nxt is not None:
+            inside = inside & (ts < nxt)
+        part = given.filter(inside)
+        whole = lo <= c_first and (hi == st.last if nxt is None else hi >= nxt)
+        if whole and bars_digest(part, skip) == c.digest:
+            continue
+        _check_bars(path, st.read_chunk(c).filter(inside), part, set(skip), bundle)
 
 
 def _check_bars(
-    path: Path,
-    stored: pl.DataFrame,
-    given: pl.DataFrame,
-    skip: set[str],
-    lo: dt.datetime,
-    hi: dt.datetime,
-    bundle: ModelBundle,
+    path: Path, stored: pl.DataFrame, given: pl.DataFrame, skip: set[str], bundle: ModelBundle
 ) -> None:
-    """Raise :class:`LedgerMismatch` at the earliest bar in ``[lo, hi]`` where the bars given
-    and the bars processed before differ (a bar missing, added or changed beyond the
-    ledger's float tolerance), except the symbols ``skip`` (derived from the underlying)."""
-    if lo > hi:
-        return
+    """Raise :class:`LedgerMismatch` at the earliest bar where ``given`` and ``stored`` (the
+    bars processed before, over the same time range) differ -- a bar missing, added or
+    changed beyond the ledger's float tolerance -- except the symbols ``skip`` (derived
+    from the underlying)."""
     from sentio.data.schema import CANONICAL_COLUMNS
 
     def part(frame: pl.DataFrame) -> pl.DataFrame:
-        inside = pl.col("timestamp").is_between(lo, hi) & ~pl.col("symbol").is_in(sorted(skip))
+        inside = ~pl.col("symbol").is_in(sorted(skip))
         return frame.filter(inside).select(CANONICAL_COLUMNS).sort(["symbol", "timestamp"])
 
     a, b = part(stored), part(given)
@@ -612,7 +782,8 @@ def _check_bars(
             key = (when, order.get(sym, len(order)), k, hit)
             if worst is None or key < worst:
                 worst = key
-    assert worst is not None
+    if worst is None:  # every difference within the tolerances
+        return
     i = worst[3]
     when, sym = j["timestamp"][i], str(j["symbol"][i])
     tail = (
@@ -665,9 +836,10 @@ def paper_trade(
         end: ignore bars after this time (replays of history; always a full run).
         root: the paper-trading root (default ``<paths.workdir>/paper``).
         lock_timeout: seconds to wait for another run on the same ledger.
-        verify: recompute the whole path from the ledger's start (from the bars given,
-            preceded by the stored bars when they start later) and compare it with the
-            ledger, instead of continuing from the state; the state is rewritten.
+        verify: recompute the whole path from the ledger's start (over the ledger's bar
+            history: the bars given from the first stored bar on, preceded by the stored
+            bars when they start later) and compare it with the ledger, instead of
+            continuing from the state; the state is rewritten.
         tail_rows: bars of the underlying the market tail holds before the first bar the
             resumed replay reads (default: the state's rule, :func:`sentio.live_state.
             default_tail_rows`); stored with the state.
@@ -692,7 +864,10 @@ def paper_trade(
             bar, differs from the ledger, or a bar given differs from the one processed
             before (names the timestamp and column; the ledger is untouched)
             (:class:`LedgerMismatch`); the start resolves to another bar than the ledger's
-            first; the ledger is locked for longer than ``lock_timeout``.
+            first; new bars skip exchange sessions the stored bars lack, or ledger rows
+            are in neither the stored bars nor the bars given (the message names the bars
+            to give; nothing is written); the ledger is locked for longer than
+            ``lock_timeout``.
         RegistryError, DataError: no champion, a tampered version, bad bars.
     """
     bundle = load_bundle(registry, version)
@@ -721,11 +896,13 @@ def trade(
     verify: bool = False,
     tail_rows: int | None = None,
     reset: bool = False,
+    what: str = "paper-trading run",
 ) -> tuple[dict[str, Any], pl.DataFrame]:
     """:func:`paper_trade` with a loaded bundle and a root folder; also returns the ledger.
 
     ``reset``: remove the ledger and its state first (under the lock): a cache's rebuild
-    (:func:`signal`), never a paper ledger's.
+    (:func:`signal`), never a paper ledger's. ``what``: what a run on this root is called
+    (the lock's error says "locked by another <what>").
     """
     if tail_rows is not None and tail_rows < 0:
         raise PaperError(f"tail_rows must be >= 0, got {tail_rows}")
@@ -734,7 +911,7 @@ def trade(
     if got.frame.height == 0:
         raise PaperError("no bars given")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _ledger_lock(path, lock_timeout):
+    with _ledger_lock(path, lock_timeout, what):
         if reset:
             path.unlink(missing_ok=True)
             State.remove(path.parent)
@@ -806,18 +983,27 @@ def signal(
     day replays that day only. The JSON is :func:`sentio.live.signal`'s, key for key.
 
     Stateless (:func:`sentio.live.signal`, the ledger untouched): with ``end``, with a
-    ``start`` other than the kept ledger's first bar, and for bars that end before the
-    kept ledger's last row. The kept ledger is a cache: when it disagrees with the bars
-    (a rewritten history) it is rebuilt from the bars given. ``verify`` recomputes it from
-    the start and compares.
+    ``start`` that does not resolve to the kept ledger's first bar (the first bar at or
+    after it), for bars that end before the kept ledger's last row, and when the root
+    cannot be written (a read-only working directory: a warning is logged). The kept
+    ledger is a cache: when it disagrees with the bars (a rewritten history) it is rebuilt
+    from the bars given. ``verify`` recomputes it from the start and compares.
     """
     got = bundle.ingest(bars)
     if end is not None:
         return stateless_signal(bundle, got, start=start, end=end)
     folder = Path(root) if root is not None else signal_root(bundle)
     if start is not None:
-        kept = read_ledger(ledger_path(folder, bundle.version))
-        if kept is None or kept.height == 0 or kept["timestamp"][0] != as_utc(start, "start"):
+        path = ledger_path(folder, bundle.version)
+        kept = read_ledger(path)
+        state = State.load(path.parent)[0] if kept is not None and kept.height else None
+        if (
+            kept is None
+            or kept.height == 0
+            or not _start_is_first(
+                start, kept["timestamp"][0], state, got.frame, bundle.cfg.universe.underlying
+            )
+        ):
             return stateless_signal(bundle, got, start=start)
     kwargs: dict[str, Any] = {
         "folder": folder,
@@ -825,12 +1011,24 @@ def signal(
         "lock_timeout": lock_timeout,
         "verify": verify,
         "tail_rows": tail_rows,
+        "what": "signal",
     }
     try:
-        summary, ledger = trade(bundle, got, **kwargs)
-    except LedgerMismatch as err:
-        log.info("%s: rebuilding the signal's ledger (%s)", folder, err)
-        summary, ledger = trade(bundle, got, reset=True, **kwargs)
+        try:
+            summary, ledger = trade(bundle, got, **kwargs)
+        except LedgerMismatch as err:
+            log.info("%s: rebuilding the signal's ledger (%s)", folder, err)
+            summary, ledger = trade(bundle, got, reset=True, **kwargs)
+    except OSError as err:
+        if not _unwritable(err):
+            raise
+        log.warning(
+            "%s: cannot be written (%s); the signal is replayed from the start without "
+            "keeping the replay",
+            folder,
+            err,
+        )
+        return stateless_signal(bundle, got, start=start)
     if summary["behind"]:
         return stateless_signal(bundle, got, start=start)
     return signal_of_row(
@@ -844,19 +1042,22 @@ def signal(
 
 
 @contextmanager
-def _ledger_lock(path: Path, timeout: float) -> Iterator[None]:
-    """Hold the lock of the ledger folder (one paper-trading run at a time)."""
+def _ledger_lock(path: Path, timeout: float, what: str) -> Iterator[None]:
+    """Hold the lock of the ledger folder (one run at a time; ``what`` names the runs)."""
     lock = FileLock(str(path.parent / LOCK), timeout=timeout)
     try:
         lock.acquire()
     except Timeout:
-        raise PaperError(
-            f"{path}: locked by another paper-trading run for more than {timeout:g} s"
-        ) from None
+        raise PaperError(f"{path}: locked by another {what} for more than {timeout:g} s") from None
     try:
         yield
     finally:
         lock.release()
+
+
+def _unwritable(err: OSError) -> bool:
+    """Whether ``err`` says a path cannot be written (permissions, a read-only file system)."""
+    return isinstance(err, PermissionError) or err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def _no_start(path: Path, first: dt.datetime) -> PaperError:
@@ -905,12 +1106,13 @@ def _replay_rows(
 
 def _extend(
     path: Path, existing: pl.DataFrame | None, frame: pl.DataFrame, offset: int = 0
-) -> tuple[pl.DataFrame, dict[str, Any] | None]:
-    """Check the recomputed rows against the ledger and write what is new.
+) -> tuple[pl.DataFrame, dict[str, Any] | None, bool]:
+    """Check the recomputed rows against the ledger and add what is new (in memory: the
+    caller writes it, :meth:`_Run.write`).
 
     ``frame``'s row ``i`` is the ledger's row ``offset + i`` (a resumed replay re-produces
-    the ledger's last two rows, then the new ones). Returns the ledger after the run and
-    the revision of its last row (None when it was not replaced).
+    the ledger's last two rows, then the new ones). Returns the ledger after the run, the
+    revision of its last row (None when it was not replaced) and whether it changed.
     """
     n_old = 0 if existing is None else existing.height
     revised: dict[str, Any] | None = None
@@ -934,9 +1136,8 @@ def _extend(
     keep = n_old - 1 if revised is not None else n_old
     written = frame.slice(keep - offset)
     if not written.height:
-        return (existing if existing is not None else frame), revised
+        return (existing if existing is not None else frame), revised, False
     now = pl.lit(now_utc(), dtype=pl.Datetime("us", "UTC"))
     written = written.with_columns(appended_at=now)
     ledger = pl.concat([existing.head(keep), written]) if existing is not None and keep else written
-    write_feather_atomic(path, ledger)
-    return ledger, revised
+    return ledger, revised, True

@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
+from filelock import FileLock
 from typer.testing import CliRunner
 
+import sentio.live_state as live_state
 import sentio.paper as paper_module
 from sentio.calendar import sessions
 from sentio.cli import app
@@ -31,7 +34,7 @@ from sentio.data.leverage import ensure_universe
 from sentio.data.schema import session_date
 from sentio.live import ModelBundle, load_bundle, replay
 from sentio.live import signal as stateless_signal
-from sentio.live_state import STATE_DIR, State
+from sentio.live_state import STATE_DIR, Staged, State
 from sentio.paper import (
     LedgerMismatch,
     ledger_path,
@@ -41,6 +44,7 @@ from sentio.paper import (
     trade,
 )
 from sentio.registry import Registry
+from sentio.times import iso_z
 from tests.conftest import minute_bars
 from tests.test_live import Trained, trained
 
@@ -49,6 +53,7 @@ pytestmark = pytest.mark.slow
 FIRST = dt.date(2024, 1, 12)  # the first run's history ends with this session
 LAST = dt.date(2024, 2, 9)
 GAP = dt.date(2024, 1, 18)  # a session the data lacks entirely
+AFTER_GAP = dt.date(2024, 1, 19)
 SHORT = dt.date(2024, 1, 23)  # a session whose last bar (20:59Z) never arrives
 NEVER = dt.datetime(2024, 1, 23, 20, 59, tzinfo=dt.UTC)
 TAIL = 4800
@@ -91,6 +96,21 @@ def _on(frame: pl.DataFrame, day: dt.date) -> pl.DataFrame:
 
 def _upto(frame: pl.DataFrame, day: dt.date) -> pl.DataFrame:
     return frame.filter(session_date(pl.col("timestamp")) <= day)
+
+
+def _since(frame: pl.DataFrame, day: dt.date) -> pl.DataFrame:
+    """The bars of ``day`` preceded by the last session before it that has data: what a
+    run after a session the data lacks is given (the bars from the ledger's last session
+    on; whole sessions, as ingest quarantines a session with too few bars)."""
+    session = session_date(pl.col("timestamp"))
+    last = frame.filter(session < day).select(session.max()).item()
+    return frame.filter(session.is_between(last, day))
+
+
+def _next_bars(frame: pl.DataFrame, day: dt.date) -> pl.DataFrame:
+    """A daily run's bars: the session's, but from the ledger's last bar on after the
+    session the data lacks (new bars that skip a calendar session are refused)."""
+    return _since(frame, day) if day == AFTER_GAP else _on(frame, day)
 
 
 def _rows(ledger: pl.DataFrame | None) -> pl.DataFrame:
@@ -165,7 +185,7 @@ def test_daily_appends_continue_from_the_state_and_equal_one_full_run(
     assert GAP not in days and SHORT in days
     revisions, tails = [], []
     for day in days:
-        new = _on(full, day)
+        new = _next_bars(full, day)
         rows_before = read_ledger(ledger_path(inc, tf.version))
         assert rows_before is not None
         s = _run(bundle, new, inc)
@@ -216,7 +236,7 @@ def test_new_bars_only_equal_the_whole_history_also_with_derived_etfs(
     for i, day in enumerate([FIRST, *days]):
         upto, only = files / f"upto-{i}.feather", files / f"only-{i}.feather"
         _upto(raw, day).write_ipc(upto)
-        (_upto(raw, day) if i == 0 else _on(raw, day)).write_ipc(only)
+        (_upto(raw, day) if i == 0 else _next_bars(raw, day)).write_ipc(only)
         a = paper_trade(reg, str(upto), version=tf.version, root=whole_root, tail_rows=TAIL)
         b = paper_trade(reg, str(only), version=tf.version, root=new_root, tail_rows=TAIL)
         assert (a["mode"], b["mode"]) == (("full", "full") if i == 0 else ("incremental",) * 2)
@@ -243,7 +263,7 @@ def _three_runs(bundle: ModelBundle, full: pl.DataFrame, root: Path) -> list[dt.
 
 
 def test_a_missing_or_stale_state_falls_back_to_the_full_path_and_agrees(
-    tf: Trained, full: pl.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tf: Trained, full: pl.DataFrame, tmp_path: Path
 ) -> None:
     _, bundle = _bundle(tf, tmp_path)
     root = tmp_path / "p"
@@ -266,23 +286,85 @@ def test_a_missing_or_stale_state_falls_back_to_the_full_path_and_agrees(
     s = _run(bundle, _upto(full, days[4]), root)
     assert s["mode"] == "full" and "the ledger changed" in s["reason"]
 
-    # a crash between the ledger's write and the state's: the state is stale, not wrong
-    def crash(*args: Any, **kwargs: Any) -> None:
-        raise OSError("disk gone")
-
-    monkeypatch.setattr(State, "write", staticmethod(crash))
-    with pytest.raises(OSError, match="disk gone"):
-        _run(bundle, _on(full, days[5]), root)
-    monkeypatch.undo()
-    s = _run(bundle, _upto(full, days[5]), root)
-    assert s["mode"] == "full" and "the ledger changed" in s["reason"]
-    assert s["appended"] == 0  # the crashed run had appended the session already
+    # stale again: the full path continues the stored bars with the new ones, and refuses
+    # new bars that skip a session the way the incremental path does (nothing written)
+    ledger = read_ledger(path)
+    assert ledger is not None
+    ledger.write_ipc(path)
+    data = path.read_bytes()
+    with pytest.raises(paper_module.PaperError, match=r"lack \(2024-01-24\): give the bars"):
+        _run(bundle, _on(full, days[6]), root)
+    assert path.read_bytes() == data
+    s = _run(bundle, _on(full, days[5]), root)
+    assert s["mode"] == "full" and "the ledger changed" in s["reason"] and s["appended"] == 390
     assert _rows(read_ledger(path)).equals(_rows(read_ledger(ledger_path(reference, tf.version))))
     # new bars only, but no usable state (deleted): the stored bars are gone too, so the
     # bars given must hold the ledger's start
     shutil.rmtree(path.parent / STATE_DIR)
     with pytest.raises(paper_module.PaperError, match="give the whole bar history"):
         _run(bundle, _on(full, days[6]), root)
+
+
+def test_a_run_stopped_between_its_ledger_and_its_state_is_continued(
+    tf: Trained, full: pl.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bars a run processed are on disk before its ledger is: a run that stops after
+    renaming its ledger into place (disk full, killed) leaves the new state as
+    ``next.json``, which the next run, given only the next session's bars, adopts and
+    continues from; one that stops before leaves the old ledger and its state. Without
+    ``next.json`` either, the run says which bars to give instead of calling the history
+    rewritten."""
+    _, bundle = _bundle(tf, tmp_path)
+    root = tmp_path / "p"
+    days = _three_runs(bundle, full, root)
+    path = ledger_path(root, tf.version)
+    folder = path.parent / STATE_DIR
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise OSError("disk gone")
+
+    # stopped after the ledger's rename, before state.json
+    monkeypatch.setattr(Staged, "commit", crash)
+    with pytest.raises(OSError, match="disk gone"):
+        _run(bundle, _next_bars(full, days[2]), root)
+    monkeypatch.undo()
+    assert (folder / "next.json").is_file()
+    assert read_ledger(path)["timestamp"][-1].date() == days[2]  # type: ignore[index]
+    s = _run(bundle, _on(full, days[3]), root)
+    assert (s["mode"], s["appended"]) == ("incremental", 390)
+    assert not (folder / "next.json").exists()
+
+    # stopped before the ledger's rename (next.json could not be written): nothing changed
+    monkeypatch.setattr(Staged, "prepare", crash)
+    data, state = path.read_bytes(), (folder / "state.json").read_bytes()
+    with pytest.raises(OSError, match="disk gone"):
+        _run(bundle, _on(full, days[4]), root)
+    monkeypatch.undo()
+    assert (path.read_bytes(), (folder / "state.json").read_bytes()) == (data, state)
+    s = _run(bundle, _on(full, days[4]), root)
+    assert (s["mode"], s["appended"]) == ("incremental", 389)  # SHORT lacks its last bar
+
+    # stopped after the rename and next.json lost as well: the state is stale and its bars
+    # lack the last session; the run names the bars to give, and writes nothing
+    monkeypatch.setattr(Staged, "commit", crash)
+    with pytest.raises(OSError, match="disk gone"):
+        _run(bundle, _on(full, days[5]), root)
+    monkeypatch.undo()
+    (folder / "next.json").unlink()
+    data, state = path.read_bytes(), (folder / "state.json").read_bytes()
+    with pytest.raises(paper_module.PaperError) as err:
+        _run(bundle, _on(full, days[6]), root)
+    msg = str(err.value)
+    assert "\n" not in msg and "rewritten" not in msg
+    assert "rows from 2024-01-24T14:30:00Z to 2024-01-24T20:59:00Z" in msg
+    assert "give the bars from the session 2024-01-24 on" in msg
+    assert (path.read_bytes(), (folder / "state.json").read_bytes()) == (data, state)
+    since = full.filter(session_date(pl.col("timestamp")).is_between(days[5], days[6]))
+    s = _run(bundle, since, root)
+    assert s["mode"] == "full" and "the ledger changed" in s["reason"] and s["appended"] == 390
+    reference = _run(bundle, _upto(full, days[6]), tmp_path / "ref")
+    assert _rows(read_ledger(path)).equals(_rows(read_ledger(reference["ledger"])))
+    assert _run(bundle, _on(full, days[7]), root)["mode"] == "incremental"
 
 
 def test_a_rewritten_or_missing_old_bar_is_refused_and_nothing_is_written(
@@ -334,7 +416,7 @@ def test_the_convergence_guard_falls_back_when_the_kept_rows_disagree(
     values[-10] = np.nextafter(values[-10], np.float32(np.inf))  # one float32 unit
     kept.with_columns(pl.Series("f_0", values)).write_ipc(folder / data["market"])
     with caplog.at_level(logging.WARNING, logger="sentio.paper"):
-        s = _run(bundle, _on(full, days[2]), root)
+        s = _run(bundle, _next_bars(full, days[2]), root)
     assert s["mode"] == "full" and s["reason"].startswith("convergence guard: market column f_0")
     assert any("disagrees with the previous run" in r.getMessage() for r in caplog.records)
     reference = _run(bundle, _upto(full, days[2]), tmp_path / "ref")
@@ -361,6 +443,171 @@ def test_ledgers_too_short_or_ruined_or_replays_with_an_end_take_the_full_path(
     assert s["mode"] == "incremental"
     end = _run(bundle, _upto(full, days[2]), root, end="2024-01-17T15:00:00Z")
     assert end["mode"] == "full" and end["reason"].startswith("end given")
+
+
+def test_bars_from_before_the_stored_history_keep_its_derived_etfs(
+    tf: Trained, raw: pl.DataFrame, tmp_path: Path
+) -> None:
+    """A ledger begun on bars from 2024-01-09 (QQQ only: the ETFs derived, a daily-reset
+    series whose level depends on where the derivation starts) is later given the whole
+    archive from 2024-01-08: the new bars' ETF prices continue the stored history's, so the
+    ledger is the one a single run over the history it was built on writes, and the
+    verification over the archive agrees with it."""
+    _, bundle = _bundle(tf, tmp_path)
+    late = raw.filter(session_date(pl.col("timestamp")) >= dt.date(2024, 1, 9))
+    days = [d for d in _days(raw) if d > FIRST][:2]
+    root = tmp_path / "p"
+    assert _run(bundle, _upto(late, FIRST), root, tail_rows=TAIL)["mode"] == "full"
+    assert _run(bundle, _on(raw, days[0]), root)["mode"] == "incremental"
+    archive = _upto(raw, days[1])
+    s = _run(bundle, archive, root)
+    assert (s["mode"], s["appended"]) == ("incremental", 390)
+    reference = _run(bundle, _upto(late, days[1]), tmp_path / "ref")
+    path = ledger_path(root, tf.version)
+    ours = _rows(read_ledger(path))
+    assert ours.equals(_rows(read_ledger(reference["ledger"])))
+    # the archive's own derivation puts the ETFs on another base (what a run must not use)
+    tqqq = ensure_universe(archive, tf.cfg.universe)[0].filter(pl.col("symbol") == "TQQQ")
+    assert abs(tqqq["close"][-1] / ours["close_long"][-1] - 1) > 1e-3
+    data = path.read_bytes()
+    check = _run(bundle, archive, root, verify=True)
+    assert (check["mode"], check["appended"], check["revised"]) == ("verify", 0, None)
+    assert path.read_bytes() == data
+
+
+def test_new_bars_after_a_missed_session_are_refused_unless_they_reach_back(
+    tf: Trained, full: pl.DataFrame, tmp_path: Path
+) -> None:
+    """A data file overwritten every day and one run missed: the next run's bars start a
+    session after the stored ones end; it is refused (one line naming the sessions, nothing
+    written). Bars from the ledger's last bar on are accepted, also when the data itself
+    lacks a session (``GAP``), and give the ledger one run over the history gives."""
+    _, bundle = _bundle(tf, tmp_path)
+    root = tmp_path / "p"
+    days = _three_runs(bundle, full, root)  # the ledger ends with 2024-01-17
+    path = ledger_path(root, tf.version)
+    state = path.parent / STATE_DIR / "state.json"
+    before = (path.read_bytes(), state.read_bytes())
+    with pytest.raises(paper_module.PaperError) as err:
+        _run(bundle, _on(full, days[3]), root)  # 2024-01-22: 01-18 and 01-19 skipped
+    msg = str(err.value)
+    assert not isinstance(err.value, LedgerMismatch) and "\n" not in msg
+    assert "(2024-01-18, 2024-01-19)" in msg and "nothing was written" in msg
+    assert "give the bars from the ledger's last session (2024-01-17) on" in msg
+    assert (path.read_bytes(), state.read_bytes()) == before
+    assert sorted(p.name for p in state.parent.iterdir() if p.name.startswith("next")) == []
+    s = _run(bundle, _since(full, days[2]), root)  # 2024-01-17 on: 01-18 lacks data
+    assert (s["mode"], s["appended"]) == ("incremental", 390)
+    reference = _run(bundle, _upto(full, days[2]), tmp_path / "ref")
+    assert _rows(read_ledger(path)).equals(_rows(read_ledger(reference["ledger"])))
+
+
+def test_a_corrected_old_print_anywhere_in_the_stored_history_is_refused(
+    tf: Trained, full: pl.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every bar given that the stored bars also have is compared, not only the market
+    tail's: chunks the bars given cover entirely by their digest, the others row by row."""
+    monkeypatch.setattr(live_state, "CHUNK_ROWS", 780)  # chunks of two sessions
+    _, bundle = _bundle(tf, tmp_path)
+    root = tmp_path / "p"
+    # a short tail: the market of the later runs starts on 2024-01-11, after the bars below
+    short = {"tail_rows": 240}
+    _run(bundle, _upto(full, FIRST), root, **short)
+    days = [d for d in _days(full) if d > FIRST]
+    for day in days[:2]:
+        _run(bundle, _on(full, day), root, **short)
+    path = ledger_path(root, tf.version)
+    st, _ = State.load(path.parent)
+    assert st is not None and len(st.chunks) >= 3
+    data = (path.read_bytes(), (path.parent / STATE_DIR / "state.json").read_bytes())
+    history = _upto(full, days[1])  # no new bar: the old code compared nothing
+    when = dt.datetime(2024, 1, 10, 15, 17, tzinfo=dt.UTC)  # a ledger row, the first chunk
+    hit = (pl.col("timestamp") == when) & (pl.col("symbol") == "QQQ")
+    corrected = history.with_columns(
+        close=pl.when(hit).then(pl.col("close") * 1.001).otherwise(pl.col("close")),
+        high=pl.when(hit).then(pl.col("high") * 1.001).otherwise(pl.col("high")),
+    )
+    with pytest.raises(LedgerMismatch, match="'close_underlying' at 2024-01-10T15:17:00Z"):
+        _run(bundle, corrected, root, **short)
+    # a part of the history, starting inside a chunk
+    part = corrected.filter(pl.col("timestamp") >= dt.datetime(2024, 1, 10, 15, tzinfo=dt.UTC))
+    with pytest.raises(LedgerMismatch, match="'close_underlying' at 2024-01-10T15:17:00Z"):
+        _run(bundle, part, root, **short)
+    # a bar missing in a later chunk
+    gone = dt.datetime(2024, 1, 12, 16, 0, tzinfo=dt.UTC)
+    missing = history.filter(~((pl.col("timestamp") == gone) & (pl.col("symbol") == "TQQQ")))
+    with pytest.raises(LedgerMismatch, match="bar of TQQQ at 2024-01-12T16:00:00Z .* missing"):
+        _run(bundle, missing, root, **short)
+    assert (path.read_bytes(), (path.parent / STATE_DIR / "state.json").read_bytes()) == data
+    # the history as processed: equal digests, nothing to do
+    s = _run(bundle, history, root, **short)
+    assert (s["mode"], s["appended"]) == ("incremental", 0)
+
+
+def test_a_start_given_as_a_date_continues_the_ledger_it_resolves_to(
+    tf: Trained, full: pl.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start from a deployment parameter ("2024-01-11") is compared as the bar it
+    resolves to (2024-01-11T14:30Z), for paper trading and for the signal's kept replay."""
+    _, bundle = _bundle(tf, tmp_path)
+    root = tmp_path / "p"
+    days = [d for d in _days(full) if d > FIRST]
+    s = _run(bundle, _upto(full, FIRST), root, start="2024-01-11", tail_rows=TAIL)
+    assert s["start"] == "2024-01-11T14:30:00Z"
+    s = _run(bundle, _on(full, days[0]), root, start="2024-01-11")
+    assert (s["mode"], s["reason"], s["appended"]) == ("incremental", None, 390)
+    # a start that resolves to another bar still goes to the full path, which refuses it
+    with pytest.raises(LedgerMismatch, match="the ledger starts at 2024-01-11T14:30:00Z"):
+        _run(bundle, _upto(full, days[1]), root, start="2024-01-11T14:31:00Z")
+
+    wd = dataclasses.replace(bundle, workdir=tmp_path / "wd")
+    replayed: list[int] = []
+    real = paper_module.replay
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        replayed.append(out.frame.height)
+        return out
+
+    monkeypatch.setattr(paper_module, "replay", counting)
+    signal(wd, _upto(full, FIRST), tail_rows=TAIL)  # the kept replay: the default start
+    kept = read_ledger(ledger_path(tmp_path / "wd" / "signal", tf.version))
+    assert kept is not None and iso_z(kept["timestamp"][0]) == "2024-01-09T20:59:00Z"
+    start = "2024-01-09T20:58:30Z"  # resolves to the kept replay's first bar
+    history = _upto(full, days[0])
+    n = len(replayed)
+    assert signal(wd, history, start=start) == stateless_signal(wd, history, start=start)
+    assert replayed[n:] == [_on(full, days[0]).filter(pl.col("symbol") == "QQQ").height + 3]
+
+
+def test_an_edit_that_keeps_the_ledgers_size_and_mtime_makes_the_state_stale(
+    tf: Trained, full: pl.DataFrame, tmp_path: Path
+) -> None:
+    """The state's guard holds the ledger's sha256: a value edited in place with the size
+    and the modification time kept (``cp -p``) sends the run to the full path, which finds
+    the edited row."""
+    _, bundle = _bundle(tf, tmp_path)
+    root = tmp_path / "p"
+    days = _three_runs(bundle, full, root)
+    path = ledger_path(root, tf.version)
+    ledger = read_ledger(path)
+    assert ledger is not None
+    stat = path.stat()
+    edited = tmp_path / "edited.feather"
+    for row in range(100, 400):  # an edit whose compressed file has the same size
+        equity = ledger["equity"].to_numpy().copy()
+        equity[row] *= 1.001
+        ledger.with_columns(pl.Series("equity", equity)).write_ipc(edited, compression="zstd")
+        if edited.stat().st_size == stat.st_size:
+            break
+    else:
+        pytest.fail("no same-size edit found")
+    shutil.copyfile(edited, path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    when = iso_z(ledger["timestamp"][row])
+    with pytest.raises(LedgerMismatch, match=f"'equity' at {when}"):
+        _run(bundle, _next_bars(full, days[2]), root)
 
 
 # --------------------------------------------------------------------------- signal
@@ -409,6 +656,31 @@ def test_signal_with_a_state_equals_the_stateless_signal(
     )
     assert signal(bundle, rewritten) == stateless_signal(bundle, rewritten)
     assert signal(bundle, rewritten, verify=True) == stateless_signal(bundle, rewritten)
+
+
+def test_signal_names_its_lock_and_answers_statelessly_on_a_read_only_root(
+    tf: Trained, full: pl.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, bundle = _bundle(tf, tmp_path)
+    bundle = dataclasses.replace(bundle, workdir=tmp_path / "wd")
+    history = _upto(full, FIRST)
+    kept = ledger_path(tmp_path / "wd" / "signal", tf.version)
+    kept.parent.mkdir(parents=True)
+    locked = pytest.raises(paper_module.PaperError, match="locked by another signal for")
+    with FileLock(str(kept.parent / ".lock")), locked:
+        signal(bundle, history, lock_timeout=0.05)
+    # a working directory that cannot be written: the stateless signal, as before
+    ro = tmp_path / "ro"
+    real = Path.mkdir
+
+    def denied(self: Path, *args: Any, **kwargs: Any) -> None:
+        if self == ro or ro in self.parents:
+            raise PermissionError(13, "Permission denied", str(self))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    assert signal(bundle, history, root=ro) == stateless_signal(bundle, history)
+    assert not ro.exists()
 
 
 def test_cli_paper_and_signal_say_how_they_ran(
