@@ -396,9 +396,11 @@ def _print_run(record: dict[str, Any]) -> None:
         m = run["metrics"]
         sharpe = m.get("sharpe")
         aside = (run["train"].get("validation") or {}).get("stands_aside")
+        warm = run.get("warm_start") or {}
+        started = f" warm-started from {warm['version']}" if warm.get("applies") else ""
         typer.echo(
             f"train: fold {run['fold']} seed {run['seed']}: {run['train']['num_timesteps']} steps"
-            f"{' (stood aside: no edge on its held-out episodes)' if aside else ''}; "
+            f"{started}{' (stood aside: no edge on its held-out episodes)' if aside else ''}; "
             f"out of sample {run['test_bars']} bars, Sharpe "
             f"{'n/a' if sharpe is None else f'{sharpe:.2f}'}, {run['n_trades']} trades: "
             f"{run['model']}"

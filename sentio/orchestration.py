@@ -502,7 +502,8 @@ def train_table(train: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     Training steps and throughput, then the out-of-sample backtest of the deterministic
     policy on the fold's test blocks beside the reference policies' Sharpe ratios (point
-    estimates; the report stage adds confidence intervals).
+    estimates; the report stage adds confidence intervals), and how the training started
+    (``warm start``: from the champion's weights, or cold and why).
     """
     rows: list[dict[str, Any]] = []
     for run in train.get("runs") or []:
@@ -526,6 +527,15 @@ def train_table(train: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "sharpe buy-and-hold TQQQ": _round((refs.get("long_etf") or {}).get("sharpe"), 3),
                 "sharpe trend rule": _round((refs.get("trend") or {}).get("sharpe"), 3),
                 "sharpe underlying": _round((refs.get("underlying") or {}).get("sharpe"), 3),
+                "warm start": _warm_start_cell(run.get("warm_start")),
             }
         )
     return rows
+
+
+def _warm_start_cell(plan: Mapping[str, Any] | None) -> str:
+    """How a training started: ``from <version>``, ``cold: <why>``, or ``cold`` (warm
+    starts off, or no champion to start from)."""
+    if not plan:
+        return "cold"
+    return f"from {plan['version']}" if plan.get("applies") else f"cold: {plan.get('reason')}"

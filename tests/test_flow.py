@@ -543,3 +543,8 @@ def test_training_table_names_the_device_the_rollout_path_and_the_environments()
         64,
         1234.6,
     )
+    assert row["warm start"] == "cold"
+    warm = {"version": "v1", "applies": True, "reason": "starts from the champion v1"}
+    cold = {"version": "v1", "applies": False, "reason": "leakage: test block from x"}
+    rows = train_table({"runs": [{**run, "warm_start": warm}, {**run, "warm_start": cold}]})
+    assert [r["warm start"] for r in rows] == ["from v1", "cold: leakage: test block from x"]

@@ -210,7 +210,7 @@ def test_initialising_copies_the_weights_and_refuses_another_network(
 @pytest.mark.slow
 @pytest.mark.usefixtures("restore_environ")
 def test_the_nightly_flow_warm_starts_the_folds_after_the_champion(
-    prefect_api: Path, tmp_path: Path
+    prefect_api: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Two nightly runs: the first promotes a champion; the second, on more bars,
     freezes it (the ``warm`` stage) and warm-starts only the fold tested after its data."""
@@ -243,6 +243,23 @@ def test_the_nightly_flow_warm_starts_the_folds_after_the_champion(
         after = all(b["start"] > window_end for b in entry["test_blocks"])
         assert plan["version"] == champion["version"] and plan["applies"] == after
     assert {r["warm_start"]["applies"] for r in runs.values()} == {True, False}
+    # what `sentio run` prints and the training artifact's rows say it
+    from sentio.cli import _print_run
+    from sentio.orchestration import train_table
+
+    capsys.readouterr()
+    _print_run(two)
+    printed = capsys.readouterr().out
+    warm_folds = [f for f, r in runs.items() if r["warm_start"]["applies"]]
+    for fold in runs:
+        line = next(x for x in printed.splitlines() if x.startswith(f"train: fold {fold} "))
+        assert (f"warm-started from {champion['version']}" in line) == (fold in warm_folds)
+    cells = {r["fold"]: r["warm start"] for r in train_table(two["stages"]["train"])}
+    assert all(
+        cells[f] == (f"from {champion['version']}" if f in warm_folds else cells[f])
+        and (f in warm_folds or cells[f].startswith("cold: leakage"))
+        for f in runs
+    )
 
 
 def test_a_champion_trained_after_its_test_window_counts_its_training_end(
