@@ -793,6 +793,27 @@ def paper_cmd(
             f"prices of {', '.join(s['derived_symbols'])} are derived from the underlying "
             "(daily reset), not traded prices"
         )
+    typer.echo(_drift_line(reg, s, _config(config).drift))
+
+
+def _drift_line(registry: Any, s: dict[str, Any], drift: Any) -> str:
+    """The ledger's drift check (sentio.drift; the paper flow also alerts on it)."""
+    from sentio.drift import DriftUnavailable, check_version
+    from sentio.paper import read_ledger
+
+    ledger = read_ledger(s["ledger"])
+    if ledger is None:
+        return "drift: not checked (no ledger)"
+    try:
+        check = check_version(registry, s["version"], ledger, drift)
+    except DriftUnavailable as err:
+        return f"drift: not checked ({err})"
+    if check.drifted:
+        return "drift: " + "; ".join(check.reasons())
+    return (
+        f"drift: none; the last {check.sessions} session(s) ({check.bars} bars) are inside "
+        f"the out-of-sample backtest's {check.level:.0%} bands"
+    )
 
 
 def _mode_line(s: dict[str, Any]) -> str:

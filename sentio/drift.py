@@ -284,23 +284,22 @@ def check_drift(ledger: pl.DataFrame, reference: DriftReference, cfg: DriftConfi
     ledger, :mod:`sentio.paper`), and ``regime`` for the regime-mix check. Its first row
     (the start bar: nothing held yet) counts like any other.
 
+    A reference backtest shorter than the window caps the window at its length (the
+    ledger's last bars; ``bars`` says how many were compared).
+
     Raises:
-        DriftUnavailable: an empty ledger, or a reference backtest shorter than the window.
+        DriftUnavailable: an empty ledger.
     """
     if ledger.height == 0:
         raise DriftUnavailable(f"version {reference.version}: the ledger is empty")
     sessions = session_dates(ledger["timestamp"])
     keep = sessions.unique(maintain_order=True).tail(cfg.window_sessions)
     in_window = sessions.is_in(keep.implode()).to_numpy()
-    first = int(np.flatnonzero(in_window)[0])
+    m = reference.returns.size
+    # a reference shorter than the window caps it: its last m bars
+    first = max(int(np.flatnonzero(in_window)[0]), ledger.height - m)
     window = ledger.slice(first)
     n = window.height
-    m = reference.returns.size
-    if m < n:
-        raise DriftUnavailable(
-            f"version {reference.version}: its out-of-sample backtest has {m} bars, fewer than "
-            f"the {n} bars of the last {keep.len()} ledger sessions; lower drift.window_sessions"
-        )
     turnover = _turnover(ledger["position"].to_numpy().astype(np.float64))[first:]
     observed = {
         k: float(v)
@@ -336,7 +335,7 @@ def check_drift(ledger: pl.DataFrame, reference: DriftReference, cfg: DriftConfi
         start=iso_z(window["timestamp"][0]),
         end=end,
         bars=n,
-        sessions=int(keep.len()),
+        sessions=int(session_dates(window["timestamp"]).n_unique()),
         level=cfg.level,
         block_length=block,
         resamples=cfg.resamples,

@@ -256,10 +256,33 @@ def test_cli_paper_prints_a_summary_and_is_idempotent(tf: Trained, tmp_path: Pat
     assert "fills at the open of the next bar" in res.stdout
     # the input holds QQQ only: both ETFs are derived, and the summary says so
     assert "prices of SQQQ, TQQQ are derived from the underlying" in res.stdout
+    # a version registered without its out-of-sample backtest: drift is not checked
+    assert f"drift: not checked (version {tf.version}: no backtest.feather" in res.stdout
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and "0 appended" in res.stdout
     res = runner.invoke(app, [*args, "--start", "2024-01-10T15:00:00Z"])
     assert res.exit_code == 7 and res.stderr.count("\n") == 1
+    # the same model registered with it (as the registry stage does now): checked
+    v = reg.get(tf.version)
+    files = {
+        n: str(v.path / n) for n in v.manifest["files"] if n not in ("model.zip", "config.yaml")
+    }
+    files["backtest.feather"] = str(tf.train_dir / "backtest.feather")
+    again = reg.register(
+        v.model_path,
+        v.config_path,
+        v.metrics,
+        data_hashes={},
+        code_version="test",
+        algo=v.algo,
+        extra=v.manifest["extra"],
+        extra_files=files,
+    )
+    reg.promote(again.version, "test")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.stderr
+    line = next(x for x in res.stdout.splitlines() if x.startswith("drift: "))
+    assert "not checked" not in line, line
 
 
 def test_print_run_reports_the_registry_stage(capsys: pytest.CaptureFixture[str]) -> None:
