@@ -66,16 +66,14 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def run_one(
+def prepare(
     scenario: str, seed: int, years: float, overrides: dict[str, Any], root: Path
-) -> dict[str, Any]:
-    """One scenario and seed through the stages; the stitched figures."""
+) -> tuple[Any, Path, tuple[Any, ...], dict[str, Any], dict[str, Any]]:
+    """The scenario's market for ``seed`` through the stages before training:
+    ``(cfg, workdir, train_stage's positional arguments, features, folds)``."""
     from sentio import stages
     from sentio.config import SentioConfig, with_overrides
     from sentio.data.synth import write_synth
-    from sentio.orchestration import training_slots
-    from sentio.processes import call_in_process
-    from sentio.report import stitched_figures
 
     cfg = with_overrides(
         SentioConfig(),
@@ -98,6 +96,19 @@ def run_one(
         else None
     )
     args = (ingest["output"], features["output"], folds["output"], regimes, cfg, wd)
+    return cfg, wd, args, features, folds
+
+
+def run_one(
+    scenario: str, seed: int, years: float, overrides: dict[str, Any], root: Path
+) -> dict[str, Any]:
+    """One scenario and seed through the stages; the stitched figures."""
+    from sentio import stages
+    from sentio.orchestration import training_slots
+    from sentio.processes import call_in_process
+    from sentio.report import stitched_figures
+
+    cfg, wd, args, features, folds = prepare(scenario, seed, years, overrides, root)
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=training_slots(cfg)) as pool:
         runs = list(

@@ -38,7 +38,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_learning import SCENARIOS, parse_sets  # noqa: E402
+from benchmarks.bench_learning import parse_sets, prepare  # noqa: E402
 
 
 def _register(registry: Any, run: dict[str, Any], folds_path: str, fold: int, cfg: Any) -> str:
@@ -83,37 +83,17 @@ def run_one(
     scenario: str, seed: int, years: float, fraction: float, overrides: dict[str, Any], root: Path
 ) -> dict[str, Any]:
     from sentio import stages
-    from sentio.config import SentioConfig, with_overrides
-    from sentio.data.synth import write_synth
     from sentio.processes import call_in_process
     from sentio.registry import Registry
     from sentio.report import stitched_figures
     from sentio.stages.warm import warm_stage
 
-    cfg = with_overrides(
-        SentioConfig(),
-        {
-            **overrides,
-            **SCENARIOS[scenario],
-            "synth.years": years,
-            "synth.seed": 300 + seed,
-            "train.seeds": [seed],
-            "cv.method": "walk_forward",
-            "train.warm_start": "champion",
-            "train.warm_start_fraction": fraction,
-        },
-    )
-    wd = root / f"{scenario}-{seed}"
-    bars = write_synth(wd / "bars.feather", cfg)["bars"]
-    ingest = stages.ingest_stage([bars], cfg, wd)
-    features = stages.features_stage(ingest["output"], cfg, wd)
-    folds = stages.folds_stage(features["output"], cfg, wd)
-    regimes = (
-        stages.regimes_stage(ingest["output"], folds["output"], cfg, wd)["output"]
-        if cfg.regimes.enabled
-        else None
-    )
-    args = (ingest["output"], features["output"], folds["output"], regimes, cfg, wd)
+    warm = {
+        "cv.method": "walk_forward",
+        "train.warm_start": "champion",
+        "train.warm_start_fraction": fraction,
+    }
+    cfg, wd, args, features, folds = prepare(scenario, seed, years, {**overrides, **warm}, root)
 
     def train(fold: int, warm_path: str | None) -> dict[str, Any]:
         run = call_in_process(

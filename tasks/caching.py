@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from prefect import get_run_logger
-from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
+from prefect.cache_policies import NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
 from prefect.states import State
@@ -73,6 +73,20 @@ def stage_task_options(cache_policy: CachePolicy) -> dict[str, Any]:
         "result_serializer": "json",
         "retries": STAGE_RETRIES,
         "retry_delay_seconds": STAGE_RETRY_DELAYS,
+        "retry_condition_fn": retry_on_io_error,
+    }
+
+
+def uncached_task_options(
+    retry_delay_seconds: float | list[float] = STAGE_RETRY_DELAYS,
+) -> dict[str, Any]:
+    """The options of a task that reads or writes mutable state (the registry, a ledger):
+    never cached, its result not persisted, retried on I/O failures only."""
+    return {
+        "cache_policy": NO_CACHE,
+        "persist_result": False,
+        "retries": STAGE_RETRIES,
+        "retry_delay_seconds": retry_delay_seconds,
         "retry_condition_fn": retry_on_io_error,
     }
 

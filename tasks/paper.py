@@ -10,22 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from sentio.config import SentioConfig
 from sentio.paper import paper_trade
 from sentio.registry import Registry, default_root
-from tasks.caching import retry_on_io_error
+from tasks.caching import uncached_task_options
 
 
 @task(
     name="paper-trade",
     description="Feed the bars through the model and append the new bars to its ledger.",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_on_io_error,
+    **uncached_task_options(retry_delay_seconds=5),
 )
 def paper_task(
     data_path: str,

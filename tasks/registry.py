@@ -13,22 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from sentio import stages
 from sentio.config import SentioConfig
-from tasks.caching import STAGE_RETRIES, STAGE_RETRY_DELAYS, retry_on_io_error
+from tasks.caching import uncached_task_options
 
 
 @task(
     name="registry",
     description="Register the trained models, gate the candidate against the champion "
     "re-evaluated on a leakage-free window, promote or record why not (never cached).",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-    retries=STAGE_RETRIES,
-    retry_delay_seconds=STAGE_RETRY_DELAYS,
-    retry_condition_fn=retry_on_io_error,
+    **uncached_task_options(),
 )
 def registry_task(
     runs: list[dict[str, Any]],

@@ -10,21 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from sentio.config import SentioConfig
 from sentio.stages.warm import warm_stage
-from tasks.caching import retry_on_io_error
+from tasks.caching import uncached_task_options
 
 
 @task(
     name="warm-start",
     description="Freeze the champion's weights and normaliser for tonight's warm starts.",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_on_io_error,
+    **uncached_task_options(retry_delay_seconds=5),
 )
 def warm_task(cfg: SentioConfig, workdir: str) -> dict[str, Any] | None:
     """Run :func:`sentio.stages.warm.warm_stage`; its summary, or None without a champion."""

@@ -561,6 +561,19 @@ def test_a_start_given_as_a_date_continues_the_ledger_it_resolves_to(
         _run(bundle, _upto(full, days[1]), root, start="2024-01-11T14:31:00Z")
 
     wd = dataclasses.replace(bundle, workdir=tmp_path / "wd")
+    replayed = _count_replays(monkeypatch)
+    signal(wd, _upto(full, FIRST), tail_rows=TAIL)  # the kept replay: the default start
+    kept = read_ledger(ledger_path(tmp_path / "wd" / "signal", tf.version))
+    assert kept is not None and iso_z(kept["timestamp"][0]) == "2024-01-09T20:59:00Z"
+    start = "2024-01-09T20:58:30Z"  # resolves to the kept replay's first bar
+    history = _upto(full, days[0])
+    n = len(replayed)
+    assert signal(wd, history, start=start) == stateless_signal(wd, history, start=start)
+    assert replayed[n:] == [_on(full, days[0]).filter(pl.col("symbol") == "QQQ").height + 3]
+
+
+def _count_replays(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of every replay paper trading runs from now on (a list that grows)."""
     replayed: list[int] = []
     real = paper_module.replay
 
@@ -570,14 +583,7 @@ def test_a_start_given_as_a_date_continues_the_ledger_it_resolves_to(
         return out
 
     monkeypatch.setattr(paper_module, "replay", counting)
-    signal(wd, _upto(full, FIRST), tail_rows=TAIL)  # the kept replay: the default start
-    kept = read_ledger(ledger_path(tmp_path / "wd" / "signal", tf.version))
-    assert kept is not None and iso_z(kept["timestamp"][0]) == "2024-01-09T20:59:00Z"
-    start = "2024-01-09T20:58:30Z"  # resolves to the kept replay's first bar
-    history = _upto(full, days[0])
-    n = len(replayed)
-    assert signal(wd, history, start=start) == stateless_signal(wd, history, start=start)
-    assert replayed[n:] == [_on(full, days[0]).filter(pl.col("symbol") == "QQQ").height + 3]
+    return replayed
 
 
 def test_an_edit_that_keeps_the_ledgers_size_and_mtime_makes_the_state_stale(
@@ -622,15 +628,7 @@ def test_signal_with_a_state_equals_the_stateless_signal(
     behind it are answered statelessly (the kept ledger untouched)."""
     reg, bundle = _bundle(tf, tmp_path)
     bundle = dataclasses.replace(bundle, workdir=tmp_path / "wd")
-    replayed: list[int] = []
-    real = paper_module.replay
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        out = real(*args, **kwargs)
-        replayed.append(out.frame.height)
-        return out
-
-    monkeypatch.setattr(paper_module, "replay", counting)
+    replayed = _count_replays(monkeypatch)
     days = [d for d in _days(full) if d >= FIRST][:4]
     for i, day in enumerate(days):
         history = _upto(full, day)
