@@ -676,7 +676,7 @@ def _replay(
         )
 
     log = _ReplayLog(end_row - start_row + 1, p.n_actions, float(sim.equity[0]))
-    pick = action_picker(bundle.model)
+    pick = action_picker(bundle.model, sim)
     captured = sim.get_state() if capture_row == start_row else None
     for d in decide_and_step(sim, pick, masked=masked, stop_row=end_row):
         log.decided(d)

@@ -1,18 +1,23 @@
-"""The backtest's fast deterministic actions equal SB3's ``predict(deterministic=True)``."""
+"""The backtest's fast deterministic actions (per bar, and with the window part batched over
+rows) equal SB3's ``predict(deterministic=True)``."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+import sentio.env.decisions as decisions
 from sentio.agents.training import make_model
 from sentio.config import resolve_for_bars
 from sentio.env import EnvParams, SentioVecEnv
 from sentio.env.backtest import backtest, model_actions, one_torch_thread
-from sentio.env.decisions import _direct_actions
+from sentio.env.decisions import STAND_ASIDE, WINDOW_CHUNK, _direct_actions, _window_split
+from sentio.env.market import MarketData
+from sentio.env.simulator import BatchSimulator
 from tests.env_helpers import random_market
 from tests.test_training import small_cfg
 
@@ -36,10 +41,10 @@ VARIANTS = {
 }
 
 
-def _model(variant: str) -> tuple[Any, Any, EnvParams]:
+def _model(variant: str, n_sessions: int = 4) -> tuple[Any, Any, EnvParams]:
     """A fresh model whose weights are scrambled (seeded) so that its actions vary."""
     cfg = small_cfg(**VARIANTS[variant])
-    market = random_market(n_sessions=4, session_len=60, seed=4, bar_vol=5e-4)
+    market = random_market(n_sessions=n_sessions, session_len=60, seed=4, bar_vol=5e-4)
     params = EnvParams.from_config(resolve_for_bars(cfg, 60))
     env = SentioVecEnv(market, params, [(0, market.n_rows)], 4, seed=0)
     model = make_model(cfg, env, seed=0, device=torch.device("cpu"))
@@ -71,18 +76,111 @@ def test_fast_actions_equal_predict(variant: str) -> None:
     assert np.unique(fast).size >= 3  # the comparison has teeth: varied actions
 
 
-@pytest.mark.parametrize("variant", ["maskable_ppo", "sentio_ppo"])
-def test_backtest_with_the_fast_path_equals_predict(variant: str, monkeypatch: Any) -> None:
-    model, market, params = _model(variant)
-    rows = [(0, market.n_rows)]
-    fast = backtest(model, market, params, rows)
-    import sentio.env.decisions as bt_module
+def _backtest_by(mode: str, monkeypatch: Any, *args: Any) -> Any:
+    """The backtest with ``mode``'s inference: predict, per bar, or batched (the default)."""
+    with monkeypatch.context() as m:
+        if mode in ("predict", "per bar"):
+            m.setattr(decisions, "window_batched_actions", lambda *a: None)
+        if mode == "predict":
+            m.setattr(decisions, "_direct_actions", lambda model: None)
+        return backtest(*args)
 
-    monkeypatch.setattr(bt_module, "_direct_actions", lambda model: None)
-    slow = backtest(model, market, params, rows)
-    np.testing.assert_array_equal(fast.actions, slow.actions)
-    np.testing.assert_array_equal(fast.equity, slow.equity)
-    assert fast.trades.height > 0
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_backtest_batched_and_per_bar_equal_predict(variant: str, monkeypatch: Any) -> None:
+    """Three inference paths, one backtest (over two window chunks: rows cross 512)."""
+    model, market, params = _model(variant, n_sessions=10)
+    assert market.n_rows > WINDOW_CHUNK
+    sim = BatchSimulator(market, params, 1, backtest=True)
+    assert decisions.window_batched_actions(model, sim) is not None  # the batched path is taken
+    rows = [(0, market.n_rows)]
+    runs = {
+        mode: _backtest_by(mode, monkeypatch, model, market, params, rows)
+        for mode in ("predict", "per bar", "batched")
+    }
+    for mode in ("per bar", "batched"):
+        np.testing.assert_array_equal(runs[mode].actions, runs["predict"].actions)
+        np.testing.assert_array_equal(runs[mode].equity, runs["predict"].equity)
+    assert runs["batched"].trades.height > 0
+    assert np.unique(runs["batched"].actions).size >= 3
+
+
+@pytest.mark.parametrize("variant", ["maskable_ppo", "sentio_ppo"])
+def test_window_split_gives_the_actor_logits(variant: str) -> None:
+    """``head(pre(window), state)`` is the actor's logits up to float rounding."""
+    model, market, params = _model(variant)
+    policy = model.policy
+    split = _window_split(policy)
+    assert split is not None
+    env = SentioVecEnv(market, params, [(0, market.n_rows)], 64, seed=5)
+    obs = env.reset()
+    rng = np.random.default_rng(2)
+    obs["state"] = obs["state"] + rng.normal(0, 0.3, obs["state"].shape).astype(np.float32)
+    if variant == "sentio_ppo":  # valid regime probabilities for the gate
+        k = market.n_regimes
+        obs["state"][:, :k] = rng.dirichlet(np.ones(k), size=64).astype(np.float32)
+    policy.set_training_mode(False)
+    with torch.no_grad():
+        t = {k: torch.as_tensor(v) for k, v in obs.items()}
+        expected = (
+            policy.actor_logits(t)
+            if variant == "sentio_ppo"
+            else policy.action_net(policy.mlp_extractor.forward_actor(policy.extract_features(t)))
+        )
+        pre = split.pre(t["window"])
+        got = torch.cat([split.head(pre[i : i + 1], t["state"][i : i + 1]) for i in range(64)])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert float(expected.std()) > 0.1  # the logits vary: the comparison has teeth
+
+
+def _rows(market: MarketData, a: int, b: int) -> MarketData:
+    """Market rows ``[a, b)``, every per-row array sliced."""
+    n = market.n_rows
+    return dataclasses.replace(
+        market,
+        **{
+            f.name: getattr(market, f.name)[a:b]
+            for f in dataclasses.fields(market)
+            if isinstance(getattr(market, f.name), np.ndarray)
+            and getattr(market, f.name).shape[:1] == (n,)
+        },
+    )
+
+
+@pytest.mark.parametrize("variant", ["maskable_ppo", "sentio_ppo"])
+def test_batched_actions_do_not_see_later_rows_or_depend_on_where_rows_start(
+    variant: str,
+) -> None:
+    """A row's batched action comes from its own window and state only: the same on a
+    market cut after it, and on one whose first rows are dropped (other chunk positions)."""
+    model, market, params = _model(variant, n_sessions=12)
+    n = market.n_rows
+    full = backtest(model, market, params, [(60, n)])
+    assert full.trades.height > 0
+    k = 8 * 60  # a session boundary inside the second chunk of 512 rows
+    cut = backtest(model, _rows(market, 0, k), params, [(60, k)])
+    assert cut.n_bars < full.n_bars
+    np.testing.assert_array_equal(cut.actions, full.actions[: cut.n_bars])
+    np.testing.assert_array_equal(cut.equity, full.equity[: cut.n_bars])
+    s = 180  # rows shifted by a non-multiple of the chunk
+    late = backtest(model, _rows(market, s, n), params, [(60, n - s)])
+    start = int(np.flatnonzero(full.rows == late.rows[0] + s)[0])
+    np.testing.assert_array_equal(late.rows + s, full.rows[start:])
+    np.testing.assert_array_equal(late.actions, full.actions[start:])
+
+
+def test_models_the_batched_path_does_not_apply_to_fall_back() -> None:
+    model, market, params = _model("maskable_ppo")
+    sim = BatchSimulator(market, params, 1, backtest=True)
+    setattr(model, STAND_ASIDE, params.flat_action)
+    assert decisions.window_batched_actions(model, sim) is None  # stands aside, never queried
+    delattr(model, STAND_ASIDE)
+    net = model.policy.mlp_extractor.policy_net
+    net[0] = torch.nn.Sequential(net[0])  # the same actor, no Linear first to cut
+    assert _window_split(model.policy) is None
+    assert decisions.window_batched_actions(model, sim) is None
+    res = backtest(model, market, params, [(0, market.n_rows)])  # the per-bar path runs it
+    assert res.n_bars > 0
 
 
 def test_one_torch_thread_restores_the_setting() -> None:

@@ -237,10 +237,13 @@ class DictMlpExtractor(BaseFeaturesExtractor):
         self.state_offset = window * n_features
         """Index of the first state entry in the features (the regime probabilities)."""
 
+    def pool(self, window: torch.Tensor) -> torch.Tensor:
+        """The window part of the features ``(B, L * F)``: the window flattened."""
+        return window.reshape(window.shape[0], -1)
+
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Features ``(B, L * F + K + 5)``."""
-        window = observations["window"]
-        return torch.cat((window.reshape(window.shape[0], -1), observations["state"]), dim=1)
+        """Features ``(B, L * F + K + 5)``: the flattened window, then the state."""
+        return torch.cat((self.pool(observations["window"]), observations["state"]), dim=1)
 
 
 def extractor_kwargs(agent_cfg: AgentConfig) -> tuple[type[BaseFeaturesExtractor], dict[str, Any]]:

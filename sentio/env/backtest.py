@@ -439,8 +439,8 @@ def _backtest(
     names = ("long", "short") if instruments is None else (str(instruments[0]), str(instruments[1]))
     ledger = TradeLedger(names)
     bars = _BarLog(sum(end - start for _, start, end in episodes))
-    pick = action_picker(policy)
     sim = BatchSimulator(market, params, 1, backtest=True)
+    pick = action_picker(policy, sim)
     stamps = market.timestamps
     ran: list[tuple[int, int]] = []
     eq = initial

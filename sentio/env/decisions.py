@@ -21,7 +21,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -35,11 +35,13 @@ __all__ = [
     "Policy",
     "PredictModel",
     "RowPolicy",
+    "WINDOW_CHUNK",
     "action_picker",
     "as_action",
     "decide_and_step",
     "model_actions",
     "one_torch_thread",
+    "window_batched_actions",
 ]
 
 Policy = Callable[[dict[str, np.ndarray], np.ndarray], int]
@@ -136,79 +138,233 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _direct_actions(
-    model: Any,
-) -> Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray] | None:
-    """:func:`model_actions`' fast path, or None for a policy it does not know."""
-    import torch
+def _actor_logits(policy: Any) -> Callable[[Any], Any] | None:
+    """``obs -> (B, A)`` actor logits of a policy the fast paths know, or None.
+
+    Policies with an ``actor_logits(obs)`` method (Sentio PPO), and SB3 / sb3-contrib
+    actor-critic policies whose distribution is the standard categorical one."""
     from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution
     from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
     from stable_baselines3.common.distributions import CategoricalDistribution
     from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
 
-    policy: Any = getattr(model, "policy", None)
     if not isinstance(policy, ActorCriticPolicy | MaskableActorCriticPolicy):
         return None
-    logits_of: Callable[[Any], Any]
     if callable(getattr(policy, "actor_logits", None)):
-        logits_of = policy.actor_logits  # type: ignore[assignment]
-    else:
-        cls = type(policy)
-        standard = (
-            cls.get_distribution
-            in (ActorCriticPolicy.get_distribution, MaskableActorCriticPolicy.get_distribution)
-            and cls._get_action_dist_from_latent
-            in (
-                ActorCriticPolicy._get_action_dist_from_latent,
-                MaskableActorCriticPolicy._get_action_dist_from_latent,
-            )
-            and isinstance(
-                policy.action_dist, CategoricalDistribution | MaskableCategoricalDistribution
-            )
+        actor_logits: Any = policy.actor_logits
+        return actor_logits
+    cls = type(policy)
+    standard = (
+        cls.get_distribution
+        in (ActorCriticPolicy.get_distribution, MaskableActorCriticPolicy.get_distribution)
+        and cls._get_action_dist_from_latent
+        in (
+            ActorCriticPolicy._get_action_dist_from_latent,
+            MaskableActorCriticPolicy._get_action_dist_from_latent,
         )
-        if not standard:
-            return None
+        and isinstance(
+            policy.action_dist, CategoricalDistribution | MaskableCategoricalDistribution
+        )
+    )
+    if not standard:
+        return None
 
-        def logits_of(obs: Any) -> Any:
-            features = BaseModel.extract_features(policy, obs, policy.pi_features_extractor)
-            return policy.action_net(policy.mlp_extractor.forward_actor(features))
+    def logits_of(obs: Any) -> Any:
+        features = BaseModel.extract_features(policy, obs, policy.pi_features_extractor)
+        return policy.action_net(policy.mlp_extractor.forward_actor(features))
 
+    return logits_of
+
+
+def _masked_mode(z: Any, masks: np.ndarray | None) -> np.ndarray:
+    """The mode of the (masked) categorical distribution of the logits ``z`` ``(B, A)``.
+
+    The float operations of ``torch.distributions.Categorical`` and sb3-contrib's
+    ``MaskableCategorical.apply_masking`` (normalise, mask with -1e8, normalise, softmax,
+    argmax); ``masks`` None: unmasked (plain PPO's ``predict``).
+
+    Raises:
+        ValueError: a logit is not finite (``predict``'s Categorical refuses them too).
+    """
+    import torch
+
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError("the policy's action logits are not finite (NaN or infinite weights?)")
+    z = z - z.logsumexp(dim=-1, keepdim=True)
+    if masks is not None:
+        m = torch.as_tensor(masks, dtype=torch.bool, device=z.device).reshape(z.shape)
+        z = torch.where(m, z, torch.tensor(-1e8, dtype=z.dtype, device=z.device))
+        z = z - z.logsumexp(dim=-1, keepdim=True)
+    out: np.ndarray = torch.softmax(z, dim=-1).argmax(dim=1).cpu().numpy()
+    return out
+
+
+def _takes_masks(model: Any) -> bool | None:
+    """Whether ``model.predict`` takes ``action_masks`` (None: no signature to read)."""
     try:
-        takes_masks = "action_masks" in inspect.signature(model.predict).parameters
+        return "action_masks" in inspect.signature(model.predict).parameters
     except (TypeError, ValueError):
         return None
+
+
+def _direct_actions(
+    model: Any,
+) -> Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray] | None:
+    """:func:`model_actions`' fast path, or None for a policy it does not know."""
+    import torch
+
+    policy: Any = getattr(model, "policy", None)
+    logits_of = _actor_logits(policy)
+    takes_masks = _takes_masks(model)
+    if logits_of is None or takes_masks is None:
+        return None
     device = policy.device
-    huge_neg = torch.tensor(-1e8)
 
     def act(obs: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
         if policy.training:  # eval mode, as predict sets it (dropout off)
             policy.set_training_mode(False)
         with torch.no_grad():
             t = {k: torch.as_tensor(v, device=device) for k, v in obs.items()}
-            z = logits_of(t)
-            if not bool(torch.isfinite(z).all()):  # predict's Categorical refuses them too
-                raise ValueError(
-                    "the policy's action logits are not finite (NaN or infinite weights?)"
-                )
-            z = z - z.logsumexp(dim=-1, keepdim=True)  # torch.distributions.Categorical
-            if takes_masks:  # sb3-contrib's MaskableCategorical.apply_masking
-                m = torch.as_tensor(masks, dtype=torch.bool, device=device).reshape(z.shape)
-                z = torch.where(m, z, huge_neg.to(dtype=z.dtype, device=device))
-                z = z - z.logsumexp(dim=-1, keepdim=True)
-            return torch.softmax(z, dim=-1).argmax(dim=1).cpu().numpy()
+            return _masked_mode(logits_of(t), masks if takes_masks else None)
+
+    return act
+
+
+WINDOW_CHUNK = 512
+"""Market rows whose window part :func:`window_batched_actions` computes in one batch.
+
+Chunks are aligned to multiples of this many rows and always this size (padded at the
+market's ends), so a row's window part is computed in the same batch position and shape
+whichever rows an episode or a replay starts from."""
+
+
+class _WindowSplit(NamedTuple):
+    """A policy's actor cut where its observation's two parts meet.
+
+    ``pre(windows (n, L, F)) -> (n, H)`` depends on the feature windows only (batched over
+    rows); ``head(pre (1, H), state (1, S)) -> (1, A)`` logits adds the account's state."""
+
+    pre: Callable[[Any], Any]
+    head: Callable[[Any, Any], Any]
+
+
+def _window_split(policy: Any) -> _WindowSplit | None:
+    """The :class:`_WindowSplit` of a policy whose actor is ``extractor -> Linear -> ...``.
+
+    The actor's features extractor must have ``pool(window)`` and put the state after it
+    at ``state_offset`` (:class:`~sentio.agents.extractors.TransformerExtractor`,
+    :class:`~sentio.agents.extractors.DictMlpExtractor`), and the actor's MLP
+    (``mlp_extractor.policy_net``) start with a ``Linear`` over those features: its
+    weight's window columns go into ``pre`` (with the bias), its state columns into
+    ``head``. The logits are then those of the policy's own actor (``action_net``, or
+    Sentio PPO's ``action_logits`` with the regime probabilities read from the state),
+    up to float rounding: the same products summed in another order.
+    """
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    if _actor_logits(policy) is None:
+        return None
+    extractor: Any = getattr(policy, "pi_features_extractor", None)
+    pool = getattr(extractor, "pool", None)
+    offset = getattr(extractor, "state_offset", None)
+    net = getattr(getattr(policy, "mlp_extractor", None), "policy_net", None)
+    if not (callable(pool) and isinstance(offset, int) and isinstance(net, nn.Sequential)):
+        return None
+    if not (len(net) and isinstance(net[0], nn.Linear)):
+        return None
+    first: nn.Linear = net[0]
+    if first.in_features != extractor.features_dim or not 0 < offset < first.in_features:
+        return None
+    rest = net[1:]
+    gated = callable(getattr(policy, "action_logits", None)) and callable(
+        getattr(policy, "regime_probabilities", None)
+    )
+    key = getattr(policy, "regime_key", "state")
+
+    def pre(windows: Any) -> Any:
+        return F.linear(pool(windows), first.weight[:, :offset], first.bias)
+
+    def head(part: Any, state: Any) -> Any:
+        latent = rest(torch.addmm(part, state, first.weight[:, offset:].T))
+        if gated:
+            return policy.action_logits(latent, policy.regime_probabilities({key: state}))
+        return policy.action_net(latent)
+
+    return _WindowSplit(pre, head)
+
+
+def window_batched_actions(
+    model: PredictModel, sim: BatchSimulator
+) -> Callable[[dict[str, np.ndarray], np.ndarray, int], np.ndarray] | None:
+    """Deterministic actions bar by bar with the window part of the policy batched over rows.
+
+    An account's observation at row ``t`` is the feature window of ``t`` (known for every
+    row in advance) and its state (sequential: it depends on the previous decisions). For
+    a policy :func:`_window_split` can cut, the window part of :data:`WINDOW_CHUNK` rows is
+    computed in one batch when the first of them is asked for (from ``sim``'s market:
+    :meth:`~sentio.env.simulator.BatchSimulator.windows`), and each
+    decision runs only the rest of the actor on its own window part and state: for the
+    transformer the whole encoder moves out of the per-bar loop
+    (``benchmarks/bench_backtest.py``). Every row's action still comes from its own window
+    and state only (no later row enters it). The actions are those of
+    :func:`model_actions` up to float rounding of the logits (an exact tie between two
+    actions could break the other way; tested equal on varied policies).
+
+    Returns a function ``(batched observation of one account, (A,) mask, row) -> (1,)``,
+    or None for a model this does not apply to (a stand-aside model, an unknown policy).
+    """
+    import torch
+
+    policy: Any = getattr(model, "policy", None)
+    takes_masks = _takes_masks(model)
+    if getattr(model, STAND_ASIDE, None) is not None or takes_masks is None:
+        return None
+    split = _window_split(policy)
+    if split is None:
+        return None
+    device = policy.device
+    chunks: dict[int, Any] = {}
+
+    first, last = sim.p.window - 1, sim.market.n_rows - 1
+
+    def part(row: int) -> Any:
+        c = row // WINDOW_CHUNK
+        if c not in chunks:
+            rows = np.arange(c * WINDOW_CHUNK, (c + 1) * WINDOW_CHUNK)
+            w = torch.as_tensor(sim.windows(np.clip(rows, first, last)), device=device)
+            if len(chunks) >= 2:  # episodes move forward in time: keep the last two
+                chunks.pop(next(iter(chunks)))
+            chunks[c] = split.pre(w)
+        return chunks[c][row - c * WINDOW_CHUNK].unsqueeze(0)
+
+    def act(obs: dict[str, np.ndarray], mask: np.ndarray, row: int) -> np.ndarray:
+        if policy.training:  # eval mode, as predict sets it (dropout off)
+            policy.set_training_mode(False)
+        with torch.no_grad():
+            state = torch.as_tensor(obs["state"], device=device).reshape(1, -1)
+            z = split.head(part(row), state)
+            return _masked_mode(z, mask[None, :] if takes_masks else None)
 
     return act
 
 
 def action_picker(
-    policy: Policy | RowPolicy | PredictModel,
+    policy: Policy | RowPolicy | PredictModel, sim: BatchSimulator | None = None
 ) -> Callable[[dict[str, np.ndarray], np.ndarray, int], Any]:
     """A function of (batched observation of one account, (A,) mask, row) -> raw action.
 
     A callable policy with a true attribute ``takes_row`` is called as
     ``policy(obs, mask, row)`` with the decision row (references that read the market's
-    arrays by row, e.g. the oracle of :mod:`sentio.env.references`)."""
+    arrays by row, e.g. the oracle of :mod:`sentio.env.references`). A model is queried
+    deterministically (:func:`model_actions`); with the simulator ``sim`` whose rows it
+    will decide, with its window part batched over rows where its policy allows it
+    (:func:`window_batched_actions`)."""
     if isinstance(policy, PredictModel) and not isinstance(policy, type):
+        batched = None if sim is None else window_batched_actions(policy, sim)
+        if batched is not None:
+            return batched
         act = model_actions(policy)
 
         def pick_model(obs: dict[str, np.ndarray], mask: np.ndarray, row: int) -> Any:

@@ -618,6 +618,13 @@ class BatchSimulator:
 
     # ------------------------------------------------------------------ observation
 
+    def windows(self, rows: np.ndarray) -> np.ndarray:
+        """The feature windows ``features[t-L+1 .. t]`` of the market rows ``rows``: ``(n, L, F)``
+        float32, what :meth:`observe` shows an account at row ``t`` (rows from ``L - 1``)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        L = self.p.window
+        return self._windows[rows - (L - 1)].reshape(rows.shape[0], L, self.market.n_features)
+
     def observe(self, which: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Observations at the accounts' current rows: ``{"window": (n, L, F), "state": (n, S)}``.
 
@@ -625,7 +632,6 @@ class BatchSimulator:
         followed by :data:`STATE_FEATURES`. Both float32. ``which`` selects accounts (all by
         default).
         """
-        L = self.p.window
         if which is None:
             t, inst, shares, eq = self.t, self.inst, self.shares, self.equity
             entry, dd, held = self.entry_equity, self.dd, self.bars_held
@@ -639,7 +645,7 @@ class BatchSimulator:
             entry, dd, held = self.entry_equity[which], self.dd[which], self.bars_held[which]
         n = t.shape[0]
         K = self.market.n_regimes
-        window = self._windows[t - (L - 1)].reshape(n, L, self.market.n_features)
+        window = self.windows(t)
         state = np.empty((n, K + len(STATE_FEATURES)), dtype=np.float32)
         if K:
             state[:, :K] = self.market.regime_probs[t]
