@@ -25,6 +25,7 @@ from typing import Any
 from sentio.config import PathsConfig, SentioConfig
 from sentio.io import write_json_atomic
 from sentio.processes import parallel_slots
+from sentio.text import warm_start_text
 from sentio.times import now_utc, now_utc_text
 from sentio.workdir import WorkdirLock
 
@@ -527,15 +528,7 @@ def train_table(train: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "sharpe buy-and-hold TQQQ": _round((refs.get("long_etf") or {}).get("sharpe"), 3),
                 "sharpe trend rule": _round((refs.get("trend") or {}).get("sharpe"), 3),
                 "sharpe underlying": _round((refs.get("underlying") or {}).get("sharpe"), 3),
-                "warm start": _warm_start_cell(run.get("warm_start")),
+                "warm start": warm_start_text(run.get("warm_start")),
             }
         )
     return rows
-
-
-def _warm_start_cell(plan: Mapping[str, Any] | None) -> str:
-    """How a training started: ``from <version>``, ``cold: <why>``, or ``cold`` (warm
-    starts off, or no champion to start from)."""
-    if not plan:
-        return "cold"
-    return f"from {plan['version']}" if plan.get("applies") else f"cold: {plan.get('reason')}"

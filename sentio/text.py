@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MISSING", "format_bytes", "format_number"]
+__all__ = ["MISSING", "format_bytes", "format_number", "warm_start_text"]
 
 MISSING = "n/a"
 """The text of a missing number in the report and the registry decision."""
@@ -46,3 +47,22 @@ def format_bytes(size: int) -> str:
             return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def warm_start_text(plan: Mapping[str, Any] | None, *, reason: bool = True) -> str:
+    """How a training started, from its summary's ``warm_start`` (``sentio.warm.WarmPlan``):
+    ``from <version>``, ``cold: <why>`` (``cold`` alone without ``reason``), or ``cold``
+    (warm starts off: None).
+
+    >>> warm_start_text({"version": "v3", "applies": True, "reason": "ok"})
+    'from v3'
+    >>> warm_start_text({"version": "v3", "applies": False, "reason": "new features"})
+    'cold: new features'
+    >>> warm_start_text(None)
+    'cold'
+    """
+    if not plan:
+        return "cold"
+    if plan.get("applies"):
+        return f"from {plan['version']}"
+    return f"cold: {plan.get('reason')}" if reason and plan.get("reason") else "cold"

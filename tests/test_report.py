@@ -185,6 +185,42 @@ def test_model_selection_is_reported(noise_report: tuple[Path, dict[str, Any]]) 
     )
 
 
+def test_warm_started_trainings_are_reported(tmp_path: Path) -> None:
+    """The Per fold table says which training started from the champion; why the others
+    did not is listed once per reason; the line under the verdict counts them."""
+    runs = _synthetic_runs(tmp_path / "runs", mean=0.0, seeds=(0, 1))
+    why = "the champion v2's test window ends after this fold's first test block begins"
+    for run in runs:
+        run["warm_start"] = (
+            {"version": "v2", "applies": True, "reason": "every test block is later"}
+            if run["fold"] == 1
+            else {"version": "v2", "applies": False, "reason": why}
+        )
+    summary = build_report(runs, tmp_path / "report", cfg=_cfg())
+    md = Path(summary["paths"]["markdown"]).read_text()
+    table = md[md.index("### Per fold") :].split("\n\n")[1].splitlines()
+    assert "| model |" in table[0]
+    cells = {
+        (r.split("|")[1].strip(), r.split("|")[2].strip()): r.split("|")[5].strip()
+        for r in table[2:]
+    }
+    assert cells == {
+        ("0", "0"): "cold",
+        ("1", "0"): "from v2",
+        ("0", "1"): "cold",
+        ("1", "1"): "from v2",
+    }
+    assert f"- cold (fold/seed 0/0, 0/1): {why}." in md
+    assert "2 of 4 trainings started from the champion (v2)" in summary["comparison"]
+    # without warm starts (the summaries carry none): every training cold, no note, no line
+    plain = build_report(
+        _synthetic_runs(tmp_path / "plain", mean=0.0), tmp_path / "report2", cfg=_cfg()
+    )
+    md2 = Path(plain["paths"]["markdown"]).read_text()
+    assert "from the champion's weights" not in md2 and "started from the champion" not in md2
+    assert "| model |" in md2
+
+
 def test_metrics_equal_independent_computation(noise_report: tuple[Path, dict[str, Any]]) -> None:
     root, summary = noise_report
     doc = json.loads(Path(summary["paths"]["metrics"]).read_text())

@@ -335,7 +335,7 @@ def test_tables_carry_cagr_costs_turnover_hit_rate_and_pnl_per_trade(daily: Any)
         "annual turnover | mean abs. exposure | hit rate | trades | avg net P&L per trade |"
     )
     assert header in md
-    assert "| fold | seed | test from | test to | Sharpe |" in md and "| flags |" in md
+    assert "| fold | seed | test from | test to | model | Sharpe |" in md and "| flags |" in md
     for fold in _doc(summary)["folds"]:
         m = fold["metrics"]
         for key in ("cagr", "costs_paid", "annual_turnover", "hit_rate", "n_trades"):

@@ -75,6 +75,7 @@ from sentio.report.numbers import (
     stitched_figures,
     stood_aside,
     verdict,
+    warm_started,
 )
 from sentio.report.pages import (
     TITLE,
@@ -121,6 +122,7 @@ __all__ = [
     "stitch",
     "stitched_figures",
     "stood_aside",
+    "warm_started",
     "time_figures",
     "trade_returns",
     "validation_rows",

@@ -43,6 +43,7 @@ from sentio.report.numbers import (
     comparison,
     stood_aside,
     verdict,
+    warm_started,
 )
 from sentio.report.pages import _html, _markdown, _tables, data_quality_rows
 from sentio.report.series import _first_stamp, _ppy, load_bars, stitch, trade_returns
@@ -148,6 +149,7 @@ def _fold_entries(
                 "ci": _intervals(frame["returns"].to_numpy(), ppy, cfg),
                 "flags": activity_flags(m),
                 "train": _clean(run.get("train", {})),
+                "warm_start": run.get("warm_start"),
             }
         )
     return folds
@@ -334,9 +336,9 @@ def _headline(
         min_dsr=cfg.registry.min_dsr,
     )
     compared = comparison(metrics.get("sharpe"), references, labels)
-    aside = stood_aside(folds)
-    if aside:
-        compared["sentence"] = (compared["sentence"] + " " + aside).strip()
+    for said in (stood_aside(folds), warm_started(folds)):
+        if said:
+            compared["sentence"] = (compared["sentence"] + " " + said).strip()
     return {
         "series": series,
         "metrics": metrics,

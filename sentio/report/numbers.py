@@ -352,6 +352,18 @@ def _n_regimes(cfg: SentioConfig, frame: pl.DataFrame) -> int:
     return max(configured, seen)
 
 
+def warm_started(folds: Sequence[dict[str, Any]]) -> str:
+    """A sentence on the trainings that started from the champion's model ('' when none)."""
+    warm = [f["warm_start"] for f in folds if (f.get("warm_start") or {}).get("applies")]
+    if not warm:
+        return ""
+    versions = ", ".join(sorted({str(w["version"]) for w in warm}))
+    return (
+        f"{len(warm)} of {len(folds)} trainings started from the champion ({versions}) and "
+        "trained a share of the steps (train.warm_start; Per fold table)."
+    )
+
+
 def stood_aside(folds: Sequence[dict[str, Any]]) -> str:
     """A sentence on the trainings whose model selection kept them flat ('' when none)."""
     vals = [(f.get("train") or {}).get("validation") or {} for f in folds]

@@ -27,7 +27,7 @@ from sentio.report.formatting import (
 )
 from sentio.report.labels import REFERENCE_LABELS, _frequency_text
 from sentio.report.times import _ny_stamp
-from sentio.text import format_number
+from sentio.text import format_number, warm_start_text
 
 _METRIC_HEADER = [
     "series",
@@ -321,15 +321,35 @@ def _results_table(doc: dict[str, Any]) -> _Table:
 
 
 def _fold_table(doc: dict[str, Any]) -> _Table:
+    folds = doc["folds"]
+    # why trainings started cold although warm starts were on: once per reason
+    cold: dict[str, list[str]] = {}
+    for f in folds:
+        plan = f.get("warm_start") or {}
+        if plan and not plan.get("applies") and plan.get("reason"):
+            cold.setdefault(str(plan["reason"]), []).append(f"{f['fold']}/{f['seed']}")
     return _Table(
         "Per fold",
-        ["fold", "seed", "test from", "test to", *_METRIC_HEADER[1:], "flags"],
+        ["fold", "seed", "test from", "test to", "model", *_METRIC_HEADER[1:], "flags"],
         [
-            [str(f["fold"]), str(f["seed"]), f["start"][:10], f["end"][:10]]
+            [
+                str(f["fold"]),
+                str(f["seed"]),
+                f["start"][:10],
+                f["end"][:10],
+                warm_start_text(f.get("warm_start"), reason=False),
+            ]
             + _metric_row("", f["metrics"], f["ci"])[1:]
             + [_flag_words(f.get("flags") or []) or "none"]
-            for f in doc["folds"]
+            for f in folds
         ],
+        note=(
+            "model: the training started from the champion's weights (from <version>, "
+            "train.warm_start) or from scratch (cold)."
+            if any(f.get("warm_start") for f in folds)
+            else ""
+        ),
+        items=[f"cold (fold/seed {', '.join(which)}): {why}." for why, which in cold.items()],
     )
 
 
