@@ -319,8 +319,9 @@ def _revision(old: pl.DataFrame, new: pl.DataFrame, row: int) -> dict[str, Any] 
 def _rewritten(path: Path, col: str, when: dt.datetime, old: Any, new: Any) -> PaperError:
     return LedgerMismatch(
         f"{path}: recomputed {col!r} at {iso_z(when)} is {new!r} but the ledger has "
-        f"{old!r}: the bar history was rewritten; the ledger is left unchanged "
-        "(move it away to start a new one)"
+        f"{old!r}: the bar history was rewritten, or the ledger was written by a Sentio "
+        "that computed it differently; the ledger is left unchanged (move it away to start "
+        "a new one)"
     )
 
 

@@ -169,6 +169,42 @@ def test_batched_actions_do_not_see_later_rows_or_depend_on_where_rows_start(
     np.testing.assert_array_equal(late.actions, full.actions[start:])
 
 
+@pytest.mark.parametrize("variant", ["maskable_ppo", "sentio_ppo"])
+def test_window_part_does_not_depend_on_the_row_s_place_in_its_batch(variant: str) -> None:
+    """Bit for bit, whatever the batch's other rows and the row's offset in it: what lets
+    a replay over a shorter market (other chunk boundaries) reproduce a full one."""
+    model, market, params = _model(variant, n_sessions=12)
+    split = _window_split(model.policy)
+    assert split is not None
+    sim = BatchSimulator(market, params, 1, backtest=True)
+    rows = np.arange(params.window - 1, params.window - 1 + WINDOW_CHUNK)
+    windows = torch.as_tensor(sim.windows(rows))
+    with torch.no_grad():
+        whole = split.pre(windows)
+        for shift in (1, 7, 100, 333):
+            rolled = split.pre(torch.roll(windows, shift, 0))
+            assert torch.equal(torch.roll(whole, shift, 0), rolled), shift
+        for size in (8, 64):  # sub-batches of a power of two, as for long windows
+            parts = torch.cat(
+                [split.pre(windows[i : i + size]) for i in range(0, WINDOW_CHUNK, size)]
+            )
+            assert torch.equal(parts, whole), size
+
+
+def test_long_windows_are_encoded_in_sub_batches(monkeypatch: Any) -> None:
+    """The attention scores grow with the window's square: fewer rows per batch, same actions."""
+    model, market, params = _model("sentio_ppo", n_sessions=10)
+    split = _window_split(model.policy)
+    assert split is not None and split.rows == WINDOW_CHUNK  # an 8-bar window: one batch
+    rows = [(0, market.n_rows)]
+    whole = backtest(model, market, params, rows)
+    monkeypatch.setattr(decisions, "WINDOW_BATCH_ELEMENTS", 1 << 12)
+    small = _window_split(model.policy)
+    assert small is not None and 1 <= small.rows < WINDOW_CHUNK
+    assert small.rows * model.policy.pi_features_extractor.activation_elements() <= 1 << 12
+    np.testing.assert_array_equal(backtest(model, market, params, rows).actions, whole.actions)
+
+
 def test_models_the_batched_path_does_not_apply_to_fall_back() -> None:
     model, market, params = _model("maskable_ppo")
     sim = BatchSimulator(market, params, 1, backtest=True)
@@ -177,6 +213,15 @@ def test_models_the_batched_path_does_not_apply_to_fall_back() -> None:
     delattr(model, STAND_ASIDE)
     net = model.policy.mlp_extractor.policy_net
     net[0] = torch.nn.Sequential(net[0])  # the same actor, no Linear first to cut
+    assert _window_split(model.policy) is None
+    net[0] = net[0][0]
+    assert _window_split(model.policy) is not None
+
+    class Wrapped(type(model.policy.pi_features_extractor)):  # type: ignore[misc]
+        def forward(self, observations: Any) -> Any:  # another actor: not to be split
+            return super().forward(observations) * 2.0
+
+    model.policy.pi_features_extractor.__class__ = Wrapped
     assert _window_split(model.policy) is None
     assert decisions.window_batched_actions(model, sim) is None
     res = backtest(model, market, params, [(0, market.n_rows)])  # the per-bar path runs it

@@ -211,7 +211,10 @@ def test_warm_started_trainings_are_reported(tmp_path: Path) -> None:
         ("1", "1"): "from v2",
     }
     assert f"- cold (fold/seed 0/0, 0/1): {why}." in md
-    assert "2 of 4 trainings started from the champion (v2)" in summary["comparison"]
+    assert (
+        "2 of 4 trainings started from the champion (v2) and trained 25% of the steps"
+        in summary["comparison"]
+    )
     # without warm starts (the summaries carry none): every training cold, no note, no line
     plain = build_report(
         _synthetic_runs(tmp_path / "plain", mean=0.0), tmp_path / "report2", cfg=_cfg()

@@ -199,6 +199,14 @@ class TransformerExtractor(BaseFeaturesExtractor):
         out: torch.Tensor = self.encoder(tokens, mask=mask, is_causal=False)
         return out
 
+    def activation_elements(self) -> int:
+        """Floats of the largest intermediate tensor of :meth:`pool` per observation: the
+        attention scores (heads x L x L), the feed-forward block (L x width) or the window
+        (L x F), whichever is largest (sizes batched inference)."""
+        layer: Any = self.encoder.layers[0]
+        heads, width = int(layer.self_attn.num_heads), int(layer.linear1.out_features)
+        return self.window * max(heads * self.window, width, self.n_features, self.d_model)
+
     def pool(self, window: torch.Tensor) -> torch.Tensor:
         """The pooled window features ``(B, 2 d_model)``: ``[last token, mean over tokens]``."""
         h = self.encode(window)
@@ -236,6 +244,10 @@ class DictMlpExtractor(BaseFeaturesExtractor):
         self.state_dim = state_dim
         self.state_offset = window * n_features
         """Index of the first state entry in the features (the regime probabilities)."""
+
+    def activation_elements(self) -> int:
+        """Floats of the window per observation (L x F; sizes batched inference)."""
+        return self.window * self.n_features
 
     def pool(self, window: torch.Tensor) -> torch.Tensor:
         """The window part of the features ``(B, L * F)``: the window flattened."""

@@ -231,68 +231,104 @@ def _direct_actions(
 
 
 WINDOW_CHUNK = 512
-"""Market rows whose window part :func:`window_batched_actions` computes in one batch.
+"""Market rows whose window part :func:`window_batched_actions` computes at once.
 
-Chunks are aligned to multiples of this many rows and always this size (padded at the
-market's ends), so a row's window part is computed in the same batch position and shape
-whichever rows an episode or a replay starts from."""
+Chunks are aligned to multiples of this many rows of the market and always this size
+(rows clipped at the market's ends), computed in sub-batches of a fixed power of two rows
+(:data:`WINDOW_BATCH_ELEMENTS`). A row's result does not depend on the other rows of its
+batch (every operation of the window part is per row); that it does not depend on its
+position in the batch either is a property of the matrix kernels (held on the CPU for
+every offset tested, ``tests/test_inference.py``), on which a replay over a shorter market
+(incremental paper trading) relies to reproduce a full one bit for bit."""
+
+WINDOW_BATCH_ELEMENTS = 1 << 23
+"""Largest intermediate tensor (floats) of one sub-batch of the window part: rows per
+sub-batch = the largest power of two up to :data:`WINDOW_CHUNK` whose rows times the
+extractor's ``activation_elements`` stays within it (at least one row). Bounds the
+memory of long windows (the attention scores grow with the window's square)."""
 
 
 class _WindowSplit(NamedTuple):
     """A policy's actor cut where its observation's two parts meet.
 
     ``pre(windows (n, L, F)) -> (n, H)`` depends on the feature windows only (batched over
-    rows); ``head(pre (1, H), state (1, S)) -> (1, A)`` logits adds the account's state."""
+    rows, ``rows`` at a time); ``head(pre (1, H), state (1, S)) -> (1, A)`` logits adds
+    the account's state."""
 
     pre: Callable[[Any], Any]
     head: Callable[[Any, Any], Any]
+    rows: int
 
 
 def _window_split(policy: Any) -> _WindowSplit | None:
     """The :class:`_WindowSplit` of a policy whose actor is ``extractor -> Linear -> ...``.
 
-    The actor's features extractor must have ``pool(window)`` and put the state after it
-    at ``state_offset`` (:class:`~sentio.agents.extractors.TransformerExtractor`,
-    :class:`~sentio.agents.extractors.DictMlpExtractor`), and the actor's MLP
-    (``mlp_extractor.policy_net``) start with a ``Linear`` over those features: its
-    weight's window columns go into ``pre`` (with the bias), its state columns into
-    ``head``. The logits are then those of the policy's own actor (``action_net``, or
-    Sentio PPO's ``action_logits`` with the regime probabilities read from the state),
-    up to float rounding: the same products summed in another order.
+    Taken only where the actor is known to be exactly that: the actor's features
+    extractor is one of Sentio's (:class:`~sentio.agents.extractors.TransformerExtractor`,
+    :class:`~sentio.agents.extractors.DictMlpExtractor`, their ``forward`` not
+    overridden: the ``pool`` of the window, then the state at ``state_offset``); the
+    actor's MLP is SB3's ``MlpExtractor.forward_actor`` = ``policy_net``, a
+    ``Sequential`` starting with a ``Linear`` over those features; the head is SB3's
+    standard categorical ``action_net``, or Sentio PPO's own ``actor_logits`` and
+    ``action_logits`` (the regime probabilities read from the state). The first layer's
+    window columns go into ``pre`` (with the bias), its state columns into ``head``: the
+    logits are those of the policy's actor up to float rounding (the same products summed
+    in another order). Anything else (a subclass overriding one of these, another
+    extractor, an MLP without a first ``Linear``): None, and the per-bar path runs.
     """
     import torch
+    from stable_baselines3.common.torch_layers import MlpExtractor
     from torch import nn
     from torch.nn import functional as F
+
+    from sentio.agents.extractors import DictMlpExtractor, TransformerExtractor
+    from sentio.agents.policies import SentioActorCriticPolicy
 
     if _actor_logits(policy) is None:
         return None
     extractor: Any = getattr(policy, "pi_features_extractor", None)
-    pool = getattr(extractor, "pool", None)
-    offset = getattr(extractor, "state_offset", None)
-    net = getattr(getattr(policy, "mlp_extractor", None), "policy_net", None)
-    if not (callable(pool) and isinstance(offset, int) and isinstance(net, nn.Sequential)):
+    known = (TransformerExtractor, DictMlpExtractor)
+    if not isinstance(extractor, known) or type(extractor).forward not in [
+        k.forward for k in known
+    ]:
         return None
-    if not (len(net) and isinstance(net[0], nn.Linear)):
+    mlp = getattr(policy, "mlp_extractor", None)
+    if (
+        not isinstance(mlp, MlpExtractor)
+        or type(mlp).forward_actor is not MlpExtractor.forward_actor
+    ):
+        return None
+    sentio = isinstance(policy, SentioActorCriticPolicy)
+    if sentio and not (
+        all(
+            getattr(type(policy), name) is getattr(SentioActorCriticPolicy, name)
+            for name in ("actor_logits", "_features", "action_logits", "regime_probabilities")
+        )
+        and policy.regime_key == "state"
+    ):
+        return None
+    net, offset = mlp.policy_net, int(extractor.state_offset)
+    if not (isinstance(net, nn.Sequential) and len(net) and isinstance(net[0], nn.Linear)):
         return None
     first: nn.Linear = net[0]
     if first.in_features != extractor.features_dim or not 0 < offset < first.in_features:
         return None
     rest = net[1:]
-    gated = callable(getattr(policy, "action_logits", None)) and callable(
-        getattr(policy, "regime_probabilities", None)
-    )
-    key = getattr(policy, "regime_key", "state")
+    per_row = max(1, int(extractor.activation_elements()))
+    rows = 1
+    while rows < WINDOW_CHUNK and 2 * rows * per_row <= WINDOW_BATCH_ELEMENTS:
+        rows *= 2
 
     def pre(windows: Any) -> Any:
-        return F.linear(pool(windows), first.weight[:, :offset], first.bias)
+        return F.linear(extractor.pool(windows), first.weight[:, :offset], first.bias)
 
     def head(part: Any, state: Any) -> Any:
         latent = rest(torch.addmm(part, state, first.weight[:, offset:].T))
-        if gated:
-            return policy.action_logits(latent, policy.regime_probabilities({key: state}))
+        if sentio:
+            return policy.action_logits(latent, policy.regime_probabilities({"state": state}))
         return policy.action_net(latent)
 
-    return _WindowSplit(pre, head)
+    return _WindowSplit(pre, head, rows)
 
 
 def window_batched_actions(
@@ -308,9 +344,11 @@ def window_batched_actions(
     decision runs only the rest of the actor on its own window part and state: for the
     transformer the whole encoder moves out of the per-bar loop
     (``benchmarks/bench_backtest.py``). Every row's action still comes from its own window
-    and state only (no later row enters it). The actions are those of
-    :func:`model_actions` up to float rounding of the logits (an exact tie between two
-    actions could break the other way; tested equal on varied policies).
+    and state only (no later row enters it). The logits are those of :func:`model_actions`
+    up to float rounding (about 1e-6): the actions are the same except where two actions'
+    logits tie to that precision (tested equal on varied policies; a ledger written before
+    this path existed could differ at such a bar). Replaying a few bars still encodes a
+    whole chunk (tens of milliseconds for the transformer).
 
     Returns a function ``(batched observation of one account, (A,) mask, row) -> (1,)``,
     or None for a model this does not apply to (a stand-aside model, an unknown policy).
@@ -332,11 +370,14 @@ def window_batched_actions(
     def part(row: int) -> Any:
         c = row // WINDOW_CHUNK
         if c not in chunks:
-            rows = np.arange(c * WINDOW_CHUNK, (c + 1) * WINDOW_CHUNK)
-            w = torch.as_tensor(sim.windows(np.clip(rows, first, last)), device=device)
+            rows = np.clip(np.arange(c * WINDOW_CHUNK, (c + 1) * WINDOW_CHUNK), first, last)
+            parts = [
+                split.pre(torch.as_tensor(sim.windows(rows[i : i + split.rows]), device=device))
+                for i in range(0, WINDOW_CHUNK, split.rows)
+            ]
             if len(chunks) >= 2:  # episodes move forward in time: keep the last two
                 chunks.pop(next(iter(chunks)))
-            chunks[c] = split.pre(w)
+            chunks[c] = torch.cat(parts) if len(parts) > 1 else parts[0]
         return chunks[c][row - c * WINDOW_CHUNK].unsqueeze(0)
 
     def act(obs: dict[str, np.ndarray], mask: np.ndarray, row: int) -> np.ndarray:

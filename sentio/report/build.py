@@ -336,7 +336,7 @@ def _headline(
         min_dsr=cfg.registry.min_dsr,
     )
     compared = comparison(metrics.get("sharpe"), references, labels)
-    for said in (stood_aside(folds), warm_started(folds)):
+    for said in (stood_aside(folds), warm_started(folds, cfg.train.warm_start_fraction)):
         if said:
             compared["sentence"] = (compared["sentence"] + " " + said).strip()
     return {

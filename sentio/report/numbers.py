@@ -352,15 +352,16 @@ def _n_regimes(cfg: SentioConfig, frame: pl.DataFrame) -> int:
     return max(configured, seen)
 
 
-def warm_started(folds: Sequence[dict[str, Any]]) -> str:
-    """A sentence on the trainings that started from the champion's model ('' when none)."""
+def warm_started(folds: Sequence[dict[str, Any]], fraction: float) -> str:
+    """A sentence on the trainings that started from the champion's model ('' when none);
+    ``fraction``: ``train.warm_start_fraction``, the share of the steps they trained."""
     warm = [f["warm_start"] for f in folds if (f.get("warm_start") or {}).get("applies")]
     if not warm:
         return ""
     versions = ", ".join(sorted({str(w["version"]) for w in warm}))
     return (
         f"{len(warm)} of {len(folds)} trainings started from the champion ({versions}) and "
-        "trained a share of the steps (train.warm_start; Per fold table)."
+        f"trained {fraction:.0%} of the steps (train.warm_start; Per fold table)."
     )
 
 
