@@ -169,21 +169,15 @@ def test_auto_rollout_shape_on_cuda_and_a_device_training(market: Any, tmp_path:
     assert _gpu_cpu_agreement(cfg, market, result.model_path) >= 0.9
 
 
-def test_batched_inference_on_cuda_equals_predict(market: Any) -> None:
+def test_batched_inference_on_cuda_equals_predict() -> None:
     """The backtest's window-batched inference (the transformer encoded 512 rows at a time
     on the GPU) takes the actions ``predict`` takes on the same CUDA model."""
     import sentio.env.decisions as decisions
-    from sentio.agents.training import make_model
-    from sentio.env import SentioVecEnv
+    from tests.test_inference import _model
 
-    cfg = gpu_cfg(**{"agent.extractor": "transformer", "agent.regime_gating": True})
-    params = EnvParams.from_config(resolve_for_bars(cfg, 120))
-    env = SentioVecEnv(market, params, [(0, market.n_rows)], 4, seed=0)
-    model: Any = make_model(cfg, env, seed=0, device=torch.device("cuda"))
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    with torch.no_grad():  # scrambled weights: varied actions
-        for w in model.policy.parameters():
-            w.add_(torch.randn(w.shape, generator=gen, device="cuda") * 0.5)
+    model, market, params = _model("sentio_ppo", n_sessions=10)  # scrambled weights
+    model.policy.to(torch.device("cuda"))
+    assert next(model.policy.parameters()).is_cuda
     rows = [(0, market.n_rows)]
     batched = backtest(model, market, params, rows)
     original = decisions.window_batched_actions, decisions._direct_actions
