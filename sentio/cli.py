@@ -497,17 +497,29 @@ def gc(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List what would go and its size; remove nothing.")
     ] = False,
+    storage: Annotated[
+        bool,
+        typer.Option(
+            "--storage",
+            help="Also clean paths.storage (the scale-out trainings' shared storage) by the "
+            "same rule; only for a storage this working directory alone uses.",
+        ),
+    ] = False,
 ) -> None:
     """Remove stage outputs, run folders and Prefect results that no run among the last N
     and no registered model version references (never the registry or the paper ledgers)."""
     from sentio.gc import apply_gc, describe, plan_gc
     from sentio.registry import default_root
+    from sentio.storage import SharedStorage
     from sentio.workdir import WorkdirLock
 
     cfg = _config(config, {"paths.workdir": str(workdir) if workdir else None})
     wd = Path(cfg.paths.workdir).expanduser()
     if not wd.is_dir():
         raise ConfigError(f"gc: {wd} is not a working directory (no such folder)")
+    if storage and not cfg.paths.storage:
+        raise ConfigError("gc --storage: paths.storage is not set (no shared storage to clean)")
+    shared = SharedStorage(cfg.paths.storage) if storage and cfg.paths.storage else None
     with WorkdirLock(
         wd,
         owner="sentio gc",
@@ -515,7 +527,9 @@ def gc(
         timeout=cfg.paths.busy_timeout,
         notify=lambda line: typer.echo(line, err=True),
     ):
-        plan = plan_gc(wd, keep_runs=keep_runs, registry=default_root(cfg).expanduser())
+        plan = plan_gc(
+            wd, keep_runs=keep_runs, registry=default_root(cfg).expanduser(), storage=shared
+        )
         if not dry_run:
             apply_gc(plan)
     for line in describe(plan, dry_run=dry_run):

@@ -16,6 +16,14 @@ and marks the rest for removal, with the unfinished staging folders of removed k
 killed training's checkpoints). It never touches the model registry, the paper-trading
 ledgers, the lock file or anything it does not recognise. :func:`apply_gc` removes what a
 plan lists; :class:`~sentio.workdir.WorkdirLock` keeps runs out meanwhile (the CLI takes it).
+
+With the shared storage of scale-out trainings (``paths.storage``, :mod:`sentio.storage`;
+``sentio gc --storage``) the same kept set applies there: its stage folders
+(``stages/<stage>/<key>``) that nothing kept references, the checkpoints
+(``checkpoints/<key>``) of trainings nothing kept references or that are published whole
+(superseded by their folder), and the Prefect results (``prefect-results/``) naming a
+folder that is not kept. Only for a storage this working directory alone uses: another
+working directory's runs are not read (what they need would be computed again).
 """
 
 from __future__ import annotations
@@ -27,8 +35,12 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sentio.errors import ConfigError, SentioError
+
+if TYPE_CHECKING:
+    from sentio.storage import SharedStorage
 
 __all__ = ["CACHED_STAGES", "GcPlan", "Removal", "apply_gc", "describe", "plan_gc"]
 
@@ -41,17 +53,23 @@ _REFERENCE = re.compile(
 )
 _RUN_REFERENCE = re.compile(r"[/\\]" + RUNS + r"[/\\]([^/\\\"']+)")
 _STAGING = re.compile(r"^\.([0-9a-f]{16,64})(?:\.partial|\..+\.tmp)$")
+_KEY = re.compile(r"^[0-9a-f]{16,64}$")
 
 
 @dataclass(frozen=True)
 class Removal:
     """One thing a plan removes."""
 
-    path: Path
+    path: Path | str
+    """A local path, or the URL of an entry of the shared storage."""
     kind: str
-    """``stage folder``, ``staging folder``, ``run folder`` or ``Prefect result``."""
+    """``stage folder``, ``staging folder``, ``run folder``, ``Prefect result``, or in the
+    shared storage ``storage stage folder``, ``storage checkpoints``, ``storage Prefect
+    result``."""
     size: int
     """Bytes on disk (the files' sizes)."""
+    parts: tuple[str, ...] = ()
+    """An entry of the shared storage: its parts under the storage's root."""
 
 
 @dataclass
@@ -63,6 +81,8 @@ class GcPlan:
     versions: int
     """Registered model versions whose references were kept."""
     removals: list[Removal] = field(default_factory=list)
+    storage: SharedStorage | None = None
+    """The shared storage cleaned too (``None``: only the working directory)."""
 
     @property
     def size(self) -> int:
@@ -77,12 +97,20 @@ class GcPlan:
         return out
 
 
-def plan_gc(workdir: str | os.PathLike[str], *, keep_runs: int, registry: Path) -> GcPlan:
-    """What to remove from ``workdir`` keeping the last ``keep_runs`` runs and whatever the
-    registered versions under ``registry`` reference.
+def plan_gc(
+    workdir: str | os.PathLike[str],
+    *,
+    keep_runs: int,
+    registry: Path,
+    storage: SharedStorage | None = None,
+) -> GcPlan:
+    """What to remove from ``workdir`` (and from the shared ``storage`` when given) keeping
+    the last ``keep_runs`` runs and whatever the registered versions under ``registry``
+    reference.
 
     Raises:
         ConfigError: ``keep_runs`` below 1, or ``workdir`` is not a folder.
+        StorageError: the storage cannot be listed or read.
     """
     if keep_runs < 1:
         raise ConfigError(f"gc: --keep-runs must be at least 1 (got {keep_runs})")
@@ -120,16 +148,53 @@ def plan_gc(workdir: str | os.PathLike[str], *, keep_runs: int, registry: Path) 
     ]
     every_run = {name for name, _, _ in runs}
     plan.removals += _result_removals(root / RESULTS, stages, run_names, every_run, oldest)
+    if storage is not None:
+        plan.storage = storage
+        plan.removals += _storage_removals(storage, stages)
     return plan
 
 
 def apply_gc(plan: GcPlan) -> None:
-    """Remove everything ``plan`` lists (already gone: nothing to do)."""
+    """Remove everything ``plan`` lists (already gone: nothing to do).
+
+    Raises:
+        StorageError: an entry of the shared storage cannot be removed.
+    """
     for removal in plan.removals:
-        if removal.path.is_dir():
-            shutil.rmtree(removal.path)
+        if removal.parts:
+            assert plan.storage is not None
+            plan.storage.remove(*removal.parts)
+            continue
+        path = Path(removal.path)
+        if path.is_dir():
+            shutil.rmtree(path)
         else:
-            removal.path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+
+
+def _storage_removals(storage: SharedStorage, kept: set[tuple[str, str]]) -> list[Removal]:
+    """What the shared storage holds that the kept set does not need (see the module
+    docstring); entries whose names are not stage keys are left alone."""
+
+    def removal(kind: str, *parts: str) -> Removal:
+        return Removal(storage.where(*parts), kind, storage.size(*parts), parts)
+
+    out = [
+        removal("storage stage folder", "stages", stage, key)
+        for stage in CACHED_STAGES
+        for key in storage.entries("stages", stage)
+        if _KEY.match(key) and (stage, key) not in kept
+    ]
+    out += [
+        removal("storage checkpoints", "checkpoints", key)
+        for key in storage.entries("checkpoints")
+        if _KEY.match(key) and (("train", key) not in kept or storage.has_stage("train", key))
+    ]
+    for name in storage.entries(RESULTS):
+        named = _stage_references(storage.read_text(RESULTS, name))
+        if named and not named <= kept:
+            out.append(removal("storage Prefect result", RESULTS, name))
+    return out
 
 
 def _read(path: Path) -> str:
@@ -229,8 +294,9 @@ def describe(plan: GcPlan, *, dry_run: bool) -> list[str]:
     from sentio.text import format_bytes
 
     verb = "would remove" if dry_run else "removed"
+    also = f" (and in the storage {plan.storage.url})" if plan.storage is not None else ""
     lines = [
-        f"{plan.workdir}: keeping the last {len(plan.kept_runs)} runs and what "
+        f"{plan.workdir}{also}: keeping the last {len(plan.kept_runs)} runs and what "
         f"{plan.versions} registered versions reference"
     ]
     if not plan.removals:
@@ -238,5 +304,8 @@ def describe(plan: GcPlan, *, dry_run: bool) -> list[str]:
     parts = [f"{n} {kind}s ({format_bytes(b)})" for kind, (n, b) in sorted(plan.counts().items())]
     lines.append(f"{verb} {', '.join(parts)}: {format_bytes(plan.size)} in all")
     if dry_run:
-        lines += [f"  {r.kind:<15} {format_bytes(r.size):>10}  {r.path}" for r in plan.removals]
+        width = max(len(r.kind) for r in plan.removals)
+        lines += [
+            f"  {r.kind:<{width}} {format_bytes(r.size):>10}  {r.path}" for r in plan.removals
+        ]
     return lines

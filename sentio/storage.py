@@ -259,6 +259,34 @@ class SharedStorage:
             return steps
         return None
 
+    # ------------------------------------------------------------- housekeeping
+    def entries(self, *parts: str) -> list[str]:
+        """The names directly under ``parts`` (none when it is not there)."""
+        base = self._path(*parts)
+        with self._reaching(f"list {self.where(*parts)}"):
+            if not self.fs.exists(base):
+                return []
+            names = [str(p).rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False)]
+        return sorted(n for n in names if n)
+
+    def size(self, *parts: str) -> int:
+        """Bytes stored under ``parts`` (a file or a folder)."""
+        with self._reaching(f"measure {self.where(*parts)}"):
+            return int(self.fs.du(self._path(*parts)))
+
+    def read_text(self, *parts: str) -> str:
+        """The text of the file ``parts`` (undecodable bytes replaced)."""
+        with self._reaching(f"read {self.where(*parts)}"):
+            data: bytes = self.fs.cat_file(self._path(*parts))
+        return data.decode("utf-8", errors="replace")
+
+    def remove(self, *parts: str) -> None:
+        """Remove the file or folder ``parts`` (already gone: nothing to do)."""
+        path = self._path(*parts)
+        with self._reaching(f"remove {self.where(*parts)}"):
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+
     def drop_checkpoints(self, key: str) -> None:
         """Remove training ``key``'s checkpoints (it is published whole)."""
         base = self._path("checkpoints", key)

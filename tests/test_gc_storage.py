@@ -1,0 +1,152 @@
+"""``sentio gc --storage``: the shared storage of scale-out trainings cleaned by the same
+kept set as the working directory, on a local ``file://`` root and on a real S3 API
+(moto's server through s3fs).
+
+The storage is laid out by hand as the scale-out path leaves it (:mod:`sentio.storage`):
+published stage folders with their manifests, checkpoints of trainings, the training
+task's Prefect results. The working directory holds one kept run whose record names some
+of them and a registered version naming one more training.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from sentio.cli import app
+from sentio.gc import apply_gc, describe, plan_gc
+from sentio.storage import MANIFEST, SharedStorage
+
+pytestmark = pytest.mark.usefixtures("restore_environ")
+
+KEY = {
+    name: f"{i + 1:032x}"
+    for i, name in enumerate(
+        ["kept_train", "old_train", "kept_features", "old_features", "running", "registered"]
+    )
+}
+
+
+@pytest.fixture(params=["file", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SharedStorage]:
+    if request.param == "file":
+        yield SharedStorage((tmp_path / "shared").as_uri())
+    else:
+        bucket = request.getfixturevalue("s3_bucket")
+        yield SharedStorage(f"{bucket}/{uuid.uuid4().hex}")
+
+
+def _put(store: SharedStorage, *parts: str, data: str = "x" * 100) -> None:
+    store.fs.makedirs(store._path(*parts[:-1]), exist_ok=True)
+    store.fs.pipe_file(store._path(*parts), data.encode())
+
+
+def _layout(store: SharedStorage, workdir: Path) -> None:
+    for stage, key in (
+        ("train", KEY["kept_train"]),
+        ("train", KEY["old_train"]),
+        ("train", KEY["registered"]),
+        ("features", KEY["kept_features"]),
+        ("features", KEY["old_features"]),
+    ):
+        _put(store, "stages", stage, key, "p1", "data.bin")
+        _put(store, "stages", stage, key, MANIFEST, data="{}")
+    _put(store, "stages", "train", "not-a-key", "note.txt")  # not ours: left alone
+    _put(store, "checkpoints", KEY["old_train"], "000000001024", "model.zip")  # unreferenced
+    _put(store, "checkpoints", KEY["kept_train"], "000000002048", "model.zip")  # published
+    _put(store, "checkpoints", KEY["running"], "000000001024", "model.zip")  # resumable
+    root = f"{store.url}/stages"
+    _put(
+        store,
+        "prefect-results",
+        "r-old",
+        data=json.dumps({"model": f"{root}/train/{KEY['old_train']}/p1/model.zip"}),
+    )
+    _put(
+        store,
+        "prefect-results",
+        "r-kept",
+        data=json.dumps({"model": f"{root}/train/{KEY['kept_train']}/p1/model.zip"}),
+    )
+    _put(store, "prefect-results", "r-none", data=json.dumps({"status": "failed"}))
+
+    run = workdir / "runs" / "night"
+    run.mkdir(parents=True)
+    record = {
+        "started": "2026-12-01T07:00:00Z",
+        "status": "failed",  # killed in the middle of training KEY["running"]
+        "stages": {
+            "features": {"output": str(workdir / "features" / KEY["kept_features"] / "f.feather")},
+            "train": {
+                "runs": [
+                    {"model": f"{root}/train/{KEY['kept_train']}/p1/model.zip"},
+                    {"model": str(workdir / "train" / KEY["running"] / "model.zip")},
+                ]
+            },
+        },
+    }
+    (run / "run.json").write_text(json.dumps(record))
+    version = workdir / "registry" / "versions" / "v1"
+    version.mkdir(parents=True)
+    (version / "manifest.json").write_text(json.dumps({"extra": {"train_key": KEY["registered"]}}))
+
+
+def test_storage_gc_removes_what_nothing_kept_references(
+    storage: SharedStorage, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "wd"
+    _layout(storage, workdir)
+    plan = plan_gc(workdir, keep_runs=1, registry=workdir / "registry", storage=storage)
+    removed = {(r.kind, r.parts) for r in plan.removals}
+    assert removed == {
+        ("storage stage folder", ("stages", "train", KEY["old_train"])),
+        ("storage stage folder", ("stages", "features", KEY["old_features"])),
+        ("storage checkpoints", ("checkpoints", KEY["old_train"])),
+        ("storage checkpoints", ("checkpoints", KEY["kept_train"])),  # superseded: published
+        ("storage Prefect result", ("prefect-results", "r-old")),
+    }
+    assert all(r.size > 0 and str(r.path).startswith(storage.url) for r in plan.removals)
+    lines = describe(plan, dry_run=True)
+    assert f"(and in the storage {storage.url})" in lines[0]
+    assert "2 storage stage folders" in lines[1] and "1 storage Prefect result" in lines[1]
+
+    apply_gc(plan)
+    assert storage.entries("stages", "train") == sorted(
+        [KEY["kept_train"], KEY["registered"], "not-a-key"]
+    )
+    assert storage.entries("stages", "features") == [KEY["kept_features"]]
+    assert storage.entries("checkpoints") == [KEY["running"]]  # the killed training resumes
+    assert storage.entries("prefect-results") == ["r-kept", "r-none"]
+    assert storage.has_stage("train", KEY["kept_train"])
+    again = plan_gc(workdir, keep_runs=1, registry=workdir / "registry", storage=storage)
+    assert again.removals == []
+
+
+def test_cli_gc_storage_dry_run_and_refusal(tmp_path: Path) -> None:
+    store = SharedStorage((tmp_path / "shared").as_uri())
+    workdir = tmp_path / "wd"
+    _layout(store, workdir)
+    cli = CliRunner()
+    plain = cli.invoke(app, ["gc", "--workdir", str(workdir), "--dry-run", "--storage"])
+    assert plain.exit_code == 2
+    assert "gc --storage: paths.storage is not set" in plain.output
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"paths": {"storage": store.url}}))
+    args = ["gc", "--workdir", str(workdir), "--config", str(config), "--keep-runs", "1"]
+    dry = cli.invoke(app, [*args, "--dry-run", "--storage"])
+    assert dry.exit_code == 0, dry.output
+    assert store.where("stages", "train", KEY["old_train"]) in dry.output
+    assert store.entries("stages", "features") == sorted(
+        [KEY["kept_features"], KEY["old_features"]]
+    )
+    local = cli.invoke(app, args)  # without --storage the storage is not read
+    assert local.exit_code == 0 and "in the storage" not in local.output
+    done = cli.invoke(app, [*args, "--storage"])
+    assert done.exit_code == 0, done.output
+    assert store.entries("stages", "features") == [KEY["kept_features"]]
