@@ -19,11 +19,14 @@ plan lists; :class:`~sentio.workdir.WorkdirLock` keeps runs out meanwhile (the C
 
 With the shared storage of scale-out trainings (``paths.storage``, :mod:`sentio.storage`;
 ``sentio gc --storage``) the same kept set applies there: its stage folders
-(``stages/<stage>/<key>``) that nothing kept references, the checkpoints
-(``checkpoints/<key>``) of trainings nothing kept references or that are published whole
-(superseded by their folder), and the Prefect results (``prefect-results/``) naming a
-folder that is not kept. Only for a storage this working directory alone uses: another
-working directory's runs are not read (what they need would be computed again).
+(``stages/<stage>/<key>``) that nothing kept references; the checkpoints
+(``checkpoints/<key>``) of trainings published whole (superseded by their folder), or
+that nothing kept references and that are older than the oldest kept run (a run killed
+during its trainings names none of them: it resumes from those written since it
+started); the Prefect results (``prefect-results/``) naming a folder that is not kept,
+and those naming none older than the oldest kept run. Only for a storage this working
+directory alone uses (the CLI refuses one that none of the kept runs used): another
+working directory's runs are not read.
 """
 
 from __future__ import annotations
@@ -109,8 +112,9 @@ def plan_gc(
     reference.
 
     Raises:
-        ConfigError: ``keep_runs`` below 1, or ``workdir`` is not a folder.
-        StorageError: the storage cannot be listed or read.
+        ConfigError: ``keep_runs`` below 1, ``workdir`` is not a folder, or none of the
+            kept runs used ``storage``.
+        StorageError: the storage is not there or cannot be listed or read.
     """
     if keep_runs < 1:
         raise ConfigError(f"gc: --keep-runs must be at least 1 (got {keep_runs})")
@@ -149,8 +153,14 @@ def plan_gc(
     every_run = {name for name, _, _ in runs}
     plan.removals += _result_removals(root / RESULTS, stages, run_names, every_run, oldest)
     if storage is not None:
+        if not _used_storage(root, [name for name, _, _ in kept], storage.url):
+            raise ConfigError(
+                f"gc --storage: none of the last runs of {root} used the storage {storage.url} "
+                "(paths.storage in their config.yaml); not cleaning a storage this working "
+                "directory may not own"
+            )
         plan.storage = storage
-        plan.removals += _storage_removals(storage, stages)
+        plan.removals += _storage_removals(storage, stages, oldest)
     return plan
 
 
@@ -172,12 +182,44 @@ def apply_gc(plan: GcPlan) -> None:
             path.unlink(missing_ok=True)
 
 
-def _storage_removals(storage: SharedStorage, kept: set[tuple[str, str]]) -> list[Removal]:
+def _used_storage(root: Path, runs: list[str], url: str) -> bool:
+    """Whether one of the run folders ``runs`` ran with ``paths.storage`` = ``url``."""
+    import yaml
+
+    for name in runs:
+        try:
+            data = yaml.safe_load(_read(root / RUNS / name / "config.yaml")) or {}
+            used = (data.get("paths") or {}).get("storage")
+        except (yaml.YAMLError, AttributeError):
+            continue
+        if isinstance(used, str) and used.rstrip("/") == url.rstrip("/"):
+            return True
+    return False
+
+
+def _storage_removals(
+    storage: SharedStorage, kept: set[tuple[str, str]], oldest: float | None
+) -> list[Removal]:
     """What the shared storage holds that the kept set does not need (see the module
-    docstring); entries whose names are not stage keys are left alone."""
+    docstring); entries whose names are not stage keys are left alone. ``oldest``: the
+    start of the oldest kept run (a run killed in the middle of its trainings names no
+    training yet, so checkpoints written since then are kept for it to resume).
+
+    Raises:
+        StorageError: the storage's root is not there (a mistyped bucket or folder).
+    """
+    from sentio.errors import StorageError
+
+    if not storage.exists():
+        raise StorageError(
+            f"storage {storage.url}: not found (no such bucket or folder); nothing cleaned"
+        )
 
     def removal(kind: str, *parts: str) -> Removal:
         return Removal(storage.where(*parts), kind, storage.size(*parts), parts)
+
+    def recent(*parts: str) -> bool:
+        return oldest is not None and storage.modified(*parts) >= oldest
 
     out = [
         removal("storage stage folder", "stages", stage, key)
@@ -185,14 +227,16 @@ def _storage_removals(storage: SharedStorage, kept: set[tuple[str, str]]) -> lis
         for key in storage.entries("stages", stage)
         if _KEY.match(key) and (stage, key) not in kept
     ]
-    out += [
-        removal("storage checkpoints", "checkpoints", key)
-        for key in storage.entries("checkpoints")
-        if _KEY.match(key) and (("train", key) not in kept or storage.has_stage("train", key))
-    ]
-    for name in storage.entries(RESULTS):
+    for key in storage.entries("checkpoints"):
+        if not _KEY.match(key):
+            continue
+        published = storage.has_stage("train", key)  # the whole folder supersedes them
+        if published or (("train", key) not in kept and not recent("checkpoints", key)):
+            out.append(removal("storage checkpoint folder", "checkpoints", key))
+    for name in storage.entries(RESULTS, files=True):
         named = _stage_references(storage.read_text(RESULTS, name))
-        if named and not named <= kept:
+        needed = named <= kept if named else recent(RESULTS, name)
+        if not needed:
             out.append(removal("storage Prefect result", RESULTS, name))
     return out
 
@@ -301,7 +345,10 @@ def describe(plan: GcPlan, *, dry_run: bool) -> list[str]:
     ]
     if not plan.removals:
         return [*lines, "nothing to remove"]
-    parts = [f"{n} {kind}s ({format_bytes(b)})" for kind, (n, b) in sorted(plan.counts().items())]
+    parts = [
+        f"{n} {kind}{'' if n == 1 else 's'} ({format_bytes(b)})"
+        for kind, (n, b) in sorted(plan.counts().items())
+    ]
     lines.append(f"{verb} {', '.join(parts)}: {format_bytes(plan.size)} in all")
     if dry_run:
         width = max(len(r.kind) for r in plan.removals)

@@ -260,14 +260,32 @@ class SharedStorage:
         return None
 
     # ------------------------------------------------------------- housekeeping
-    def entries(self, *parts: str) -> list[str]:
-        """The names directly under ``parts`` (none when it is not there)."""
-        base = self._path(*parts)
+    def exists(self) -> bool:
+        """Whether the storage's root is there (a bucket or folder written to before)."""
+        with self._reaching("reach the storage's root"):
+            return bool(self.fs.exists(self.root))
+
+    def entries(self, *parts: str, files: bool = False) -> list[str]:
+        """The names directly under ``parts`` (none when it is not there); ``files``: only
+        the files. An object store's marker of the folder itself is not an entry."""
+        base = self._path(*parts).rstrip("/")
         with self._reaching(f"list {self.where(*parts)}"):
             if not self.fs.exists(base):
                 return []
-            names = [str(p).rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False)]
+            listed = self.fs.ls(base, detail=True)
+        names = [
+            str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
+            for e in listed
+            if str(e["name"]).rstrip("/") != base and (not files or e.get("type") == "file")
+        ]
         return sorted(n for n in names if n)
+
+    def modified(self, *parts: str) -> float:
+        """The newest modification time (POSIX seconds) of the files under ``parts``."""
+        path = self._path(*parts)
+        with self._reaching(f"read the times of {self.where(*parts)}"):
+            found = [path] if self.fs.isfile(path) else self.fs.find(path)
+            return max((self.fs.modified(f).timestamp() for f in found), default=0.0)
 
     def size(self, *parts: str) -> int:
         """Bytes stored under ``parts`` (a file or a folder)."""

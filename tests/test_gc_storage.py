@@ -14,6 +14,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -47,6 +48,15 @@ def _put(store: SharedStorage, *parts: str, data: str = "x" * 100) -> None:
     store.fs.pipe_file(store._path(*parts), data.encode())
 
 
+def _run(workdir: Path, name: str, started: str, status: str, url: str, **stages: Any) -> None:
+    """A run folder as the nightly flow leaves it: its record and its configuration."""
+    run = workdir / "runs" / name
+    run.mkdir(parents=True)
+    record = {"started": started, "status": status, "stages": stages}
+    (run / "run.json").write_text(json.dumps(record))
+    (run / "config.yaml").write_text(yaml.safe_dump({"paths": {"storage": url}}))
+
+
 def _layout(store: SharedStorage, workdir: Path) -> None:
     for stage, key in (
         ("train", KEY["kept_train"]),
@@ -58,40 +68,39 @@ def _layout(store: SharedStorage, workdir: Path) -> None:
         _put(store, "stages", stage, key, "p1", "data.bin")
         _put(store, "stages", stage, key, MANIFEST, data="{}")
     _put(store, "stages", "train", "not-a-key", "note.txt")  # not ours: left alone
-    _put(store, "checkpoints", KEY["old_train"], "000000001024", "model.zip")  # unreferenced
     _put(store, "checkpoints", KEY["kept_train"], "000000002048", "model.zip")  # published
-    _put(store, "checkpoints", KEY["running"], "000000001024", "model.zip")  # resumable
-    root = f"{store.url}/stages"
+    # a training of the night's run, killed: the record names no training yet
+    _put(store, "checkpoints", KEY["running"], "000000001024", "model.zip")
+    wd = f"{workdir}"
     _put(
         store,
         "prefect-results",
         "r-old",
-        data=json.dumps({"model": f"{root}/train/{KEY['old_train']}/p1/model.zip"}),
+        data=json.dumps({"m": f"{wd}/train/{KEY['old_train']}/m.zip"}),
     )
     _put(
         store,
         "prefect-results",
         "r-kept",
-        data=json.dumps({"model": f"{root}/train/{KEY['kept_train']}/p1/model.zip"}),
+        data=json.dumps({"m": f"{wd}/train/{KEY['kept_train']}/m.zip"}),
     )
-    _put(store, "prefect-results", "r-none", data=json.dumps({"status": "failed"}))
+    _put(store, "prefect-results", "r-none", data=json.dumps({"status": "failed"}))  # recent
+    if store.url.startswith("s3://"):  # a folder marker, as the AWS console writes them
+        store.fs.pipe_file(store._path("prefect-results") + "/", b"")
 
-    run = workdir / "runs" / "night"
-    run.mkdir(parents=True)
-    record = {
-        "started": "2026-12-01T07:00:00Z",
-        "status": "failed",  # killed in the middle of training KEY["running"]
-        "stages": {
-            "features": {"output": str(workdir / "features" / KEY["kept_features"] / "f.feather")},
-            "train": {
-                "runs": [
-                    {"model": f"{root}/train/{KEY['kept_train']}/p1/model.zip"},
-                    {"model": str(workdir / "train" / KEY["running"] / "model.zip")},
-                ]
-            },
-        },
-    }
-    (run / "run.json").write_text(json.dumps(record))
+    features = {"output": f"{wd}/features/{KEY['kept_features']}/f.feather"}
+    _run(
+        workdir,
+        "before",
+        "2026-11-30T07:00:00Z",
+        "completed",
+        store.url,
+        features=features,
+        train={"runs": [{"model": f"{wd}/train/{KEY['kept_train']}/m.zip"}]},
+    )
+    # killed during its trainings: its record stops at the features; the checkpoint of
+    # KEY["running"] above was written after it started
+    _run(workdir, "night", "2026-12-01T07:00:00Z", "failed", store.url, features=features)
     version = workdir / "registry" / "versions" / "v1"
     version.mkdir(parents=True)
     (version / "manifest.json").write_text(json.dumps({"extra": {"train_key": KEY["registered"]}}))
@@ -103,18 +112,18 @@ def test_storage_gc_removes_what_nothing_kept_references(
     workdir = tmp_path / "wd"
     _layout(storage, workdir)
     plan = plan_gc(workdir, keep_runs=1, registry=workdir / "registry", storage=storage)
+    assert plan.kept_runs == ["night", "before"]
     removed = {(r.kind, r.parts) for r in plan.removals}
     assert removed == {
         ("storage stage folder", ("stages", "train", KEY["old_train"])),
         ("storage stage folder", ("stages", "features", KEY["old_features"])),
-        ("storage checkpoints", ("checkpoints", KEY["old_train"])),
-        ("storage checkpoints", ("checkpoints", KEY["kept_train"])),  # superseded: published
+        ("storage checkpoint folder", ("checkpoints", KEY["kept_train"])),  # published
         ("storage Prefect result", ("prefect-results", "r-old")),
     }
     assert all(r.size > 0 and str(r.path).startswith(storage.url) for r in plan.removals)
     lines = describe(plan, dry_run=True)
     assert f"(and in the storage {storage.url})" in lines[0]
-    assert "2 storage stage folders" in lines[1] and "1 storage Prefect result" in lines[1]
+    assert "2 storage stage folders" in lines[1] and "1 storage Prefect result " in lines[1]
 
     apply_gc(plan)
     assert storage.entries("stages", "train") == sorted(
@@ -122,13 +131,26 @@ def test_storage_gc_removes_what_nothing_kept_references(
     )
     assert storage.entries("stages", "features") == [KEY["kept_features"]]
     assert storage.entries("checkpoints") == [KEY["running"]]  # the killed training resumes
-    assert storage.entries("prefect-results") == ["r-kept", "r-none"]
+    assert storage.entries("prefect-results", files=True) == ["r-kept", "r-none"]
     assert storage.has_stage("train", KEY["kept_train"])
     again = plan_gc(workdir, keep_runs=1, registry=workdir / "registry", storage=storage)
     assert again.removals == []
 
+    # a later completed run: the killed run is no longer kept, and what only it could
+    # resume or only its time could explain (older than the oldest kept run) goes
+    _run(workdir, "later", "2099-01-01T07:00:00Z", "completed", storage.url, features={})
+    later = plan_gc(workdir, keep_runs=1, registry=workdir / "registry", storage=storage)
+    assert later.kept_runs == ["later"]
+    assert {r.parts for r in later.removals if r.parts} == {
+        ("stages", "train", KEY["kept_train"]),
+        ("stages", "features", KEY["kept_features"]),
+        ("checkpoints", KEY["running"]),
+        ("prefect-results", "r-kept"),
+        ("prefect-results", "r-none"),
+    }
 
-def test_cli_gc_storage_dry_run_and_refusal(tmp_path: Path) -> None:
+
+def test_cli_gc_storage_refusals_dry_run_and_removal(tmp_path: Path) -> None:
     store = SharedStorage((tmp_path / "shared").as_uri())
     workdir = tmp_path / "wd"
     _layout(store, workdir)
@@ -137,8 +159,14 @@ def test_cli_gc_storage_dry_run_and_refusal(tmp_path: Path) -> None:
     assert plain.exit_code == 2
     assert "gc --storage: paths.storage is not set" in plain.output
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"paths": {"storage": store.url}}))
     args = ["gc", "--workdir", str(workdir), "--config", str(config), "--keep-runs", "1"]
+    other = (tmp_path / "other").as_uri()
+    config.write_text(yaml.safe_dump({"paths": {"storage": other}}))
+    foreign = cli.invoke(app, [*args, "--storage"])  # none of the runs used it
+    assert foreign.exit_code == 2 and "none of the last runs" in foreign.output
+    assert other in foreign.output
+
+    config.write_text(yaml.safe_dump({"paths": {"storage": store.url}}))
     dry = cli.invoke(app, [*args, "--dry-run", "--storage"])
     assert dry.exit_code == 0, dry.output
     assert store.where("stages", "train", KEY["old_train"]) in dry.output
@@ -150,3 +178,9 @@ def test_cli_gc_storage_dry_run_and_refusal(tmp_path: Path) -> None:
     done = cli.invoke(app, [*args, "--storage"])
     assert done.exit_code == 0, done.output
     assert store.entries("stages", "features") == [KEY["kept_features"]]
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "shared")  # the storage is gone (a mistyped bucket reads so)
+    gone = cli.invoke(app, [*args, "--storage"])
+    assert gone.exit_code == 10 and "not found (no such bucket or folder)" in gone.output
