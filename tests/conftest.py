@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from sentio.calendar import sessions
 from sentio.data.schema import TIMESTAMP_DTYPE
+from sentio.storage import SharedStorage
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPY_DIR = Path(os.environ.get("SENTIO_SPY_DIR", SHARED_DATA / "spy_minute_2011"))
@@ -198,3 +200,14 @@ def s3_bucket() -> Iterator[str]:
     """``s3://<bucket>`` on a local S3 server for the module (see :func:`s3_server`)."""
     with s3_server("sentio-test") as url:
         yield url
+
+
+@pytest.fixture(params=["file", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SharedStorage]:
+    """An empty shared storage root (``sentio.storage``): a ``file://`` URL, or a fresh
+    prefix of the module's S3 bucket."""
+    if request.param == "file":
+        yield SharedStorage((tmp_path / "shared").as_uri())
+    else:
+        bucket = request.getfixturevalue("s3_bucket")
+        yield SharedStorage(f"{bucket}/{uuid.uuid4().hex}")

@@ -11,8 +11,6 @@ of them and a registered version naming one more training.
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +30,6 @@ KEY = {
         ["kept_train", "old_train", "kept_features", "old_features", "running", "registered"]
     )
 }
-
-
-@pytest.fixture(params=["file", "s3"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SharedStorage]:
-    if request.param == "file":
-        yield SharedStorage((tmp_path / "shared").as_uri())
-    else:
-        bucket = request.getfixturevalue("s3_bucket")
-        yield SharedStorage(f"{bucket}/{uuid.uuid4().hex}")
 
 
 def _put(store: SharedStorage, *parts: str, data: str = "x" * 100) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +18,6 @@ import pytest
 from sentio.errors import StorageError
 from sentio.io import sha256_file
 from sentio.storage import CHECKPOINT_META, MANIFEST, SharedStorage, checkpoint_steps
-
-
-@pytest.fixture(params=["file", "s3"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SharedStorage]:
-    """An empty storage root: a ``file://`` URL, or a fresh prefix of the S3 bucket."""
-    if request.param == "file":
-        yield SharedStorage((tmp_path / "shared").as_uri())
-    else:
-        bucket = request.getfixturevalue("s3_bucket")
-        yield SharedStorage(f"{bucket}/{uuid.uuid4().hex}")
 
 
 def stage_folder(root: Path, stage: str = "folds", key: str = "k1") -> Path:
