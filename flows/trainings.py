@@ -44,6 +44,7 @@ did is a cache hit for the other.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -52,8 +53,9 @@ from typing import Any, cast
 
 from prefect import flow
 
+from sentio import errors
 from sentio.config import SentioConfig, config_from_dict
-from sentio.errors import ConfigError
+from sentio.errors import ConfigError, SentioError
 from sentio.orchestration import training_slots
 from tasks.caching import persisted
 from tasks.shared import INPUTS, gather_from_storage, publish_inputs, result_storage, storage_plan
@@ -254,7 +256,7 @@ def _deployment_runs(
     flow runs (in the order of ``jobs``).
 
     Raises:
-        RuntimeError: a training flow run did not complete (names them and their states).
+        SentioError: a training flow run did not complete (:func:`training_runs_failed`).
     """
     from prefect.deployments import run_deployment
 
@@ -278,14 +280,41 @@ def _deployment_runs(
     finished = _wait_for_flow_runs([cast(Any, run).id for run in started])
     failed = [run for run in finished if run.state is None or not run.state.is_completed()]
     if failed:
-        names = ", ".join(
-            f"{run.name} ({run.state.name if run.state else 'no state'})" for run in failed
-        )
-        raise RuntimeError(
-            f"train: {len(failed)} of {len(jobs)} training flow runs of "
-            f"{cfg.train.deployment} did not complete: {names}"
-        )
+        raise training_runs_failed(failed, len(jobs), cfg.train.deployment)
     return finished
+
+
+_ERROR_NAME = re.compile(r"\b([A-Z]\w*Error): ")
+
+
+def training_runs_failed(failed: list[Any], n_jobs: int, deployment: str) -> SentioError:
+    """The error of training flow runs (on pool workers) that did not complete: one line
+    naming each run, its state and the cause its state reports (the worker's exception).
+    Of the class of that cause when every failed run names the same error of
+    :mod:`sentio.errors` (a ``StorageError`` on every worker: exit code 10, as in a local
+    run); a :class:`~sentio.errors.SentioError` otherwise."""
+    parts, kinds = [], set()
+    for run in failed:
+        state = run.state
+        cause = " ".join(str(getattr(state, "message", None) or "").split())
+        found = _ERROR_NAME.search(cause)
+        kinds.add(found.group(1) if found else None)
+        if len(cause) > 300:
+            cause = cause[:297] + "..."
+        parts.append(
+            f"{run.name} ({state.name if state is not None else 'no state'}"
+            + (f": {cause}" if cause else "")
+            + ")"
+        )
+    cls: type[SentioError] = SentioError
+    (kind,) = kinds if len(kinds) == 1 else (None,)
+    found_cls = getattr(errors, kind, None) if kind else None
+    if isinstance(found_cls, type) and issubclass(found_cls, SentioError):
+        cls = found_cls
+    return cls(
+        f"train: {len(failed)} of {n_jobs} training flow runs of {deployment} did not "
+        f"complete: {'; '.join(parts)}"
+    )
 
 
 def _through_storage(

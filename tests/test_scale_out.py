@@ -428,3 +428,46 @@ def test_a_killed_worker_s_training_resumes_elsewhere_from_the_storage_checkpoin
     (whole,) = run(settings("local", False), tmp_path / "whole")
     assert whole["train"]["resumed_from"] == 0
     assert sha256_file(resumed["model"]) == sha256_file(whole["model"])
+
+
+def test_failed_training_flow_runs_are_one_line_with_their_cause() -> None:
+    """Trainings on pool workers that fail: the parent's error names each run, its state
+    and the worker's exception, of that exception's class when all share one of
+    sentio.errors (so ``sentio run`` exits as it would locally)."""
+    from types import SimpleNamespace
+
+    from flows.trainings import training_runs_failed
+    from sentio.errors import SentioError, StorageError
+
+    def run(name: str, state: str, message: str | None) -> Any:
+        return SimpleNamespace(name=name, state=SimpleNamespace(name=state, message=message))
+
+    cause = "Flow run encountered an exception: StorageError: storage s3://b/p: cannot list"
+    both = training_runs_failed(
+        [run("a-1", "Failed", cause), run("b-2", "Failed", cause.replace("list", "copy"))],
+        4,
+        "train-fold/sentio-process",
+    )
+    assert type(both) is StorageError and both.exit_code == 10
+    assert str(both) == (
+        "train: 2 of 4 training flow runs of train-fold/sentio-process did not complete: "
+        f"a-1 (Failed: {cause}); b-2 (Failed: {cause.replace('list', 'copy')})"
+    )
+    mixed = training_runs_failed(
+        [
+            run("a-1", "Failed", cause),
+            run("c-3", "Crashed", "Flow run infrastructure exited with non-zero status code -9."),
+            SimpleNamespace(name="d-4", state=None),
+        ],
+        4,
+        "train-fold/sentio-process",
+    )
+    assert type(mixed) is SentioError and "\n" not in str(mixed)
+    assert "c-3 (Crashed: Flow run infrastructure exited" in str(mixed)
+    assert str(mixed).endswith("d-4 (no state)")
+    foreign = training_runs_failed(
+        [run("e-5", "Failed", "Flow run encountered an exception: ValueError: " + "x" * 400)],
+        1,
+        "t",
+    )
+    assert type(foreign) is SentioError and str(foreign).endswith("...)")
