@@ -47,6 +47,7 @@ __all__ = [
     "ARCHITECTURE",
     "MODEL_FILE",
     "NORMALISER_FILE",
+    "NO_CHAMPION",
     "WARM_FILE",
     "WarmPlan",
     "architecture",
@@ -99,6 +100,10 @@ def architecture(cfg: SentioConfig) -> dict[str, Any]:
     }
 
 
+NO_CHAMPION = "no champion to start from yet"
+"""The reason a fold starts cold when warm starts are on and the registry has no champion."""
+
+
 @dataclass(frozen=True)
 class WarmPlan:
     """Whether one fold starts from the champion, and why (not)."""
@@ -131,9 +136,12 @@ def warm_plan(
     fold: int,
 ) -> WarmPlan | None:
     """The warm start of ``fold`` (module docstring); None when warm starts are off
-    (``train.warm_start = "none"``) or there is no champion (``warm_path`` None)."""
-    if cfg.train.warm_start != "champion" or warm_path is None:
+    (``train.warm_start = "none"``); cold, saying so, when there is no champion
+    (``warm_path`` None)."""
+    if cfg.train.warm_start != "champion":
         return None
+    if warm_path is None:
+        return WarmPlan("", False, NO_CHAMPION)
     info = _read(warm_path)
     version = str(info["version"])
 

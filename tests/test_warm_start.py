@@ -18,7 +18,7 @@ from sentio.errors import ConfigError
 from sentio.registry import Registry
 from sentio.stages.registry import VersionFiles
 from sentio.stages.warm import warm_stage
-from sentio.warm import ARCHITECTURE, WARM_FILE, architecture, warm_plan
+from sentio.warm import ARCHITECTURE, NO_CHAMPION, WARM_FILE, architecture, warm_plan
 from tests.conftest import SHORT_WINDOWS, minute_bars
 from tests.test_live import register_fold
 
@@ -161,7 +161,8 @@ def test_a_later_fold_starts_from_the_champion_for_a_fraction_of_the_steps(world
     assert files.extra(1)["normaliser.json"] == own != str(folder / "normaliser.json")
     # a cold training of the same fold is another training
     cold = world.train(1, None)
-    assert cold["key"] != summary["key"] and cold["warm_start"] is None
+    assert cold["key"] != summary["key"]
+    assert cold["warm_start"] == {"version": "", "applies": False, "reason": NO_CHAMPION}
     assert cold["train"]["total_timesteps"] == world.cfg.train.total_timesteps
 
 
