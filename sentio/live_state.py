@@ -532,6 +532,17 @@ class State:
         """The market rows the previous run kept (:func:`market_rows`)."""
         return pl.read_ipc(self.folder / str(self.data["market"]))
 
+    def bar_step(self) -> dt.timedelta | None:
+        """The bar length of the stored market rows (the median step inside a session);
+        None when they hold no two bars of one session (daily bars)."""
+        kept = self.market()
+        ts = kept["timestamp"].to_numpy().astype("datetime64[us]")
+        inside = ~kept["new_session"].to_numpy().astype(bool)[1:]
+        steps = np.diff(ts)[inside]
+        if not steps.size:
+            return None
+        return dt.timedelta(microseconds=int(np.median(steps.astype(np.int64))))
+
     # ---------------------------------------------------------------- writing
 
     @staticmethod

@@ -229,6 +229,21 @@ PROVISIONAL = (
 strictly on every row."""
 
 
+MAX_MISSING_BARS = 5
+"""Intraday bars that may lack between a ledger's stored bars and the new bars given
+(a vendor without a session's last minute); more is refused (:meth:`_Run.check_sessions`)."""
+
+STATE_READ_ERRORS: tuple[type[Exception], ...] = (
+    pl.exceptions.PolarsError,
+    OSError,
+    KeyError,
+    ValueError,
+    TypeError,
+    IndexError,
+)
+"""What reading a damaged state raises: the run goes on without it (the full path)."""
+
+
 class PaperError(SentioError):
     """Paper trading cannot go on: the ledger disagrees with the bars, or it is locked."""
 
@@ -377,6 +392,8 @@ class _Run:
             # next.json (sentio.live_state, "Writing"): adopt it when it is this ledger's
             State.recover(path.parent, self.guard)
         self.state, self.no_state = State.load(path.parent)
+        self.writing = False
+        """Set when :meth:`write` starts: an error after it is not a damaged state's."""
         self.config_hash = bundle.cfg.hash()
         self.universe = bundle.cfg.universe
         self.window = bundle.params().window
@@ -504,18 +521,21 @@ class _Run:
     def check_sessions(
         self, stored_last: dt.datetime, given_first: dt.datetime, new_first: dt.datetime
     ) -> None:
-        """Refuse new bars that start after one or more exchange sessions the stored bars
-        lack, unless the bars given reach back to the stored last bar (then the data itself
-        lacks those sessions, which the full path accepts too)."""
+        """Refuse new bars that do not continue the stored ones, unless the bars given reach
+        back to the stored last bar (then the data itself lacks what is missing, which the
+        full path accepts too): bars that start after one or more exchange sessions the
+        stored bars lack, or, for intraday bars, more than :data:`MAX_MISSING_BARS` bars
+        after the bar that follows the stored last one (the rest of its session, when a run
+        came before the session's last bars arrived; the start of the next session)."""
         if given_first <= stored_last:
-            return
-        a, b = _ny_date(stored_last), _ny_date(new_first)
-        if (b - a).days < 2:
             return
         from sentio.calendar import sessions
 
-        days = [d for d in sessions(a, b, self.universe.calendar)["session"] if a < d < b]
+        a, b = _ny_date(stored_last), _ny_date(new_first)
+        table = sessions(a, max(b, a + dt.timedelta(days=7)), self.universe.calendar)
+        days = [d for d in table["session"] if a < d < b]
         if not days:
+            self.check_bars_missing(stored_last, new_first, table)
             return
         names = ", ".join(d.isoformat() for d in days[:5])
         if len(days) > 5:
@@ -526,6 +546,46 @@ class _Run:
             f"that the bars given lack ({names}): give the bars from the ledger's last "
             f"session ({a}) on, or the whole history (a session the data itself lacks is "
             "then accepted); nothing was written"
+        )
+
+    def check_bars_missing(
+        self, stored_last: dt.datetime, new_first: dt.datetime, table: pl.DataFrame
+    ) -> None:
+        """Refuse intraday bars that start more than :data:`MAX_MISSING_BARS` bars after
+        the bar expected next (``table``: the calendar's sessions from the stored last
+        bar's on)."""
+        assert self.state is not None
+        step = self.state.bar_step()
+        if step is None or step >= dt.timedelta(hours=6):  # daily bars: sessions suffice
+            return
+
+        def session_of(when: dt.datetime) -> pl.DataFrame:
+            return table.filter((pl.col("open") <= when) & (pl.col("close") > when))
+
+        current = session_of(stored_last)
+        later = table.filter(pl.col("open") > stored_last)
+        if current.height and stored_last + step < current["close"][0]:
+            expected = stored_last + step
+        elif later.height:
+            expected = later["open"][0]
+        else:
+            return
+        there, here = session_of(expected), session_of(new_first)
+        if not (there.height and here.height):
+            return
+        if there["session"][0] == here["session"][0]:
+            missing = (new_first - expected) // step
+        else:  # the rest of the expected bar's session, and the new session's first bars
+            missing = (there["close"][0] - expected) // step + (new_first - here["open"][0]) // step
+        if missing <= MAX_MISSING_BARS:
+            return
+        raise PaperError(
+            f"{self.path}: the bars given start at {iso_z(new_first)}, but the ledger's bars "
+            f"end at {iso_z(stored_last)} and {missing} bars from {iso_z(expected)} on are in "
+            f"neither (a run before a session's last bars arrived, or bars given from the "
+            f"middle of a session): give the bars from the ledger's last session "
+            f"({_ny_date(stored_last)}) on, or the whole history (bars the data itself lacks "
+            "are then accepted); nothing was written"
         )
 
     # ------------------------------------------------------------------ full
@@ -581,10 +641,26 @@ class _Run:
             combined = to_canonical(combined)
         return combined, derived, here
 
+    def forget_damaged_state(self, err: Exception) -> str:
+        """Go on without the state beside the ledger, which cannot be read (a damaged
+        file): the full path recomputes from the bars given alone. The reason, logged."""
+        why = f"unreadable state ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        log.warning("%s: %s; recomputing from the bars given", self.path, why)
+        self.state, self.no_state = None, why
+        return why
+
     def full(self) -> _Outcome:
         """Recompute the path from the ledger's start (or the start rule) and compare."""
         b, ex = self.bundle, self.existing
-        frame, derived, here = self.full_bars()
+        try:
+            frame, derived, here = self.full_bars()
+        except SentioError:
+            raise
+        except STATE_READ_ERRORS as err:
+            if self.state is None:
+                raise
+            self.forget_damaged_state(err)
+            frame, derived, here = self.full_bars()
         if ex is not None and ex.height and _utc_stamp(frame, "first") > ex["timestamp"][0]:
             raise _no_start(self.path, ex["timestamp"][0])
         market = b.market(frame)
@@ -629,6 +705,7 @@ class _Run:
         file, ``next.json``, the ledger's rename, ``state.json``); or, when the run cannot
         continue later (a ruin, an ``end`` before the last bar, a ledger shorter than
         :data:`MIN_STATE_ROWS` rows), write the ledger and forget a state it made stale."""
+        self.writing = True
         folder = self.path.parent
         ok = (
             not rep.ruined
@@ -640,6 +717,10 @@ class _Run:
         staged: Staged | None = None
         if ok:
             assert rep.captured is not None
+            # the bars up to the market's last row only: a bar of a later timestamp that
+            # is not a market row (another symbol's bar there is missing yet) comes again
+            last_row = from_datetime64(market.timestamps[-1])
+            bars = bars.filter(pl.col("timestamp") <= last_row)
             st = self.state
             if replace or st is None:
                 period = resync_period(self.bundle.cfg, bars)
@@ -921,7 +1002,14 @@ def trade(
         mode = "verify" if verify else "full"
         outcome: _Outcome | None = None
         if reason is None:
-            tried = run.incremental()
+            try:
+                tried = run.incremental()
+            except SentioError:
+                raise
+            except STATE_READ_ERRORS as err:
+                if run.writing:  # not the state's reading: a failure of the writing
+                    raise
+                tried = run.forget_damaged_state(err)
             if isinstance(tried, str):
                 reason = tried
             else:

@@ -709,3 +709,80 @@ def test_cli_paper_and_signal_say_how_they_ran(
     res2 = runner.invoke(app, [*sig, str(first), "--verify"])
     assert res2.exit_code == 0 and json.loads(res2.stdout) == json.loads(res.stdout)
     assert (tmp_path / "signal" / tf.version / "ledger.feather").is_file()
+
+
+def test_bars_missing_between_the_stored_ones_and_the_new_ones_are_refused(
+    tf: Trained, full: pl.DataFrame, tmp_path: Path
+) -> None:
+    """A run before a session's last hour arrived, then a run given only the next
+    session: the hour is in neither, and appending would leave it out for good (a full run
+    over the history holds it). Refused, one line naming the span, nothing written; the
+    bars from the ledger's last session on are accepted and give one full run's ledger. A
+    session's lone missing last bar stays accepted (``SHORT``, the daily-appends test)."""
+    _, bundle = _bundle(tf, tmp_path)
+    root = tmp_path / "p"
+    cut = dt.datetime(2024, 1, 12, 20, 0, tzinfo=dt.UTC)  # 15:00 New York
+    nxt = dt.date(2024, 1, 16)
+    first = _run(bundle, _upto(full, FIRST).filter(pl.col("timestamp") < cut), root)
+    assert first["last"] == "2024-01-12T19:59:00Z"
+    path = ledger_path(root, tf.version)
+    state = path.parent / STATE_DIR / "state.json"
+    before = (path.read_bytes(), state.read_bytes())
+    with pytest.raises(paper_module.PaperError) as err:
+        _run(bundle, _on(full, nxt), root)
+    msg = str(err.value)
+    assert "\n" not in msg and "60 bars from 2024-01-12T20:00:00Z on are in neither" in msg
+    assert "give the bars from the ledger's last session (2024-01-12) on" in msg
+    assert (path.read_bytes(), state.read_bytes()) == before
+    # bars from the middle of the next session: its first 90 minutes missing too
+    late = _on(full, nxt).filter(pl.col("timestamp") >= dt.datetime(2024, 1, 16, 16, tzinfo=dt.UTC))
+    with pytest.raises(paper_module.PaperError, match="150 bars from 2024-01-12T20:00:00Z on"):
+        _run(bundle, late, root)
+    assert (path.read_bytes(), state.read_bytes()) == before
+    s = _run(bundle, _since(full, nxt), root)  # 2024-01-12 (whole) and 2024-01-16
+    assert s["mode"] == "incremental"
+    reference = _run(bundle, _upto(full, nxt), tmp_path / "ref")
+    assert _rows(read_ledger(path)).equals(_rows(read_ledger(reference["ledger"])))
+
+
+def test_the_stored_bars_end_at_the_ledger_s_last_row(
+    tf: Trained, full: pl.DataFrame, tmp_path: Path
+) -> None:
+    """The underlying's last bar came, a traded ETF's not yet: that bar is no market row,
+    so it is not stored either; the next run, given the whole history with the late bar,
+    appends that row too (as one full run does) instead of refusing the history."""
+    _, bundle = _bundle(tf, tmp_path)
+    root = tmp_path / "p"
+    last = dt.datetime(2024, 1, 12, 20, 59, tzinfo=dt.UTC)
+    late = (pl.col("symbol") == "TQQQ") & (pl.col("timestamp") == last)
+    s = _run(bundle, _upto(full, FIRST).filter(~late), root)
+    assert s["last"] == "2024-01-12T20:58:00Z"
+    path = ledger_path(root, tf.version)
+    stored, _ = State.load(path.parent)
+    assert stored is not None and stored.last == dt.datetime(2024, 1, 12, 20, 58, tzinfo=dt.UTC)
+    nxt = dt.date(2024, 1, 16)
+    s = _run(bundle, _upto(full, nxt), root)
+    assert s["mode"] == "incremental" and s["appended"] == 391
+    reference = _run(bundle, _upto(full, nxt), tmp_path / "ref")
+    assert _rows(read_ledger(path)).equals(_rows(read_ledger(reference["ledger"])))
+
+
+def test_a_damaged_state_is_recomputed_from_the_bars_given_or_one_line(
+    tf: Trained, full: pl.DataFrame, tmp_path: Path
+) -> None:
+    """A truncated file of the state: the run recomputes from the bars given (the whole
+    history: the ledger it would have written), or, given only new bars, says in one line
+    that it needs the whole history; never a traceback."""
+    _, bundle = _bundle(tf, tmp_path)
+    root = tmp_path / "p"
+    days = _three_runs(bundle, full, root)
+    path = ledger_path(root, tf.version)
+    chunk = sorted((path.parent / STATE_DIR).glob("bars-*.feather"))[0]
+    chunk.write_bytes(chunk.read_bytes()[:1000])
+    with pytest.raises(paper_module.PaperError, match="give the whole bar history"):
+        _run(bundle, _on(full, days[3]), root)
+    s = _run(bundle, _upto(full, days[3]), root)
+    assert s["mode"] == "full" and s["reason"].startswith("unreadable state (")
+    reference = _run(bundle, _upto(full, days[3]), tmp_path / "ref")
+    assert _rows(read_ledger(path)).equals(_rows(read_ledger(reference["ledger"])))
+    assert _run(bundle, _on(full, days[4]), root)["mode"] == "incremental"  # a new state
