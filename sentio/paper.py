@@ -994,6 +994,9 @@ def trade(
         raise PaperError("no bars given")
     path.parent.mkdir(parents=True, exist_ok=True)
     with _ledger_lock(path, lock_timeout, what):
+        # a killed run's temporary ledger (never read: recovery reads the ledger and next.json)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
         if reset:
             path.unlink(missing_ok=True)
             State.remove(path.parent)

@@ -779,10 +779,13 @@ def test_a_damaged_state_is_recomputed_from_the_bars_given_or_one_line(
     path = ledger_path(root, tf.version)
     chunk = sorted((path.parent / STATE_DIR).glob("bars-*.feather"))[0]
     chunk.write_bytes(chunk.read_bytes()[:1000])
+    leftover = path.parent / f".{path.name}.k1ll3d.tmp"  # a killed run's temporary ledger
+    leftover.write_bytes(b"half a ledger")
     with pytest.raises(paper_module.PaperError, match="give the whole bar history"):
         _run(bundle, _on(full, days[3]), root)
     s = _run(bundle, _upto(full, days[3]), root)
     assert s["mode"] == "full" and s["reason"].startswith("unreadable state (")
+    assert not leftover.exists()
     reference = _run(bundle, _upto(full, days[3]), tmp_path / "ref")
     assert _rows(read_ledger(path)).equals(_rows(read_ledger(reference["ledger"])))
     assert _run(bundle, _on(full, days[4]), root)["mode"] == "incremental"  # a new state
