@@ -193,7 +193,7 @@ def _masked_mode(z: Any, masks: np.ndarray | None) -> np.ndarray:
     z = z - z.logsumexp(dim=-1, keepdim=True)
     if masks is not None:
         m = torch.as_tensor(masks, dtype=torch.bool, device=z.device).reshape(z.shape)
-        z = torch.where(m, z, torch.tensor(-1e8, dtype=z.dtype, device=z.device))
+        z = z.masked_fill(~m, -1e8)  # where(m, z, -1e8) without a new tensor per call
         z = z - z.logsumexp(dim=-1, keepdim=True)
     out: np.ndarray = torch.softmax(z, dim=-1).argmax(dim=1).cpu().numpy()
     return out
