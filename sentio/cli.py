@@ -754,6 +754,13 @@ def signal_cmd(
     result = _rounded(signal(bundle, bars, start=start, verify=verify))
     if result["in_sample"]:
         _warn_in_sample(result["account"]["since"], bundle.extra.get("train_end"))
+    if result["bars_end"] != result["timestamp"]:
+        typer.echo(
+            f"warning: the decision is at the close of {result['timestamp']}, the last bar "
+            f"every instrument has; the bars given run to {result['bars_end']} (a traded "
+            "ETF's later bars have not arrived?)",
+            err=True,
+        )
     if out is not None:
         write_json_atomic(out, result)
     typer.echo(json.dumps(result, indent=2))

@@ -107,6 +107,7 @@ __all__ = [
     "load_bundle",
     "replay",
     "signal",
+    "last_bar_given",
     "signal_of_row",
 ]
 
@@ -808,6 +809,9 @@ def signal(
 
     * ``version``, ``timestamp`` (the bar's START, UTC ISO-8601), ``action`` (grid index),
       ``target_exposure``, ``instrument`` (long / short symbol or ``"flat"``);
+    * ``bars_end``: the last bar of any symbol in the bars given (at or before ``end``).
+      Later than ``timestamp`` when the later bars lack an instrument (a traded ETF's bar
+      that has not arrived yet): the decision is at the last bar every instrument has;
     * ``regime_probabilities`` (``{"regime_0": p, ...}``, regime 0 the calmest) and
       ``regime`` (the most likely; null without regimes);
     * ``mask``: per action ``{"action", "target_exposure", "instrument", "allowed",
@@ -846,7 +850,18 @@ def signal(
         bars=result.frame.height,
         ruined=result.ruined,
         derived=derived,
+        bars_end=last_bar_given(frame, end),
     )
+
+
+def last_bar_given(frame: pl.DataFrame, end: Timestamp | None = None) -> dt.datetime:
+    """The last bar of any symbol in canonical bars (at or before ``end``)."""
+    stamps = frame["timestamp"]
+    if end is not None:
+        stamps = stamps.filter(stamps <= as_utc(end, "end"))
+    last = stamps.max()
+    assert isinstance(last, dt.datetime)
+    return last
 
 
 def signal_of_row(
@@ -857,14 +872,17 @@ def signal_of_row(
     bars: int,
     ruined: bool,
     derived: list[str],
+    bars_end: dt.datetime,
 ) -> dict[str, Any]:
     """The JSON of :func:`signal` from the last row of a replay (or of a ledger, which has
     the replay's columns): ``since`` is the replay's first bar, ``bars`` its number of
-    rows, ``ruined`` whether equity was wiped out, ``derived`` the derived symbols."""
+    rows, ``ruined`` whether equity was wiped out, ``derived`` the derived symbols,
+    ``bars_end`` the last bar given (:func:`last_bar_given`)."""
     K = sum(1 for c in row if c.startswith("p_regime_"))
     return {
         "version": bundle.version,
         "timestamp": iso_z(row["timestamp"]),
+        "bars_end": iso_z(bars_end),
         "action": int(row["action"]),
         "target_exposure": float(row["target_exposure"]),
         "instrument": str(row["target_instrument"]),

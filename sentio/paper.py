@@ -160,6 +160,7 @@ from sentio.live import (
     CanonicalBars,
     ModelBundle,
     Replay,
+    last_bar_given,
     load_bundle,
     replay,
     signal_of_row,
@@ -1130,6 +1131,7 @@ def signal(
         bars=ledger.height,
         ruined=ledger["forced_exit"][-1] == "ruin",
         derived=got.derived,
+        bars_end=last_bar_given(got.frame),
     )
 
 

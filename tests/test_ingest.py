@@ -451,6 +451,46 @@ def test_sessions_with_most_bars_missing(tmp_path: Path) -> None:
     ]
 
 
+def test_a_file_may_start_and_end_inside_a_session(tmp_path: Path) -> None:
+    """The first and last sessions are expected over the span the file covers (a download
+    taken at 10:30, the ongoing session of an intraday signal, the rest of a session
+    delivered the next morning); interior sessions are still expected whole."""
+    bars = minute_bars("2024-01-02", "2024-01-04")  # 390 bars a session; opens 14:30 UTC
+    ts = pl.col("timestamp")
+    first_from = dt.datetime(2024, 1, 2, 20, 0, tzinfo=dt.UTC)  # 15:00 New York: 60 bars left
+    last_to = dt.datetime(2024, 1, 4, 15, 29, tzinfo=dt.UTC)  # 10:29: the first 60 bars
+    edges = bars.filter((ts >= first_from) & (ts <= last_to))
+    hole = dt.datetime(2024, 1, 4, 15, 0, tzinfo=dt.UTC)  # 10 bars missing inside the span
+    edges = edges.filter((ts < hole) | (ts >= hole + dt.timedelta(minutes=10)))
+    edges.write_ipc(tmp_path / "e.feather")
+    res = ingest_files([tmp_path / "e.feather"], tmp_path / "o.feather")
+    assert res.report["rows_quarantined"] == 0 and res.report["sessions_rejected_incomplete"] == 0
+    assert res.report["rows_kept"] == 60 + 390 + 50
+    out = pl.read_ipc(tmp_path / "o.feather").filter(pl.col("symbol") == "QQQ")
+    assert out["timestamp"].min() == first_from and out["timestamp"].max() == last_to
+    assert res.report["missing_bars_by_session"] == [
+        {"symbol": "QQQ", "session": "2024-01-04", "expected": 60, "present": 50, "missing": 10}
+    ]
+    # an edge session with most of its span missing is still incomplete
+    sparse = edges.filter((ts < dt.datetime(2024, 1, 4, tzinfo=dt.UTC)) | (ts >= hole))
+    sparse.write_ipc(tmp_path / "s.feather")
+    res = ingest_files(
+        [tmp_path / "s.feather"], tmp_path / "s_out.feather", cfg(max_quarantine_fraction=0.1)
+    )
+    assert res.report["sessions_rejected_incomplete"] == 1
+    assert res.report["quarantined_by_reason"] == {"incomplete_session": 20}  # 20 of 60 expected
+    # the same 60 bars in the middle of the file are an incomplete session
+    middle = bars.filter(
+        (ts.dt.date() != dt.date(2024, 1, 3))
+        | (ts < dt.datetime(2024, 1, 3, 15, 30, tzinfo=dt.UTC))
+    )
+    middle.write_ipc(tmp_path / "m.feather")
+    res = ingest_files(
+        [tmp_path / "m.feather"], tmp_path / "m_out.feather", cfg(max_quarantine_fraction=0.1)
+    )
+    assert res.report["quarantined_by_reason"] == {"incomplete_session": 60}
+
+
 def test_on_bad_rows_error_names_file_and_row(tmp_path: Path) -> None:
     frame = as_vendor(minute_bars("2024-01-02", "2024-01-02")).with_columns(
         pl.all().cast(pl.String)

@@ -368,6 +368,7 @@ def test_signal_json_keys_types_and_start_rule(tf: Trained, tf_bundle: ModelBund
     # a canonical frame holding the ETFs is taken as traded prices (a file says more, below)
     assert sig["derived_symbols"] == []
     assert sig["timestamp"] == "2024-01-10T20:59:00Z"  # the last bar's start
+    assert sig["bars_end"] == sig["timestamp"]  # every instrument has the last bar
     grid = list(EnvParams.from_config(resolve_for_bars(tf.cfg, 60)).grid)
     assert isinstance(sig["action"], int) and sig["target_exposure"] == grid[sig["action"]]
     u = tf.cfg.universe
@@ -535,6 +536,49 @@ def test_cli_signal_warns_on_stderr_when_the_start_is_in_sample(
     assert tf.train_end.replace("+00:00", "Z") in warning
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0 and res.stderr == "" and json.loads(res.stdout)["in_sample"] is False
+
+
+def test_cli_signal_in_the_ongoing_session_decides_at_its_last_bar(
+    tf: Trained, tmp_path: Path
+) -> None:
+    """A bar file taken at 10:30 New York holds the first hour of the session: the signal
+    decides at its last bar (ingest keeps the ongoing session, whose later bars have not
+    happened yet), the same decision a frame of those bars gives."""
+    fresh_registry(tf, tmp_path)
+    cut = dt.datetime(2024, 1, 10, 15, 29, tzinfo=dt.UTC)  # 10:29 New York: 60 of 390 bars
+    raw = tmp_path / "intraday.feather"
+    pl.read_ipc(tf.raw).filter(pl.col("timestamp") <= cut).write_ipc(raw)
+    args = ["signal", "--bars", str(raw), "--workdir", str(tmp_path), "--version", tf.version]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.stderr
+    assert res.stderr == ""
+    sig = json.loads(res.stdout)
+    assert sig["timestamp"] == sig["bars_end"] == "2024-01-10T15:29:00Z"
+    lib = signal(load_bundle(tf.registry, tf.version), str(raw))  # the CLI rounds floats
+    assert (sig["action"], sig["account"]["bars"]) == (lib["action"], lib["account"]["bars"])
+    assert sig["account"]["equity"] == pytest.approx(lib["account"]["equity"], abs=1e-6)
+
+
+def test_cli_signal_warns_when_an_etf_s_last_bars_have_not_arrived(
+    tf: Trained, tmp_path: Path
+) -> None:
+    """The underlying's bars run to 15:02 but TQQQ's stop at 15:00: the decision is at the
+    last bar every instrument has, and stderr says the bars given run further."""
+    fresh_registry(tf, tmp_path)
+    frame = tf.frame().filter(pl.col("timestamp") <= dt.datetime(2024, 1, 10, 15, 2, tzinfo=dt.UTC))
+    lagging = (pl.col("symbol") == tf.cfg.universe.long) & (
+        pl.col("timestamp") > dt.datetime(2024, 1, 10, 15, 0, tzinfo=dt.UTC)
+    )
+    raw = tmp_path / "lagging.feather"
+    frame.filter(~lagging).write_ipc(raw)
+    args = ["signal", "--bars", str(raw), "--workdir", str(tmp_path), "--version", tf.version]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.stderr
+    sig = json.loads(res.stdout)
+    assert sig["timestamp"] == "2024-01-10T15:00:00Z" and sig["bars_end"] == "2024-01-10T15:02:00Z"
+    (warning,) = res.stderr.splitlines()
+    assert warning.startswith("warning: the decision is at the close of 2024-01-10T15:00:00Z")
+    assert "2024-01-10T15:02:00Z" in warning
 
 
 def test_cli_signal_refuses_a_tampered_model_without_unpickling(

@@ -321,7 +321,14 @@ def _resolve_duplicates(work: pl.DataFrame) -> pl.DataFrame:
 
 
 def _coverage(work: pl.DataFrame, table: pl.DataFrame, bar_seconds: int) -> pl.DataFrame:
-    """Bars present and expected for every (symbol, session) between a symbol's first and last session."""
+    """Bars present and expected for every (symbol, session) between a symbol's first and last session.
+
+    Intraday, a symbol's first and last sessions are expected only over the span its bars
+    cover: a file may start or end inside a session (a download taken at 10:30, the
+    ongoing session of an intraday signal, the rest of a session delivered the next
+    morning). Bars missing inside that span still count; interior sessions are expected
+    whole.
+    """
     kept = work.filter(_clean())
     if kept.height == 0 or table.height == 0:
         return pl.DataFrame(
@@ -333,26 +340,38 @@ def _coverage(work: pl.DataFrame, table: pl.DataFrame, bar_seconds: int) -> pl.D
                 "missing": pl.Int64,
             }
         )
+    slot = (pl.col("timestamp") - pl.col("__open")).dt.total_seconds() // bar_seconds
     present = (
-        kept.group_by("symbol", "__session").agg(present=pl.len()).rename({"__session": "session"})
+        kept.group_by("symbol", "__session")
+        .agg(present=pl.len(), __lo=slot.min().cast(pl.Int64), __hi=slot.max().cast(pl.Int64))
+        .rename({"__session": "session"})
     )
     spans = present.group_by("symbol").agg(
         first=pl.col("session").min(), last=pl.col("session").max()
     )
     if bar_seconds >= DAY_SECONDS:
-        expected = pl.lit(1, pl.Int64)
+        whole = pl.lit(1, pl.Int64)
+        expected = whole
     else:
-        expected = (pl.col("__minutes").cast(pl.Int64) * 60 + bar_seconds - 1) // bar_seconds
+        whole = (pl.col("__minutes").cast(pl.Int64) * 60 + bar_seconds - 1) // bar_seconds
+        lo = pl.when(pl.col("session") == pl.col("first")).then(pl.col("__lo")).otherwise(0)
+        hi = (
+            pl.when(pl.col("session") == pl.col("last"))
+            .then(pl.col("__hi") + 1)
+            .otherwise(pl.col("__whole"))
+        )
+        expected = hi - lo
     grid = (
         spans.join(table.select("session", "__minutes"), how="cross")
         .filter(pl.col("session").is_between(pl.col("first"), pl.col("last")))
-        .with_columns(expected=expected)
-        .select("symbol", "session", "expected")
+        .with_columns(__whole=whole)
     )
     return (
         grid.join(present, on=["symbol", "session"], how="left")
         .with_columns(present=pl.col("present").fill_null(0).cast(pl.Int64))
+        .with_columns(expected=expected)
         .with_columns(missing=(pl.col("expected") - pl.col("present")).clip(lower_bound=0))
+        .select("symbol", "session", "expected", "present", "missing")
         .sort("symbol", "session")
     )
 
