@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import logging
 import os
@@ -101,7 +102,7 @@ def _upto(frame: pl.DataFrame, day: dt.date) -> pl.DataFrame:
 def _since(frame: pl.DataFrame, day: dt.date) -> pl.DataFrame:
     """The bars of ``day`` preceded by the last session before it that has data: what a
     run after a session the data lacks is given (the bars from the ledger's last session
-    on; whole sessions, as ingest quarantines a session with too few bars)."""
+    on)."""
     session = session_date(pl.col("timestamp"))
     last = frame.filter(session < day).select(session.max()).item()
     return frame.filter(session.is_between(last, day))
@@ -654,6 +655,41 @@ def test_signal_with_a_state_equals_the_stateless_signal(
     )
     assert signal(bundle, rewritten) == stateless_signal(bundle, rewritten)
     assert signal(bundle, rewritten, verify=True) == stateless_signal(bundle, rewritten)
+
+
+def test_intraday_signals_from_files_of_the_bars_since_the_last_call(
+    tf: Trained, raw: pl.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sentio signal`` during a session, given the history at 10:30 New York, then the
+    file of the bars since (10:30-10:59), then the rest of the session: each decides at
+    its file's last bar, with the JSON of a replay from the start over every bar given so
+    far, and the later calls replay only the new bars (ingest keeps a file's partial first
+    and last sessions; the ETFs are derived from the underlying over the kept bars and the
+    new ones)."""
+    _, bundle = _bundle(tf, tmp_path)
+    bundle = dataclasses.replace(bundle, workdir=tmp_path / "wd")
+    replayed = _count_replays(monkeypatch)
+    ts = pl.col("timestamp")
+    history = _upto(raw, dt.date(2024, 1, 16))  # its last session: 14:30-20:59 UTC
+    cuts = [
+        None,
+        dt.datetime(2024, 1, 16, 15, 29, tzinfo=dt.UTC),  # 10:29 New York
+        dt.datetime(2024, 1, 16, 15, 59, tzinfo=dt.UTC),
+        dt.datetime(2024, 1, 16, 20, 59, tzinfo=dt.UTC),  # the close
+    ]
+    for i, (before, cut) in enumerate(itertools.pairwise(cuts)):
+        new = (
+            history.filter(ts <= cut)
+            if before is None
+            else history.filter(ts.is_between(before, cut, "right"))
+        )
+        new.write_ipc(tmp_path / f"bars-{i}.feather")
+        history.filter(ts <= cut).write_ipc(tmp_path / f"so-far-{i}.feather")
+        got = signal(bundle, str(tmp_path / f"bars-{i}.feather"), tail_rows=TAIL)
+        assert got == stateless_signal(bundle, str(tmp_path / f"so-far-{i}.feather")), cut
+        assert got["timestamp"] == got["bars_end"] == iso_z(cut)
+        if before is not None:
+            assert replayed[-1] == new.height + 3, cut  # the new bars (and the resume rows)
 
 
 def test_signal_names_its_lock_and_answers_statelessly_on_a_read_only_root(
