@@ -1088,8 +1088,17 @@ def signal(
     folder = Path(root) if root is not None else signal_root(bundle)
     if start is not None:
         path = ledger_path(folder, bundle.version)
-        kept = read_ledger(path)
-        state = State.load(path.parent)[0] if kept is not None and kept.height else None
+        try:
+            kept = read_ledger(path)
+            state = State.load(path.parent)[0] if kept is not None and kept.height else None
+        except (LedgerMismatch, *STATE_READ_ERRORS) as err:  # a damaged cache
+            log.warning(
+                "%s: the kept replay cannot be read (%s); this signal is replayed from the "
+                "start (the next signal without --start rebuilds it)",
+                path.parent,
+                str(err).splitlines()[0] if str(err) else type(err).__name__,
+            )
+            return stateless_signal(bundle, got, start=start)
         if (
             kept is None
             or kept.height == 0
@@ -1110,7 +1119,7 @@ def signal(
         try:
             summary, ledger = trade(bundle, got, **kwargs)
         except LedgerMismatch as err:
-            log.info("%s: rebuilding the signal's ledger (%s)", folder, err)
+            log.warning("%s: rebuilding the kept replay from the bars given: %s", folder, err)
             summary, ledger = trade(bundle, got, reset=True, **kwargs)
     except OSError as err:
         if not _unwritable(err):

@@ -692,6 +692,41 @@ def test_intraday_signals_from_files_of_the_bars_since_the_last_call(
             assert replayed[-1] == new.height + 3, cut  # the new bars (and the resume rows)
 
 
+def test_a_damaged_kept_replay_is_rebuilt_and_a_start_answered_from_the_start(
+    tf: Trained, full: pl.DataFrame, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The signal's kept replay is a cache: a truncated ledger gives a ``--start`` signal
+    a replay from the start (with a warning, the cache untouched), and the next signal
+    without one rebuilds it (with a warning), as does ``--verify`` when a kept value was
+    edited."""
+    _, bundle = _bundle(tf, tmp_path)
+    bundle = dataclasses.replace(bundle, workdir=tmp_path / "wd")
+    history = _upto(full, FIRST)
+    first = signal(bundle, history)
+    kept = ledger_path(tmp_path / "wd" / "signal", tf.version)
+    kept.write_bytes(kept.read_bytes()[:1000])  # a disk that filled up, say
+    start = first["account"]["since"]
+    with caplog.at_level(logging.WARNING, logger="sentio.paper"):
+        assert signal(bundle, history, start=start) == stateless_signal(
+            bundle, history, start=start
+        )
+    assert any("the kept replay cannot be read" in r.getMessage() for r in caplog.records)
+    assert len(kept.read_bytes()) == 1000
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sentio.paper"):
+        assert signal(bundle, history) == first
+    assert any("rebuilding the kept replay" in r.getMessage() for r in caplog.records)
+    assert pl.read_ipc(kept).height == first["account"]["bars"]
+    # an edited value: --verify finds it and rebuilds
+    ledger = pl.read_ipc(kept)
+    ledger.with_columns(equity=pl.col("equity") * 1.5).write_ipc(kept)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sentio.paper"):
+        assert signal(bundle, history, verify=True) == first
+    assert any("rebuilding the kept replay" in r.getMessage() for r in caplog.records)
+    assert pl.read_ipc(kept)["equity"].equals(ledger["equity"])
+
+
 def test_signal_names_its_lock_and_answers_statelessly_on_a_read_only_root(
     tf: Trained, full: pl.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
