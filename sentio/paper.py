@@ -1091,7 +1091,7 @@ def signal(
         try:
             kept = read_ledger(path)
             state = State.load(path.parent)[0] if kept is not None and kept.height else None
-        except (LedgerMismatch, *STATE_READ_ERRORS) as err:  # a damaged cache
+        except STATE_READ_ERRORS + (LedgerMismatch,) as err:  # a damaged cache
             log.warning(
                 "%s: the kept replay cannot be read (%s); this signal is replayed from the "
                 "start (the next signal without --start rebuilds it)",
