@@ -184,12 +184,43 @@ def disk_full_error(path: str | os.PathLike[str]) -> Exception:
     )
 
 
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Make the entries of ``folder`` (a rename into it) durable: fsync the folder itself.
+
+    Best effort: where a folder cannot be opened or synced (some platforms and network
+    file systems) the rename stands as the file system keeps it.
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under ``folder`` (and ``folder``), deepest first."""
+    for root, _dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(root)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success.
 
-    Readers never see a half-written file: either the old content or the new one.
-    On an exception the temporary file is removed and ``path`` is left untouched; a
+    Readers never see a half-written file: either the old content or the new one. The
+    bytes and then the rename are synced (the file, then its folder), so once this
+    returns a crash or power loss leaves the new content. On an exception the temporary file is removed and ``path`` is left untouched; a
     full disk becomes a :class:`~sentio.errors.ResourceError` naming ``path``.
     """
     target = Path(path)
@@ -208,6 +239,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         # mkstemp creates 0600 files; give the result the mode a plain open() would.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
+        fsync_dir(target.parent)  # and the rename reaches it too
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if is_disk_full(exc):
@@ -220,7 +252,8 @@ def staged_folder(final: str | os.PathLike[str], *, staging: str | None = None) 
     """Yield an empty staging folder beside ``final``; move it onto ``final`` whole on success.
 
     Readers see either no folder, the previous one, or the complete new one: never a
-    folder being written. An existing ``final`` (a damaged earlier result) is replaced.
+    folder being written. Every file in it, the folder and the rename are synced before
+    this returns (a crash or power loss leaves the complete new folder or none). An existing ``final`` (a damaged earlier result) is replaced.
     On an exception the staging folder and everything in it are removed (a full disk
     becomes a :class:`~sentio.errors.ResourceError` naming ``final``).
 
@@ -248,13 +281,16 @@ def staged_folder(final: str | os.PathLike[str], *, staging: str | None = None) 
         raise
     try:
         yield tmp
+        _fsync_tree(tmp)  # every file reaches the disk before the folder is renamed
         if target.exists():
             old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
             os.replace(target, old)
             os.replace(tmp, target)
+            fsync_dir(target.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+            fsync_dir(target.parent)
     except BaseException as exc:
         from sentio.errors import ResourceError
 

@@ -73,7 +73,7 @@ import polars as pl
 from sentio.config import SentioConfig
 from sentio.data.schema import CANONICAL_COLUMNS, session_date
 from sentio.env.market import MarketData
-from sentio.io import write_feather_atomic, write_json_atomic
+from sentio.io import fsync_dir, write_feather_atomic, write_json_atomic
 from sentio.times import as_utc, iso_z, to_datetime64
 
 __all__ = [
@@ -411,6 +411,7 @@ class State:
             ok = False
         if ok:
             os.replace(pending, folder / STATE_FILE)
+            fsync_dir(folder)
         else:
             pending.unlink(missing_ok=True)
         return ok
@@ -635,6 +636,7 @@ class Staged:
         """``next.json`` becomes ``state.json`` (the ledger is in place); the files of the
         older generation and the leftovers of a crash are removed."""
         os.replace(self.folder / NEXT_FILE, self.folder / STATE_FILE)
+        fsync_dir(self.folder)
         keep = self.files | {STATE_FILE}
         for p in self.folder.iterdir():
             if p.is_file() and p.name not in keep and not p.name.startswith(".lock"):

@@ -113,6 +113,7 @@ from sentio.io import (
     atomic_path,
     combine_hashes,
     disk_full_error,
+    fsync_dir,
     hash_json,
     is_disk_full,
     sha256_bytes,
@@ -477,6 +478,8 @@ class Registry:
             final = self.versions_dir / version_id
             os.replace(tmp, final)  # the version appears complete or not at all
             os.chmod(final, 0o755)
+            fsync_dir(final)
+            fsync_dir(self.versions_dir)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             # a full disk while copying (OSError) or writing the manifest (ResourceError
