@@ -246,10 +246,21 @@ def ingest(
     )
     if r.get("gaps"):
         typer.echo(_gaps_line(r["gaps"]))
+    for line in _partial_lines(r.get("partial_sessions")):
+        typer.echo(line)
     typer.echo(f"report: {result.outputs.report}")
     if r["quarantine"]:
         typer.echo(f"quarantine: {r['quarantine']}")
     typer.echo(f"great expectations: {r['contract']['gx_html']}")
+
+
+def _partial_lines(parts: list[dict[str, Any]] | None) -> list[str]:
+    """A line per session the bars cover only in part (``partial_sessions`` of ingest)."""
+    return [
+        f"partial session: {p['symbol']} {p['session']} from {p['first']} to {p['last']}, "
+        f"{p['present']} of {p['of']} bars (the file starts or ends inside it)"
+        for p in parts or []
+    ]
 
 
 def _gaps_line(gaps: list[dict[str, Any]]) -> str:
@@ -371,6 +382,8 @@ def _print_run(record: dict[str, Any]) -> None:
         )
         if ingest.get("gaps"):
             typer.echo(_gaps_line(ingest["gaps"]))
+        for line in _partial_lines(ingest.get("partial_sessions")):
+            typer.echo(line)
         typer.echo(f"bars: {ingest['output']}")
         typer.echo(f"ingest report: {ingest['report']}")
         typer.echo(f"data docs: {ingest['gx_html']}")

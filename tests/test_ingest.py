@@ -471,6 +471,24 @@ def test_a_file_may_start_and_end_inside_a_session(tmp_path: Path) -> None:
     assert res.report["missing_bars_by_session"] == [
         {"symbol": "QQQ", "session": "2024-01-04", "expected": 60, "present": 50, "missing": 10}
     ]
+    assert res.report["partial_sessions"] == [
+        {
+            "symbol": "QQQ",
+            "session": "2024-01-02",
+            "first": "2024-01-02T20:00:00+00:00",
+            "last": "2024-01-02T20:59:00+00:00",
+            "present": 60,
+            "of": 390,
+        },
+        {
+            "symbol": "QQQ",
+            "session": "2024-01-04",
+            "first": "2024-01-04T14:30:00+00:00",
+            "last": "2024-01-04T15:29:00+00:00",
+            "present": 50,
+            "of": 390,
+        },
+    ]
     # an edge session with most of its span missing is still incomplete
     sparse = edges.filter((ts < dt.datetime(2024, 1, 4, tzinfo=dt.UTC)) | (ts >= hole))
     sparse.write_ipc(tmp_path / "s.feather")

@@ -327,7 +327,7 @@ def _coverage(work: pl.DataFrame, table: pl.DataFrame, bar_seconds: int) -> pl.D
     cover: a file may start or end inside a session (a download taken at 10:30, the
     ongoing session of an intraday signal, the rest of a session delivered the next
     morning). Bars missing inside that span still count; interior sessions are expected
-    whole.
+    whole. ``whole``: the bars of the whole session.
     """
     kept = work.filter(_clean())
     if kept.height == 0 or table.height == 0:
@@ -338,6 +338,7 @@ def _coverage(work: pl.DataFrame, table: pl.DataFrame, bar_seconds: int) -> pl.D
                 "expected": pl.Int64,
                 "present": pl.Int64,
                 "missing": pl.Int64,
+                "whole": pl.Int64,
             }
         )
     slot = (pl.col("timestamp") - pl.col("__open")).dt.total_seconds() // bar_seconds
@@ -371,7 +372,7 @@ def _coverage(work: pl.DataFrame, table: pl.DataFrame, bar_seconds: int) -> pl.D
         .with_columns(present=pl.col("present").fill_null(0).cast(pl.Int64))
         .with_columns(expected=expected)
         .with_columns(missing=(pl.col("expected") - pl.col("present")).clip(lower_bound=0))
-        .select("symbol", "session", "expected", "present", "missing")
+        .select("symbol", "session", "expected", "present", "missing", whole="__whole")
         .sort("symbol", "session")
     )
 
@@ -611,8 +612,11 @@ def _report(
         ),
         "missing_bars_by_session": [
             {**row, "session": row["session"].isoformat()}
-            for row in coverage.filter(pl.col("missing") > 0).iter_rows(named=True)
+            for row in coverage.filter(pl.col("missing") > 0)
+            .select("symbol", "session", "expected", "present", "missing")
+            .iter_rows(named=True)
         ],
+        "partial_sessions": _partial_sessions(kept, coverage),
     }
     accounted = (
         report["rows_kept"]
@@ -743,6 +747,31 @@ def _carry_provenance(
 
 def _fmt_reasons(by_reason: dict[str, int]) -> str:
     return ", ".join(f"{r} {n}" for r, n in sorted(by_reason.items(), key=lambda kv: -kv[1]))
+
+
+def _partial_sessions(kept: pl.DataFrame, coverage: pl.DataFrame) -> list[dict[str, Any]]:
+    """The first and last sessions a file covers only in part (it starts or ends inside
+    them): symbol, session, first and last bar kept, the bars present and the session's."""
+    part = coverage.filter((pl.col("present") > 0) & (pl.col("expected") < pl.col("whole")))
+    if part.height == 0:
+        return []
+    spans = kept.group_by("symbol", "__session").agg(
+        first=pl.col("timestamp").min(), last=pl.col("timestamp").max()
+    )
+    rows = part.join(
+        spans, left_on=["symbol", "session"], right_on=["symbol", "__session"], how="left"
+    ).sort("symbol", "session")
+    return [
+        {
+            "symbol": r["symbol"],
+            "session": r["session"].isoformat(),
+            "first": r["first"].isoformat(),
+            "last": r["last"].isoformat(),
+            "present": r["present"],
+            "of": r["whole"],
+        }
+        for r in rows.iter_rows(named=True)
+    ]
 
 
 def _symbol_summary(bars: pl.DataFrame, coverage: pl.DataFrame) -> dict[str, Any]:

@@ -109,6 +109,7 @@ def _ingest_into(
         "sessions": max(s["sessions"] for s in report["symbols"].values()),
         "incomplete_sessions": report["sessions_rejected_incomplete"],
         "gaps": report["gaps"],
+        "partial_sessions": report["partial_sessions"],
         "sessions_absent": sum(g["sessions_missing"] for g in report["gaps"]),
         "sessions_with_missing_bars": sum(
             s["sessions_with_missing_bars"] for s in report["symbols"].values()
