@@ -254,13 +254,24 @@ def ingest(
     typer.echo(f"great expectations: {r['contract']['gx_html']}")
 
 
+PARTIAL_LINES = 5
+"""Partial sessions named one per line by ``sentio ingest`` / ``sentio run``; the rest counted."""
+
+
 def _partial_lines(parts: list[dict[str, Any]] | None) -> list[str]:
     """A line per session the bars cover only in part (``partial_sessions`` of ingest)."""
-    return [
+    parts = parts or []
+    lines = [
         f"partial session: {p['symbol']} {p['session']} from {p['first']} to {p['last']}, "
-        f"{p['present']} of {p['of']} bars (the file starts or ends inside it)"
-        for p in parts or []
+        f"{p['present']} of {p['of']} bars (the data starts or ends inside it)"
+        for p in parts[:PARTIAL_LINES]
     ]
+    if len(parts) > PARTIAL_LINES:
+        lines.append(
+            f"partial sessions: {len(parts) - PARTIAL_LINES} more (partial_sessions in the "
+            "ingest report)"
+        )
+    return lines
 
 
 def _gaps_line(gaps: list[dict[str, Any]]) -> str:
@@ -771,7 +782,8 @@ def signal_cmd(
         typer.echo(
             f"warning: the decision is at the close of {result['timestamp']}, the last bar "
             f"every instrument has; the bars given run to {result['bars_end']} (a traded "
-            "ETF's later bars have not arrived?)",
+            "ETF's later bars have not arrived?); a next call given only new bars should "
+            f"start after {result['timestamp']}",
             err=True,
         )
     if out is not None:

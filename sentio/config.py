@@ -167,9 +167,9 @@ class IngestConfig(_Section):
         ge=0.0,
         le=1.0,
         description="intraday sessions holding fewer than this fraction of their expected "
-        "bars are rejected (quarantined as incomplete); a symbol's first and last sessions "
-        "are expected over the span its bars cover (a file may start or end inside a "
-        "session: the ongoing session of an intraday signal)",
+        "bars are rejected (quarantined as incomplete); a symbol's first session is expected "
+        "from its first bar on (data may start inside a session), and for sentio signal its "
+        "last session only up to its last bar (the session in progress)",
     )
 
     @field_validator("symbol")

@@ -203,14 +203,23 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
 
 
 def _fsync_tree(folder: Path) -> None:
-    """fsync every file and folder under ``folder`` (and ``folder``), deepest first."""
+    """fsync every file and folder under ``folder`` (and ``folder``), deepest first; best
+    effort, as :func:`fsync_dir` (a file that cannot be opened for reading is skipped)."""
     for root, _dirs, files in os.walk(folder, topdown=False):
         for name in files:
             path = os.path.join(root, name)
             if os.path.islink(path):
                 continue
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
         fsync_dir(root)
 
 

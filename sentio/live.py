@@ -209,6 +209,12 @@ class ModelBundle:
         """The long and the short ETF's symbols."""
         return (self.cfg.universe.long, self.cfg.universe.short)
 
+    @property
+    def instruments_and_underlying(self) -> tuple[str, str, str]:
+        """The underlying's, the long and the short ETF's symbols: the market's universe."""
+        u = self.cfg.universe
+        return (u.underlying, u.long, u.short)
+
     def params(self) -> EnvParams:
         """The trading model of the version's configuration."""
         return EnvParams.from_config(self.cfg)
@@ -235,8 +241,11 @@ class ModelBundle:
         got = self.ingest(bars)
         return got.frame, got.derived
 
-    def ingest(self, bars: Bars) -> CanonicalBars:
-        """:meth:`canonical_bars`, also naming the symbols derived from these very bars."""
+    def ingest(self, bars: Bars, *, ongoing: bool = False) -> CanonicalBars:
+        """:meth:`canonical_bars`, also naming the symbols derived from these very bars.
+
+        ``ongoing``: bar files of a live signal, whose last session may be in progress
+        (expected only up to its last bar, :func:`sentio.data.ingest.ingest_files`)."""
         from sentio.data.leverage import ensure_universe
         from sentio.stages.common import resolve_inputs
         from sentio.stages.ingest import ingest_stage
@@ -250,7 +259,7 @@ class ModelBundle:
                 raise DataError(f"bars frame lacks columns {missing} (canonical bars expected)")
             complete, derived = ensure_universe(bars, self.cfg.universe)
             return CanonicalBars(complete, sorted(derived), sorted(derived))
-        summary = ingest_stage(resolve_inputs(str(bars)), self.cfg, self.workdir)
+        summary = ingest_stage(resolve_inputs(str(bars)), self.cfg, self.workdir, ongoing=ongoing)
         derived = sorted(summary.get("derived_symbols") or [])
         upstream: set[str] = set()
         report = summary.get("report")
@@ -809,7 +818,8 @@ def signal(
 
     * ``version``, ``timestamp`` (the bar's START, UTC ISO-8601), ``action`` (grid index),
       ``target_exposure``, ``instrument`` (long / short symbol or ``"flat"``);
-    * ``bars_end``: the last bar of any symbol in the bars given (at or before ``end``).
+    * ``bars_end``: the last bar of the universe's underlying, long or short ETF in the
+      bars given (at or before ``end``).
       Later than ``timestamp`` when the later bars lack an instrument (a traded ETF's bar
       that has not arrived yet): the decision is at the last bar every instrument has;
     * ``regime_probabilities`` (``{"regime_0": p, ...}``, regime 0 the calmest) and
@@ -830,7 +840,8 @@ def signal(
     * ``stands_aside``: true when the model's training found no edge on its held-out
       episodes (:mod:`sentio.agents.selection`): its every decision is flat.
     """
-    frame, derived = bundle.canonical_bars(bars)
+    got = bundle.ingest(bars, ongoing=True)
+    frame, derived = got.frame, got.derived
     market = bundle.market(frame)
     first = bundle.start_row(market, start)
     last = market.n_rows - 1
@@ -850,13 +861,16 @@ def signal(
         bars=result.frame.height,
         ruined=result.ruined,
         derived=derived,
-        bars_end=last_bar_given(frame, end),
+        bars_end=last_bar_given(frame, bundle.instruments_and_underlying, end),
     )
 
 
-def last_bar_given(frame: pl.DataFrame, end: Timestamp | None = None) -> dt.datetime:
-    """The last bar of any symbol in canonical bars (at or before ``end``)."""
-    stamps = frame["timestamp"]
+def last_bar_given(
+    frame: pl.DataFrame, symbols: tuple[str, ...], end: Timestamp | None = None
+) -> dt.datetime:
+    """The last bar of any of ``symbols`` (the universe's) in canonical bars (at or before
+    ``end``); other symbols a vendor file holds do not count."""
+    stamps = frame.filter(pl.col("symbol").is_in(list(symbols)))["timestamp"]
     if end is not None:
         stamps = stamps.filter(stamps <= as_utc(end, "end"))
     last = stamps.max()

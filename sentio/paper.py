@@ -462,7 +462,7 @@ class _Run:
         new = given.filter(pl.col("timestamp") > st.last)
         if new.height == 0:
             return _Outcome(ex, None, 0, False, 0, 0, derived)
-        self.check_sessions(st.last, _utc_stamp(given, "first"), _utc_stamp(new, "first"))
+        self.check_sessions(st.last, _utc_stamp(given, "first"), self.resumes_at(new))
         new = self.complete_new(new)
         rows = self.tail_rows if self.tail_rows is not None else st.tail_rows
         # the rows a resumed replay reads and the market rows the previous run kept (the
@@ -518,6 +518,19 @@ class _Run:
         complete, _ = ensure_universe(base, self.universe)
         rows = complete.filter(pl.col("symbol").is_in(here) & (pl.col("timestamp") > st.last))
         return pl.concat([new.filter(~pl.col("symbol").is_in(here)), rows.select(new.columns)])
+
+    def resumes_at(self, new: pl.DataFrame) -> dt.datetime:
+        """Where the new bars continue the stored ones: the latest of the universe's
+        symbols' first new bars (a symbol whose new bars start later than another's lacks
+        the bars in between: an ETF's late bars given with the underlying's later ones)."""
+        u = self.universe
+        firsts = (
+            new.filter(pl.col("symbol").is_in([u.underlying, u.long, u.short]))
+            .group_by("symbol")
+            .agg(pl.col("timestamp").min())["timestamp"]
+        )
+        last = firsts.max() if firsts.len() else None
+        return last if isinstance(last, dt.datetime) else _utc_stamp(new, "first")
 
     def check_sessions(
         self, stored_last: dt.datetime, given_first: dt.datetime, new_first: dt.datetime
@@ -1082,7 +1095,7 @@ def signal(
     ledger is a cache: when it disagrees with the bars (a rewritten history) it is rebuilt
     from the bars given. ``verify`` recomputes it from the start and compares.
     """
-    got = bundle.ingest(bars)
+    got = bundle.ingest(bars, ongoing=True)
     if end is not None:
         return stateless_signal(bundle, got, start=start, end=end)
     folder = Path(root) if root is not None else signal_root(bundle)
@@ -1091,6 +1104,13 @@ def signal(
         try:
             kept = read_ledger(path)
             state = State.load(path.parent)[0] if kept is not None and kept.height else None
+            first = (
+                kept is not None
+                and kept.height > 0
+                and _start_is_first(
+                    start, kept["timestamp"][0], state, got.frame, bundle.cfg.universe.underlying
+                )
+            )
         except STATE_READ_ERRORS + (LedgerMismatch,) as err:  # a damaged cache
             log.warning(
                 "%s: the kept replay cannot be read (%s); this signal is replayed from the "
@@ -1099,13 +1119,7 @@ def signal(
                 str(err).splitlines()[0] if str(err) else type(err).__name__,
             )
             return stateless_signal(bundle, got, start=start)
-        if (
-            kept is None
-            or kept.height == 0
-            or not _start_is_first(
-                start, kept["timestamp"][0], state, got.frame, bundle.cfg.universe.underlying
-            )
-        ):
+        if not first:
             return stateless_signal(bundle, got, start=start)
     kwargs: dict[str, Any] = {
         "folder": folder,
@@ -1140,7 +1154,7 @@ def signal(
         bars=ledger.height,
         ruined=ledger["forced_exit"][-1] == "ruin",
         derived=got.derived,
-        bars_end=last_bar_given(got.frame),
+        bars_end=last_bar_given(got.frame, bundle.instruments_and_underlying),
     )
 
 

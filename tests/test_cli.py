@@ -134,19 +134,19 @@ def test_ingest_success_prints_where_outputs_are(tmp_path: Path) -> None:
     assert "kept 390" in result.stdout
     assert f"report: {tmp_path / 'o.ingest.json'}" in result.stdout
     assert "partial session" not in result.stdout
-    # a file taken at 10:30 New York: its last session is kept and named
+    # data begun at 15:00 New York: its first session is kept and named
     bars = minute_bars("2024-01-02", "2024-01-03")
-    bars.filter(pl.col("timestamp") < pl.datetime(2024, 1, 3, 15, 30, time_zone="UTC")).write_ipc(
-        tmp_path / "early.feather"
+    bars.filter(pl.col("timestamp") >= pl.datetime(2024, 1, 2, 20, 0, time_zone="UTC")).write_ipc(
+        tmp_path / "late.feather"
     )
     result = runner.invoke(
-        app, ["ingest", str(tmp_path / "early.feather"), "--out", str(tmp_path / "e.feather")]
+        app, ["ingest", str(tmp_path / "late.feather"), "--out", str(tmp_path / "e.feather")]
     )
     assert result.exit_code == 0, result.output
     assert "kept 450" in result.stdout
     assert (
-        "partial session: QQQ 2024-01-03 from 2024-01-03T14:30:00+00:00 to "
-        "2024-01-03T15:29:00+00:00, 60 of 390 bars (the file starts or ends inside it)"
+        "partial session: QQQ 2024-01-02 from 2024-01-02T20:00:00+00:00 to "
+        "2024-01-02T20:59:00+00:00, 60 of 390 bars (the data starts or ends inside it)"
     ) in result.stdout
 
 

@@ -451,10 +451,11 @@ def test_sessions_with_most_bars_missing(tmp_path: Path) -> None:
     ]
 
 
-def test_a_file_may_start_and_end_inside_a_session(tmp_path: Path) -> None:
-    """The first and last sessions are expected over the span the file covers (a download
-    taken at 10:30, the ongoing session of an intraday signal, the rest of a session
-    delivered the next morning); interior sessions are still expected whole."""
+def test_a_file_may_start_and_a_live_signal_s_end_inside_a_session(tmp_path: Path) -> None:
+    """A symbol's first session is expected from its first bar on (data begun at 15:00, the
+    rest of a session delivered the next morning); with ``ongoing`` (a live signal) its last
+    session only up to its last bar (the session in progress). Interior sessions, and
+    without ``ongoing`` the last one, are still expected whole."""
     bars = minute_bars("2024-01-02", "2024-01-04")  # 390 bars a session; opens 14:30 UTC
     ts = pl.col("timestamp")
     first_from = dt.datetime(2024, 1, 2, 20, 0, tzinfo=dt.UTC)  # 15:00 New York: 60 bars left
@@ -463,23 +464,24 @@ def test_a_file_may_start_and_end_inside_a_session(tmp_path: Path) -> None:
     hole = dt.datetime(2024, 1, 4, 15, 0, tzinfo=dt.UTC)  # 10 bars missing inside the span
     edges = edges.filter((ts < hole) | (ts >= hole + dt.timedelta(minutes=10)))
     edges.write_ipc(tmp_path / "e.feather")
-    res = ingest_files([tmp_path / "e.feather"], tmp_path / "o.feather")
+    res = ingest_files([tmp_path / "e.feather"], tmp_path / "o.feather", ongoing=True)
     assert res.report["rows_quarantined"] == 0 and res.report["sessions_rejected_incomplete"] == 0
-    assert res.report["rows_kept"] == 60 + 390 + 50
+    assert res.report["rows_kept"] == 60 + 390 + 50 and res.report["ongoing"] is True
     out = pl.read_ipc(tmp_path / "o.feather").filter(pl.col("symbol") == "QQQ")
     assert out["timestamp"].min() == first_from and out["timestamp"].max() == last_to
     assert res.report["missing_bars_by_session"] == [
         {"symbol": "QQQ", "session": "2024-01-04", "expected": 60, "present": 50, "missing": 10}
     ]
+    first_partial = {
+        "symbol": "QQQ",
+        "session": "2024-01-02",
+        "first": "2024-01-02T20:00:00+00:00",
+        "last": "2024-01-02T20:59:00+00:00",
+        "present": 60,
+        "of": 390,
+    }
     assert res.report["partial_sessions"] == [
-        {
-            "symbol": "QQQ",
-            "session": "2024-01-02",
-            "first": "2024-01-02T20:00:00+00:00",
-            "last": "2024-01-02T20:59:00+00:00",
-            "present": 60,
-            "of": 390,
-        },
+        first_partial,
         {
             "symbol": "QQQ",
             "session": "2024-01-04",
@@ -489,11 +491,22 @@ def test_a_file_may_start_and_end_inside_a_session(tmp_path: Path) -> None:
             "of": 390,
         },
     ]
+    # not a live signal: the last session is expected whole (a nightly file cut at 10:30
+    # is incomplete, and a session kept once is not quarantined on a later night)
+    res = ingest_files(
+        [tmp_path / "e.feather"], tmp_path / "n.feather", cfg(max_quarantine_fraction=0.2)
+    )
+    assert res.report["quarantined_by_reason"] == {"incomplete_session": 50}
+    assert res.report["partial_sessions"] == [first_partial]
+    assert res.report["ongoing"] is False
     # an edge session with most of its span missing is still incomplete
     sparse = edges.filter((ts < dt.datetime(2024, 1, 4, tzinfo=dt.UTC)) | (ts >= hole))
     sparse.write_ipc(tmp_path / "s.feather")
     res = ingest_files(
-        [tmp_path / "s.feather"], tmp_path / "s_out.feather", cfg(max_quarantine_fraction=0.1)
+        [tmp_path / "s.feather"],
+        tmp_path / "s_out.feather",
+        cfg(max_quarantine_fraction=0.1),
+        ongoing=True,
     )
     assert res.report["sessions_rejected_incomplete"] == 1
     assert res.report["quarantined_by_reason"] == {"incomplete_session": 20}  # 20 of 60 expected
@@ -504,9 +517,40 @@ def test_a_file_may_start_and_end_inside_a_session(tmp_path: Path) -> None:
     )
     middle.write_ipc(tmp_path / "m.feather")
     res = ingest_files(
-        [tmp_path / "m.feather"], tmp_path / "m_out.feather", cfg(max_quarantine_fraction=0.1)
+        [tmp_path / "m.feather"],
+        tmp_path / "m_out.feather",
+        cfg(max_quarantine_fraction=0.1),
+        ongoing=True,
     )
     assert res.report["quarantined_by_reason"] == {"incomplete_session": 60}
+
+
+def test_a_rejected_last_session_leaves_the_one_before_it_expected_whole(tmp_path: Path) -> None:
+    """The coverage after a rejection keeps the first pass's last session: the session
+    before a rejected one is not taken for a partial last session (its missing bars are
+    reported, it is not named partial)."""
+    bars = minute_bars("2024-01-02", "2024-01-05")
+    ts = pl.col("timestamp")
+    short_end = dt.datetime(2024, 1, 4, 20, 30, tzinfo=dt.UTC)  # the 4th lacks its last 30 bars
+    day4 = ts.dt.date() == dt.date(2024, 1, 4)
+    day5 = ts.dt.date() == dt.date(2024, 1, 5)
+    data = bars.filter(~(day4 & (ts >= short_end)) & (~day5 | (pl.int_range(pl.len()) % 10 == 0)))
+    data.write_ipc(tmp_path / "d.feather")
+    for ongoing in (False, True):
+        res = ingest_files(
+            [tmp_path / "d.feather"],
+            tmp_path / f"o-{ongoing}.feather",
+            cfg(max_quarantine_fraction=0.1),
+            ongoing=ongoing,
+        )
+        assert res.report["sessions_rejected_incomplete"] == 1, ongoing  # the sparse 5th
+        missing = [
+            (m["session"], m["present"], m["missing"])
+            for m in res.report["missing_bars_by_session"]
+        ]
+        # the rejected 5th's bars are missing from the output, as an interior session's
+        assert missing == [("2024-01-04", 360, 30), ("2024-01-05", 0, 390)], ongoing
+        assert res.report["partial_sessions"] == [], ongoing
 
 
 def test_on_bad_rows_error_names_file_and_row(tmp_path: Path) -> None:

@@ -547,7 +547,12 @@ def test_cli_signal_in_the_ongoing_session_decides_at_its_last_bar(
     fresh_registry(tf, tmp_path)
     cut = dt.datetime(2024, 1, 10, 15, 29, tzinfo=dt.UTC)  # 10:29 New York: 60 of 390 bars
     raw = tmp_path / "intraday.feather"
-    pl.read_ipc(tf.raw).filter(pl.col("timestamp") <= cut).write_ipc(raw)
+    bars = pl.read_ipc(tf.raw).filter(pl.col("timestamp") <= cut)
+    # a vendor file with another ticker, a minute further: not the model's universe
+    other = bars.tail(1).with_columns(
+        symbol=pl.lit("IWM"), timestamp=pl.col("timestamp") + dt.timedelta(minutes=1)
+    )
+    pl.concat([bars, other]).write_ipc(raw)
     args = ["signal", "--bars", str(raw), "--workdir", str(tmp_path), "--version", tf.version]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.stderr

@@ -663,9 +663,9 @@ def test_intraday_signals_from_files_of_the_bars_since_the_last_call(
     """``sentio signal`` during a session, given the history at 10:30 New York, then the
     file of the bars since (10:30-10:59), then the rest of the session: each decides at
     its file's last bar, with the JSON of a replay from the start over every bar given so
-    far, and the later calls replay only the new bars (ingest keeps a file's partial first
-    and last sessions; the ETFs are derived from the underlying over the kept bars and the
-    new ones)."""
+    far, and the later calls replay only the new bars (a signal's ingest keeps a file's
+    partial first session and the session in progress; the ETFs are derived from the
+    underlying over the kept bars and the new ones)."""
     _, bundle = _bundle(tf, tmp_path)
     bundle = dataclasses.replace(bundle, workdir=tmp_path / "wd")
     replayed = _count_replays(monkeypatch)
@@ -725,6 +725,18 @@ def test_a_damaged_kept_replay_is_rebuilt_and_a_start_answered_from_the_start(
         assert signal(bundle, history, verify=True) == first
     assert any("rebuilding the kept replay" in r.getMessage() for r in caplog.records)
     assert pl.read_ipc(kept)["equity"].equals(ledger["equity"])
+    # damaged bars kept beside it, read to resolve a start just before its first bar
+    since = dt.datetime.fromisoformat(first["account"]["since"].replace("Z", "+00:00"))
+    before = since - dt.timedelta(seconds=30)
+    chunks = list((kept.parent / STATE_DIR).glob("bars-*.feather"))
+    assert chunks
+    for chunk in chunks:
+        chunk.write_bytes(chunk.read_bytes()[:200])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sentio.paper"):
+        got = signal(bundle, history, start=before)
+    assert got == stateless_signal(bundle, history, start=before)
+    assert any("the kept replay cannot be read" in r.getMessage() for r in caplog.records)
 
 
 def test_signal_names_its_lock_and_answers_statelessly_on_a_read_only_root(

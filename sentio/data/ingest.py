@@ -320,14 +320,24 @@ def _resolve_duplicates(work: pl.DataFrame) -> pl.DataFrame:
     return work.drop("__n", "__distinct", "__first", "__first_file")
 
 
-def _coverage(work: pl.DataFrame, table: pl.DataFrame, bar_seconds: int) -> pl.DataFrame:
+def _coverage(
+    work: pl.DataFrame,
+    table: pl.DataFrame,
+    bar_seconds: int,
+    *,
+    ongoing: bool = False,
+    spans: pl.DataFrame | None = None,
+) -> pl.DataFrame:
     """Bars present and expected for every (symbol, session) between a symbol's first and last session.
 
-    Intraday, a symbol's first and last sessions are expected only over the span its bars
-    cover: a file may start or end inside a session (a download taken at 10:30, the
-    ongoing session of an intraday signal, the rest of a session delivered the next
-    morning). Bars missing inside that span still count; interior sessions are expected
-    whole. ``whole``: the bars of the whole session.
+    Intraday, a symbol's first session is expected from its first bar on: data may start
+    inside a session (a download begun at noon, the rest of a session delivered the next
+    morning), and it stays the first session as later data is added. With ``ongoing``
+    (a live signal during the session) the last session is expected only up to its last
+    bar: the bars after it have not happened yet. Bars missing inside those spans still
+    count; every other session is expected whole. ``spans``: the symbols' first and last
+    sessions to use (those of the bars before any session was rejected), default those
+    of ``work``. ``whole``: the bars of the whole session.
     """
     kept = work.filter(_clean())
     if kept.height == 0 or table.height == 0:
@@ -347,21 +357,19 @@ def _coverage(work: pl.DataFrame, table: pl.DataFrame, bar_seconds: int) -> pl.D
         .agg(present=pl.len(), __lo=slot.min().cast(pl.Int64), __hi=slot.max().cast(pl.Int64))
         .rename({"__session": "session"})
     )
-    spans = present.group_by("symbol").agg(
-        first=pl.col("session").min(), last=pl.col("session").max()
-    )
+    if spans is None:
+        spans = _spans(work)
     if bar_seconds >= DAY_SECONDS:
         whole = pl.lit(1, pl.Int64)
         expected = whole
     else:
         whole = (pl.col("__minutes").cast(pl.Int64) * 60 + bar_seconds - 1) // bar_seconds
         lo = pl.when(pl.col("session") == pl.col("first")).then(pl.col("__lo")).otherwise(0)
-        hi = (
-            pl.when(pl.col("session") == pl.col("last"))
-            .then(pl.col("__hi") + 1)
-            .otherwise(pl.col("__whole"))
-        )
-        expected = hi - lo
+        hi = pl.col("__whole")
+        if ongoing:
+            last = (pl.col("session") == pl.col("last")) & pl.col("__hi").is_not_null()
+            hi = pl.when(last).then(pl.col("__hi") + 1).otherwise(hi)
+        expected = (hi - lo.fill_null(0)).clip(lower_bound=0)
     grid = (
         spans.join(table.select("session", "__minutes"), how="cross")
         .filter(pl.col("session").is_between(pl.col("first"), pl.col("last")))
@@ -374,6 +382,15 @@ def _coverage(work: pl.DataFrame, table: pl.DataFrame, bar_seconds: int) -> pl.D
         .with_columns(missing=(pl.col("expected") - pl.col("present")).clip(lower_bound=0))
         .select("symbol", "session", "expected", "present", "missing", whole="__whole")
         .sort("symbol", "session")
+    )
+
+
+def _spans(work: pl.DataFrame) -> pl.DataFrame:
+    """Every symbol's first and last session among the clean rows of ``work``."""
+    return (
+        work.filter(_clean())
+        .group_by("symbol")
+        .agg(first=pl.col("__session").min(), last=pl.col("__session").max())
     )
 
 
@@ -409,8 +426,14 @@ def ingest_files(
     out: str | Path,
     cfg: SentioConfig | None = None,
     input_sha256: Mapping[Path, str] | None = None,
+    *,
+    ongoing: bool = False,
 ) -> IngestResult:
     """Ingest vendor bar files into one canonical, contract-checked feather file at ``out``.
+
+    ``ongoing``: the bars are those of a live signal, whose last session may still be in
+    progress: it is expected only up to its last bar (see :func:`_coverage`; the report's
+    ``partial_sessions`` names it). Training and paper trading ingest without it.
 
     Raises :class:`DataError` for unreadable input, :class:`QuarantineLimitError` when too
     many rows are rejected and :class:`ContractError` when the kept bars violate a data
@@ -445,7 +468,7 @@ def ingest_files(
 
     work, table = _place_in_sessions(work, bar_seconds, cfg)
     work = _resolve_duplicates(work)
-    work, coverage, incomplete = _reject_incomplete_sessions(work, table, bar_seconds, cfg)
+    work, coverage, incomplete = _reject_incomplete_sessions(work, table, bar_seconds, cfg, ongoing)
 
     quarantined = work.filter(pl.col("__reason").is_not_null())
     kept = work.filter(_clean())
@@ -464,6 +487,7 @@ def ingest_files(
         bar_seconds=bar_seconds,
         coverage=coverage,
         incomplete=incomplete,
+        ongoing=ongoing,
     )
     problem = _problem(report, quarantined, bars, raws, cfg)
     if problem is not None:
@@ -531,13 +555,16 @@ def _fail_too_few(
 
 
 def _reject_incomplete_sessions(
-    work: pl.DataFrame, table: pl.DataFrame, bar_seconds: int, cfg: SentioConfig
+    work: pl.DataFrame, table: pl.DataFrame, bar_seconds: int, cfg: SentioConfig, ongoing: bool
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Quarantine intraday sessions below ``ingest.min_session_coverage``.
 
     Returns the frame, the coverage of the bars left and the rejected (symbol, session)s.
+    The coverage after a rejection keeps the symbols' first and last sessions of the bars
+    before it (a rejected last session does not make the one before it partial).
     """
-    coverage = _coverage(work, table, bar_seconds)
+    spans = _spans(work)
+    coverage = _coverage(work, table, bar_seconds, ongoing=ongoing, spans=spans)
     incomplete = pl.DataFrame(schema={"symbol": pl.String, "session": pl.Date})
     if bar_seconds < DAY_SECONDS and coverage.height:
         incomplete = coverage.filter(
@@ -552,7 +579,7 @@ def _reject_incomplete_sessions(
                 how="left",
             )
             work = _mark(work, "incomplete_session", pl.col("__inc")).drop("__inc")
-            coverage = _coverage(work, table, bar_seconds)
+            coverage = _coverage(work, table, bar_seconds, ongoing=ongoing, spans=spans)
     return work, coverage, incomplete
 
 
@@ -569,6 +596,7 @@ def _report(
     bar_seconds: int,
     coverage: pl.DataFrame,
     incomplete: pl.DataFrame,
+    ongoing: bool,
 ) -> dict[str, Any]:
     """The ingest report (see the module docstring for the accounting it checks)."""
     by_reason = {
@@ -617,6 +645,7 @@ def _report(
             .iter_rows(named=True)
         ],
         "partial_sessions": _partial_sessions(kept, coverage),
+        "ongoing": ongoing,
     }
     accounted = (
         report["rows_kept"]

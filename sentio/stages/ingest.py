@@ -28,21 +28,25 @@ def ingest_key(inputs: Sequence[str | Path], cfg: SentioConfig) -> str:
     return _ingest_key(files, [sha256_file(f) for f in files], cfg)
 
 
-def _ingest_key(files: Sequence[Path], hashes: Sequence[str], cfg: SentioConfig) -> str:
+def _ingest_key(
+    files: Sequence[Path], hashes: Sequence[str], cfg: SentioConfig, ongoing: bool = False
+) -> str:
     # Every file in order (a file given twice counts twice), its provenance sidecar (which
-    # decides what the report says about derived prices), the settings and the code.
+    # decides what the report says about derived prices), the settings, the code, and
+    # whether the last session may be in progress (a live signal's ingest).
     return combine_hashes(
         [
             *hashes,
             *(provenance_digest(f) for f in files),
             cfg.hash("ingest", "universe"),
             ingest_code_version(),
+            *(["ongoing"] if ongoing else []),
         ]
     )[:32]
 
 
 def ingest_stage(
-    inputs: Sequence[str | Path], cfg: SentioConfig, workdir: str | Path
+    inputs: Sequence[str | Path], cfg: SentioConfig, workdir: str | Path, *, ongoing: bool = False
 ) -> dict[str, Any]:
     """Ingest the input files and complete the universe; return a small JSON-able summary.
 
@@ -53,21 +57,35 @@ def ingest_stage(
     GX contracts (``bars.gx.*``). The summary's ``output`` names the file later stages
     read, and ``derived_symbols`` every symbol whose prices are derived (here, or upstream
     by ``sentio synth`` / ``sentio sample`` according to their provenance sidecar).
+    ``ongoing``: a live signal's bars, whose last session may be in progress
+    (:func:`sentio.data.ingest.ingest_files`); its own cache key.
     """
     files = resolve_inputs(inputs)
     hashes = [sha256_file(f) for f in files]
-    key = _ingest_key(files, hashes, cfg)
+    key = _ingest_key(files, hashes, cfg, ongoing)
     return cached_stage(
-        "ingest", key, workdir, lambda tmp, folder: _ingest_into(tmp, folder, files, hashes, cfg)
+        "ingest",
+        key,
+        workdir,
+        lambda tmp, folder: _ingest_into(tmp, folder, files, hashes, cfg, ongoing),
     )
 
 
 def _ingest_into(
-    tmp: Path, folder: Path, files: Sequence[Path], hashes: Sequence[str], cfg: SentioConfig
+    tmp: Path,
+    folder: Path,
+    files: Sequence[Path],
+    hashes: Sequence[str],
+    cfg: SentioConfig,
+    ongoing: bool,
 ) -> dict[str, Any]:
     """Ingest into the staging folder ``tmp`` of ``folder``; the summary (staging paths)."""
     result = ingest_files(
-        files, tmp / "ingested.feather", cfg, input_sha256=dict(zip(files, hashes, strict=True))
+        files,
+        tmp / "ingested.feather",
+        cfg,
+        input_sha256=dict(zip(files, hashes, strict=True)),
+        ongoing=ongoing,
     )
     bars = pl.read_ipc(result.output)
     try:
