@@ -462,7 +462,7 @@ class _Run:
         new = given.filter(pl.col("timestamp") > st.last)
         if new.height == 0:
             return _Outcome(ex, None, 0, False, 0, 0, derived)
-        self.check_sessions(st.last, _utc_stamp(given, "first"), self.resumes_at(new))
+        self.check_sessions(st.last, _utc_stamp(given, "first"), _utc_stamp(new, "first"))
         new = self.complete_new(new)
         rows = self.tail_rows if self.tail_rows is not None else st.tail_rows
         # the rows a resumed replay reads and the market rows the previous run kept (the
@@ -518,19 +518,6 @@ class _Run:
         complete, _ = ensure_universe(base, self.universe)
         rows = complete.filter(pl.col("symbol").is_in(here) & (pl.col("timestamp") > st.last))
         return pl.concat([new.filter(~pl.col("symbol").is_in(here)), rows.select(new.columns)])
-
-    def resumes_at(self, new: pl.DataFrame) -> dt.datetime:
-        """Where the new bars continue the stored ones: the latest of the universe's
-        symbols' first new bars (a symbol whose new bars start later than another's lacks
-        the bars in between: an ETF's late bars given with the underlying's later ones)."""
-        u = self.universe
-        firsts = (
-            new.filter(pl.col("symbol").is_in([u.underlying, u.long, u.short]))
-            .group_by("symbol")
-            .agg(pl.col("timestamp").min())["timestamp"]
-        )
-        last = firsts.max() if firsts.len() else None
-        return last if isinstance(last, dt.datetime) else _utc_stamp(new, "first")
 
     def check_sessions(
         self, stored_last: dt.datetime, given_first: dt.datetime, new_first: dt.datetime
