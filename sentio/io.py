@@ -184,14 +184,10 @@ def disk_full_error(path: str | os.PathLike[str]) -> Exception:
     )
 
 
-def fsync_dir(folder: str | os.PathLike[str]) -> None:
-    """Make the entries of ``folder`` (a rename into it) durable: fsync the folder itself.
-
-    Best effort: where a folder cannot be opened or synced (some platforms and network
-    file systems) the rename stands as the file system keeps it.
-    """
+def _fsync_best_effort(path: str | os.PathLike[str]) -> None:
+    """fsync ``path`` (a file or a folder) when it can be opened for reading and synced."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -202,24 +198,23 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Make the entries of ``folder`` (a rename into it) durable: fsync the folder itself.
+
+    Best effort: where a folder cannot be opened or synced (some platforms and network
+    file systems) the rename stands as the file system keeps it.
+    """
+    _fsync_best_effort(folder)
+
+
 def _fsync_tree(folder: Path) -> None:
     """fsync every file and folder under ``folder`` (and ``folder``), deepest first; best
     effort, as :func:`fsync_dir` (a file that cannot be opened for reading is skipped)."""
     for root, _dirs, files in os.walk(folder, topdown=False):
         for name in files:
             path = os.path.join(root, name)
-            if os.path.islink(path):
-                continue
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fsync(fd)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+            if not os.path.islink(path):
+                _fsync_best_effort(path)
         fsync_dir(root)
 
 
