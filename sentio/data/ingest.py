@@ -325,8 +325,8 @@ def _coverage(
     table: pl.DataFrame,
     bar_seconds: int,
     *,
-    ongoing: bool = False,
-    spans: pl.DataFrame | None = None,
+    ongoing: bool,
+    spans: pl.DataFrame,
 ) -> pl.DataFrame:
     """Bars present and expected for every (symbol, session) between a symbol's first and last session.
 
@@ -336,8 +336,8 @@ def _coverage(
     (a live signal during the session) the last session is expected only up to its last
     bar: the bars after it have not happened yet. Bars missing inside those spans still
     count; every other session is expected whole. ``spans``: the symbols' first and last
-    sessions to use (those of the bars before any session was rejected), default those
-    of ``work``. ``whole``: the bars of the whole session.
+    sessions to use (:func:`_spans` of the bars before any session was rejected).
+    ``whole``: the bars of the whole session.
     """
     kept = work.filter(_clean())
     if kept.height == 0 or table.height == 0:
@@ -357,8 +357,6 @@ def _coverage(
         .agg(present=pl.len(), __lo=slot.min().cast(pl.Int64), __hi=slot.max().cast(pl.Int64))
         .rename({"__session": "session"})
     )
-    if spans is None:
-        spans = _spans(work)
     if bar_seconds >= DAY_SECONDS:
         whole = pl.lit(1, pl.Int64)
         expected = whole
@@ -779,8 +777,9 @@ def _fmt_reasons(by_reason: dict[str, int]) -> str:
 
 
 def _partial_sessions(kept: pl.DataFrame, coverage: pl.DataFrame) -> list[dict[str, Any]]:
-    """The first and last sessions a file covers only in part (it starts or ends inside
-    them): symbol, session, first and last bar kept, the bars present and the session's."""
+    """The sessions expected only in part (a symbol's first, begun inside the session;
+    with ``ongoing`` its last, in progress): symbol, session, first and last bar kept, the
+    bars present and the session's."""
     part = coverage.filter((pl.col("present") > 0) & (pl.col("expected") < pl.col("whole")))
     if part.height == 0:
         return []
