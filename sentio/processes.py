@@ -7,13 +7,23 @@ instead, so that a training's result never depends on what else runs or in which
 
 The child:
 
-- is started with the ``spawn`` method (a fresh interpreter: no inherited locks, threads
-  or CUDA state) and caps its math libraries at ``threads`` threads (``OMP``, ``MKL``,
-  ``OPENBLAS``, polars, numba) before the call's modules are imported;
-- dies with its parent: on Linux the kernel sends it ``SIGKILL`` when the parent
-  (strictly, the parent thread that started it, which waits for it) dies, and on every
-  platform a watchdog thread exits it once its parent process is gone, so killing the
-  flow (even with ``SIGKILL``) leaves no training running;
+- is a fresh process of its own: where the platform has it (Linux, macOS) forked from a
+  *fork server* (multiprocessing's ``forkserver``), a single-threaded process this
+  process starts once, with the thread caps below in its environment, that has imported
+  the heavy third-party libraries a training needs (torch, Stable-Baselines3, scipy
+  ...: :data:`FORK_SERVER_PRELOAD`) and nothing else. A child so starts in about a
+  second instead of the ~5 s of a fresh interpreter's imports, with random state,
+  threads and locks of its own all the same. Sentio's own modules are imported by each
+  child, so a child always runs the code on disk. Elsewhere (Windows), or with
+  ``SENTIO_CHILD_START=spawn``, or for a thread count other than the fork server's, it is
+  started with the ``spawn`` method (a fresh interpreter);
+- runs with this process's environment at the call (as a spawned child would), its math
+  libraries capped at ``threads`` threads (``OMP``, ``MKL``, ``OPENBLAS``, polars, numba)
+  before the call's modules are imported;
+- dies with its parent: on Linux the kernel sends it ``SIGKILL`` when the process that
+  forked it dies (the fork server ends when this process does), and on every platform a
+  watchdog thread exits it once this process is gone, so killing the flow (even with
+  ``SIGKILL``) leaves no training running;
 - reports progress to the parent through a pipe, and returns the call's value or
   re-raises its exception in the parent (a :class:`~sentio.errors.SentioError` keeps
   its type and message).
@@ -37,11 +47,13 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 __all__ = [
+    "FORK_SERVER_PRELOAD",
     "ChildProcessFailed",
     "available_cores",
     "call_in_process",
     "call_in_this_process",
     "parallel_slots",
+    "start_fork_server",
     "thread_caps",
 ]
 
@@ -53,6 +65,27 @@ _THREAD_ENV = (
     "NUMBA_NUM_THREADS",
 )
 _PR_SET_PDEATHSIG = 1
+
+# What the fork server imports once for every child: the heavy third-party libraries of
+# a training (a missing one is skipped). Each of them, with the thread caps set, starts
+# no thread at import and leaves CUDA alone, so the server stays a single-threaded
+# process that is safe to fork (tests/test_processes.py checks it). Left to each child:
+# polars, pyarrow and pandas (they start allocator and clean-up threads at import, and
+# polars is not fork-safe), hmmlearn (through scikit-learn it imports pandas) and
+# Sentio's own modules (a child runs the code on disk).
+FORK_SERVER_PRELOAD = (
+    "numpy",
+    "scipy.stats",
+    "numba",
+    "torch",
+    "torch._dynamo",
+    "gymnasium",
+    "stable_baselines3",
+    "sb3_contrib",
+)
+START_ENV = "SENTIO_CHILD_START"
+_server_lock = threading.Lock()
+_server_threads: int | None = None  # the thread caps the fork server was started with
 
 
 class ChildProcessFailed(RuntimeError):
@@ -140,12 +173,12 @@ def call_in_process(
         Whatever ``fn`` raised (re-raised here); :class:`ChildProcessFailed` when the
         child ended without a result.
     """
-    ctx = multiprocessing.get_context("spawn")
+    ctx = _context(int(threads))
     parent_end, child_end = ctx.Pipe(duplex=False)
     payload = pickle.dumps((fn, args, kwargs, progress_arg if progress else None))
     proc = ctx.Process(
         target=_child_main,
-        args=(child_end, os.getpid(), int(threads), payload),
+        args=(child_end, os.getpid(), int(threads), dict(os.environ), payload),
         name=f"sentio-{getattr(fn, '__name__', 'call')}",
         daemon=False,
     )
@@ -182,6 +215,50 @@ def call_in_process(
                 proc.join()
 
 
+def start_fork_server(threads: int) -> bool:
+    """Start the fork server for children of ``threads`` threads, if it is not running,
+    and return whether such children will be forked from it (else they are spawned).
+
+    It returns at once; the server imports its libraries meanwhile, so a flow that calls
+    this before its data stages has the server ready by the time it trains.
+    """
+    global _server_threads
+    method = os.environ.get(START_ENV, "forkserver")
+    if method not in ("forkserver", "spawn"):
+        from sentio.errors import ConfigError
+
+        raise ConfigError(f"{START_ENV}={method!r}: expected forkserver or spawn")
+    if method == "spawn" or "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    from multiprocessing import forkserver
+
+    with _server_lock:
+        if _server_threads is None:
+            _server_threads = threads
+        if _server_threads != threads:
+            return False
+        multiprocessing.get_context("forkserver").set_forkserver_preload(list(FORK_SERVER_PRELOAD))
+        # (re)start the server, if it is not running, with the caps in its environment:
+        # the libraries it preloads size their thread pools from them
+        saved = {name: os.environ.get(name) for name in _THREAD_ENV}
+        os.environ.update(thread_caps(threads))
+        try:
+            forkserver.ensure_running()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+    return True
+
+
+def _context(threads: int) -> Any:  # a spawn or forkserver context (platform-typed)
+    """How to start a child of ``threads`` threads (see :func:`start_fork_server`)."""
+    method = "forkserver" if start_fork_server(threads) else "spawn"
+    return multiprocessing.get_context(method)
+
+
 def _exit_text(code: int | None) -> str:
     if code is None:
         return "still running"
@@ -207,8 +284,20 @@ def _rebuild(pickled: bytes | None, kind: str, message: str, trace: str) -> Base
     return RuntimeError(f"{kind}: {message}\n(in the child process)\n{trace}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - alive, someone else's
+        return True
+    return True
+
+
 def _die_with_parent(parent_pid: int) -> None:
-    """Make this process end when its parent does (Linux: the kernel; else a watchdog)."""
+    """Make this process end when ``parent_pid`` (the caller) does: on Linux the kernel
+    kills it when the process that forked it dies (the caller, or the fork server that
+    ends with the caller), and a watchdog on every platform."""
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -217,21 +306,30 @@ def _die_with_parent(parent_pid: int) -> None:
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         except (OSError, AttributeError):  # pragma: no cover - no prctl
             pass
+    forked_by = os.getppid()
+
+    def gone() -> bool:
+        return os.getppid() != forked_by or not _alive(parent_pid)
 
     def watch() -> None:
         while True:
-            if os.getppid() != parent_pid:
+            if gone():
                 os._exit(70)
             time.sleep(1.0)
 
     threading.Thread(target=watch, name="sentio-parent-watchdog", daemon=True).start()
-    if os.getppid() != parent_pid:  # the parent died before the guard was in place
+    if gone():  # the parent died before the guard was in place
         os._exit(70)
 
 
-def _child_main(conn: Connection, parent_pid: int, threads: int, payload: bytes) -> None:
-    """Entry point of the child: cap threads, guard against orphaning, run, send back."""
+def _child_main(
+    conn: Connection, parent_pid: int, threads: int, env: dict[str, str], payload: bytes
+) -> None:
+    """Entry point of the child: the caller's environment (a forked child starts with the
+    fork server's), thread caps, a guard against orphaning; run, send back."""
     _die_with_parent(parent_pid)
+    os.environ.clear()
+    os.environ.update(env)
     os.environ.update(thread_caps(threads))
     try:
         fn, args, kwargs, progress_arg = pickle.loads(payload)

@@ -127,7 +127,8 @@ def train_states(flow_run_id: str, n: int) -> list[str]:
 
 def stray_processes() -> list[str]:
     """Processes this test process started with multiprocessing's ``spawn`` (Dask workers,
-    trainings) that are still alive a few seconds after a fan-out."""
+    trainings) or forked from its fork server (trainings) that are still alive a few
+    seconds after a fan-out (the fork server itself lives as long as this process)."""
     import psutil
 
     def alive() -> list[str]:
@@ -135,7 +136,9 @@ def stray_processes() -> list[str]:
         for child in psutil.Process().children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 line = " ".join(child.cmdline())
-                if "spawn_main" in line:
+                parent = child.parent()
+                forked = parent is not None and "forkserver" in " ".join(parent.cmdline())
+                if "spawn_main" in line or forked:
                     out.append(line)
         return out
 
