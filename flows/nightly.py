@@ -52,11 +52,11 @@ from sentio.config import (
 )
 from sentio.orchestration import (
     RunRecord,
+    prepare_training_processes,
     run_dir,
     task_result_storage,
     workdir_lock,
 )
-from sentio.processes import start_fork_server
 from tasks.alerts import alert_on_failure
 from tasks.artifacts import (
     publish_features_artifacts,
@@ -125,8 +125,7 @@ def _nightly(
 ) -> dict[str, Any]:
     """The body of :func:`nightly_flow`, run while it holds the working directory."""
     run = _Run.start(cfg, root, data_path, config_path)
-    if cfg.train.executor == "local":  # its libraries load while the data stages run
-        start_fork_server(cfg.train.torch_threads)
+    prepare_training_processes(cfg)
     with run.record:  # an error is recorded in run.json (status, error) and raised
         inputs = run.inputs(data_path)
         ingest = run.stage("ingest", ingest_task, inputs=inputs, cfg=cfg)

@@ -24,7 +24,7 @@ from typing import Any
 
 from sentio.config import PathsConfig, SentioConfig
 from sentio.io import write_json_atomic
-from sentio.processes import parallel_slots
+from sentio.processes import parallel_slots, start_fork_server
 from sentio.text import warm_start_text
 from sentio.times import now_utc, now_utc_text
 from sentio.workdir import WorkdirLock
@@ -155,6 +155,14 @@ def workdir_lock(
 def training_slots(cfg: SentioConfig) -> int:
     """How many trainings a run starts at once (``train.max_parallel``, default: the cores)."""
     return parallel_slots(cfg.train.max_parallel, cfg.train.torch_threads)
+
+
+def prepare_training_processes(cfg: SentioConfig) -> None:
+    """Where this process will start the trainings' processes (``train.executor: local``),
+    start their fork server now (:func:`sentio.processes.start_fork_server`): it loads its
+    libraries while the run's data stages go on."""
+    if cfg.train.executor == "local":
+        start_fork_server(cfg.train.torch_threads)
 
 
 # --------------------------------------------------------------------------- run folder

@@ -143,9 +143,11 @@ def temporary_prefect_api(home: Path) -> Iterator[Path]:
         os.environ.update(saved_env)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A throw-away Prefect API and home for the module; restores ``os.environ`` after."""
+    """A throw-away Prefect API and home, one for the session (its server takes ~13 s to
+    start); restores ``os.environ`` after. Tests tell their runs apart by flow run id and
+    working directory, never by what else the database holds."""
     with temporary_prefect_api(tmp_path_factory.mktemp("prefect-home")) as home:
         yield home
 
