@@ -30,7 +30,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -154,12 +154,14 @@ def _cli(server: Server, *args: str, timeout: float = 120.0) -> str:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    """``prefect server start`` on a free port with a temporary PREFECT_HOME."""
+def server(migrated_prefect_home: Callable[[Path], Path]) -> Iterator[Server]:
+    """``prefect server start`` on a free port with a temporary PREFECT_HOME (its database
+    already migrated: a first start spends ~9 s on the migrations, which
+    tests/test_cli.py's ``sentio run`` in a fresh home covers)."""
     root = Path(tempfile.mkdtemp(prefix="sentio-e2e-"))
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    env = _base_env(root / "prefect-home", api_url)
+    env = _base_env(migrated_prefect_home(root / "prefect-home"), api_url)
     log = root / "server.log"
     proc = None
     saved_env = dict(os.environ)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +253,7 @@ def _sentio(*args: str) -> list[str]:
 
 
 def test_two_runs_on_one_workdir_take_turns_and_register_consistent_versions(
-    bars: Path, tmp_path: Path
+    bars: Path, tmp_path: Path, migrated_prefect_home: Callable[[Path], Path]
 ) -> None:
     from sentio.agents.training import algorithm_class
     from sentio.env import EnvParams
@@ -271,7 +272,7 @@ def test_two_runs_on_one_workdir_take_turns_and_register_consistent_versions(
         procs.append(
             subprocess.Popen(
                 _sentio("run", "--data", str(bars), "--config", str(config)),
-                env=_cli_env(tmp_path / f"home{i}"),
+                env=_cli_env(migrated_prefect_home(tmp_path / f"home{i}")),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -346,7 +347,9 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
-def test_sigkill_of_sentio_run_leaves_no_process_behind(bars: Path, tmp_path: Path) -> None:
+def test_sigkill_of_sentio_run_leaves_no_process_behind(
+    bars: Path, tmp_path: Path, migrated_prefect_home: Callable[[Path], Path]
+) -> None:
     workdir = tmp_path / "wd"
     config = _write_config(
         tmp_path / "cfg.yaml",
@@ -355,7 +358,7 @@ def test_sigkill_of_sentio_run_leaves_no_process_behind(bars: Path, tmp_path: Pa
     )
     proc = subprocess.Popen(
         _sentio("run", "--data", str(bars), "--config", str(config)),
-        env=_cli_env(tmp_path / "home"),
+        env=_cli_env(migrated_prefect_home(tmp_path / "home")),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
