@@ -7,23 +7,23 @@ instead, so that a training's result never depends on what else runs or in which
 
 The child:
 
-- is a fresh process of its own: where the platform has it (Linux, macOS) forked from a
-  *fork server* (multiprocessing's ``forkserver``), a single-threaded process this
-  process starts once, with the thread caps below in its environment, that has imported
-  the heavy third-party libraries a training needs (torch, Stable-Baselines3, scipy
-  ...: :data:`FORK_SERVER_PRELOAD`) and nothing else. A child so starts in about a
-  second instead of the ~5 s of a fresh interpreter's imports, with random state,
-  threads and locks of its own all the same. Sentio's own modules are imported by each
-  child, so a child always runs the code on disk. Elsewhere (Windows), or with
-  ``SENTIO_CHILD_START=spawn``, or for a thread count other than the fork server's, it is
-  started with the ``spawn`` method (a fresh interpreter);
+- is a fresh process of its own: on Linux forked from a *fork server* (multiprocessing's
+  ``forkserver``), a single-threaded process this process starts once, with the thread
+  caps below in its environment, that has imported the heavy third-party libraries a
+  training needs (torch, Stable-Baselines3, scipy ...: :data:`FORK_SERVER_PRELOAD`) and
+  nothing else. A child so starts in about a second instead of the ~5 s of a fresh
+  interpreter's imports, with random state, threads and locks of its own all the same.
+  Sentio's own modules are imported by each child, so a child always runs the code on
+  disk. Elsewhere (macOS, where forking after some system frameworks are loaded is
+  unsafe, and Windows), with ``SENTIO_CHILD_START=spawn``, or for a thread count other
+  than the fork server's, it is started with the ``spawn`` method (a fresh interpreter);
 - runs with this process's environment at the call (as a spawned child would), its math
   libraries capped at ``threads`` threads (``OMP``, ``MKL``, ``OPENBLAS``, polars, numba)
   before the call's modules are imported;
-- dies with its parent: on Linux the kernel sends it ``SIGKILL`` when the process that
-  forked it dies (the fork server ends when this process does), and on every platform a
-  watchdog thread exits it once this process is gone, so killing the flow (even with
-  ``SIGKILL``) leaves no training running;
+- dies with its parent: a watchdog thread exits it within a second once this process
+  is gone, and on Linux the kernel sends it ``SIGKILL`` when the process that forked it
+  dies; so killing the flow (even with ``SIGKILL``) leaves no training running, and the
+  fork server ends once this process and its children have;
 - reports progress to the parent through a pipe, and returns the call's value or
   re-raises its exception in the parent (a :class:`~sentio.errors.SentioError` keeps
   its type and message).
@@ -228,7 +228,7 @@ def start_fork_server(threads: int) -> bool:
         from sentio.errors import ConfigError
 
         raise ConfigError(f"{START_ENV}={method!r}: expected forkserver or spawn")
-    if method == "spawn" or "forkserver" not in multiprocessing.get_all_start_methods():
+    if method == "spawn" or not sys.platform.startswith("linux"):
         return False
     from multiprocessing import forkserver
 
