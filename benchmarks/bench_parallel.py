@@ -20,7 +20,8 @@ directories (no cache hits):
   ``train.torch_threads = 1``;
 * ``one at a time, 1 thread``: ``max_parallel = 1``, the same models bit for bit;
 * ``one at a time, all cores``: ``max_parallel = 1`` and ``torch_threads`` = the cores
-  (a different floating-point reduction order, so other models: printed for reference);
+  (a different floating-point reduction order, so other models: printed for reference;
+  trainings of more than one thread are spawned, not forked from the fork server);
 * ``dask, 2 workers``: ``train.executor = dask``, ``max_parallel = 2`` (a LocalCluster of
   two single-threaded worker processes, each training in the worker's own process), the
   same models as the serial run;

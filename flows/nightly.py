@@ -125,8 +125,8 @@ def _nightly(
 ) -> dict[str, Any]:
     """The body of :func:`nightly_flow`, run while it holds the working directory."""
     run = _Run.start(cfg, root, data_path, config_path)
-    prepare_training_processes(cfg)
     with run.record:  # an error is recorded in run.json (status, error) and raised
+        prepare_training_processes(cfg)
         inputs = run.inputs(data_path)
         ingest = run.stage("ingest", ingest_task, inputs=inputs, cfg=cfg)
         cfg = run.sized_for_bars(cfg, int(ingest["bar_seconds"]))  # 'auto' for these bars

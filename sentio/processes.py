@@ -7,23 +7,29 @@ instead, so that a training's result never depends on what else runs or in which
 
 The child:
 
-- is a fresh process of its own: on Linux forked from a *fork server* (multiprocessing's
-  ``forkserver``), a single-threaded process this process starts once, with the thread
-  caps below in its environment, that has imported the heavy third-party libraries a
-  training needs (torch, Stable-Baselines3, scipy ...: :data:`FORK_SERVER_PRELOAD`) and
-  nothing else. A child so starts in about a second instead of the ~5 s of a fresh
-  interpreter's imports, with random state, threads and locks of its own all the same.
-  Sentio's own modules are imported by each child, so a child always runs the code on
-  disk. Elsewhere (macOS, where forking after some system frameworks are loaded is
-  unsafe, and Windows), with ``SENTIO_CHILD_START=spawn``, or for a thread count other
-  than the fork server's, it is started with the ``spawn`` method (a fresh interpreter);
-- runs with this process's environment at the call (as a spawned child would), its math
-  libraries capped at ``threads`` threads (``OMP``, ``MKL``, ``OPENBLAS``, polars, numba)
-  before the call's modules are imported;
-- dies with its parent: a watchdog thread exits it within a second once this process
-  is gone, and on Linux the kernel sends it ``SIGKILL`` when the process that forked it
-  dies; so killing the flow (even with ``SIGKILL``) leaves no training running, and the
-  fork server ends once this process and its children have;
+- is a fresh process of its own: on Linux, for a one-thread call (the flow's default
+  ``train.torch_threads``), forked from a *fork server* (multiprocessing's
+  ``forkserver``), a single-threaded process this process starts once, capped at one
+  thread, that has imported the heavy third-party libraries a training needs (torch,
+  Stable-Baselines3, scipy ...: :data:`FORK_SERVER_PRELOAD`) and nothing else. A child
+  so starts in about a second instead of the ~5 s of a fresh interpreter's imports, with
+  random state, threads and locks of its own all the same. Sentio's own modules are
+  imported by each child, so a child always runs the code on disk. Otherwise (macOS,
+  where forking after some system frameworks are loaded is unsafe; Windows; more than
+  one thread, where the capped libraries would start thread pools in the server;
+  ``SENTIO_CHILD_START=spawn``) it is started with the ``spawn`` method (a fresh
+  interpreter);
+- runs with this process's environment at the call, its math libraries capped at
+  ``threads`` threads (``OMP``, ``MKL``, ``OPENBLAS``, polars, numba) before the call's
+  modules are imported. A forked child differs from a spawned one only in what the
+  preloaded libraries read from the environment when they were imported (for example
+  ``OMP_PROC_BIND``, ``TORCH_*`` import-time switches): the fork server's first start
+  set those; and its standard output and error are those the fork server started with;
+- dies with its caller: a watchdog thread exits it within a second once the caller is
+  gone (even while it is an unreaped zombie), and on Linux the kernel sends it
+  ``SIGKILL`` when the process that forked it dies; so killing the flow (even with
+  ``SIGKILL``) leaves no training running, and the fork server ends once the caller and
+  its children have;
 - reports progress to the parent through a pipe, and returns the call's value or
   re-raises its exception in the parent (a :class:`~sentio.errors.SentioError` keeps
   its type and message).
@@ -34,6 +40,7 @@ it before it has capped its threads.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -42,7 +49,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -67,9 +74,10 @@ _THREAD_ENV = (
 _PR_SET_PDEATHSIG = 1
 
 # What the fork server imports once for every child: the heavy third-party libraries of
-# a training (a missing one is skipped). Each of them, with the thread caps set, starts
-# no thread at import and leaves CUDA alone, so the server stays a single-threaded
-# process that is safe to fork (tests/test_processes.py checks it). Left to each child:
+# a training (a missing one is skipped). Each of them, capped at one thread, starts no
+# thread at import and leaves CUDA alone, so the server stays a single-threaded process
+# that is safe to fork (tests/test_processes.py checks it; with caps of 2, OpenBLAS would
+# start a pool, which is why only one-thread children are forked). Left to each child:
 # polars, pyarrow and pandas (they start allocator and clean-up threads at import, and
 # polars is not fork-safe), hmmlearn (through scikit-learn it imports pandas) and
 # Sentio's own modules (a child runs the code on disk).
@@ -84,8 +92,9 @@ FORK_SERVER_PRELOAD = (
     "sb3_contrib",
 )
 START_ENV = "SENTIO_CHILD_START"
-_server_lock = threading.Lock()
-_server_threads: int | None = None  # the thread caps the fork server was started with
+# Held while a child is started: the environment snapshot a child gets, the thread caps
+# set around a (re)start of the fork server, and the start itself do not interleave.
+_start_lock = threading.Lock()
 
 
 class ChildProcessFailed(RuntimeError):
@@ -173,16 +182,21 @@ def call_in_process(
         Whatever ``fn`` raised (re-raised here); :class:`ChildProcessFailed` when the
         child ended without a result.
     """
-    ctx = _context(int(threads))
-    parent_end, child_end = ctx.Pipe(duplex=False)
     payload = pickle.dumps((fn, args, kwargs, progress_arg if progress else None))
-    proc = ctx.Process(
-        target=_child_main,
-        args=(child_end, os.getpid(), int(threads), dict(os.environ), payload),
-        name=f"sentio-{getattr(fn, '__name__', 'call')}",
-        daemon=False,
-    )
-    proc.start()
+    with _start_lock:
+        forked = _forks(int(threads))
+        ctx: Any = multiprocessing.get_context("forkserver" if forked else "spawn")
+        parent_end, child_end = ctx.Pipe(duplex=False)
+        proc = ctx.Process(
+            target=_child_main,
+            args=(child_end, int(threads), dict(os.environ), payload),
+            name=f"sentio-{getattr(fn, '__name__', 'call')}",
+            daemon=False,
+        )
+        # starting a forked child (re)starts the fork server when it is not running:
+        # with the caps in the environment it inherits
+        with _capped(forked):
+            proc.start()
     child_end.close()
     try:
         while True:
@@ -203,7 +217,8 @@ def call_in_process(
                 break
         proc.join()
         raise ChildProcessFailed(
-            f"{proc.name} (pid {proc.pid}) ended without a result: {_exit_text(proc.exitcode)}"
+            f"{proc.name} (pid {proc.pid}) ended without a result: "
+            f"{_exit_text(proc.exitcode, forked)}"
         )
     finally:
         parent_end.close()
@@ -215,53 +230,63 @@ def call_in_process(
                 proc.join()
 
 
-def start_fork_server(threads: int) -> bool:
-    """Start the fork server for children of ``threads`` threads, if it is not running,
-    and return whether such children will be forked from it (else they are spawned).
+def start_fork_server(threads: int = 1) -> bool:
+    """Start the fork server, if it is not running, where children of ``threads`` threads
+    are forked from it, and return whether they are (else they are spawned).
 
-    It returns at once; the server imports its libraries meanwhile, so a flow that calls
-    this before its data stages has the server ready by the time it trains.
+    Children are forked on Linux when ``threads`` is 1 (the flow's default,
+    ``train.torch_threads``) and ``SENTIO_CHILD_START`` is not ``spawn``. It returns at
+    once; the server imports its libraries meanwhile, so a flow that calls this before
+    its data stages has the server ready by the time it trains.
     """
-    global _server_threads
+    with _start_lock:
+        if not _forks(threads):
+            return False
+        from multiprocessing import forkserver
+
+        with _capped(True):
+            forkserver.ensure_running()
+    return True
+
+
+def _forks(threads: int) -> bool:
+    """Whether a child of ``threads`` threads is forked from the fork server (which is
+    then configured: its preload); call with ``_start_lock`` held."""
     method = os.environ.get(START_ENV, "forkserver")
     if method not in ("forkserver", "spawn"):
         from sentio.errors import ConfigError
 
         raise ConfigError(f"{START_ENV}={method!r}: expected forkserver or spawn")
-    if method == "spawn" or not sys.platform.startswith("linux"):
+    if method == "spawn" or threads != 1 or not sys.platform.startswith("linux"):
         return False
-    from multiprocessing import forkserver
-
-    with _server_lock:
-        if _server_threads is None:
-            _server_threads = threads
-        if _server_threads != threads:
-            return False
-        multiprocessing.get_context("forkserver").set_forkserver_preload(list(FORK_SERVER_PRELOAD))
-        # (re)start the server, if it is not running, with the caps in its environment:
-        # the libraries it preloads size their thread pools from them
-        saved = {name: os.environ.get(name) for name in _THREAD_ENV}
-        os.environ.update(thread_caps(threads))
-        try:
-            forkserver.ensure_running()
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(FORK_SERVER_PRELOAD))
     return True
 
 
-def _context(threads: int) -> Any:  # a spawn or forkserver context (platform-typed)
-    """How to start a child of ``threads`` threads (see :func:`start_fork_server`)."""
-    method = "forkserver" if start_fork_server(threads) else "spawn"
-    return multiprocessing.get_context(method)
+@contextlib.contextmanager
+def _capped(on: bool) -> Iterator[None]:
+    """``os.environ`` with one-thread caps for the block (``on``), restored after: the
+    environment a fork server (re)started inside it inherits, so that the libraries it
+    preloads size their thread pools to one thread. Only the cap variables are touched,
+    and only where they differ."""
+    caps = thread_caps(1) if on else {}
+    saved = {name: os.environ.get(name) for name in caps if os.environ.get(name) != caps[name]}
+    os.environ.update({name: caps[name] for name in saved})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
-def _exit_text(code: int | None) -> str:
+def _exit_text(code: int | None, forked: bool = False) -> str:
     if code is None:
         return "still running"
+    if forked and code == 255:  # what multiprocessing reports when the server is gone
+        return "exit code 255 (the fork server it was started from may have died)"
     if code < 0:
         try:
             name = signal.Signals(-code).name
@@ -284,20 +309,14 @@ def _rebuild(pickled: bytes | None, kind: str, message: str, trace: str) -> Base
     return RuntimeError(f"{kind}: {message}\n(in the child process)\n{trace}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover - alive, someone else's
-        return True
-    return True
+def _die_with_parent() -> None:
+    """Make this process end when the process that started it (the caller) does.
 
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Make this process end when ``parent_pid`` (the caller) does: on Linux the kernel
-    kills it when the process that forked it dies (the caller, or the fork server that
-    ends with the caller), and a watchdog on every platform."""
+    A watchdog thread waits on multiprocessing's parent sentinel: a pipe whose other end
+    only the caller holds, so it reports the caller's death even while the caller is an
+    unreaped zombie, whether this child was spawned by the caller or forked by the fork
+    server. On Linux the kernel also kills this process when the process that forked it
+    dies (the caller, or the fork server)."""
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -306,28 +325,34 @@ def _die_with_parent(parent_pid: int) -> None:
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         except (OSError, AttributeError):  # pragma: no cover - no prctl
             pass
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    sentinel = parent.sentinel if parent is not None else None
     forked_by = os.getppid()
 
-    def gone() -> bool:
-        return os.getppid() != forked_by or not _alive(parent_pid)
+    def gone(timeout: float) -> bool:
+        if sentinel is not None:
+            if wait([sentinel], timeout=timeout):
+                return True
+        elif timeout:  # pragma: no cover - multiprocessing always sets the parent
+            time.sleep(timeout)
+        return os.getppid() != forked_by
 
     def watch() -> None:
-        while True:
-            if gone():
-                os._exit(70)
-            time.sleep(1.0)
-
-    threading.Thread(target=watch, name="sentio-parent-watchdog", daemon=True).start()
-    if gone():  # the parent died before the guard was in place
+        while not gone(1.0):
+            pass
         os._exit(70)
 
+    if gone(0.0):  # the caller died before the guard was in place
+        os._exit(70)
+    threading.Thread(target=watch, name="sentio-parent-watchdog", daemon=True).start()
 
-def _child_main(
-    conn: Connection, parent_pid: int, threads: int, env: dict[str, str], payload: bytes
-) -> None:
+
+def _child_main(conn: Connection, threads: int, env: dict[str, str], payload: bytes) -> None:
     """Entry point of the child: the caller's environment (a forked child starts with the
     fork server's), thread caps, a guard against orphaning; run, send back."""
-    _die_with_parent(parent_pid)
+    _die_with_parent()
     os.environ.clear()
     os.environ.update(env)
     os.environ.update(thread_caps(threads))
