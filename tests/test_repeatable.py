@@ -259,6 +259,7 @@ def test_two_runs_on_one_workdir_take_turns_and_register_consistent_versions(
     from sentio.env import EnvParams
     from sentio.env.backtest import backtest
     from sentio.registry import Registry
+    from sentio.workdir import WorkdirLock
 
     workdir = tmp_path / "wd"
     config = _write_config(
@@ -267,26 +268,41 @@ def test_two_runs_on_one_workdir_take_turns_and_register_consistent_versions(
         registry={"min_dsr": 0.0, "max_drawdown": 1.0, "min_compare_bars": 60},
         train={"seeds": [0]},
     )
-    procs = []
-    for i in range(2):
-        procs.append(
-            subprocess.Popen(
-                _sentio("run", "--data", str(bars), "--config", str(config)),
-                env=_cli_env(migrated_prefect_home(tmp_path / f"home{i}")),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    # The test holds the workdir until both runs wait for it, so that they overlap
+    # whatever their start-up times; released, one run takes it and the other waits on.
+    holder = WorkdirLock(workdir, owner="test-holder").acquire()
+    procs, logs = [], [tmp_path / f"run{i}.err" for i in range(2)]
+    try:
+        for i, log in enumerate(logs):
+            with log.open("w") as err:
+                procs.append(
+                    subprocess.Popen(
+                        _sentio("run", "--data", str(bars), "--config", str(config)),
+                        env=_cli_env(migrated_prefect_home(tmp_path / f"home{i}")),
+                        stdout=subprocess.PIPE,
+                        stderr=err,
+                        text=True,
+                    )
+                )
+        deadline = time.monotonic() + 300
+        while not all("is in use by run test-holder" in log.read_text() for log in logs):
+            for proc, log in zip(procs, logs, strict=True):
+                assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the runs never waited for the workdir"
+            time.sleep(0.5)
+    finally:
+        holder.release()
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out, log in zip(procs, outs, logs, strict=True):
+        assert p.returncode == 0, log.read_text()[-3000:]
         assert "completed" in out
-    assert any("is in use by run" in err for _, err in outs), "neither run waited"
     records = [
         json.loads(path.read_text()) for path in sorted((workdir / "runs").glob("*/run.json"))
     ]
     assert len(records) == 2 and all(r["status"] == "completed" for r in records)
+    # they took turns: one run's record ends before the other's begins
+    first, second = sorted(records, key=lambda r: r["started"])
+    assert first["finished"] <= second["started"], (first["finished"], second["started"])
 
     # every version's recorded metrics are a fresh backtest of its own model file
     reg = Registry(workdir / "registry")
