@@ -9,6 +9,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -79,6 +80,18 @@ def minute_bars(
             "volume": rng.integers(100, 10_000, n).astype(float),
         }
     )
+
+
+def data_stages(bars: Path, cfg: Any, workdir: Path) -> tuple[str, str, str, str]:
+    """Ingest, features, folds and regimes of ``bars`` through the library stages (no
+    Prefect): the outputs a training stage reads, in its argument order."""
+    from sentio import stages
+
+    ingest = stages.ingest_stage([bars], cfg, workdir)
+    features = stages.features_stage(ingest["output"], cfg, workdir)
+    folds = stages.folds_stage(features["output"], cfg, workdir)
+    regimes = stages.regimes_stage(ingest["output"], folds["output"], cfg, workdir)
+    return ingest["output"], features["output"], folds["output"], regimes["output"]
 
 
 @pytest.fixture

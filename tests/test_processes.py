@@ -18,7 +18,7 @@ from sentio import processes, stages
 from sentio.config import config_from_dict
 from sentio.errors import ConfigError
 from sentio.io import sha256_file
-from tests.conftest import SHORT_WINDOWS, minute_bars
+from tests.conftest import SHORT_WINDOWS, data_stages, minute_bars
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,12 +107,7 @@ def test_a_forked_training_equals_a_spawned_one(
     bars = tmp_path / "bars.feather"
     minute_bars("2024-01-08", "2024-01-10", seed=5, price=300.0).write_ipc(bars)
     cfg = config_from_dict(SHORT_WINDOWS)
-    wd = tmp_path / "inputs"
-    ingest = stages.ingest_stage([bars], cfg, wd)
-    features = stages.features_stage(ingest["output"], cfg, wd)
-    folds = stages.folds_stage(features["output"], cfg, wd)
-    regimes = stages.regimes_stage(ingest["output"], folds["output"], cfg, wd)
-    args = (ingest["output"], features["output"], folds["output"], regimes["output"])
+    args = data_stages(bars, cfg, tmp_path / "inputs")
 
     summaries = {}
     for method in ("forkserver", "spawn"):

@@ -30,7 +30,7 @@ import yaml
 from sentio import stages
 from sentio.config import SentioConfig, config_from_dict, resolve_for_bars
 from sentio.io import sha256_file
-from tests.conftest import SHORT_WINDOWS, minute_bars
+from tests.conftest import SHORT_WINDOWS, data_stages, minute_bars
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("restore_environ")]
 
@@ -106,14 +106,7 @@ def stage_inputs(bars: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     cfg = config_from_dict(
         {**SHORT_WINDOWS, "train": {**SHORT_WINDOWS["train"], "total_timesteps": 512}}
     )
-    ingest = stages.ingest_stage([bars], cfg, wd)
-    features = stages.features_stage(ingest["output"], cfg, wd)
-    folds = stages.folds_stage(features["output"], cfg, wd)
-    regimes = stages.regimes_stage(ingest["output"], folds["output"], cfg, wd)
-    return {
-        "cfg": cfg,
-        "args": (ingest["output"], features["output"], folds["output"], regimes["output"]),
-    }
+    return {"cfg": cfg, "args": data_stages(bars, cfg, wd)}
 
 
 def test_killed_training_stage_resumes_to_the_uninterrupted_result(

@@ -22,7 +22,7 @@ import pytest
 
 from sentio.config import SentioConfig, config_from_dict
 from sentio.io import sha256_file
-from tests.conftest import SHORT_WINDOWS, minute_bars
+from tests.conftest import SHORT_WINDOWS, data_stages, minute_bars
 from tests.test_flow import TERMINAL, _wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("restore_environ")]
@@ -37,20 +37,13 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     raw = base / "bars.feather"
     minute_bars("2024-01-08", "2024-01-10", seed=4, price=400.0).write_ipc(raw)
     cfg = config_from_dict(SHORT_WINDOWS)
-    wd = base / "inputs"
-    ingest = stages.ingest_stage([raw], cfg, wd)
-    features = stages.features_stage(ingest["output"], cfg, wd)
-    folds = stages.folds_stage(features["output"], cfg, wd)
-    regimes = stages.regimes_stage(ingest["output"], folds["output"], cfg, wd)
+    paths = data_stages(raw, cfg, base / "inputs")
+    n_folds = len(stages.load_folds(paths[2])["folds"])
+    names = ("bars_path", "features_path", "folds_path", "regimes_path")
     return {
-        "paths": {
-            "bars_path": ingest["output"],
-            "features_path": features["output"],
-            "folds_path": folds["output"],
-            "regimes_path": regimes["output"],
-        },
+        "paths": dict(zip(names, paths, strict=True)),
         # two seeds: with two workers, at least one of them trains twice in a row
-        "jobs": [(fold, seed) for fold in range(folds["n_folds"]) for seed in (0, 1)],
+        "jobs": [(fold, seed) for fold in range(n_folds) for seed in (0, 1)],
     }
 
 
