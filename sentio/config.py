@@ -1049,6 +1049,14 @@ class PathsConfig(_Section):
         description="with paths.storage: where a machine that trains keeps its copies of the "
         "inputs and its own outputs and checkpoints before they are published (a folder)",
     )
+    storage_cache_days: float | None = Field(
+        7.0,
+        gt=0.0,
+        description="with paths.storage: after each training, a machine removes from its "
+        "paths.storage_cache what no training there has used for this many days (when no "
+        "other training is using the cache; everything in it can be fetched from the "
+        "storage again); null: never",
+    )
     on_busy: Literal["wait", "refuse"] = Field(
         "wait",
         description="when another run holds the working directory: wait for it (saying so) "
@@ -1059,6 +1067,20 @@ class PathsConfig(_Section):
         gt=0.0,
         description="seconds to wait for a busy working directory before giving up",
     )
+
+    @model_validator(mode="after")
+    def _cache_apart_from_workdir(self) -> PathsConfig:
+        """The storage cache is pruned by age: it must not hold the working directory."""
+        if self.storage is not None:
+            cache = self.storage_cache.expanduser().resolve()
+            workdir = self.workdir.expanduser().resolve()
+            if workdir == cache or workdir.is_relative_to(cache):
+                raise ValueError(
+                    f"paths.storage_cache ({self.storage_cache}) must be a folder of its own, "
+                    f"not paths.workdir ({self.workdir}) or a folder above it: its copies are "
+                    "removed after paths.storage_cache_days"
+                )
+        return self
 
 
 class SentioConfig(_Section):

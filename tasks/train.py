@@ -36,6 +36,7 @@ from sentio.io import is_disk_full
 from sentio.processes import call_in_process, call_in_this_process, thread_caps
 from sentio.progress import format_progress
 from sentio.storage import SharedStorage, checkpoint_steps
+from sentio.storage_cache import cache_in_use, mark_used, prune_cache
 from tasks.caching import checked, content_cache_policy, failure_exception, stage_task_options
 
 TRAIN_RETRIES = 2
@@ -130,7 +131,8 @@ def train_shared_task(
     :func:`flows.trainings.run_trainings`), in this machine's ``paths.storage_cache``.
 
     The training's folder is published to the storage; the summary returned names this
-    machine's files (the flow copies the folder and reads its own copy).
+    machine's files (the flow copies the folder and reads its own copy). The cache is held
+    in use meanwhile and pruned afterwards (:mod:`sentio.storage_cache`).
 
     Raises:
         StorageError: the storage cannot be reached, or an input is missing or damaged.
@@ -138,6 +140,43 @@ def train_shared_task(
     """
     store = SharedStorage(str(cfg.paths.storage))
     cache = stages.workdir_root(cfg.paths.storage_cache)
+    try:
+        with cache_in_use(cache):
+            return _train_in_cache(store, cache, key, inputs, cfg, fold, seed)
+    finally:
+        _prune(cache, cfg.paths.storage_cache_days)
+
+
+def _prune(cache: Path, keep_days: float | None) -> None:
+    """Prune this machine's storage cache (:mod:`sentio.storage_cache`); a failure is a
+    warning: the training's result is already published."""
+    if keep_days is None:
+        return
+    logger = get_run_logger()
+    try:
+        removed = prune_cache(cache, keep_days)
+    except OSError as exc:
+        logger.warning("storage cache %s: not pruned: %s", cache, exc)
+        return
+    if removed:
+        logger.info(
+            "storage cache %s: removed %d entries unused for %g days",
+            cache,
+            len(removed),
+            keep_days,
+        )
+
+
+def _train_in_cache(
+    store: SharedStorage,
+    cache: Path,
+    key: str,
+    inputs: dict[str, str | None],
+    cfg: SentioConfig,
+    fold: int,
+    seed: int,
+) -> dict[str, Any]:
+    """:func:`train_shared_task`'s work, with ``cache`` held in use."""
     paths: list[str | None] = []
     for name in ("bars_path", "features_path", "folds_path", "regimes_path", "warm_path"):
         rel = inputs.get(name)
@@ -148,6 +187,7 @@ def train_shared_task(
                     f"train fold {fold} seed {seed}: {name} is not in the storage "
                     f"({store.where('stages', stage, stage_key)} has no manifest)"
                 )
+            mark_used(cache / stage / stage_key)
         paths.append(None if rel is None else str(cache / rel))
     bars, features, folds, regimes, warm = paths
     assert bars is not None and features is not None and folds is not None

@@ -13,6 +13,7 @@ says how to start it.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -328,8 +329,14 @@ def test_trainings_through_s3_equal_the_local_ones_and_any_run_reuses_them(
 
     n = len(inputs["jobs"])
     url, cache = f"{s3_bucket}/{uuid.uuid4().hex}", tmp_path / "worker-cache"
+    # last night's copies, unused for longer than paths.storage_cache_days
+    stale = cache / "features" / "last-nights-key"
+    stale.mkdir(parents=True)
+    (stale / "features.feather").write_bytes(b"old")
+    os.utime(stale, (time.time() - 8 * 86_400.0,) * 2)
     on_dask, dask_runs = fan_out(inputs, tmp_path / "a", "dask", storage=(url, cache))
     assert train_states(on_dask, n) == ["Completed"] * n
+    assert not stale.exists(), "the worker did not prune its storage cache"
     store = SharedStorage(url)
     keys = keys_of(inputs, config("dask"))
     assert [r["key"] for r in dask_runs] == keys
@@ -340,6 +347,7 @@ def test_trainings_through_s3_equal_the_local_ones_and_any_run_reuses_them(
     for name in ("bars_path", "features_path", "folds_path", "regimes_path"):
         folder = Path(inputs["paths"][name]).parent
         assert store.has_stage(folder.parent.name, folder.name), name
+        assert (cache / folder.parent.name / folder.name).is_dir(), name  # in use: kept
     assert store.fs.find(f"{store.root}/prefect-results"), "no Prefect results in the storage"
     assert store.fs.find(f"{store.root}/checkpoints") == []  # dropped once published
     on_local, local_runs = fan_out(inputs, tmp_path / "b", "local")

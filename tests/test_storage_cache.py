@@ -1,0 +1,153 @@
+"""A training machine's storage cache (``paths.storage_cache``, :mod:`sentio.storage_cache`):
+what no training used for ``paths.storage_cache_days`` is removed, but only while no
+training uses the cache, and never from a folder that is not a marked cache."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sentio.config import config_from_dict
+from sentio.errors import ConfigError
+from sentio.storage_cache import CACHE_LOCK, CACHE_MARK, cache_in_use, mark_used, prune_cache
+
+DAY = 86_400.0
+NOW = 1_800_000_000.0
+
+
+def entry(path: Path, age_days: float, *, folder: bool = True) -> Path:
+    """A cache entry last used ``age_days`` before NOW."""
+    if folder:
+        (path / "inner").mkdir(parents=True)
+        (path / "inner" / "data.bin").write_bytes(b"x" * 100)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"y")
+    stamp = NOW - age_days * DAY
+    os.utime(path, (stamp, stamp), follow_symlinks=False)
+    return path
+
+
+def a_cache(root: Path) -> Path:
+    with cache_in_use(root):
+        pass
+    return root
+
+
+def test_entries_unused_for_longer_than_the_horizon_go_and_the_rest_stay(tmp_path: Path) -> None:
+    cache = a_cache(tmp_path / "cache")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    old = [
+        entry(cache / "features" / "old-key", 8),
+        entry(cache / "train" / ".k.partial", 30),  # a killed training's checkpoints
+        entry(cache / "train" / ".x.1234.tmp", 9, folder=False),
+    ]
+    link = cache / "ingest" / "link"
+    link.parent.mkdir()
+    link.symlink_to(outside)
+    os.utime(link, (NOW - 10 * DAY, NOW - 10 * DAY), follow_symlinks=False)
+    new = [entry(cache / "features" / "new-key", 6.9), entry(cache / "train" / "k", 0)]
+    removed = prune_cache(cache, 7.0, now=NOW)
+    assert removed is not None
+    assert sorted(removed) == sorted([*old, link])
+    assert not any(p.exists() or p.is_symlink() for p in [*old, link])
+    assert all((p / "inner" / "data.bin").is_file() for p in new)
+    assert (outside / "keep.txt").read_text() == "mine"  # the link went, not its target
+    assert (cache / CACHE_MARK).is_file() and (cache / CACHE_LOCK).is_file()
+    assert prune_cache(cache, 7.0, now=NOW) == []
+
+
+def test_marking_an_entry_used_keeps_it(tmp_path: Path) -> None:
+    cache = a_cache(tmp_path / "cache")
+    folder = entry(cache / "folds" / "k", 100)
+    mark_used(folder)
+    assert prune_cache(cache, 7.0) == []
+    assert folder.is_dir()
+
+
+def test_a_cache_in_use_is_not_pruned_until_the_last_user_leaves(tmp_path: Path) -> None:
+    cache = a_cache(tmp_path / "cache")
+    old = entry(cache / "features" / "old-key", 30)
+    entered, leave = threading.Event(), threading.Event()
+
+    def training() -> None:
+        with cache_in_use(cache):
+            entered.set()
+            leave.wait(10.0)
+
+    other = threading.Thread(target=training)
+    other.start()
+    assert entered.wait(10.0)
+    try:
+        assert prune_cache(cache, 7.0, now=NOW) is None  # another training uses it
+        assert old.is_dir()
+    finally:
+        leave.set()
+        other.join(10.0)
+    assert prune_cache(cache, 7.0, now=NOW) == [old]
+
+
+def test_a_training_waits_for_a_pruning_in_progress(tmp_path: Path) -> None:
+    cache = a_cache(tmp_path / "cache")
+    entered = threading.Event()
+
+    def training() -> None:
+        with cache_in_use(cache):
+            entered.set()
+
+    with open(cache / CACHE_LOCK, "a") as fh:  # what prune_cache holds while it removes
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        other = threading.Thread(target=training)
+        other.start()
+        time.sleep(0.3)
+        assert not entered.is_set()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    other.join(10.0)
+    assert entered.is_set()
+
+
+def test_folders_that_are_not_a_marked_cache_are_never_pruned(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    old = entry(plain / "features" / "k", 30)
+    assert prune_cache(plain, 7.0, now=NOW) is None
+    workdir = a_cache(tmp_path / "workdir")  # marked, but a run's working directory
+    (workdir / "runs").mkdir()
+    old_too = entry(workdir / "features" / "k", 30)
+    assert prune_cache(workdir, 7.0, now=NOW) is None
+    locked = a_cache(tmp_path / "locked")
+    (locked / ".sentio.lock").touch()
+    assert prune_cache(locked, 7.0, now=NOW) is None
+    assert old.is_dir() and old_too.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("workdir", "cache", "ok"),
+    [
+        ("w", "w", False),
+        ("w/inner", "w", False),
+        ("w", "w/cache", True),
+        ("w", "c", True),
+    ],
+)
+def test_the_cache_cannot_hold_the_working_directory(
+    tmp_path: Path, workdir: str, cache: str, ok: bool
+) -> None:
+    paths = {
+        "workdir": str(tmp_path / workdir),
+        "storage": "file:///tmp/bucket",
+        "storage_cache": str(tmp_path / cache),
+    }
+    if ok:
+        assert config_from_dict({"paths": paths}).paths.storage_cache_days == 7.0
+    else:
+        with pytest.raises(ConfigError, match=r"paths.storage_cache .* must be a folder of its"):
+            config_from_dict({"paths": paths})
+    del paths["storage"]  # without a storage, the cache is not used
+    config_from_dict({"paths": paths})
