@@ -29,6 +29,8 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import math
+import urllib.parse
+import urllib.request
 import zoneinfo
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -1047,15 +1049,17 @@ class PathsConfig(_Section):
     storage_cache: Path = Field(
         Path("~/.cache/sentio"),
         description="with paths.storage: where a machine that trains keeps its copies of the "
-        "inputs and its own outputs and checkpoints before they are published (a folder)",
+        "inputs and its own outputs and checkpoints before they are published (a folder of "
+        "Sentio's own, apart from paths.workdir and a file:// storage)",
     )
     storage_cache_days: float | None = Field(
         7.0,
         gt=0.0,
         description="with paths.storage: after each training, a machine removes from its "
-        "paths.storage_cache what no training there has used for this many days (when no "
-        "other training is using the cache; everything in it can be fetched from the "
-        "storage again); null: never",
+        "paths.storage_cache the stage folders and checkpoints no training there has used "
+        "for this many days, when no other training is using the cache (an input removed is "
+        "copied from the storage again when needed); never in a folder holding anything "
+        "else; null: never",
     )
     on_busy: Literal["wait", "refuse"] = Field(
         "wait",
@@ -1069,16 +1073,27 @@ class PathsConfig(_Section):
     )
 
     @model_validator(mode="after")
-    def _cache_apart_from_workdir(self) -> PathsConfig:
-        """The storage cache is pruned by age: it must not hold the working directory."""
-        if self.storage is not None:
-            cache = self.storage_cache.expanduser().resolve()
-            workdir = self.workdir.expanduser().resolve()
-            if workdir == cache or workdir.is_relative_to(cache):
+    def _cache_apart(self) -> PathsConfig:
+        """The storage cache is pruned by age (:mod:`sentio.storage_cache`): it must not
+        hold the working directory, nor overlap a local storage."""
+        if self.storage is None:
+            return self
+        cache = self.storage_cache.expanduser().resolve()
+        workdir = self.workdir.expanduser().resolve()
+        if workdir == cache or workdir.is_relative_to(cache):
+            raise ValueError(
+                f"paths.storage_cache ({self.storage_cache}) must be a folder of its own, "
+                f"not paths.workdir ({self.workdir}) or a folder above it: its copies are "
+                "removed after paths.storage_cache_days"
+            )
+        url = urllib.parse.urlparse(self.storage)
+        if url.scheme == "file":
+            root = Path(urllib.request.url2pathname(url.path)).resolve()
+            if cache.is_relative_to(root) or root.is_relative_to(cache):
                 raise ValueError(
-                    f"paths.storage_cache ({self.storage_cache}) must be a folder of its own, "
-                    f"not paths.workdir ({self.workdir}) or a folder above it: its copies are "
-                    "removed after paths.storage_cache_days"
+                    f"paths.storage_cache ({self.storage_cache}) must be a folder apart from "
+                    f"paths.storage ({self.storage}): the cache's copies are removed after "
+                    "paths.storage_cache_days"
                 )
         return self
 

@@ -15,6 +15,7 @@ user error, a full disk or too little memory would fail the same way again).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import socket
 import time
@@ -36,7 +37,7 @@ from sentio.io import is_disk_full
 from sentio.processes import call_in_process, call_in_this_process, thread_caps
 from sentio.progress import format_progress
 from sentio.storage import SharedStorage, checkpoint_steps
-from sentio.storage_cache import cache_in_use, mark_used, prune_cache
+from sentio.storage_cache import CacheUse, cache_in_use, prune_cache
 from tasks.caching import checked, content_cache_policy, failure_exception, stage_task_options
 
 TRAIN_RETRIES = 2
@@ -140,43 +141,46 @@ def train_shared_task(
     """
     store = SharedStorage(str(cfg.paths.storage))
     cache = stages.workdir_root(cfg.paths.storage_cache)
+    held = False
     try:
-        with cache_in_use(cache):
-            return _train_in_cache(store, cache, key, inputs, cfg, fold, seed)
+        with cache_in_use(cache) as use:
+            held = use.held
+            return _train_in_cache(store, use, key, inputs, cfg, fold, seed)
     finally:
-        _prune(cache, cfg.paths.storage_cache_days)
+        if held:
+            _prune(cache, cfg.paths.storage_cache_days)
 
 
 def _prune(cache: Path, keep_days: float | None) -> None:
-    """Prune this machine's storage cache (:mod:`sentio.storage_cache`); a failure is a
-    warning: the training's result is already published."""
+    """Prune this machine's storage cache (:mod:`sentio.storage_cache`). Never raises: a
+    failure is a warning (the training's outcome, result or error, is what counts)."""
     if keep_days is None:
         return
-    logger = get_run_logger()
     try:
         removed = prune_cache(cache, keep_days)
-    except OSError as exc:
-        logger.warning("storage cache %s: not pruned: %s", cache, exc)
-        return
-    if removed:
-        logger.info(
-            "storage cache %s: removed %d entries unused for %g days",
-            cache,
-            len(removed),
-            keep_days,
-        )
+        if removed:
+            get_run_logger().info(
+                "storage cache %s: removed %d entries unused for %g days",
+                cache,
+                len(removed),
+                keep_days,
+            )
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        with contextlib.suppress(Exception):
+            get_run_logger().warning("storage cache %s: not pruned: %s", cache, exc)
 
 
 def _train_in_cache(
     store: SharedStorage,
-    cache: Path,
+    use: CacheUse,
     key: str,
     inputs: dict[str, str | None],
     cfg: SentioConfig,
     fold: int,
     seed: int,
 ) -> dict[str, Any]:
-    """:func:`train_shared_task`'s work, with ``cache`` held in use."""
+    """:func:`train_shared_task`'s work, in the cache held in use (``use``)."""
+    cache = use.cache
     paths: list[str | None] = []
     for name in ("bars_path", "features_path", "folds_path", "regimes_path", "warm_path"):
         rel = inputs.get(name)
@@ -187,7 +191,7 @@ def _train_in_cache(
                     f"train fold {fold} seed {seed}: {name} is not in the storage "
                     f"({store.where('stages', stage, stage_key)} has no manifest)"
                 )
-            mark_used(cache / stage / stage_key)
+            use.mark(cache / stage / stage_key)
         paths.append(None if rel is None else str(cache / rel))
     bars, features, folds, regimes, warm = paths
     assert bars is not None and features is not None and folds is not None
@@ -198,6 +202,8 @@ def _train_in_cache(
             f"the training key {here} where the flow computed {key}: its Sentio code or "
             "packages differ from the flow's; install the same version on every machine"
         )
+    use.mark(cache / "train" / key)
+    use.mark(cache / "train" / stages.training_staging(key))
     if store.get_stage("train", key, cache):  # trained elsewhere meanwhile
         done = stages.stage_summary("train", key, cache)
         if done is not None:

@@ -326,6 +326,7 @@ def test_trainings_through_s3_equal_the_local_ones_and_any_run_reuses_them(
 
     import flows.trainings
     from sentio.storage import SharedStorage
+    from sentio.storage_cache import CACHE_MARK
 
     n = len(inputs["jobs"])
     url, cache = f"{s3_bucket}/{uuid.uuid4().hex}", tmp_path / "worker-cache"
@@ -337,6 +338,7 @@ def test_trainings_through_s3_equal_the_local_ones_and_any_run_reuses_them(
     on_dask, dask_runs = fan_out(inputs, tmp_path / "a", "dask", storage=(url, cache))
     assert train_states(on_dask, n) == ["Completed"] * n
     assert not stale.exists(), "the worker did not prune its storage cache"
+    assert (cache / CACHE_MARK).is_file()
     store = SharedStorage(url)
     keys = keys_of(inputs, config("dask"))
     assert [r["key"] for r in dask_runs] == keys

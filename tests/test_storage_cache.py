@@ -14,7 +14,7 @@ import pytest
 
 from sentio.config import config_from_dict
 from sentio.errors import ConfigError
-from sentio.storage_cache import CACHE_LOCK, CACHE_MARK, cache_in_use, mark_used, prune_cache
+from sentio.storage_cache import CACHE_LOCK, CACHE_MARK, cache_in_use, prune_cache
 
 DAY = 86_400.0
 NOW = 1_800_000_000.0
@@ -64,12 +64,23 @@ def test_entries_unused_for_longer_than_the_horizon_go_and_the_rest_stay(tmp_pat
     assert prune_cache(cache, 7.0, now=NOW) == []
 
 
-def test_marking_an_entry_used_keeps_it(tmp_path: Path) -> None:
+def test_what_a_training_used_is_marked_when_it_starts_and_when_it_ends(tmp_path: Path) -> None:
+    """Also after a failed attempt: its inputs and checkpoints are there for the retry,
+    however long it ran and however short paths.storage_cache_days is."""
     cache = a_cache(tmp_path / "cache")
-    folder = entry(cache / "folds" / "k", 100)
-    mark_used(folder)
-    assert prune_cache(cache, 7.0) == []
-    assert folder.is_dir()
+    inputs = entry(cache / "folds" / "k", 100)
+    partial = cache / "train" / ".k.partial"
+    other = entry(cache / "features" / "other", 100)
+    with pytest.raises(RuntimeError), cache_in_use(cache) as use:
+        assert use.held
+        use.mark(inputs)
+        use.mark(partial)  # created later by the training
+        assert time.time() - inputs.stat().st_mtime < 60
+        entry(partial, 100)
+        os.utime(inputs, (0.0, 0.0))  # as if the training had run for a long time
+        raise RuntimeError("the training failed")
+    assert prune_cache(cache, 0.001) == [other]
+    assert inputs.is_dir() and partial.is_dir()
 
 
 def test_a_cache_in_use_is_not_pruned_until_the_last_user_leaves(tmp_path: Path) -> None:
@@ -113,6 +124,31 @@ def test_a_training_waits_for_a_pruning_in_progress(tmp_path: Path) -> None:
     assert entered.is_set()
 
 
+def test_only_sentio_s_stage_folders_of_a_folder_of_its_own_are_pruned(tmp_path: Path) -> None:
+    """A cache configured onto a home folder by mistake is used, never marked or pruned;
+    in a cache, only the stage folders' entries go; a cache of an earlier version (stage
+    folders, no mark) is marked at its next use."""
+    home = tmp_path / "home"
+    mine = entry(home / "Documents" / "thesis", 30)
+    deep = entry(home / "Documents" / "features" / "k", 30)
+    staged = entry(home / "features" / "k", 30)
+    with cache_in_use(home):
+        pass
+    assert not (home / CACHE_MARK).exists()
+    assert prune_cache(home, 7.0, now=NOW) is None
+    assert mine.is_dir() and deep.is_dir() and staged.is_dir()
+    earlier = tmp_path / "earlier"
+    old = entry(earlier / "features" / "k", 30)
+    entry(earlier / "train" / "k", 30)
+    assert prune_cache(earlier, 7.0, now=NOW) is None  # not marked yet
+    with cache_in_use(earlier):
+        pass
+    assert (earlier / CACHE_MARK).is_file()
+    stray = entry(earlier / "notes" / "k", 30)  # written later by something else
+    assert len(prune_cache(earlier, 7.0, now=NOW) or []) == 2
+    assert not old.exists() and stray.is_dir()
+
+
 def test_folders_that_are_not_a_marked_cache_are_never_pruned(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     old = entry(plain / "features" / "k", 30)
@@ -128,26 +164,50 @@ def test_folders_that_are_not_a_marked_cache_are_never_pruned(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(
-    ("workdir", "cache", "ok"),
+    ("workdir", "storage", "cache", "ok"),
     [
-        ("w", "w", False),
-        ("w/inner", "w", False),
-        ("w", "w/cache", True),
-        ("w", "c", True),
+        ("w", "s", "w", False),
+        ("w/inner", "s", "w", False),
+        ("w", "s", "s", False),
+        ("w", "s", "s/stages", False),
+        ("w", "s/deep", "s", False),
+        ("w", "s", "w/cache", True),
+        ("w", "s", "c", True),
     ],
 )
-def test_the_cache_cannot_hold_the_working_directory(
-    tmp_path: Path, workdir: str, cache: str, ok: bool
+def test_the_cache_lies_apart_from_the_workdir_and_a_local_storage(
+    tmp_path: Path, workdir: str, storage: str, cache: str, ok: bool
 ) -> None:
     paths = {
         "workdir": str(tmp_path / workdir),
-        "storage": "file:///tmp/bucket",
+        "storage": (tmp_path / storage).as_uri(),
         "storage_cache": str(tmp_path / cache),
     }
     if ok:
         assert config_from_dict({"paths": paths}).paths.storage_cache_days == 7.0
     else:
-        with pytest.raises(ConfigError, match=r"paths.storage_cache .* must be a folder of its"):
+        with pytest.raises(ConfigError, match=r"paths.storage_cache .* must be a folder "):
             config_from_dict({"paths": paths})
     del paths["storage"]  # without a storage, the cache is not used
     config_from_dict({"paths": paths})
+    # a storage elsewhere (s3://) is never the cache
+    if not ok and cache != workdir and not Path(workdir).is_relative_to(cache):
+        config_from_dict({"paths": {**paths, "storage": "s3://bucket/prefix"}})
+
+
+def test_a_filesystem_without_flock_is_used_but_never_pruned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sentio.storage_cache as sc
+
+    cache = a_cache(tmp_path / "cache")
+    old = entry(cache / "features" / "k", 30)
+
+    def no_flock(fh: object, op: int) -> None:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(sc.fcntl, "flock", no_flock)
+    with cache_in_use(cache) as use:
+        assert not use.held
+    assert prune_cache(cache, 7.0, now=NOW) is None
+    assert old.is_dir()
