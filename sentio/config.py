@@ -1479,8 +1479,11 @@ def with_overrides(cfg: SentioConfig, overrides: dict[str, Any]) -> SentioConfig
             continue
         node = data
         *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
+        for part in parents:  # an unknown section is reported by the validation
+            child = node.setdefault(part, {}) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                raise ConfigError(f"options: {key}: {part} is a setting, not a section")
+            node = child
         node[leaf] = value
     return config_from_dict(data, "options")
 

@@ -177,6 +177,16 @@ def test_overrides_are_validated_and_none_leaves_values() -> None:
         with_overrides(cfg, {"ingest.on_bad_rows": "ignore"})
 
 
+def test_an_override_of_an_unknown_section_is_one_line_naming_it() -> None:
+    """Not a KeyError: the same message as a configuration file's unknown key."""
+    with pytest.raises(ConfigError, match=r"^options: costs: unknown setting \(allowed: agent,"):
+        with_overrides(SentioConfig(), {"costs.half_spread_bps": 0})
+    with pytest.raises(ConfigError, match=r"did you mean 'half_spread_bps'\?$"):
+        with_overrides(SentioConfig(), {"env.costs.half_spred_bps": 0})
+    with pytest.raises(ConfigError, match=r"^options: env\.window\.x: window is a setting"):
+        with_overrides(SentioConfig(), {"env.window.x": 0})
+
+
 def test_hash_by_section_ignores_other_sections() -> None:
     a = SentioConfig()
     b = with_overrides(a, {"train.total_timesteps": 7})
