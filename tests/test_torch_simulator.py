@@ -195,3 +195,70 @@ def test_both_simulators_return_the_same_step_result_contract() -> None:
     assert [f.name for f in dataclasses.fields(TorchStepResult)] == [
         f.name for f in dataclasses.fields(StepResult)
     ]
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_scaled_costs_charge_that_share_and_one_restores_them(kind: str) -> None:
+    """``scale_costs`` (a training's cost ramp, train.cost_ramp): 0 steps exactly as a
+    simulator without costs, 0.5 charges half of the full costs on the same step, and 1
+    steps exactly as a fresh simulator again."""
+    rng = np.random.default_rng(11)
+    market = random_market(n_sessions=3, session_len=60, seed=3, bar_vol=3e-3)
+    params = make_params(commission_per_share=0.005, half_spread=2e-4, slippage_vol_mult=0.2)
+    free = dataclasses.replace(
+        params, commission_per_share=0.0, half_spread=0.0, slippage_vol_mult=0.0
+    )
+    n = 64
+    start = rng.integers(params.window - 1, 20, size=n)  # episodes longer than the test
+    end = np.full(n, market.n_rows - 1)
+
+    def sim(p: EnvParams) -> BatchSimulator | TorchSimulator:
+        s: BatchSimulator | TorchSimulator
+        if kind == "numpy":
+            s = BatchSimulator(market, p, n)
+            s.reset(np.arange(n), start, end)
+        else:
+            s = TorchSimulator(market, p, n)
+            s.reset(torch.as_tensor(start), torch.as_tensor(end))
+        return s
+
+    def step(s: BatchSimulator | TorchSimulator, actions: np.ndarray) -> dict[str, np.ndarray]:
+        r = s.step(actions if kind == "numpy" else torch.as_tensor(actions))  # type: ignore[arg-type]
+        out = {}
+        for k in ("costs", "equity", "reward"):
+            v = getattr(r, k)
+            out[k] = v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+        return out
+
+    scaled, reference, full = sim(params), sim(free), sim(params)
+    half = sim(params)
+    half.scale_costs(0.5)
+    scaled.scale_costs(0.0)
+    charged = 0.0
+    for i in range(60):
+        held = np.asarray(full.held if kind == "numpy" else full.held.cpu().numpy())
+        masks = full.action_masks()
+        masks = masks if kind == "numpy" else masks.cpu().numpy()
+        actions = _random_valid(rng, masks, held)
+        if i == 30:
+            scaled.scale_costs(1.0)
+            # from the same accounts on, the restored simulator steps as a full-cost one
+            full = sim(params)
+            full.set_state(scaled.get_state())  # type: ignore[arg-type]
+            half.set_state(scaled.get_state())  # type: ignore[arg-type]
+        a, b, c, h = (
+            step(scaled, actions),
+            step(reference, actions),
+            step(full, actions),
+            step(half, actions),
+        )
+        if i < 30:
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        else:
+            for k in a:
+                np.testing.assert_array_equal(a[k], c[k], err_msg=k)
+            np.testing.assert_allclose(h["costs"], 0.5 * c["costs"], rtol=1e-12, atol=0)
+            charged += float(c["costs"].sum())
+            half.set_state(full.get_state())  # type: ignore[arg-type]
+    assert charged > 0  # costs were charged after the restore
