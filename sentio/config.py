@@ -867,14 +867,6 @@ class TrainConfig(_Section):
         description="environment steps between checkpoints (a retried training resumes from "
         "the last)",
     )
-    cost_ramp: float = Field(
-        0.0,
-        ge=0.0,
-        le=1.0,
-        description="share of train.total_timesteps over which the costs the training "
-        "episodes charge rise linearly from 0 to the full env.costs (0: full costs from the "
-        "start); validation, backtests and everything after training charge full costs",
-    )
     validation_fraction: float = Field(
         0.2,
         ge=0.0,

@@ -452,10 +452,8 @@ class _Checkpoints(BaseCallback):
         fingerprint: str,
         progress: ProgressFn | None,
         validator: _Validator | None = None,
-        cost_ramp_steps: int = 0,
     ) -> None:
         super().__init__()
-        self.cost_ramp_steps = cost_ramp_steps
         self.folder = folder
         self.venv = env
         self.every = every
@@ -511,9 +509,6 @@ class _Checkpoints(BaseCallback):
             selection = None if v is None else v.selection
             _save_checkpoint(self.folder, self.model, self.venv, self.fingerprint, selection)
             self.last = mark
-        if self.cost_ramp_steps:  # from the step count alone: a resumed training agrees
-            done = int(self.model.num_timesteps)
-            self.venv.sim.scale_costs(min(done / self.cost_ramp_steps, 1.0))
 
 
 @dataclass
@@ -653,14 +648,7 @@ def _train(
     total = cfg.train.total_timesteps
     remaining = max(total - int(model.num_timesteps), 0)
     callback = _Checkpoints(
-        ckpt_dir,
-        state_env,
-        cfg.train.checkpoint_every,
-        total,
-        fingerprint,
-        progress,
-        validator,
-        cost_ramp_steps=round(cfg.train.cost_ramp * total),
+        ckpt_dir, state_env, cfg.train.checkpoint_every, total, fingerprint, progress, validator
     )
     start = time.perf_counter()
     _learn(model, device_env, remaining, callback, resumed_from)

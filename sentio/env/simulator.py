@@ -58,7 +58,6 @@ bar t (1 on daily bars).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -360,16 +359,6 @@ class BatchSimulator:
         self._close_flat = np.ascontiguousarray(market.close).ravel()
         self._cost_rate = (
             params.half_spread + params.slippage_vol_mult * params.leverage * market.vol
-        )
-        self._full_costs = (self._cost_rate, params)
-
-    def scale_costs(self, factor: float) -> None:
-        """Charge ``factor`` times the configured costs (commission and cost rate) from the
-        next step on: a training's cost ramp (``train.cost_ramp``); 1 restores them."""
-        rate, params = self._full_costs
-        self._cost_rate = rate if factor == 1.0 else rate * factor
-        self.p = dataclasses.replace(
-            params, commission_per_share=params.commission_per_share * factor
         )
 
     def _mask_tables(self, market: MarketData, params: EnvParams) -> None:

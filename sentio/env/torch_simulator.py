@@ -21,7 +21,6 @@ sequence of kernels (CUDA graphs and ``torch.compile`` can capture it).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,7 +123,6 @@ class TorchSimulator:
         self._open = put(arrays["open"], torch.float64)
         self._close = put(arrays["close"], torch.float64)
         self._cost_rate = put(arrays["cost_rate"], torch.float64)
-        self._full_costs = (self._cost_rate, params)
         self._new_session = put(arrays["new_session"], torch.bool)
         self._last_bar = put(arrays["last_bar"], torch.bool)
         self._tclose = put(arrays["time_to_close"], torch.float64)
@@ -160,15 +158,6 @@ class TorchSimulator:
             setattr(self, name, value.to(device=self.device, dtype=current.dtype).clone())
 
     # ------------------------------------------------------------------ episodes
-
-    def scale_costs(self, factor: float) -> None:
-        """Charge ``factor`` times the configured costs from the next step on
-        (:meth:`sentio.env.simulator.BatchSimulator.scale_costs`)."""
-        rate, params = self._full_costs
-        self._cost_rate = rate if factor == 1.0 else rate * factor
-        self.p = dataclasses.replace(
-            params, commission_per_share=params.commission_per_share * factor
-        )
 
     def reset(
         self,
