@@ -1050,7 +1050,8 @@ class PathsConfig(_Section):
         Path("~/.cache/sentio"),
         description="with paths.storage: where a machine that trains keeps its copies of the "
         "inputs and its own outputs and checkpoints before they are published (a folder of "
-        "Sentio's own, apart from paths.workdir and a file:// storage)",
+        "Sentio's own; not paths.workdir or a folder above it, and apart from a file:// "
+        "storage)",
     )
     storage_cache_days: float | None = Field(
         7.0,
@@ -1058,8 +1059,8 @@ class PathsConfig(_Section):
         description="with paths.storage: after each training, a machine removes from its "
         "paths.storage_cache the stage folders and checkpoints no training there has used "
         "for this many days, when no other training is using the cache (an input removed is "
-        "copied from the storage again when needed); never in a folder holding anything "
-        "else; null: never",
+        "copied from the storage again when needed); never in a folder that held anything "
+        "else when a training first used it; null: never",
     )
     on_busy: Literal["wait", "refuse"] = Field(
         "wait",
@@ -1078,8 +1079,11 @@ class PathsConfig(_Section):
         hold the working directory, nor overlap a local storage."""
         if self.storage is None:
             return self
-        cache = self.storage_cache.expanduser().resolve()
-        workdir = self.workdir.expanduser().resolve()
+        try:
+            cache = self.storage_cache.expanduser().resolve()
+            workdir = self.workdir.expanduser().resolve()
+        except (RuntimeError, OSError):  # ~user unknown here: the machine that uses it checks
+            return self
         if workdir == cache or workdir.is_relative_to(cache):
             raise ValueError(
                 f"paths.storage_cache ({self.storage_cache}) must be a folder of its own, "

@@ -21,8 +21,9 @@ every night. This module keeps it to what was used recently:
 
 Only a folder marked as a cache (``<cache>/.sentio-storage-cache``) is pruned, and a folder
 is marked only when it holds nothing but Sentio's stage folders (new, empty, or a cache of
-an earlier version): a ``paths.storage_cache`` pointed at a home or project folder by
-mistake is used, never pruned. A stage folder that is a symlink is not entered. On a
+an earlier version) at a training's start: a ``paths.storage_cache`` pointed at a home or
+project folder by mistake is used, never pruned. Once marked, the folder is Sentio's: what
+else is put into its stage folders later is pruned by the same rule. A stage folder that is a symlink is not entered. On a
 filesystem without ``flock`` the cache is used without pruning.
 """
 
@@ -72,7 +73,8 @@ class CacheUse:
 
 
 def _touch(entry: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    # best effort: an entry that is gone or not ours to touch is only pruned sooner
+    with contextlib.suppress(OSError):
         os.utime(entry, follow_symlinks=False)
 
 

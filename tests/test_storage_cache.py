@@ -211,3 +211,63 @@ def test_a_filesystem_without_flock_is_used_but_never_pruned(
         assert not use.held
     assert prune_cache(cache, 7.0, now=NOW) is None
     assert old.is_dir()
+
+
+def test_a_shared_training_holds_the_cache_and_prunes_it_after_whatever_its_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tasks.train.train_shared_task: no pruning while it trains (the lock is its own), the
+    pruning after it even when it fails, its error or result unchanged by a pruning that
+    fails, and no pruning where the cache could not be locked."""
+    import sentio.storage_cache as sc
+    import tasks.train as tt
+
+    cache = tmp_path / "cache"
+    cfg = config_from_dict(
+        {"paths": {"storage": (tmp_path / "bucket").as_uri(), "storage_cache": str(cache)}}
+    )
+
+    def stale(name: str) -> Path:
+        folder = cache / "features" / name
+        folder.mkdir(parents=True)
+        then = time.time() - 30 * DAY
+        os.utime(folder, (then, then))
+        return folder
+
+    seen: list[object] = []
+
+    def failing(store: object, use: sc.CacheUse, *args: object) -> dict[str, object]:
+        seen.append(prune_cache(cache, 7.0))  # None: this training holds the cache
+        use.mark(used)
+        raise ConfigError("this worker computes another key")
+
+    old, used = stale("old"), stale("used")
+    monkeypatch.setattr(tt, "_train_in_cache", failing)
+    with pytest.raises(ConfigError, match="another key"):
+        tt.train_shared_task.fn("key", {}, cfg, 0, 0)
+    assert seen == [None]
+    assert not old.exists() and used.is_dir()  # pruned after the failure; the used kept
+
+    def broken_prune(*args: object) -> None:
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(tt, "_train_in_cache", lambda *args: {"trained": True})
+    monkeypatch.setattr(tt, "prune_cache", broken_prune)
+    assert tt.train_shared_task.fn("key", {}, cfg, 0, 0) == {"trained": True}
+
+    calls: list[object] = []
+    monkeypatch.setattr(tt, "prune_cache", lambda *args: calls.append(args))
+
+    def no_flock(fh: object, op: int) -> None:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(sc.fcntl, "flock", no_flock)
+    assert tt.train_shared_task.fn("key", {}, cfg, 0, 0) == {"trained": True}
+    assert calls == []
+
+
+def test_a_cache_of_a_user_unknown_here_is_left_to_the_machine_that_uses_it() -> None:
+    cfg = config_from_dict(
+        {"paths": {"storage": "s3://bucket/p", "storage_cache": "~no-such-user-here/cache"}}
+    )
+    assert str(cfg.paths.storage_cache) == "~no-such-user-here/cache"
