@@ -20,6 +20,7 @@ import typer.core
 from sentio import __version__
 from sentio.config import SentioConfig, dump_config, load_config, option_help, with_overrides
 from sentio.errors import ConfigError, ResourceError, SentioError
+from sentio.gc import STORAGE_GRACE
 
 
 def _flags_take_no_value() -> None:
@@ -526,9 +527,19 @@ def gc(
         typer.Option(
             "--storage",
             help="Also clean paths.storage (the scale-out trainings' shared storage) by the "
-            "same rule; only for a storage this working directory alone uses.",
+            "same rule, sparing what was written there in the last --grace-hours.",
         ),
     ] = False,
+    grace_hours: Annotated[
+        float,
+        typer.Option(
+            "--grace-hours",
+            min=0.0,
+            help="With --storage: keep what was written to the storage in the last N hours "
+            "whatever references it (runs in progress of other working directories that "
+            "share it).",
+        ),
+    ] = STORAGE_GRACE / 3600.0,
 ) -> None:
     """Remove stage outputs, run folders and Prefect results that no run among the last N
     and no registered model version references (never the registry or the paper ledgers)."""
@@ -552,7 +563,11 @@ def gc(
         notify=lambda line: typer.echo(line, err=True),
     ):
         plan = plan_gc(
-            wd, keep_runs=keep_runs, registry=default_root(cfg).expanduser(), storage=shared
+            wd,
+            keep_runs=keep_runs,
+            registry=default_root(cfg).expanduser(),
+            storage=shared,
+            storage_grace=grace_hours * 3600.0,
         )
         if not dry_run:
             apply_gc(plan)

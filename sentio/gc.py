@@ -24,9 +24,13 @@ With the shared storage of scale-out trainings (``paths.storage``, :mod:`sentio.
 that nothing kept references and that are older than the oldest kept run (a run killed
 during its trainings names none of them: it resumes from those written since it
 started); the Prefect results (``prefect-results/``) naming a folder that is not kept,
-and those naming none older than the oldest kept run. Only for a storage this working
-directory alone uses (the CLI refuses one that none of the kept runs used): another
-working directory's runs are not read.
+and those naming none older than the oldest kept run. Nothing written to the storage in
+the last ``storage_grace`` seconds (48 hours; ``--grace-hours``) is removed, whatever
+references it: other working directories may share the storage (a training published
+there is a cache hit for each of them), and their runs are not read here, so a run of
+theirs in progress keeps its inputs, checkpoints and results; what they used before the
+grace is removed unless this working directory keeps it (their next runs copy or train
+it again). The CLI refuses a storage that none of the kept runs used.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +53,9 @@ if TYPE_CHECKING:
 __all__ = ["CACHED_STAGES", "GcPlan", "Removal", "apply_gc", "describe", "plan_gc"]
 
 CACHED_STAGES = ("ingest", "features", "folds", "regimes", "warm", "train")
+STORAGE_GRACE = 48 * 3600.0
+"""Seconds during which what was written to the shared storage is kept whatever references
+it (``sentio gc --storage --grace-hours``)."""
 """The stages whose outputs are content-addressed folders ``<workdir>/<stage>/<key>/``."""
 RUNS = "runs"
 RESULTS = "prefect-results"
@@ -106,10 +114,13 @@ def plan_gc(
     keep_runs: int,
     registry: Path,
     storage: SharedStorage | None = None,
+    storage_grace: float = STORAGE_GRACE,
+    now: float | None = None,
 ) -> GcPlan:
     """What to remove from ``workdir`` (and from the shared ``storage`` when given) keeping
     the last ``keep_runs`` runs and whatever the registered versions under ``registry``
-    reference.
+    reference; in the storage, also whatever was written there in the last
+    ``storage_grace`` seconds before ``now`` (default: the time of the call).
 
     Raises:
         ConfigError: ``keep_runs`` below 1, ``workdir`` is not a folder, or none of the
@@ -160,7 +171,8 @@ def plan_gc(
                 "directory may not own"
             )
         plan.storage = storage
-        plan.removals += _storage_removals(storage, stages, oldest)
+        written_since = (time.time() if now is None else now) - storage_grace
+        plan.removals += _storage_removals(storage, stages, oldest, written_since)
     return plan
 
 
@@ -198,12 +210,18 @@ def _used_storage(root: Path, runs: list[str], url: str) -> bool:
 
 
 def _storage_removals(
-    storage: SharedStorage, kept: set[tuple[str, str]], oldest: float | None
+    storage: SharedStorage,
+    kept: set[tuple[str, str]],
+    oldest: float | None,
+    written_since: float,
 ) -> list[Removal]:
     """What the shared storage holds that the kept set does not need (see the module
     docstring); entries whose names are not stage keys are left alone. ``oldest``: the
     start of the oldest kept run (a run killed in the middle of its trainings names no
     training yet, so checkpoints written since then are kept for it to resume).
+    ``written_since``: entries with a file written at or after it are kept whatever
+    references them (a run of another working directory sharing the storage may be using
+    them now).
 
     Raises:
         StorageError: the storage's root is not there (a mistyped bucket or folder).
@@ -221,22 +239,29 @@ def _storage_removals(
     def recent(*parts: str) -> bool:
         return oldest is not None and storage.modified(*parts) >= oldest
 
+    def fresh(*parts: str) -> bool:
+        return storage.modified(*parts) >= written_since
+
     out = [
         removal("storage stage folder", "stages", stage, key)
         for stage in CACHED_STAGES
         for key in storage.entries("stages", stage)
-        if _KEY.match(key) and (stage, key) not in kept
+        if _KEY.match(key) and (stage, key) not in kept and not fresh("stages", stage, key)
     ]
     for key in storage.entries("checkpoints"):
         if not _KEY.match(key):
             continue
         published = storage.has_stage("train", key)  # the whole folder supersedes them
-        if published or (("train", key) not in kept and not recent("checkpoints", key)):
+        if published or (
+            ("train", key) not in kept
+            and not recent("checkpoints", key)
+            and not fresh("checkpoints", key)
+        ):
             out.append(removal("storage checkpoint folder", "checkpoints", key))
     for name in storage.entries(RESULTS, files=True):
         named = _stage_references(storage.read_text(RESULTS, name))
         needed = named <= kept if named else recent(RESULTS, name)
-        if not needed:
+        if not needed and not fresh(RESULTS, name):
             out.append(removal("storage Prefect result", RESULTS, name))
     return out
 

@@ -22,7 +22,8 @@ from sentio.cli import app
 from sentio.gc import apply_gc, describe, plan_gc
 from sentio.storage import MANIFEST, SharedStorage
 
-pytestmark = pytest.mark.usefixtures("restore_environ")
+# the module's S3 server first: restore_environ then keeps its environment for every test
+pytestmark = pytest.mark.usefixtures("s3_bucket", "restore_environ")
 
 KEY = {
     name: f"{i + 1:032x}"
@@ -100,7 +101,9 @@ def test_storage_gc_removes_what_nothing_kept_references(
 ) -> None:
     workdir = tmp_path / "wd"
     _layout(storage, workdir)
-    plan = plan_gc(workdir, keep_runs=1, registry=workdir / "registry", storage=storage)
+    plan = plan_gc(
+        workdir, keep_runs=1, registry=workdir / "registry", storage=storage, storage_grace=0
+    )
     assert plan.kept_runs == ["night", "before"]
     removed = {(r.kind, r.parts) for r in plan.removals}
     assert removed == {
@@ -122,13 +125,17 @@ def test_storage_gc_removes_what_nothing_kept_references(
     assert storage.entries("checkpoints") == [KEY["running"]]  # the killed training resumes
     assert storage.entries("prefect-results", files=True) == ["r-kept", "r-none"]
     assert storage.has_stage("train", KEY["kept_train"])
-    again = plan_gc(workdir, keep_runs=1, registry=workdir / "registry", storage=storage)
+    again = plan_gc(
+        workdir, keep_runs=1, registry=workdir / "registry", storage=storage, storage_grace=0
+    )
     assert again.removals == []
 
     # a later completed run: the killed run is no longer kept, and what only it could
     # resume or only its time could explain (older than the oldest kept run) goes
     _run(workdir, "later", "2099-01-01T07:00:00Z", "completed", storage.url, features={})
-    later = plan_gc(workdir, keep_runs=1, registry=workdir / "registry", storage=storage)
+    later = plan_gc(
+        workdir, keep_runs=1, registry=workdir / "registry", storage=storage, storage_grace=0
+    )
     assert later.kept_runs == ["later"]
     assert {r.parts for r in later.removals if r.parts} == {
         ("stages", "train", KEY["kept_train"]),
@@ -137,6 +144,50 @@ def test_storage_gc_removes_what_nothing_kept_references(
         ("prefect-results", "r-kept"),
         ("prefect-results", "r-none"),
     }
+
+
+def test_what_was_written_to_the_storage_within_the_grace_is_kept(
+    storage: SharedStorage, tmp_path: Path
+) -> None:
+    """Another working directory sharing the storage may be running now: whatever was
+    written in the last 48 hours stays, whatever references it; older entries go by the
+    kept set (and the CLI's --grace-hours sets the window)."""
+    import time
+
+    workdir = tmp_path / "wd"
+    _layout(storage, workdir)
+    other = f"{0xABC:032x}"  # another working directory's run in progress
+    _put(storage, "stages", "features", other, "p1", "data.bin")
+    _put(storage, "stages", "features", other, MANIFEST, data="{}")
+    _put(storage, "checkpoints", other, "000000001024", "model.zip")
+    _put(storage, "prefect-results", "r-other", data=json.dumps({"m": f"/else/train/{other}/m"}))
+
+    def plan(hours_later: float, grace: float | None = None) -> set[tuple[str, ...]]:
+        extra = {} if grace is None else {"storage_grace": grace}
+        p = plan_gc(
+            workdir,
+            keep_runs=1,
+            registry=workdir / "registry",
+            storage=storage,
+            now=time.time() + hours_later * 3600.0,
+            **extra,
+        )
+        return {r.parts for r in p.removals if r.parts}
+
+    published = ("checkpoints", KEY["kept_train"])  # superseded by its folder: any time
+    assert plan(0) == {published}
+    assert plan(47) == {published}
+    late = plan(49)
+    assert {
+        ("stages", "features", other),
+        ("prefect-results", "r-other"),
+        ("stages", "train", KEY["old_train"]),
+        ("prefect-results", "r-old"),
+    } <= late
+    assert ("stages", "features", KEY["kept_features"]) not in late
+    # written after the oldest kept run started: kept for a killed run to resume
+    assert ("checkpoints", other) not in late
+    assert plan(2, grace=3600.0) == late
 
 
 def test_cli_gc_storage_refusals_dry_run_and_removal(tmp_path: Path) -> None:
@@ -149,6 +200,7 @@ def test_cli_gc_storage_refusals_dry_run_and_removal(tmp_path: Path) -> None:
     assert "gc --storage: paths.storage is not set" in plain.output
     config = tmp_path / "c.yaml"
     args = ["gc", "--workdir", str(workdir), "--config", str(config), "--keep-runs", "1"]
+    args += ["--grace-hours", "0"]
     other = (tmp_path / "other").as_uri()
     config.write_text(yaml.safe_dump({"paths": {"storage": other}}))
     foreign = cli.invoke(app, [*args, "--storage"])  # none of the runs used it
