@@ -28,9 +28,9 @@ and those naming none older than the oldest kept run. Nothing written to the sto
 the last ``storage_grace`` seconds (48 hours; ``--grace-hours``) is removed, whatever
 references it: other working directories may share the storage (a training published
 there is a cache hit for each of them), and their runs are not read here, so a run of
-theirs in progress keeps its inputs, checkpoints and results; what they used before the
-grace is removed unless this working directory keeps it (their next runs copy or train
-it again). The CLI refuses a storage that none of the kept runs used.
+theirs in progress keeps what it has published (an older entry it is reusing at that
+moment is not protected); what they used before the grace is removed unless this working
+directory keeps it (their next runs copy or train it again). The CLI refuses a storage that none of the kept runs used.
 """
 
 from __future__ import annotations
