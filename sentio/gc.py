@@ -28,9 +28,10 @@ and those naming none older than the oldest kept run. Nothing written to the sto
 the last ``storage_grace`` seconds (48 hours; ``--grace-hours``) is removed, whatever
 references it: other working directories may share the storage (a training published
 there is a cache hit for each of them), and their runs are not read here, so a run of
-theirs in progress keeps what it has published (an older entry it is reusing at that
-moment is not protected); what they used before the grace is removed unless this working
-directory keeps it (their next runs copy or train it again). The CLI refuses a storage that none of the kept runs used.
+theirs in progress keeps what it has published or published again (a run publishing its
+inputs refreshes those already there); what they used before the grace is removed unless
+this working directory keeps it (their next runs copy or train it again). Checkpoints of
+trainings published whole go at any time. The CLI refuses a storage that none of the kept runs used.
 """
 
 from __future__ import annotations
@@ -53,10 +54,11 @@ if TYPE_CHECKING:
 __all__ = ["CACHED_STAGES", "GcPlan", "Removal", "apply_gc", "describe", "plan_gc"]
 
 CACHED_STAGES = ("ingest", "features", "folds", "regimes", "warm", "train")
-STORAGE_GRACE = 48 * 3600.0
-"""Seconds during which what was written to the shared storage is kept whatever references
-it (``sentio gc --storage --grace-hours``)."""
 """The stages whose outputs are content-addressed folders ``<workdir>/<stage>/<key>/``."""
+STORAGE_GRACE = 48 * 3600.0
+"""Seconds during which what was written to the shared storage (or published there again:
+:meth:`~sentio.storage.SharedStorage.put_stage` refreshes a folder it finds) is kept
+whatever references it (``sentio gc --storage --grace-hours``)."""
 RUNS = "runs"
 RESULTS = "prefect-results"
 _REFERENCE = re.compile(
@@ -240,7 +242,8 @@ def _storage_removals(
         return oldest is not None and storage.modified(*parts) >= oldest
 
     def fresh(*parts: str) -> bool:
-        return storage.modified(*parts) >= written_since
+        when = storage.modified(*parts)
+        return when == 0.0 or when >= written_since  # 0: no file yet (being written)
 
     out = [
         removal("storage stage folder", "stages", stage, key)

@@ -34,8 +34,16 @@ from typing import Any
 
 from sentio.errors import SentioError, StorageError
 from sentio.io import sha256_file, staged_folder
+from sentio.times import now_utc_text
 
-__all__ = ["CHECKPOINT_META", "MANIFEST", "DamagedCopyError", "SharedStorage", "checkpoint_steps"]
+__all__ = [
+    "CHECKPOINT_META",
+    "MANIFEST",
+    "USED",
+    "DamagedCopyError",
+    "SharedStorage",
+    "checkpoint_steps",
+]
 
 
 class DamagedCopyError(StorageError):
@@ -44,6 +52,8 @@ class DamagedCopyError(StorageError):
 
 MANIFEST = ".sentio-manifest.json"
 """Written last into a published stage folder: ``{relative path: sha256}`` of its files."""
+USED = ".sentio-used"
+"""Rewritten in a published stage folder each time a run publishes it again (its time)."""
 CHECKPOINT_META = "checkpoint.json"
 """A checkpoint's record (written last); its ``files`` are the checkpoint's other files."""
 
@@ -131,13 +141,17 @@ class SharedStorage:
 
     def put_stage(self, folder: Path, stage: str, key: str) -> bool:
         """Publish the local stage folder ``folder`` as ``stages/<stage>/<key>`` unless it is
-        there already; whether anything was copied.
+        there already (then its :data:`USED` file is rewritten: the folder's newest time is
+        now); whether anything was copied.
 
         The files go under a prefix of this writer's own (``<token>/``) and the manifest,
         naming the prefix and every file's hash, goes last: two machines publishing the
         same key at once each write a consistent copy, and the last manifest wins.
         """
         if self.has_stage(stage, key):
+            # used again: its time says so (sentio gc --storage spares recent entries)
+            with self._reaching(f"write {self.where('stages', stage, key, USED)}"):
+                self._pipe(self._path("stages", stage, key, USED), now_utc_text().encode())
             return False
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         hashes = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
@@ -285,7 +299,11 @@ class SharedStorage:
         path = self._path(*parts)
         with self._reaching(f"read the times of {self.where(*parts)}"):
             found = [path] if self.fs.isfile(path) else self.fs.find(path)
-            return max((self.fs.modified(f).timestamp() for f in found), default=0.0)
+            times = []
+            for f in found:
+                with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                    times.append(self.fs.modified(f).timestamp())
+            return max(times, default=0.0)
 
     def size(self, *parts: str) -> int:
         """Bytes stored under ``parts`` (a file or a folder)."""

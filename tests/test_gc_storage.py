@@ -188,6 +188,37 @@ def test_what_was_written_to_the_storage_within_the_grace_is_kept(
     # written after the oldest kept run started: kept for a killed run to resume
     assert ("checkpoints", other) not in late
     assert plan(2, grace=3600.0) == late
+    # a later completed run: only the grace keeps the other directory's checkpoints now
+    _run(workdir, "later", "2099-01-01T07:00:00Z", "completed", storage.url, features={})
+    assert ("checkpoints", other) not in plan(0)
+    assert ("checkpoints", other) in plan(0, grace=0.0)
+
+
+def test_publishing_a_folder_again_refreshes_its_time(
+    storage: SharedStorage, tmp_path: Path
+) -> None:
+    """A run reusing inputs published long ago publishes them again: gc --storage then
+    sees them as just used (the folder's files unchanged, its manifest too)."""
+    import time
+
+    from sentio.storage import USED
+
+    folder = tmp_path / "features" / KEY["old_features"]
+    folder.mkdir(parents=True)
+    (folder / "f.feather").write_bytes(b"features")
+    assert storage.put_stage(folder, "features", KEY["old_features"])
+    first = storage.modified("stages", "features", KEY["old_features"])
+    manifest = storage.read_text("stages", "features", KEY["old_features"], MANIFEST)
+    time.sleep(1.1)  # object stores keep whole seconds
+    assert not storage.put_stage(folder, "features", KEY["old_features"])
+    assert storage.modified("stages", "features", KEY["old_features"]) > first
+    assert storage.read_text("stages", "features", KEY["old_features"], MANIFEST) == manifest
+    assert USED in storage.entries("stages", "features", KEY["old_features"], files=True)
+    copy = tmp_path / "copy"
+    assert storage.get_stage("features", KEY["old_features"], copy)
+    assert sorted(p.name for p in (copy / "features" / KEY["old_features"]).iterdir()) == [
+        "f.feather"
+    ]
 
 
 def test_cli_gc_storage_refusals_dry_run_and_removal(tmp_path: Path) -> None:
@@ -208,6 +239,22 @@ def test_cli_gc_storage_refusals_dry_run_and_removal(tmp_path: Path) -> None:
     assert other in foreign.output
 
     config.write_text(yaml.safe_dump({"paths": {"storage": store.url}}))
+    # everything in the storage written half an hour ago: within 48 hours (the default)
+    # and within one hour it stays; a quarter of an hour's grace lets it go
+    import os
+    import time
+
+    then = time.time() - 1800.0
+    for path in (tmp_path / "shared").rglob("*"):
+        os.utime(path, (then, then))
+    old_train = store.where("stages", "train", KEY["old_train"])
+    young = cli.invoke(app, [*args[:-2], "--dry-run", "--storage"])
+    assert young.exit_code == 0, young.output
+    assert old_train not in young.output
+    hour = cli.invoke(app, [*args[:-2], "--grace-hours", "1", "--dry-run", "--storage"])
+    assert hour.exit_code == 0 and old_train not in hour.output
+    quarter = cli.invoke(app, [*args[:-2], "--grace-hours", "0.25", "--dry-run", "--storage"])
+    assert quarter.exit_code == 0 and old_train in quarter.output
     dry = cli.invoke(app, [*args, "--dry-run", "--storage"])
     assert dry.exit_code == 0, dry.output
     assert store.where("stages", "train", KEY["old_train"]) in dry.output
