@@ -31,7 +31,8 @@ there is a cache hit for each of them), and their runs are not read here, so a r
 theirs in progress keeps what it has published or published again (a run publishing its
 inputs refreshes those already there); what they used before the grace is removed unless
 this working directory keeps it (their next runs copy or train it again). Checkpoints of
-trainings published whole go at any time. The CLI refuses a storage that none of the kept runs used.
+trainings published whole go at any time. The CLI refuses a storage that none of the kept
+runs used.
 """
 
 from __future__ import annotations

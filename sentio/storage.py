@@ -4,8 +4,9 @@ With ``paths.storage`` set (``s3://bucket/prefix`` with ``s3fs`` installed, ``gs
 with ``gcsfs``, ``file:///mnt/shared/sentio``: any fsspec URL), a training that runs on
 another machine needs nothing of the flow's working directory: the flow publishes the
 stage folders the trainings read, a worker copies them into its own cache
-(``paths.storage_cache``, kept bounded by :mod:`sentio.storage_cache`), trains there, pushes every checkpoint and finally the training's
-folder, and the flow copies that folder into its working directory.
+(``paths.storage_cache``, kept bounded by :mod:`sentio.storage_cache`), trains there,
+pushes every checkpoint and finally the training's folder, and the flow copies that
+folder into its working directory.
 
 Layout under the root::
 
