@@ -12,6 +12,7 @@ Layout under the root::
 
     stages/<stage>/<key>/MANIFEST       a stage folder's record (prefix, sha256 of its files)
     stages/<stage>/<key>/<prefix>/...   the folder's files, one prefix per writer
+    stages/<stage>/<key>/USED           rewritten when a run publishes the folder again
     checkpoints/<key>/<steps>/...       a training's last checkpoint, checkpoint.json last
     prefect-results/                    the training task's Prefect results
 
