@@ -239,12 +239,14 @@ def _storage_removals(
     def removal(kind: str, *parts: str) -> Removal:
         return Removal(storage.where(*parts), kind, storage.size(*parts), parts)
 
-    def recent(*parts: str) -> bool:
-        return oldest is not None and storage.modified(*parts) >= oldest
-
-    def fresh(*parts: str) -> bool:
-        when = storage.modified(*parts)
-        return when == 0.0 or when >= written_since  # 0: no file yet (being written)
+    def fresh(*parts: str, by_run: bool = False) -> bool:
+        """Written within the grace (or, ``by_run``, since the oldest kept run started)."""
+        when = storage.modified(*parts)  # 0: no file yet (being written)
+        return (
+            when == 0.0
+            or when >= written_since
+            or (by_run and oldest is not None and when >= oldest)
+        )
 
     out = [
         removal("storage stage folder", "stages", stage, key)
@@ -256,16 +258,15 @@ def _storage_removals(
         if not _KEY.match(key):
             continue
         published = storage.has_stage("train", key)  # the whole folder supersedes them
-        if published or (
-            ("train", key) not in kept
-            and not recent("checkpoints", key)
-            and not fresh("checkpoints", key)
-        ):
+        if published or (("train", key) not in kept and not fresh("checkpoints", key, by_run=True)):
             out.append(removal("storage checkpoint folder", "checkpoints", key))
     for name in storage.entries(RESULTS, files=True):
         named = _stage_references(storage.read_text(RESULTS, name))
-        needed = named <= kept if named else recent(RESULTS, name)
-        if not needed and not fresh(RESULTS, name):
+        if named:
+            needed = named <= kept or fresh(RESULTS, name)
+        else:
+            needed = fresh(RESULTS, name, by_run=True)
+        if not needed:
             out.append(removal("storage Prefect result", RESULTS, name))
     return out
 

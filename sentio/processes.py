@@ -49,7 +49,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -59,6 +59,7 @@ __all__ = [
     "available_cores",
     "call_in_process",
     "call_in_this_process",
+    "environment",
     "parallel_slots",
     "start_fork_server",
     "thread_caps",
@@ -264,14 +265,11 @@ def _forks(threads: int) -> bool:
 
 
 @contextlib.contextmanager
-def _capped(on: bool) -> Iterator[None]:
-    """``os.environ`` with one-thread caps for the block (``on``), restored after: the
-    environment a fork server (re)started inside it inherits, so that the libraries it
-    preloads size their thread pools to one thread. Only the cap variables are touched,
-    and only where they differ."""
-    caps = thread_caps(1) if on else {}
-    saved = {name: os.environ.get(name) for name in caps if os.environ.get(name) != caps[name]}
-    os.environ.update({name: caps[name] for name in saved})
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set for the block and restored after (a variable that
+    was not set is removed again). Only the variables that differ are touched."""
+    saved = {name: os.environ.get(name) for name in values if os.environ.get(name) != values[name]}
+    os.environ.update({name: values[name] for name in saved})
     try:
         yield
     finally:
@@ -280,6 +278,13 @@ def _capped(on: bool) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _capped(on: bool) -> contextlib.AbstractContextManager[None]:
+    """``os.environ`` with one-thread caps for the block (``on``), restored after: the
+    environment a fork server (re)started inside it inherits, so that the libraries it
+    preloads size their thread pools to one thread."""
+    return environment(thread_caps(1) if on else {})
 
 
 def _exit_text(code: int | None, forked: bool = False) -> str:

@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sentio.gc import CACHED_STAGES
+from sentio.workdir import LOCK_NAME
 
 __all__ = ["CACHE_LOCK", "CACHE_MARK", "CacheUse", "cache_in_use", "prune_cache"]
 
@@ -112,8 +113,6 @@ def cache_in_use(cache: Path) -> Iterator[CacheUse]:
 
 
 def _looks_like_a_workdir(cache: Path) -> bool:
-    from sentio.workdir import LOCK_NAME
-
     return (cache / LOCK_NAME).exists() or (cache / "runs").is_dir()
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from sentio.calendar import sessions
 from sentio.data.schema import TIMESTAMP_DTYPE
+from sentio.processes import environment
 from sentio.storage import SharedStorage
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -226,23 +227,14 @@ def s3_server(bucket: str) -> Iterator[str]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    saved = {name: os.environ.get(name) for name in S3_ENV}
     try:
         host, port = server.get_host_and_port()
-        os.environ.update(
-            AWS_ACCESS_KEY_ID="sentio-test",
-            AWS_SECRET_ACCESS_KEY="sentio-test",
-            AWS_DEFAULT_REGION="us-east-1",
-            AWS_ENDPOINT_URL=f"http://{host}:{port}",
-        )
-        boto3.client("s3").create_bucket(Bucket=bucket)
-        yield f"s3://{bucket}"
+        endpoint = f"http://{host}:{port}"
+        values = ("sentio-test", "sentio-test", "us-east-1", endpoint)
+        with environment(dict(zip(S3_ENV, values, strict=True))):
+            boto3.client("s3").create_bucket(Bucket=bucket)
+            yield f"s3://{bucket}"
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         server.stop()
 
 
